@@ -1,0 +1,93 @@
+#include "barecnn/gpu.h"
+
+#include "barecnn/error.h"
+
+namespace barecnn {
+
+cudaError_t launch_probe(int* dout);  // kernels/probe.cu
+
+const char* compiled_cuda_archs() { return BARECNN_CUDA_ARCHS; }
+
+std::string version_str(int v) { return fmt(v / 1000, ".", (v % 1000) / 10); }
+
+static GpuStatus probe() {
+  GpuStatus s;
+  cudaRuntimeGetVersion(&s.runtime_version);
+  cudaDriverGetVersion(&s.driver_version);
+  cudaError_t err = cudaGetDeviceCount(&s.device_count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    if (err == cudaErrorInsufficientDriver && s.driver_version == 0)
+      s.reason = "no NVIDIA driver is loaded (cudaGetDeviceCount: cudaErrorInsufficientDriver)";
+    else if (err == cudaErrorInsufficientDriver)
+      s.reason = fmt("the NVIDIA driver supports CUDA ", version_str(s.driver_version),
+                     " but this build needs CUDA ", version_str(s.runtime_version), "; update the driver");
+    else if (err == cudaErrorNoDevice)
+      s.reason = "the driver is loaded but sees no GPU (cudaErrorNoDevice)";
+    else
+      s.reason = fmt("cudaGetDeviceCount failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+    s.device_count = 0;
+    return s;
+  }
+  if (s.device_count == 0) {
+    s.reason = "the driver sees no GPU";
+    return s;
+  }
+  cudaDeviceProp p{};
+  if ((err = cudaGetDeviceProperties(&p, 0)) != cudaSuccess) {
+    s.reason = fmt("cudaGetDeviceProperties failed: ", cudaGetErrorString(err));
+    return s;
+  }
+  s.name = p.name;
+  s.cc_major = p.major;
+  s.cc_minor = p.minor;
+  s.total_mem = p.totalGlobalMem;
+  s.sm_count = p.multiProcessorCount;
+  int* d = nullptr;
+  if ((err = cudaMalloc(&d, sizeof(int))) != cudaSuccess) {
+    cudaGetLastError();
+    s.reason = fmt("cannot allocate on ", s.name, ": ", cudaGetErrorString(err));
+    return s;
+  }
+  err = launch_probe(d);
+  int v = 0;
+  if (err == cudaSuccess) err = cudaMemcpy(&v, d, sizeof(int), cudaMemcpyDeviceToHost);
+  cudaFree(d);
+  if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidDeviceFunction) {
+    cudaGetLastError();
+    s.reason = fmt("built for sm_", BARECNN_CUDA_ARCHS, "; this GPU (", s.name, ") is sm_", p.major, p.minor,
+                   ": rebuild with -DCMAKE_CUDA_ARCHITECTURES=", p.major, p.minor);
+    return s;
+  }
+  if (err != cudaSuccess || v != 42) {
+    cudaGetLastError();
+    s.reason = fmt("a test kernel failed on ", s.name, ": ", cudaGetErrorString(err));
+    return s;
+  }
+  s.ok = true;
+  return s;
+}
+
+const GpuStatus& gpu_status() {
+  static const GpuStatus s = probe();
+  return s;
+}
+
+bool gpu_available() { return gpu_status().ok; }
+
+GpuContext::GpuContext() {
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUBLAS_CHECK(cublasCreate(&cublas_));
+  CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  // Full FP32: no TF32 tensor-core shortcuts, so results match the reference.
+  CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+}
+
+GpuContext::~GpuContext() {
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) CUDA_CHECK_NOTHROW(cudaStreamDestroy(stream_));
+}
+
+void GpuContext::sync() const { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+}  // namespace barecnn

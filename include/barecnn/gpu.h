@@ -1,0 +1,48 @@
+// The GPU, once: is there one that works, and what is it. Plus the per-run context (stream and
+// cuBLAS handle) that every launch uses.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <string>
+
+namespace barecnn {
+
+struct GpuStatus {
+  bool ok = false;            // a device works: a kernel built into this binary ran on it
+  std::string reason;         // when !ok: why, in a sentence ("no NVIDIA driver: ...")
+  int device = 0;
+  std::string name;           // "NVIDIA H100 80GB HBM3"
+  int cc_major = 0, cc_minor = 0;
+  int driver_version = 0, runtime_version = 0;
+  size_t total_mem = 0;
+  int sm_count = 0;
+  int device_count = 0;
+};
+
+// Probes once (cached): device count, properties, and a tiny kernel launch, so a GPU this build
+// has no code for is reported here ("built for sm_90; this GPU is sm_86: rebuild with ...").
+const GpuStatus& gpu_status();
+bool gpu_available();
+// The architectures compiled into this binary ("90", "86;90", ...).
+const char* compiled_cuda_archs();
+std::string version_str(int cuda_version);  // 13000 -> "13.0"
+
+// Stream + cuBLAS handle; owned, move-only, created on the current device.
+class GpuContext {
+ public:
+  GpuContext();
+  ~GpuContext();
+  GpuContext(const GpuContext&) = delete;
+  GpuContext& operator=(const GpuContext&) = delete;
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  void sync() const;
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+};
+
+}  // namespace barecnn

@@ -1,0 +1,45 @@
+// IDX files (the MNIST format), plain or gzip-compressed, validated before anything trusts them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace barecnn {
+
+struct IdxImages {
+  int count = 0, rows = 0, cols = 0;
+  std::vector<uint8_t> pixels;  // (count, rows, cols) row-major
+};
+
+// Read one file (".gz" by content: gzip magic 1f 8b, else plain). Throws UsageError naming the
+// file, what was expected and what was found: wrong magic, truncated header or data, declared
+// sizes beyond what the file holds (nothing larger than the file is ever allocated), corrupt gzip.
+IdxImages read_idx_images(const std::string& path);
+std::vector<uint8_t> read_idx_labels(const std::string& path);
+
+// Writers (tests and tools); `gz` compresses with zlib.
+void write_idx_images(const std::string& path, const IdxImages& img, bool gz);
+void write_idx_labels(const std::string& path, const std::vector<uint8_t>& labels, bool gz);
+
+// The four standard files of a folder: train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz],
+// t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz].
+struct Dataset {
+  std::string dir;
+  IdxImages train, test;
+  std::vector<uint8_t> train_labels, test_labels;
+  int classes = 0;  // max label + 1 over both sets
+  std::string train_images_path, train_labels_path, test_images_path, test_labels_path;
+};
+
+// Default folder: Fashion-MNIST from the Debian package dataset-fashion-mnist.
+const char* default_data_dir();
+// Loads and validates: counts of images vs labels, equal image sizes in train and test, at
+// least one image in each. `limit` > 0 keeps the first `limit` training images. A missing
+// folder or file is a UsageError that names it (and, for the default folder, the command that
+// installs it).
+Dataset load_dataset(const std::string& dir, long long limit = 0);
+// Throws UsageError naming the labels file if any label is >= classes.
+void check_labels(const Dataset& d, int classes);
+
+}  // namespace barecnn

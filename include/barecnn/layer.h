@@ -1,0 +1,87 @@
+// Layer objects: each owns the description of its parameters and its saved state (the max-pool
+// argmax mask), computes its output shape when the net is built, and dispatches each call on the
+// device of the tensors: the CPU reference (float or double) or the CUDA launcher (float).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "barecnn/activation.h"
+#include "barecnn/gpu.h"
+#include "barecnn/rng.h"
+#include "barecnn/shape.h"
+#include "barecnn/tensor.h"
+
+namespace barecnn {
+
+// One parameter tensor of a layer, e.g. {"weight", {32, 1, 5, 5}}.
+struct ParamSpec {
+  std::string name;  // "weight" or "bias"
+  Dims dims;
+};
+
+// Everything one forward or backward call of a layer needs. Pointers are on `device`.
+//   forward : in (N, in_dims) -> out (N, out_dims)
+//   backward: given in, out and dout, writes din (null: not needed) and dparam
+template <typename T>
+struct LayerCall {
+  Device device = Device::CPU;
+  int N = 0;
+  const T* in = nullptr;
+  T* out = nullptr;
+  const T* dout = nullptr;
+  T* din = nullptr;
+  const T* param = nullptr;  // this layer's slice of the flat parameter buffer
+  T* dparam = nullptr;       // its slice of the flat gradient buffer
+  const GpuContext* gpu = nullptr;
+  float* workspace = nullptr;  // GPU scratch of workspace_floats(N) floats
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+
+  // The spec as written in the arch grammar: "conv(32,5,pad=2)", "relu", "maxpool(2)".
+  virtual std::string spec() const = 0;
+  // The equivalent PyTorch module, for docs and export: "nn.Conv2d(1, 32, kernel_size=5, padding=2)".
+  virtual std::string torch_module() const = 0;
+  virtual std::vector<ParamSpec> param_specs() const { return {}; }
+  // Initializes this layer's parameters (host, flat, in param_specs order).
+  // `relu_after`: the next nonlinearity is ReLU-like (He init), else Xavier.
+  virtual void init_params(float* param, Rng& rng, bool relu_after) const {}
+  virtual size_t workspace_floats(int N) const { return 0; }
+  // Is the layer a ReLU-family activation (for the init rule)? Is it a nonlinearity at all?
+  virtual bool is_relu_like() const { return false; }
+  virtual bool is_activation() const { return false; }
+
+  virtual void forward(const LayerCall<float>& c) = 0;
+  virtual void forward(const LayerCall<double>& c) = 0;
+  virtual void backward(const LayerCall<float>& c) = 0;
+  virtual void backward(const LayerCall<double>& c) = 0;
+
+  const Dims& in_dims() const { return in_; }   // one sample: (C, H, W) or (F)
+  const Dims& out_dims() const { return out_; }
+  size_t num_params() const;
+  int index() const { return index_; }
+  // "layer 3 conv(32,7)" — used in every message about this layer.
+  std::string label() const;
+
+ protected:
+  Layer(int index, Dims in) : index_(index), in_(std::move(in)) {}
+  int index_;
+  Dims in_, out_;
+};
+
+// Constructors; each validates its geometry against the input dims and throws UsageError
+// naming the layer. `index` is the position in the net (torch.nn.Sequential index).
+std::unique_ptr<Layer> make_conv2d(int index, const Dims& in, int out_channels, int kh, int kw, int stride, int pad);
+std::unique_ptr<Layer> make_maxpool2d(int index, const Dims& in, int kh, int kw, int stride);
+std::unique_ptr<Layer> make_avgpool2d(int index, const Dims& in, int kh, int kw, int stride);
+std::unique_ptr<Layer> make_l2pool2d(int index, const Dims& in, int kh, int kw, int stride);
+std::unique_ptr<Layer> make_activation(int index, const Dims& in, Activation a);
+std::unique_ptr<Layer> make_softmax(int index, const Dims& in);
+std::unique_ptr<Layer> make_flatten(int index, const Dims& in);
+std::unique_ptr<Layer> make_dense(int index, const Dims& in, int units);
+
+}  // namespace barecnn

@@ -1,0 +1,85 @@
+// A sequential net built from an arch spec (see arch.h), its flat parameter layout, and the
+// forward and backward runs over all layers.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "barecnn/layer.h"
+#include "barecnn/loss.h"
+#include "barecnn/tensor.h"
+
+namespace barecnn {
+
+// One named parameter tensor in the flat buffer: "0.weight" at offset 0, dims {32,1,5,5}.
+struct ParamEntry {
+  std::string name;  // "<layer-index>.weight" / ".bias", as torch.nn.Sequential names it
+  int layer = 0;
+  size_t offset = 0;
+  Dims dims;
+  size_t numel() const { return dims_numel(dims); }
+};
+
+// Activations and their gradients for one batch, on one device.
+template <typename T>
+struct NetState {
+  Device device = Device::CPU;
+  int N = 0;
+  std::vector<BasicTensor<T>> act;   // act[i]: input of layer i; act[L]: the logits (N, K)
+  std::vector<BasicTensor<T>> dact;  // dact[i]: d loss / d act[i]
+  Tensor workspace;                  // GPU scratch shared by the layers
+};
+
+class Net {
+ public:
+  // Builds and checks a net for one sample of `input` dims (C, H, W). `spec` is an arch spec or
+  // a preset name. Throws UsageError naming the layer on any impossible geometry.
+  Net(const std::string& spec, const Dims& input);
+  Net(Net&&) = default;
+  Net& operator=(Net&&) = default;
+
+  const std::string& spec() const { return spec_; }  // resolved, canonical spec
+  const Dims& input_dims() const { return input_; }
+  int num_outputs() const;                          // width of the last layer
+  int num_layers() const { return int(layers_.size()); }
+  Layer& layer(int i) { return *layers_.at(i); }
+  const Layer& layer(int i) const { return *layers_.at(i); }
+  const std::vector<ParamEntry>& params() const { return params_; }
+  size_t num_params() const { return num_params_; }
+
+  // Throws UsageError unless the last layer's width equals `classes`.
+  void check_classes(int classes, const std::string& data_desc) const;
+
+  // Seeded, deterministic init into a host buffer of num_params() floats: He for layers that a
+  // ReLU-family activation follows, Xavier otherwise; biases zero.
+  std::vector<float> init_params(uint64_t seed) const;
+
+  // Allocates (or reuses) the activations for a batch of N on `device`.
+  template <typename T>
+  void prepare(NetState<T>& st, int N, Device device) const;
+  // st.act[0] must hold the input. Writes st.act[1..L].
+  template <typename T>
+  void forward(NetState<T>& st, const T* params, const GpuContext* gpu);
+  // st.dact[L] must hold d loss / d logits. Writes st.dact[L-1..1] (and dact[0] if
+  // need_input_grad) and grads (num_params, overwritten).
+  template <typename T>
+  void backward(NetState<T>& st, const T* params, T* grads, const GpuContext* gpu, bool need_input_grad);
+
+  // After a non-finite loss: the first layer whose output (forward) or input gradient (backward)
+  // holds a NaN/Inf, as "layer 4 dense(128): output has 3 non-finite values", or "" if none.
+  std::string first_nonfinite(const NetState<float>& st) const;
+
+  // A table of the layers: index, spec, output shape, parameter count.
+  std::string summary() const;
+
+ private:
+  std::string spec_;
+  Dims input_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<ParamEntry> params_;
+  std::vector<size_t> layer_offset_;  // start of each layer's slice in the flat buffer
+  size_t num_params_ = 0;
+};
+
+}  // namespace barecnn

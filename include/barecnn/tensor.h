@@ -1,0 +1,91 @@
+// Tensor: NCHW storage on the CPU or on the GPU, with its shape.
+//
+// barecnn's tensors are float32 (`Tensor`). The same template in double (`TensorD`, CPU only)
+// carries the gradient checks, and in int32 the max-pool argmax masks and the labels.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "barecnn/device_buffer.h"
+#include "barecnn/error.h"
+
+namespace barecnn {
+
+enum class Device { CPU, CUDA };
+inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+// Dimensions, outermost first: (N, C, H, W) for images, (N, F) for flat features.
+using Dims = std::vector<int>;
+std::string dims_str(const Dims& d);  // "64x1x28x28"
+size_t dims_numel(const Dims& d);
+
+template <typename T>
+class BasicTensor {
+ public:
+  BasicTensor() = default;
+  BasicTensor(Dims dims, Device dev) { reset(std::move(dims), dev); }
+
+  // Reshapes and (re)allocates when the element count or device changes; contents undefined.
+  void reset(Dims dims, Device dev) {
+    dims_ = std::move(dims);
+    dev_ = dev;
+    size_t n = dims_numel(dims_);
+    if (dev_ == Device::CPU) {
+      dbuf_ = DeviceBuffer<T>();
+      host_.resize(n);
+    } else {
+      host_.clear();
+      host_.shrink_to_fit();
+      dbuf_.resize(n, "tensor");
+    }
+  }
+  // Same storage, other dims with the same element count.
+  void reshape(Dims dims) {
+    BARECNN_ASSERT(dims_numel(dims) == numel(), "reshape ", dims_str(dims_), " -> ", dims_str(dims));
+    dims_ = std::move(dims);
+  }
+
+  Device device() const { return dev_; }
+  const Dims& dims() const { return dims_; }
+  int dim(int i) const { return dims_.at(i); }
+  int ndim() const { return int(dims_.size()); }
+  size_t numel() const { return dims_numel(dims_); }
+  T* data() { return dev_ == Device::CPU ? host_.data() : dbuf_.data(); }
+  const T* data() const { return dev_ == Device::CPU ? host_.data() : dbuf_.data(); }
+
+  // Copies of the contents as a host vector, and back.
+  std::vector<T> to_host() const {
+    if (dev_ == Device::CPU) return host_;
+    return dbuf_.to_host();
+  }
+  void copy_from_host(const std::vector<T>& v) {
+    BARECNN_ASSERT(v.size() == numel(), "copy of ", v.size(), " into tensor ", dims_str(dims_));
+    if (dev_ == Device::CPU) host_ = v;
+    else dbuf_.copy_from_host(v.data(), v.size());
+  }
+  void zero(cudaStream_t stream = 0) {
+    if (dev_ == Device::CPU) std::fill(host_.begin(), host_.end(), T(0));
+    else dbuf_.memset_zero(stream);
+  }
+  // A copy on another device.
+  BasicTensor to(Device dev) const {
+    BasicTensor t(dims_, dev);
+    t.copy_from_host(to_host());
+    return t;
+  }
+
+ private:
+  Dims dims_;
+  Device dev_ = Device::CPU;
+  std::vector<T> host_;
+  DeviceBuffer<T> dbuf_;
+};
+
+using Tensor = BasicTensor<float>;
+using TensorD = BasicTensor<double>;
+using TensorI = BasicTensor<int32_t>;
+
+}  // namespace barecnn

@@ -1,0 +1,113 @@
+// Shared test helpers: tolerance comparison with a readable report, central-difference gradient
+// checks in double, random inputs without ties or kinks, and the GPU gate.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "barecnn/gpu.h"
+#include "barecnn/rng.h"
+
+namespace barecnn::test {
+
+// Skips the test (with the reason) where no GPU works. Use at the top of every *Gpu* test.
+#define BARECNN_REQUIRE_GPU()                                                 \
+  do {                                                                        \
+    if (!::barecnn::gpu_available())                                          \
+      GTEST_SKIP() << "no usable GPU: " << ::barecnn::gpu_status().reason;    \
+  } while (0)
+
+// |ref - out| <= atol + rtol*|ref| for every element; on failure reports the worst element and
+// the first few mismatches.
+template <typename A, typename B>
+::testing::AssertionResult all_close(const std::vector<A>& ref, const std::vector<B>& out,
+                                     double atol, double rtol) {
+  if (ref.size() != out.size())
+    return ::testing::AssertionFailure() << "size " << out.size() << " != reference size " << ref.size();
+  size_t bad = 0, worst = 0;
+  double worst_excess = -1;
+  std::ostringstream first;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    double r = double(ref[i]), o = double(out[i]);
+    double err = std::fabs(r - o), lim = atol + rtol * std::fabs(r);
+    bool ok = err <= lim && std::isfinite(o) == std::isfinite(r);
+    double excess = std::isfinite(err) ? err - lim : INFINITY;
+    if (excess > worst_excess) { worst_excess = excess; worst = i; }
+    if (!ok) {
+      if (bad < 5) first << "\n  [" << i << "] ref " << r << " got " << o << " (|diff| " << err << " > " << lim << ")";
+      ++bad;
+    }
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << bad << " of " << ref.size() << " elements differ (atol " << atol << ", rtol " << rtol
+         << "); worst at [" << worst << "]: ref " << double(ref[worst]) << " got " << double(out[worst])
+         << "; first mismatches:" << first.str();
+}
+
+// Uniform values in [lo, hi).
+inline std::vector<double> random_vec(size_t n, uint64_t seed, double lo = -1, double hi = 1) {
+  Rng r(seed);
+  std::vector<double> v(n);
+  for (auto& x : v) x = r.uniform(lo, hi);
+  return v;
+}
+// Values in [lo, hi) with no two closer than `gap` (no ties for max-pool) and none within `gap`
+// of zero (away from ReLU-like kinks): a shuffled, jittered ladder.
+inline std::vector<double> tie_free_vec(size_t n, uint64_t seed, double lo = -1, double hi = 1) {
+  Rng r(seed);
+  std::vector<double> v(n);
+  double step = (hi - lo) / double(n + 1);
+  for (size_t i = 0; i < n; ++i) {
+    double x = lo + step * (double(i) + 0.75 + 0.2 * r.uniform());
+    if (std::fabs(x) < 0.3 * step) x += 0.5 * step;
+    v[i] = x;
+  }
+  for (size_t i = n; i > 1; --i) std::swap(v[i - 1], v[r.next_u64() % i]);
+  return v;
+}
+template <typename T>
+std::vector<T> cast_vec(const std::vector<double>& v) { return std::vector<T>(v.begin(), v.end()); }
+
+// Central-difference gradient check of a scalar function f(x) against an analytic gradient,
+// Caffe's criterion: |a - n| <= tol * max(|a|, |n|, 1). `indices` limits the checked entries
+// (empty = all). Also fails if the analytic gradient is all zero (unless allow_zero).
+inline ::testing::AssertionResult gradcheck(const std::function<double(const std::vector<double>&)>& f,
+                                            std::vector<double> x, const std::vector<double>& analytic,
+                                            double h = 1e-6, double tol = 1e-6,
+                                            std::vector<size_t> indices = {}, bool allow_zero = false) {
+  if (analytic.size() != x.size())
+    return ::testing::AssertionFailure() << "analytic gradient has " << analytic.size() << " entries, x has " << x.size();
+  if (indices.empty()) for (size_t i = 0; i < x.size(); ++i) indices.push_back(i);
+  double worst = 0;
+  size_t worst_i = 0, nonzero = 0;
+  std::ostringstream msg;
+  int bad = 0;
+  for (size_t i : indices) {
+    double x0 = x[i];
+    x[i] = x0 + h; double fp = f(x);
+    x[i] = x0 - h; double fm = f(x);
+    x[i] = x0;
+    double num = (fp - fm) / (2 * h), a = analytic[i];
+    double scale = std::max({std::fabs(a), std::fabs(num), 1.0});
+    double rel = std::fabs(a - num) / scale;
+    if (a != 0) ++nonzero;
+    if (rel > worst) { worst = rel; worst_i = i; }
+    if (!(rel <= tol)) {
+      if (bad < 5) msg << "\n  [" << i << "] analytic " << a << " numeric " << num << " rel " << rel;
+      ++bad;
+    }
+  }
+  if (bad) return ::testing::AssertionFailure() << bad << " of " << indices.size() << " entries fail (tol " << tol << "), worst rel " << worst << " at [" << worst_i << "]:" << msg.str();
+  if (!allow_zero && nonzero == 0) return ::testing::AssertionFailure() << "the analytic gradient is all zero";
+  return ::testing::AssertionSuccess();
+}
+
+}  // namespace barecnn::test
