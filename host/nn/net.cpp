@@ -1,1 +1,193 @@
-// (being written)
+// The sequential net: built from an arch spec, shapes inferred and checked at build time, with one
+// flat parameter buffer laid out layer by layer in torch.nn.Sequential order.
+#include "barecnn/net.h"
+
+#include <nvtx3/nvToolsExt.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "barecnn/arch.h"
+#include "barecnn/error.h"
+
+namespace barecnn {
+
+namespace {
+struct NvtxScope {
+  explicit NvtxScope(const std::string& s) { nvtxRangePushA(s.c_str()); }
+  ~NvtxScope() { nvtxRangePop(); }
+};
+}  // namespace
+
+Net::Net(const std::string& spec, const Dims& input) : input_(input) {
+  if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1)
+    throw UsageError(fmt("input shape must be CxHxW with positive sizes, got ", dims_str(input)));
+  std::vector<LayerDesc> descs = parse_arch(spec);
+  Dims cur = input;
+  for (const LayerDesc& d : descs) {
+    int idx = int(layers_.size());
+    // A dense layer after an image gets a flatten first; it counts as a layer, as an explicit
+    // nn.Flatten would in PyTorch, so parameter names match torch.nn.Sequential.
+    if (d.kind == LayerKind::Dense && cur.size() == 3) {
+      layers_.push_back(make_flatten(idx++, cur));
+      cur = layers_.back()->out_dims();
+    }
+    std::unique_ptr<Layer> l;
+    switch (d.kind) {
+      case LayerKind::Conv: l = make_conv2d(idx, cur, d.out, d.kh, d.kw, d.stride, d.pad); break;
+      case LayerKind::MaxPool: l = make_maxpool2d(idx, cur, d.kh, d.kw, d.stride); break;
+      case LayerKind::AvgPool: l = make_avgpool2d(idx, cur, d.kh, d.kw, d.stride); break;
+      case LayerKind::L2Pool: l = make_l2pool2d(idx, cur, d.kh, d.kw, d.stride); break;
+      case LayerKind::Flatten: l = make_flatten(idx, cur); break;
+      case LayerKind::Dense: l = make_dense(idx, cur, d.out); break;
+      case LayerKind::Activation: l = make_activation(idx, cur, d.act); break;
+      case LayerKind::Softmax: l = make_softmax(idx, cur); break;
+    }
+    cur = l->out_dims();
+    layers_.push_back(std::move(l));
+  }
+  // The logits must be a flat vector per sample, one value per class.
+  if (cur.size() != 1) {
+    layers_.push_back(make_flatten(int(layers_.size()), cur));
+    cur = layers_.back()->out_dims();
+  }
+  std::string canon;
+  for (auto& l : layers_) canon += (canon.empty() ? "" : " ") + l->spec();
+  spec_ = canon;
+
+  size_t off = 0;
+  for (auto& l : layers_) {
+    layer_offset_.push_back(off);
+    for (auto& p : l->param_specs()) {
+      params_.push_back({fmt(l->index(), ".", p.name), l->index(), off, p.dims});
+      off += dims_numel(p.dims);
+    }
+  }
+  num_params_ = off;
+}
+
+int Net::num_outputs() const { return layers_.back()->out_dims()[0]; }
+
+void Net::check_classes(int classes, const std::string& data_desc) const {
+  if (num_outputs() != classes)
+    throw UsageError(fmt("--arch: the last layer (", layers_.back()->label(), ") has ", num_outputs(),
+                         " outputs but ", data_desc, " has ", classes, " classes; end the net with dense(",
+                         classes, ")"));
+}
+
+std::vector<float> Net::init_params(uint64_t seed) const {
+  std::vector<float> p(num_params_);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (layers_[i]->num_params() == 0) continue;
+    // The first nonlinearity after this layer decides the init rule.
+    bool relu_after = false;
+    for (size_t j = i + 1; j < layers_.size(); ++j)
+      if (layers_[j]->is_activation()) { relu_after = layers_[j]->is_relu_like(); break; }
+    Rng rng(mix64(seed) ^ mix64(i + 1));  // per-layer streams: adding a layer keeps the others' init
+    layers_[i]->init_params(p.data() + layer_offset_[i], rng, relu_after);
+  }
+  return p;
+}
+
+template <typename T>
+void Net::prepare(NetState<T>& st, int N, Device device) const {
+  size_t L = layers_.size();
+  if (st.N == N && st.device == device && st.act.size() == L + 1) return;
+  st.N = N;
+  st.device = device;
+  st.act.resize(L + 1);
+  st.dact.resize(L + 1);
+  auto batch_dims = [N](const Dims& d) { Dims b{N}; b.insert(b.end(), d.begin(), d.end()); return b; };
+  st.act[0].reset(batch_dims(input_), device);
+  st.dact[0].reset(batch_dims(input_), device);
+  size_t ws = 0;
+  for (size_t i = 0; i < L; ++i) {
+    st.act[i + 1].reset(batch_dims(layers_[i]->out_dims()), device);
+    st.dact[i + 1].reset(batch_dims(layers_[i]->out_dims()), device);
+    if (device == Device::CUDA) ws = std::max(ws, layers_[i]->workspace_floats(N));
+  }
+  if (device == Device::CUDA) st.workspace.reset({int(std::max<size_t>(ws, 1))}, device);
+}
+
+template <typename T>
+void Net::forward(NetState<T>& st, const T* params, const GpuContext* gpu) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    NvtxScope range(layers_[i]->label() + " forward");
+    LayerCall<T> c;
+    c.device = st.device;
+    c.N = st.N;
+    c.in = st.act[i].data();
+    c.out = st.act[i + 1].data();
+    c.param = params + layer_offset_[i];
+    c.gpu = gpu;
+    c.workspace = st.device == Device::CUDA ? st.workspace.data() : nullptr;
+    layers_[i]->forward(c);
+  }
+}
+
+template <typename T>
+void Net::backward(NetState<T>& st, const T* params, T* grads, const GpuContext* gpu, bool need_input_grad) {
+  for (size_t i = layers_.size(); i-- > 0;) {
+    NvtxScope range(layers_[i]->label() + " backward");
+    LayerCall<T> c;
+    c.device = st.device;
+    c.N = st.N;
+    c.in = st.act[i].data();
+    c.out = st.act[i + 1].data();
+    c.dout = st.dact[i + 1].data();
+    // Nothing needs the gradient w.r.t. the input images: the first layer skips it.
+    c.din = (i > 0 || need_input_grad) ? st.dact[i].data() : nullptr;
+    c.param = params + layer_offset_[i];
+    c.dparam = grads + layer_offset_[i];
+    c.gpu = gpu;
+    c.workspace = st.device == Device::CUDA ? st.workspace.data() : nullptr;
+    layers_[i]->backward(c);
+  }
+}
+
+static size_t count_nonfinite(const std::vector<float>& v) {
+  size_t n = 0;
+  for (float x : v) n += !std::isfinite(x);
+  return n;
+}
+
+std::string Net::first_nonfinite(const NetState<float>& st) const {
+  if (st.act.empty()) return "";
+  if (size_t n = count_nonfinite(st.act[0].to_host()))
+    return fmt("the input batch has ", n, " non-finite values");
+  for (size_t i = 0; i < layers_.size(); ++i)
+    if (size_t n = count_nonfinite(st.act[i + 1].to_host()))
+      return fmt(layers_[i]->label(), ": its output (forward) has ", n, " non-finite values of ",
+                 st.act[i + 1].numel());
+  for (size_t i = layers_.size(); i-- > 1;)
+    if (size_t n = count_nonfinite(st.dact[i].to_host()))
+      return fmt(layers_[i]->label(), ": its input gradient (backward) has ", n, " non-finite values of ",
+                 st.dact[i].numel());
+  return "";
+}
+
+std::string Net::summary() const {
+  std::ostringstream os;
+  char line[256];
+  std::snprintf(line, sizeof line, "  %-5s %-24s %-14s %10s\n", "layer", "spec", "output", "params");
+  os << line;
+  std::snprintf(line, sizeof line, "  %-5s %-24s %-14s %10s\n", "", "input", dims_str(input_).c_str(), "");
+  os << line;
+  for (auto& l : layers_) {
+    std::snprintf(line, sizeof line, "  %-5d %-24s %-14s %10zu\n", l->index(), l->spec().c_str(),
+                  dims_str(l->out_dims()).c_str(), l->num_params());
+    os << line;
+  }
+  std::snprintf(line, sizeof line, "  total parameters: %zu\n", num_params_);
+  os << line;
+  return os.str();
+}
+
+template void Net::prepare<float>(NetState<float>&, int, Device) const;
+template void Net::prepare<double>(NetState<double>&, int, Device) const;
+template void Net::forward<float>(NetState<float>&, const float*, const GpuContext*);
+template void Net::forward<double>(NetState<double>&, const double*, const GpuContext*);
+template void Net::backward<float>(NetState<float>&, const float*, float*, const GpuContext*, bool);
+template void Net::backward<double>(NetState<double>&, const double*, double*, const GpuContext*, bool);
+
+}  // namespace barecnn

@@ -1,0 +1,82 @@
+// Training, evaluation and prediction on either device, plus the model and checkpoint files.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "barecnn/gpu.h"
+#include "barecnn/idx.h"
+#include "barecnn/net.h"
+#include "barecnn/ops.h"
+
+namespace barecnn {
+
+struct TrainConfig {
+  std::string data_dir;              // empty: default_data_dir()
+  std::string arch = "paper";
+  std::string device = "auto";       // auto | cpu | cuda
+  int epochs = 3;
+  int batch = 64;
+  OptimConfig optim;                 // sgd, lr 0.01, momentum 0.9 by default (set by the CLI)
+  Loss loss = Loss::SoftmaxCrossEntropy;
+  uint64_t seed = 1;
+  long long limit = 0;               // first N training images (0: all)
+  int threads = 0;                   // CPU threads (0: OpenMP default)
+  std::string out = "runs/latest";
+  std::string resume;                // folder holding checkpoint.safetensors
+  long long checkpoint_every = 0;    // steps between mid-epoch checkpoints (0: end of epoch only)
+  bool quiet = false;                // no progress display
+};
+
+struct EpochMetrics {
+  int epoch = 0;
+  double train_loss = 0, train_accuracy = 0, test_loss = 0, test_accuracy = 0;
+  double seconds = 0, images_per_second = 0;
+};
+
+// Runs a whole training as the CLI's `train` does; prints the configuration, progress and the
+// results; writes the outputs into cfg.out. Throws Error/UsageError on failure.
+void train(const TrainConfig& cfg);
+
+// Picks the device from "auto" | "cpu" | "cuda"; `why` says why (printed by the commands).
+Device choose_device(const std::string& flag, std::string* why);
+
+// What a model file holds besides the weights.
+struct ModelMeta {
+  std::string arch;     // canonical spec
+  Dims input;           // C, H, W
+  int classes = 0;
+  float mean = 0, std = 1;  // input normalization: (x/255 - mean) / std
+  std::vector<std::string> class_names;
+};
+
+struct Model {
+  std::unique_ptr<Net> net;
+  ModelMeta meta;
+  std::vector<float> params;  // flat, in the net's layout
+};
+
+void save_model(const std::string& path, const Net& net, const std::vector<float>& params, const ModelMeta& meta);
+// Validates: metadata with arch/input, every tensor present with the right shape and dtype, no
+// extra tensors. Errors name the file and the tensor.
+Model load_model(const std::string& path);
+
+struct EvalResult {
+  double loss = 0, accuracy = 0;
+  long long count = 0;
+  std::vector<int64_t> confusion;  // (K, K): row true, column predicted
+  std::vector<float> logits;       // (count, K) when asked for
+  std::vector<int32_t> predicted;  // (count)
+};
+
+// Evaluates `params` (host, flat) on images; labels may be empty (prediction only).
+EvalResult evaluate(Net& net, const std::vector<float>& params, const IdxImages& images,
+                    const std::vector<uint8_t>& labels, float mean, float std, Loss loss, Device device,
+                    int batch, bool keep_logits);
+
+// Fashion-MNIST's class names when the data looks like it (10 classes), else "0", "1", ...
+std::vector<std::string> default_class_names(int classes, const std::string& data_dir);
+
+}  // namespace barecnn
