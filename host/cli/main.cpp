@@ -171,21 +171,21 @@ int main(int argc, char** argv) {
   double lr = 0.01, momentum = 0.9, wd = 0;
   auto* train = app.add_subcommand("train", "train a net and write model, metrics, plots and a checkpoint to --out");
   train->add_option("--data", tc.data_dir, "folder with the four IDX files (default: Fashion-MNIST from the Debian package)");
-  train->add_option("--arch", tc.arch, "arch spec or preset (paper, lenet5, deep)", true);
-  train->add_option("--device", tc.device, "auto, cpu or cuda", true);
-  train->add_option("--epochs", tc.epochs, "epochs in all (with --resume: including those already done)", true);
-  train->add_option("--batch", tc.batch, "batch size", true);
-  train->add_option("--lr", lr, "learning rate (default 0.01 for sgd, 0.001 for adam)", true);
-  train->add_option("--momentum", momentum, "SGD momentum (0: plain gradient descent)", true);
-  train->add_option("--weight-decay", wd, "L2 weight decay", true);
-  train->add_option("--optimizer", optimizer, "sgd or adam", true);
-  train->add_option("--loss", loss, "cross_entropy, bce, mse, msle, l2, l1, mae, mape", true);
-  train->add_option("--seed", tc.seed, "random seed (init and data order)", true);
-  train->add_option("--limit", tc.limit, "train on the first N training images (0: all)", true);
-  train->add_option("--threads", tc.threads, "CPU threads (0: all cores)", true);
-  train->add_option("--out", tc.out, "output folder", true);
+  train->add_option("--arch", tc.arch, "arch spec or preset (paper, lenet5, deep)")->capture_default_str();
+  train->add_option("--device", tc.device, "auto, cpu or cuda")->capture_default_str();
+  train->add_option("--epochs", tc.epochs, "epochs in all (with --resume: including those already done)")->capture_default_str();
+  train->add_option("--batch", tc.batch, "batch size")->capture_default_str();
+  train->add_option("--lr", lr, "learning rate (default 0.01 for sgd, 0.001 for adam)")->capture_default_str();
+  train->add_option("--momentum", momentum, "SGD momentum (0: plain gradient descent)")->capture_default_str();
+  train->add_option("--weight-decay", wd, "L2 weight decay")->capture_default_str();
+  train->add_option("--optimizer", optimizer, "sgd or adam")->capture_default_str();
+  train->add_option("--loss", loss, "cross_entropy, bce, mse, msle, l2, l1, mae, mape")->capture_default_str();
+  train->add_option("--seed", tc.seed, "random seed (init and data order)")->capture_default_str();
+  train->add_option("--limit", tc.limit, "train on the first N training images (0: all)")->capture_default_str();
+  train->add_option("--threads", tc.threads, "CPU threads (0: all cores)")->capture_default_str();
+  train->add_option("--out", tc.out, "output folder")->capture_default_str();
   train->add_option("--resume", tc.resume, "continue the run whose checkpoint is in this folder");
-  train->add_option("--checkpoint-every", tc.checkpoint_every, "also checkpoint every N steps (0: each epoch)", true);
+  train->add_option("--checkpoint-every", tc.checkpoint_every, "also checkpoint every N steps (0: each epoch)")->capture_default_str();
   train->add_flag("--quiet", tc.quiet, "no progress display");
   train->footer(
       "Examples:\n"
@@ -202,8 +202,8 @@ int main(int argc, char** argv) {
   auto* eval = app.add_subcommand("eval", "accuracy and loss of a model on a test set");
   eval->add_option("--model", model, "model.safetensors written by train")->required();
   eval->add_option("--data", data, "folder with the IDX files (the t10k files are used)");
-  eval->add_option("--device", device, "auto, cpu or cuda", true);
-  eval->add_option("--batch", batch, "batch size", true);
+  eval->add_option("--device", device, "auto, cpu or cuda")->capture_default_str();
+  eval->add_option("--batch", batch, "batch size")->capture_default_str();
   eval->add_flag("--json", as_json, "print {\"accuracy\", \"loss\", \"count\"}");
   eval->footer("Examples:\n  barecnn eval --model runs/latest/model.safetensors\n"
                "  barecnn eval --model m.safetensors --data ~/mnist --json");
@@ -213,8 +213,8 @@ int main(int argc, char** argv) {
   predict->add_option("--model", model, "model.safetensors written by train")->required();
   predict->add_option("--images", images, "IDX images file (.gz or plain)")->required();
   predict->add_option("--output", output, "CSV file: index,predicted,logit_0,... (default: stdout)");
-  predict->add_option("--device", device, "auto, cpu or cuda", true);
-  predict->add_option("--batch", batch, "batch size", true);
+  predict->add_option("--device", device, "auto, cpu or cuda")->capture_default_str();
+  predict->add_option("--batch", batch, "batch size")->capture_default_str();
   predict->footer("Example:\n  barecnn predict --model runs/latest/model.safetensors "
                   "--images /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --output predictions.csv");
 
@@ -223,12 +223,12 @@ int main(int argc, char** argv) {
   uint64_t gc_seed = 1;
   int gc_batch = 2, gc_samples = 24;
   auto* gradcheck = app.add_subcommand("gradcheck", "compare backward with central differences in double");
-  gradcheck->add_option("--arch", gc_arch, "arch spec or preset", true);
-  gradcheck->add_option("--input", gc_input, "input shape CxHxW", true);
-  gradcheck->add_option("--loss", gc_loss, "loss", true);
-  gradcheck->add_option("--seed", gc_seed, "seed", true);
-  gradcheck->add_option("--batch", gc_batch, "batch size", true);
-  gradcheck->add_option("--samples", gc_samples, "entries checked per tensor", true);
+  gradcheck->add_option("--arch", gc_arch, "arch spec or preset")->capture_default_str();
+  gradcheck->add_option("--input", gc_input, "input shape CxHxW")->capture_default_str();
+  gradcheck->add_option("--loss", gc_loss, "loss")->capture_default_str();
+  gradcheck->add_option("--seed", gc_seed, "seed")->capture_default_str();
+  gradcheck->add_option("--batch", gc_batch, "batch size")->capture_default_str();
+  gradcheck->add_option("--samples", gc_samples, "entries checked per tensor")->capture_default_str();
   gradcheck->footer("Examples:\n  barecnn gradcheck --arch lenet5\n"
                     "  barecnn gradcheck --arch \"conv(4,3,stride=2,pad=1) elu l2pool(2) dense(5)\" --input 3x11x9 --loss bce");
 
@@ -236,11 +236,11 @@ int main(int argc, char** argv) {
   std::string b_arch = "paper", b_device = "auto", b_input = "1x28x28";
   int b_batch = 64, b_reps = 20;
   auto* bench = app.add_subcommand("bench", "per-layer forward/backward times, step time, images/s");
-  bench->add_option("--arch", b_arch, "arch spec or preset", true);
-  bench->add_option("--batch", b_batch, "batch size", true);
-  bench->add_option("--device", b_device, "auto, cpu or cuda", true);
-  bench->add_option("--reps", b_reps, "timed repetitions", true);
-  bench->add_option("--input", b_input, "input shape CxHxW", true);
+  bench->add_option("--arch", b_arch, "arch spec or preset")->capture_default_str();
+  bench->add_option("--batch", b_batch, "batch size")->capture_default_str();
+  bench->add_option("--device", b_device, "auto, cpu or cuda")->capture_default_str();
+  bench->add_option("--reps", b_reps, "timed repetitions")->capture_default_str();
+  bench->add_option("--input", b_input, "input shape CxHxW")->capture_default_str();
   bench->footer("Example:\n  barecnn bench --arch paper --batch 256");
 
   auto* info = app.add_subcommand("info", "build configuration, CUDA runtime, GPUs");
