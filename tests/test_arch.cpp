@@ -1,1 +1,173 @@
+// The arch grammar, the presets, shape inference and the errors that name the layer.
 #include <gtest/gtest.h>
+
+#include "barecnn/arch.h"
+#include "barecnn/error.h"
+#include "barecnn/net.h"
+
+using namespace barecnn;
+
+namespace {
+
+// The message of the UsageError that building `spec` on `input` throws ("" if none).
+std::string build_error(const std::string& spec, const Dims& input = {1, 28, 28}) {
+  try {
+    Net net(spec, input);
+  } catch (const UsageError& e) {
+    EXPECT_EQ(e.exit_code(), 2);
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Arch, PaperPresetMatchesTheDesign) {
+  Net net("paper", {1, 28, 28});
+  EXPECT_EQ(net.spec(), "conv(32,5,pad=2) relu maxpool(2) flatten dense(128) relu dense(10)");
+  ASSERT_EQ(net.num_layers(), 7);
+  EXPECT_EQ(net.layer(0).out_dims(), (Dims{32, 28, 28}));
+  EXPECT_EQ(net.layer(2).out_dims(), (Dims{32, 14, 14}));
+  EXPECT_EQ(net.layer(3).out_dims(), (Dims{6272}));
+  EXPECT_EQ(net.num_outputs(), 10);
+  // torch.nn.Sequential names: the inserted flatten is layer 3, so the dense layers are 4 and 6.
+  std::vector<std::string> names;
+  for (auto& p : net.params()) names.push_back(p.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"0.weight", "0.bias", "4.weight", "4.bias", "6.weight", "6.bias"}));
+  EXPECT_EQ(net.params()[0].dims, (Dims{32, 1, 5, 5}));  // OIHW
+  EXPECT_EQ(net.params()[2].dims, (Dims{128, 6272}));    // [out, in]
+  EXPECT_EQ(net.num_params(), size_t(32 * 25 + 32 + 128 * 6272 + 128 + 10 * 128 + 10));
+  // Offsets are contiguous in order.
+  size_t off = 0;
+  for (auto& p : net.params()) {
+    EXPECT_EQ(p.offset, off);
+    off += p.numel();
+  }
+}
+
+TEST(Arch, LeNetAndDeepPresetsBuild) {
+  Net lenet("lenet5", {1, 28, 28});
+  EXPECT_EQ(lenet.layer(2).out_dims(), (Dims{6, 14, 14}));
+  EXPECT_EQ(lenet.layer(3).out_dims(), (Dims{16, 10, 10}));
+  EXPECT_EQ(lenet.layer(5).out_dims(), (Dims{16, 5, 5}));
+  EXPECT_EQ(lenet.num_outputs(), 10);
+  Net deep("deep", {1, 28, 28});
+  EXPECT_EQ(deep.num_outputs(), 10);
+  EXPECT_EQ(deep.layer(9).out_dims(), (Dims{64, 7, 7}));
+}
+
+TEST(Arch, ExplicitFlattenIsNotDoubled) {
+  Net a("conv(2,3) flatten dense(4)", {1, 5, 5});
+  Net b("conv(2,3) dense(4)", {1, 5, 5});
+  EXPECT_EQ(a.spec(), b.spec());
+  EXPECT_EQ(a.num_layers(), 3);
+}
+
+TEST(Arch, ArgumentsAndCanonicalForm) {
+  auto d = parse_arch("conv( 8 , 3x5 , stride=2 , pad=1 ) leaky_relu(0.2) maxpool(3,stride=2) elu avgpool(2) l2pool(2x3,stride=1) dense(7) softmax");
+  ASSERT_EQ(d.size(), 8u);
+  EXPECT_EQ(d[0].kind, LayerKind::Conv);
+  EXPECT_EQ(d[0].out, 8);
+  EXPECT_EQ(d[0].kh, 3);
+  EXPECT_EQ(d[0].kw, 5);
+  EXPECT_EQ(d[0].stride, 2);
+  EXPECT_EQ(d[0].pad, 1);
+  EXPECT_EQ(layer_desc_str(d[0]), "conv(8,3x5,stride=2,pad=1)");
+  EXPECT_FLOAT_EQ(d[1].act.alpha, 0.2f);
+  EXPECT_EQ(d[2].stride, 2);
+  EXPECT_FLOAT_EQ(d[3].act.alpha, 1.0f);  // elu default
+  EXPECT_EQ(d[4].stride, 2);              // pools default to stride = window, as PyTorch
+  EXPECT_EQ(layer_desc_str(d[5]), "l2pool(2x3,stride=1)");
+  EXPECT_EQ(d[7].kind, LayerKind::Softmax);
+}
+
+TEST(Arch, UnknownLayerSuggestsTheNearestName) {
+  std::string e = build_error("conv(8,3) rleu dense(10)");
+  EXPECT_NE(e.find("unknown layer 'rleu'"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean 'relu'"), std::string::npos) << e;
+  e = build_error("conv2d(8,3) dense(10)");
+  EXPECT_NE(e.find("did you mean 'conv'"), std::string::npos) << e;
+  e = build_error("maxpol(2) dense(10)");
+  EXPECT_NE(e.find("did you mean 'maxpool'"), std::string::npos) << e;
+}
+
+TEST(Arch, MalformedArgumentsNameTheLayer) {
+  EXPECT_NE(build_error("conv(8) dense(10)").find("layer 1 'conv(8)'"), std::string::npos);
+  EXPECT_NE(build_error("conv(8,3,strde=2) dense(10)").find("did you mean 'stride'"), std::string::npos);
+  EXPECT_NE(build_error("conv(8,x) dense(10)").find("whole number"), std::string::npos);
+  EXPECT_NE(build_error("conv(8,3 dense(10)").find("no closing ')'"), std::string::npos);
+  EXPECT_NE(build_error("dense(10,3)").find("expected dense(units)"), std::string::npos);
+  EXPECT_NE(build_error("relu(3) dense(10)").find("takes no arguments"), std::string::npos);
+  EXPECT_NE(build_error("leaky_relu(abc) dense(10)").find("finite number"), std::string::npos);
+  EXPECT_NE(build_error("").find("empty"), std::string::npos);
+}
+
+TEST(Arch, NegativeAndZeroSizesAreRejected) {
+  EXPECT_NE(build_error("conv(0,3) dense(10)").find("between 1 and"), std::string::npos);
+  EXPECT_NE(build_error("conv(-4,3) dense(10)").find("between 1 and"), std::string::npos);
+  EXPECT_NE(build_error("conv(4,3,stride=0) dense(10)").find("stride"), std::string::npos);
+  EXPECT_NE(build_error("conv(4,3,pad=-1) dense(10)").find("pad"), std::string::npos);
+  EXPECT_NE(build_error("dense(0)").find("units"), std::string::npos);
+  EXPECT_NE(build_error("maxpool(0) dense(10)").find("kernel size"), std::string::npos);
+}
+
+TEST(Arch, KernelLargerThanItsInputNamesTheLayer) {
+  // conv(8,5)+maxpool(2) leaves 12x12 -> 6x6 after a second pool; a 7x7 kernel does not fit.
+  std::string e = build_error("conv(8,5) maxpool(2) conv(16,3) maxpool(2) conv(32,7) dense(10)", {1, 28, 28});
+  EXPECT_NE(e.find("layer 4 conv(32,7): input 5x5 is smaller than the 7x7 kernel"), std::string::npos) << e;
+  e = build_error("maxpool(4) maxpool(4) maxpool(4) dense(10)", {1, 28, 28});
+  EXPECT_NE(e.find("layer 2 maxpool(4): input 1x1 is smaller than the 4x4 pooling window"), std::string::npos) << e;
+}
+
+TEST(Arch, ImageLayerAfterFlattenIsRejected) {
+  std::string e = build_error("dense(10) conv(4,3)");
+  EXPECT_NE(e.find("needs a CxHxW input"), std::string::npos) << e;
+  e = build_error("conv(4,3) softmax");
+  EXPECT_NE(e.find("softmax works on a flat vector"), std::string::npos) << e;
+}
+
+TEST(Arch, LastLayerWidthMustMatchTheClasses) {
+  Net net("conv(4,3) dense(7)", {1, 8, 8});
+  try {
+    net.check_classes(10, "the data in /d");
+    FAIL() << "no error";
+  } catch (const UsageError& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("7 outputs"), std::string::npos) << m;
+    EXPECT_NE(m.find("10 classes"), std::string::npos) << m;
+    EXPECT_NE(m.find("dense(10)"), std::string::npos) << m;
+  }
+  EXPECT_NO_THROW(net.check_classes(7, "x"));
+}
+
+TEST(Arch, NetEndingInAnImageGetsFlattened) {
+  Net net("conv(5,8)", {1, 8, 8});  // 5x1x1 -> flatten -> 5 outputs
+  EXPECT_EQ(net.num_outputs(), 5);
+  EXPECT_EQ(net.layer(net.num_layers() - 1).spec(), "flatten");
+}
+
+TEST(Arch, InitIsSeededAndFollowsTheRule) {
+  Net net("paper", {1, 28, 28});
+  auto a = net.init_params(3), b = net.init_params(3), c = net.init_params(4);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  // Biases start at zero; the first conv (ReLU after it) is He-normal: std ~ sqrt(2/25).
+  const auto& w = net.params()[0];
+  double s2 = 0;
+  for (size_t i = 0; i < w.numel(); ++i) s2 += double(a[w.offset + i]) * a[w.offset + i];
+  double sd = std::sqrt(s2 / w.numel());
+  EXPECT_NEAR(sd, std::sqrt(2.0 / 25), 0.06);
+  for (size_t i = 0; i < net.params()[1].numel(); ++i) EXPECT_EQ(a[net.params()[1].offset + i], 0.f);
+  // The last dense layer (no activation after it) is Xavier-uniform: |w| <= sqrt(6/(128+10)).
+  const auto& wl = net.params()[4];
+  double lim = std::sqrt(6.0 / 138);
+  float mx = 0;
+  for (size_t i = 0; i < wl.numel(); ++i) mx = std::max(mx, std::fabs(a[wl.offset + i]));
+  EXPECT_LE(mx, lim);
+  EXPECT_GT(mx, 0.8 * lim);
+}
+
+TEST(Arch, NearestSuggestsOnlyPlausibleNames) {
+  EXPECT_EQ(nearest("--epoch", {"--epochs", "--batch"}), "--epochs");
+  EXPECT_EQ(nearest("zzzzzzzz", {"relu", "conv"}), "");
+}

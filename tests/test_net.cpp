@@ -1,1 +1,144 @@
+// Whole-net gradient checks (every preset, arbitrary architectures, every loss and pooling), the
+// float net against the double net, and the non-finite diagnosis.
 #include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "barecnn/gradcheck.h"
+#include "barecnn/net.h"
+#include "barecnn/ops.h"
+#include "test_util.h"
+
+using namespace barecnn;
+
+namespace {
+
+::testing::AssertionResult passes(const GradcheckOptions& o) {
+  GradcheckResult r = run_gradcheck(o);
+  std::ostringstream os;
+  os << r.arch << " loss " << loss_name(o.loss) << ":";
+  bool any_nonzero = false;
+  for (auto& t : r.tensors) {
+    os << "\n  " << t.name << " checked " << t.checked << " kinks " << t.skipped << " worst " << t.worst_rel
+       << (t.pass ? " ok" : " FAIL");
+    any_nonzero |= !t.all_zero;
+  }
+  if (!r.pass) return ::testing::AssertionFailure() << os.str();
+  if (!any_nonzero) return ::testing::AssertionFailure() << "every gradient is zero: " << os.str();
+  return ::testing::AssertionSuccess();
+}
+
+GradcheckOptions opts(const std::string& arch, Dims input, Loss loss = Loss::SoftmaxCrossEntropy, int samples = 12) {
+  GradcheckOptions o;
+  o.arch = arch;
+  o.input = input;
+  o.loss = loss;
+  o.samples = samples;
+  return o;
+}
+
+}  // namespace
+
+TEST(NetGradcheck, PaperPreset) { EXPECT_TRUE(passes(opts("paper", {1, 12, 12}))); }
+TEST(NetGradcheck, LeNet5Preset) { EXPECT_TRUE(passes(opts("lenet5", {1, 20, 20}))); }
+TEST(NetGradcheck, DeepPreset) { EXPECT_TRUE(passes(opts("deep", {1, 8, 8}, Loss::SoftmaxCrossEntropy, 8))); }
+
+TEST(NetGradcheck, EveryLossOnAMixedNet) {
+  const std::string arch =
+      "conv(4,3,stride=2,pad=1) elu l2pool(2) conv(3,2x3) leaky_relu(0.1) avgpool(2,stride=1) dense(7) softplus dense(5)";
+  int n = 0;
+  const char* const* names = loss_names(&n);
+  for (int i = 0; i < n; ++i) {
+    SCOPED_TRACE(names[i]);
+    EXPECT_TRUE(passes(opts(arch, {3, 17, 15}, parse_loss(names[i]), 8)));
+  }
+}
+
+TEST(NetGradcheck, StridesPaddingsAndEveryPooling) {
+  EXPECT_TRUE(passes(opts("conv(3,3,stride=2,pad=2) tanh maxpool(3,stride=2) dense(4)", {2, 13, 11})));
+  EXPECT_TRUE(passes(opts("conv(2,4,stride=3) sigmoid avgpool(2x3,stride=1) dense(3)", {3, 14, 16})));
+  EXPECT_TRUE(passes(opts("conv(5,1) arctan l2pool(3,stride=3) conv(2,2,pad=1) relu dense(6) softmax", {1, 9, 9})));
+  EXPECT_TRUE(passes(opts("conv(4,7) relu dense(3)", {2, 7, 7})));  // kernel equal to the input
+  EXPECT_TRUE(passes(opts("dense(8) tanh dense(3)", {1, 3, 5})));   // no conv at all
+  EXPECT_TRUE(passes(opts("conv(3,3,pad=1) identity maxpool(2) conv(3,3,pad=1) relu maxpool(2) dense(4)", {3, 8, 8})));
+}
+
+TEST(NetGradcheck, SeedsDoNotMatter) {
+  for (uint64_t seed : {2, 3, 4}) {
+    GradcheckOptions o = opts("conv(6,3,pad=1) relu maxpool(2) dense(16) relu dense(4)", {2, 10, 10});
+    o.seed = seed;
+    o.batch = 3;
+    EXPECT_TRUE(passes(o)) << "seed " << seed;
+  }
+}
+
+TEST(NetGradcheck, DetectsAWrongGradient) {
+  // The checker must be able to fail: a loss whose reported gradient is scaled is caught.
+  GradcheckOptions o = opts("conv(3,3) relu dense(3)", {1, 6, 6});
+  GradcheckResult ok = run_gradcheck(o);
+  ASSERT_TRUE(ok.pass);
+  for (auto& t : ok.tensors) EXPECT_LT(t.worst_rel, 1e-7) << t.name;
+  o.corrupt = 1.001;  // a 0.1% error in the conv weight gradient
+  GradcheckResult bad = run_gradcheck(o);
+  EXPECT_FALSE(bad.pass);
+  EXPECT_FALSE(bad.tensors[0].pass);
+  EXPECT_TRUE(bad.tensors[1].pass);
+}
+
+TEST(Net, FloatNetMatchesDoubleNet) {
+  Net net("conv(4,3,pad=1) relu maxpool(2) conv(3,3) tanh avgpool(2) dense(8) sigmoid dense(3)", {2, 14, 14});
+  std::vector<float> pf = net.init_params(5);
+  std::vector<double> pd(pf.begin(), pf.end());
+  NetState<float> sf;
+  NetState<double> sd;
+  net.prepare(sf, 5, Device::CPU);
+  net.prepare(sd, 5, Device::CPU);
+  auto x = test::tie_free_vec(sf.act[0].numel(), 11);
+  std::copy(x.begin(), x.end(), sd.act[0].data());
+  for (size_t i = 0; i < x.size(); ++i) sf.act[0].data()[i] = float(x[i]);
+  net.forward(sf, pf.data(), nullptr);
+  net.forward(sd, pd.data(), nullptr);
+  EXPECT_TRUE(test::all_close(sd.act.back().to_host(), sf.act.back().to_host(), 1e-5, 1e-4));
+  // and the gradients
+  auto g = test::random_vec(sf.dact.back().numel(), 12);
+  for (size_t i = 0; i < g.size(); ++i) sf.dact.back().data()[i] = float(g[i]), sd.dact.back().data()[i] = g[i];
+  std::vector<float> gf(net.num_params());
+  std::vector<double> gd(net.num_params());
+  net.backward(sf, pf.data(), gf.data(), nullptr, true);
+  net.backward(sd, pd.data(), gd.data(), nullptr, true);
+  EXPECT_TRUE(test::all_close(gd, gf, 1e-4, 1e-3));
+  EXPECT_TRUE(test::all_close(sd.dact[0].to_host(), sf.dact[0].to_host(), 1e-5, 1e-3));
+}
+
+TEST(Net, FirstNonFiniteNamesTheLayer) {
+  Net net("conv(2,3) relu dense(4) dense(3)", {1, 5, 5});
+  std::vector<float> p = net.init_params(1);
+  NetState<float> st;
+  net.prepare(st, 2, Device::CPU);
+  for (size_t i = 0; i < st.act[0].numel(); ++i) st.act[0].data()[i] = 0.5f;
+  net.forward(st, p.data(), nullptr);
+  EXPECT_EQ(net.first_nonfinite(st), "");
+  // A weight of the first dense layer (layer 3, after the inserted flatten) becomes infinite.
+  const ParamEntry* dw = nullptr;
+  for (auto& e : net.params()) if (e.name == "3.weight") dw = &e;
+  ASSERT_NE(dw, nullptr);
+  for (size_t i = 0; i < dw->numel(); ++i) p[dw->offset + i] = INFINITY;
+  net.forward(st, p.data(), nullptr);
+  std::string where = net.first_nonfinite(st);
+  EXPECT_NE(where.find("layer 3 dense(4)"), std::string::npos) << where;
+}
+
+TEST(Net, BackwardOverwritesGradients) {
+  Net net("conv(2,3) relu dense(3)", {1, 6, 6});
+  std::vector<float> p = net.init_params(2);
+  NetState<float> st;
+  net.prepare(st, 2, Device::CPU);
+  auto x = test::random_vec(st.act[0].numel(), 3);
+  std::copy(x.begin(), x.end(), st.act[0].data());
+  net.forward(st, p.data(), nullptr);
+  for (size_t i = 0; i < st.dact.back().numel(); ++i) st.dact.back().data()[i] = 0.1f * float(i % 7);
+  std::vector<float> g1(net.num_params(), 123.f), g2(net.num_params(), -7.f);
+  net.backward(st, p.data(), g1.data(), nullptr, false);
+  net.backward(st, p.data(), g2.data(), nullptr, false);
+  EXPECT_EQ(g1, g2);
+}

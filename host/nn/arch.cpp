@@ -98,8 +98,8 @@ std::vector<Token> tokenize(const std::string& spec) {
         throw UsageError(fmt("--arch: layer ", t.position, " '", spec.substr(start), "' has no closing ')'"));
       std::string inner = spec.substr(i + 1, close - i - 1);
       if (inner.find('(') != std::string::npos)
-        throw UsageError(fmt("--arch: layer ", t.position, " '", spec.substr(start, close + 1 - start),
-                             "' has nested parentheses"));
+        throw UsageError(fmt("--arch: layer ", t.position, " '", spec.substr(start, inner.find('(') + i + 1 - start),
+                             "...' has no closing ')' before the next '('"));
       t.has_parens = true;
       size_t p = 0;
       while (true) {

@@ -83,6 +83,8 @@ GradcheckResult run_gradcheck(const GradcheckOptions& opt) {
   std::vector<double> grads(net.num_params());
   net.backward(st, params.data(), grads.data(), nullptr, /*need_input_grad=*/true);
   std::vector<double> dx(st.dact[0].data(), st.dact[0].data() + st.dact[0].numel());
+  if (!net.params().empty())
+    for (size_t i = 0; i < net.params()[0].numel(); ++i) grads[i] *= opt.corrupt;
 
   // One tensor: sample entries, compare with central differences.
   auto check = [&](const std::string& name, const Dims& dims, std::vector<double>& v, size_t offset, size_t n,

@@ -517,6 +517,8 @@ class Run {
         if (!std::isfinite(ls)) replay_divergence();
         save_checkpoint(epoch_, done, ls, cs, start_seconds_ + seconds_since(t0));
       }
+      if (cfg_.stop_after_steps > 0 && global_step_ >= cfg_.stop_after_steps)
+        throw Error(fmt("stopped after ", global_step_, " steps (stop_after_steps)"));
     }
     double ls, cs;
     sync_metrics(steps_per_epoch_, &ls, &cs);

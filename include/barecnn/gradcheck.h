@@ -20,6 +20,7 @@ struct GradcheckOptions {
   int samples = 24;     // entries checked per tensor (all when the tensor is smaller)
   double step = 1e-6;   // central-difference step h
   double tol = 1e-6;    // Caffe criterion: |a - n| <= tol * max(|a|, |n|, 1) (+ the rounding floor)
+  double corrupt = 1.0; // tests only: scales the analytic gradient of the first tensor (must then fail)
 };
 
 struct GradcheckTensor {
