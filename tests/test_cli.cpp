@@ -1,1 +1,292 @@
+// End-to-end tests of the barecnn executable on small IDX files the tests write: train, eval and
+// predict agree; hostile files and flags give exit code 1 or 2 and a message naming the culprit;
+// nothing already in the output folder is lost; a run killed with SIGKILL and resumed ends with
+// the weights of an uninterrupted run.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "barecnn/fileutil.h"
+#include "barecnn/safetensors.h"
+#include "barecnn/trainer.h"
+#include "synthetic_data.h"
+
+using namespace barecnn;
+
+namespace {
+
+struct Result {
+  int rc = -1;
+  std::string out;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+  std::string cmd = std::string(BARECNN_EXE) + " " + args + " 2>&1";
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int st = pclose(p);
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+const char* kArch = "\"conv(4,3,pad=1) relu maxpool(2) dense(16) relu dense(3)\"";
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f << bytes;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    data_ = test::fresh_dir("cli_data");
+    test::write_bars_dataset(data_);
+    model_dir_ = test::fresh_dir("cli_model");
+    Result r = run("train --device cpu --data " + data_ + " --arch " + kArch + " --epochs 2 --batch 32 --lr 0.05 --out " +
+                   model_dir_);
+    ASSERT_EQ(r.rc, 0) << r.out;
+  }
+  // A copy of the data folder with one file replaced by `bytes`.
+  static std::string data_with(const std::string& name, const std::string& file, const std::string& bytes) {
+    std::string d = test::fresh_dir(name);
+    for (const char* f : {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte.gz",
+                          "t10k-labels-idx1-ubyte.gz"})
+      std::filesystem::copy_file(data_ + "/" + f, d + "/" + f);
+    std::filesystem::remove(d + "/" + file);
+    write_bytes(d + "/" + file, bytes);
+    return d;
+  }
+  static std::string data_, model_dir_;
+};
+std::string Cli::data_, Cli::model_dir_;
+
+#define EXPECT_FAILS_WITH(res, code_lo, text)                                                   \
+  do {                                                                                         \
+    Result r_ = (res);                                                                         \
+    EXPECT_GE(r_.rc, code_lo) << r_.out;                                                       \
+    EXPECT_LE(r_.rc, 2) << r_.out;                                                             \
+    EXPECT_NE(r_.out.find(text), std::string::npos) << "expected '" << text << "' in:\n" << r_.out; \
+  } while (0)
+
+}  // namespace
+
+TEST_F(Cli, TrainEvalPredictAgree) {
+  auto summary = nlohmann::json::parse(read_file(model_dir_ + "/summary.json", "summary"));
+  Result ev = run("eval --model " + model_dir_ + "/model.safetensors --data " + data_ + " --device cpu --json");
+  ASSERT_EQ(ev.rc, 0) << ev.out;
+  auto j = nlohmann::json::parse(ev.out);
+  EXPECT_EQ(j["count"], 150);
+  EXPECT_DOUBLE_EQ(j["accuracy"].get<double>(), summary["test_accuracy"].get<double>());
+  EXPECT_NEAR(j["loss"].get<double>(), summary["test_loss"].get<double>(), 1e-9);
+  EXPECT_GT(j["accuracy"].get<double>(), 0.9);
+
+  std::string csv = model_dir_ + "/pred.csv";
+  Result pr = run("predict --model " + model_dir_ + "/model.safetensors --images " + data_ +
+                  "/t10k-images-idx3-ubyte.gz --output " + csv + " --device cpu");
+  ASSERT_EQ(pr.rc, 0) << pr.out;
+  std::istringstream in(read_file(csv, "csv"));
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "index,predicted,logit_0,logit_1,logit_2");
+  std::vector<uint8_t> labels = read_idx_labels(data_ + "/t10k-labels-idx1-ubyte.gz");
+  int rows = 0, correct = 0;
+  while (std::getline(in, line)) {
+    std::vector<double> f;
+    std::stringstream ss(line);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) f.push_back(std::stod(cell));
+    ASSERT_EQ(f.size(), 5u) << line;
+    EXPECT_EQ(int(f[0]), rows);
+    int arg = int(std::max_element(f.begin() + 2, f.end()) - (f.begin() + 2));
+    EXPECT_EQ(int(f[1]), arg) << line;
+    correct += int(f[1]) == labels[rows];
+    ++rows;
+  }
+  EXPECT_EQ(rows, 150);
+  EXPECT_DOUBLE_EQ(correct / 150.0, j["accuracy"].get<double>());
+}
+
+TEST_F(Cli, InfoAndHelp) {
+  Result r = run("info");
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find("CUDA architectures compiled in"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("paper"), std::string::npos);
+  Result h = run("train --help");
+  EXPECT_EQ(h.rc, 0);
+  EXPECT_NE(h.out.find("Examples"), std::string::npos) << h.out;
+  EXPECT_NE(h.out.find("--checkpoint-every"), std::string::npos);
+}
+
+TEST_F(Cli, GradcheckCommand) {
+  Result r = run("gradcheck --arch \"conv(3,3,stride=2,pad=1) elu l2pool(2) dense(4)\" --input 2x9x9 --loss bce");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("gradcheck passed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("input"), std::string::npos);
+  EXPECT_FAILS_WITH(run("gradcheck --input 3x32"), 2, "--input");
+}
+
+TEST_F(Cli, BadFlags) {
+  std::string base = "train --device cpu --data " + data_ + " --arch " + kArch + " --out " + test::fresh_dir("cli_flags");
+  EXPECT_FAILS_WITH(run(base + " --epoch 2"), 2, "did you mean --epochs");
+  EXPECT_FAILS_WITH(run(base + " --epochs abc"), 2, "--epochs");
+  EXPECT_FAILS_WITH(run(base + " --lr -1"), 2, "--lr must be a positive finite number");
+  EXPECT_FAILS_WITH(run(base + " --lr nan"), 2, "--lr must be a positive finite number");
+  EXPECT_FAILS_WITH(run(base + " --batch 0"), 2, "--batch must be >= 1");
+  EXPECT_FAILS_WITH(run(base + " --epochs 0"), 2, "--epochs must be >= 1");
+  EXPECT_FAILS_WITH(run(base + " --optimizer adamw"), 2, "--optimizer");
+  EXPECT_FAILS_WITH(run(base + " --loss crossentropy"), 2, "--loss");
+  EXPECT_FAILS_WITH(run(base + " --device tpu"), 2, "--device");
+}
+
+TEST_F(Cli, UnwritableOutputFolderIsCaughtBeforeTraining) {
+  std::string d = test::fresh_dir("cli_unwritable");
+  write_bytes(d + "/file", "x");
+  Result r = run("train --device cpu --data " + data_ + " --arch " + kArch + " --out " + d + "/file/sub");
+  EXPECT_FAILS_WITH(r, 2, "--out");
+  EXPECT_EQ(r.out.find("epoch 1/"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, BadArchSpecs) {
+  std::string base = "train --device cpu --data " + data_ + " --out " + test::fresh_dir("cli_arch") + " --arch ";
+  EXPECT_FAILS_WITH(run(base + "\"conv(4,3) rleu dense(3)\""), 2, "did you mean 'relu'");
+  EXPECT_FAILS_WITH(run(base + "\"conv(4,9) dense(3)\""), 2, "input 8x8 is smaller than the 9x9 kernel");
+  EXPECT_FAILS_WITH(run(base + "\"conv(4,3) dense(10)\""), 2, "has 10 outputs but the data");
+  EXPECT_FAILS_WITH(run(base + "\"conv(-1,3) dense(3)\""), 2, "output channels");
+}
+
+TEST_F(Cli, BadIdxFiles) {
+  const std::string f = "train-labels-idx1-ubyte";
+  std::string good = read_file(data_ + "/" + f, "labels");
+  auto train_on = [&](const std::string& d) {
+    return run("train --device cpu --data " + d + " --arch " + kArch + " --out " + test::fresh_dir("cli_idx_out"));
+  };
+  std::string wrong_magic = good;
+  wrong_magic[3] = 0x03;
+  EXPECT_FAILS_WITH(train_on(data_with("cli_idx1", f, wrong_magic)), 1, f);
+  EXPECT_FAILS_WITH(train_on(data_with("cli_idx2", f, good.substr(0, 5))), 1, f);                 // truncated header
+  EXPECT_FAILS_WITH(train_on(data_with("cli_idx3", f, good.substr(0, good.size() - 10))), 1, f);  // truncated data
+  std::string bad_label = good;
+  bad_label[8 + 17] = 7;  // class 7 of a 3-class net
+  Result r = train_on(data_with("cli_idx4", f, bad_label));
+  EXPECT_GE(r.rc, 1);
+  EXPECT_NE(r.out.find("label"), std::string::npos) << r.out;
+  std::string huge = good;
+  huge[4] = 0x7f;  // declares ~2^31 labels in a file of a few hundred bytes
+  EXPECT_FAILS_WITH(train_on(data_with("cli_idx5", f, huge)), 1, f);
+  std::string gz = read_file(data_ + "/t10k-images-idx3-ubyte.gz", "gz");
+  for (size_t i = gz.size() / 2; i < gz.size() / 2 + 16; ++i) gz[i] ^= 0x5a;
+  EXPECT_FAILS_WITH(train_on(data_with("cli_idx6", "t10k-images-idx3-ubyte.gz", gz)), 1, "t10k-images-idx3-ubyte.gz");
+  EXPECT_FAILS_WITH(run("train --device cpu --data /nonexistent/folder --arch paper"), 1, "/nonexistent/folder");
+}
+
+TEST_F(Cli, BadModelFiles) {
+  std::string dir = test::fresh_dir("cli_bad_models");
+  std::string model = model_dir_ + "/model.safetensors";
+  SafeTensors good = read_safetensors(model);
+  auto eval_of = [&](const std::string& path) {
+    return run("eval --device cpu --data " + data_ + " --model " + path);
+  };
+  auto variant = [&](const std::string& name, auto&& edit) {
+    SafeTensors st = good;
+    edit(st);
+    std::string p = dir + "/" + name + ".safetensors";
+    write_safetensors(p, st);
+    return p;
+  };
+  std::string p;
+  p = variant("missing", [](SafeTensors& s) { s.tensors.erase("4.weight"); });
+  EXPECT_FAILS_WITH(eval_of(p), 1, "\"4.weight\" is missing");
+  p = variant("extra", [](SafeTensors& s) { s.tensors["9.weight"] = s.tensors["0.bias"]; });
+  EXPECT_FAILS_WITH(eval_of(p), 1, "unexpected tensor \"9.weight\"");
+  p = variant("shape", [](SafeTensors& s) { s.tensors["0.weight"].shape = {4, 1, 9, 1}; });
+  EXPECT_FAILS_WITH(eval_of(p), 1, "\"0.weight\" has shape 4x1x9x1");
+  p = variant("noarch", [](SafeTensors& s) { s.metadata.erase("arch"); });
+  EXPECT_FAILS_WITH(eval_of(p), 1, "no \"arch\"");
+  p = variant("badarch", [](SafeTensors& s) { s.metadata["arch"] = "conv(4,3) bogus"; });
+  EXPECT_FAILS_WITH(eval_of(p), 1, "unknown layer 'bogus'");
+  // Raw corruptions.
+  std::string bytes = read_file(model, "model");
+  std::string long_header = bytes;
+  long_header[5] = 0x7f;  // header length far beyond the file
+  write_bytes(dir + "/hdr.safetensors", long_header);
+  EXPECT_FAILS_WITH(eval_of(dir + "/hdr.safetensors"), 1, "hdr.safetensors");
+  std::string bad_json = bytes;
+  bad_json[8] = '[';
+  write_bytes(dir + "/json.safetensors", bad_json);
+  EXPECT_FAILS_WITH(eval_of(dir + "/json.safetensors"), 1, "json.safetensors");
+  std::string dtype = bytes;
+  size_t at = dtype.find("\"F32\"");
+  ASSERT_NE(at, std::string::npos);
+  dtype.replace(at, 5, "\"Q32\"");
+  write_bytes(dir + "/dtype.safetensors", dtype);
+  EXPECT_FAILS_WITH(eval_of(dir + "/dtype.safetensors"), 1, "Q32");
+  write_bytes(dir + "/short.safetensors", bytes.substr(0, bytes.size() - 4));
+  EXPECT_FAILS_WITH(eval_of(dir + "/short.safetensors"), 1, "short.safetensors");
+  EXPECT_FAILS_WITH(eval_of(dir + "/absent.safetensors"), 1, "absent.safetensors");
+}
+
+TEST_F(Cli, ExistingModelSurvivesAFailedRun) {
+  std::string out = test::fresh_dir("cli_survive");
+  std::filesystem::copy_file(model_dir_ + "/model.safetensors", out + "/model.safetensors");
+  std::string before = read_file(out + "/model.safetensors", "model");
+  // Fails on its spec, on its data, and by diverging mid-training.
+  EXPECT_EQ(run("train --device cpu --data " + data_ + " --arch \"conv(4,3) dense(10)\" --out " + out).rc, 2);
+  EXPECT_NE(run("train --device cpu --data /nonexistent --arch " + std::string(kArch) + " --out " + out).rc, 0);
+  Result div = run("train --device cpu --data " + data_ + " --arch " + kArch + " --lr 1e30 --momentum 0 --out " + out);
+  EXPECT_FAILS_WITH(div, 1, "diverged");
+  EXPECT_EQ(read_file(out + "/model.safetensors", "model"), before);
+  for (auto& e : std::filesystem::directory_iterator(out))
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << "left behind: " << e.path();
+}
+
+TEST_F(Cli, KilledAndResumedEqualsUninterrupted) {
+  // A longer run (2400 images, batch 16: 150 steps per epoch, 2 epochs) checkpointing every 7
+  // steps; killed with SIGKILL at a random moment, then resumed to the end.
+  std::string data = test::fresh_dir("cli_kill_data");
+  test::write_bars_dataset(data, 2400, 100);
+  const std::string args = "train --device cpu --threads 1 --data " + data + " --arch " + kArch +
+                           " --epochs 2 --batch 16 --checkpoint-every 7 --quiet --out ";
+  std::string full = test::fresh_dir("cli_kill_full");
+  auto t0 = std::chrono::steady_clock::now();
+  Result rf = run(args + full);
+  ASSERT_EQ(rf.rc, 0) << rf.out;
+  double run_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  Model ref = load_model(full + "/model.safetensors");
+
+  Rng rng(uint64_t(std::chrono::system_clock::now().time_since_epoch().count()));
+  for (int trial = 0; trial < 2; ++trial) {
+    std::string part = test::fresh_dir("cli_kill_part" + std::to_string(trial));
+    std::string cmd = std::string(BARECNN_EXE) + " " + args + part + " >/dev/null 2>&1";
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
+      _exit(127);
+    }
+    int delay_ms = int(run_ms * rng.uniform(0.2, 0.8));
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    kill(pid, SIGKILL);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    bool killed = WIFSIGNALED(st);
+    std::string ck = part + "/checkpoint.safetensors";
+    Result rr = file_exists(ck) ? run("train --device cpu --threads 1 --quiet --epochs 2 --resume " + part)
+                                : run(args + part);  // killed before the first checkpoint
+    ASSERT_EQ(rr.rc, 0) << "trial " << trial << " (killed after " << delay_ms << " ms: " << killed << ")\n" << rr.out;
+    Model m = load_model(part + "/model.safetensors");
+    EXPECT_EQ(m.params, ref.params) << "trial " << trial << ", killed after " << delay_ms << " ms";
+    for (auto& e : std::filesystem::directory_iterator(part))
+      EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << "left behind: " << e.path();
+  }
+}

@@ -140,21 +140,31 @@ TEST_F(TrainTest, MidEpochCheckpointResumesBitwise) {
   EXPECT_EQ(sf["epochs"][1]["train_accuracy"].get<double>(), sp["epochs"][1]["train_accuracy"].get<double>());
 }
 
-TEST_F(TrainTest, ResumeOfAFinishedRunSaysSo) {
+TEST_F(TrainTest, ResumeOfAFinishedRunRewritesItsOutputsOrSaysSo) {
   std::string out = test::fresh_dir("train_done");
   TrainConfig c = config(data_, out);
-  c.epochs = 1;
+  c.epochs = 2;
   train(c);
+  std::vector<float> w = model_weights(out);
+  // Killed between the last checkpoint and the model file: resuming writes the outputs.
+  std::filesystem::remove(out + "/model.safetensors");
+  std::filesystem::remove(out + "/summary.json");
   TrainConfig cr;
   cr.resume = out;
   cr.out = "";
-  cr.epochs = 1;
+  cr.epochs = 2;
   cr.quiet = true;
+  cr.device = "cpu";
+  train(cr);
+  EXPECT_EQ(model_weights(out), w);
+  EXPECT_EQ(summary(out)["epochs"].size(), 2u);
+  // Fewer epochs than done: an error that says what to do.
+  cr.epochs = 1;
   try {
     train(cr);
     FAIL() << "no error";
   } catch (const UsageError& e) {
-    EXPECT_NE(std::string(e.what()).find("already has 1 epochs"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("already has 2 epochs"), std::string::npos) << e.what();
   }
 }
 

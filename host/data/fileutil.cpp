@@ -6,6 +6,7 @@
 #include "barecnn/fileutil.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -157,6 +158,29 @@ void ensure_writable_dir(const std::string& dir, const std::string& flag) {
 std::string path_join(const std::string& a, const std::string& b) {
   if (a.empty()) return b;
   return (fs::path(a) / b).string();
+}
+
+}  // namespace barecnn
+
+namespace barecnn {
+
+// A process killed while writing leaves ".<name>.tmp.<pid>.<n>"; the next run in the folder
+// removes those whose writer is gone.
+int remove_stale_temp_files(const std::string& dir) {
+  namespace fs = std::filesystem;
+  int removed = 0;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    size_t at = name.rfind(".tmp.");
+    if (name.empty() || name[0] != '.' || at == std::string::npos) continue;
+    long pid = std::strtol(name.c_str() + at + 5, nullptr, 10);
+    if (pid <= 0 || (::kill(pid_t(pid), 0) != 0 && errno == ESRCH)) {
+      fs::remove(e.path(), ec);
+      removed += !ec;
+    }
+  }
+  return removed;
 }
 
 }  // namespace barecnn

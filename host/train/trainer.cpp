@@ -237,9 +237,11 @@ class Run {
       cfg_.quiet = quiet;
       cfg_.checkpoint_every = every;
       cfg_.threads = threads;
-      if (ck.epochs_done >= cfg_.epochs && ck.step_in_epoch == 0)
-        throw UsageError(fmt("--resume ", cfg_.resume, ": the run already has ",
-                             ck.epochs_done, " epochs; pass --epochs N with N > ", ck.epochs_done, " to train more"));
+      if (ck.epochs_done > cfg_.epochs || (ck.epochs_done == cfg_.epochs && ck.step_in_epoch > 0))
+        throw UsageError(fmt("--resume ", cfg_.resume, ": the run already has ", ck.epochs_done,
+                             " epochs; pass --epochs N with N > ", ck.epochs_done, " to train more"));
+      // epochs_done == epochs: the run was stopped after its last checkpoint; only the outputs
+      // (model, report) remain to be written.
     }
     if (cfg_.epochs < 1) throw UsageError(fmt("--epochs must be >= 1, got ", cfg_.epochs));
     if (cfg_.batch < 1) throw UsageError(fmt("--batch must be >= 1, got ", cfg_.batch));
@@ -249,6 +251,7 @@ class Run {
 
     // Everything that can fail on user input fails here, before any training.
     ensure_writable_dir(cfg_.out, resuming ? "--out (or --resume)" : "--out");
+    remove_stale_temp_files(cfg_.out);
     std::string why;
     device_ = choose_device(cfg_.device, &why);
     if (resuming && ck.device != device_name(device_))
@@ -259,8 +262,10 @@ class Run {
     data_ = load_dataset(data_dir, cfg_.limit);
     Dims input{1, data_.train.rows, data_.train.cols};
     net_ = std::make_unique<Net>(cfg_.arch, input);
-    net_->check_classes(data_.classes, "the data in " + data_dir);
+    // A label beyond the net's outputs is named with its file; a net wider than the data's
+    // classes is an arch mistake.
     check_labels(data_, net_->num_outputs());
+    net_->check_classes(data_.classes, "the data in " + data_dir);
     if (data_.train.count < cfg_.batch) {
       std::printf("note: --batch %d is larger than the %d training images; using batch %d\n", cfg_.batch,
                   data_.train.count, data_.train.count);
@@ -294,7 +299,9 @@ class Run {
                 steps_per_epoch_, cfg_.batch, optim_str(cfg_.optim).c_str(), loss_name(cfg_.loss).c_str(),
                 (unsigned long long)cfg_.seed);
     std::printf("  output   : %s\n", cfg_.out.c_str());
-    if (resuming)
+    if (resuming && ck.epochs_done == cfg_.epochs)
+      std::printf("  resume   : %s has all %d epochs; writing its outputs\n", cfg_.resume.c_str(), ck.epochs_done);
+    else if (resuming)
       std::printf("  resume   : from %s at epoch %d, step %lld\n", cfg_.resume.c_str(), ck.epochs_done + 1,
                   ck.step_in_epoch);
     std::fflush(stdout);

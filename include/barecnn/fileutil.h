@@ -15,5 +15,7 @@ bool file_exists(const std::string& path);
 // UsageError naming `flag` ("--out") and the folder otherwise.
 void ensure_writable_dir(const std::string& dir, const std::string& flag);
 std::string path_join(const std::string& a, const std::string& b);
+// Removes temp files left in `dir` by writers that were killed (their pid is gone); returns how many.
+int remove_stale_temp_files(const std::string& dir);
 
 }  // namespace barecnn
