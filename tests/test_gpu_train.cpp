@@ -1,1 +1,188 @@
+// The whole training step on the GPU against the CPU, GPU determinism, and GPU training end to end.
+// Every test needs a working GPU and skips (with the reason) where there is none.
 #include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "barecnn/fileutil.h"
+#include "barecnn/net.h"
+#include "barecnn/ops.h"
+#include "barecnn/trainer.h"
+#include "synthetic_data.h"
+#include "test_util.h"
+
+using namespace barecnn;
+
+namespace {
+
+struct StepResult {
+  double loss = 0;
+  std::vector<float> grads, logits;
+};
+
+// One forward + loss + backward of `net` on a fixed batch, on `dev`.
+StepResult one_step(Net& net, const std::vector<float>& params, const std::vector<float>& x,
+                    const std::vector<int32_t>& labels, Loss loss, Device dev) {
+  const int N = int(labels.size()), K = net.num_outputs();
+  std::unique_ptr<GpuContext> gpu;
+  if (dev == Device::CUDA) gpu = std::make_unique<GpuContext>();
+  NetState<float> st;
+  net.prepare(st, N, dev);
+  Tensor p({int(params.size())}, dev), g({int(params.size())}, dev), l({N}, dev);
+  TensorI lab({N}, dev), correct({N}, dev);
+  p.copy_from_host(params);
+  lab.copy_from_host(labels);
+  st.act[0].copy_from_host(x);
+  net.forward(st, p.data(), gpu.get());
+  if (dev == Device::CUDA)
+    gpu::loss_forward_backward(l.data(), st.dact.back().data(), correct.data(), st.act.back().data(), lab.data(), N,
+                               K, loss, 1.f / N, gpu->stream());
+  else
+    ref::loss_forward_backward<float>(l.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
+                                      lab.data(), N, K, loss, 1.f / N);
+  net.backward(st, p.data(), g.data(), gpu.get(), false);
+  StepResult r;
+  for (float v : l.to_host()) r.loss += v;
+  r.loss /= N;
+  r.grads = g.to_host();
+  r.logits = st.act.back().to_host();
+  return r;
+}
+
+void compare_step(const std::string& arch, const Dims& input, int N, Loss loss) {
+  Net net(arch, input);
+  std::vector<float> params = net.init_params(3);
+  Rng rng(4);
+  for (auto& e : net.params())  // non-zero biases
+    if (e.name.find(".bias") != std::string::npos)
+      for (size_t i = 0; i < e.numel(); ++i) params[e.offset + i] = float(rng.uniform(-0.1, 0.1));
+  std::vector<float> x(size_t(N) * dims_numel(input));
+  for (auto& v : x) v = float(rng.uniform(-1, 1));
+  std::vector<int32_t> labels(N);
+  for (auto& l : labels) l = int32_t(rng.next_u64() % net.num_outputs());
+  StepResult cpu = one_step(net, params, x, labels, loss, Device::CPU);
+  StepResult gpu = one_step(net, params, x, labels, loss, Device::CUDA);
+  // Loss: the rel 1e-5 (both sum the same float terms, in different orders).
+  EXPECT_NEAR(gpu.loss, cpu.loss, 1e-5 * std::fabs(cpu.loss) + 1e-7) << arch;
+  EXPECT_TRUE(test::all_close(cpu.logits, gpu.logits, 1e-5, 1e-4)) << arch;
+  // Gradients: every parameter tensor. Each entry is a float sum over up to N*OH*OW (conv weight)
+  // or N (dense) products whose order differs between the devices; relative rounding of such a
+  // sum is ~ sqrt(terms) * 6e-8, i.e. < 1e-4 for the sizes here, plus cancellation near zero,
+  // which the absolute term (1e-5 of the gradient scale 1/N) covers.
+  for (auto& e : net.params()) {
+    std::vector<float> a(cpu.grads.begin() + e.offset, cpu.grads.begin() + e.offset + e.numel());
+    std::vector<float> b(gpu.grads.begin() + e.offset, gpu.grads.begin() + e.offset + e.numel());
+    EXPECT_TRUE(test::all_close(a, b, 1e-5, 1e-3)) << arch << " tensor " << e.name;
+  }
+}
+
+}  // namespace
+
+TEST(TrainStepGpu, PaperNetMatchesCpu) {
+  BARECNN_REQUIRE_GPU();
+  compare_step("paper", {1, 28, 28}, 64, Loss::SoftmaxCrossEntropy);
+}
+
+TEST(TrainStepGpu, LeNetAndDeepMatchCpu) {
+  BARECNN_REQUIRE_GPU();
+  compare_step("lenet5", {1, 28, 28}, 33, Loss::SoftmaxCrossEntropy);
+  compare_step("deep", {1, 28, 28}, 17, Loss::SoftmaxCrossEntropy);
+}
+
+TEST(TrainStepGpu, EveryLossAndPoolingMatchCpu) {
+  BARECNN_REQUIRE_GPU();
+  const std::string arch =
+      "conv(4,3,stride=2,pad=1) elu l2pool(2) conv(3,2x3) leaky_relu(0.1) avgpool(2,stride=1) dense(7) softplus dense(5)";
+  int n = 0;
+  const char* const* names = loss_names(&n);
+  for (int i = 0; i < n; ++i) {
+    SCOPED_TRACE(names[i]);
+    compare_step(arch, {3, 17, 15}, 9, parse_loss(names[i]));
+  }
+  compare_step("conv(5,3) sigmoid maxpool(3,stride=2) conv(4,1) tanh dense(6) arctan dense(4) softmax", {2, 15, 15}, 257,
+               Loss::MSE);
+}
+
+namespace {
+class GpuTrain : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    data_ = test::fresh_dir("gpu_train_data");
+    test::write_bars_dataset(data_, 1200, 200);
+  }
+  TrainConfig config(const std::string& out) {
+    TrainConfig c;
+    c.data_dir = data_;
+    c.arch = "conv(8,3,pad=1) relu maxpool(2) dense(32) relu dense(3)";
+    c.device = "cuda";
+    c.epochs = 2;
+    c.batch = 32;
+    c.optim.lr = 0.05f;
+    c.optim.momentum = 0.9f;
+    c.seed = 11;
+    c.out = out;
+    c.quiet = true;
+    return c;
+  }
+  static std::string data_;
+};
+std::string GpuTrain::data_;
+}  // namespace
+
+TEST_F(GpuTrain, TwoRunsGiveIdenticalWeights) {
+  BARECNN_REQUIRE_GPU();
+  std::string a = test::fresh_dir("gpu_det_a"), b = test::fresh_dir("gpu_det_b");
+  train(config(a));
+  train(config(b));
+  EXPECT_EQ(read_file(a + "/model.safetensors", "a"), read_file(b + "/model.safetensors", "b"));
+}
+
+TEST_F(GpuTrain, LearnsAndResumesBitwise) {
+  BARECNN_REQUIRE_GPU();
+  std::string full = test::fresh_dir("gpu_full"), part = test::fresh_dir("gpu_part");
+  TrainConfig cf = config(full);
+  cf.checkpoint_every = 10;
+  train(cf);
+  auto s = nlohmann::json::parse(read_file(full + "/summary.json", "summary"));
+  EXPECT_GT(s["test_accuracy"].get<double>(), 0.9) << s.dump(1);
+  EXPECT_NE(s["device"].get<std::string>().find("cuda"), std::string::npos);
+  TrainConfig cp = cf;
+  cp.out = part;
+  cp.stop_after_steps = 47;  // epoch 2 (37 steps each), last checkpoint at step 40
+  EXPECT_THROW(train(cp), Error);
+  TrainConfig cr;
+  cr.resume = part;
+  cr.out = "";
+  cr.epochs = 2;
+  cr.device = "cuda";
+  cr.quiet = true;
+  train(cr);
+  EXPECT_EQ(read_file(full + "/model.safetensors", "a"), read_file(part + "/model.safetensors", "b"));
+}
+
+TEST_F(GpuTrain, DivergenceIsFoundAndNamed) {
+  BARECNN_REQUIRE_GPU();
+  TrainConfig c = config(test::fresh_dir("gpu_div"));
+  c.optim.lr = 1e30f;
+  c.optim.momentum = 0;
+  try {
+    train(c);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("diverged"), std::string::npos) << m;
+    EXPECT_NE(m.find("first non-finite: layer "), std::string::npos) << m;
+  }
+}
+
+TEST_F(GpuTrain, EvaluateMatchesCpu) {
+  BARECNN_REQUIRE_GPU();
+  Net net3("conv(8,3,pad=1) relu maxpool(2) dense(32) relu dense(3)", {1, 8, 8});
+  std::vector<float> p = net3.init_params(5);
+  Dataset d = load_dataset(data_);
+  EvalResult c = evaluate(net3, p, d.test, d.test_labels, 0.2f, 0.3f, Loss::SoftmaxCrossEntropy, Device::CPU, 64, true);
+  EvalResult g = evaluate(net3, p, d.test, d.test_labels, 0.2f, 0.3f, Loss::SoftmaxCrossEntropy, Device::CUDA, 64, true);
+  EXPECT_TRUE(test::all_close(c.logits, g.logits, 1e-5, 1e-4));
+  EXPECT_NEAR(c.loss, g.loss, 1e-5 * c.loss);
+  EXPECT_EQ(c.count, g.count);
+}
