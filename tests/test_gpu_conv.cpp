@@ -1,1 +1,283 @@
+// Parity of the CUDA convolution kernels (kernels/conv2d.cu) with the double-precision CPU
+// reference (host/reference/conv2d.cpp), for both implementation levels (ConvImpl::Simple and
+// ConvImpl::Fast), on shapes that do not divide the tiles (8x8 / 16x16 pixels, 8 / 16 channels),
+// batch 1 and 257, channel counts 1 / 3 / 16 / 33, stride 1 / 2 / 3, padding 0 / 1 / 2, kernels
+// 1 / 3 / 5 / 7 / 3x5, kernels as large as the input, and shapes that force the fast path to fall
+// back. The weight gradient is also checked for bitwise determinism.
+//
+// Tolerances. The reference runs in double on the very float values the GPU gets, so the only
+// difference is float rounding of the accumulation. Each output sums T products of values in
+// [-1, 1] (T = C*kh*kw for the forward pass, K*kh*kw for the input gradient, N*OH*OW for the
+// weight and bias gradients). Recursive float summation of T terms of rms ~1/3 with random signs
+// has an error of standard deviation ~ u*T/(3*sqrt(6)) ~ 8e-9*T (u = 2^-24; partial sums grow as
+// sqrt(t)); the fast kernels sum in shorter runs and err less. atol = 5e-7*T is ~60 standard
+// deviations of that, while a missing, doubled or misplaced tap moves a result by ~|x*w| ~ 0.25,
+// far more than atol for every T used here (the largest, N*OH*OW = 257*7*6, gives atol 5.4e-3).
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "barecnn/device_buffer.h"
+#include "barecnn/error.h"
+#include "barecnn/gpu.h"
+#include "barecnn/ops.h"
+#include "barecnn/shape.h"
+#include "test_util.h"
+
+namespace barecnn {
+namespace {
+
+using test::all_close;
+
+constexpr double kRtol = 1e-5;
+double sum_atol(long long terms) { return 5e-7 * double(terms); }
+
+Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int stride, int pad) {
+  return make_conv2d_shape(N, C, H, W, K, kh, kw, stride, pad, "test conv");
+}
+
+// Different stride and padding along h and w (make_conv2d_shape takes one of each).
+Conv2dShape conv_shape_hw(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw) {
+  Conv2dShape s;
+  s.N = N; s.C = C; s.H = H; s.W = W; s.K = K;
+  s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw; s.ph = ph; s.pw = pw;
+  s.OH = window_out_size(H, kh, sh, ph);
+  s.OW = window_out_size(W, kw, sw, pw);
+  return s;
+}
+
+const char* impl_name(gpu::ConvImpl impl) { return impl == gpu::ConvImpl::Simple ? "simple" : "fast"; }
+
+// Restores the process-wide implementation choice when a test ends.
+struct ImplGuard {
+  gpu::ConvImpl saved = gpu::conv_impl();
+  ~ImplGuard() { gpu::set_conv_impl(saved); }
+};
+
+// Random values in [-1, 1) as float, and the same values in double for the reference.
+struct Values {
+  std::vector<float> f;
+  std::vector<double> d;
+};
+Values random_values(long long n, uint64_t seed) {
+  Values v;
+  v.f = test::cast_vec<float>(test::random_vec(size_t(n), seed));
+  v.d.assign(v.f.begin(), v.f.end());
+  return v;
+}
+
+// A device buffer holding `host`, or NaN everywhere (outputs: an element a kernel forgets to
+// write then fails the comparison instead of passing as a lucky zero).
+DeviceBuffer<float> to_device(const std::vector<float>& host) {
+  DeviceBuffer<float> b(host.size());
+  b.copy_from_host(host.data(), host.size());
+  return b;
+}
+DeviceBuffer<float> nan_buffer(long long n) { return to_device(std::vector<float>(size_t(n), NAN)); }
+
+struct ConvInputs {
+  Values inp, weight, bias, dout;
+};
+ConvInputs make_inputs(const Conv2dShape& s, uint64_t seed) {
+  return {random_values(s.in_numel(), seed), random_values(s.weight_numel(), seed + 1), random_values(s.K, seed + 2),
+          random_values(s.out_numel(), seed + 3)};
+}
+
+struct ConvOutputs {
+  std::vector<float> out, dinp, dweight, dbias;  // (N,K,OH,OW) (N,C,H,W) (K,C,kh,kw) (K)
+};
+
+// All three ops on the GPU with the given implementation, on a stream of their own.
+ConvOutputs run_gpu(const Conv2dShape& s, const ConvInputs& x, gpu::ConvImpl impl, bool with_bias) {
+  gpu::set_conv_impl(impl);
+  GpuContext ctx;
+  DeviceBuffer<float> inp = to_device(x.inp.f), weight = to_device(x.weight.f), bias = to_device(x.bias.f),
+                      dout = to_device(x.dout.f);
+  DeviceBuffer<float> out = nan_buffer(s.out_numel()), dinp = nan_buffer(s.in_numel()),
+                      dweight = nan_buffer(s.weight_numel()), dbias = nan_buffer(s.K);
+  DeviceBuffer<float> workspace(gpu::conv2d_backward_weight_workspace(s), "conv workspace");
+  // A pageable cudaMemcpy to the device may return before its DMA lands, and ctx's stream does not
+  // wait for the legacy default stream: finish the uploads before launching.
+  CUDA_CHECK(cudaDeviceSynchronize());
+  gpu::conv2d_forward(out.data(), inp.data(), weight.data(), with_bias ? bias.data() : nullptr, s, ctx.stream());
+  gpu::conv2d_backward_input(dinp.data(), dout.data(), weight.data(), s, ctx.stream());
+  gpu::conv2d_backward_weight(dweight.data(), with_bias ? dbias.data() : nullptr, dout.data(), inp.data(), s,
+                              workspace.data(), ctx.stream());
+  ctx.sync();
+  return {out.to_host(), dinp.to_host(), dweight.to_host(), with_bias ? dbias.to_host() : std::vector<float>()};
+}
+
+// Both implementations against the reference, for one shape.
+void check_conv(const Conv2dShape& s, uint64_t seed, bool with_bias = true) {
+  SCOPED_TRACE(s.str());
+  ImplGuard guard;
+  const ConvInputs x = make_inputs(s, seed);
+  std::vector<double> out(s.out_numel()), dinp(s.in_numel()), dweight(s.weight_numel()), dbias(s.K);
+  ref::conv2d_forward<double>(out.data(), x.inp.d.data(), x.weight.d.data(), with_bias ? x.bias.d.data() : nullptr, s);
+  ref::conv2d_backward_input<double>(dinp.data(), x.dout.d.data(), x.weight.d.data(), s);
+  ref::conv2d_backward_weight<double>(dweight.data(), with_bias ? dbias.data() : nullptr, x.dout.d.data(),
+                                      x.inp.d.data(), s);
+  const long long fwd_terms = 1LL * s.C * s.kh * s.kw + 1;  // + the bias
+  const long long dinp_terms = 1LL * s.K * s.kh * s.kw;
+  const long long dw_terms = 1LL * s.N * s.OH * s.OW;
+  for (gpu::ConvImpl impl : {gpu::ConvImpl::Simple, gpu::ConvImpl::Fast}) {
+    SCOPED_TRACE(impl_name(impl));
+    const ConvOutputs g = run_gpu(s, x, impl, with_bias);
+    EXPECT_TRUE(all_close(out, g.out, sum_atol(fwd_terms), kRtol)) << "conv2d_forward";
+    EXPECT_TRUE(all_close(dinp, g.dinp, sum_atol(dinp_terms), kRtol)) << "conv2d_backward_input";
+    EXPECT_TRUE(all_close(dweight, g.dweight, sum_atol(dw_terms), kRtol)) << "conv2d_backward_weight: dweight";
+    if (with_bias) {
+      EXPECT_TRUE(all_close(dbias, g.dbias, sum_atol(dw_terms), kRtol)) << "conv2d_backward_weight: dbias";
+    }
+  }
+}
+
+// ---- the C == 1 fast path (grayscale first layer) ------------------------------------------------
+
+TEST(Conv2dGpu, PaperFirstLayerOneChannel) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(7, 1, 28, 28, 32, 5, 5, 1, 2), 101);  // 28 = 16 + 12: a partial tile
+}
+
+TEST(Conv2dGpu, OneChannelSmallMapStride2) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(1, 1, 13, 9, 5, 3, 3, 2, 1), 102);  // 7x5 output: 8x8 tiles, K < 16
+}
+
+TEST(Conv2dGpu, OneChannelKernel7Stride3Batch257) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(257, 1, 20, 17, 17, 7, 7, 3, 2), 103);  // K = 17: two groups of 16, one partial
+}
+
+// ---- the general tiled path ----------------------------------------------------------------------
+
+TEST(Conv2dGpu, ThreeChannelsOddMapBatch1) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(1, 3, 37, 29, 5, 3, 3, 1, 1), 201);  // 16x16 tiles, 3 partial tiles per axis
+}
+
+TEST(Conv2dGpu, Batch257Stride2) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(257, 3, 13, 11, 16, 3, 3, 2, 1), 202);
+}
+
+TEST(Conv2dGpu, SixteenChannelsKernel5Stride3Pad2) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(3, 16, 17, 19, 33, 5, 5, 3, 2), 203);  // K = 33: 3 groups of 16, one of 1 channel
+}
+
+TEST(Conv2dGpu, ThirtyThreeChannelsKernel7NoPadding) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(2, 33, 9, 10, 7, 7, 7, 1, 0), 204);
+}
+
+TEST(Conv2dGpu, Kernel1Stride2) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(2, 33, 12, 12, 4, 1, 1, 2, 0), 205);
+}
+
+TEST(Conv2dGpu, Kernel1Stride3PaddingWiderThanKernel) {
+  BARECNN_REQUIRE_GPU();
+  // The border outputs read nothing but padding: out = bias there, and no gradient flows.
+  check_conv(conv_shape(3, 3, 10, 11, 2, 1, 1, 3, 2), 206);
+}
+
+TEST(Conv2dGpu, RectangularKernel3x5) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(4, 3, 15, 16, 6, 3, 5, 1, 2), 207);  // 17x16 output, 15x16 input
+}
+
+TEST(Conv2dGpu, DifferentStrideAndPaddingPerAxis) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape_hw(3, 2, 11, 14, 3, 3, 4, 2, 3, 1, 2), 208);
+}
+
+TEST(Conv2dGpu, LargeMapSeveralChannelGroups) {
+  BARECNN_REQUIRE_GPU();
+  // 16x16 tiles on both passes; K = 20 and C = 16 span several channel groups of 8.
+  check_conv(conv_shape(2, 16, 40, 35, 20, 3, 3, 1, 1), 209);
+}
+
+TEST(Conv2dGpu, LargeMapStride2) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(2, 3, 33, 34, 8, 3, 3, 2, 0), 210);  // 16x16 output, 33x34 input: 16x16 tiles
+}
+
+TEST(Conv2dGpu, LargeMapKernel7Stride3) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(1, 4, 50, 47, 3, 7, 7, 3, 2), 211);  // 16x15 output: 8x8 forward tiles
+}
+
+TEST(Conv2dGpu, KernelEqualsInput) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(5, 3, 7, 7, 9, 7, 7, 1, 0), 212);   // 1x1 output
+  check_conv(conv_shape(5, 3, 7, 7, 9, 7, 7, 1, 1), 213);   // 3x3 output
+  check_conv(conv_shape(2, 1, 20, 20, 4, 20, 20, 1, 0), 214);  // C == 1 path, 1x1 output
+}
+
+TEST(Conv2dGpu, WithoutBias) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(3, 16, 17, 19, 10, 3, 3, 1, 1), 215, /*with_bias=*/false);
+  check_conv(conv_shape(3, 1, 17, 19, 10, 3, 3, 1, 1), 216, /*with_bias=*/false);
+}
+
+// ---- shapes outside the fast kernels' limits: the dispatcher must fall back, still correct ------
+
+TEST(Conv2dGpu, FallsBackWhenTilesExceedSharedMemory) {
+  BARECNN_REQUIRE_GPU();
+  // A 60x60 filter: the forward and input-gradient tiles need more than 48 KB of shared memory;
+  // the weight gradient still runs its fast kernel, one kernel row per pass (60 passes).
+  check_conv(conv_shape(2, 1, 60, 60, 3, 60, 60, 1, 0), 301);
+  check_conv(conv_shape(2, 2, 60, 60, 3, 60, 60, 1, 1), 302);
+}
+
+TEST(Conv2dGpu, FallsBackForVeryWideKernelRows) {
+  BARECNN_REQUIRE_GPU();
+  // kw = 70 > 64 taps per pass: the weight gradient falls back to the simple kernel.
+  const Conv2dShape s = conv_shape(2, 2, 3, 72, 2, 1, 70, 1, 0);
+  EXPECT_EQ(gpu::conv2d_backward_weight_workspace(s), 0u);
+  check_conv(s, 303);
+}
+
+// ---- determinism and preconditions ---------------------------------------------------------------
+
+TEST(Conv2dGpu, WeightGradientIsBitwiseDeterministic) {
+  BARECNN_REQUIRE_GPU();
+  ImplGuard guard;
+  // Batch 257: the fast path cuts the (n, oh, ow) sum into many chunks.
+  const Conv2dShape s = conv_shape(257, 3, 13, 11, 16, 3, 3, 1, 1);
+  const ConvInputs x = make_inputs(s, 401);
+  for (gpu::ConvImpl impl : {gpu::ConvImpl::Simple, gpu::ConvImpl::Fast}) {
+    SCOPED_TRACE(impl_name(impl));
+    const ConvOutputs a = run_gpu(s, x, impl, true), b = run_gpu(s, x, impl, true);
+    ASSERT_EQ(a.dweight.size(), b.dweight.size());
+    ASSERT_EQ(a.dbias.size(), b.dbias.size());
+    EXPECT_EQ(std::memcmp(a.dweight.data(), b.dweight.data(), a.dweight.size() * sizeof(float)), 0) << "dweight";
+    EXPECT_EQ(std::memcmp(a.dbias.data(), b.dbias.data(), a.dbias.size() * sizeof(float)), 0) << "dbias";
+    EXPECT_EQ(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)), 0) << "out";
+    EXPECT_EQ(std::memcmp(a.dinp.data(), b.dinp.data(), a.dinp.size() * sizeof(float)), 0) << "dinp";
+  }
+}
+
+TEST(Conv2dGpu, FastWeightGradientNeedsItsWorkspace) {
+  BARECNN_REQUIRE_GPU();
+  ImplGuard guard;
+  gpu::set_conv_impl(gpu::ConvImpl::Fast);
+  const Conv2dShape s = conv_shape(2, 3, 9, 9, 4, 3, 3, 1, 1);
+  ASSERT_GT(gpu::conv2d_backward_weight_workspace(s), 0u);
+  DeviceBuffer<float> inp(s.in_numel()), dout(s.out_numel()), dweight(s.weight_numel());
+  EXPECT_THROW(gpu::conv2d_backward_weight(dweight.data(), nullptr, dout.data(), inp.data(), s, nullptr, 0), Error);
+}
+
+TEST(Conv2dGpu, RejectsAnOutputSizeThatDoesNotFollowTheGeometry) {
+  BARECNN_REQUIRE_GPU();
+  Conv2dShape s = conv_shape(1, 1, 8, 8, 1, 3, 3, 1, 0);
+  s.OW += 1;
+  DeviceBuffer<float> inp(s.in_numel()), weight(s.weight_numel()), out(64);
+  EXPECT_THROW(gpu::conv2d_forward(out.data(), inp.data(), weight.data(), nullptr, s, 0), Error);
+}
+
+}  // namespace
+}  // namespace barecnn

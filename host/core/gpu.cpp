@@ -76,7 +76,11 @@ const GpuStatus& gpu_status() {
 bool gpu_available() { return gpu_status().ok; }
 
 GpuContext::GpuContext() {
-  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  // A blocking stream: it orders itself with the legacy default stream, on which DeviceBuffer's
+  // plain cudaMemcpy calls run. A pageable host-to-device cudaMemcpy may return before its DMA
+  // lands, and a device-to-host one must see our kernels' results; with a non-blocking stream
+  // both would race with the kernels.
+  CUDA_CHECK(cudaStreamCreate(&stream_));
   CUBLAS_CHECK(cublasCreate(&cublas_));
   CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
   // Full FP32: no TF32 tensor-core shortcuts, so results match the reference.

@@ -115,6 +115,13 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
 void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp,
                             const Conv2dShape& s, float* workspace, cudaStream_t stream);
 size_t conv2d_backward_weight_workspace(const Conv2dShape& s);
+// Which conv2d kernels the three launchers above run. Fast (default): the tiled kernels, each
+// falling back to Simple where its shape limits do not hold; Simple: one thread per output, the
+// baseline. The start value comes from the environment variable BARECNN_CONV_IMPL=simple|fast,
+// read once; tests call set_conv_impl to check both against the reference.
+enum class ConvImpl : int { Simple, Fast };
+void set_conv_impl(ConvImpl impl);
+ConvImpl conv_impl();
 
 void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2dShape& s, cudaStream_t stream);
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s, cudaStream_t stream);
