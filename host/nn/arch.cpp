@@ -17,7 +17,8 @@ std::vector<std::pair<std::string, std::string>> presets() {
       {"paper", "conv(32,5,pad=2) relu maxpool(2) dense(128) relu dense(10)"},
       // LeCun et al. 1998, with the 28x28 input padded to 32x32 by the first convolution.
       {"lenet5", "conv(6,5,pad=2) tanh avgpool(2) conv(16,5) tanh avgpool(2) dense(120) tanh dense(84) tanh dense(10)"},
-      // Two VGG-style blocks; >= 92% test accuracy on Fashion-MNIST.
+      // Two VGG-style blocks, meant to reach >= 92% on Fashion-MNIST (see profiling/RESULTS.md for
+      // what has been measured).
       {"deep", "conv(32,3,pad=1) relu conv(32,3,pad=1) relu maxpool(2) conv(64,3,pad=1) relu conv(64,3,pad=1) relu "
                "maxpool(2) dense(256) relu dense(10)"},
   };
