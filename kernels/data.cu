@@ -90,6 +90,9 @@ void epoch_permutation(int32_t* idx, int n, uint64_t seed, long long epoch, cuda
     thrust::stable_sort_by_key(policy, keys.data(), keys.data() + n, idx);
   } catch (const thrust::system_error& e) {
     throw Error(fmt("epoch_permutation: Thrust failed for n=", n, ": ", e.what()));
+  } catch (const std::bad_alloc&) {
+    // Thrust's temporary storage comes from the GPU: this is device memory, not host memory.
+    throw Error(fmt("out of GPU memory in epoch_permutation (Thrust sort of ", n, " keys); lower --batch"));
   }
 }
 

@@ -186,3 +186,15 @@ TEST_F(GpuTrain, EvaluateMatchesCpu) {
   EXPECT_NEAR(c.loss, g.loss, 1e-5 * c.loss);
   EXPECT_EQ(c.count, g.count);
 }
+
+TEST_F(GpuTrain, ProgressPollsLeaveNoStaleError) {
+  BARECNN_REQUIRE_GPU();
+  // 1200 images at batch 5: 240 steps, progress polls at steps 200 and 240, so the second poll
+  // may find the first copy still in flight ("not ready"), which must not leak into the next
+  // launch check (evaluate() runs right after).
+  TrainConfig c = config(test::fresh_dir("gpu_polls"));
+  c.batch = 5;
+  c.epochs = 1;
+  EXPECT_NO_THROW(train(c));
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}

@@ -1,5 +1,6 @@
 #include "barecnn/error.h"
 
+#include <atomic>
 #include <cstdio>
 
 namespace barecnn {
@@ -15,6 +16,13 @@ static std::string cuda_hint(cudaError_t err) {
                  "); rebuild with -DCMAKE_CUDA_ARCHITECTURES=<your GPU's compute capability, e.g. 86>");
     case cudaErrorMemoryAllocation:
       return "out of GPU memory; lower --batch or use a smaller net";
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorAssert:
+    case cudaErrorIllegalInstruction:
+      return "a kernel faulted; CUDA reports it at the next call, which may belong to another op. Rerun "
+             "with CUDA_LAUNCH_BLOCKING=1, or under compute-sanitizer, to name the kernel";
     case cudaErrorUnsupportedPtxVersion:
       return "the driver is older than the CUDA toolkit this was built with; update the driver";
     default:
@@ -77,7 +85,13 @@ void* device_malloc(size_t bytes, const char* what) {
 }
 
 void device_free(void* p) noexcept {
-  if (p) CUDA_CHECK_NOTHROW(cudaFree(p));
+  if (!p) return;
+  cudaError_t err = cudaFree(p);
+  if (err == cudaSuccess) return;
+  // After a sticky error (a kernel fault) every free fails the same way while the stack unwinds;
+  // the error itself has been reported, so say it once.
+  static std::atomic<bool> said{false};
+  if (!said.exchange(true)) print_cuda_error(err, "cudaFree", __FILE__, __LINE__);
 }
 
 }  // namespace barecnn

@@ -81,10 +81,16 @@ GpuContext::GpuContext() {
   // lands, and a device-to-host one must see our kernels' results; with a non-blocking stream
   // both would race with the kernels.
   CUDA_CHECK(cudaStreamCreate(&stream_));
-  CUBLAS_CHECK(cublasCreate(&cublas_));
-  CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
-  // Full FP32: no TF32 tensor-core shortcuts, so results match the reference.
-  CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  try {
+    CUBLAS_CHECK(cublasCreate(&cublas_));
+    CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    // Full FP32: no TF32 tensor-core shortcuts, so results match the reference.
+    CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  } catch (...) {
+    if (cublas_) cublasDestroy(cublas_);
+    cudaStreamDestroy(stream_);
+    throw;
+  }
 }
 
 GpuContext::~GpuContext() {

@@ -1,6 +1,7 @@
 // Layer objects. Each forward/backward dispatches on the call's device: the CUDA launcher for
 // float tensors on the GPU, the CPU reference (float or double) otherwise.
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "barecnn/arch.h"
@@ -162,8 +163,9 @@ class Pool2d final : public Layer {
     bool g = on_gpu(c);
     if (kind_ == PoolKind::Max) {
       // The argmax mask is this layer's saved state for backward.
+      BARECNN_ASSERT(s.out_numel() <= INT32_MAX, label(), ": ", s.out_numel(), " pooling outputs exceed the int32 mask");
       if (mask_.numel() != size_t(s.out_numel()) || mask_.device() != c.device)
-        mask_.reset({int(s.out_numel())}, c.device);
+        mask_.reset({s.N, s.C, s.OH, s.OW}, c.device);
       if (g) {
         if constexpr (std::is_same_v<T, float>) gpu::maxpool2d_forward(c.out, mask_.data(), c.in, s, c.gpu->stream());
       } else {

@@ -106,6 +106,7 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
     st.dact[i + 1].reset(batch_dims(layers_[i]->out_dims()), device);
     if (device == Device::CUDA) ws = std::max(ws, layers_[i]->workspace_floats(N));
   }
+  BARECNN_ASSERT(ws <= size_t(INT32_MAX), "GPU workspace of ", ws, " floats");
   if (device == Device::CUDA) st.workspace.reset({int(std::max<size_t>(ws, 1))}, device);
 }
 

@@ -399,6 +399,8 @@ class Run {
   }
 
   ~Run() {
+    // An exception may leave a copy into the pinned buffer in flight.
+    if (gpu_) cudaStreamSynchronize(gpu_->stream());
     if (h_acc_) cudaFreeHost(h_acc_);
     if (acc_event_) cudaEventDestroy(acc_event_);
   }
@@ -465,7 +467,12 @@ class Run {
       *loss_sum = loss_sum_, *correct = correct_sum_, *steps = done;
       return;
     }
-    if (cudaEventQuery(acc_event_) == cudaSuccess) {
+    cudaError_t q = cudaEventQuery(acc_event_);
+    if (q == cudaErrorNotReady) {
+      (void)cudaGetLastError();  // "not ready" is recorded as the last error: clear it, or the next
+                                 // launch check would report it as its own failure
+    } else {
+      CUDA_CHECK(q);
       seen_loss_ = h_acc_[0], seen_correct_ = h_acc_[1], seen_steps_ = pending_steps_;
       CUDA_CHECK(cudaMemcpyAsync(h_acc_, d_acc_.data(), 2 * sizeof(double), cudaMemcpyDeviceToHost, gpu_->stream()));
       CUDA_CHECK(cudaEventRecord(acc_event_, gpu_->stream()));
@@ -500,6 +507,7 @@ class Run {
       // Kept so that a divergence can be replayed step by step to name the layer.
       snap_params_ = params_.to_host(), snap_m_ = m_.to_host(), snap_v_ = v_.to_host();
       snap_global_step_ = global_step_;
+      snap_step_ = start_step_;  // after a mid-epoch resume the snapshot is at that step
     }
     progress_.start(epoch_ + 1, cfg_.epochs, steps_per_epoch_);
     auto t0 = Clock::now();
@@ -551,7 +559,7 @@ class Run {
     v_.copy_from_host(snap_v_);
     global_step_ = snap_global_step_;
     double init[2] = {0, 0};
-    for (long long step = 0; step < steps_per_epoch_; ++step) {
+    for (long long step = snap_step_; step < steps_per_epoch_; ++step) {
       d_acc_.copy_from_host(init, 2);
       train_step(step);
       std::vector<double> acc = d_acc_.to_host();
@@ -603,7 +611,7 @@ class Run {
   long long seen_steps_ = 0, pending_steps_ = 0;
   double loss_sum_ = 0, correct_sum_ = 0;  // CPU accumulators
   std::vector<float> snap_params_, snap_m_, snap_v_;
-  long long snap_global_step_ = 0;
+  long long snap_global_step_ = 0, snap_step_ = 0;
   long long steps_per_epoch_ = 0, start_step_ = 0, global_step_ = 0;
   double start_loss_sum_ = 0, start_correct_ = 0, start_seconds_ = 0;
   int epoch_ = 0;
