@@ -208,9 +208,13 @@ void plot_curves(const std::string& path, const std::string& title, const std::s
   auto py = [&](double y) { return bottom - (y - ymin) / (ymax - ymin) * (bottom - top); };
 
   // --- title, grid, axes, ticks, labels ---------------------------------------------------------
-  set_font(cr, title_font, true);
+  // A long title (a whole arch spec) shrinks to fit the canvas and is centred on it.
+  double tf = title_font;
+  set_font(cr, tf, true);
+  while (tf > 9 && text_width(cr, title) > W - 30) set_font(cr, tf -= 1, true);
   cairo_set_source_rgb(cr, 0.1, 0.1, 0.1);
-  draw_text(cr, title, (left + right) / 2, 20, 0.5, 0);
+  double tw = text_width(cr, title);
+  draw_text(cr, title, std::clamp((left + right) / 2, tw / 2 + 15, W - tw / 2 - 15), 20, 0.5, 0);
 
   cairo_set_line_width(cr, 1);
   cairo_set_source_rgb(cr, 0.88, 0.88, 0.88);
