@@ -290,3 +290,32 @@ TEST_F(Cli, KilledAndResumedEqualsUninterrupted) {
       EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << "left behind: " << e.path();
   }
 }
+
+TEST_F(Cli, PyTorchLoadsTheModelAndPredictsTheSame) {
+  // tests/torch_parity.py builds the torch.nn.Sequential of the spec, load_state_dict(strict=True),
+  // and compares its logits with `barecnn predict`. Skips where PyTorch is not installed
+  // (Debian: apt-get install python3-torch).
+  const std::string py = "/usr/bin/python3";
+  if (!file_exists(py) || std::system((py + " -c 'import torch' >/dev/null 2>&1").c_str()) != 0)
+    GTEST_SKIP() << "PyTorch is not installed for " << py << " (apt-get install python3-torch)";
+  const std::string script = std::string(BARECNN_SOURCE_DIR) + "/tests/torch_parity.py";
+  const std::vector<std::string> archs = {
+      kArch, "\"conv(3,3,stride=2,pad=1) elu l2pool(2,stride=1) conv(4,2x1) leaky_relu(0.2) avgpool(2x3,stride=1) dense(5) tanh dense(3)\"",
+      "\"conv(5,3) sigmoid maxpool(3,stride=2) dense(8) softplus dense(3) softmax\""};
+  for (size_t i = 0; i < archs.size(); ++i) {
+    std::string out = test::fresh_dir("cli_torch" + std::to_string(i));
+    Result t = run("train --device cpu --quiet --epochs 1 --batch 32 --data " + data_ + " --arch " + archs[i] + " --out " + out);
+    ASSERT_EQ(t.rc, 0) << t.out;
+    Result p = run("predict --device cpu --model " + out + "/model.safetensors --images " + data_ +
+                   "/t10k-images-idx3-ubyte.gz --output " + out + "/pred.csv");
+    ASSERT_EQ(p.rc, 0) << p.out;
+    std::string cmd = py + " " + script + " " + out + "/model.safetensors " + data_ + "/t10k-images-idx3-ubyte.gz " +
+                      out + "/pred.csv 2>&1";
+    FILE* f = popen(cmd.c_str(), "r");
+    std::string text;
+    char buf[512];
+    while (fgets(buf, sizeof buf, f)) text += buf;
+    int st = pclose(f);
+    EXPECT_EQ(WEXITSTATUS(st), 0) << archs[i] << "\n" << text;
+  }
+}
