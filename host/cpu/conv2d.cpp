@@ -1,0 +1,354 @@
+// Fast float CPU convolution: the three sums of host/reference/conv2d.cpp written as GEMMs over
+// im2col matrices, on the SGEMM of sgemm.h, split across OpenMP threads.
+//
+// Per image n (P = OH*OW output pixels, Q = H*W input pixels, CKK = C*kh*kw, KKK = K*kh*kw):
+//
+//   forward          out_n (K, P)   = W (K, CKK) col_n (CKK, P)   [+ bias]             sgemm_nn
+//                    col_n[(c,i,j), (oh,ow)] = inp[n, c, oh*sh - ph + i, ow*sw - pw + j]
+//   backward_input   two forms of dinp[n,c,h,w] = sum over (k,i,j) of dout * W (see below):
+//     gather         dinp_n (C, Q)  = Wt (C, KKK) dcol_n (KKK, Q)                       sgemm_nn
+//                    Wt[c, (k,i,j)] = W[k, c, i, j];  dcol_n[(k,i,j), (h,w)] = dout[n, k, oh, ow]
+//                    for the output pixel whose window reads (h, w) through tap (i, j) (stride 1:
+//                    oh = h + ph - i, ow = w + pw - j), 0 where there is none. The reference's
+//                    form: one sum per input pixel, nothing scattered.
+//     scatter        dcol (CKK, P)  = W^T (CKK, K) dout_n (K, P), then col2im adds each column
+//                    back to the input pixels it was read from.                         sgemm_nn
+//   backward_weight  dW (K, CKK)    = sum_n dout_n (K, P) col_n (CKK, P)^T               sgemm_nt
+//                    db (K)         = sum_n sum_p dout_n[k, p]
+//
+// Threads: forward and gather backward-input split the output into (image, pixel block) items;
+// scatter backward-input into (image, channel block) items. Backward-weight reduces over the
+// batch, so the batch is cut into at most kMaxGroups groups of images (a function of N only);
+// each group's partial dW is summed by one thread, and the partials are added in group order.
+// No result depends on the number of threads.
+#include <cstring>
+#include <vector>
+
+#include "barecnn/cpu_ops.h"
+#include "barecnn/error.h"
+#include "barecnn/shape.h"
+#include "sgemm.h"
+
+namespace barecnn::cpu {
+
+using namespace detail;
+
+static void check_conv2d_shape(const Conv2dShape& s, const char* op) {
+  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.K >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 &&
+                     s.ph >= 0 && s.pw >= 0,
+                 op, ": bad shape ", s.str());
+  BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, s.ph) && s.OW == window_out_size(s.W, s.kw, s.sw, s.pw),
+                 op, ": output size does not follow eq. (2.1) for ", s.str());
+}
+
+static long long conv2d_macs(const Conv2dShape& s) { return s.out_numel() * s.C * s.kh * s.kw; }
+static int ceil_div(int a, int b) { return (a + b - 1) / b; }
+// A 1x1 kernel with stride 1 and no padding: col_n is the input itself (and dcol_n is dout_n).
+static bool is_pointwise(const Conv2dShape& s) {
+  return s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
+}
+
+// Pixels per work item, for a matrix of `rows` rows over `pixels` columns per image: small
+// enough that the block (rows x pixels floats) stays in L2, and at least 8 items in all when the
+// batch is small, so two or more threads have work. Depends on the shape only.
+static int pixel_block(int pixels, long long rows, int N) {
+  constexpr long long kL2Floats = 64 * 1024;  // 256 KiB
+  long long pb = pixels;
+  if (pb * rows > kL2Floats) pb = std::max(64LL, kL2Floats / rows / 16 * 16);
+  int want = N > 0 ? ceil_div(8, N) : 1;
+  if (want > 1) pb = std::min(pb, std::max(64LL, (long long)ceil_div(ceil_div(pixels, want), 16) * 16));
+  return int(std::min<long long>(pb, pixels));
+}
+
+// dst (Hp, Wp) = src (H, W) shifted down by `top` rows and right by `left` columns, zero
+// elsewhere: dst[r][q] = src[r - top][q - left]. (top/left may be negative: rows are dropped.)
+static void pad_plane(float* dst, const float* src, int H, int W, int top, int left, int Hp, int Wp) {
+  int q_lo = std::max(0, left), q_hi = std::min(Wp, W + left);  // dst columns that come from src
+  for (int r = 0; r < Hp; r++) {
+    float* d = dst + (long long)r * Wp;
+    int h = r - top;
+    if (h < 0 || h >= H || q_lo >= q_hi) {
+      std::memset(d, 0, sizeof(float) * Wp);
+      continue;
+    }
+    std::memset(d, 0, sizeof(float) * q_lo);
+    std::memcpy(d + q_lo, src + (long long)h * W + (q_lo - left), sizeof(float) * (q_hi - q_lo));
+    std::memset(d + q_hi, 0, sizeof(float) * (Wp - q_hi));
+  }
+}
+
+// dst[0..n) = src[0..n) for the short runs of im2col (a row of an image): inline vector copies,
+// cheaper than a call to memcpy at these sizes.
+static inline void copy_run(float* dst, const float* src, int n) {
+  int i = 0;
+  for (; i + 4 <= n; i += 4) storev<v4f>(dst + i, loadv<v4f>(src + i));
+  for (; i < n; i++) dst[i] = src[i];
+}
+
+// dst (p1 - p0) = the stride-1 windows at offset (di, dj) of a padded plane (., Wp): element p
+// (= y*width + x) is plane[y + di][x + dj]. One copy per row of `width` positions.
+static void copy_windows(float* dst, const float* plane, int Wp, int width, int p0, int p1, int di, int dj) {
+  int y = p0 / width, x = p0 % width;
+  for (int p = p0; p < p1; y++, x = 0) {
+    int len = std::min(width - x, p1 - p);
+    copy_run(dst + (p - p0), plane + (long long)(y + di) * Wp + x + dj, len);
+    p += len;
+  }
+}
+
+// col (C*kh*kw, p1 - p0) [rows ldcol apart] = the im2col columns p0..p1-1 of one image inp (C, H, W):
+// col[(c,i,j), p] = inp[c, oh*sh - ph + i, ow*sw - pw + j] (0 in the padding), p = oh*OW + ow.
+// Stride 1 (all the presets): each channel is zero-padded once into `plane`, then every row of
+// col is a run of memcpys from it. Other strides: element by element.
+static void im2col(float* col, long ldcol, const float* inp, const Conv2dShape& s, int p0, int p1,
+                   std::vector<float>& plane) {
+  if (s.sh == 1 && s.sw == 1) {
+    const int Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
+    float* pl = scratch(plane, (size_t)Hp * Wp);  // (Hp, Wp)
+    for (int c = 0; c < s.C; c++) {
+      pad_plane(pl, inp + (long long)c * s.H * s.W, s.H, s.W, s.ph, s.pw, Hp, Wp);
+      for (int i = 0; i < s.kh; i++)
+        for (int j = 0; j < s.kw; j++)
+          copy_windows(col + ((long long)(c * s.kh + i) * s.kw + j) * ldcol, pl, Wp, s.OW, p0, p1, i, j);
+    }
+    return;
+  }
+  for (int c = 0; c < s.C; c++) {
+    for (int i = 0; i < s.kh; i++) {
+      for (int j = 0; j < s.kw; j++) {
+        float* dst = col + ((long long)(c * s.kh + i) * s.kw + j) * ldcol;  // (p1 - p0)
+        for (int p = p0; p < p1; p++) {
+          int ih = window_in_pos(p / s.OW, i, s.sh, s.ph), iw = window_in_pos(p % s.OW, j, s.sw, s.pw);
+          dst[p - p0] = (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) ? 0.f : inp[((long long)c * s.H + ih) * s.W + iw];
+        }
+      }
+    }
+  }
+}
+
+// dcol (K*kh*kw, q1 - q0) = the gather matrix of input pixels q0..q1-1 of one image, stride 1,
+// from dout (K, OH, OW): row (k,i,j), column (h,w) holds dout[k, h + ph - i, w + pw - j], or 0
+// outside dout. Each channel of dout is padded once so that this is plane[h + kh-1-i][w + kw-1-j].
+static void dout2col(float* dcol, const float* dout, const Conv2dShape& s, int q0, int q1, std::vector<float>& plane) {
+  const int nq = q1 - q0, Hp = s.H + s.kh - 1, Wp = s.W + s.kw - 1;
+  float* pl = scratch(plane, (size_t)Hp * Wp);  // (Hp, Wp)
+  for (int k = 0; k < s.K; k++) {
+    pad_plane(pl, dout + (long long)k * s.OH * s.OW, s.OH, s.OW, s.kh - 1 - s.ph, s.kw - 1 - s.pw, Hp, Wp);
+    for (int i = 0; i < s.kh; i++)
+      for (int j = 0; j < s.kw; j++)
+        copy_windows(dcol + ((long long)(k * s.kh + i) * s.kw + j) * nq, pl, Wp, s.W, q0, q1, s.kh - 1 - i,
+                     s.kw - 1 - j);
+  }
+}
+
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s) {
+  // out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
+  check_conv2d_shape(s, "cpu::conv2d_forward");
+  const int P = s.OH * s.OW, CKK = s.C * s.kh * s.kw;
+  const int pb = pixel_block(P, CKK, s.N), nb = ceil_div(P, pb);
+  const bool pointwise = is_pointwise(s);
+#pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
+  for (int item = 0; item < s.N * nb; item++) {
+    static thread_local std::vector<float> colbuf, planebuf;
+    int n = item / nb, p0 = item % nb * pb, p1 = std::min(P, p0 + pb), np = p1 - p0;
+    const float* inp_n = inp + (long long)n * s.C * s.H * s.W;  // (C, H, W)
+    const float* col;                                           // (CKK, np), leading dimension ldcol
+    long ldcol;
+    if (pointwise) {
+      col = inp_n + p0, ldcol = P;
+    } else {
+      float* buf = scratch(colbuf, (size_t)CKK * np);
+      im2col(buf, np, inp_n, s, p0, p1, planebuf);
+      col = buf, ldcol = np;
+    }
+    float* o = out + (long long)n * s.K * P + p0;  // (K, np) inside (K, P)
+    // the sum of out[n,k,:] starts from bias[k], as in the reference
+    sgemm_nn(s.K, np, CKK, weight, CKK, 1, col, ldcol, o, P, bias, false);
+  }
+}
+
+// col2im: dinp (C1, H, W) += the columns of dcol (C1*kh*kw, P) scattered back to the input pixels
+// they were read from (im2col's transpose), for the C1 channels of one image starting at dinp.
+// Each input pixel's sum runs over (i, j, oh, ow) in that order.
+static void col2im_add(float* dinp, const float* dcol, const Conv2dShape& s, int C1) {
+  const int P = s.OH * s.OW;
+  for (int c = 0; c < C1; c++) {
+    for (int i = 0; i < s.kh; i++) {
+      for (int j = 0; j < s.kw; j++) {
+        const float* src = dcol + ((long long)(c * s.kh + i) * s.kw + j) * P;  // (OH, OW)
+        int ow_lo = s.pw - j > 0 ? ceil_div(s.pw - j, s.sw) : 0;
+        int ow_hi = s.W - 1 + s.pw - j >= 0 ? std::min(s.OW, (s.W - 1 + s.pw - j) / s.sw + 1) : 0;
+        if (ow_lo >= ow_hi) continue;  // tap column j only ever read padding
+        for (int oh = 0; oh < s.OH; oh++) {
+          int ih = window_in_pos(oh, i, s.sh, s.ph);
+          if (ih < 0 || ih >= s.H) continue;  // this tap read padding
+          float* d = dinp + ((long long)c * s.H + ih) * s.W;  // (W)
+          const float* g = src + (long long)oh * s.OW;         // (OW)
+          if (s.sw == 1) {
+            float* dd = d + (ow_lo - s.pw + j);
+            for (int x = ow_lo; x < ow_hi; x++) dd[x - ow_lo] += g[x];
+          } else {
+            for (int x = ow_lo; x < ow_hi; x++) d[x * s.sw - s.pw + j] += g[x];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Two forms of the same sum (see the top of the file); both give each dinp element to one item.
+//   gather  (stride 1, C >= K): dinp_n (C, Q) = Wt (C, KKK) dcol_n (KKK, Q); items are (image,
+//           block of input pixels).
+//   scatter (C < K or stride > 1): dcol (CKK, P) = W^T (CKK, K) dout_n (K, P), then col2im; items
+//           are (image, block of input channels), whose rows of dcol and pixels of dinp are their
+//           own. Its GEMM has C*kh*kw rows instead of C, so it wins when C is small (the first
+//           layer: C = 1), and it does no wasted work for stride > 1.
+void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s) {
+  // dinp (N, C, H, W), overwritten; dout (N, K, OH, OW); weight (K, C, kh, kw)
+  check_conv2d_shape(s, "cpu::conv2d_backward_input");
+  const int Q = s.H * s.W, P = s.OH * s.OW, KK = s.kh * s.kw, KKK = s.K * KK, CKK = s.C * KK;
+  const bool parallel = conv2d_macs(s) >= kMinParallelWork;
+  const bool pointwise = is_pointwise(s);
+  const bool scatter = !pointwise && (s.C < s.K || s.sh > 1 || s.sw > 1);
+  if (scatter) {
+    // Channels per item: the item's dcol rows (cb*KK x P) stay in L2; at least 8 items if possible.
+    constexpr long long kL2Floats = 64 * 1024;
+    int cb = int(std::max(1LL, std::min<long long>(s.C, kL2Floats / ((long long)KK * P))));
+    if (s.N > 0 && s.N * ceil_div(s.C, cb) < 8) cb = std::max(1, std::min(cb, ceil_div(s.C, ceil_div(8, s.N))));
+    const int nb = ceil_div(s.C, cb);
+#pragma omp parallel for schedule(dynamic) if (parallel)
+    for (int item = 0; item < s.N * nb; item++) {
+      static thread_local std::vector<float> colbuf;
+      int n = item / nb, c0 = item % nb * cb, nc = std::min(cb, s.C - c0);
+      float* dcol = scratch(colbuf, (size_t)nc * KK * P);  // (nc*kh*kw, P)
+      // A (r, k) = weight[k, c0*KK + r]: W^T, rows 1 apart, columns CKK apart
+      sgemm_nn(nc * KK, P, s.K, weight + (long long)c0 * KK, 1, CKK, dout + (long long)n * s.K * P, P, dcol, P,
+               nullptr, false);
+      float* d = dinp + ((long long)n * s.C + c0) * Q;  // (nc, H, W)
+      std::fill(d, d + (long long)nc * Q, 0.f);
+      col2im_add(d, dcol, s, nc);
+    }
+    return;
+  }
+  // gather: wt (C, K, kh, kw), the weights with the channel axes swapped, rows of the GEMM's A.
+  static thread_local std::vector<float> wtbuf;
+  float* wt = scratch(wtbuf, (size_t)s.C * KKK);
+  for (int k = 0; k < s.K; k++)
+    for (int c = 0; c < s.C; c++)
+      for (int t = 0; t < KK; t++) wt[((long long)c * s.K + k) * KK + t] = weight[((long long)k * s.C + c) * KK + t];
+  const int qb = pixel_block(Q, KKK, s.N), nb = ceil_div(Q, qb);
+#pragma omp parallel for schedule(dynamic) if (parallel)
+  for (int item = 0; item < s.N * nb; item++) {
+    static thread_local std::vector<float> colbuf, planebuf;
+    int n = item / nb, q0 = item % nb * qb, q1 = std::min(Q, q0 + qb), nq = q1 - q0;
+    const float* dout_n = dout + (long long)n * s.K * P;  // (K, OH, OW)
+    const float* dcol;                                    // (KKK, nq), leading dimension ldcol
+    long ldcol;
+    if (pointwise) {
+      dcol = dout_n + q0, ldcol = P;
+    } else {
+      float* buf = scratch(colbuf, (size_t)KKK * nq);
+      dout2col(buf, dout_n, s, q0, q1, planebuf);
+      dcol = buf, ldcol = nq;
+    }
+    float* d = dinp + (long long)n * s.C * Q + q0;  // (C, nq) inside (C, Q)
+    sgemm_nn(s.C, nq, KKK, wt, KKK, 1, dcol, ldcol, d, Q, nullptr, false);
+  }
+}
+
+// At most this many image groups in the batch reduction of backward_weight: enough to keep 16
+// threads busy, few enough that adding the partials up stays cheap.
+static constexpr int kMaxGroups = 16;
+// Each GEMM of backward_weight reduces over at least kCatPixels columns where it can: small
+// images are laid side by side (their dout rows copied next to each other), because the cost of
+// a call's start and end per output element is only amortized over a long reduction. The im2col
+// buffer stays under kMaxColFloats (4 MiB); a larger single image is cut into pixel blocks.
+static constexpr int kCatPixels = 2048;
+static constexpr long long kMaxColFloats = 1LL << 20;
+
+void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s) {
+  // dweight (K, C, kh, kw), overwritten; dbias (K) or null; dout (N, K, OH, OW); inp (N, C, H, W)
+  check_conv2d_shape(s, "cpu::conv2d_backward_weight");
+  const int P = s.OH * s.OW, CKK = s.C * s.kh * s.kw;
+  const long long WN = (long long)s.K * CKK;
+  const bool parallel = conv2d_macs(s) >= kMinParallelWork;
+  if (s.N == 0) {
+    std::fill(dweight, dweight + WN, 0.f);
+    if (dbias) std::fill(dbias, dbias + s.K, 0.f);
+    return;
+  }
+  const int G = ceil_div(s.N, kMaxGroups), ngroups = ceil_div(s.N, G);
+  const bool pointwise = is_pointwise(s);
+  // seg: pixels of one image per GEMM (all of them unless col would be too large);
+  // cat: whole images side by side per GEMM. Functions of the shape only.
+  const int seg = pointwise ? P : int(std::min<long long>(P, std::max(64LL, kMaxColFloats / CKK)));
+  int cat = 1;
+  if (!pointwise && seg == P)
+    cat = int(std::max(1LL, std::min<long long>({ceil_div(kCatPixels, P), G, kMaxColFloats / ((long long)CKK * P)})));
+  // partial (ngroups, K, CKK): group g's sum; with one group it is dweight itself.
+  static thread_local std::vector<float> partbuf;
+  float* partial = ngroups == 1 ? dweight : scratch(partbuf, (size_t)ngroups * WN);
+#pragma omp parallel if (parallel)
+  {
+#pragma omp for schedule(dynamic)
+    for (int g = 0; g < ngroups; g++) {
+      static thread_local std::vector<float> colbuf, planebuf, doutbuf;
+      float* pg = partial + g * WN;  // (K, CKK)
+      bool first = true;
+      const int n_end = std::min(s.N, g * G + G);
+      for (int n0 = g * G; n0 < n_end; n0 += cat) {
+        const int nc = std::min(cat, n_end - n0);
+        if (nc > 1) {
+          // nc images side by side: dcat (K, nc*P) and col (CKK, nc*P)
+          const int width = nc * P;
+          float* dcat = scratch(doutbuf, (size_t)s.K * width);
+          float* col = scratch(colbuf, (size_t)CKK * width);
+          for (int m = 0; m < nc; m++) {
+            for (int k = 0; k < s.K; k++)
+              std::memcpy(dcat + (long long)k * width + m * P, dout + ((long long)(n0 + m) * s.K + k) * P,
+                          sizeof(float) * P);
+            im2col(col + m * P, width, inp + (long long)(n0 + m) * s.C * s.H * s.W, s, 0, P, planebuf);
+          }
+          sgemm_nt(s.K, CKK, width, dcat, width, col, width, pg, CKK, !first);
+          first = false;
+          continue;
+        }
+        const float* inp_n = inp + (long long)n0 * s.C * s.H * s.W;  // (C, H, W)
+        const float* dout_n = dout + (long long)n0 * s.K * P;          // (K, P)
+        for (int p0 = 0; p0 < P; p0 += seg) {
+          int p1 = std::min(P, p0 + seg), np = p1 - p0;
+          const float* col;  // (CKK, np), leading dimension ldcol
+          long ldcol;
+          if (pointwise) {
+            col = inp_n + p0, ldcol = P;
+          } else {
+            float* buf = scratch(colbuf, (size_t)CKK * np);
+            im2col(buf, np, inp_n, s, p0, p1, planebuf);
+            col = buf, ldcol = np;
+          }
+          sgemm_nt(s.K, CKK, np, dout_n + p0, P, col, ldcol, pg, CKK, !first);
+          first = false;
+        }
+      }
+    }
+    // implicit barrier: every partial is complete
+    if (ngroups > 1) {
+#pragma omp for schedule(static)
+      for (long long e = 0; e < WN; e++) {
+        float acc = partial[e];
+        for (int g = 1; g < ngroups; g++) acc += partial[g * WN + e];
+        dweight[e] = acc;
+      }
+    }
+    if (dbias) {
+#pragma omp for schedule(static)
+      for (int k = 0; k < s.K; k++) {
+        float acc = 0.f;
+        for (int n = 0; n < s.N; n++) acc += sum_lanes(dout + ((long long)n * s.K + k) * P, P);
+        dbias[k] = acc;
+      }
+    }
+  }
+}
+
+}  // namespace barecnn::cpu

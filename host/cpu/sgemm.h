@@ -1,0 +1,410 @@
+// The single-threaded float GEMMs behind barecnn::cpu (internal to barecnn_cpu; not a public
+// header). Two kernels, because the ops need two shapes of product:
+//
+//   sgemm_nn: C (M, N) = A (M, K) B (K, N)   B row-major; A with any row/column stride.
+//             Goto/BLIS style: A and B are copied ("packed") into MR-row and NR-column panels so
+//             the register-tiled micro-kernel reads both contiguously, MR x NR outputs in
+//             registers, one FMA per (i, j, k). Used where the reduction runs down B's columns:
+//             conv forward (W x im2col), conv backward-input (W x the gather matrix of dout, or
+//             W^T x dout before col2im), dense backward-input (dout x W) and dense
+//             backward-weight (dout^T x inp).
+//   sgemm_nt: C (M, N) = A (M, K) B (N, K)^T   both row-major along K ("dot-product" form).
+//             The reduction runs along the contiguous rows of both operands, so nothing is
+//             packed: each output keeps an 8-lane vector of partial sums, added up once at the
+//             end of the call. Used for conv backward-weight (dout x im2col^T) and dense forward
+//             (inp x W^T), whose operands come that way round and would otherwise need a transpose.
+//
+// Determinism: every C element is one fixed chain of operations that depends only on (M, N, K)
+// and the block constants below, never on which tile or thread computes it, nor on where the
+// caller cut C into pieces. Callers partition C (or whole reductions combined in a fixed order)
+// across OpenMP threads, so results are bitwise the same for any thread count.
+//
+// ISA: the kernels are written once with GCC vector extensions, templated on the vector type, and
+// compiled twice: for AVX2+FMA (8-float vectors; always_inline templates inlined into
+// target("avx2,fma") entry points) and for baseline x86-64 (4-float SSE2 vectors, smaller tiles,
+// mul+add). The choice is made once at run time from the CPU's feature bits, so the binary runs
+// on any x86-64 (no -march=native). The two ISAs round differently (FMA), so results are bitwise
+// reproducible per machine and ISA, not across ISAs.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "barecnn/cpu_ops.h"
+#include "barecnn/error.h"
+
+// The 32-byte vector helpers below are always inlined, so the ABI note GCC gives for passing
+// them by value in the baseline build never applies. (Not popped: GCC reports it at the end of
+// the including file; this header is included only by host/cpu/*.cpp.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace barecnn::cpu::detail {
+
+// One AVX register (8 floats) for the AVX2 build, one SSE register (4 floats) for the baseline
+// build and the helper loops outside the GEMMs: GCC's vector extensions keep an 8-float vector in
+// registers only where AVX is enabled, and spill it to the stack everywhere else.
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+template <typename V>
+constexpr int kLanes = int(sizeof(V) / sizeof(float));
+
+template <typename V>
+[[gnu::always_inline]] inline V loadv(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);  // an unaligned vector load
+  return v;
+}
+template <typename V>
+[[gnu::always_inline]] inline void storev(float* p, const V& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+// Sum of the lanes in a fixed tree: (l0+l4 + l2+l6) + (l1+l5 + l3+l7) for 8 lanes,
+// (l0+l2) + (l1+l3) for 4.
+template <typename V>
+[[gnu::always_inline]] inline float hsumv(const V& v) {
+  if constexpr (kLanes<V> == 8) {
+    float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    return (a0 + a2) + (a1 + a3);
+  } else {
+    return (v[0] + v[2]) + (v[1] + v[3]);
+  }
+}
+// Broadcasts are written in place in the kernels (`if constexpr` on the lane count), not in a
+// helper: GCC lowers the vector code of a helper function for the baseline ISA before inlining it
+// into an AVX2 function (a broadcast helper became 16 inserts per use there).
+
+// Scratch that lives as long as its thread (OpenMP keeps its pool), grown on demand, so steady
+// state training allocates nothing. Returns a 64-byte aligned pointer to n floats (the 16 extra
+// floats pay for the alignment).
+inline float* scratch(std::vector<float>& buf, size_t n) {
+  if (buf.size() < n + 16) buf.resize(n + 16);
+  uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+}
+
+// ---- sgemm_nn: packed, register-tiled ------------------------------------------------------------
+
+constexpr int kNR = 16;   // columns per micro-tile: two 8-float vectors
+constexpr int kKC = 256;  // K block: an NR-wide B panel (KC x NR = 16 KiB) stays in L1
+constexpr int kMC = 96;   // M block: the packed A block (MC x KC = 96 KiB) stays in L2
+constexpr int kNC = 1024; // N block: the packed B block (KC x NC = 1 MiB) stays in L2/L3
+
+// Packs rows [0, mc) x cols [0, kc) of A (A(i,k) = A[i*rsa + k*csa]) into ceil(mc/MR) panels,
+// panel p holding A(p*MR + ii, k) at [k*MR + ii]; rows past mc are zero.
+template <int MR>
+[[gnu::always_inline]] inline void pack_a(float* dst, const float* A, long rsa, long csa, int mc, int kc) {
+  for (int i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
+    int mr = std::min(MR, mc - i0);
+    const float* a = A + i0 * rsa;
+    if (rsa == 1 && mr == MR) {  // column-major A: MR contiguous floats per k
+      for (int k = 0; k < kc; k++)
+        for (int ii = 0; ii < MR; ii++) dst[k * MR + ii] = a[k * csa + ii];
+    } else {
+      for (int ii = 0; ii < MR; ii++) {
+        const float* row = a + ii * rsa;
+        if (ii < mr)
+          for (int k = 0; k < kc; k++) dst[k * MR + ii] = row[k * csa];
+        else
+          for (int k = 0; k < kc; k++) dst[k * MR + ii] = 0.f;
+      }
+    }
+  }
+}
+
+// Packs rows [0, kc) x cols [0, nc) of row-major B into ceil(nc/NR) panels of [k*NR + jj];
+// columns past nc are zero.
+[[gnu::always_inline]] inline void pack_b(float* dst, const float* B, long ldb, int kc, int nc) {
+  for (int j0 = 0; j0 < nc; j0 += kNR, dst += kNR * kc) {
+    int nr = std::min(kNR, nc - j0);
+    if (nr == kNR) {
+      for (int k = 0; k < kc; k++) std::memcpy(dst + k * kNR, B + k * ldb + j0, kNR * sizeof(float));
+    } else {
+      for (int k = 0; k < kc; k++) {
+        int jj = 0;
+        for (; jj < nr; jj++) dst[k * kNR + jj] = B[k * ldb + j0 + jj];
+        for (; jj < kNR; jj++) dst[k * kNR + jj] = 0.f;
+      }
+    }
+  }
+}
+
+// The micro-kernel: C (MR, NR) = start + sum_k a[k] (MR) x b[k] (NR), one FMA chain per element
+// in ascending k, starting from C (load_c), else from row_init[i] (row_init non-null), else 0.
+// MR * NR/lanes accumulators + NR/lanes B vectors + 1 broadcast must fit the 16 vector registers:
+// MR <= 6 with AVX (2 vectors per row), MR = 2 with SSE (4 per row).
+template <int MR, typename V>
+[[gnu::always_inline]] inline void micro_nn(int kc, const float* a, const float* b, float* C, long ldc,
+                                            bool load_c, const float* row_init) {
+  constexpr int L = kLanes<V>, NV = kNR / L;
+  V acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++) {
+    const float s = row_init ? row_init[i] : 0.f;
+    V start;
+    if constexpr (L == 8) start = V{s, s, s, s, s, s, s, s};
+    else start = V{s, s, s, s};
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) acc[i][v] = load_c ? loadv<V>(C + i * ldc + v * L) : start;
+  }
+  for (int k = 0; k < kc; k++, a += MR, b += kNR) {
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) bv[v] = loadv<V>(b + v * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      const float s = a[i];
+      V ai;
+      if constexpr (L == 8) ai = V{s, s, s, s, s, s, s, s};
+      else ai = V{s, s, s, s};
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) storev<V>(C + i * ldc + v * L, acc[i][v]);
+}
+
+template <int MR, typename V>
+[[gnu::always_inline]] inline void sgemm_nn_impl(int M, int N, int K, const float* A, long rsa, long csa,
+                                                 const float* B, long ldb, float* C, long ldc, const float* row_init,
+                                                 bool accumulate) {
+  static thread_local std::vector<float> abuf, bbuf;
+  constexpr int MC = kMC / MR * MR;
+  float* apack = scratch(abuf, size_t(MC) * kKC);    // (MC/MR panels, KC, MR)
+  float* bpack = scratch(bbuf, size_t(kNC) * kKC);   // (NC/NR panels, KC, NR)
+  // K in equal blocks of at most KC (288 -> 144 + 144, not 256 + 32: every block pays a pass
+  // over C, worth it only for a long block).
+  const int nblocks = (K + kKC - 1) / kKC, kc_step = (K + nblocks - 1) / nblocks;
+  for (int jc = 0; jc < N; jc += kNC) {
+    int nc = std::min(kNC, N - jc);
+    for (int pc = 0; pc < K; pc += kc_step) {
+      int kc = std::min(kc_step, K - pc);
+      bool load_c = accumulate || pc > 0;  // later K blocks continue the chain held in C
+      pack_b(bpack, B + pc * ldb + jc, ldb, kc, nc);
+      for (int ic = 0; ic < M; ic += MC) {
+        int mc = std::min(MC, M - ic);
+        pack_a<MR>(apack, A + ic * rsa + pc * csa, rsa, csa, mc, kc);
+        for (int jr = 0; jr < nc; jr += kNR) {
+          int nr = std::min(kNR, nc - jr);
+          const float* bp = bpack + jr * kc;
+          for (int ir = 0; ir < mc; ir += MR) {
+            int mr = std::min(MR, mc - ir);
+            const float* ap = apack + ir * kc;
+            float* c = C + (ic + ir) * ldc + jc + jr;
+            const float* init = (!load_c && row_init) ? row_init + ic + ir : nullptr;
+            if (mr == MR && nr == kNR) {
+              micro_nn<MR, V>(kc, ap, bp, c, ldc, load_c, init);
+            } else {
+              // Edge tile: run the same kernel on a full tile in a local buffer (the zero rows and
+              // columns of the packed panels touch only the lanes that are dropped).
+              alignas(64) float t[MR * kNR];
+              for (int i = 0; i < MR; i++)
+                for (int j = 0; j < kNR; j++)
+                  t[i * kNR + j] = i >= mr || j >= nr ? 0.f : load_c ? c[i * ldc + j] : init ? init[i] : 0.f;
+              micro_nn<MR, V>(kc, ap, bp, t, kNR, true, nullptr);
+              for (int i = 0; i < mr; i++)
+                for (int j = 0; j < nr; j++) c[i * ldc + j] = t[i * kNR + j];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// AVX2: MR = 4 or 6 rows per micro-tile, whichever pads M less (ties to 6, the kernel with more
+// accumulators): 32 and 64 channels take 4, 6 and 120 take 6. A function of M only.
+[[gnu::always_inline]] inline void sgemm_nn_pick(int M, int N, int K, const float* A, long rsa, long csa,
+                                                 const float* B, long ldb, float* C, long ldc, const float* row_init,
+                                                 bool accumulate) {
+  int pad4 = (M + 3) / 4 * 4, pad6 = (M + 5) / 6 * 6;
+  if (pad6 <= pad4)
+    sgemm_nn_impl<6, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+  else
+    sgemm_nn_impl<4, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+}
+
+// ---- sgemm_nt: dot-product form ------------------------------------------------------------------
+
+// Register tile: MRT rows of A x NRT rows of B: 12 vector accumulators + 3 A vectors + 1 B vector
+// = 16 registers. The NRT rows of B sit in L1 while the i loop streams A's rows from L2. (2 x 6,
+// with less L2 traffic per FMA, measured slower here: dense 6272->128 forward 2.3-2.7 ms against
+// 1.5-1.9 ms on one core.)
+constexpr int kMRT = 3, kNRT = 4;
+// K block: the M x KC block of A stays in L2 (128 KiB, at least 512 columns); K is cut into equal
+// blocks (multiples of 8), not 512 + a short tail.
+constexpr long kL2BlockFloats = 32 * 1024;
+
+// accv (MR, NR, L) [rows ldv apart] (+)= lane partial sums of A (MR, kc) B (NR, kc)^T, L = lanes
+// of V: lane l of element (i, j) accumulates the products with k = L*q + l, in ascending q; a tail
+// of kc % L is one more zero-padded step. `first`: start from 0, else continue the sums held in
+// accv. Keeping lanes (not one float) across K blocks means the costly lane sum happens once per
+// element per call, not once per K block.
+template <int MR, int NR, typename V>
+[[gnu::always_inline]] inline void micro_nt(int kc, const float* A, long lda, const float* B, long ldb, float* accv,
+                                            long ldv, bool first) {
+  constexpr int L = kLanes<V>;
+  V acc[MR][NR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++) acc[i][j] = first ? V{} : loadv<V>(accv + i * ldv + j * L);
+  int k = 0;
+  for (; k + L <= kc; k += L) {
+    V a[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) a[i] = loadv<V>(A + i * lda + k);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++) {
+      V b = loadv<V>(B + j * ldb + k);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; i++) acc[i][j] += a[i] * b;
+    }
+  }
+  if (k < kc) {
+    alignas(32) float at[MR][L] = {}, bt[NR][L] = {};
+    for (int i = 0; i < MR; i++)
+      for (int kk = k; kk < kc; kk++) at[i][kk - k] = A[i * lda + kk];
+    for (int j = 0; j < NR; j++)
+      for (int kk = k; kk < kc; kk++) bt[j][kk - k] = B[j * ldb + kk];
+    for (int i = 0; i < MR; i++)
+      for (int j = 0; j < NR; j++) acc[i][j] += loadv<V>(at[i]) * loadv<V>(bt[j]);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++) storev<V>(accv + i * ldv + j * L, acc[i][j]);
+}
+
+// Edge tiles: the kernel instantiated for every mr <= kMRT, nr <= kNRT.
+template <int MR, int NR, typename V>
+[[gnu::always_inline]] inline void micro_nt_cols(int nr, int kc, const float* A, long lda, const float* B, long ldb,
+                                                 float* accv, long ldv, bool first) {
+  if constexpr (NR > 0) {
+    if (nr == NR) return micro_nt<MR, NR, V>(kc, A, lda, B, ldb, accv, ldv, first);
+    micro_nt_cols<MR, NR - 1, V>(nr, kc, A, lda, B, ldb, accv, ldv, first);
+  }
+}
+template <int MR, typename V>
+[[gnu::always_inline]] inline void micro_nt_tile(int mr, int nr, int kc, const float* A, long lda, const float* B,
+                                                 long ldb, float* accv, long ldv, bool first) {
+  if constexpr (MR > 0) {
+    if (mr == MR) return micro_nt_cols<MR, kNRT, V>(nr, kc, A, lda, B, ldb, accv, ldv, first);
+    micro_nt_tile<MR - 1, V>(mr, nr, kc, A, lda, B, ldb, accv, ldv, first);
+  }
+}
+
+template <typename V>
+[[gnu::always_inline]] inline void sgemm_nt_impl(int M, int N, int K, const float* A, long lda, const float* B,
+                                                 long ldb, float* C, long ldc, bool accumulate) {
+  constexpr int L = kLanes<V>;
+  static thread_local std::vector<float> buf;
+  float* accv = scratch(buf, size_t(M) * N * L);  // (M, N, L) lane partial sums
+  const long ldv = long(N) * L;
+  const int kc_max = int(std::max(512L, kL2BlockFloats / M / 8 * 8));
+  const int nblocks = (K + kc_max - 1) / kc_max;
+  const int kc_step = ((K + nblocks - 1) / nblocks + 7) / 8 * 8;
+  for (int pc = 0; pc < K; pc += kc_step) {
+    int kc = std::min(kc_step, K - pc);
+    // j outer, i inner: the NRT rows of B are reused from L1 across all of A's rows.
+    for (int j0 = 0; j0 < N; j0 += kNRT) {
+      int nr = std::min(kNRT, N - j0);
+      for (int i0 = 0; i0 < M; i0 += kMRT) {
+        micro_nt_tile<kMRT, V>(std::min(kMRT, M - i0), nr, kc, A + i0 * lda + pc, lda, B + j0 * ldb + pc, ldb,
+                               accv + i0 * ldv + j0 * L, ldv, pc == 0);
+      }
+    }
+  }
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) {
+      float t = hsumv(loadv<V>(accv + i * ldv + j * L));
+      C[i * ldc + j] = accumulate ? C[i * ldc + j] + t : t;
+    }
+}
+
+// ---- the two builds and the run-time choice ------------------------------------------------------
+
+[[gnu::target("avx2,fma")]] inline void sgemm_nn_avx2(int M, int N, int K, const float* A, long rsa, long csa,
+                                                      const float* B, long ldb, float* C, long ldc,
+                                                      const float* row_init, bool accumulate) {
+  sgemm_nn_pick(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+}
+// Baseline x86-64: 4-float SSE vectors, 2 x 16 tiles (8 accumulators + 4 B vectors + 1 broadcast).
+inline void sgemm_nn_generic(int M, int N, int K, const float* A, long rsa, long csa, const float* B, long ldb,
+                             float* C, long ldc, const float* row_init, bool accumulate) {
+  sgemm_nn_impl<2, v4f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+}
+[[gnu::target("avx2,fma")]] inline void sgemm_nt_avx2(int M, int N, int K, const float* A, long lda, const float* B,
+                                                      long ldb, float* C, long ldc, bool accumulate) {
+  sgemm_nt_impl<v8f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+inline void sgemm_nt_generic(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C,
+                             long ldc, bool accumulate) {
+  sgemm_nt_impl<v4f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+inline bool cpu_has_avx2_fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+// The ISA in use, as an int (CpuIsa); chosen on first use, changed by set_cpu_isa.
+inline std::atomic<int>& isa_state() {
+  static std::atomic<int> isa{int(cpu_has_avx2_fma() ? CpuIsa::Avx2 : CpuIsa::Generic)};
+  return isa;
+}
+
+// C (M, N) = start + A (M, K) B (K, N), the chain of each element starting from C when
+// `accumulate`, else from row_init[i] (M values, e.g. a bias per output channel) when non-null,
+// else from 0. A(i, k) = A[i*rsa + k*csa]; B, C row-major with leading dimensions ldb, ldc.
+inline void sgemm_nn(int M, int N, int K, const float* A, long rsa, long csa, const float* B, long ldb, float* C,
+                     long ldc, const float* row_init, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int i = 0; i < M; i++) std::fill(C + i * ldc, C + i * ldc + N, row_init ? row_init[i] : 0.f);
+    return;
+  }
+  if (isa_state().load(std::memory_order_relaxed) == int(CpuIsa::Avx2))
+    sgemm_nn_avx2(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+  else
+    sgemm_nn_generic(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+}
+
+// C (M, N) (+)= A (M, K) B (N, K)^T, all row-major (leading dimensions lda, ldb, ldc).
+inline void sgemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+                     bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int i = 0; i < M; i++) std::fill(C + i * ldc, C + i * ldc + N, 0.f);
+    return;
+  }
+  if (isa_state().load(std::memory_order_relaxed) == int(CpuIsa::Avx2))
+    sgemm_nt_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  else
+    sgemm_nt_generic(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+// Sum of x[0..n) as 4 interleaved partial sums (x[4q + lane]) in a fixed tree, then the tail:
+// vectorizes without reassociating anything, and the order depends on n only.
+inline float sum_lanes(const float* x, long n) {
+  v4f acc{};
+  long i = 0;
+  for (; i + 4 <= n; i += 4) acc += loadv<v4f>(x + i);
+  float t = hsumv(acc);
+  for (; i < n; i++) t += x[i];
+  return t;
+}
+
+// Below this many multiply-adds an op runs on one thread: waking the OpenMP team costs more than
+// it saves.
+constexpr long long kMinParallelWork = 1LL << 17;
+
+}  // namespace barecnn::cpu::detail

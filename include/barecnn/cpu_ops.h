@@ -1,0 +1,44 @@
+// The fast float CPU versions of the heavy ops (barecnn::cpu, host/cpu/): the same signatures as
+// their barecnn::ref specification in ops.h, float only, checked against the double reference in
+// tests/test_cpu_fast.cpp and timed against the float reference in profiling/cpu_lab.cpp.
+//
+// How: convolutions are im2col + GEMM, dense layers are GEMMs, all on the register-tiled,
+// cache-blocked SGEMM of host/cpu/sgemm.h, with OpenMP across threads.
+//
+// Deterministic: each output element is computed by one thread in a fixed order that depends
+// only on the shape (reductions over the batch are cut into fixed groups of images and the
+// group partial sums added in group order), so results are bitwise the same for any number of
+// threads and across runs on the same machine. They differ from ref:: by rounding only (another
+// summation order, fused multiply-add).
+#pragma once
+
+#include "barecnn/shape.h"
+
+namespace barecnn::cpu {
+
+// ---- convolution ----
+// out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s);
+// dinp (N, C, H, W), overwritten, from dout (N, K, OH, OW)
+void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s);
+// dweight (K, C, kh, kw), overwritten; dbias (K) or null; from dout and inp
+void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s);
+
+// ---- dense: out = inp W^T + b, W (OUT, IN) ----
+// out (N, OUT); inp (N, IN); weight (OUT, IN); bias (OUT) or null
+void dense_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IN, int OUT);
+// dinp (N, IN), overwritten
+void dense_backward_input(float* dinp, const float* dout, const float* weight, int N, int IN, int OUT);
+// dweight (OUT, IN), overwritten; dbias (OUT) or null
+void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN, int OUT);
+
+// Which instruction set the GEMM kernels use. The start value is the best the CPU supports
+// (AVX2+FMA where present, else baseline x86-64); tests and the lab switch it to check and time
+// both. set_cpu_isa(Avx2) on a CPU without AVX2+FMA throws barecnn::Error.
+enum class CpuIsa : int { Generic, Avx2 };
+void set_cpu_isa(CpuIsa isa);
+CpuIsa cpu_isa();
+bool cpu_isa_supported(CpuIsa isa);
+const char* cpu_isa_name(CpuIsa isa);  // "generic" / "avx2+fma"
+
+}  // namespace barecnn::cpu

@@ -1,0 +1,332 @@
+// The fast float CPU ops (barecnn::cpu, host/cpu/) against the double-precision reference, on odd
+// shapes (batch 1/3/65, channels 1/3/17, kernels 1x1/3x3/5x5/2x3, strides 1/2/3, paddings 0/1/2,
+// sizes that do not divide the GEMM tiles, shapes that cross every cache block of sgemm.h) and on
+// the layers of the preset nets; then bitwise determinism across thread counts and runs.
+// Every check runs once per instruction set the CPU supports (generic x86-64, AVX2+FMA).
+//
+// Tolerance. Each op gets its own inputs, scaled so that its reduction of L terms has terms of
+// size <= 1/sqrt(L) (as with fan-in initialized weights): outputs are O(1). The inputs are rounded
+// to float first and the reference sees exactly those values, so the only difference is float
+// rounding of the products and sums. Rounding errors are unbiased and add up like a random walk:
+// |err| ~ u * sqrt(L) * O(1) with u = 6e-8, at most ~1.5e-5 for the longest reduction here
+// (L = 64 * 784 = 50k, the paper conv's weight gradient); the suite also passes with 1e-5.
+// atol = rtol = 1e-4 leaves a margin of 7x or more and still catches one missing or doubled term
+// (|term| ~ 1/sqrt(L) >= 4e-3) or a misplaced tap.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "barecnn/cpu_ops.h"
+#include "barecnn/error.h"
+#include "barecnn/ops.h"
+#include "barecnn/shape.h"
+#include "test_util.h"
+
+using namespace barecnn;
+using barecnn::test::all_close;
+using barecnn::test::cast_vec;
+using barecnn::test::random_vec;
+
+namespace {
+
+constexpr double kAtol = 1e-4, kRtol = 1e-4;
+
+Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw) {
+  Conv2dShape s;
+  s.N = N; s.C = C; s.H = H; s.W = W; s.K = K;
+  s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw; s.ph = ph; s.pw = pw;
+  s.OH = window_out_size(H, kh, sh, ph);
+  s.OW = window_out_size(W, kw, sw, pw);
+  return s;
+}
+
+std::vector<Conv2dShape> odd_conv_shapes() {
+  return {
+      conv_shape(1, 1, 7, 9, 3, 3, 3, 1, 1, 1, 1),
+      conv_shape(3, 3, 11, 13, 17, 5, 5, 2, 2, 2, 2),
+      conv_shape(65, 3, 9, 8, 5, 2, 3, 3, 1, 0, 1),     // 2x3 kernel, stride (3,1), pad (0,1)
+      conv_shape(2, 17, 10, 7, 7, 1, 1, 1, 1, 0, 0),    // 1x1: the pointwise path (no im2col)
+      conv_shape(3, 17, 9, 9, 3, 1, 1, 2, 2, 0, 0),     // 1x1 with stride 2: im2col
+      conv_shape(1, 2, 5, 6, 4, 5, 5, 3, 3, 2, 2),      // kernel as large as the input, stride 3
+      conv_shape(2, 3, 30, 31, 19, 3, 2, 1, 2, 1, 0),   // 19 channels: partial 4- and 6-row tiles
+      conv_shape(1, 3, 40, 37, 8, 3, 3, 1, 1, 1, 1),    // batch 1: pixels split across 8 items
+      conv_shape(2, 30, 8, 8, 100, 3, 3, 1, 1, 1, 1),   // K=100 > MC=96, C*k*k=270 > KC=256
+      conv_shape(8, 1, 36, 36, 4, 3, 3, 1, 1, 1, 1),    // 1296 pixels > NC=1024
+      conv_shape(2, 64, 28, 28, 5, 3, 3, 1, 1, 1, 1),   // im2col over 256 KiB: pixel blocks
+      conv_shape(19, 2, 6, 5, 3, 3, 3, 2, 1, 1, 2),     // 19 images: 9 groups of 2 + 1 in backward_weight
+  };
+}
+
+// The conv layers of the presets (arch.cpp): paper, lenet5, deep. Batch 16 and 8 rather than 64
+// keep the double reference quick in sanitizer builds; the per-image GEMMs are the same, and the
+// batch groupings of backward_weight are covered by the odd shapes (65 and 19 images).
+std::vector<Conv2dShape> preset_conv_shapes() {
+  return {
+      conv_shape(16, 1, 28, 28, 32, 5, 5, 1, 1, 2, 2),  // paper conv(32,5,pad=2)
+      conv_shape(8, 1, 28, 28, 6, 5, 5, 1, 1, 2, 2),    // lenet5 conv(6,5,pad=2)
+      conv_shape(8, 6, 14, 14, 16, 5, 5, 1, 1, 0, 0),   // lenet5 conv(16,5)
+      conv_shape(8, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1),   // deep conv(32,3,pad=1) x2
+      conv_shape(8, 32, 28, 28, 32, 3, 3, 1, 1, 1, 1),
+      conv_shape(8, 32, 14, 14, 64, 3, 3, 1, 1, 1, 1),  // deep conv(64,3,pad=1) x2
+      conv_shape(8, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1),
+  };
+}
+
+struct DenseShape {
+  int N, IN, OUT;
+};
+std::vector<DenseShape> odd_dense_shapes() {
+  return {{1, 1, 1}, {3, 7, 5}, {65, 17, 33}, {5, 300, 97}, {65, 1000, 130}, {1, 6272, 128}, {300, 37, 19}};
+}
+// paper dense(128), dense(10); deep dense(256), dense(10); lenet5 dense(120), dense(84), dense(10)
+std::vector<DenseShape> preset_dense_shapes() {
+  return {{64, 6272, 128}, {64, 128, 10}, {64, 3136, 256}, {64, 256, 10}, {64, 400, 120}, {64, 120, 84}, {64, 84, 10}};
+}
+
+// The instruction sets this CPU can run; each check runs under every one of them.
+std::vector<cpu::CpuIsa> isas() {
+  std::vector<cpu::CpuIsa> v = {cpu::CpuIsa::Generic};
+  if (cpu::cpu_isa_supported(cpu::CpuIsa::Avx2)) v.push_back(cpu::CpuIsa::Avx2);
+  return v;
+}
+// Restores the start ISA and thread count after a test.
+struct Restore {
+  cpu::CpuIsa isa = cpu::cpu_isa();
+  int threads = omp_get_max_threads();
+  ~Restore() {
+    cpu::set_cpu_isa(isa);
+    omp_set_num_threads(threads);
+  }
+};
+
+// Uniform in [-scale, scale), rounded to float; returned in both precisions with equal values.
+struct Data {
+  std::vector<float> f;
+  std::vector<double> d;
+};
+Data make_data(size_t n, uint64_t seed, double scale) {
+  Data x;
+  x.f = cast_vec<float>(random_vec(n, seed, -scale, scale));
+  x.d = cast_vec<double>(std::vector<double>(x.f.begin(), x.f.end()));
+  return x;
+}
+std::vector<float> nans(size_t n) { return std::vector<float>(n, std::numeric_limits<float>::quiet_NaN()); }
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+std::string label(const Conv2dShape& s, cpu::CpuIsa isa) { return s.str() + " [" + cpu::cpu_isa_name(isa) + "]"; }
+std::string label(const DenseShape& d, cpu::CpuIsa isa) {
+  return "N=" + std::to_string(d.N) + " IN=" + std::to_string(d.IN) + " OUT=" + std::to_string(d.OUT) + " [" +
+         cpu::cpu_isa_name(isa) + "]";
+}
+
+// ---- convolution checks, one shape ----
+
+void check_conv_forward(const Conv2dShape& s, bool with_bias, uint64_t seed) {
+  int CKK = s.C * s.kh * s.kw;
+  Data inp = make_data(s.in_numel(), seed, 1.0);
+  Data w = make_data(s.weight_numel(), seed + 1, 1.0 / std::sqrt(CKK));
+  Data b = make_data(s.K, seed + 2, 0.5);
+  std::vector<double> expect(s.out_numel());
+  ref::conv2d_forward(expect.data(), inp.d.data(), w.d.data(), with_bias ? b.d.data() : nullptr, s);
+  for (cpu::CpuIsa isa : isas()) {
+    cpu::set_cpu_isa(isa);
+    std::vector<float> out = nans(s.out_numel());  // every element must be written
+    cpu::conv2d_forward(out.data(), inp.f.data(), w.f.data(), with_bias ? b.f.data() : nullptr, s);
+    EXPECT_TRUE(all_close(expect, out, kAtol, kRtol)) << "forward " << label(s, isa) << " bias " << with_bias;
+  }
+}
+
+void check_conv_backward_input(const Conv2dShape& s, uint64_t seed) {
+  Data dout = make_data(s.out_numel(), seed, 1.0);
+  Data w = make_data(s.weight_numel(), seed + 1, 1.0 / std::sqrt(s.K * s.kh * s.kw));
+  std::vector<double> expect(s.in_numel());
+  ref::conv2d_backward_input(expect.data(), dout.d.data(), w.d.data(), s);
+  for (cpu::CpuIsa isa : isas()) {
+    cpu::set_cpu_isa(isa);
+    std::vector<float> dinp = nans(s.in_numel());
+    cpu::conv2d_backward_input(dinp.data(), dout.f.data(), w.f.data(), s);
+    EXPECT_TRUE(all_close(expect, dinp, kAtol, kRtol)) << "backward_input " << label(s, isa);
+  }
+}
+
+void check_conv_backward_weight(const Conv2dShape& s, bool with_bias, uint64_t seed) {
+  double L = double(s.N) * s.OH * s.OW;
+  Data dout = make_data(s.out_numel(), seed, 1.0 / std::sqrt(L));
+  Data inp = make_data(s.in_numel(), seed + 1, 1.0);
+  std::vector<double> dw(s.weight_numel()), db(s.K);
+  ref::conv2d_backward_weight(dw.data(), with_bias ? db.data() : nullptr, dout.d.data(), inp.d.data(), s);
+  for (cpu::CpuIsa isa : isas()) {
+    cpu::set_cpu_isa(isa);
+    std::vector<float> dw_f = nans(s.weight_numel()), db_f = nans(s.K);
+    cpu::conv2d_backward_weight(dw_f.data(), with_bias ? db_f.data() : nullptr, dout.f.data(), inp.f.data(), s);
+    EXPECT_TRUE(all_close(dw, dw_f, kAtol, kRtol)) << "backward_weight dweight " << label(s, isa);
+    if (with_bias) EXPECT_TRUE(all_close(db, db_f, kAtol, kRtol)) << "backward_weight dbias " << label(s, isa);
+    else EXPECT_TRUE(std::isnan(db_f[0])) << "dbias written although null was passed";
+  }
+}
+
+// Each check computes the reference once and runs the cpu:: op under every ISA.
+void check_conv_all(const std::vector<Conv2dShape>& shapes) {
+  Restore restore;
+  uint64_t seed = 100;
+  for (size_t i = 0; i < shapes.size(); i++, seed += 10) {
+    const Conv2dShape& s = shapes[i];
+    check_conv_forward(s, i % 2 == 0, seed);
+    check_conv_backward_input(s, seed + 3);
+    check_conv_backward_weight(s, i % 2 == 1, seed + 6);
+  }
+}
+
+// ---- dense checks, one shape ----
+
+void check_dense(const DenseShape& d, bool with_bias, uint64_t seed) {
+  {  // forward: L = IN
+    Data inp = make_data((size_t)d.N * d.IN, seed, 1.0);
+    Data w = make_data((size_t)d.OUT * d.IN, seed + 1, 1.0 / std::sqrt(d.IN));
+    Data b = make_data(d.OUT, seed + 2, 0.5);
+    std::vector<double> expect((size_t)d.N * d.OUT);
+    ref::dense_forward(expect.data(), inp.d.data(), w.d.data(), with_bias ? b.d.data() : nullptr, d.N, d.IN, d.OUT);
+    for (cpu::CpuIsa isa : isas()) {
+      cpu::set_cpu_isa(isa);
+      std::vector<float> out = nans(expect.size());
+      cpu::dense_forward(out.data(), inp.f.data(), w.f.data(), with_bias ? b.f.data() : nullptr, d.N, d.IN, d.OUT);
+      EXPECT_TRUE(all_close(expect, out, kAtol, kRtol)) << "dense forward " << label(d, isa) << " bias " << with_bias;
+    }
+  }
+  {  // backward input: L = OUT
+    Data dout = make_data((size_t)d.N * d.OUT, seed + 3, 1.0);
+    Data w = make_data((size_t)d.OUT * d.IN, seed + 4, 1.0 / std::sqrt(d.OUT));
+    std::vector<double> expect((size_t)d.N * d.IN);
+    ref::dense_backward_input(expect.data(), dout.d.data(), w.d.data(), d.N, d.IN, d.OUT);
+    for (cpu::CpuIsa isa : isas()) {
+      cpu::set_cpu_isa(isa);
+      std::vector<float> dinp = nans(expect.size());
+      cpu::dense_backward_input(dinp.data(), dout.f.data(), w.f.data(), d.N, d.IN, d.OUT);
+      EXPECT_TRUE(all_close(expect, dinp, kAtol, kRtol)) << "dense backward_input " << label(d, isa);
+    }
+  }
+  {  // backward weight: L = N
+    Data dout = make_data((size_t)d.N * d.OUT, seed + 5, 1.0 / std::sqrt(d.N));
+    Data inp = make_data((size_t)d.N * d.IN, seed + 6, 1.0);
+    std::vector<double> dw((size_t)d.OUT * d.IN), db(d.OUT);
+    ref::dense_backward_weight(dw.data(), with_bias ? db.data() : nullptr, dout.d.data(), inp.d.data(), d.N, d.IN,
+                               d.OUT);
+    for (cpu::CpuIsa isa : isas()) {
+      cpu::set_cpu_isa(isa);
+      std::vector<float> dw_f = nans(dw.size()), db_f = nans(d.OUT);
+      cpu::dense_backward_weight(dw_f.data(), with_bias ? db_f.data() : nullptr, dout.f.data(), inp.f.data(), d.N,
+                                 d.IN, d.OUT);
+      EXPECT_TRUE(all_close(dw, dw_f, kAtol, kRtol)) << "dense backward_weight dweight " << label(d, isa);
+      if (with_bias) EXPECT_TRUE(all_close(db, db_f, kAtol, kRtol)) << "dense backward_weight dbias " << label(d, isa);
+      else EXPECT_TRUE(std::isnan(db_f[0])) << "dbias written although null was passed";
+    }
+  }
+}
+
+void check_dense_all(const std::vector<DenseShape>& shapes) {
+  Restore restore;
+  uint64_t seed = 500;
+  for (size_t i = 0; i < shapes.size(); i++, seed += 10) check_dense(shapes[i], i % 2 == 0, seed);
+}
+
+// ---- determinism: all outputs of all ops, as one list of tensors ----
+
+std::vector<std::vector<float>> run_conv_ops(const Conv2dShape& s) {
+  Data inp = make_data(s.in_numel(), 1, 1.0), w = make_data(s.weight_numel(), 2, 0.2);
+  Data b = make_data(s.K, 3, 0.5), dout = make_data(s.out_numel(), 4, 0.1);
+  std::vector<float> out(s.out_numel()), dinp(s.in_numel()), dw(s.weight_numel()), db(s.K);
+  cpu::conv2d_forward(out.data(), inp.f.data(), w.f.data(), b.f.data(), s);
+  cpu::conv2d_backward_input(dinp.data(), dout.f.data(), w.f.data(), s);
+  cpu::conv2d_backward_weight(dw.data(), db.data(), dout.f.data(), inp.f.data(), s);
+  return {out, dinp, dw, db};
+}
+
+std::vector<std::vector<float>> run_dense_ops(const DenseShape& d) {
+  Data inp = make_data((size_t)d.N * d.IN, 1, 1.0), w = make_data((size_t)d.OUT * d.IN, 2, 0.05);
+  Data b = make_data(d.OUT, 3, 0.5), dout = make_data((size_t)d.N * d.OUT, 4, 0.1);
+  std::vector<float> out((size_t)d.N * d.OUT), dinp((size_t)d.N * d.IN), dw((size_t)d.OUT * d.IN), db(d.OUT);
+  cpu::dense_forward(out.data(), inp.f.data(), w.f.data(), b.f.data(), d.N, d.IN, d.OUT);
+  cpu::dense_backward_input(dinp.data(), dout.f.data(), w.f.data(), d.N, d.IN, d.OUT);
+  cpu::dense_backward_weight(dw.data(), db.data(), dout.f.data(), inp.f.data(), d.N, d.IN, d.OUT);
+  return {out, dinp, dw, db};
+}
+
+template <typename Shape, typename Run>
+void check_deterministic(const Shape& shape, Run run) {
+  const char* names[] = {"forward", "backward_input", "backward_weight dweight", "backward_weight dbias"};
+  omp_set_num_threads(1);
+  auto one = run(shape);
+  omp_set_num_threads(2);
+  auto two = run(shape), again = run(shape);
+  omp_set_num_threads(3);
+  auto three = run(shape);
+  for (size_t t = 0; t < one.size(); t++) {
+    EXPECT_TRUE(same_bits(one[t], two[t])) << names[t] << ": 1 vs 2 threads " << label(shape, cpu::cpu_isa());
+    EXPECT_TRUE(same_bits(two[t], again[t])) << names[t] << ": two runs " << label(shape, cpu::cpu_isa());
+    EXPECT_TRUE(same_bits(one[t], three[t])) << names[t] << ": 1 vs 3 threads " << label(shape, cpu::cpu_isa());
+  }
+}
+
+}  // namespace
+
+TEST(ConvCpu, OddShapesMatchReference) { check_conv_all(odd_conv_shapes()); }
+TEST(ConvCpu, PresetShapesMatchReference) { check_conv_all(preset_conv_shapes()); }
+TEST(DenseCpu, OddShapesMatchReference) { check_dense_all(odd_dense_shapes()); }
+TEST(DenseCpu, PresetShapesMatchReference) { check_dense_all(preset_dense_shapes()); }
+
+// Batch 0 is legal (the reference accepts it): nothing to compute, parameter gradients are zero.
+TEST(ConvCpu, EmptyBatchGivesZeroGradients) {
+  Conv2dShape s = conv_shape(0, 2, 5, 5, 3, 3, 3, 1, 1, 1, 1);
+  std::vector<float> w(s.weight_numel(), 1.f), dw = nans(s.weight_numel()), db = nans(s.K);
+  cpu::conv2d_forward(nullptr, nullptr, w.data(), nullptr, s);
+  cpu::conv2d_backward_weight(dw.data(), db.data(), nullptr, nullptr, s);
+  EXPECT_TRUE(all_close(std::vector<double>(dw.size(), 0.0), dw, 0, 0));
+  EXPECT_TRUE(all_close(std::vector<double>(db.size(), 0.0), db, 0, 0));
+  std::vector<float> ddw = nans(12), ddb = nans(3);
+  cpu::dense_backward_weight(ddw.data(), ddb.data(), nullptr, nullptr, 0, 4, 3);
+  EXPECT_TRUE(all_close(std::vector<double>(12, 0.0), ddw, 0, 0));
+  EXPECT_TRUE(all_close(std::vector<double>(3, 0.0), ddb, 0, 0));
+}
+
+TEST(ConvCpu, BitwiseSameForAnyThreadCountAndRun) {
+  Restore restore;
+  for (cpu::CpuIsa isa : isas()) {
+    cpu::set_cpu_isa(isa);
+    // the paper conv at its training batch of 64, a deep conv, and odd shapes (65 images, batch 1
+    // split into pixel blocks, 19 images in groups)
+    for (const Conv2dShape& s : {conv_shape(64, 1, 28, 28, 32, 5, 5, 1, 1, 2, 2), preset_conv_shapes()[4],
+                                 odd_conv_shapes()[2], odd_conv_shapes()[7], odd_conv_shapes()[11]})
+      check_deterministic(s, run_conv_ops);
+  }
+}
+
+TEST(DenseCpu, BitwiseSameForAnyThreadCountAndRun) {
+  Restore restore;
+  for (cpu::CpuIsa isa : isas()) {
+    cpu::set_cpu_isa(isa);
+    for (const DenseShape& d : {preset_dense_shapes()[0], preset_dense_shapes()[2], odd_dense_shapes()[4]})
+      check_deterministic(d, run_dense_ops);
+  }
+}
+
+// Both instruction sets are checked against the reference above; here only the switch itself.
+TEST(CpuIsa, SwitchWorksAndUnsupportedIsRefused) {
+  Restore restore;
+  EXPECT_TRUE(cpu::cpu_isa_supported(cpu::CpuIsa::Generic));
+  cpu::set_cpu_isa(cpu::CpuIsa::Generic);
+  EXPECT_EQ(cpu::cpu_isa(), cpu::CpuIsa::Generic);
+  if (cpu::cpu_isa_supported(cpu::CpuIsa::Avx2)) {
+    cpu::set_cpu_isa(cpu::CpuIsa::Avx2);
+    EXPECT_EQ(cpu::cpu_isa(), cpu::CpuIsa::Avx2);
+  } else {
+    EXPECT_THROW(cpu::set_cpu_isa(cpu::CpuIsa::Avx2), Error);
+  }
+}
