@@ -330,3 +330,38 @@ TEST(CpuIsa, SwitchWorksAndUnsupportedIsRefused) {
     EXPECT_THROW(cpu::set_cpu_isa(cpu::CpuIsa::Avx2), Error);
   }
 }
+
+// ---- elementwise: ReLU-family activations and max-pool backward ----
+
+TEST(ElementwiseCpu, ReluFamilyMatchesReferenceExactly) {
+  // Tie-free inputs away from 0 (the kink). Odd n exercises the vector loop's remainder.
+  const long long n = 100003;
+  std::vector<float> x = cast_vec<float>(test::tie_free_vec(n, 31, -3, 3));
+  std::vector<float> dout = cast_vec<float>(random_vec(n, 32));
+  for (Activation a : {Activation{Act::Relu, 0.f}, Activation{Act::LeakyRelu, 0.05f}, Activation{Act::Tanh, 0.f}}) {
+    std::vector<float> y_ref(n), y(n), d_ref(n), d(n, 123.f);
+    ref::activation_forward(y_ref.data(), x.data(), n, a);
+    cpu::activation_forward(y.data(), x.data(), n, a);
+    ref::activation_backward(d_ref.data(), dout.data(), x.data(), y_ref.data(), n, a);
+    cpu::activation_backward(d.data(), dout.data(), x.data(), y.data(), n, a);
+    // The same float formula (x or slope*x; g or slope*g): equal bit for bit.
+    EXPECT_EQ(y, y_ref) << activation_name(a);
+    EXPECT_EQ(d, d_ref) << activation_name(a);
+  }
+}
+
+TEST(ElementwiseCpu, MaxPoolBackwardMatchesReferenceExactly) {
+  // Non-overlapping (the scatter path), stride > window (pixels in no window must get 0), and
+  // overlapping windows (the reference fallback).
+  for (auto [k, stride] : {std::pair{2, 2}, std::pair{2, 3}, std::pair{3, 2}}) {
+    Pool2dShape s = make_pool2d_shape(5, 3, 13, 11, k, k, stride, "test");
+    std::vector<float> x = cast_vec<float>(test::tie_free_vec(size_t(s.in_numel()), 41));
+    std::vector<float> out(size_t(s.out_numel())), dout = cast_vec<float>(random_vec(size_t(s.out_numel()), 42));
+    std::vector<int32_t> mask(size_t(s.out_numel()));
+    cpu::maxpool2d_forward(out.data(), mask.data(), x.data(), s);
+    std::vector<float> d_ref(size_t(s.in_numel())), d(size_t(s.in_numel()), std::nanf(""));
+    ref::maxpool2d_backward(d_ref.data(), dout.data(), mask.data(), s);
+    cpu::maxpool2d_backward(d.data(), dout.data(), mask.data(), s);
+    EXPECT_EQ(d, d_ref) << "k " << k << " stride " << stride;
+  }
+}

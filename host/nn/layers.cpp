@@ -1,10 +1,13 @@
 // Layer objects. Each forward/backward dispatches on the call's device: the CUDA launcher for
-// float tensors on the GPU, the CPU reference (float or double) otherwise.
+// float tensors on the GPU; on the CPU, the fast float ops of host/cpu/ (which fall back to the
+// reference where they have no fast path) for float, and the reference itself for double (the
+// gradient checks).
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
 #include "barecnn/arch.h"
+#include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
 #include "barecnn/layer.h"
 #include "barecnn/ops.h"
@@ -107,6 +110,8 @@ class Conv2d final : public Layer {
     const T* b = c.param + s.weight_numel();  // (K)
     if (on_gpu(c)) {
       if constexpr (std::is_same_v<T, float>) gpu::conv2d_forward(c.out, c.in, w, b, s, c.gpu->stream());
+    } else if constexpr (std::is_same_v<T, float>) {
+      cpu::conv2d_forward(c.out, c.in, w, b, s);
     } else {
       ref::conv2d_forward(c.out, c.in, w, b, s);
     }
@@ -122,6 +127,9 @@ class Conv2d final : public Layer {
         gpu::conv2d_backward_weight(dw, db, c.dout, c.in, s, c.workspace, c.gpu->stream());
         if (c.din) gpu::conv2d_backward_input(c.din, c.dout, w, s, c.gpu->stream());
       }
+    } else if constexpr (std::is_same_v<T, float>) {
+      cpu::conv2d_backward_weight(dw, db, c.dout, c.in, s);
+      if (c.din) cpu::conv2d_backward_input(c.din, c.dout, w, s);
     } else {
       ref::conv2d_backward_weight(dw, db, c.dout, c.in, s);
       if (c.din) ref::conv2d_backward_input(c.din, c.dout, w, s);
@@ -168,6 +176,8 @@ class Pool2d final : public Layer {
         mask_.reset({s.N, s.C, s.OH, s.OW}, c.device);
       if (g) {
         if constexpr (std::is_same_v<T, float>) gpu::maxpool2d_forward(c.out, mask_.data(), c.in, s, c.gpu->stream());
+      } else if constexpr (std::is_same_v<T, float>) {
+        cpu::maxpool2d_forward(c.out, mask_.data(), c.in, s);
       } else {
         ref::maxpool2d_forward(c.out, mask_.data(), c.in, s);
       }
@@ -194,6 +204,8 @@ class Pool2d final : public Layer {
       BARECNN_ASSERT(mask_.numel() == size_t(s.out_numel()), "maxpool backward before forward");
       if (g) {
         if constexpr (std::is_same_v<T, float>) gpu::maxpool2d_backward(c.din, c.dout, mask_.data(), s, c.gpu->stream());
+      } else if constexpr (std::is_same_v<T, float>) {
+        cpu::maxpool2d_backward(c.din, c.dout, mask_.data(), s);
       } else {
         ref::maxpool2d_backward(c.din, c.dout, mask_.data(), s);
       }
@@ -247,6 +259,8 @@ class ActivationLayer final : public Layer {
     long long n = 1LL * c.N * dims_numel(in_);
     if (on_gpu(c)) {
       if constexpr (std::is_same_v<T, float>) gpu::activation_forward(c.out, c.in, n, a_, c.gpu->stream());
+    } else if constexpr (std::is_same_v<T, float>) {
+      cpu::activation_forward(c.out, c.in, n, a_);
     } else {
       ref::activation_forward(c.out, c.in, n, a_);
     }
@@ -257,6 +271,8 @@ class ActivationLayer final : public Layer {
     long long n = 1LL * c.N * dims_numel(in_);
     if (on_gpu(c)) {
       if constexpr (std::is_same_v<T, float>) gpu::activation_backward(c.din, c.dout, c.in, c.out, n, a_, c.gpu->stream());
+    } else if constexpr (std::is_same_v<T, float>) {
+      cpu::activation_backward(c.din, c.dout, c.in, c.out, n, a_);
     } else {
       ref::activation_backward(c.din, c.dout, c.in, c.out, n, a_);
     }
@@ -347,6 +363,8 @@ class Dense final : public Layer {
     if (on_gpu(c)) {
       if constexpr (std::is_same_v<T, float>)
         gpu::dense_forward(c.out, c.in, w, b, c.N, IN, OUT, c.gpu->cublas(), c.gpu->stream());
+    } else if constexpr (std::is_same_v<T, float>) {
+      cpu::dense_forward(c.out, c.in, w, b, c.N, IN, OUT);
     } else {
       ref::dense_forward(c.out, c.in, w, b, c.N, IN, OUT);
     }
@@ -362,6 +380,9 @@ class Dense final : public Layer {
         gpu::dense_backward_weight(dw, db, c.dout, c.in, c.N, IN, OUT, c.gpu->cublas(), c.gpu->stream());
         if (c.din) gpu::dense_backward_input(c.din, c.dout, w, c.N, IN, OUT, c.gpu->cublas(), c.gpu->stream());
       }
+    } else if constexpr (std::is_same_v<T, float>) {
+      cpu::dense_backward_weight(dw, db, c.dout, c.in, c.N, IN, OUT);
+      if (c.din) cpu::dense_backward_input(c.din, c.dout, w, c.N, IN, OUT);
     } else {
       ref::dense_backward_weight(dw, db, c.dout, c.in, c.N, IN, OUT);
       if (c.din) ref::dense_backward_input(c.din, c.dout, w, c.N, IN, OUT);

@@ -12,6 +12,9 @@
 // summation order, fused multiply-add).
 #pragma once
 
+#include <cstdint>
+
+#include "barecnn/activation.h"
 #include "barecnn/shape.h"
 
 namespace barecnn::cpu {
@@ -31,6 +34,13 @@ void dense_forward(float* out, const float* inp, const float* weight, const floa
 void dense_backward_input(float* dinp, const float* dout, const float* weight, int N, int IN, int OUT);
 // dweight (OUT, IN), overwritten; dbias (OUT) or null
 void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN, int OUT);
+
+// ---- elementwise (host/cpu/elementwise.cpp): ReLU/leaky ReLU and non-overlapping max-pool
+// backward get straight loops; every other case calls the reference ----
+void activation_forward(float* out, const float* inp, long long n, Activation a);
+void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n, Activation a);
+void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2dShape& s);
+void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s);
 
 // Which instruction set the GEMM kernels use. The start value is the best the CPU supports
 // (AVX2+FMA where present, else baseline x86-64); tests and the lab switch it to check and time
