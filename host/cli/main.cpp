@@ -244,6 +244,7 @@ int main(int argc, char** argv) {
   bench->footer("Example:\n  barecnn bench --arch paper --batch 256");
 
   auto* info = app.add_subcommand("info", "build configuration, CUDA runtime, GPUs");
+  info->footer("Example:\n  barecnn info        # is there a GPU this build can use, and if not, why");
 
   try {
     app.parse(argc, argv);
