@@ -3,6 +3,8 @@
 // random positions on 8x8 images with noise.
 #pragma once
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <string>
 
@@ -42,9 +44,10 @@ inline void write_bars_dataset(const std::string& dir, int n_train = 600, int n_
   write_idx_labels(dir + "/t10k-labels-idx1-ubyte.gz", lte, true);
 }
 
-// A fresh folder under the test build's tmp directory.
+// A fresh folder under the test build's tmp directory, private to this process: ctest runs the
+// test cases of one executable as parallel processes, each with its own suite set-up.
 inline std::string fresh_dir(const std::string& name) {
-  std::string d = std::string(BARECNN_TEST_TMP) + "/" + name;
+  std::string d = std::string(BARECNN_TEST_TMP) + "/" + std::to_string(::getpid()) + "/" + name;
   std::filesystem::remove_all(d);
   std::filesystem::create_directories(d);
   return d;
