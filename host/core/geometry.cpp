@@ -1,3 +1,5 @@
+#include <climits>
+
 #include "barecnn/error.h"
 #include "barecnn/shape.h"
 #include "barecnn/tensor.h"
@@ -33,18 +35,27 @@ Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw,
   if (stride < 1) throw UsageError(fmt(layer, ": the stride must be >= 1, got ", stride));
   if (pad < 0) throw UsageError(fmt(layer, ": the padding must be >= 0, got ", pad));
   if (C < 1 || H < 1 || W < 1) throw UsageError(fmt(layer, ": empty input ", C, "x", H, "x", W));
-  if (H + 2 * pad < kh || W + 2 * pad < kw) {
+  // 64-bit: a net of many padded layers can grow H past what H + 2 * pad holds in an int.
+  const long long PH = H + 2LL * pad, PW = W + 2LL * pad;
+  if (PH < kh || PW < kw) {
     if (pad == 0)
       throw UsageError(fmt(layer, ": input ", H, "x", W, " is smaller than the ", ksize(kh, kw),
                            " kernel; use a smaller kernel, add padding, or remove a pooling layer before it"));
-    throw UsageError(fmt(layer, ": input ", H, "x", W, " padded by ", pad, " is ", H + 2 * pad, "x", W + 2 * pad,
+    throw UsageError(fmt(layer, ": input ", H, "x", W, " padded by ", pad, " is ", PH, "x", PW,
                          ", smaller than the ", ksize(kh, kw), " kernel"));
   }
   Conv2dShape s;
   s.N = N; s.C = C; s.H = H; s.W = W; s.K = K;
   s.kh = kh; s.kw = kw; s.sh = s.sw = stride; s.ph = s.pw = pad;
-  s.OH = window_out_size(H, kh, stride, pad);
-  s.OW = window_out_size(W, kw, stride, pad);
+  // Eq. (2.1) in 64 bits. One image's output must fit the int sizes every layer keeps (Dims,
+  // a flatten's width): past that the padding or the channel count is a typo, not a net.
+  const long long OH = (PH - kh) / stride + 1, OW = (PW - kw) / stride + 1;
+  // (Checked factor by factor so that the product itself cannot overflow.)
+  if (OH > INT_MAX || OW > INT_MAX || K * OH > INT_MAX || K * OH * OW > INT_MAX)
+    throw UsageError(fmt(layer, ": output ", K, "x", OH, "x", OW, " is more than ", INT_MAX,
+                         " values per image; use less padding, fewer output channels or a larger stride"));
+  s.OH = int(OH);
+  s.OW = int(OW);
   return s;
 }
 

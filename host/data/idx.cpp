@@ -58,7 +58,8 @@ void put_be32(std::vector<uint8_t>& out, uint32_t v) {
 // The bytes of an IDX file, whatever its compression: read() hands out the decompressed stream.
 // A gzip file is inflated from a small fixed input buffer, so memory never depends on what a
 // header claims. Every gzip problem (corrupt data, a stream cut short, bytes after its end) is a
-// UsageError naming the file.
+// UsageError naming the file. The bytes come from an open file or from memory (`name` stands for
+// the file in messages); both go through the same input buffer, so both get the same checks.
 class IdxStream {
  public:
   explicit IdxStream(const std::string& path) : path_(path) {
@@ -68,15 +69,12 @@ class IdxStream {
     if (!f_) throw UsageError(fmt(path, ": cannot open (", std::strerror(errno), ")"));
     struct stat st;
     if (::fstat(::fileno(f_.get()), &st) == 0) file_size_ = (unsigned long long)st.st_size;
-    // gzip by content, not by name: a renamed file still reads.
-    fill_input(2);
-    gz_ = in_len_ >= 2 && in_[0] == 0x1f && in_[1] == 0x8b;
-    if (gz_) {
-      std::memset(&zs_, 0, sizeof(zs_));
-      // 16 + MAX_WBITS: expect the gzip wrapper and verify its CRC-32 and length trailer.
-      if (inflateInit2(&zs_, 16 + MAX_WBITS) != Z_OK) throw Error(fmt(path, ": zlib inflateInit2 failed"));
-      zs_open_ = true;
-    }
+    start();
+  }
+  IdxStream(const std::string& bytes, const std::string& name)
+      : path_(name), mem_(reinterpret_cast<const uint8_t*>(bytes.data())), mem_left_(bytes.size()),
+        file_size_(bytes.size()) {
+    start();
   }
   ~IdxStream() {
     if (zs_open_) inflateEnd(&zs_);
@@ -91,6 +89,33 @@ class IdxStream {
   size_t read(uint8_t* dst, size_t n) { return gz_ ? read_gz(dst, n) : read_plain(dst, n); }
 
  private:
+  void start() {
+    // gzip by content, not by name: a renamed file still reads.
+    fill_input(2);
+    gz_ = in_len_ >= 2 && in_[0] == 0x1f && in_[1] == 0x8b;
+    if (gz_) {
+      std::memset(&zs_, 0, sizeof(zs_));
+      // 16 + MAX_WBITS: expect the gzip wrapper and verify its CRC-32 and length trailer.
+      if (inflateInit2(&zs_, 16 + MAX_WBITS) != Z_OK) throw Error(fmt(path_, ": zlib inflateInit2 failed"));
+      zs_open_ = true;
+    }
+  }
+
+  // Up to n more bytes of the input (the file, or what is left of the memory); 0 at its end.
+  size_t read_input(uint8_t* dst, size_t n) {
+    if (f_) {
+      size_t got = std::fread(dst, 1, n, f_.get());
+      if (got == 0 && std::ferror(f_.get()))
+        throw UsageError(fmt(path_, ": read error (", std::strerror(errno), ")"));
+      return got;
+    }
+    size_t take = std::min(n, mem_left_);
+    if (take) std::memcpy(dst, mem_, take);
+    mem_ += take;
+    mem_left_ -= take;
+    return take;
+  }
+
   // Makes at least `want` unread bytes available in in_ unless the file ends first.
   void fill_input(size_t want) {
     if (in_len_ - in_pos_ >= want || eof_) return;
@@ -98,12 +123,9 @@ class IdxStream {
     in_len_ -= in_pos_;
     in_pos_ = 0;
     while (in_len_ < want && !eof_) {
-      size_t got = std::fread(in_ + in_len_, 1, sizeof(in_) - in_len_, f_.get());
+      size_t got = read_input(in_ + in_len_, sizeof(in_) - in_len_);
       in_len_ += got;
-      if (got == 0) {
-        if (std::ferror(f_.get())) throw UsageError(fmt(path_, ": read error (", std::strerror(errno), ")"));
-        eof_ = true;
-      }
+      if (got == 0) eof_ = true;
     }
   }
 
@@ -170,6 +192,8 @@ class IdxStream {
 
   std::string path_;
   std::unique_ptr<FILE, int (*)(FILE*)> f_{nullptr, &std::fclose};
+  const uint8_t* mem_ = nullptr;  // in memory: the bytes not yet moved into in_
+  size_t mem_left_ = 0;
   unsigned long long file_size_ = 0;
   uint8_t in_[1 << 16];
   size_t in_pos_ = 0, in_len_ = 0;
@@ -327,11 +351,8 @@ std::string data_dir_hint(const std::string& dir) {
          "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])";
 }
 
-}  // namespace
-
-IdxImages read_idx_images(const std::string& path) {
+IdxImages parse_images(IdxStream& s, const std::string& path) {
   const IdxKind kind{kImagesMagic, 3, "images", "pixel data"};
-  IdxStream s(path);
   std::vector<uint32_t> d = read_header(s, path, kind);
   uint32_t count = d[0], rows = d[1], cols = d[2];
   std::string what = fmt(count, " images of ", rows, "x", cols);
@@ -358,9 +379,8 @@ IdxImages read_idx_images(const std::string& path) {
   return img;
 }
 
-std::vector<uint8_t> read_idx_labels(const std::string& path) {
+std::vector<uint8_t> parse_labels(IdxStream& s, const std::string& path) {
   const IdxKind kind{kLabelsMagic, 1, "labels", "label data"};
-  IdxStream s(path);
   std::vector<uint32_t> d = read_header(s, path, kind);
   uint32_t count = d[0];
   if (count == 0) throw UsageError(fmt(path, ": header declares 0 labels; expected at least 1"));
@@ -369,6 +389,28 @@ std::vector<uint8_t> read_idx_labels(const std::string& path) {
                          " bytes), a count above ", INT_MAX, "; the file holds ", s.file_size(),
                          " bytes; the header is corrupt"));
   return read_data(s, path, kind, count, fmt(count, " labels"), 8);
+}
+
+}  // namespace
+
+IdxImages read_idx_images(const std::string& path) {
+  IdxStream s(path);
+  return parse_images(s, path);
+}
+
+std::vector<uint8_t> read_idx_labels(const std::string& path) {
+  IdxStream s(path);
+  return parse_labels(s, path);
+}
+
+IdxImages parse_idx_images(const std::string& bytes, const std::string& name) {
+  IdxStream s(bytes, name);
+  return parse_images(s, name);
+}
+
+std::vector<uint8_t> parse_idx_labels(const std::string& bytes, const std::string& name) {
+  IdxStream s(bytes, name);
+  return parse_labels(s, name);
 }
 
 void write_idx_images(const std::string& path, const IdxImages& img, bool gz) {

@@ -151,7 +151,10 @@ void write_safetensors(const std::string& path, const SafeTensors& st) {
 
 SafeTensors read_safetensors(const std::string& path) {
   // The whole file: its size is real (unlike any size written inside it).
-  std::string file = read_file(path, "safetensors file");
+  return parse_safetensors(read_file(path, "safetensors file"), path);
+}
+
+SafeTensors parse_safetensors(const std::string& file, const std::string& path) {
   auto fail = [&path](const std::string& msg) { return UsageError(fmt(path, ": ", msg)); };
 
   if (file.size() < 8)
@@ -169,7 +172,8 @@ SafeTensors read_safetensors(const std::string& path) {
   json header;
   try {
     header = json::parse(file.begin() + 8, file.begin() + 8 + std::ptrdiff_t(header_len));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // Not only parse_error: a number too large for a double is out_of_range (406).
     throw fail(fmt("malformed JSON header: ", e.what()));
   }
   if (!header.is_object())
@@ -184,7 +188,10 @@ SafeTensors read_safetensors(const std::string& path) {
     std::string name;
   };
   std::vector<Span> spans;
-  for (const auto& [name, entry] : header.items()) {
+  for (const auto& item : header.items()) {
+    // Named variables, not a structured binding: C++17 does not let the lambdas below capture one.
+    const std::string& name = item.key();
+    const json& entry = item.value();
     if (name == "__metadata__") {
       if (!entry.is_object())
         throw fail(fmt("__metadata__ is a JSON ", json_type(entry), ", expected an object of strings"));

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cfloat>
 #include <cmath>
 #include <cstdlib>
 
@@ -146,6 +147,8 @@ float parse_float(const Token& t, const std::string& s, const std::string& what)
   char* end = nullptr;
   double v = std::strtod(s.c_str(), &end);
   if (s.empty() || *end != '\0' || !std::isfinite(v)) bad(t, fmt(what, " must be a finite number, got '", s, "'"));
+  // The layer keeps a float: a larger value would become inf, which the spec cannot be written as.
+  if (std::fabs(v) > FLT_MAX) bad(t, fmt(what, " must be at most ", FLT_MAX, " in magnitude, got '", s, "'"));
   return float(v);
 }
 

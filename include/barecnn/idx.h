@@ -17,6 +17,10 @@ struct IdxImages {
 // sizes beyond what the file holds (nothing larger than the file is ever allocated), corrupt gzip.
 IdxImages read_idx_images(const std::string& path);
 std::vector<uint8_t> read_idx_labels(const std::string& path);
+// The same readers on the bytes of a file already in memory (the fuzzers use them); `name` stands
+// for the file in messages. The file readers above run exactly these checks.
+IdxImages parse_idx_images(const std::string& bytes, const std::string& name);
+std::vector<uint8_t> parse_idx_labels(const std::string& bytes, const std::string& name);
 
 // Writers (tests and tools); `gz` compresses with zlib.
 void write_idx_images(const std::string& path, const IdxImages& img, bool gz);

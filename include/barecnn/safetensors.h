@@ -36,5 +36,8 @@ void write_safetensors(const std::string& path, const SafeTensors& st);
 // beyond the file, malformed JSON, offsets past the end, overlapping or non-contiguous offsets,
 // an unknown dtype, a byte length that does not match the shape, non-string metadata.
 SafeTensors read_safetensors(const std::string& path);
+// The same checks on the bytes of a file already in memory (the fuzzer uses it); `name` stands
+// for the file in messages.
+SafeTensors parse_safetensors(const std::string& bytes, const std::string& name);
 
 }  // namespace barecnn
