@@ -56,7 +56,11 @@ class Cli : public ::testing::Test {
     Result r = run("train --device cpu --data " + data_ + " --arch " + kArch + " --epochs 2 --batch 32 --lr 0.05 --out " +
                    model_dir_);
     ASSERT_EQ(r.rc, 0) << r.out;
+    ready_ = true;
   }
+  // A failed suite set-up would otherwise show as "skipped": make it fail every test.
+  void SetUp() override { ASSERT_TRUE(ready_) << "the suite set-up failed"; }
+  static bool ready_;
   // A copy of the data folder with one file replaced by `bytes`.
   static std::string data_with(const std::string& name, const std::string& file, const std::string& bytes) {
     std::string d = test::fresh_dir(name);
@@ -70,6 +74,7 @@ class Cli : public ::testing::Test {
   static std::string data_, model_dir_;
 };
 std::string Cli::data_, Cli::model_dir_;
+bool Cli::ready_ = false;
 
 #define EXPECT_FAILS_WITH(res, code_lo, text)                                                   \
   do {                                                                                         \

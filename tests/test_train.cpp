@@ -44,10 +44,15 @@ class TrainTest : public ::testing::Test {
   static void SetUpTestSuite() {
     data_ = test::fresh_dir("train_data");
     test::write_bars_dataset(data_);
+    ready_ = true;
   }
+  // A failed suite set-up would otherwise show as "skipped": make it fail every test.
+  void SetUp() override { ASSERT_TRUE(ready_) << "the suite set-up failed"; }
   static std::string data_;
+  static bool ready_;
 };
 std::string TrainTest::data_;
+bool TrainTest::ready_ = false;
 
 }  // namespace
 

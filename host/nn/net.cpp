@@ -5,6 +5,7 @@
 #include <nvtx3/nvToolsExt.h>
 
 #include <cmath>
+#include <cstdint>
 #include <sstream>
 
 #include "barecnn/arch.h"
@@ -22,6 +23,8 @@ struct NvtxScope {
 Net::Net(const std::string& spec, const Dims& input) : input_(input) {
   if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1)
     throw UsageError(fmt("input shape must be CxHxW with positive sizes, got ", dims_str(input)));
+  if (dims_numel(input) > size_t(INT32_MAX))
+    throw UsageError(fmt("input shape ", dims_str(input), " has more than ", INT32_MAX, " values per image"));
   std::vector<LayerDesc> descs = parse_arch(spec);
   Dims cur = input;
   for (const LayerDesc& d : descs) {
