@@ -10,6 +10,7 @@
 
 #include "barecnn/idx.h"
 #include "barecnn/rng.h"
+#include "test_util.h"
 
 namespace barecnn::test {
 
@@ -42,15 +43,6 @@ inline void write_bars_dataset(const std::string& dir, int n_train = 600, int n_
   write_idx_labels(dir + "/train-labels-idx1-ubyte", ltr, false);
   write_idx_images(dir + "/t10k-images-idx3-ubyte.gz", te, true);
   write_idx_labels(dir + "/t10k-labels-idx1-ubyte.gz", lte, true);
-}
-
-// A fresh folder under the test build's tmp directory, private to this process: ctest runs the
-// test cases of one executable as parallel processes, each with its own suite set-up.
-inline std::string fresh_dir(const std::string& name) {
-  std::string d = std::string(BARECNN_TEST_TMP) + "/" + std::to_string(::getpid()) + "/" + name;
-  std::filesystem::remove_all(d);
-  std::filesystem::create_directories(d);
-  return d;
 }
 
 }  // namespace barecnn::test

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "barecnn/error.h"
+#include "test_util.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/plots.h"
 
@@ -22,18 +23,12 @@ using namespace barecnn;
 
 namespace {
 
-// A fresh, empty folder per test under the build's test tmp folder.
-std::string fresh_dir(const std::string& name) {
-  fs::path d = fs::path(BARECNN_TEST_TMP) / ("files_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
+using test::slurp;
+using test::spit;
+using test::usage_error_message;
+std::string fresh_dir(const std::string& name) { return test::fresh_dir("files_" + name); }
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
+
 
 std::vector<std::string> list_dir(const std::string& dir) {
   std::vector<std::string> names;
@@ -42,17 +37,6 @@ std::vector<std::string> list_dir(const std::string& dir) {
   return names;
 }
 
-template <typename F>
-std::string usage_error_message(F&& f) {
-  try {
-    f();
-  } catch (const UsageError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG EXCEPTION TYPE: ") + e.what();
-  }
-  return "NO EXCEPTION";
-}
 
 uint32_t be32(const std::string& s, size_t off) {
   return (uint32_t(uint8_t(s[off])) << 24) | (uint32_t(uint8_t(s[off + 1])) << 16) |

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "barecnn/error.h"
+#include "test_util.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/idx.h"
 
@@ -48,6 +49,11 @@ using namespace barecnn;
 
 namespace {
 
+using test::slurp;
+using test::spit;
+using test::usage_error_message;
+std::string fresh_dir(const std::string& name) { return test::fresh_dir("idx_" + name); }
+
 // Tracks the largest allocation made while it lives.
 struct AllocWatch {
   AllocWatch() {
@@ -58,21 +64,7 @@ struct AllocWatch {
   size_t max() const { return g_max_alloc.load(); }
 };
 
-std::string fresh_dir(const std::string& name) {
-  fs::path d = fs::path(BARECNN_TEST_TMP) / ("idx_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
-void spit(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(bytes.data(), std::streamsize(bytes.size()));
-}
 
 std::string be32(uint32_t v) {
   return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
@@ -117,17 +109,6 @@ IdxImages make_images(int count, int rows, int cols, uint32_t seed = 1) {
   return img;
 }
 
-template <typename F>
-std::string usage_error_message(F&& f) {
-  try {
-    f();
-  } catch (const UsageError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG EXCEPTION TYPE: ") + e.what();
-  }
-  return "NO EXCEPTION";
-}
 
 bool has(const std::string& msg, const std::string& part) { return msg.find(part) != std::string::npos; }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "barecnn/error.h"
+#include "test_util.h"
 #include "barecnn/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -17,21 +18,12 @@ using namespace barecnn;
 
 namespace {
 
-std::string fresh_dir(const std::string& name) {
-  fs::path d = fs::path(BARECNN_TEST_TMP) / ("st_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
+using test::slurp;
+using test::spit;
+using test::usage_error_message;
+std::string fresh_dir(const std::string& name) { return test::fresh_dir("st_" + name); }
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
-void spit(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(bytes.data(), std::streamsize(bytes.size()));
-}
+
 
 std::string le64(uint64_t v) {
   std::string s(8, '\0');
@@ -43,17 +35,6 @@ std::string raw_file(const std::string& header, size_t data_len) {
   return le64(header.size()) + header + std::string(data_len, '\x5a');
 }
 
-template <typename F>
-std::string usage_error_message(F&& f) {
-  try {
-    f();
-  } catch (const UsageError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG EXCEPTION TYPE: ") + e.what();
-  }
-  return "NO EXCEPTION";
-}
 
 bool has(const std::string& msg, const std::string& part) { return msg.find(part) != std::string::npos; }
 #define EXPECT_HAS(msg, part) EXPECT_TRUE(has(msg, part)) << "expected \"" << (part) << "\" in: " << (msg)

@@ -4,14 +4,19 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "barecnn/error.h"
 #include "barecnn/gpu.h"
 #include "barecnn/rng.h"
 
@@ -108,6 +113,38 @@ inline ::testing::AssertionResult gradcheck(const std::function<double(const std
   if (bad) return ::testing::AssertionFailure() << bad << " of " << indices.size() << " entries fail (tol " << tol << "), worst rel " << worst << " at [" << worst_i << "]:" << msg.str();
   if (!allow_zero && nonzero == 0) return ::testing::AssertionFailure() << "the analytic gradient is all zero";
   return ::testing::AssertionSuccess();
+}
+
+// A fresh, empty folder under the test build's tmp directory, private to this process: ctest
+// runs the cases of one executable as parallel processes, each with its own suite set-up.
+inline std::string fresh_dir(const std::string& name) {
+  std::string d = std::string(BARECNN_TEST_TMP) + "/" + std::to_string(::getpid()) + "/" + name;
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
+}
+
+// A whole file as bytes, and bytes as a whole file.
+inline std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+inline void spit(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+// The message of the UsageError that f() throws; says so when it throws nothing or another type.
+template <typename F>
+std::string usage_error_message(F&& f) {
+  try {
+    f();
+  } catch (const UsageError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("WRONG EXCEPTION TYPE: ") + e.what();
+  }
+  return "NO EXCEPTION";
 }
 
 }  // namespace barecnn::test
