@@ -33,7 +33,7 @@ struct OptimConfig {
 
 namespace ref {
 
-// ---- convolution (eqs. 2.2-2.4 forward; 3.x backward) ----
+// ---- convolution (docs/MATH.md, "Convolution") ----
 // out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
 template <typename T>
 void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, const Conv2dShape& s);
