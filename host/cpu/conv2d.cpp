@@ -141,6 +141,21 @@ static void dout2col(float* dcol, const float* dout, const Conv2dShape& s, int q
   }
 }
 
+// The (C*kh*kw, p1 - p0) column block of one image for output pixels [p0, p1): a 1x1 stride-1
+// unpadded convolution reads the image itself (leading dimension P), any other one an im2col copy.
+static const float* image_columns(const float* inp_n, const Conv2dShape& s, bool pointwise, int p0, int p1,
+                                  std::vector<float>& colbuf, std::vector<float>& planebuf, long* ldcol) {
+  const int P = s.OH * s.OW, np = p1 - p0;
+  if (pointwise) {
+    *ldcol = P;
+    return inp_n + p0;
+  }
+  float* buf = scratch(colbuf, (size_t)s.C * s.kh * s.kw * np);
+  im2col(buf, np, inp_n, s, p0, p1, planebuf);
+  *ldcol = np;
+  return buf;
+}
+
 void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s) {
   // out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
   check_conv2d_shape(s, "cpu::conv2d_forward");
@@ -152,15 +167,8 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
     static thread_local std::vector<float> colbuf, planebuf;
     int n = item / nb, p0 = item % nb * pb, p1 = std::min(P, p0 + pb), np = p1 - p0;
     const float* inp_n = inp + (long long)n * s.C * s.H * s.W;  // (C, H, W)
-    const float* col;                                           // (CKK, np), leading dimension ldcol
     long ldcol;
-    if (pointwise) {
-      col = inp_n + p0, ldcol = P;
-    } else {
-      float* buf = scratch(colbuf, (size_t)CKK * np);
-      im2col(buf, np, inp_n, s, p0, p1, planebuf);
-      col = buf, ldcol = np;
-    }
+    const float* col = image_columns(inp_n, s, pointwise, p0, p1, colbuf, planebuf, &ldcol);  // (CKK, np)
     float* o = out + (long long)n * s.K * P + p0;  // (K, np) inside (K, P)
     // the sum of out[n,k,:] starts from bias[k], as in the reference
     sgemm_nn(s.K, np, CKK, weight, CKK, 1, col, ldcol, o, P, bias, false);
@@ -317,15 +325,8 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
         const float* dout_n = dout + (long long)n0 * s.K * P;          // (K, P)
         for (int p0 = 0; p0 < P; p0 += seg) {
           int p1 = std::min(P, p0 + seg), np = p1 - p0;
-          const float* col;  // (CKK, np), leading dimension ldcol
           long ldcol;
-          if (pointwise) {
-            col = inp_n + p0, ldcol = P;
-          } else {
-            float* buf = scratch(colbuf, (size_t)CKK * np);
-            im2col(buf, np, inp_n, s, p0, p1, planebuf);
-            col = buf, ldcol = np;
-          }
+          const float* col = image_columns(inp_n, s, pointwise, p0, p1, colbuf, planebuf, &ldcol);  // (CKK, np)
           sgemm_nt(s.K, CKK, np, dout_n + p0, P, col, ldcol, pg, CKK, !first);
           first = false;
         }
