@@ -142,3 +142,35 @@ TEST(Net, BackwardOverwritesGradients) {
   net.backward(st, p.data(), g2.data(), nullptr, false);
   EXPECT_EQ(g1, g2);
 }
+
+// The max-pool mask is kept per NetState, not in the layer: a forward on another state (the
+// trainer evaluates the test set at another batch size between two training steps) must not
+// disturb the backward of the first. Each state's gradients are those of a net that only saw it.
+TEST(Net, EachStateKeepsItsOwnPoolingMask) {
+  Net net("conv(3,3,pad=1) relu maxpool(2) dense(4)", {1, 6, 6});
+  std::vector<double> p(net.num_params());
+  auto pv = test::random_vec(p.size(), 21);
+  std::copy(pv.begin(), pv.end(), p.begin());
+  NetState<double> a, b, alone;
+  net.prepare(a, 3, Device::CPU);
+  net.prepare(alone, 3, Device::CPU);
+  net.prepare(b, 5, Device::CPU);
+  auto xa = test::tie_free_vec(a.act[0].numel(), 22), xb = test::tie_free_vec(b.act[0].numel(), 23);
+  std::copy(xa.begin(), xa.end(), a.act[0].data());
+  std::copy(xa.begin(), xa.end(), alone.act[0].data());
+  std::copy(xb.begin(), xb.end(), b.act[0].data());
+  auto g = test::random_vec(a.dact.back().numel(), 24);
+  std::copy(g.begin(), g.end(), a.dact.back().data());
+  std::copy(g.begin(), g.end(), alone.dact.back().data());
+  std::vector<double> ga(net.num_params()), galone(net.num_params());
+  net.forward(alone, p.data(), nullptr);
+  net.backward(alone, p.data(), galone.data(), nullptr, true);
+  net.forward(a, p.data(), nullptr);
+  net.forward(b, p.data(), nullptr);  // another batch size, other inputs, in between
+  net.backward(a, p.data(), ga.data(), nullptr, true);
+  EXPECT_EQ(ga, galone);
+  EXPECT_EQ(a.dact[0].to_host(), alone.dact[0].to_host());
+  ASSERT_EQ(a.saved.size(), size_t(net.num_layers()));
+  EXPECT_EQ(a.saved[2].numel(), size_t(3 * 3 * 3 * 3));  // the maxpool's mask: (N, C, OH, OW)
+  EXPECT_EQ(a.saved[0].numel(), 0u);                      // conv saves nothing
+}

@@ -17,7 +17,8 @@
 #include "barecnn/trainer.h"
 
 namespace barecnn {
-int bench_main(const std::string& arch, int batch, const std::string& device, int reps, const std::string& input);
+int bench_main(const std::string& arch, int batch, const std::string& device, int reps, const std::string& input,
+               const std::string& json_path);
 }
 
 using namespace barecnn;
@@ -233,7 +234,7 @@ int main(int argc, char** argv) {
                     "  barecnn gradcheck --arch \"conv(4,3,stride=2,pad=1) elu l2pool(2) dense(5)\" --input 3x11x9 --loss bce");
 
   // bench
-  std::string b_arch = "paper", b_device = "auto", b_input = "1x28x28";
+  std::string b_arch = "paper", b_device = "auto", b_input = "1x28x28", b_json;
   int b_batch = 64, b_reps = 20;
   auto* bench = app.add_subcommand("bench", "per-layer forward/backward times, step time, images/s");
   bench->add_option("--arch", b_arch, "arch spec or preset")->capture_default_str();
@@ -241,7 +242,9 @@ int main(int argc, char** argv) {
   bench->add_option("--device", b_device, "auto, cpu or cuda")->capture_default_str();
   bench->add_option("--reps", b_reps, "timed repetitions")->capture_default_str();
   bench->add_option("--input", b_input, "input shape CxHxW")->capture_default_str();
-  bench->footer("Example:\n  barecnn bench --arch paper --batch 256");
+  bench->add_option("--json", b_json, "also write the figures (per layer, totals, peaks) as JSON to this file");
+  bench->footer("Examples:\n  barecnn bench --arch paper --batch 256\n"
+                "  barecnn bench --arch deep --batch 1024 --json bench-deep.json");
 
   auto* info = app.add_subcommand("info", "build configuration, CUDA runtime, GPUs");
   info->footer("Example:\n  barecnn info        # is there a GPU this build can use, and if not, why");
@@ -295,7 +298,7 @@ int main(int argc, char** argv) {
       if (batch < 1) throw UsageError(fmt("--batch must be >= 1, got ", batch));
       return cmd_predict(model, images, output, device, batch);
     }
-    if (*bench) return bench_main(b_arch, b_batch, b_device, b_reps, b_input);
+    if (*bench) return bench_main(b_arch, b_batch, b_device, b_reps, b_input, b_json);
     if (*train) {
       check_lr(lr, "--lr");
       if (!std::isfinite(momentum) || momentum < 0 || momentum >= 1)

@@ -161,6 +161,9 @@ class Pool2d final : public Layer {
     if (kind_ == PoolKind::Avg) return fmt("nn.AvgPool2d(", args, ")");
     return fmt("nn.LPPool2d(2, ", args, ")");
   }
+  size_t saved_ints(int N) const override {
+    return kind_ == PoolKind::Max ? size_t(N) * size_t(dims_numel(out_)) : 0;
+  }
   BARECNN_LAYER_DISPATCH
 
  private:
@@ -170,16 +173,14 @@ class Pool2d final : public Layer {
     Pool2dShape s = shape(c.N);
     bool g = on_gpu(c);
     if (kind_ == PoolKind::Max) {
-      // The argmax mask is this layer's saved state for backward.
-      BARECNN_ASSERT(s.out_numel() <= INT32_MAX, label(), ": ", s.out_numel(), " pooling outputs exceed the int32 mask");
-      if (mask_.numel() != size_t(s.out_numel()) || mask_.device() != c.device)
-        mask_.reset({s.N, s.C, s.OH, s.OW}, c.device);
+      // The argmax mask (N, C, OH, OW) is this layer's saved state for backward (NetState::saved).
+      BARECNN_ASSERT(c.saved != nullptr, label(), ": forward without its argmax mask buffer");
       if (g) {
-        if constexpr (std::is_same_v<T, float>) gpu::maxpool2d_forward(c.out, mask_.data(), c.in, s, c.gpu->stream());
+        if constexpr (std::is_same_v<T, float>) gpu::maxpool2d_forward(c.out, c.saved, c.in, s, c.gpu->stream());
       } else if constexpr (std::is_same_v<T, float>) {
-        cpu::maxpool2d_forward(c.out, mask_.data(), c.in, s);
+        cpu::maxpool2d_forward(c.out, c.saved, c.in, s);
       } else {
-        ref::maxpool2d_forward(c.out, mask_.data(), c.in, s);
+        ref::maxpool2d_forward(c.out, c.saved, c.in, s);
       }
     } else if (kind_ == PoolKind::Avg) {
       if (g) {
@@ -201,13 +202,13 @@ class Pool2d final : public Layer {
     Pool2dShape s = shape(c.N);
     bool g = on_gpu(c);
     if (kind_ == PoolKind::Max) {
-      BARECNN_ASSERT(mask_.numel() == size_t(s.out_numel()), "maxpool backward before forward");
+      BARECNN_ASSERT(c.saved != nullptr, label(), ": backward without its argmax mask buffer");
       if (g) {
-        if constexpr (std::is_same_v<T, float>) gpu::maxpool2d_backward(c.din, c.dout, mask_.data(), s, c.gpu->stream());
+        if constexpr (std::is_same_v<T, float>) gpu::maxpool2d_backward(c.din, c.dout, c.saved, s, c.gpu->stream());
       } else if constexpr (std::is_same_v<T, float>) {
-        cpu::maxpool2d_backward(c.din, c.dout, mask_.data(), s);
+        cpu::maxpool2d_backward(c.din, c.dout, c.saved, s);
       } else {
-        ref::maxpool2d_backward(c.din, c.dout, mask_.data(), s);
+        ref::maxpool2d_backward(c.din, c.dout, c.saved, s);
       }
     } else if (kind_ == PoolKind::Avg) {
       if (g) {
@@ -225,7 +226,6 @@ class Pool2d final : public Layer {
   }
   PoolKind kind_;
   int kh_, kw_, stride_;
-  TensorI mask_;  // (N, C, OH, OW), max pooling only
 };
 
 // ---- elementwise activations -------------------------------------------------------------------

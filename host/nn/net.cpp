@@ -100,6 +100,7 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   st.device = device;
   st.act.resize(L + 1);
   st.dact.resize(L + 1);
+  st.saved.resize(L);
   auto batch_dims = [N](const Dims& d) { Dims b{N}; b.insert(b.end(), d.begin(), d.end()); return b; };
   st.act[0].reset(batch_dims(input_), device);
   st.dact[0].reset(batch_dims(input_), device);
@@ -108,24 +109,39 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
     st.act[i + 1].reset(batch_dims(layers_[i]->out_dims()), device);
     st.dact[i + 1].reset(batch_dims(layers_[i]->out_dims()), device);
     if (device == Device::CUDA) ws = std::max(ws, layers_[i]->workspace_floats(N));
+    const size_t saved = layers_[i]->saved_ints(N);
+    BARECNN_ASSERT(saved <= size_t(INT32_MAX), layers_[i]->label(), ": ", saved, " saved values exceed int32");
+    if (saved) st.saved[i].reset({int(saved)}, device);
+    else st.saved[i].reset({0}, device);
   }
   BARECNN_ASSERT(ws <= size_t(INT32_MAX), "GPU workspace of ", ws, " floats");
   if (device == Device::CUDA) st.workspace.reset({int(std::max<size_t>(ws, 1))}, device);
 }
 
 template <typename T>
+LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, const GpuContext* gpu,
+                             bool need_input_grad) const {
+  LayerCall<T> c;
+  c.device = st.device;
+  c.N = st.N;
+  c.in = st.act[i].data();
+  c.out = st.act[i + 1].data();
+  c.dout = st.dact[i + 1].data();
+  // Nothing needs the gradient w.r.t. the input images: the first layer skips it.
+  c.din = (i > 0 || need_input_grad) ? st.dact[i].data() : nullptr;
+  c.param = params + layer_offset_[i];
+  c.dparam = grads ? grads + layer_offset_[i] : nullptr;
+  c.gpu = gpu;
+  c.workspace = st.device == Device::CUDA ? st.workspace.data() : nullptr;
+  c.saved = st.saved[i].numel() ? st.saved[i].data() : nullptr;
+  return c;
+}
+
+template <typename T>
 void Net::forward(NetState<T>& st, const T* params, const GpuContext* gpu) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     NvtxScope range(layers_[i]->label() + " forward");
-    LayerCall<T> c;
-    c.device = st.device;
-    c.N = st.N;
-    c.in = st.act[i].data();
-    c.out = st.act[i + 1].data();
-    c.param = params + layer_offset_[i];
-    c.gpu = gpu;
-    c.workspace = st.device == Device::CUDA ? st.workspace.data() : nullptr;
-    layers_[i]->forward(c);
+    layers_[i]->forward(layer_call<T>(st, int(i), params, nullptr, gpu, false));
   }
 }
 
@@ -133,19 +149,7 @@ template <typename T>
 void Net::backward(NetState<T>& st, const T* params, T* grads, const GpuContext* gpu, bool need_input_grad) {
   for (size_t i = layers_.size(); i-- > 0;) {
     NvtxScope range(layers_[i]->label() + " backward");
-    LayerCall<T> c;
-    c.device = st.device;
-    c.N = st.N;
-    c.in = st.act[i].data();
-    c.out = st.act[i + 1].data();
-    c.dout = st.dact[i + 1].data();
-    // Nothing needs the gradient w.r.t. the input images: the first layer skips it.
-    c.din = (i > 0 || need_input_grad) ? st.dact[i].data() : nullptr;
-    c.param = params + layer_offset_[i];
-    c.dparam = grads + layer_offset_[i];
-    c.gpu = gpu;
-    c.workspace = st.device == Device::CUDA ? st.workspace.data() : nullptr;
-    layers_[i]->backward(c);
+    layers_[i]->backward(layer_call<T>(st, int(i), params, grads, gpu, need_input_grad));
   }
 }
 
@@ -193,5 +197,9 @@ template void Net::forward<float>(NetState<float>&, const float*, const GpuConte
 template void Net::forward<double>(NetState<double>&, const double*, const GpuContext*);
 template void Net::backward<float>(NetState<float>&, const float*, float*, const GpuContext*, bool);
 template void Net::backward<double>(NetState<double>&, const double*, double*, const GpuContext*, bool);
+template LayerCall<float> Net::layer_call<float>(NetState<float>&, int, const float*, float*, const GpuContext*,
+                                                 bool) const;
+template LayerCall<double> Net::layer_call<double>(NetState<double>&, int, const double*, double*,
+                                                   const GpuContext*, bool) const;
 
 }  // namespace barecnn

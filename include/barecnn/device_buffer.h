@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <mutex>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -15,6 +17,36 @@ namespace barecnn {
 // and how many are free/total on the device.
 void* device_malloc(size_t bytes, const char* what);
 void device_free(void* p) noexcept;
+
+// Device memory allocated through device_malloc (so through every DeviceBuffer and Tensor): the
+// bytes held now and the most held at once since the start or the last reset. barecnn's
+// equivalent of torch.cuda.memory_allocated() / torch.cuda.max_memory_allocated(). Not counted:
+// the CUDA context, what cuBLAS and Thrust allocate on their own (the 4 MiB workspace GpuContext
+// gives cuBLAS is a DeviceBuffer, so it is counted), and anything else behind the library's back.
+struct DeviceMemoryStats {
+  size_t current = 0;
+  size_t peak = 0;
+};
+DeviceMemoryStats device_memory_stats();
+// Starts a new high-water mark at the bytes held now (torch.cuda.reset_peak_memory_stats()).
+void reset_device_memory_peak();
+
+// The bookkeeping behind the stats, a class of its own so that it is tested without a GPU on
+// made-up pointers. cudaFree is not told the size, so each live pointer's size is kept in a map;
+// one mutex guards the map and both counters (an allocation costs far more than the lock).
+class DeviceMemoryCounter {
+ public:
+  void on_alloc(const void* p, size_t bytes);
+  // A pointer it never saw (or null, or one already freed) changes nothing.
+  void on_free(const void* p);
+  DeviceMemoryStats stats() const;
+  void reset_peak();
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<const void*, size_t> sizes_;
+  size_t current_ = 0, peak_ = 0;
+};
 
 template <typename T>
 class DeviceBuffer {

@@ -1,6 +1,9 @@
-// Layer objects: each owns the description of its parameters and its saved state (the max-pool
-// argmax mask), computes its output shape when the net is built, and dispatches each call on the
-// device of the tensors: the CPU reference (float or double) or the CUDA launcher (float).
+// Layer objects: each owns the description of its parameters, computes its output shape when the
+// net is built, and dispatches each call on the device of the tensors: the CPU reference (float or
+// double), the fast CPU ops, or the CUDA launcher (float). A layer holds no per-batch buffers: its
+// saved state for backward (the max-pool argmax mask) lives in the NetState beside the
+// activations, so one Net can run several batch sizes (training, evaluation) without moving a
+// buffer that a captured CUDA Graph points at.
 #pragma once
 
 #include <memory>
@@ -36,6 +39,7 @@ struct LayerCall {
   T* dparam = nullptr;       // its slice of the flat gradient buffer
   const GpuContext* gpu = nullptr;
   float* workspace = nullptr;  // GPU scratch of workspace_floats(N) floats
+  int32_t* saved = nullptr;    // saved_ints(N) int32s kept from forward for backward (argmax mask)
 };
 
 class Layer {
@@ -51,6 +55,8 @@ class Layer {
   // `relu_after`: the next nonlinearity is ReLU-like (He init), else Xavier.
   virtual void init_params(float* param, Rng& rng, bool relu_after) const {}
   virtual size_t workspace_floats(int N) const { return 0; }
+  // Int32s that forward saves for backward for a batch of N (max pooling: its argmax mask).
+  virtual size_t saved_ints(int N) const { return 0; }
   // Is the layer a ReLU-family activation (for the init rule)? Is it a nonlinearity at all?
   virtual bool is_relu_like() const { return false; }
   virtual bool is_activation() const { return false; }

@@ -29,6 +29,7 @@ struct NetState {
   std::vector<BasicTensor<T>> act;   // act[i]: input of layer i; act[L]: the logits (N, K)
   std::vector<BasicTensor<T>> dact;  // dact[i]: d loss / d act[i]
   Tensor workspace;                  // GPU scratch shared by the layers
+  std::vector<TensorI> saved;        // saved[i]: layer i's state from forward (argmax mask), or empty
 };
 
 class Net {
@@ -65,6 +66,12 @@ class Net {
   // need_input_grad) and grads (num_params, overwritten).
   template <typename T>
   void backward(NetState<T>& st, const T* params, T* grads, const GpuContext* gpu, bool need_input_grad);
+  // The call that forward / backward make for layer i (grads may be null for forward only; the
+  // input gradient of layer 0 is skipped unless need_input_grad). Benchmarks time single layers
+  // with it.
+  template <typename T>
+  LayerCall<T> layer_call(NetState<T>& st, int i, const T* params, T* grads, const GpuContext* gpu,
+                          bool need_input_grad) const;
 
   // After a non-finite loss: the first layer whose output (forward) or input gradient (backward)
   // holds a NaN/Inf, as "layer 4 dense(128): output has 3 non-finite values", or "" if none.
