@@ -28,9 +28,11 @@ constexpr int kKeyBlock = 256;
 // out_labels is non-null). images (num_images, P) and labels (num_images) are uint8;
 // idx (B) must hold valid row numbers (the reference checks idx[b] >= 0; a kernel cannot throw).
 // Consecutive threads read consecutive bytes of one image row and write consecutive floats.
+// With `batch` non-null (the training step's counters), idx is advanced by *batch * B first.
 __global__ void gather_normalize_kernel(float* out, int32_t* out_labels, const uint8_t* images,
-                                        const uint8_t* labels, const int32_t* idx, int B, int P, float mean,
-                                        float std) {
+                                        const uint8_t* labels, const int32_t* idx, const long long* batch, int B,
+                                        int P, float mean, float std) {
+  if (batch) idx += *batch * B;
   const long long total = (long long)B * P;
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < total; j += stride) {
@@ -54,10 +56,11 @@ __global__ void permutation_keys_kernel(uint64_t* keys, int n, uint64_t seed, lo
 
 namespace gpu {
 
-// out (B, P) = (images[idx[b]] / 255 - mean) / std; out_labels (B) = labels[idx[b]], or null
-void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
-                      const int32_t* idx, int B, int P, float mean, float std, cudaStream_t stream) {
-  NvtxRange range("gather_normalize");
+namespace {
+
+void launch_gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
+                             const int32_t* idx, const long long* batch, int B, int P, float mean, float std,
+                             cudaStream_t stream) {
   BARECNN_ASSERT(B >= 0 && P >= 0, "gather_normalize: B = ", B, ", P = ", P);
   BARECNN_ASSERT(std != 0.f, "gather_normalize: std must be nonzero");
   BARECNN_ASSERT(out_labels == nullptr || labels != nullptr, "gather_normalize: labels wanted but none given");
@@ -66,9 +69,27 @@ void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, co
   BARECNN_ASSERT(P >= 1, "gather_normalize: images of ", P, " pixels");
   BARECNN_ASSERT(out != nullptr && images != nullptr && idx != nullptr, "gather_normalize: null pointer");
   const long long total = (long long)B * P;
-  gather_normalize_kernel<<<grid_for(total, kGatherBlock), kGatherBlock, 0, stream>>>(out, out_labels, images,
-                                                                                      labels, idx, B, P, mean, std);
+  gather_normalize_kernel<<<grid_for(total, kGatherBlock), kGatherBlock, 0, stream>>>(
+      out, out_labels, images, labels, idx, batch, B, P, mean, std);
   CUDA_CHECK_LAUNCH("gather_normalize", fmt("B=", B, " P=", P));
+}
+
+}  // namespace
+
+// out (B, P) = (images[idx[b]] / 255 - mean) / std; out_labels (B) = labels[idx[b]], or null
+void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
+                      const int32_t* idx, int B, int P, float mean, float std, cudaStream_t stream) {
+  NvtxRange range("gather_normalize");
+  launch_gather_normalize(out, out_labels, images, labels, idx, nullptr, B, P, mean, std, stream);
+}
+
+// The same with idx = perm + c->batch * B, read on the device (the caller keeps the batch in range).
+void gather_normalize_batch(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
+                            const int32_t* perm, const StepCounters* c, int B, int P, float mean, float std,
+                            cudaStream_t stream) {
+  NvtxRange range("gather_normalize");
+  BARECNN_ASSERT(c != nullptr, "gather_normalize_batch: no step counters");
+  launch_gather_normalize(out, out_labels, images, labels, perm, &c->batch, B, P, mean, std, stream);
 }
 
 // idx (n) = the permutation of 0..n-1 that sorts the samples by (permutation_key(seed, epoch, i), i)

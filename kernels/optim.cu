@@ -37,8 +37,10 @@ __global__ void sgd_step_kernel(float* param, const float* grad, float* m, size_
 //   g = grad + wd*param; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 //   param -= lr * (m / bc1) / (sqrt(v / bc2) + eps),
 // with the bias corrections bc1 = 1 - b1^t, bc2 = 1 - b2^t computed once on the host in double.
+// With `c` non-null (the training step's counters) the bias corrections are read from it.
 __global__ void adam_step_kernel(float* param, const float* grad, float* m, float* v, size_t n, float lr, float wd,
-                                 float b1, float b2, float eps, float bc1, float bc2) {
+                                 float b1, float b2, float eps, float bc1, float bc2, const gpu::StepCounters* c) {
+  if (c) bc1 = c->bc1, bc2 = c->bc2;
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const float g = grad[i] + wd * param[i];
@@ -52,14 +54,33 @@ __global__ void adam_step_kernel(float* param, const float* grad, float* m, floa
   }
 }
 
+// One thread: the step's counters advance (see gpu::StepCounters). The bias corrections are
+// computed as the host computes them (double pow, rounded to float once); CUDA's double pow is
+// within 2 ulp of glibc's, far below the float rounding that follows.
+__global__ void begin_step_kernel(gpu::StepCounters* c, double b1, double b2) {
+  c->batch = c->next_batch++;
+  const long long t = ++c->global_step;
+  c->bc1 = float(1.0 - pow(b1, double(t)));
+  c->bc2 = float(1.0 - pow(b2, double(t)));
+}
+
 }  // namespace
 
 namespace gpu {
 
-// param (n), grad (n), m (n) momentum buffer / Adam first moment, v (n) Adam second moment
-void optimizer_step(float* param, const float* grad, float* m, float* v, size_t n, const OptimConfig& cfg,
-                    long long step, cudaStream_t stream) {
-  NvtxRange range("optimizer_step");
+void begin_step(StepCounters* c, const OptimConfig& cfg, cudaStream_t stream) {
+  NvtxRange range("begin_step");
+  BARECNN_ASSERT(c != nullptr, "begin_step: no step counters");
+  begin_step_kernel<<<1, 1, 0, stream>>>(c, double(cfg.beta1), double(cfg.beta2));
+  CUDA_CHECK_LAUNCH("begin_step", "");
+}
+
+namespace {
+
+// The launch shared by both optimizer_step overloads: Adam's bias corrections come either as
+// values (bc1, bc2, from the host) or from the device counters `c`.
+void launch_optimizer_step(float* param, const float* grad, float* m, float* v, size_t n, const OptimConfig& cfg,
+                           float bc1, float bc2, const StepCounters* c, long long step, cudaStream_t stream) {
   if (n == 0) return;
   BARECNN_ASSERT(param != nullptr && grad != nullptr, "optimizer_step: null parameter or gradient buffer");
   const unsigned grid = grid_for((long long)n, kOptimBlock);
@@ -75,19 +96,39 @@ void optimizer_step(float* param, const float* grad, float* m, float* v, size_t 
     }
     case Optim::Adam: {
       BARECNN_ASSERT(m != nullptr && v != nullptr, "optimizer_step: Adam needs both moment buffers");
-      BARECNN_ASSERT(step >= 1, "optimizer_step: Adam's step count is 1-based, got ", step);
-      // Bias corrections once per step, in double on the host (as the reference and torch),
-      // rounded to float once.
-      const float bc1 = float(1.0 - std::pow(double(cfg.beta1), double(step)));
-      const float bc2 = float(1.0 - std::pow(double(cfg.beta2), double(step)));
       adam_step_kernel<<<grid, kOptimBlock, 0, stream>>>(param, grad, m, v, n, cfg.lr, cfg.weight_decay, cfg.beta1,
-                                                         cfg.beta2, cfg.eps, bc1, bc2);
+                                                         cfg.beta2, cfg.eps, bc1, bc2, c);
       CUDA_CHECK_LAUNCH("optimizer_step (adam)", fmt("n=", n, " step=", step));
       break;
     }
     default:
       BARECNN_ASSERT(false, "optimizer_step: unknown optimizer ", static_cast<int>(cfg.kind));
   }
+}
+
+}  // namespace
+
+// param (n), grad (n), m (n) momentum buffer / Adam first moment, v (n) Adam second moment
+void optimizer_step(float* param, const float* grad, float* m, float* v, size_t n, const OptimConfig& cfg,
+                    long long step, cudaStream_t stream) {
+  NvtxRange range("optimizer_step");
+  float bc1 = 1.f, bc2 = 1.f;
+  if (cfg.kind == Optim::Adam) {
+    BARECNN_ASSERT(step >= 1, "optimizer_step: Adam's step count is 1-based, got ", step);
+    // Bias corrections once per step, in double on the host (as the reference and torch),
+    // rounded to float once.
+    bc1 = float(1.0 - std::pow(double(cfg.beta1), double(step)));
+    bc2 = float(1.0 - std::pow(double(cfg.beta2), double(step)));
+  }
+  launch_optimizer_step(param, grad, m, v, n, cfg, bc1, bc2, nullptr, step, stream);
+}
+
+// The same with t and the bias corrections from the device counters (after begin_step).
+void optimizer_step(float* param, const float* grad, float* m, float* v, size_t n, const OptimConfig& cfg,
+                    const StepCounters* c, cudaStream_t stream) {
+  NvtxRange range("optimizer_step");
+  BARECNN_ASSERT(c != nullptr, "optimizer_step: no step counters");
+  launch_optimizer_step(param, grad, m, v, n, cfg, 1.f, 1.f, c, -1, stream);
 }
 
 }  // namespace gpu

@@ -152,6 +152,7 @@ TEST_F(Cli, BadFlags) {
   EXPECT_FAILS_WITH(run(base + " --optimizer adamw"), 2, "--optimizer");
   EXPECT_FAILS_WITH(run(base + " --loss crossentropy"), 2, "--loss");
   EXPECT_FAILS_WITH(run(base + " --device tpu"), 2, "--device");
+  EXPECT_FAILS_WITH(run(base + " --cuda-graph yes"), 2, "--cuda-graph: expected on or off, got 'yes'");
 }
 
 TEST_F(Cli, UnwritableOutputFolderIsCaughtBeforeTraining) {

@@ -541,6 +541,50 @@ TEST(OptimGpu, AdamMatchesReference) {
   check_optimizer(ctx, cfg, true, true, 4300);
 }
 
+// The training loop's variant: t and the bias corrections come from the device counters that
+// begin_step advances. Same kernel, so the same parameters bit for bit as the host-step variant,
+// step after step (the bias corrections are rounded to float once on either side).
+TEST(OptimGpu, DeviceStepCountersGiveTheHostStepResults) {
+  BARECNN_REQUIRE_GPU();
+  GpuContext ctx;
+  for (Optim kind : {Optim::Adam, Optim::SGD}) {
+    SCOPED_TRACE(kind == Optim::Adam ? "adam" : "sgd");
+    OptimConfig cfg;
+    cfg.kind = kind;
+    cfg.lr = 1e-2f;
+    cfg.momentum = kind == Optim::SGD ? 0.9f : 0.f;
+    cfg.weight_decay = 1e-3f;
+    const size_t n = 777;
+    std::vector<float> p = random_floats(n, 4400);
+    DeviceBuffer<float> a_p = upload(p), b_p = upload(p), d_g(n);
+    DeviceBuffer<float> a_m = upload(std::vector<float>(n, 0.f)), a_v = upload(std::vector<float>(n, 0.f));
+    DeviceBuffer<float> b_m = upload(std::vector<float>(n, 0.f)), b_v = upload(std::vector<float>(n, 0.f));
+    gpu::StepCounters c0;
+    c0.global_step = 5;  // as after a resume at step 5
+    c0.next_batch = 2;
+    DeviceBuffer<gpu::StepCounters> d_c(1);
+    d_c.copy_from_host(&c0, 1);
+    for (long long step = 6; step <= 9; ++step) {
+      SCOPED_TRACE(fmt("step ", step));
+      d_g.copy_from_host(random_floats(n, 4500 + step).data(), n);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      gpu::optimizer_step(a_p.data(), d_g.data(), a_m.data(), a_v.data(), n, cfg, step, ctx.stream());
+      gpu::begin_step(d_c.data(), cfg, ctx.stream());
+      gpu::optimizer_step(b_p.data(), d_g.data(), b_m.data(), b_v.data(), n, cfg, d_c.data(), ctx.stream());
+      std::vector<float> pa = download(ctx, a_p), pb = download(ctx, b_p);
+      EXPECT_EQ(0, std::memcmp(pa.data(), pb.data(), n * sizeof(float)));
+      gpu::StepCounters c;
+      ctx.sync();
+      d_c.copy_to_host(&c, 1);
+      EXPECT_EQ(c.global_step, step);
+      EXPECT_EQ(c.batch, step - 4);  // 2, 3, ... : the batch of this step
+      EXPECT_EQ(c.next_batch, step - 3);
+      EXPECT_EQ(c.bc1, float(1.0 - std::pow(double(cfg.beta1), double(step))));
+      EXPECT_EQ(c.bc2, float(1.0 - std::pow(double(cfg.beta2), double(step))));
+    }
+  }
+}
+
 // ---- data ----------------------------------------------------------------------------------------
 
 TEST(DataGpu, GatherNormalizeIsExact) {
@@ -582,6 +626,40 @@ TEST(DataGpu, GatherNormalizeIsExact) {
   gpu::gather_normalize(d_out2.data(), nullptr, d_images.data(), nullptr, d_idx.data(), B, P, mean, std, ctx.stream());
   std::vector<float> out2 = download(ctx, d_out2);
   EXPECT_EQ(0, std::memcmp(ref_out.data(), out2.data(), out2.size() * sizeof(float)));
+}
+
+// The training loop's variant reads the batch number from the device counters: batch b of the
+// permutation is rows perm[b*B .. b*B+B).
+TEST(DataGpu, GatherOfTheCountersBatchMatchesExplicitIndices) {
+  BARECNN_REQUIRE_GPU();
+  GpuContext ctx;
+  const int num = 40, P = 29, B = 7;
+  Rng r(5100);
+  std::vector<uint8_t> images(size_t(num) * P), labels(num);
+  for (auto& px : images) px = uint8_t(r.next_u64() & 0xff);
+  for (auto& c : labels) c = uint8_t(r.next_u64() % 10);
+  std::vector<int32_t> perm = ref::epoch_permutation(num, 3, 1);  // (num)
+  DeviceBuffer<uint8_t> d_images = upload(images), d_labels = upload(labels);
+  DeviceBuffer<int32_t> d_perm = upload(perm), d_lab(B);
+  DeviceBuffer<float> d_out(size_t(B) * P);
+  DeviceBuffer<gpu::StepCounters> d_c(1);
+  gpu::StepCounters c0;
+  c0.next_batch = 3;
+  d_c.copy_from_host(&c0, 1);
+  OptimConfig cfg;
+  for (int batch = 3; batch <= 4; ++batch) {  // 5*7 = 35 <= 40: both batches in range
+    SCOPED_TRACE(fmt("batch ", batch));
+    gpu::begin_step(d_c.data(), cfg, ctx.stream());
+    gpu::gather_normalize_batch(d_out.data(), d_lab.data(), d_images.data(), d_labels.data(), d_perm.data(),
+                                d_c.data(), B, P, 0.25f, 0.5f, ctx.stream());
+    std::vector<float> want(size_t(B) * P);
+    std::vector<int32_t> want_lab(B);
+    ref::gather_normalize<float>(want.data(), want_lab.data(), images.data(), labels.data(),
+                                 perm.data() + batch * B, B, P, 0.25f, 0.5f);
+    std::vector<float> got = download(ctx, d_out);
+    EXPECT_EQ(0, std::memcmp(want.data(), got.data(), got.size() * sizeof(float)));
+    EXPECT_EQ(want_lab, download(ctx, d_lab));
+  }
 }
 
 TEST(DataGpu, EpochPermutationMatchesReference) {

@@ -146,6 +146,13 @@ TEST_F(GpuTrain, LearnsAndResumesBitwise) {
   auto s = nlohmann::json::parse(read_file(full + "/summary.json", "summary"));
   EXPECT_GT(s["test_accuracy"].get<double>(), 0.9) << s.dump(1);
   EXPECT_NE(s["device"].get<std::string>().find("cuda"), std::string::npos);
+  // The run holds at least its parameters, gradients and optimizer state (4 x P floats) and the
+  // resident training set; well under a GiB for this small net.
+  Net net(cf.arch, {1, 8, 8});
+  const long long peak = s["peak_device_bytes"].get<long long>();
+  EXPECT_GT(peak, (long long)(4 * net.num_params() * sizeof(float) + 1200 * 64)) << s.dump(1);
+  EXPECT_LT(peak, 1LL << 30);
+  EXPECT_EQ(s["cuda_graph"], false);
   TrainConfig cp = cf;
   cp.out = part;
   cp.stop_after_steps = 47;  // epoch 2 (37 steps each), last checkpoint at step 40
@@ -158,6 +165,52 @@ TEST_F(GpuTrain, LearnsAndResumesBitwise) {
   cr.quiet = true;
   train(cr);
   EXPECT_EQ(read_file(full + "/model.safetensors", "a"), read_file(part + "/model.safetensors", "b"));
+}
+
+// --cuda-graph on replays a captured step: the same kernels with the same arguments, so the same
+// weights bit for bit as kernel-by-kernel launches, for SGD and for Adam (whose t and bias
+// corrections advance on the device), and across a mid-epoch resume (the counters are set again).
+TEST_F(GpuTrain, CudaGraphGivesTheEagerWeightsBitwise) {
+  BARECNN_REQUIRE_GPU();
+  std::string eager_sgd;
+  for (bool adam : {false, true}) {
+    SCOPED_TRACE(adam ? "adam" : "sgd");
+    std::string eager = test::fresh_dir(adam ? "gpu_eager_adam" : "gpu_eager_sgd");
+    if (!adam) eager_sgd = eager;
+    std::string graph = test::fresh_dir(adam ? "gpu_graph_adam" : "gpu_graph_sgd");
+    TrainConfig ce = config(eager);
+    if (adam) {
+      ce.optim.kind = Optim::Adam;
+      ce.optim.lr = 0.002f;
+      ce.optim.momentum = 0;
+    }
+    TrainConfig cg = ce;
+    cg.out = graph;
+    cg.cuda_graph = true;
+    train(ce);
+    train(cg);
+    EXPECT_EQ(read_file(eager + "/model.safetensors", "eager"), read_file(graph + "/model.safetensors", "graph"));
+    auto se = nlohmann::json::parse(read_file(eager + "/summary.json", "summary"));
+    auto sg = nlohmann::json::parse(read_file(graph + "/summary.json", "summary"));
+    EXPECT_EQ(se["epochs"][1]["train_loss"], sg["epochs"][1]["train_loss"]);  // the metrics too
+    EXPECT_GT(sg["test_accuracy"].get<double>(), 0.9) << sg.dump(1);
+  }
+  // Stopped mid-epoch and resumed, with the graph on: the uninterrupted eager run's weights.
+  std::string part = test::fresh_dir("gpu_graph_part");
+  TrainConfig cp = config(part);
+  cp.cuda_graph = true;
+  cp.checkpoint_every = 10;
+  cp.stop_after_steps = 47;
+  EXPECT_THROW(train(cp), Error);
+  TrainConfig cr;
+  cr.resume = part;
+  cr.out = "";
+  cr.epochs = 2;
+  cr.device = "cuda";
+  cr.quiet = true;
+  cr.cuda_graph = true;
+  train(cr);
+  EXPECT_EQ(read_file(eager_sgd + "/model.safetensors", "eager"), read_file(part + "/model.safetensors", "resumed"));
 }
 
 TEST_F(GpuTrain, DivergenceIsFoundAndNamed) {

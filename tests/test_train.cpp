@@ -66,6 +66,10 @@ TEST_F(TrainTest, LossFallsAndTheTaskIsLearned) {
   EXPECT_GT(s["test_accuracy"].get<double>(), 0.9) << s.dump(1);
   EXPECT_EQ(s["device"], "cpu");
   EXPECT_EQ(s["seed"], 7);
+  EXPECT_EQ(s["batch"], 32);
+  EXPECT_EQ(s["limit"], 0);
+  EXPECT_EQ(s["optimizer"], "sgd (lr 0.05, momentum 0.9, weight decay 0)");
+  EXPECT_FALSE(s.contains("peak_device_bytes"));  // GPU runs only
   for (const char* f : {"model.safetensors", "summary.json", "metrics.csv", "checkpoint.safetensors", "loss.png",
                         "accuracy.png", "filters.png", "confusion.png"})
     EXPECT_TRUE(file_exists(out + "/" + f)) << f;

@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
 
   // train
   TrainConfig tc;
-  std::string optimizer = "sgd", loss = "cross_entropy";
+  std::string optimizer = "sgd", loss = "cross_entropy", cuda_graph = "off";
   double lr = 0.01, momentum = 0.9, wd = 0;
   auto* train = app.add_subcommand("train", "train a net and write model, metrics, plots and a checkpoint to --out");
   train->add_option("--data", tc.data_dir, "folder with the four IDX files (default: Fashion-MNIST from the Debian package)");
@@ -188,6 +188,10 @@ int main(int argc, char** argv) {
   train->add_option("--resume", tc.resume, "continue the run whose checkpoint is in this folder");
   train->add_option("--checkpoint-every", tc.checkpoint_every, "also checkpoint every N steps (0: each epoch)")->capture_default_str();
   train->add_flag("--quiet", tc.quiet, "no progress display");
+  train->add_option("--cuda-graph", cuda_graph,
+                    "on: launch each GPU training step as one captured CUDA Graph (same results; NVTX ranges "
+                    "per layer only at the capture), off: kernel by kernel")
+      ->capture_default_str();
   train->footer(
       "Examples:\n"
       "  barecnn train                                     # paper net, 3 epochs, Fashion-MNIST\n"
@@ -317,6 +321,9 @@ int main(int argc, char** argv) {
       tc.optim.momentum = tc.optim.kind == Optim::SGD ? float(momentum) : 0.f;
       tc.optim.weight_decay = float(wd);
       tc.loss = parse_loss(loss);
+      if (cuda_graph != "on" && cuda_graph != "off")
+        throw UsageError(fmt("--cuda-graph: expected on or off, got '", cuda_graph, "'"));
+      tc.cuda_graph = cuda_graph == "on";
       if (!tc.resume.empty() && train->count("--out") == 0) tc.out = "";  // default: continue in the resume folder
       barecnn::train(tc);
       return 0;

@@ -86,6 +86,13 @@ GpuContext::GpuContext() {
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     // Full FP32: no TF32 tensor-core shortcuts, so results match the reference.
     CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    // Our own cuBLAS workspace (set after the stream: cublasSetStream resets it), so the eager
+    // and the CUDA-Graph-captured steps see the same workspace and pick the same GEMM algorithms,
+    // and a capture allocates nothing. 4 MiB is cuBLAS's recommendation below Hopper; it asks 32
+    // for Hopper's large GEMMs, but our dense layers are small and the bytes count against the
+    // run's peak memory.
+    cublas_workspace_.resize(kCublasWorkspaceBytes, "cuBLAS workspace");
+    CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.bytes()));
   } catch (...) {
     if (cublas_) cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
@@ -99,5 +106,33 @@ GpuContext::~GpuContext() {
 }
 
 void GpuContext::sync() const { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+CapturedGraph::~CapturedGraph() {
+  if (exec_) CUDA_CHECK_NOTHROW(cudaGraphExecDestroy(exec_));
+}
+
+void CapturedGraph::capture(cudaStream_t stream, const std::function<void()>& enqueue) {
+  BARECNN_ASSERT(exec_ == nullptr, "CapturedGraph: captured twice");
+  cudaGraph_t graph = nullptr;
+  // ThreadLocal: only this thread's unsafe calls (a cudaMalloc, a synchronizing copy) break it.
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  try {
+    enqueue();
+  } catch (...) {
+    if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    throw;
+  }
+  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaError_t e = cudaGraphInstantiate(&exec_, graph, 0);
+  cudaGraphDestroy(graph);
+  if (e != cudaSuccess) exec_ = nullptr;
+  CUDA_CHECK(e);
+}
+
+void CapturedGraph::launch(cudaStream_t stream) const {
+  BARECNN_ASSERT(exec_ != nullptr, "CapturedGraph: launched before capture");
+  CUDA_CHECK(cudaGraphLaunch(exec_, stream));
+}
 
 }  // namespace barecnn

@@ -20,6 +20,13 @@ std::string summary_json(const RunReport& r) {
   j["device"] = r.device;
   j["arch"] = r.arch;
   j["seed"] = r.seed;
+  j["batch"] = r.batch;
+  j["limit"] = r.limit;
+  j["optimizer"] = r.optimizer;
+  if (r.peak_device_bytes >= 0) {
+    j["cuda_graph"] = r.cuda_graph;
+    j["peak_device_bytes"] = r.peak_device_bytes;
+  }
   json epochs = json::array();
   for (auto& e : r.epochs)
     epochs.push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"train_accuracy", e.train_accuracy},

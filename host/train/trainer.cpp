@@ -128,80 +128,113 @@ std::vector<std::string> default_class_names(int classes, const std::string& dat
 
 // ---- evaluation ----------------------------------------------------------------------------------
 
+namespace {
+
+// Evaluates a net on one image set, batch by batch. On the GPU it keeps the images, the labels
+// and its buffers on the device between calls: the trainer evaluates the test set after every
+// epoch with the run's own GPU context and the parameters where they are.
+class Evaluator {
+ public:
+  // `gpu`: the context to use on Device::CUDA (null: one of its own). `images` must outlive it.
+  Evaluator(Net& net, const IdxImages& images, const std::vector<uint8_t>& labels, float mean, float std, Loss loss,
+            Device device, int batch, const GpuContext* gpu)
+      : net_(net), images_(images), has_labels_(!labels.empty()), mean_(mean), std_(std), loss_(loss),
+        device_(device), batch_(batch), gpu_(gpu) {
+    const int n = images.count, P = images.rows * images.cols;  // IDX images: 1 channel
+    if (P != int(dims_numel(net.input_dims())))
+      throw UsageError(fmt("the images are ", images.rows, "x", images.cols, " but the net takes ",
+                           dims_str(net.input_dims())));
+    lab8_ = has_labels_ ? labels : std::vector<uint8_t>(n, 0);
+    if (device_ == Device::CUDA) {
+      if (!gpu_) own_gpu_ = std::make_unique<GpuContext>(), gpu_ = own_gpu_.get();
+      d_images_.copy_from_host(images.pixels);
+      d_labels_.copy_from_host(lab8_);
+      d_idx_.resize(batch_), d_lab_.resize(batch_), d_correct_.resize(batch_), d_loss_.resize(batch_);
+    }
+  }
+
+  // params: flat, on the evaluator's device.
+  EvalResult run(const float* params, bool keep_logits) {
+    NvtxScope range("evaluate");
+    const int K = net_.num_outputs(), n = images_.count, P = images_.rows * images_.cols;
+    EvalResult r;
+    r.count = n;
+    r.confusion.assign(size_t(K) * K, 0);
+    if (keep_logits) r.logits.resize(size_t(n) * K);
+    r.predicted.resize(n);
+    std::vector<int32_t> idx(batch_), lab32(batch_), correct(batch_);
+    std::vector<float> lossv(batch_), logits;
+    double loss_sum = 0;
+    long long correct_sum = 0;
+    for (int start = 0; start < n; start += batch_) {
+      const int B = std::min(batch_, n - start);
+      net_.prepare(st_, B, device_);
+      for (int b = 0; b < B; ++b) idx[b] = start + b;
+      if (device_ == Device::CUDA) {
+        d_idx_.copy_from_host(idx.data(), B);
+        gpu::gather_normalize(st_.act[0].data(), d_lab_.data(), d_images_.data(), d_labels_.data(), d_idx_.data(),
+                              B, P, mean_, std_, gpu_->stream());
+        net_.forward(st_, params, gpu_);
+        gpu::loss_forward_backward(d_loss_.data(), nullptr, d_correct_.data(), st_.act.back().data(), d_lab_.data(),
+                                   B, K, loss_, 1.f / B, gpu_->stream());
+        logits = st_.act.back().to_host();  // synchronizes
+        d_loss_.copy_to_host(lossv.data(), B);
+        d_correct_.copy_to_host(correct.data(), B);
+        d_lab_.copy_to_host(lab32.data(), B);
+      } else {
+        ref::gather_normalize(st_.act[0].data(), lab32.data(), images_.pixels.data(), lab8_.data(), idx.data(), B, P,
+                              mean_, std_);
+        net_.forward(st_, params, nullptr);
+        ref::loss_forward_backward<float>(lossv.data(), nullptr, correct.data(), st_.act.back().data(), lab32.data(),
+                                          B, K, loss_, 1.f / B);
+        logits = st_.act.back().to_host();
+      }
+      for (int b = 0; b < B; ++b) {
+        const float* row = logits.data() + size_t(b) * K;
+        int pred = int(std::max_element(row, row + K) - row);  // first index on ties, as the loss kernel
+        r.predicted[start + b] = pred;
+        if (keep_logits) std::copy(row, row + K, r.logits.begin() + size_t(start + b) * K);
+        if (has_labels_) {
+          loss_sum += lossv[b];
+          correct_sum += correct[b];
+          r.confusion[size_t(lab32[b]) * K + pred]++;
+        }
+      }
+    }
+    if (has_labels_ && n > 0) {
+      r.loss = loss_sum / n;
+      r.accuracy = double(correct_sum) / n;
+    }
+    return r;
+  }
+
+ private:
+  Net& net_;
+  const IdxImages& images_;
+  std::vector<uint8_t> lab8_;  // (n) the labels, zeros when there are none
+  bool has_labels_;
+  float mean_, std_;
+  Loss loss_;
+  Device device_;
+  int batch_;
+  const GpuContext* gpu_;
+  std::unique_ptr<GpuContext> own_gpu_;
+  NetState<float> st_;  // its own activations and masks: the training step's stay where they are
+  DeviceBuffer<uint8_t> d_images_, d_labels_;  // (n, P), (n)
+  DeviceBuffer<int32_t> d_idx_, d_lab_, d_correct_;  // (batch)
+  DeviceBuffer<float> d_loss_;  // (batch)
+};
+
+}  // namespace
+
 EvalResult evaluate(Net& net, const std::vector<float>& params, const IdxImages& images,
                     const std::vector<uint8_t>& labels, float mean, float std, Loss loss, Device device, int batch,
                     bool keep_logits) {
-  NvtxScope range("evaluate");
-  const int K = net.num_outputs(), n = images.count, P = images.rows * images.cols;  // IDX images: 1 channel
-  if (P != int(dims_numel(net.input_dims())))
-    throw UsageError(fmt("the images are ", images.rows, "x", images.cols, " but the net takes ",
-                         dims_str(net.input_dims())));
-  const bool has_labels = !labels.empty();
-  const std::vector<uint8_t> lab8 = has_labels ? labels : std::vector<uint8_t>(n, 0);
-  EvalResult r;
-  r.count = n;
-  r.confusion.assign(size_t(K) * K, 0);
-  if (keep_logits) r.logits.resize(size_t(n) * K);
-  r.predicted.resize(n);
-  std::unique_ptr<GpuContext> gpu;
-  DeviceBuffer<uint8_t> d_images, d_labels;
-  DeviceBuffer<int32_t> d_idx, d_lab, d_correct;
-  DeviceBuffer<float> d_loss;
-  Tensor d_params;
-  if (device == Device::CUDA) {
-    gpu = std::make_unique<GpuContext>();
-    d_images.copy_from_host(images.pixels);
-    d_labels.copy_from_host(lab8);
-    d_params.reset({int(params.size())}, device);
-    d_params.copy_from_host(params);
-  }
-  NetState<float> st;
-  std::vector<int32_t> idx(batch), lab32(batch), correct(batch);
-  std::vector<float> lossv(batch), logits;
-  double loss_sum = 0;
-  long long correct_sum = 0;
-  for (int start = 0; start < n; start += batch) {
-    int B = std::min(batch, n - start);
-    net.prepare(st, B, device);
-    for (int b = 0; b < B; ++b) idx[b] = start + b;
-    Loss lk = loss;
-    if (device == Device::CUDA) {
-      d_idx.resize(batch); d_lab.resize(batch); d_correct.resize(batch); d_loss.resize(batch);
-      d_idx.copy_from_host(idx.data(), B);
-      gpu::gather_normalize(st.act[0].data(), d_lab.data(), d_images.data(), d_labels.data(), d_idx.data(), B, P,
-                            mean, std, gpu->stream());
-      net.forward(st, d_params.data(), gpu.get());
-      gpu::loss_forward_backward(d_loss.data(), nullptr, d_correct.data(), st.act.back().data(), d_lab.data(), B, K,
-                                 lk, 1.f / B, gpu->stream());
-      logits = st.act.back().to_host();  // synchronizes
-      d_loss.copy_to_host(lossv.data(), B);
-      d_correct.copy_to_host(correct.data(), B);
-      d_lab.copy_to_host(lab32.data(), B);
-    } else {
-      ref::gather_normalize(st.act[0].data(), lab32.data(), images.pixels.data(), lab8.data(), idx.data(), B, P, mean,
-                            std);
-      net.forward(st, params.data(), nullptr);
-      ref::loss_forward_backward<float>(lossv.data(), nullptr, correct.data(), st.act.back().data(), lab32.data(), B,
-                                        K, lk, 1.f / B);
-      logits = st.act.back().to_host();
-    }
-    for (int b = 0; b < B; ++b) {
-      const float* row = logits.data() + size_t(b) * K;
-      int pred = int(std::max_element(row, row + K) - row);  // first index on ties, as the loss kernel
-      r.predicted[start + b] = pred;
-      if (keep_logits) std::copy(row, row + K, r.logits.begin() + size_t(start + b) * K);
-      if (has_labels) {
-        loss_sum += lossv[b];
-        correct_sum += correct[b];
-        r.confusion[size_t(lab32[b]) * K + pred]++;
-      }
-    }
-  }
-  if (has_labels && n > 0) {
-    r.loss = loss_sum / n;
-    r.accuracy = double(correct_sum) / n;
-  }
-  return r;
+  Evaluator ev(net, images, labels, mean, std, loss, device, batch, nullptr);
+  if (device != Device::CUDA) return ev.run(params.data(), keep_logits);
+  Tensor d_params({int(params.size())}, device);
+  d_params.copy_from_host(params);
+  return ev.run(d_params.data(), keep_logits);
 }
 
 // ---- training ------------------------------------------------------------------------------------
@@ -227,6 +260,7 @@ class Run {
       bool quiet = cfg_.quiet;
       long long every = cfg_.checkpoint_every;
       int threads = cfg_.threads;
+      bool graph = cfg_.cuda_graph;
       std::string resume = cfg_.resume;
       cfg_ = ck.cfg;
       cfg_.epochs = epochs;
@@ -237,6 +271,7 @@ class Run {
       cfg_.quiet = quiet;
       cfg_.checkpoint_every = every;
       cfg_.threads = threads;
+      cfg_.cuda_graph = graph;  // how the step is launched changes no result
       if (ck.epochs_done > cfg_.epochs || (ck.epochs_done == cfg_.epochs && ck.step_in_epoch > 0))
         throw UsageError(fmt("--resume ", cfg_.resume, ": the run already has ", ck.epochs_done,
                              " epochs; pass --epochs N with N > ", ck.epochs_done, " to train more"));
@@ -298,6 +333,9 @@ class Run {
     std::printf("  training : %d epochs x %lld steps of batch %d, %s, loss %s, seed %llu\n", cfg_.epochs,
                 steps_per_epoch_, cfg_.batch, optim_str(cfg_.optim).c_str(), loss_name(cfg_.loss).c_str(),
                 (unsigned long long)cfg_.seed);
+    if (device_ == Device::CUDA)
+      std::printf("  launches : %s\n", cfg_.cuda_graph ? "the step as one CUDA Graph (captured at the second step)"
+                                                          : "kernel by kernel (--cuda-graph on: one CUDA Graph)");
     std::printf("  output   : %s\n", cfg_.out.c_str());
     if (resuming && ck.epochs_done == cfg_.epochs)
       std::printf("  resume   : %s has all %d epochs; writing its outputs\n", cfg_.resume.c_str(), ck.epochs_done);
@@ -314,6 +352,7 @@ class Run {
     if (p0.size() != P || m0.size() != P || v0.size() != P)
       throw UsageError(fmt("--resume: the checkpoint holds ", p0.size(), " parameters, the net has ", P));
     if (device_ == Device::CUDA) gpu_ = std::make_unique<GpuContext>();
+    reset_device_memory_peak();  // summary.json's peak_device_bytes: this run's buffers (+ cuBLAS's workspace)
     for (Tensor* t : {&params_, &grads_, &m_, &v_}) t->reset({int(P)}, device_);
     params_.copy_from_host(p0);
     m_.copy_from_host(m0);
@@ -329,6 +368,7 @@ class Run {
       d_labels_.copy_from_host(data_.train_labels);
       d_perm_.resize(data_.train.count);
       d_acc_.resize(2);
+      d_counters_.resize(1, "training step counters");
       CUDA_CHECK(cudaMallocHost(&h_acc_, 2 * sizeof(double)));
       CUDA_CHECK(cudaEventCreateWithFlags(&acc_event_, cudaEventDisableTiming));
     }
@@ -341,13 +381,14 @@ class Run {
     start_seconds_ = ck.epoch_seconds;
     history_ = resuming ? ck.history : std::vector<EpochMetrics>{};
     ckpt_path_ = path_join(cfg_.out, "checkpoint.safetensors");
+    test_eval_ = std::make_unique<Evaluator>(*net_, data_.test, data_.test_labels, meta_.mean, meta_.std, cfg_.loss,
+                                             device_, device_ == Device::CUDA ? 1000 : 250, gpu_.get());
   }
 
   void run() {
     for (; epoch_ < cfg_.epochs; ++epoch_) {
       EpochMetrics em = train_epoch();
-      EvalResult ev = evaluate(*net_, params_.to_host(), data_.test, data_.test_labels, meta_.mean, meta_.std,
-                               cfg_.loss, device_, device_ == Device::CUDA ? 1000 : 250, false);
+      EvalResult ev = test_eval_->run(params_.data(), false);
       em.test_loss = ev.loss;
       em.test_accuracy = ev.accuracy;
       history_.push_back(em);
@@ -366,8 +407,7 @@ class Run {
     std::vector<float> p = params_.to_host();
     if (history_.empty() || last_eval_.count == 0) {
       // Resumed a finished run: evaluate once so the report is whole.
-      last_eval_ = evaluate(*net_, p, data_.test, data_.test_labels, meta_.mean, meta_.std, cfg_.loss, device_,
-                            device_ == Device::CUDA ? 1000 : 250, false);
+      last_eval_ = test_eval_->run(params_.data(), false);
     }
     save_model(path_join(cfg_.out, "model.safetensors"), *net_, p, meta_);
     RunReport r;
@@ -375,6 +415,13 @@ class Run {
     r.device = device_name(device_);
     if (device_ == Device::CUDA) r.device += fmt(" (", gpu_status().name, ")");
     r.seed = cfg_.seed;
+    r.batch = cfg_.batch;
+    r.limit = cfg_.limit;
+    r.optimizer = optim_str(cfg_.optim);
+    if (device_ == Device::CUDA) {
+      r.cuda_graph = cfg_.cuda_graph;
+      r.peak_device_bytes = (long long)device_memory_stats().peak;
+    }
     r.test_accuracy = last_eval_.accuracy;
     r.test_loss = last_eval_.loss;
     r.epochs = history_;
@@ -414,17 +461,9 @@ class Run {
     const float grad_scale = 1.f / B;
     ++global_step_;
     if (device_ == Device::CUDA) {
-      cudaStream_t s = gpu_->stream();
-      gpu::gather_normalize(st_.act[0].data(), labels_.data(), d_images_.data(), d_labels_.data(),
-                            d_perm_.data() + step * B, B, P, meta_.mean, meta_.std, s);
-      net_->forward(st_, params_.data(), gpu_.get());
-      gpu::loss_forward_backward(loss_.data(), st_.dact.back().data(), correct_.data(), st_.act.back().data(),
-                                 labels_.data(), B, K, cfg_.loss, grad_scale, s);
-      gpu::accumulate_metrics(d_acc_.data(), loss_.data(), correct_.data(), B, s);
-      net_->backward(st_, params_.data(), grads_.data(), gpu_.get(), false);
-      // (data-parallel training would all-reduce grads_ here)
-      gpu::optimizer_step(params_.data(), grads_.data(), m_.data(), v_.data(), params_.numel(), cfg_.optim,
-                          global_step_, s);
+      // The device counters (set at the epoch's start) already point at batch `step`.
+      if (cfg_.cuda_graph && !replaying_) graph_step();
+      else launch_step();
     } else {
       ref::gather_normalize(st_.act[0].data(), labels_.data(), data_.train.pixels.data(), data_.train_labels.data(),
                             h_perm_.data() + step * B, B, P, meta_.mean, meta_.std);
@@ -443,6 +482,53 @@ class Run {
       loss_sum_ += batch_loss;
       correct_sum_ += double(batch_correct);
     }
+  }
+
+  // The kernels of one GPU training step, on the run's stream, with no host synchronization and
+  // no allocation: everything that changes from step to step is read from d_counters_, so the
+  // same launches can be captured once into a CUDA Graph and replayed.
+  void launch_step() {
+    const int B = cfg_.batch, K = net_->num_outputs();
+    const int P = data_.train.rows * data_.train.cols;
+    cudaStream_t s = gpu_->stream();
+    gpu::begin_step(d_counters_.data(), cfg_.optim, s);
+    gpu::gather_normalize_batch(st_.act[0].data(), labels_.data(), d_images_.data(), d_labels_.data(),
+                                d_perm_.data(), d_counters_.data(), B, P, meta_.mean, meta_.std, s);
+    net_->forward(st_, params_.data(), gpu_.get());
+    gpu::loss_forward_backward(loss_.data(), st_.dact.back().data(), correct_.data(), st_.act.back().data(),
+                               labels_.data(), B, K, cfg_.loss, 1.f / B, s);
+    gpu::accumulate_metrics(d_acc_.data(), loss_.data(), correct_.data(), B, s);
+    net_->backward(st_, params_.data(), grads_.data(), gpu_.get(), false);
+    // (data-parallel training would all-reduce grads_ here)
+    gpu::optimizer_step(params_.data(), grads_.data(), m_.data(), v_.data(), params_.numel(), cfg_.optim,
+                        d_counters_.data(), s);
+  }
+
+  // --cuda-graph on: the first step runs eagerly (it loads every kernel and lets cuBLAS settle),
+  // the second is captured into a graph, and every step from then on is one cudaGraphLaunch
+  // instead of ~20 launches. The graph holds the addresses of the run's buffers, which never move
+  // after setup (evaluation has buffers of its own). NVTX ranges are recorded at capture only, so
+  // profile per layer with --cuda-graph off.
+  void graph_step() {
+    if (!graph_.ready() && !graph_warm_) {
+      launch_step();
+      graph_warm_ = true;
+      return;
+    }
+    if (!graph_.ready()) {
+      NvtxScope range("capture train_step");
+      graph_.capture(gpu_->stream(), [this] { launch_step(); });
+    }
+    graph_.launch(gpu_->stream());
+  }
+
+  // Points the device counters at batch `next_batch` of the epoch, after `global_step` steps.
+  void set_device_counters(long long next_batch, long long global_step) {
+    gpu::StepCounters c;
+    c.next_batch = next_batch;
+    c.batch = next_batch;
+    c.global_step = global_step;
+    d_counters_.copy_from_host(&c, 1);
   }
 
   [[noreturn]] void diverged(long long step, const std::string& where) {
@@ -508,6 +594,7 @@ class Run {
       snap_params_ = params_.to_host(), snap_m_ = m_.to_host(), snap_v_ = v_.to_host();
       snap_global_step_ = global_step_;
       snap_step_ = start_step_;  // after a mid-epoch resume the snapshot is at that step
+      set_device_counters(start_step_, global_step_);
     }
     progress_.start(epoch_ + 1, cfg_.epochs, steps_per_epoch_);
     auto t0 = Clock::now();
@@ -558,6 +645,8 @@ class Run {
     m_.copy_from_host(snap_m_);
     v_.copy_from_host(snap_v_);
     global_step_ = snap_global_step_;
+    set_device_counters(snap_step_, global_step_);
+    replaying_ = true;  // step by step, without the graph
     double init[2] = {0, 0};
     for (long long step = snap_step_; step < steps_per_epoch_; ++step) {
       d_acc_.copy_from_host(init, 2);
@@ -605,6 +694,10 @@ class Run {
   DeviceBuffer<uint8_t> d_images_, d_labels_;  // GPU: the resident training set
   DeviceBuffer<int32_t> d_perm_;
   DeviceBuffer<double> d_acc_;      // GPU: [loss sum, correct count] of the epoch so far
+  DeviceBuffer<gpu::StepCounters> d_counters_;  // GPU: (1) the step's batch and Adam's t
+  CapturedGraph graph_;                         // --cuda-graph on: the captured step
+  bool graph_warm_ = false, replaying_ = false;
+  std::unique_ptr<Evaluator> test_eval_;        // the test set, evaluated after each epoch
   double* h_acc_ = nullptr;         // pinned
   cudaEvent_t acc_event_ = nullptr;
   double seen_loss_ = 0, seen_correct_ = 0;

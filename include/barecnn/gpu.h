@@ -5,7 +5,10 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <string>
+
+#include "barecnn/device_buffer.h"
 
 namespace barecnn {
 
@@ -29,7 +32,7 @@ bool gpu_available();
 const char* compiled_cuda_archs();
 std::string version_str(int cuda_version);  // 13000 -> "13.0"
 
-// Stream + cuBLAS handle; owned, move-only, created on the current device.
+// Stream + cuBLAS handle (+ its workspace); owned, not copyable, created on the current device.
 class GpuContext {
  public:
   GpuContext();
@@ -41,8 +44,30 @@ class GpuContext {
   void sync() const;
 
  private:
+  static constexpr size_t kCublasWorkspaceBytes = size_t(4) << 20;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  DeviceBuffer<uint8_t> cublas_workspace_;  // freed after the handle (the destructor body runs first)
+};
+
+// A CUDA Graph of what one call of `enqueue` puts on a stream: captured once, then replayed with
+// one launch. The captured kernels keep the arguments they were launched with, so whatever must
+// change between replays has to live in device memory (see gpu::StepCounters in ops.h), and the
+// buffers they use must not move while the graph lives.
+class CapturedGraph {
+ public:
+  CapturedGraph() = default;
+  ~CapturedGraph();
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  bool ready() const { return exec_ != nullptr; }
+  // Captures `enqueue` (nothing runs); on an error inside it the capture is ended and the stream
+  // is usable again before the error propagates.
+  void capture(cudaStream_t stream, const std::function<void()>& enqueue);
+  void launch(cudaStream_t stream) const;
+
+ private:
+  cudaGraphExec_t exec_ = nullptr;
 };
 
 }  // namespace barecnn

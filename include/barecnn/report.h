@@ -12,6 +12,11 @@ namespace barecnn {
 struct RunReport {
   std::string arch, device;
   uint64_t seed = 0;
+  int batch = 0;
+  long long limit = 0;            // training images used (0: all)
+  std::string optimizer;          // "sgd (lr 0.01, momentum 0.9, weight decay 0)"
+  bool cuda_graph = false;
+  long long peak_device_bytes = -1;  // GPU: the most bytes held in barecnn's buffers (-1: CPU run)
   double test_accuracy = 0, test_loss = 0;
   std::vector<EpochMetrics> epochs;
   std::vector<int64_t> confusion;  // (K, K) on the test set after the last epoch
