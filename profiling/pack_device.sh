@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
-# Prepares, on this (GPU-less) machine, what profiling/gpu_check.sh needs on the GPU machine:
-#   build-device/   a Release build for sm_90 (the `device` preset), plus build-device/rt-libs/
-#                   with the shared libraries the GPU machine may lack (cairo and friends; never
-#                   libc, the CUDA driver or cuBLAS, which the GPU machine's CUDA 13 has)
+# Prepares, on this (GPU-less) machine, what gpu_check.sh and perf_check.sh need on the GPU machine:
+#   build-device/   a Release build for sm_90 (the `device` preset) of the targets the checks run
+#   build-pack/     what travels: those executables, plus rt-libs/ with the shared libraries a bare
+#                   GPU machine may lack (cairo and friends; never libc, the CUDA driver, cuBLAS or
+#                   cuDNN, which the GPU machine has: cuDNN through PyTorch, see find_cudnn.sh)
 #   data-local/fashion-mnist/   the four IDX files (~30 MB)
-# Both folders are git-ignored; pass them to the device tool as `carry`.
+# build-pack/ and data-local/ are git-ignored; pass both to the device tool as `carry`. The object
+# files of build-device/ stay here: the whole carried tree must stay under 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+targets=(barecnn test_gpu_conv test_gpu_pool test_gpu_ops test_gpu_train test_bench)
 cmake --preset device >/dev/null
-cmake --build --preset device
-mkdir -p build-device/rt-libs data-local/fashion-mnist
+cmake --build --preset device --target help | grep -q '^barecnn_conv_lab:' && targets+=(barecnn_conv_lab)
+cmake --build --preset device --target "${targets[@]}"
+
+rm -rf build-pack
+mkdir -p build-pack/rt-libs data-local/fashion-mnist
 cp -u /usr/share/datasets/fashion-mnist/*.gz data-local/fashion-mnist/
-skip='^(linux-vdso|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|ld-linux|libcuda\.so|libcublas|libcudart)'
-for exe in build-device/barecnn build-device/tests/test_gpu_* ; do
+for t in "${targets[@]}"; do
+  f=$(find build-device -maxdepth 3 -type f -name "$t" -perm -u+x | head -1)
+  [ -n "$f" ] || { echo "pack_device: $t was not built" >&2; exit 1; }
+  cp "$f" build-pack/
+done
+git rev-parse HEAD > build-pack/COMMIT
+git status --porcelain --untracked-files=no | grep -q . && echo "dirty" >> build-pack/COMMIT
+skip='^(linux-vdso|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|ld-linux|libcuda\.so|libcublas|libcudart|libcudnn)'
+for exe in build-pack/*; do
+  [ -x "$exe" ] && [ -f "$exe" ] || continue
   ldd "$exe" | awk '/=> \//{print $1" "$3}' | while read -r name path; do
     [[ "$name" =~ $skip ]] && continue
-    cp -u "$path" build-device/rt-libs/
+    cp -u "$path" build-pack/rt-libs/
   done
 done
-du -sh build-device data-local | cat
-echo "carry: build-device data-local (must stay under 64 MiB together)"
+du -sh build-pack data-local | cat
+total=$(du -sk build-pack data-local | awk '{s+=$1} END {print s}')
+echo "carry: build-pack data-local (${total} KiB; must stay under 64 MiB with the tree)"
+[ "$total" -lt 60000 ] || { echo "pack_device: too large to carry" >&2; exit 1; }

@@ -193,8 +193,8 @@ void print_report(const BenchReport& r) {
   const double epoch_ms = r.epoch_step_ms();
   std::printf("  an epoch of %.0f images: %.2f s\n", kEpochImages, kEpochImages / r.batch * epoch_ms / 1e3);
   if (r.peak_device_bytes)
-    std::printf("  peak device memory: %.2f MiB in barecnn's buffers (the CUDA context and cuBLAS's workspace "
-                "not counted)\n",
+    std::printf("  peak device memory: %.2f MiB in barecnn's buffers (with cuBLAS's 4 MiB workspace; the CUDA "
+                "context not counted)\n",
                 double(*r.peak_device_bytes) / 1048576.0);
 }
 
