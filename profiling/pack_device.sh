@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=(barecnn test_gpu_conv test_gpu_pool test_gpu_ops test_gpu_train test_bench)
 cmake --preset device >/dev/null
-cmake --build --preset device --target help | grep -q '^barecnn_conv_lab:' && targets+=(barecnn_conv_lab)
+help=$(cmake --build --preset device --target help)  # (not piped into grep -q: no SIGPIPE under pipefail)
+[[ "$help" == *$'\n'barecnn_conv_lab:* ]] && targets+=(barecnn_conv_lab)
 cmake --build --preset device --target "${targets[@]}"
 
 rm -rf build-pack
@@ -23,7 +24,7 @@ for t in "${targets[@]}"; do
   cp "$f" build-pack/
 done
 git rev-parse HEAD > build-pack/COMMIT
-git status --porcelain --untracked-files=no | grep -q . && echo "dirty" >> build-pack/COMMIT
+[ -n "$(git status --porcelain --untracked-files=no)" ] && echo "dirty" >> build-pack/COMMIT
 skip='^(linux-vdso|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|ld-linux|libcuda\.so|libcublas|libcudart|libcudnn)'
 for exe in build-pack/*; do
   [ -x "$exe" ] && [ -f "$exe" ] || continue
