@@ -12,6 +12,9 @@ What is the same as `barecnn train`:
   - the net: torch.nn.Sequential with the layers of the barecnn arch spec (presets paper, lenet5,
     deep, or any spec of the grammar in DESIGN.md), a Flatten before the first dense layer that
     follows a 4-D tensor, softmax cross-entropy on the logits;
+  - the initialization (--init barecnn, the default): He normal before ReLU-like nonlinearities,
+    Xavier uniform otherwise, zero biases (docs/MATH.md); the numbers come from torch's generator,
+    so only the distributions are the same. --init torch keeps PyTorch's default init;
   - the data: Fashion-MNIST IDX .gz files read with gzip + numpy (no download, no torchvision),
     --limit N keeps the first N training images, the test set stays whole; images are normalized
     as (x/255 - mean)/std with the mean/std of the training images used, one batch at a time from
@@ -41,7 +44,8 @@ JSON (--json FILE; field names are stable, schema_version 1):
   mode "eager"|"compile", compile_mode ("reduce-overhead" or null),
   device "cpu"|"cuda", device_name (GPU name, or the CPU model), threads,
   arch (as given: preset name or spec), spec (the arch spec), batch, epochs (count), seeds [..],
-  optimizer, lr, momentum (null for adam), limit, train_images, steps_per_epoch, images_per_epoch,
+  optimizer, lr, momentum (null for adam), init ("barecnn": barecnn's He/Xavier init with zero
+  biases, the default; "torch": PyTorch's own), limit, train_images, steps_per_epoch, images_per_epoch,
   tf32_matmul, tf32_cudnn, float32_matmul_precision, cudnn_benchmark (null where not applicable),
   runs: one per seed, each {seed, epochs: [{epoch, seconds, images_per_second, train_loss,
         train_accuracy, test_accuracy}], epoch_seconds [..], fastest_epoch_seconds,
@@ -194,6 +198,30 @@ def build_net(spec, in_shape, nn):
     return nn.Sequential(*mods)
 
 
+def init_like_barecnn(model, torch, nn):
+    """barecnn's initialization (docs/MATH.md, Net::init_params) in place: the weights of a conv or
+    dense layer whose next nonlinearity is ReLU, leaky ReLU or ELU are He normal N(0, 2/fan_in),
+    others Xavier uniform U(-a, a), a = sqrt(6/(fan_in + fan_out)); biases 0. Drawn from torch's
+    generator (so not barecnn's numbers, only its distributions)."""
+    mods = list(model)
+    acts = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Identity)
+    with torch.no_grad():
+        for j, m in enumerate(mods):
+            if not isinstance(m, (nn.Conv2d, nn.Linear)):
+                continue
+            nxt = next((x for x in mods[j + 1:] if isinstance(x, acts)), None)
+            relu_after = isinstance(nxt, (nn.ReLU, nn.LeakyReLU, nn.ELU))
+            k = m.weight[0, 0].numel() if isinstance(m, nn.Conv2d) else 1
+            fan_in, fan_out = m.weight.shape[1] * k, m.weight.shape[0] * k
+            if relu_after:
+                m.weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
+            else:
+                a = (6.0 / (fan_in + fan_out)) ** 0.5
+                m.weight.uniform_(-a, a)
+            if m.bias is not None:
+                m.bias.zero_()
+
+
 # ---- training ------------------------------------------------------------------------------------
 
 def parse_seeds(text):
@@ -250,6 +278,8 @@ def main():
     ap.add_argument("--seed", type=int, help="one seed (the same as --seeds N)")
     ap.add_argument("--no-tf32", action="store_true",
                     help="switch TF32 off for cuDNN convolutions and matmuls (plain FP32, as barecnn)")
+    ap.add_argument("--init", choices=["barecnn", "torch"], default="barecnn",
+                    help="barecnn: its He/Xavier init and zero biases (the same nets); torch: PyTorch's default")
     ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--json", help="write the results here (atomically)")
     a = ap.parse_args()
@@ -348,6 +378,8 @@ def main():
         # The weights a fresh torch.nn.Sequential gets under this seed, copied in place.
         torch.manual_seed(seed)
         fresh = build_net(spec, in_shape, nn)
+        if a.init == "barecnn":
+            init_like_barecnn(fresh, torch, nn)
         with torch.no_grad():
             for p, q in zip(model.parameters(), fresh.parameters()):
                 p.copy_(q)
@@ -428,7 +460,7 @@ def main():
         "device": a.device, "device_name": device_name, "threads": threads,
         "arch": a.arch, "spec": spec, "batch": B, "epochs": a.epochs, "seeds": seeds,
         "optimizer": a.optimizer, "lr": a.lr, "momentum": a.momentum if a.optimizer == "sgd" else None,
-        "limit": a.limit, "train_images": n, "steps_per_epoch": steps, "images_per_epoch": steps * B,
+        "init": a.init, "limit": a.limit, "train_images": n, "steps_per_epoch": steps, "images_per_epoch": steps * B,
         "tf32_matmul": tf32_matmul, "tf32_cudnn": tf32_cudnn, "float32_matmul_precision": f32_precision,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if dev.type == "cuda" else None,
         "runs": runs,

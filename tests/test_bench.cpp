@@ -3,7 +3,6 @@
 // JSON that `bench --json` writes, and on a GPU the exact byte counts of real buffers and the
 // plausibility of the measured peaks.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -25,23 +24,9 @@ namespace {
 // A made-up device address; the counter only uses it as a key.
 const void* fake_ptr(uintptr_t v) { return reinterpret_cast<const void*>(v); }
 
-struct Result {
-  int rc = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  std::string cmd = std::string(BARECNN_EXE) + " " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int st = pclose(p);
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using Result = test::CommandResult;
+// The barecnn executable of this build with `args`.
+Result run(const std::string& args) { return test::run_command(std::string(BARECNN_EXE) + " " + args); }
 
 }  // namespace
 

@@ -22,23 +22,9 @@ using namespace barecnn;
 
 namespace {
 
-struct Result {
-  int rc = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  std::string cmd = std::string(BARECNN_EXE) + " " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int st = pclose(p);
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using Result = test::CommandResult;
+// The barecnn executable of this build with `args`.
+Result run(const std::string& args) { return test::run_command(std::string(BARECNN_EXE) + " " + args); }
 
 const char* kArch = "\"conv(4,3,pad=1) relu maxpool(2) dense(16) relu dense(3)\"";
 
