@@ -12,6 +12,13 @@
 //     do not hold.
 // set_conv_impl() / BARECNN_CONV_IMPL=simple|fast picks the level, so the tests check both.
 //
+// Fused ReLU (issue 5): every kernel takes a template flag FUSE_RELU. When set, the forward
+// kernels store relu(conv + bias) and the backward kernels read dout * relu'(y) instead of dout,
+// with y = the forward's fused output (relu_out); the ReLU's scalar math is act_forward /
+// act_derivative of activation.h, the functions kernels/activation.cu applies, so the fused
+// results are bitwise those of the separate ReLU kernels. With FUSE_RELU false every kernel runs
+// exactly the arithmetic it ran before the flag existed.
+//
 // Layouts, all NCHW float32: inp (N, C, H, W), weight (K, C, kh, kw) [OIHW], bias (K),
 // out (N, K, OH, OW). Every result is summed by one thread, or by one fixed reduction tree, in an
 // order that depends only on the shape: no atomics, so results are bitwise the same run to run.
@@ -20,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "barecnn/activation.h"
 #include "barecnn/error.h"
 #include "barecnn/ops.h"
 #include "barecnn/shape.h"
@@ -52,6 +60,30 @@ __host__ __device__ inline int fwd_span(int tile, int k, int stride) { return (t
 // holds at most ceil((tile + k - 1) / stride) multiples of the stride.
 __host__ __device__ inline int bwd_span(int tile, int k, int stride) { return (tile + k - 1 + stride - 1) / stride; }
 
+// The value a forward kernel stores for the conv result v (bias included): v itself, or relu(v)
+// when the ReLU is fused. act_forward(Relu) is the expression activation_forward_kernel applies
+// to the stored v, so the fused output is bitwise conv2d_forward + activation_forward(Relu).
+template <bool FUSE_RELU>
+__device__ __forceinline__ float conv_out_value(float v) {
+  if constexpr (FUSE_RELU) return act_forward<float>(Act::Relu, v, 0.f);
+  else return v;
+}
+
+// Element i of the gradient a backward kernel consumes: dout[i], or when the ReLU is fused the
+// gradient the ReLU backward would have handed on, dout[i] * relu'(x[i]), the one product of
+// activation_backward_kernel. relu'(x) = (x > 0 ? 1 : 0) is read from y = relu(x) (relu_out):
+// y > 0 exactly where x > 0 (x <= 0 and NaN both give y = +0), and act_derivative(Relu) looks
+// only at its first argument, so passing y there gives the same factor, hence the same float.
+template <bool FUSE_RELU>
+__device__ __forceinline__ float conv_grad_value(const float* dout, const float* relu_out, long long i) {
+  if constexpr (FUSE_RELU) {
+    const float y = relu_out[i];
+    return dout[i] * act_derivative<float>(Act::Relu, y, y, 0.f);
+  } else {
+    return dout[i];
+  }
+}
+
 // ================================================================================================
 // Forward
 // ================================================================================================
@@ -62,7 +94,8 @@ __host__ __device__ inline int bwd_span(int tile, int k, int stride) { return (t
 //         inp[n, c, oh*sh - ph + i, ow*sw - pw + j] * weight[k, c, i, j], in the reference's loop
 //         order, skipping taps that fall in the zero padding.
 // Layouts: out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null.
-// Divisibility: none; any shape.
+// Divisibility: none; any shape. FUSE_RELU: stores relu of that value.
+template <bool FUSE_RELU>
 __global__ void conv2d_forward_simple_kernel(float* out, const float* inp, const float* weight,
                                              const float* bias, Conv2dShape s, long long total) {
   const long long stride = (long long)gridDim.x * blockDim.x;
@@ -85,11 +118,11 @@ __global__ void conv2d_forward_simple_kernel(float* out, const float* inp, const
         }
       }
     }
-    out[idx] = acc;  // idx == nchw(n, k, oh, ow, K, OH, OW)
+    out[idx] = conv_out_value<FUSE_RELU>(acc);  // idx == nchw(n, k, oh, ow, K, OH, OW)
   }
 }
 
-// conv2d_forward_tiled_kernel<TILE, KB>
+// conv2d_forward_tiled_kernel<TILE, KB, FUSE_RELU>
 // Block: TILE x TILE threads (threadIdx.x along ow, threadIdx.y along oh).
 // Grid:  (ceil(OH/TILE) * ceil(OW/TILE), ceil(K/KB), N).
 // Block: computes the TILE x TILE output pixels starting at (oh0, ow0) of image n for the KB output
@@ -102,7 +135,8 @@ __global__ void conv2d_forward_simple_kernel(float* out, const float* inp, const
 //         Threads past OH/OW (partial tiles) load and synchronize but write nothing.
 // Layouts: as the simple kernel. Dynamic shared memory: (span_h*span_w + KB*kh*kw) floats.
 // Divisibility: none; K, OH, OW need not be multiples of KB or TILE (guarded).
-template <int TILE, int KB>
+// FUSE_RELU: the store applies relu to acc + bias.
+template <int TILE, int KB, bool FUSE_RELU>
 __global__ void __launch_bounds__(TILE * TILE)
     conv2d_forward_tiled_kernel(float* out, const float* inp, const float* weight, const float* bias,
                                 Conv2dShape s) {
@@ -150,12 +184,13 @@ __global__ void __launch_bounds__(TILE * TILE)
 #pragma unroll
     for (int kb = 0; kb < KB; ++kb) {
       const int k = k0 + kb;
-      if (k < s.K) out[nchw(n, k, oh, ow, s.K, s.OH, s.OW)] = acc[kb] + (bias ? bias[k] : 0.f);
+      if (k < s.K)
+        out[nchw(n, k, oh, ow, s.K, s.OH, s.OW)] = conv_out_value<FUSE_RELU>(acc[kb] + (bias ? bias[k] : 0.f));
     }
   }
 }
 
-// conv2d_forward_c1_kernel<TILE, KB>: the fast path for C == 1 (the grayscale first layer).
+// conv2d_forward_c1_kernel<TILE, KB, FUSE_RELU>: the fast path for C == 1 (the grayscale first layer).
 // Block: TILE x TILE threads. Grid: (ceil(OH/TILE) * ceil(OW/TILE), 1, N).
 // Block: loads its input tile (with halo) once and every filter once:
 //          s_in (span_h, span_w) as in the tiled kernel;
@@ -164,8 +199,8 @@ __global__ void __launch_bounds__(TILE * TILE)
 //        image is read from global memory once per tile instead of once per group of channels.
 // Thread: one output pixel for all K channels, KB accumulators at a time.
 // Layouts: as the simple kernel, C == 1. Dynamic shared memory: (span_h*span_w + ceil(K/KB)*KB*kh*kw)
-// floats. Divisibility: none.
-template <int TILE, int KB>
+// floats. Divisibility: none. FUSE_RELU: the store applies relu to acc + bias.
+template <int TILE, int KB, bool FUSE_RELU>
 __global__ void __launch_bounds__(TILE * TILE)
     conv2d_forward_c1_kernel(float* out, const float* inp, const float* weight, const float* bias,
                              Conv2dShape s) {
@@ -208,7 +243,8 @@ __global__ void __launch_bounds__(TILE * TILE)
 #pragma unroll
     for (int kb = 0; kb < KB; ++kb) {
       const int k = g * KB + kb;
-      if (k < s.K) out[nchw(n, k, oh, ow, s.K, s.OH, s.OW)] = acc[kb] + (bias ? bias[k] : 0.f);
+      if (k < s.K)
+        out[nchw(n, k, oh, ow, s.K, s.OH, s.OW)] = conv_out_value<FUSE_RELU>(acc[kb] + (bias ? bias[k] : 0.f));
     }
   }
 }
@@ -223,8 +259,10 @@ __global__ void __launch_bounds__(TILE * TILE)
 //         output (oh, ow) = (window_out_pos(h, i), window_out_pos(w, j)) whose window reads (h, w)
 //         through tap (i, j), if any. No scatter, so no atomics.
 // Layouts: dinp (N, C, H, W); dout (N, K, OH, OW); weight (K, C, kh, kw). Divisibility: none.
-__global__ void conv2d_backward_input_simple_kernel(float* dinp, const float* dout, const float* weight,
-                                                    Conv2dShape s, long long total) {
+// FUSE_RELU: every dout value is read as dout * relu'(y), y = relu_out (N, K, OH, OW).
+template <bool FUSE_RELU>
+__global__ void conv2d_backward_input_simple_kernel(float* dinp, const float* dout, const float* relu_out,
+                                                    const float* weight, Conv2dShape s, long long total) {
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
     const int w = int(idx % s.W);
@@ -241,7 +279,8 @@ __global__ void conv2d_backward_input_simple_kernel(float* dinp, const float* do
         for (int j = 0; j < s.kw; ++j) {
           const int ow = window_out_pos(w, j, s.sw, s.pw, s.OW);
           if (ow < 0) continue;
-          acc += dout[nchw(n, k, oh, ow, s.K, s.OH, s.OW)] * weight[nchw(k, c, i, j, s.C, s.kh, s.kw)];
+          acc += conv_grad_value<FUSE_RELU>(dout, relu_out, nchw(n, k, oh, ow, s.K, s.OH, s.OW)) *
+                 weight[nchw(k, c, i, j, s.C, s.kh, s.kw)];
         }
       }
     }
@@ -249,7 +288,7 @@ __global__ void conv2d_backward_input_simple_kernel(float* dinp, const float* do
   }
 }
 
-// conv2d_backward_input_tiled_kernel<TILE, CB>: the same gather, tiled.
+// conv2d_backward_input_tiled_kernel<TILE, CB, FUSE_RELU>: the same gather, tiled.
 // Block: TILE x TILE threads (threadIdx.x along w, threadIdx.y along h).
 // Grid:  (ceil(H/TILE) * ceil(W/TILE), ceil(C/CB), N).
 // Block: computes the TILE x TILE input pixels starting at (h0, w0) of image n for the CB input
@@ -263,9 +302,12 @@ __global__ void conv2d_backward_input_simple_kernel(float* dinp, const float* do
 // Thread: one input pixel (h0 + ty, w0 + tx) for CB channels, CB accumulators in registers.
 //         Threads past H/W load and synchronize but compute and write nothing.
 // Dynamic shared memory: (span_h*span_w + CB*kh*kw) floats. Divisibility: none.
-template <int TILE, int CB>
+// FUSE_RELU: s_dout is staged as dout * relu'(y), y = relu_out (N, K, OH, OW): the mask is applied
+// once per element at the load, so the gather below is the same code in both instantiations.
+template <int TILE, int CB, bool FUSE_RELU>
 __global__ void __launch_bounds__(TILE * TILE)
-    conv2d_backward_input_tiled_kernel(float* dinp, const float* dout, const float* weight, Conv2dShape s) {
+    conv2d_backward_input_tiled_kernel(float* dinp, const float* dout, const float* relu_out, const float* weight,
+                                       Conv2dShape s) {
   extern __shared__ float smem[];
   const int span_h = bwd_span(TILE, s.kh, s.sh), span_w = bwd_span(TILE, s.kw, s.sw);
   const int taps = s.kh * s.kw;
@@ -290,7 +332,9 @@ __global__ void __launch_bounds__(TILE * TILE)
   for (int k = 0; k < s.K; ++k) {
     for (int e = tid; e < span_h * span_w; e += TILE * TILE) {
       const int oh = oh_lo + e / span_w, ow = ow_lo + e % span_w;
-      s_dout[e] = (oh >= 0 && oh < s.OH && ow >= 0 && ow < s.OW) ? dout[nchw(n, k, oh, ow, s.K, s.OH, s.OW)] : 0.f;
+      s_dout[e] = (oh >= 0 && oh < s.OH && ow >= 0 && ow < s.OW)
+                      ? conv_grad_value<FUSE_RELU>(dout, relu_out, nchw(n, k, oh, ow, s.K, s.OH, s.OW))
+                      : 0.f;
     }
     for (int e = tid; e < CB * taps; e += TILE * TILE) {
       const int c = c0 + e / taps;
@@ -334,9 +378,11 @@ __global__ void __launch_bounds__(TILE * TILE)
 //           dbias[k]         = sum of dout[n,k,oh,ow]
 // Layouts: dweight (K, C, kh, kw); dbias (K) or null; dout (N, K, OH, OW); inp (N, C, H, W).
 // Divisibility: none. Slow for large batches (each thread sums N*OH*OW terms alone).
+// FUSE_RELU: dout is read as dout * relu'(y), y = relu_out (N, K, OH, OW), in both sums.
+template <bool FUSE_RELU>
 __global__ void conv2d_backward_weight_simple_kernel(float* dweight, float* dbias, const float* dout,
-                                                     const float* inp, Conv2dShape s, long long wn,
-                                                     long long total) {
+                                                     const float* relu_out, const float* inp, Conv2dShape s,
+                                                     long long wn, long long total) {
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
     float acc = 0.f;
@@ -354,7 +400,8 @@ __global__ void conv2d_backward_weight_simple_kernel(float* dweight, float* dbia
           for (int ow = 0; ow < s.OW; ++ow) {
             const int iw = window_in_pos(ow, j, s.sw, s.pw);
             if (iw < 0 || iw >= s.W) continue;
-            acc += dout[nchw(n, k, oh, ow, s.K, s.OH, s.OW)] * inp[nchw(n, c, ih, iw, s.C, s.H, s.W)];
+            acc += conv_grad_value<FUSE_RELU>(dout, relu_out, nchw(n, k, oh, ow, s.K, s.OH, s.OW)) *
+                   inp[nchw(n, c, ih, iw, s.C, s.H, s.W)];
           }
         }
       }
@@ -363,7 +410,8 @@ __global__ void conv2d_backward_weight_simple_kernel(float* dweight, float* dbia
       const int k = int(idx - wn);
       for (int n = 0; n < s.N; ++n)
         for (int oh = 0; oh < s.OH; ++oh)
-          for (int ow = 0; ow < s.OW; ++ow) acc += dout[nchw(n, k, oh, ow, s.K, s.OH, s.OW)];
+          for (int ow = 0; ow < s.OW; ++ow)
+            acc += conv_grad_value<FUSE_RELU>(dout, relu_out, nchw(n, k, oh, ow, s.K, s.OH, s.OW));
       dbias[k] = acc;
     }
   }
@@ -383,10 +431,12 @@ __global__ void conv2d_backward_weight_simple_kernel(float* dweight, float* dbia
 //         over the 128 columns reduces every tap at once. Taps are processed in passes of whole
 //         kernel rows, at most 64 taps per pass (requires kw <= 64, checked by the launcher).
 // Determinism: the chunking, the per-thread order and the tree depend only on the shape; no atomics.
-// Divisibility: none.
+// Divisibility: none. FUSE_RELU: the one read of dout per position is dout * relu'(y),
+// y = relu_out (N, K, OH, OW), so the weight and the bias partials both see the masked gradient.
+template <bool FUSE_RELU>
 __global__ void __launch_bounds__(kWgradBlock)
-    conv2d_backward_weight_partial_kernel(float* wpart, float* bpart, const float* dout, const float* inp,
-                                          Conv2dShape s, long long chunk) {
+    conv2d_backward_weight_partial_kernel(float* wpart, float* bpart, const float* dout, const float* relu_out,
+                                          const float* inp, Conv2dShape s, long long chunk) {
   __shared__ float s_acc[kWgradTapsPerPass * kWgradBlock];  // (taps of this pass, thread)
   __shared__ float s_bias[kWgradBlock];                       // (thread)
   const int tid = threadIdx.x;
@@ -408,7 +458,7 @@ __global__ void __launch_bounds__(kWgradBlock)
       const int ow = int(q % s.OW);
       const long long r = q / s.OW;
       const int oh = int(r % s.OH), n = int(r / s.OH);
-      const float d = dout[nchw(n, k, oh, ow, s.K, s.OH, s.OW)];
+      const float d = conv_grad_value<FUSE_RELU>(dout, relu_out, nchw(n, k, oh, ow, s.K, s.OH, s.OW));
       bacc += d;
       for (int i = i0; i < i1; ++i) {
         const int ih = window_in_pos(oh, i, s.sh, s.ph);
@@ -488,7 +538,7 @@ std::atomic<int>& conv_impl_state() {
 
 // The tiled forward kernels for one tile size. Returns false (nothing launched) where their
 // preconditions do not hold: N and ceil(K/KB) within grid.z/grid.y, shared memory <= 48 KB.
-template <int TILE, int KB>
+template <int TILE, int KB, bool FUSE_RELU>
 bool launch_forward_fast(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
                          cudaStream_t stream) {
   const long long tiles = ceil_div((long long)s.OH, TILE) * ceil_div((long long)s.OW, TILE);
@@ -500,7 +550,7 @@ bool launch_forward_fast(float* out, const float* inp, const float* weight, cons
     const size_t smem = (in_tile + size_t(ceil_div(s.K, KB)) * KB * taps) * sizeof(float);
     if (smem <= kMaxSmemBytes) {
       const dim3 grid(unsigned(tiles), 1, unsigned(s.N));
-      conv2d_forward_c1_kernel<TILE, KB><<<grid, block, smem, stream>>>(out, inp, weight, bias, s);
+      conv2d_forward_c1_kernel<TILE, KB, FUSE_RELU><<<grid, block, smem, stream>>>(out, inp, weight, bias, s);
       CUDA_CHECK_LAUNCH("conv2d_forward (tiled, C=1)", s.str());
       return true;
     }
@@ -509,23 +559,24 @@ bool launch_forward_fast(float* out, const float* inp, const float* weight, cons
   const size_t smem = (in_tile + size_t(KB) * taps) * sizeof(float);
   if (smem > kMaxSmemBytes || groups > kMaxGridYZ) return false;
   const dim3 grid(unsigned(tiles), unsigned(groups), unsigned(s.N));
-  conv2d_forward_tiled_kernel<TILE, KB><<<grid, block, smem, stream>>>(out, inp, weight, bias, s);
+  conv2d_forward_tiled_kernel<TILE, KB, FUSE_RELU><<<grid, block, smem, stream>>>(out, inp, weight, bias, s);
   CUDA_CHECK_LAUNCH("conv2d_forward (tiled)", s.str());
   return true;
 }
 
 // The tiled input-gradient kernel for one tile size; false where its preconditions do not hold
 // (N and ceil(C/CB) within grid.z/grid.y, shared memory <= 48 KB).
-template <int TILE, int CB>
-bool launch_backward_input_fast(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
-                                cudaStream_t stream) {
+template <int TILE, int CB, bool FUSE_RELU>
+bool launch_backward_input_fast(float* dinp, const float* dout, const float* relu_out, const float* weight,
+                                const Conv2dShape& s, cudaStream_t stream) {
   const long long tiles = ceil_div((long long)s.H, TILE) * ceil_div((long long)s.W, TILE);
   const long long groups = ceil_div((long long)s.C, CB);
   const size_t span = size_t(bwd_span(TILE, s.kh, s.sh)) * size_t(bwd_span(TILE, s.kw, s.sw));
   const size_t smem = (span + size_t(CB) * s.kh * s.kw) * sizeof(float);
   if (s.N > kMaxGridYZ || groups > kMaxGridYZ || tiles > INT_MAX || smem > kMaxSmemBytes) return false;
   const dim3 grid(unsigned(tiles), unsigned(groups), unsigned(s.N)), block(TILE, TILE);
-  conv2d_backward_input_tiled_kernel<TILE, CB><<<grid, block, smem, stream>>>(dinp, dout, weight, s);
+  conv2d_backward_input_tiled_kernel<TILE, CB, FUSE_RELU><<<grid, block, smem, stream>>>(dinp, dout, relu_out,
+                                                                                         weight, s);
   CUDA_CHECK_LAUNCH("conv2d_backward_input (tiled)", s.str());
   return true;
 }
@@ -546,6 +597,67 @@ int wgrad_chunks(const Conv2dShape& s) {
   return int(p);
 }
 
+// The bodies of the three launchers, once per value of the fusion flag, so the runtime choice
+// (fuse_relu / relu_out) picks a whole instantiation and the unfused one is today's code.
+template <bool FUSE_RELU>
+void conv2d_forward_impl(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
+                         cudaStream_t stream) {
+  if (gpu::conv_impl() == gpu::ConvImpl::Fast) {
+    // 16x16 tiles waste threads on small maps (7x7 uses 49 of 256): 8x8 tiles there.
+    const bool launched = (s.OH >= 16 && s.OW >= 16)
+                              ? launch_forward_fast<16, 8, FUSE_RELU>(out, inp, weight, bias, s, stream)
+                              : launch_forward_fast<8, 16, FUSE_RELU>(out, inp, weight, bias, s, stream);
+    if (launched) return;
+  }
+  const long long total = s.out_numel();
+  conv2d_forward_simple_kernel<FUSE_RELU><<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(
+      out, inp, weight, bias, s, total);
+  CUDA_CHECK_LAUNCH("conv2d_forward (simple)", s.str());
+}
+
+template <bool FUSE_RELU>
+void conv2d_backward_input_impl(float* dinp, const float* dout, const float* relu_out, const float* weight,
+                                const Conv2dShape& s, cudaStream_t stream) {
+  if (gpu::conv_impl() == gpu::ConvImpl::Fast) {
+    const bool launched = (s.H >= 16 && s.W >= 16)
+                              ? launch_backward_input_fast<16, 8, FUSE_RELU>(dinp, dout, relu_out, weight, s, stream)
+                              : launch_backward_input_fast<8, 16, FUSE_RELU>(dinp, dout, relu_out, weight, s, stream);
+    if (launched) return;
+  }
+  const long long total = s.in_numel();
+  conv2d_backward_input_simple_kernel<FUSE_RELU><<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(
+      dinp, dout, relu_out, weight, s, total);
+  CUDA_CHECK_LAUNCH("conv2d_backward_input (simple)", s.str());
+}
+
+template <bool FUSE_RELU>
+void conv2d_backward_weight_impl(float* dweight, float* dbias, const float* dout, const float* relu_out,
+                                 const float* inp, const Conv2dShape& s, float* workspace, cudaStream_t stream) {
+  const long long wn = s.weight_numel();
+  const long long total = wn + (dbias ? s.K : 0);
+  if (gpu::conv_impl() == gpu::ConvImpl::Fast && wgrad_fast_ok(s)) {
+    BARECNN_ASSERT(workspace != nullptr, "conv2d_backward_weight: the workspace is null; it needs ",
+                   gpu::conv2d_backward_weight_workspace(s), " floats (conv2d_backward_weight_workspace) for ",
+                   s.str());
+    const int P = wgrad_chunks(s);
+    const long long chunk = ceil_div((long long)s.N * s.OH * s.OW, (long long)P);
+    float* wpart = workspace;                                        // (P, K, C, kh, kw)
+    float* bpart = dbias ? workspace + (long long)P * wn : nullptr;  // (P, K)
+    const dim3 grid(unsigned((long long)s.K * s.C), unsigned(P));
+    conv2d_backward_weight_partial_kernel<FUSE_RELU><<<grid, kWgradBlock, 0, stream>>>(wpart, bpart, dout, relu_out,
+                                                                                       inp, s, chunk);
+    CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 1: partial sums)", s.str());
+    // Stage 2 sums partials that already carry the mask: the same kernel with or without it.
+    conv2d_backward_weight_reduce_kernel<<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(
+        dweight, dbias, wpart, bpart, wn, s.K, P, total);
+    CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 2: sum of partials)", s.str());
+    return;
+  }
+  conv2d_backward_weight_simple_kernel<FUSE_RELU><<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(
+      dweight, dbias, dout, relu_out, inp, s, wn, total);
+  CUDA_CHECK_LAUNCH("conv2d_backward_weight (simple)", s.str());
+}
+
 }  // namespace
 
 namespace gpu {
@@ -554,78 +666,57 @@ void set_conv_impl(ConvImpl impl) { conv_impl_state().store(int(impl)); }
 ConvImpl conv_impl() { return ConvImpl(conv_impl_state().load()); }
 
 void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
-                    cudaStream_t stream) {
-  // out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
-  NvtxRange range("conv2d_forward");
+                    cudaStream_t stream, bool fuse_relu) {
+  // out (N, K, OH, OW) = conv, or relu(conv) when fuse_relu; inp (N, C, H, W); weight (K, C, kh, kw);
+  // bias (K) or null
+  NvtxRange range(fuse_relu ? "conv2d_forward+relu" : "conv2d_forward");
   check_conv2d_shape(s, "conv2d_forward");
   if (s.N == 0) return;
   BARECNN_ASSERT(out != nullptr && inp != nullptr && weight != nullptr, "conv2d_forward: null pointer for ", s.str());
-  if (conv_impl() == ConvImpl::Fast) {
-    // 16x16 tiles waste threads on small maps (7x7 uses 49 of 256): 8x8 tiles there.
-    const bool launched = (s.OH >= 16 && s.OW >= 16)
-                              ? launch_forward_fast<16, 8>(out, inp, weight, bias, s, stream)
-                              : launch_forward_fast<8, 16>(out, inp, weight, bias, s, stream);
-    if (launched) return;
+  if (fuse_relu) {
+    conv2d_forward_impl<true>(out, inp, weight, bias, s, stream);
+  } else {
+    conv2d_forward_impl<false>(out, inp, weight, bias, s, stream);
   }
-  const long long total = s.out_numel();
-  conv2d_forward_simple_kernel<<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(out, inp, weight, bias, s,
-                                                                                           total);
-  CUDA_CHECK_LAUNCH("conv2d_forward (simple)", s.str());
 }
 
 void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
-                           cudaStream_t stream) {
-  // dinp (N, C, H, W), overwritten; dout (N, K, OH, OW); weight (K, C, kh, kw)
-  NvtxRange range("conv2d_backward_input");
+                           cudaStream_t stream, const float* relu_out) {
+  // dinp (N, C, H, W), overwritten; dout (N, K, OH, OW); weight (K, C, kh, kw);
+  // relu_out (N, K, OH, OW) or null: the fused forward's output, whose ReLU dout passes back through
+  NvtxRange range(relu_out ? "conv2d_backward_input+relu" : "conv2d_backward_input");
   check_conv2d_shape(s, "conv2d_backward_input");
   if (dinp == nullptr || s.N == 0) return;  // null gradient: not needed (e.g. the first layer)
   BARECNN_ASSERT(dout != nullptr && weight != nullptr, "conv2d_backward_input: null pointer for ", s.str());
-  if (conv_impl() == ConvImpl::Fast) {
-    const bool launched = (s.H >= 16 && s.W >= 16) ? launch_backward_input_fast<16, 8>(dinp, dout, weight, s, stream)
-                                                   : launch_backward_input_fast<8, 16>(dinp, dout, weight, s, stream);
-    if (launched) return;
+  if (relu_out) {
+    conv2d_backward_input_impl<true>(dinp, dout, relu_out, weight, s, stream);
+  } else {
+    conv2d_backward_input_impl<false>(dinp, dout, nullptr, weight, s, stream);
   }
-  const long long total = s.in_numel();
-  conv2d_backward_input_simple_kernel<<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(dinp, dout, weight,
-                                                                                                  s, total);
-  CUDA_CHECK_LAUNCH("conv2d_backward_input (simple)", s.str());
 }
 
 size_t conv2d_backward_weight_workspace(const Conv2dShape& s) {
   check_conv2d_shape(s, "conv2d_backward_weight_workspace");
-  // The fast kernel's size whatever the current ConvImpl, so a buffer sized once stays valid.
+  // The fast kernel's size whatever the current ConvImpl (and with or without the fused ReLU), so
+  // a buffer sized once stays valid.
   if (!wgrad_fast_ok(s)) return 0;
   return size_t(wgrad_chunks(s)) * size_t(s.weight_numel() + s.K);
 }
 
 void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
-                            float* workspace, cudaStream_t stream) {
-  // dweight (K, C, kh, kw), overwritten; dbias (K) or null; dout (N, K, OH, OW); inp (N, C, H, W)
-  NvtxRange range("conv2d_backward_weight");
+                            float* workspace, cudaStream_t stream, const float* relu_out) {
+  // dweight (K, C, kh, kw), overwritten; dbias (K) or null; dout (N, K, OH, OW); inp (N, C, H, W);
+  // relu_out (N, K, OH, OW) or null: the fused forward's output, whose ReLU dout passes back through
+  NvtxRange range(relu_out ? "conv2d_backward_weight+relu" : "conv2d_backward_weight");
   check_conv2d_shape(s, "conv2d_backward_weight");
   BARECNN_ASSERT(dweight != nullptr, "conv2d_backward_weight: dweight is null for ", s.str());
   BARECNN_ASSERT(s.N == 0 || (dout != nullptr && inp != nullptr), "conv2d_backward_weight: null pointer for ",
                  s.str());
-  const long long wn = s.weight_numel();
-  const long long total = wn + (dbias ? s.K : 0);
-  if (conv_impl() == ConvImpl::Fast && wgrad_fast_ok(s)) {
-    BARECNN_ASSERT(workspace != nullptr, "conv2d_backward_weight: the workspace is null; it needs ",
-                   conv2d_backward_weight_workspace(s), " floats (conv2d_backward_weight_workspace) for ", s.str());
-    const int P = wgrad_chunks(s);
-    const long long chunk = ceil_div((long long)s.N * s.OH * s.OW, (long long)P);
-    float* wpart = workspace;                                // (P, K, C, kh, kw)
-    float* bpart = dbias ? workspace + (long long)P * wn : nullptr;  // (P, K)
-    const dim3 grid(unsigned((long long)s.K * s.C), unsigned(P));
-    conv2d_backward_weight_partial_kernel<<<grid, kWgradBlock, 0, stream>>>(wpart, bpart, dout, inp, s, chunk);
-    CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 1: partial sums)", s.str());
-    conv2d_backward_weight_reduce_kernel<<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(
-        dweight, dbias, wpart, bpart, wn, s.K, P, total);
-    CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 2: sum of partials)", s.str());
-    return;
+  if (relu_out) {
+    conv2d_backward_weight_impl<true>(dweight, dbias, dout, relu_out, inp, s, workspace, stream);
+  } else {
+    conv2d_backward_weight_impl<false>(dweight, dbias, dout, nullptr, inp, s, workspace, stream);
   }
-  conv2d_backward_weight_simple_kernel<<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(dweight, dbias, dout,
-                                                                                                   inp, s, wn, total);
-  CUDA_CHECK_LAUNCH("conv2d_backward_weight (simple)", s.str());
 }
 
 }  // namespace gpu

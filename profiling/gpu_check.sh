@@ -4,8 +4,9 @@
 #   1. info, and the GPU tests (parity of every kernel with the CPU reference, the whole training
 #      step against the CPU, determinism, CUDA Graph = eager, resume);
 #   2. compute-sanitizer memcheck, racecheck and initcheck on the parity tests;
-#   3. a 3-epoch Fashion-MNIST training of the `paper` net, the same run again (determinism), and
-#      once more with --cuda-graph on (must give the same weights);
+#   3. a 3-epoch Fashion-MNIST training of the `paper` net, the same run again (determinism), once
+#      more with --cuda-graph on and once with --cuda-graph on --fuse on (both must give the same
+#      weights);
 # then prints a short table. Each row is appended to $OUT/summary.txt as soon as it is known (so a
 # run killed at its time limit still leaves them), and the logs go into $OUT/logs.tgz at the end
 # (the device tool brings back only a few files; weights and plots stay out). About 4 minutes on
@@ -110,4 +111,7 @@ row "two runs, identical weights" "$(same paper paper-again)"
 train paper-graph --quiet --cuda-graph on
 row "paper 3 epochs, --cuda-graph on" "$(summary "$W/paper-graph")"
 row "CUDA Graph run = eager run (weights)" "$(same paper paper-graph)"
+train paper-fused --quiet --cuda-graph on --fuse on
+row "paper 3 epochs, --cuda-graph on --fuse on" "$(summary "$W/paper-fused")"
+row "fused conv+ReLU run = eager run (weights)" "$(same paper paper-fused)"
 cp "$W/paper/summary.json" "$OUT/paper-summary.json" 2>/dev/null

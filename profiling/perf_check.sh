@@ -75,11 +75,11 @@ bench() {
   cat "$W/bench/bench-paper-64.txt"
 }
 
-# barecnn NAME ARCH BATCH SEED [GRAPH: on (default) | off]
+# barecnn NAME ARCH BATCH SEED [GRAPH: on (default) | off] [FUSE: on | off (default)]
 barecnn() {
-  local name=$1 arch=$2 batch=$3 seed=$4 graph=${5:-on}
+  local name=$1 arch=$2 batch=$3 seed=$4 graph=${5:-on} fuse=${6:-off}
   rt_run 90 "$B/barecnn" train --device cuda --data "$DATA" --arch "$arch" --batch "$batch" --epochs "$EPOCHS" \
-    --seed "$seed" --cuda-graph "$graph" --quiet --out "$W/runs/$name" > "$W/runs/$name.log" 2>&1
+    --seed "$seed" --cuda-graph "$graph" --fuse "$fuse" --quiet --out "$W/runs/$name" > "$W/runs/$name.log" 2>&1
   echo "barecnn $name: $(tail -2 "$W/runs/$name.log" | head -1)"
 }
 # torch NAME MODE ARCH BATCH SEEDS
@@ -106,5 +106,14 @@ for b in 64 256 1024; do
   barecnn "deep-b$b" deep "$b" 1
   torch "deep-b$b-eager" eager deep "$b" 1
 done
-step "kernel by kernel (--cuda-graph off) for the graph's gain: paper, batch 64"
+step "the gains of the graph and of the fusion: paper, batch 64 and 1024; deep, batch 256"
 barecnn paper-b64-nograph paper 64 1 off
+barecnn paper-b64-fused paper 64 1 on on
+barecnn paper-b1024-fused paper 1024 1 on on
+barecnn deep-b256-fused deep 256 1 on on
+for spec in "paper 64" "deep 256"; do
+  set -- $spec
+  rt_run 25 "$B/barecnn" bench --device cuda --arch "$1" --batch "$2" --reps 30 --fuse on \
+    --json "$W/bench/bench-$1-$2-fused.json" > "$W/bench/bench-$1-$2-fused.txt" 2>&1
+  echo "$1 b$2 fused: $(grep -E 'training step' "$W/bench/bench-$1-$2-fused.txt" | tr -s ' ' | paste -sd';')"
+done

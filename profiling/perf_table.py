@@ -141,6 +141,8 @@ def read_barecnn(path, summary):
     mode = ""
     if "cuda_graph" in summary:
         mode = "graph" if summary["cuda_graph"] in (True, "on", 1) else "no graph"
+    if summary.get("fuse") in (True, "on", 1):
+        mode = (mode + ", fused").lstrip(", ")
     peak = summary.get("peak_device_bytes")
 
     def num(k):

@@ -139,6 +139,8 @@ TEST_F(Cli, BadFlags) {
   EXPECT_FAILS_WITH(run(base + " --loss crossentropy"), 2, "--loss");
   EXPECT_FAILS_WITH(run(base + " --device tpu"), 2, "--device");
   EXPECT_FAILS_WITH(run(base + " --cuda-graph yes"), 2, "--cuda-graph: expected on or off, got 'yes'");
+  EXPECT_FAILS_WITH(run(base + " --fuse 1"), 2, "--fuse: expected on or off, got '1'");
+  EXPECT_FAILS_WITH(run("bench --device cpu --fuse maybe"), 2, "--fuse: expected on or off, got 'maybe'");
 }
 
 TEST_F(Cli, UnwritableOutputFolderIsCaughtBeforeTraining) {

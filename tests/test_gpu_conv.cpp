@@ -3,7 +3,8 @@
 // ConvImpl::Fast), on shapes that do not divide the tiles (8x8 / 16x16 pixels, 8 / 16 channels),
 // batch 1 and 257, channel counts 1 / 3 / 16 / 33, stride 1 / 2 / 3, padding 0 / 1 / 2, kernels
 // 1 / 3 / 5 / 7 / 3x5, kernels as large as the input, and shapes that force the fast path to fall
-// back. The weight gradient is also checked for bitwise determinism.
+// back. The weight gradient is also checked for bitwise determinism, and the fused ReLU
+// (fuse_relu / relu_out) for bitwise equality with the unfused chain (see "fused ReLU" below).
 //
 // Tolerances. The reference runs in double on the very float values the GPU gets, so the only
 // difference is float rounding of the accumulation. Each output sums T products of values in
@@ -12,13 +13,16 @@
 // has an error of standard deviation ~ u*T/(3*sqrt(6)) ~ 8e-9*T (u = 2^-24; partial sums grow as
 // sqrt(t)); the fast kernels sum in shorter runs and err less. atol = 5e-7*T is ~60 standard
 // deviations of that, while a missing, doubled or misplaced tap moves a result by ~|x*w| ~ 0.25,
-// far more than atol for every T used here (the largest, N*OH*OW = 257*7*6, gives atol 5.4e-3).
+// far more than atol for every T used here (the largest, N*OH*OW = 257*28*28 in the fused-ReLU
+// checks, gives atol 0.1, while a dbias entry sums ~1e5 such terms).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <sstream>
 #include <vector>
 
+#include "barecnn/activation.h"
 #include "barecnn/device_buffer.h"
 #include "barecnn/error.h"
 #include "barecnn/gpu.h"
@@ -239,6 +243,184 @@ TEST(Conv2dGpu, FallsBackForVeryWideKernelRows) {
   const Conv2dShape s = conv_shape(2, 2, 3, 72, 2, 1, 70, 1, 0);
   EXPECT_EQ(gpu::conv2d_backward_weight_workspace(s), 0u);
   check_conv(s, 303);
+}
+
+// ---- fused ReLU (conv2d_forward's fuse_relu, the backward ops' relu_out) -------------------------
+//
+// The fused kernels promise the very floats of the chain they replace, so they are checked twice:
+//   (1) bitwise against that chain on the GPU: conv2d_forward then activation_forward(Relu) for the
+//       forward pass; activation_backward(Relu) then the unfused conv backward for dinp, dweight and
+//       dbias. Same sums in the same order, the same ReLU expressions (activation.h): not one ulp
+//       may differ;
+//   (2) against the double reference with a double ReLU in between, with the tolerances above (so
+//       a mistake that both GPU chains share is still caught).
+// The inputs are symmetric around 0, so about half of the pre-activations are negative; each check
+// asserts that share, so the ReLU masks a large part of the gradient. A mask missing anywhere (the
+// bias partials of the two-stage weight gradient included) then leaves ~N*OH*OW/2 unmasked terms
+// in dbias, which fails both (1) and (2) by orders of magnitude more than the tolerance.
+
+// Every element of a and b has the same bits (memcmp), with the first differences on failure.
+::testing::AssertionResult bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "size " << a.size() << " != " << b.size();
+  size_t bad = 0;
+  std::ostringstream first;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) {
+      if (bad < 5) first << "\n  [" << i << "] " << std::hexfloat << a[i] << " vs " << b[i] << std::defaultfloat;
+      ++bad;
+    }
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << bad << " of " << a.size() << " elements differ bitwise:" << first.str();
+}
+
+struct ReluChains {
+  // fused: y = conv2d_forward(fuse_relu); the backward ops with relu_out = y
+  std::vector<float> out, dinp, dweight, dbias;
+  // unfused: pre = conv2d_forward; y = activation_forward(pre); g = activation_backward(dout, pre, y);
+  // the unfused backward ops on g
+  std::vector<float> pre, u_out, u_dinp, u_dweight, u_dbias;
+};
+
+// Both chains on the GPU with the given implementation, on one stream.
+ReluChains run_relu_chains(const Conv2dShape& s, const ConvInputs& x, gpu::ConvImpl impl, bool with_bias) {
+  gpu::set_conv_impl(impl);
+  GpuContext ctx;
+  cudaStream_t st = ctx.stream();
+  const Activation relu{Act::Relu, 0.f};
+  DeviceBuffer<float> inp = to_device(x.inp.f), weight = to_device(x.weight.f), bias = to_device(x.bias.f),
+                      dout = to_device(x.dout.f);
+  DeviceBuffer<float> workspace(gpu::conv2d_backward_weight_workspace(s), "conv workspace");
+  const float* b = with_bias ? bias.data() : nullptr;
+  // fused
+  DeviceBuffer<float> out = nan_buffer(s.out_numel()), dinp = nan_buffer(s.in_numel()),
+                      dweight = nan_buffer(s.weight_numel()), dbias = nan_buffer(s.K);
+  // unfused
+  DeviceBuffer<float> pre = nan_buffer(s.out_numel()), u_out = nan_buffer(s.out_numel()),
+                      g = nan_buffer(s.out_numel()), u_dinp = nan_buffer(s.in_numel()),
+                      u_dweight = nan_buffer(s.weight_numel()), u_dbias = nan_buffer(s.K);
+  CUDA_CHECK(cudaDeviceSynchronize());  // the pageable uploads land before the stream starts
+
+  gpu::conv2d_forward(out.data(), inp.data(), weight.data(), b, s, st, /*fuse_relu=*/true);
+  gpu::conv2d_backward_input(dinp.data(), dout.data(), weight.data(), s, st, /*relu_out=*/out.data());
+  gpu::conv2d_backward_weight(dweight.data(), with_bias ? dbias.data() : nullptr, dout.data(), inp.data(), s,
+                              workspace.data(), st, /*relu_out=*/out.data());
+
+  gpu::conv2d_forward(pre.data(), inp.data(), weight.data(), b, s, st);
+  gpu::activation_forward(u_out.data(), pre.data(), s.out_numel(), relu, st);
+  gpu::activation_backward(g.data(), dout.data(), pre.data(), u_out.data(), s.out_numel(), relu, st);
+  gpu::conv2d_backward_input(u_dinp.data(), g.data(), weight.data(), s, st);
+  gpu::conv2d_backward_weight(u_dweight.data(), with_bias ? u_dbias.data() : nullptr, g.data(), inp.data(), s,
+                              workspace.data(), st);
+  ctx.sync();
+
+  ReluChains r;
+  r.out = out.to_host();
+  r.dinp = dinp.to_host();
+  r.dweight = dweight.to_host();
+  r.pre = pre.to_host();
+  r.u_out = u_out.to_host();
+  r.u_dinp = u_dinp.to_host();
+  r.u_dweight = u_dweight.to_host();
+  if (with_bias) {
+    r.dbias = dbias.to_host();
+    r.u_dbias = u_dbias.to_host();
+  }
+  return r;
+}
+
+// The fused chain, for both implementations, bitwise against the unfused chain and within
+// tolerance of the double reference.
+void check_conv_relu(const Conv2dShape& s, uint64_t seed, bool with_bias = true) {
+  SCOPED_TRACE(s.str());
+  ImplGuard guard;
+  const ConvInputs x = make_inputs(s, seed);
+  const long long fwd_terms = 1LL * s.C * s.kh * s.kw + 1;
+  const long long dinp_terms = 1LL * s.K * s.kh * s.kw;
+  const long long dw_terms = 1LL * s.N * s.OH * s.OW;
+
+  // Double reference of the forward pass: pre-activation x, y = relu(x).
+  std::vector<double> pre(s.out_numel()), out(s.out_numel());
+  ref::conv2d_forward<double>(pre.data(), x.inp.d.data(), x.weight.d.data(), with_bias ? x.bias.d.data() : nullptr, s);
+  long long negative = 0;
+  for (size_t i = 0; i < pre.size(); ++i) {
+    out[i] = pre[i] > 0 ? pre[i] : 0.0;
+    negative += pre[i] < 0;
+  }
+  // The test data must exercise the mask: a healthy share of the outputs on each side of 0.
+  const double neg_share = double(negative) / double(pre.size());
+  ASSERT_GT(neg_share, 0.25) << "test data: too few negative pre-activations";
+  ASSERT_LT(neg_share, 0.75) << "test data: too few positive pre-activations";
+
+  for (gpu::ConvImpl impl : {gpu::ConvImpl::Simple, gpu::ConvImpl::Fast}) {
+    SCOPED_TRACE(impl_name(impl));
+    const ReluChains r = run_relu_chains(s, x, impl, with_bias);
+
+    // (1) bitwise equal to the unfused chain
+    EXPECT_TRUE(bitwise_equal(r.out, r.u_out)) << "conv2d_forward(fuse_relu) vs conv2d_forward + activation_forward";
+    EXPECT_TRUE(bitwise_equal(r.dinp, r.u_dinp)) << "conv2d_backward_input(relu_out) vs activation_backward + "
+                                                    "conv2d_backward_input";
+    EXPECT_TRUE(bitwise_equal(r.dweight, r.u_dweight)) << "conv2d_backward_weight(relu_out): dweight";
+    EXPECT_TRUE(bitwise_equal(r.dbias, r.u_dbias)) << "conv2d_backward_weight(relu_out): dbias";
+
+    // (2) the double reference with a double ReLU in between. Its derivative is taken at the
+    // double pre-activation, except within the forward tolerance of 0: there float rounding may put
+    // the GPU's pre-activation on the other side of the kink (no input is "away from the kink" for
+    // every output of a batch of 257), and the reference follows the side the GPU took (y > 0), as
+    // the GPU's own chain does. Such outputs are rare, and the forward check bounds y there anyway.
+    EXPECT_TRUE(all_close(out, r.out, sum_atol(fwd_terms), kRtol)) << "conv2d_forward(fuse_relu)";
+    EXPECT_TRUE(all_close(pre, r.pre, sum_atol(fwd_terms), kRtol)) << "conv2d_forward (the unfused chain)";
+    std::vector<double> g(s.out_numel());
+    for (size_t i = 0; i < g.size(); ++i) {
+      const bool active = std::fabs(pre[i]) > sum_atol(fwd_terms) ? pre[i] > 0 : r.out[i] > 0.f;
+      g[i] = active ? x.dout.d[i] : 0.0;
+    }
+    std::vector<double> dinp(s.in_numel()), dweight(s.weight_numel()), dbias(s.K);
+    ref::conv2d_backward_input<double>(dinp.data(), g.data(), x.weight.d.data(), s);
+    ref::conv2d_backward_weight<double>(dweight.data(), with_bias ? dbias.data() : nullptr, g.data(), x.inp.d.data(),
+                                        s);
+    EXPECT_TRUE(all_close(dinp, r.dinp, sum_atol(dinp_terms), kRtol)) << "conv2d_backward_input(relu_out)";
+    EXPECT_TRUE(all_close(dweight, r.dweight, sum_atol(dw_terms), kRtol))
+        << "conv2d_backward_weight(relu_out): dweight";
+    if (with_bias) {
+      EXPECT_TRUE(all_close(dbias, r.dbias, sum_atol(dw_terms), kRtol)) << "conv2d_backward_weight(relu_out): dbias";
+    }
+  }
+}
+
+TEST(Conv2dReluGpu, PaperFirstLayerBatch3) {
+  BARECNN_REQUIRE_GPU();
+  check_conv_relu(conv_shape(3, 1, 28, 28, 32, 5, 5, 1, 2), 501);  // C = 1 fast path, 16x16 tiles
+}
+
+TEST(Conv2dReluGpu, PaperFirstLayerBatch257) {
+  BARECNN_REQUIRE_GPU();
+  // Many chunks in the two-stage weight gradient; 257*28*28 terms per dbias entry.
+  check_conv_relu(conv_shape(257, 1, 28, 28, 32, 5, 5, 1, 2), 502);
+}
+
+TEST(Conv2dReluGpu, ThreeChannelsStride2OddMap) {
+  BARECNN_REQUIRE_GPU();
+  check_conv_relu(conv_shape(4, 3, 33, 35, 5, 3, 3, 2, 1), 503);  // 17x18 output: 16x16 tiles, partial
+  check_conv_relu(conv_shape(2, 3, 13, 11, 5, 3, 3, 2, 1), 504);  // 7x6 output: 8x8 tiles
+}
+
+TEST(Conv2dReluGpu, SixteenChannelsKernel5NoPadding) {
+  BARECNN_REQUIRE_GPU();
+  check_conv_relu(conv_shape(2, 16, 14, 13, 8, 5, 5, 1, 0), 505);  // 10x9 output, K = 8 < 16 per group
+  check_conv_relu(conv_shape(2, 16, 14, 13, 8, 5, 5, 1, 0), 506, /*with_bias=*/false);
+}
+
+TEST(Conv2dReluGpu, FastPathFallsBack) {
+  BARECNN_REQUIRE_GPU();
+  // 65x65 filters: the forward and input-gradient tiles exceed 48 KB of shared memory and
+  // kw = 65 > 64 taps per pass, so under ConvImpl::Fast all three ops run the simple kernels.
+  const Conv2dShape s = conv_shape(2, 2, 71, 69, 3, 65, 65, 1, 1);
+  EXPECT_EQ(gpu::conv2d_backward_weight_workspace(s), 0u);
+  check_conv_relu(s, 507);
+  // C = 1 with 500 filters: the C = 1 kernel would stage all of them (52 KB of shared memory with
+  // the input tile), so the forward pass falls back to the general tiled kernel.
+  check_conv_relu(conv_shape(2, 1, 18, 18, 500, 5, 5, 1, 2), 508);
 }
 
 // ---- determinism and preconditions ---------------------------------------------------------------

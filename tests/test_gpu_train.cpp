@@ -4,6 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cstring>
+
 #include "barecnn/fileutil.h"
 #include "barecnn/net.h"
 #include "barecnn/ops.h"
@@ -101,6 +104,47 @@ TEST(TrainStepGpu, EveryLossAndPoolingMatchCpu) {
   }
   compare_step("conv(5,3) sigmoid maxpool(3,stride=2) conv(4,1) tanh dense(6) arctan dense(4) softmax", {2, 15, 15}, 257,
                Loss::MSE);
+}
+
+// --fuse on: each conv applies the plain ReLU after it in its own kernels. The fused kernels use
+// the ReLU kernels' own expressions, so logits, loss and every gradient are bitwise those of the
+// separate layers, and the fused run is also checked against the CPU. Nets with a conv followed by
+// a ReLU (fused), by a leaky ReLU (not fused), and a conv as the last layer before a flatten.
+TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
+  BARECNN_REQUIRE_GPU();
+  struct Case {
+    const char* arch;
+    Dims input;
+    int N;
+    int fused;  // how many convs fuse their ReLU
+  };
+  for (const Case& k : {Case{"paper", {1, 28, 28}, 3, 1}, Case{"deep", {1, 12, 12}, 5, 4},
+                        Case{"conv(4,3,stride=2,pad=1) relu conv(3,3) leaky_relu(0.1) maxpool(2) conv(5,1) relu dense(3)",
+                             {2, 13, 11}, 7, 2}}) {
+    SCOPED_TRACE(k.arch);
+    Net net(k.arch, k.input);
+    std::vector<float> params = net.init_params(8);
+    Rng rng(9);
+    std::vector<float> x(size_t(k.N) * dims_numel(k.input));
+    for (auto& v : x) v = float(rng.uniform(-1, 1));
+    std::vector<int32_t> labels(k.N);
+    for (auto& l : labels) l = int32_t(rng.next_u64() % net.num_outputs());
+    StepResult plain = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CUDA);
+    net.set_gpu_fusion(true);
+    NetState<float> probe;
+    net.prepare(probe, 1, Device::CUDA);
+    EXPECT_EQ(std::count(probe.fused.begin(), probe.fused.end(), true), k.fused);
+    StepResult fused = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CUDA);
+    StepResult cpu = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CPU);
+    net.set_gpu_fusion(false);
+    EXPECT_EQ(plain.loss, fused.loss);
+    EXPECT_EQ(0, std::memcmp(plain.logits.data(), fused.logits.data(), plain.logits.size() * sizeof(float)));
+    ASSERT_EQ(plain.grads.size(), fused.grads.size());
+    for (auto& e : net.params())
+      EXPECT_EQ(0, std::memcmp(plain.grads.data() + e.offset, fused.grads.data() + e.offset, e.numel() * sizeof(float)))
+          << "tensor " << e.name;
+    EXPECT_TRUE(test::all_close(cpu.grads, fused.grads, 1e-5, 1e-3));
+  }
 }
 
 namespace {
@@ -211,6 +255,21 @@ TEST_F(GpuTrain, CudaGraphGivesTheEagerWeightsBitwise) {
   cr.cuda_graph = true;
   train(cr);
   EXPECT_EQ(read_file(eager_sgd + "/model.safetensors", "eager"), read_file(part + "/model.safetensors", "resumed"));
+}
+
+// A whole run with --fuse on (and the graph): the weights of the plain run, bitwise.
+TEST_F(GpuTrain, FusedRunGivesThePlainWeightsBitwise) {
+  BARECNN_REQUIRE_GPU();
+  std::string plain = test::fresh_dir("gpu_fuse_plain"), fused = test::fresh_dir("gpu_fuse_on");
+  TrainConfig cp = config(plain), cf = config(fused);
+  cp.epochs = cf.epochs = 1;
+  cf.fuse = true;
+  cf.cuda_graph = true;
+  train(cp);
+  train(cf);
+  EXPECT_EQ(read_file(plain + "/model.safetensors", "plain"), read_file(fused + "/model.safetensors", "fused"));
+  auto s = nlohmann::json::parse(read_file(fused + "/summary.json", "summary"));
+  EXPECT_EQ(s["fuse"], true);
 }
 
 TEST_F(GpuTrain, DivergenceIsFoundAndNamed) {

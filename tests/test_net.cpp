@@ -2,6 +2,7 @@
 // float net against the double net, and the non-finite diagnosis.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "barecnn/gradcheck.h"
@@ -173,4 +174,23 @@ TEST(Net, EachStateKeepsItsOwnPoolingMask) {
   ASSERT_EQ(a.saved.size(), size_t(net.num_layers()));
   EXPECT_EQ(a.saved[2].numel(), size_t(3 * 3 * 3 * 3));  // the maxpool's mask: (N, C, OH, OW)
   EXPECT_EQ(a.saved[0].numel(), 0u);                      // conv saves nothing
+}
+
+// Fusion is a GPU float feature: on the CPU (and in double) the flag changes nothing.
+TEST(Net, GpuFusionFlagLeavesTheCpuAlone) {
+  Net net("conv(3,3,pad=1) relu maxpool(2) dense(4)", {1, 6, 6});
+  std::vector<float> p = net.init_params(31);
+  NetState<float> st;
+  net.set_gpu_fusion(true);
+  net.prepare(st, 2, Device::CPU);
+  EXPECT_EQ(std::count(st.fused.begin(), st.fused.end(), true), 0);
+  auto x = test::tie_free_vec(st.act[0].numel(), 32);
+  for (size_t i = 0; i < x.size(); ++i) st.act[0].data()[i] = float(x[i]);
+  net.forward(st, p.data(), nullptr);
+  std::vector<float> fused_on = st.act.back().to_host();
+  net.set_gpu_fusion(false);
+  net.prepare(st, 2, Device::CPU);
+  net.forward(st, p.data(), nullptr);
+  EXPECT_EQ(fused_on, st.act.back().to_host());
+  EXPECT_NE(st.act[1].to_host(), st.act[2].to_host());  // the ReLU's input and output both written
 }

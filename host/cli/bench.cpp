@@ -261,7 +261,7 @@ nlohmann::ordered_json report_json(const BenchReport& r) {
 }  // namespace
 
 int bench_main(const std::string& arch, int batch, const std::string& device_flag, int reps, const std::string& input,
-               const std::string& json_path) {
+               bool fuse, const std::string& json_path) {
   if (batch < 1) throw UsageError(fmt("--batch must be >= 1, got ", batch));
   if (reps < 1) throw UsageError(fmt("--reps must be >= 1, got ", reps));
   if (!json_path.empty()) {  // fail before the benchmark, not after it
@@ -273,6 +273,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   BenchReport rep;
   Device dev = choose_device(device_flag, &rep.why);
   Net net(arch, parse_input_dims(input, "--input"));
+  net.set_gpu_fusion(fuse);
   const int L = net.num_layers();
   rep.arch = net.spec();
   rep.input = input;
@@ -320,6 +321,11 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     f.index = i;
     f.spec = net.layer(i).spec();
     f.out = net.layer(i).out_dims();
+    if (i > 0 && net.layer_call(st, i - 1, params.data(), grads.data(), gpu.get(), false).fuse_relu) {
+      f.spec += " (in the conv)";  // --fuse on: the conv before it ran it, and is timed with it
+      rep.layers.push_back(f);
+      continue;
+    }
     LayerFlops fl = layer_flops(net.layer(i), batch, need_din);
     LayerBytes by = layer_min_bytes(net.layer(i), batch, need_din);
     f.fwd.flops = fl.forward;

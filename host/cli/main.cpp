@@ -18,6 +18,7 @@
 
 namespace barecnn {
 int bench_main(const std::string& arch, int batch, const std::string& device, int reps, const std::string& input,
+               bool fuse,
                const std::string& json_path);
 }
 
@@ -168,7 +169,7 @@ int main(int argc, char** argv) {
 
   // train
   TrainConfig tc;
-  std::string optimizer = "sgd", loss = "cross_entropy", cuda_graph = "off";
+  std::string optimizer = "sgd", loss = "cross_entropy", cuda_graph = "off", fuse = "off";
   double lr = 0.01, momentum = 0.9, wd = 0;
   auto* train = app.add_subcommand("train", "train a net and write model, metrics, plots and a checkpoint to --out");
   train->add_option("--data", tc.data_dir, "folder with the four IDX files (default: Fashion-MNIST from the Debian package)");
@@ -191,6 +192,10 @@ int main(int argc, char** argv) {
   train->add_option("--cuda-graph", cuda_graph,
                     "on: launch each GPU training step as one captured CUDA Graph (same results; NVTX ranges "
                     "per layer only at the capture), off: kernel by kernel")
+      ->capture_default_str();
+  train->add_option("--fuse", fuse,
+                    "on: on the GPU each conv applies the ReLU that follows it in its own kernels, forward "
+                    "and backward (same results), off: every layer on its own")
       ->capture_default_str();
   train->footer(
       "Examples:\n"
@@ -238,7 +243,7 @@ int main(int argc, char** argv) {
                     "  barecnn gradcheck --arch \"conv(4,3,stride=2,pad=1) elu l2pool(2) dense(5)\" --input 3x11x9 --loss bce");
 
   // bench
-  std::string b_arch = "paper", b_device = "auto", b_input = "1x28x28", b_json;
+  std::string b_arch = "paper", b_device = "auto", b_input = "1x28x28", b_json, b_fuse = "off";
   int b_batch = 64, b_reps = 20;
   auto* bench = app.add_subcommand("bench", "per-layer forward/backward times, step time, images/s");
   bench->add_option("--arch", b_arch, "arch spec or preset")->capture_default_str();
@@ -247,6 +252,8 @@ int main(int argc, char** argv) {
   bench->add_option("--reps", b_reps, "timed repetitions")->capture_default_str();
   bench->add_option("--input", b_input, "input shape CxHxW")->capture_default_str();
   bench->add_option("--json", b_json, "also write the figures (per layer, totals, peaks) as JSON to this file");
+  bench->add_option("--fuse", b_fuse, "on: each conv applies the ReLU after it (GPU), as train --fuse on")
+      ->capture_default_str();
   bench->footer("Examples:\n  barecnn bench --arch paper --batch 256\n"
                 "  barecnn bench --arch deep --batch 1024 --json bench-deep.json");
 
@@ -302,7 +309,10 @@ int main(int argc, char** argv) {
       if (batch < 1) throw UsageError(fmt("--batch must be >= 1, got ", batch));
       return cmd_predict(model, images, output, device, batch);
     }
-    if (*bench) return bench_main(b_arch, b_batch, b_device, b_reps, b_input, b_json);
+    if (*bench) {
+      if (b_fuse != "on" && b_fuse != "off") throw UsageError(fmt("--fuse: expected on or off, got '", b_fuse, "'"));
+      return bench_main(b_arch, b_batch, b_device, b_reps, b_input, b_fuse == "on", b_json);
+    }
     if (*train) {
       check_lr(lr, "--lr");
       if (!std::isfinite(momentum) || momentum < 0 || momentum >= 1)
@@ -324,6 +334,8 @@ int main(int argc, char** argv) {
       if (cuda_graph != "on" && cuda_graph != "off")
         throw UsageError(fmt("--cuda-graph: expected on or off, got '", cuda_graph, "'"));
       tc.cuda_graph = cuda_graph == "on";
+      if (fuse != "on" && fuse != "off") throw UsageError(fmt("--fuse: expected on or off, got '", fuse, "'"));
+      tc.fuse = fuse == "on";
       if (!tc.resume.empty() && train->count("--out") == 0) tc.out = "";  // default: continue in the resume folder
       barecnn::train(tc);
       return 0;

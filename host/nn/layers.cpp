@@ -96,6 +96,7 @@ class Conv2d final : public Layer {
     std::fill(p + size_t(K_) * fan_in, p + size_t(K_) * fan_in + K_, 0.f);
   }
   size_t workspace_floats(int N) const override { return gpu::conv2d_backward_weight_workspace(shape(N)); }
+  bool can_fuse_relu(Device device) const override { return device == Device::CUDA; }
   BARECNN_LAYER_DISPATCH
 
  private:
@@ -109,7 +110,7 @@ class Conv2d final : public Layer {
     const T* w = c.param;                  // (K, C, kh, kw)
     const T* b = c.param + s.weight_numel();  // (K)
     if (on_gpu(c)) {
-      if constexpr (std::is_same_v<T, float>) gpu::conv2d_forward(c.out, c.in, w, b, s, c.gpu->stream());
+      if constexpr (std::is_same_v<T, float>) gpu::conv2d_forward(c.out, c.in, w, b, s, c.gpu->stream(), c.fuse_relu);
     } else if constexpr (std::is_same_v<T, float>) {
       cpu::conv2d_forward(c.out, c.in, w, b, s);
     } else {
@@ -124,8 +125,8 @@ class Conv2d final : public Layer {
     T* db = c.dparam + s.weight_numel();
     if (on_gpu(c)) {
       if constexpr (std::is_same_v<T, float>) {
-        gpu::conv2d_backward_weight(dw, db, c.dout, c.in, s, c.workspace, c.gpu->stream());
-        if (c.din) gpu::conv2d_backward_input(c.din, c.dout, w, s, c.gpu->stream());
+        gpu::conv2d_backward_weight(dw, db, c.dout, c.in, s, c.workspace, c.gpu->stream(), c.relu_out);
+        if (c.din) gpu::conv2d_backward_input(c.din, c.dout, w, s, c.gpu->stream(), c.relu_out);
       }
     } else if constexpr (std::is_same_v<T, float>) {
       cpu::conv2d_backward_weight(dw, db, c.dout, c.in, s);
@@ -251,6 +252,7 @@ class ActivationLayer final : public Layer {
   bool is_relu_like() const override {
     return a_.kind == Act::Relu || a_.kind == Act::LeakyRelu || a_.kind == Act::Elu;
   }
+  bool is_plain_relu() const override { return a_.kind == Act::Relu; }
   BARECNN_LAYER_DISPATCH
 
  private:

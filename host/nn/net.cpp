@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <sstream>
+#include <type_traits>
 
 #include "barecnn/arch.h"
 #include "barecnn/error.h"
@@ -95,6 +96,11 @@ std::vector<float> Net::init_params(uint64_t seed) const {
 template <typename T>
 void Net::prepare(NetState<T>& st, int N, Device device) const {
   size_t L = layers_.size();
+  // Which convs apply their ReLU themselves (decided anew on every call: the flag may change).
+  st.fused.assign(L, false);
+  if (std::is_same_v<T, float> && gpu_fusion_)  // (the fused kernels are float)
+    for (size_t i = 0; i + 1 < L; ++i)
+      st.fused[i] = layers_[i]->can_fuse_relu(device) && layers_[i + 1]->is_plain_relu();
   if (st.N == N && st.device == device && st.act.size() == L + 1) return;
   st.N = N;
   st.device = device;
@@ -118,6 +124,14 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   if (device == Device::CUDA) st.workspace.reset({int(std::max<size_t>(ws, 1))}, device);
 }
 
+namespace {
+// Does layer i's conv apply the ReLU of layer i+1 (NetState::fused)? False before prepare().
+template <typename T>
+bool fused_at(const NetState<T>& st, size_t i) {
+  return i < st.fused.size() && st.fused[i];
+}
+}  // namespace
+
 template <typename T>
 LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, const GpuContext* gpu,
                              bool need_input_grad) const {
@@ -134,13 +148,20 @@ LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, 
   c.gpu = gpu;
   c.workspace = st.device == Device::CUDA ? st.workspace.data() : nullptr;
   c.saved = st.saved[i].numel() ? st.saved[i].data() : nullptr;
+  if (fused_at(st, size_t(i))) {  // this conv does the ReLU of layer i+1 too
+    c.fuse_relu = true;
+    c.out = st.act[i + 2].data();
+    c.dout = st.dact[i + 2].data();
+    c.relu_out = st.act[i + 2].data();
+  }
   return c;
 }
 
 template <typename T>
 void Net::forward(NetState<T>& st, const T* params, const GpuContext* gpu) {
   for (size_t i = 0; i < layers_.size(); ++i) {
-    NvtxScope range(layers_[i]->label() + " forward");
+    if (i > 0 && fused_at(st, i - 1)) continue;  // done by the conv before it
+    NvtxScope range(layers_[i]->label() + (fused_at(st, i) ? " + relu forward" : " forward"));
     layers_[i]->forward(layer_call<T>(st, int(i), params, nullptr, gpu, false));
   }
 }
@@ -148,7 +169,8 @@ void Net::forward(NetState<T>& st, const T* params, const GpuContext* gpu) {
 template <typename T>
 void Net::backward(NetState<T>& st, const T* params, T* grads, const GpuContext* gpu, bool need_input_grad) {
   for (size_t i = layers_.size(); i-- > 0;) {
-    NvtxScope range(layers_[i]->label() + " backward");
+    if (i > 0 && fused_at(st, i - 1)) continue;  // done by the conv before it
+    NvtxScope range(layers_[i]->label() + (fused_at(st, i) ? " + relu backward" : " backward"));
     layers_[i]->backward(layer_call<T>(st, int(i), params, grads, gpu, need_input_grad));
   }
 }
@@ -163,12 +185,16 @@ std::string Net::first_nonfinite(const NetState<float>& st) const {
   if (st.act.empty()) return "";
   if (size_t n = count_nonfinite(st.act[0].to_host()))
     return fmt("the input batch has ", n, " non-finite values");
+  // A conv fused with its ReLU (st.fused) does not write the ReLU's input nor its input gradient.
+  auto unwritten = [&st](size_t i) { return fused_at(st, i); };
   for (size_t i = 0; i < layers_.size(); ++i)
-    if (size_t n = count_nonfinite(st.act[i + 1].to_host()))
+    if (unwritten(i)) continue;
+    else if (size_t n = count_nonfinite(st.act[i + 1].to_host()))
       return fmt(layers_[i]->label(), ": its output (forward) has ", n, " non-finite values of ",
                  st.act[i + 1].numel());
   for (size_t i = layers_.size(); i-- > 1;)
-    if (size_t n = count_nonfinite(st.dact[i].to_host()))
+    if (unwritten(i - 1)) continue;
+    else if (size_t n = count_nonfinite(st.dact[i].to_host()))
       return fmt(layers_[i]->label(), ": its input gradient (backward) has ", n, " non-finite values of ",
                  st.dact[i].numel());
   return "";

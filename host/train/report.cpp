@@ -25,6 +25,7 @@ std::string summary_json(const RunReport& r) {
   j["optimizer"] = r.optimizer;
   if (r.peak_device_bytes >= 0) {
     j["cuda_graph"] = r.cuda_graph;
+    j["fuse"] = r.fuse;
     j["peak_device_bytes"] = r.peak_device_bytes;
   }
   json epochs = json::array();

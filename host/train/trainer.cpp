@@ -260,7 +260,7 @@ class Run {
       bool quiet = cfg_.quiet;
       long long every = cfg_.checkpoint_every;
       int threads = cfg_.threads;
-      bool graph = cfg_.cuda_graph;
+      bool graph = cfg_.cuda_graph, fuse = cfg_.fuse;
       std::string resume = cfg_.resume;
       cfg_ = ck.cfg;
       cfg_.epochs = epochs;
@@ -272,6 +272,7 @@ class Run {
       cfg_.checkpoint_every = every;
       cfg_.threads = threads;
       cfg_.cuda_graph = graph;  // how the step is launched changes no result
+      cfg_.fuse = fuse;         // nor does fusing (bitwise the same weights)
       if (ck.epochs_done > cfg_.epochs || (ck.epochs_done == cfg_.epochs && ck.step_in_epoch > 0))
         throw UsageError(fmt("--resume ", cfg_.resume, ": the run already has ", ck.epochs_done,
                              " epochs; pass --epochs N with N > ", ck.epochs_done, " to train more"));
@@ -297,6 +298,7 @@ class Run {
     data_ = load_dataset(data_dir, cfg_.limit);
     Dims input{1, data_.train.rows, data_.train.cols};
     net_ = std::make_unique<Net>(cfg_.arch, input);
+    net_->set_gpu_fusion(cfg_.fuse);
     // A label beyond the net's outputs is named with its file; a net wider than the data's
     // classes is an arch mistake.
     check_labels(data_, net_->num_outputs());
@@ -334,8 +336,10 @@ class Run {
                 steps_per_epoch_, cfg_.batch, optim_str(cfg_.optim).c_str(), loss_name(cfg_.loss).c_str(),
                 (unsigned long long)cfg_.seed);
     if (device_ == Device::CUDA)
-      std::printf("  launches : %s\n", cfg_.cuda_graph ? "the step as one CUDA Graph (captured at the second step)"
-                                                          : "kernel by kernel (--cuda-graph on: one CUDA Graph)");
+      std::printf("  launches : %s%s\n",
+                  cfg_.cuda_graph ? "the step as one CUDA Graph (captured at the second step)"
+                                  : "kernel by kernel (--cuda-graph on: one CUDA Graph)",
+                  cfg_.fuse ? "; each conv does the ReLU after it (--fuse on)" : "");
     std::printf("  output   : %s\n", cfg_.out.c_str());
     if (resuming && ck.epochs_done == cfg_.epochs)
       std::printf("  resume   : %s has all %d epochs; writing its outputs\n", cfg_.resume.c_str(), ck.epochs_done);
@@ -420,6 +424,7 @@ class Run {
     r.optimizer = optim_str(cfg_.optim);
     if (device_ == Device::CUDA) {
       r.cuda_graph = cfg_.cuda_graph;
+      r.fuse = cfg_.fuse;
       r.peak_device_bytes = (long long)device_memory_stats().peak;
     }
     r.test_accuracy = last_eval_.accuracy;

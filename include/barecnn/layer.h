@@ -40,6 +40,11 @@ struct LayerCall {
   const GpuContext* gpu = nullptr;
   float* workspace = nullptr;  // GPU scratch of workspace_floats(N) floats
   int32_t* saved = nullptr;    // saved_ints(N) int32s kept from forward for backward (argmax mask)
+  // GPU conv + ReLU fused (Net::set_gpu_fusion): forward writes relu(conv) into `out` (the ReLU
+  // layer's output); backward reads `dout` as the ReLU's output gradient and masks it with
+  // relu_out (= that output), so the ReLU layer itself does not run.
+  bool fuse_relu = false;
+  const T* relu_out = nullptr;
 };
 
 class Layer {
@@ -60,6 +65,9 @@ class Layer {
   // Is the layer a ReLU-family activation (for the init rule)? Is it a nonlinearity at all?
   virtual bool is_relu_like() const { return false; }
   virtual bool is_activation() const { return false; }
+  // Can this layer apply a following plain ReLU in its own kernels on `device` (the GPU conv)?
+  virtual bool can_fuse_relu(Device device) const { return false; }
+  virtual bool is_plain_relu() const { return false; }
 
   virtual void forward(const LayerCall<float>& c) = 0;
   virtual void forward(const LayerCall<double>& c) = 0;

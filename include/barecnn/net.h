@@ -30,6 +30,9 @@ struct NetState {
   std::vector<BasicTensor<T>> dact;  // dact[i]: d loss / d act[i]
   Tensor workspace;                  // GPU scratch shared by the layers
   std::vector<TensorI> saved;        // saved[i]: layer i's state from forward (argmax mask), or empty
+  // fused[i]: layer i (a conv) applies layer i+1 (a ReLU) itself; act[i+1] and dact[i+1] are then
+  // not written (GPU float only, with Net::set_gpu_fusion(true)).
+  std::vector<bool> fused;
 };
 
 class Net {
@@ -55,6 +58,12 @@ class Net {
   // Seeded, deterministic init into a host buffer of num_params() floats: He for layers that a
   // ReLU-family activation follows, Xavier otherwise; biases zero.
   std::vector<float> init_params(uint64_t seed) const;
+
+  // GPU float only: fuse each conv with a plain ReLU right after it (the ReLU runs in the conv's
+  // kernels, forward and backward; the results are bitwise those of the separate layers). Takes
+  // effect at the next prepare(). Off by default.
+  void set_gpu_fusion(bool on) { gpu_fusion_ = on; }
+  bool gpu_fusion() const { return gpu_fusion_; }
 
   // Allocates (or reuses) the activations for a batch of N on `device`.
   template <typename T>
@@ -87,6 +96,7 @@ class Net {
   std::vector<ParamEntry> params_;
   std::vector<size_t> layer_offset_;  // start of each layer's slice in the flat buffer
   size_t num_params_ = 0;
+  bool gpu_fusion_ = false;
 };
 
 }  // namespace barecnn

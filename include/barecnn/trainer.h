@@ -29,6 +29,7 @@ struct TrainConfig {
   long long checkpoint_every = 0;    // steps between mid-epoch checkpoints (0: end of epoch only)
   bool quiet = false;                // no progress display
   bool cuda_graph = false;           // GPU: replay the training step as a captured CUDA Graph
+  bool fuse = false;                 // GPU: each conv applies the plain ReLU after it (Net::set_gpu_fusion)
   long long stop_after_steps = 0;    // tests: stop (throw) after this many optimizer steps, as if killed
 };
 
