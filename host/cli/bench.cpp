@@ -328,6 +328,12 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     }
     LayerFlops fl = layer_flops(net.layer(i), batch, need_din);
     LayerBytes by = layer_min_bytes(net.layer(i), batch, need_din);
+    if (c.fuse_relu) {  // --fuse on: this conv also does the ReLU after it (whose row shows 0 ms)
+      f.spec += " + relu";
+      const double outs = double(batch) * double(dims_numel(net.layer(i).out_dims()));
+      fl.forward += outs;                              // one max per output
+      by.backward += 4.0 * outs * (need_din ? 2 : 1);  // each gradient kernel reads the ReLU output
+    }
     f.fwd.flops = fl.forward;
     f.bwd.flops = fl.backward;
     f.fwd.bytes = by.forward;

@@ -197,6 +197,9 @@ std::string Net::first_nonfinite(const NetState<float>& st) const {
     else if (size_t n = count_nonfinite(st.dact[i].to_host()))
       return fmt(layers_[i]->label(), ": its input gradient (backward) has ", n, " non-finite values of ",
                  st.dact[i].numel());
+  // A fused conv's pre-activation is not kept, and the fused ReLU maps NaN to 0.
+  for (size_t i = 0; i < st.fused.size(); ++i)
+    if (st.fused[i]) return "none outside the fused conv+ReLU layers (rerun with --fuse off to see inside them)";
   return "";
 }
 

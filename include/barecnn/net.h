@@ -83,7 +83,8 @@ class Net {
                           bool need_input_grad) const;
 
   // After a non-finite loss: the first layer whose output (forward) or input gradient (backward)
-  // holds a NaN/Inf, as "layer 4 dense(128): output has 3 non-finite values", or "" if none.
+  // holds a NaN/Inf, as "layer 4 dense(128): output has 3 non-finite values", or "" if none
+  // (with fused conv+ReLU layers, whose insides are not kept: a hint to rerun without fusion).
   std::string first_nonfinite(const NetState<float>& st) const;
 
   // A table of the layers: index, spec, output shape, parameter count.
