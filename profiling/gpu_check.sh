@@ -10,13 +10,16 @@
 # then prints a short table. Each row is appended to $OUT/summary.txt as soon as it is known (so a
 # run killed at its time limit still leaves them), and the logs go into $OUT/logs.tgz at the end
 # (the device tool brings back only a few files; weights and plots stay out). About 4 minutes on
-# an H100 (estimate: it has not run yet).
+# an H100 (estimate: it has not run yet). No step runs past BUDGET seconds (default 360): give the
+# device call a timeout of BUDGET + 40. A first smoke test stops the check early when the GPU
+# basics fail (a hang or every test skipped), instead of waiting out every step's limit.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$PWD/gpu_check_out}
 B=${B:-build-pack}
 DATA=${DATA:-data-local/fashion-mnist}
 SAN_CAP=${SAN_CAP:-100}  # seconds per compute-sanitizer run
+BUDGET=${BUDGET:-360}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 W=$(mktemp -d /tmp/gpu_check.XXXXXX)  # logs, packed at the end
@@ -28,6 +31,11 @@ row() {
 }
 step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
 t0=$(date +%s)
+# cap SECONDS: SECONDS, or what is left of the budget if less (at least 1).
+cap() {
+  local left=$(( BUDGET - ($(date +%s) - t0) ))
+  [ "$left" -lt "$1" ] && { [ "$left" -gt 1 ] && echo "$left" || echo 1; } || echo "$1"
+}
 finish() {
   echo
   echo "=== summary ($(( $(date +%s) - t0 )) s, $(head -1 "$W/gpu.txt" 2>/dev/null), build $(head -1 "$B/COMMIT" 2>/dev/null))"
@@ -41,22 +49,46 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 with_rt "$B/barecnn" info | tee "$W/info.txt"
 device_env_report || row "libraries" "MISSING (see above)"
 
-step "GPU tests"
+# gtest_row NAME RC: the table row of a finished test executable (its log: $W/NAME.log).
+gtest_row() {
+  local t=$1 rc=$2 passed skipped
+  passed=$(grep -oE '^\[  PASSED  \] [0-9]+' "$W/$t.log" | grep -oE '[0-9]+$')
+  skipped=$(grep -oE '^\[  SKIPPED \] [0-9]+' "$W/$t.log" | grep -oE '[0-9]+$')
+  if [ "$rc" = 124 ]; then
+    row "$t" "TIMEOUT (see $t.log)"
+  elif [ "$rc" != 0 ]; then
+    row "$t" "FAIL rc=$rc (see $t.log)"
+    grep -B2 -A12 "Failure" "$W/$t.log" | head -60
+  elif [ "${passed:-0}" = 0 ]; then
+    row "$t" "NOT RUN: every test skipped (${skipped:-0}); no GPU? see $t.log"
+  else
+    row "$t" "PASS (${passed} passed, ${skipped:-0} skipped)"
+  fi
+}
+
+step "smoke: two small kernels, 60 s"
+timeout 60 "${RT[@]}" "$B/test_gpu_ops" --gtest_brief=1 \
+  --gtest_filter='DataGpu.GatherNormalizeIsExact:OptimGpu.PlainSgdMatchesReference' > "$W/smoke.log" 2>&1
+rc=$?
+tail -5 "$W/smoke.log"
+if [ $rc = 124 ] || ! grep -qE '^\[  PASSED  \] [1-9]' "$W/smoke.log"; then
+  row "smoke (2 small kernels)" "$([ $rc = 124 ] && echo HANG || echo "FAILED or SKIPPED rc=$rc"): the rest cannot run; see smoke.log"
+  [ "${FORCE:-0}" = 1 ] || exit 1  # FORCE=1: go on anyway (to try the script itself without a GPU)
+else
+  row "smoke (2 small kernels)" "ok"
+fi
+
+step "GPU tests (5 executables in parallel, 150 s cap each)"
+declare -A TPIDS
 for t in test_gpu_conv test_gpu_pool test_gpu_ops test_gpu_train test_bench; do
   filter='*'
   [ "$t" = test_bench ] && filter='*Gpu*'
-  if timeout 300 "${RT[@]}" "$B/$t" --gtest_brief=1 --gtest_filter="$filter" > "$W/$t.log" 2>&1; then
-    passed=$(grep -oE '^\[  PASSED  \] [0-9]+' "$W/$t.log" | grep -oE '[0-9]+$')
-    skipped=$(grep -oE '^\[  SKIPPED \] [0-9]+' "$W/$t.log" | grep -oE '[0-9]+$')
-    if [ "${passed:-0}" = 0 ]; then
-      row "$t" "NOT RUN: every test skipped (${skipped:-0}); no GPU? see $t.log"
-    else
-      row "$t" "PASS (${passed} passed, ${skipped:-0} skipped)"
-    fi
-  else
-    row "$t" "FAIL rc=$? (see $t.log)"
-    grep -B2 -A12 "Failure" "$W/$t.log" | head -60
-  fi
+  timeout "$(cap 150)" "${RT[@]}" "$B/$t" --gtest_brief=1 --gtest_filter="$filter" > "$W/$t.log" 2>&1 &
+  TPIDS[$t]=$!
+done
+for t in test_gpu_conv test_gpu_pool test_gpu_ops test_gpu_train test_bench; do
+  wait "${TPIDS[$t]}"
+  gtest_row "$t" $?
 done
 
 step "compute-sanitizer (9 runs in parallel, ${SAN_CAP} s cap each)"
@@ -64,7 +96,7 @@ CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 declare -A PIDS
 for tool in memcheck racecheck initcheck; do
   for t in test_gpu_conv test_gpu_pool test_gpu_ops; do
-    timeout "$SAN_CAP" "${RT[@]}" "$CS" --tool "$tool" --error-exitcode 3 "$B/$t" --gtest_brief=1 \
+    timeout "$(cap "$SAN_CAP")" "${RT[@]}" "$CS" --tool "$tool" --error-exitcode 3 "$B/$t" --gtest_brief=1 \
       > "$W/cs-$tool-$t.log" 2>&1 &
     PIDS["$tool $t"]=$!
   done
@@ -94,7 +126,7 @@ EOF
 }
 train() {  # train() NAME ARGS...: 3 epochs of paper, batch 64, seed 1
   local name=$1; shift
-  timeout 240 "${RT[@]}" "$B/barecnn" train --device cuda --data "$DATA" --arch paper --epochs 3 --out "$W/$name" "$@" \
+  timeout "$(cap 90)" "${RT[@]}" "$B/barecnn" train --device cuda --data "$DATA" --arch paper --epochs 3 --out "$W/$name" "$@" \
     > "$W/train-$name.log" 2>&1 || { echo "train $name failed:"; tail -5 "$W/train-$name.log"; }
 }
 step "training: paper net, 3 epochs, Fashion-MNIST (eager; again; with --cuda-graph on)"
