@@ -134,6 +134,10 @@ TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
     NetState<float> probe;
     net.prepare(probe, 1, Device::CUDA);
     EXPECT_EQ(std::count(probe.fused.begin(), probe.fused.end(), true), k.fused);
+    for (size_t i = 0; i < probe.fused.size(); ++i)  // the ReLU's input and its gradient: not kept
+      if (probe.fused[i]) {
+        EXPECT_EQ(probe.act[i + 1].numel() + probe.dact[i + 1].numel(), 0u) << "layer " << i;
+      }
     StepResult fused = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CUDA);
     StepResult cpu = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CPU);
     net.set_gpu_fusion(false);

@@ -97,11 +97,12 @@ template <typename T>
 void Net::prepare(NetState<T>& st, int N, Device device) const {
   size_t L = layers_.size();
   // Which convs apply their ReLU themselves (decided anew on every call: the flag may change).
-  st.fused.assign(L, false);
+  std::vector<bool> fused(L, false);
   if (std::is_same_v<T, float> && gpu_fusion_)  // (the fused kernels are float)
     for (size_t i = 0; i + 1 < L; ++i)
-      st.fused[i] = layers_[i]->can_fuse_relu(device) && layers_[i + 1]->is_plain_relu();
-  if (st.N == N && st.device == device && st.act.size() == L + 1) return;
+      fused[i] = layers_[i]->can_fuse_relu(device) && layers_[i + 1]->is_plain_relu();
+  if (st.N == N && st.device == device && st.act.size() == L + 1 && st.fused == fused) return;
+  st.fused = fused;
   st.N = N;
   st.device = device;
   st.act.resize(L + 1);
@@ -112,8 +113,10 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   st.dact[0].reset(batch_dims(input_), device);
   size_t ws = 0;
   for (size_t i = 0; i < L; ++i) {
-    st.act[i + 1].reset(batch_dims(layers_[i]->out_dims()), device);
-    st.dact[i + 1].reset(batch_dims(layers_[i]->out_dims()), device);
+    // A fused conv writes the ReLU's output directly: its own output buffers are never used.
+    const Dims out = fused[i] ? Dims{0} : batch_dims(layers_[i]->out_dims());
+    st.act[i + 1].reset(out, device);
+    st.dact[i + 1].reset(out, device);
     if (device == Device::CUDA) ws = std::max(ws, layers_[i]->workspace_floats(N));
     const size_t saved = layers_[i]->saved_ints(N);
     BARECNN_ASSERT(saved <= size_t(INT32_MAX), layers_[i]->label(), ": ", saved, " saved values exceed int32");

@@ -31,7 +31,7 @@ struct NetState {
   Tensor workspace;                  // GPU scratch shared by the layers
   std::vector<TensorI> saved;        // saved[i]: layer i's state from forward (argmax mask), or empty
   // fused[i]: layer i (a conv) applies layer i+1 (a ReLU) itself; act[i+1] and dact[i+1] are then
-  // not written (GPU float only, with Net::set_gpu_fusion(true)).
+  // not used and hold nothing (GPU float only, with Net::set_gpu_fusion(true)).
   std::vector<bool> fused;
 };
 
