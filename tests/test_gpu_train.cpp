@@ -108,7 +108,7 @@ TEST(TrainStepGpu, EveryLossAndPoolingMatchCpu) {
 
 // --fuse on: each conv applies the plain ReLU after it in its own kernels. The fused kernels use
 // the ReLU kernels' own expressions, so logits, loss and every gradient are bitwise those of the
-// separate layers, and the fused run is also checked against the CPU. Nets with a conv followed by
+// separate layers (which the *MatchCpu tests above hold to the CPU). Nets with a conv followed by
 // a ReLU (fused), by a leaky ReLU (not fused), and a conv as the last layer before a flatten.
 TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
   BARECNN_REQUIRE_GPU();
@@ -139,7 +139,6 @@ TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
         EXPECT_EQ(probe.act[i + 1].numel() + probe.dact[i + 1].numel(), 0u) << "layer " << i;
       }
     StepResult fused = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CUDA);
-    StepResult cpu = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CPU);
     net.set_gpu_fusion(false);
     EXPECT_EQ(plain.loss, fused.loss);
     EXPECT_EQ(0, std::memcmp(plain.logits.data(), fused.logits.data(), plain.logits.size() * sizeof(float)));
@@ -147,7 +146,6 @@ TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
     for (auto& e : net.params())
       EXPECT_EQ(0, std::memcmp(plain.grads.data() + e.offset, fused.grads.data() + e.offset, e.numel() * sizeof(float)))
           << "tensor " << e.name;
-    EXPECT_TRUE(test::all_close(cpu.grads, fused.grads, 1e-5, 1e-3));
   }
 }
 
