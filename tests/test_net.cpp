@@ -194,3 +194,34 @@ TEST(Net, GpuFusionFlagLeavesTheCpuAlone) {
   EXPECT_EQ(fused_on, st.act.back().to_host());
   EXPECT_NE(st.act[1].to_host(), st.act[2].to_host());  // the ReLU's input and output both written
 }
+
+// flatten is a view: the dense layer after it reads the conv's buffers (nothing is copied and the
+// flatten's own buffers stay empty); as the last layer it still writes the logits.
+TEST(Net, FlattenIsAViewExceptAsTheLastLayer) {
+  Net mid("conv(2,3) relu dense(3)", {1, 5, 5});  // conv relu flatten dense
+  ASSERT_EQ(mid.num_layers(), 4);
+  ASSERT_EQ(mid.layer(2).spec(), "flatten");
+  NetState<double> st;
+  mid.prepare(st, 2, Device::CPU);
+  EXPECT_EQ(st.act[3].numel() + st.dact[3].numel(), 0u);
+  LayerCall<double> c = mid.layer_call<double>(st, 3, nullptr, nullptr, nullptr, false);
+  EXPECT_EQ(c.in, st.act[2].data());    // the relu's output, read as (N, 2*3*3)
+  EXPECT_EQ(c.din, st.dact[2].data());  // and its gradient written there
+  EXPECT_TRUE(passes(opts("conv(2,3) relu dense(3)", {1, 5, 5})));
+
+  Net last("conv(2,3) flatten", {1, 5, 5});
+  std::vector<double> p(last.num_params());
+  auto pv = test::random_vec(p.size(), 41);
+  std::copy(pv.begin(), pv.end(), p.begin());
+  NetState<double> s2;
+  last.prepare(s2, 2, Device::CPU);
+  auto x = test::random_vec(s2.act[0].numel(), 42);
+  std::copy(x.begin(), x.end(), s2.act[0].data());
+  last.forward(s2, p.data(), nullptr);
+  EXPECT_EQ(s2.act[2].to_host(), s2.act[1].to_host());  // the logits: the conv's output, copied
+  auto g = test::random_vec(s2.dact[2].numel(), 43);
+  std::copy(g.begin(), g.end(), s2.dact[2].data());
+  std::vector<double> grads(last.num_params());
+  last.backward(s2, p.data(), grads.data(), nullptr, true);
+  EXPECT_EQ(s2.dact[1].to_host(), s2.dact[2].to_host());
+}

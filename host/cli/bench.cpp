@@ -112,6 +112,7 @@ struct PhaseFigures {  // one direction (forward or backward) of one layer
 struct LayerFigures {
   int index = 0;
   std::string spec;
+  std::string note;  // "a view" (flatten: no work), "+ relu" / "in the conv" (--fuse on)
   Dims out;  // one sample's output dims
   PhaseFigures fwd, bwd;
 };
@@ -172,7 +173,8 @@ void print_report(const BenchReport& r) {
               pk ? "bwd GFLOP/s (peak)" : "bwd GFLOP/s", w, pk ? "bwd GB/s (peak)" : "bwd GB/s");
   double fwd_ms = 0, bwd_ms = 0;
   for (const LayerFigures& l : r.layers) {
-    std::printf("  %-5d %-22s %9.4f %9.4f  %*s %*s  %*s %*s\n", l.index, l.spec.c_str(), l.fwd.ms, l.bwd.ms, w,
+    const std::string spec = l.note.empty() ? l.spec : l.spec + " (" + l.note + ")";
+    std::printf("  %-5d %-22s %9.4f %9.4f  %*s %*s  %*s %*s\n", l.index, spec.c_str(), l.fwd.ms, l.bwd.ms, w,
                 rate_cell(rate(l.fwd.flops, l.fwd.ms), 1e9, r.peak_flops).c_str(), w,
                 rate_cell(rate(l.fwd.bytes, l.fwd.ms), 1e9, r.peak_bytes_per_s).c_str(), w,
                 rate_cell(rate(l.bwd.flops, l.bwd.ms), 1e9, r.peak_flops).c_str(), w,
@@ -217,6 +219,7 @@ nlohmann::ordered_json report_json(const BenchReport& r) {
   for (const LayerFigures& l : r.layers) {
     layers.push_back({{"index", l.index},
                       {"spec", l.spec},
+                      {"note", l.note},
                       {"output", dims_str(l.out)},
                       {"forward", phase_json(l.fwd, r)},
                       {"backward", phase_json(l.bwd, r)}});
@@ -322,14 +325,19 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     f.spec = net.layer(i).spec();
     f.out = net.layer(i).out_dims();
     if (i > 0 && net.layer_call(st, i - 1, params.data(), grads.data(), gpu.get(), false).fuse_relu) {
-      f.spec += " (in the conv)";  // --fuse on: the conv before it ran it, and is timed with it
+      f.note = "in the conv";  // --fuse on: the conv before it ran it, and is timed with it
+      rep.layers.push_back(f);
+      continue;
+    }
+    if (net.layer(i).is_view() && i + 1 < L) {
+      f.note = "a view";  // no work: the next layer reads this one's input
       rep.layers.push_back(f);
       continue;
     }
     LayerFlops fl = layer_flops(net.layer(i), batch, need_din);
     LayerBytes by = layer_min_bytes(net.layer(i), batch, need_din);
     if (c.fuse_relu) {  // --fuse on: this conv also does the ReLU after it (whose row shows 0 ms)
-      f.spec += " + relu";
+      f.note = "+ relu";
       const double outs = double(batch) * double(dims_numel(net.layer(i).out_dims()));
       fl.forward += outs;                              // one max per output
       by.backward += 4.0 * outs * (need_din ? 2 : 1);  // each gradient kernel reads the ReLU output

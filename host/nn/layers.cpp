@@ -316,12 +316,14 @@ class SoftmaxLayer final : public Layer {
   }
 };
 
-// ---- flatten: (C, H, W) -> (C*H*W), a copy ------------------------------------------------------
+// ---- flatten: (C, H, W) -> (C*H*W), a view (a copy only as the last layer) -------------------------
 class Flatten final : public Layer {
  public:
   Flatten(int index, const Dims& in) : Layer(index, in) { out_ = {int(dims_numel(in))}; }
   std::string spec() const override { return "flatten"; }
   std::string torch_module() const override { return "nn.Flatten()"; }
+  // NCHW is already the flat (N, C*H*W) layout: the net passes the input on (Net::layer_call).
+  bool is_view() const override { return true; }
   BARECNN_LAYER_DISPATCH
 
  private:

@@ -113,8 +113,9 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   st.dact[0].reset(batch_dims(input_), device);
   size_t ws = 0;
   for (size_t i = 0; i < L; ++i) {
-    // A fused conv writes the ReLU's output directly: its own output buffers are never used.
-    const Dims out = fused[i] ? Dims{0} : batch_dims(layers_[i]->out_dims());
+    // A fused conv writes the ReLU's output directly, and a view (flatten) passes its input on:
+    // their own output buffers are never used.
+    const Dims out = fused[i] || skipped_view(i) ? Dims{0} : batch_dims(layers_[i]->out_dims());
     st.act[i + 1].reset(out, device);
     st.dact[i + 1].reset(out, device);
     if (device == Device::CUDA) ws = std::max(ws, layers_[i]->workspace_floats(N));
@@ -135,17 +136,25 @@ bool fused_at(const NetState<T>& st, size_t i) {
 }
 }  // namespace
 
+bool Net::skipped_view(size_t i) const { return i + 1 < layers_.size() && layers_[i]->is_view(); }
+
+size_t Net::input_slot(size_t i) const {
+  while (i > 0 && skipped_view(i - 1)) --i;
+  return i;
+}
+
 template <typename T>
 LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, const GpuContext* gpu,
                              bool need_input_grad) const {
   LayerCall<T> c;
   c.device = st.device;
   c.N = st.N;
-  c.in = st.act[i].data();
+  const size_t src = input_slot(size_t(i));  // past any flatten before it
+  c.in = st.act[src].data();
   c.out = st.act[i + 1].data();
   c.dout = st.dact[i + 1].data();
   // Nothing needs the gradient w.r.t. the input images: the first layer skips it.
-  c.din = (i > 0 || need_input_grad) ? st.dact[i].data() : nullptr;
+  c.din = (src > 0 || need_input_grad) ? st.dact[src].data() : nullptr;
   c.param = params + layer_offset_[i];
   c.dparam = grads ? grads + layer_offset_[i] : nullptr;
   c.gpu = gpu;
@@ -163,7 +172,7 @@ LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, 
 template <typename T>
 void Net::forward(NetState<T>& st, const T* params, const GpuContext* gpu) {
   for (size_t i = 0; i < layers_.size(); ++i) {
-    if (i > 0 && fused_at(st, i - 1)) continue;  // done by the conv before it
+    if ((i > 0 && fused_at(st, i - 1)) || skipped_view(i)) continue;  // done by the conv before it / a view
     NvtxScope range(layers_[i]->label() + (fused_at(st, i) ? " + relu forward" : " forward"));
     layers_[i]->forward(layer_call<T>(st, int(i), params, nullptr, gpu, false));
   }
@@ -172,7 +181,7 @@ void Net::forward(NetState<T>& st, const T* params, const GpuContext* gpu) {
 template <typename T>
 void Net::backward(NetState<T>& st, const T* params, T* grads, const GpuContext* gpu, bool need_input_grad) {
   for (size_t i = layers_.size(); i-- > 0;) {
-    if (i > 0 && fused_at(st, i - 1)) continue;  // done by the conv before it
+    if ((i > 0 && fused_at(st, i - 1)) || skipped_view(i)) continue;  // done by the conv before it / a view
     NvtxScope range(layers_[i]->label() + (fused_at(st, i) ? " + relu backward" : " backward"));
     layers_[i]->backward(layer_call<T>(st, int(i), params, grads, gpu, need_input_grad));
   }
@@ -188,8 +197,9 @@ std::string Net::first_nonfinite(const NetState<float>& st) const {
   if (st.act.empty()) return "";
   if (size_t n = count_nonfinite(st.act[0].to_host()))
     return fmt("the input batch has ", n, " non-finite values");
-  // A conv fused with its ReLU (st.fused) does not write the ReLU's input nor its input gradient.
-  auto unwritten = [&st](size_t i) { return fused_at(st, i); };
+  // A conv fused with its ReLU (st.fused) does not write the ReLU's input nor its input gradient,
+  // and a view (flatten) writes nothing: the layer after it uses its input's buffers.
+  auto unwritten = [this, &st](size_t i) { return fused_at(st, i) || skipped_view(i); };
   for (size_t i = 0; i < layers_.size(); ++i)
     if (unwritten(i)) continue;
     else if (size_t n = count_nonfinite(st.act[i + 1].to_host()))

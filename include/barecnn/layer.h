@@ -65,6 +65,9 @@ class Layer {
   // Is the layer a ReLU-family activation (for the init rule)? Is it a nonlinearity at all?
   virtual bool is_relu_like() const { return false; }
   virtual bool is_activation() const { return false; }
+  // Is the output the input's memory read with other dims (flatten)? Then the net hands the input
+  // on to the next layer instead of running this one (except as the last layer).
+  virtual bool is_view() const { return false; }
   // Can this layer apply a following plain ReLU in its own kernels on `device` (the GPU conv)?
   virtual bool can_fuse_relu(Device device) const { return false; }
   virtual bool is_plain_relu() const { return false; }

@@ -98,6 +98,10 @@ class Net {
   std::vector<size_t> layer_offset_;  // start of each layer's slice in the flat buffer
   size_t num_params_ = 0;
   bool gpu_fusion_ = false;
+  // Layer i is a view (flatten) that is not the last layer: it does not run, and act[i+1] /
+  // dact[i+1] hold nothing; input_slot(j) is the act index layer j reads (past such views).
+  bool skipped_view(size_t i) const;
+  size_t input_slot(size_t i) const;
 };
 
 }  // namespace barecnn
