@@ -170,6 +170,17 @@ class GpuTrain : public ::testing::Test {
     c.quiet = true;
     return c;
   }
+  // Continues the run in `part` to 2 epochs on the GPU, as `train --resume part` does.
+  static TrainConfig resume_of(const std::string& part, bool cuda_graph) {
+    TrainConfig c;
+    c.resume = part;
+    c.out = "";
+    c.epochs = 2;
+    c.device = "cuda";
+    c.quiet = true;
+    c.cuda_graph = cuda_graph;
+    return c;
+  }
   static std::string data_;
 };
 std::string GpuTrain::data_;
@@ -203,13 +214,7 @@ TEST_F(GpuTrain, LearnsAndResumesBitwise) {
   cp.out = part;
   cp.stop_after_steps = 47;  // epoch 2 (37 steps each), last checkpoint at step 40
   EXPECT_THROW(train(cp), Error);
-  TrainConfig cr;
-  cr.resume = part;
-  cr.out = "";
-  cr.epochs = 2;
-  cr.device = "cuda";
-  cr.quiet = true;
-  train(cr);
+  train(resume_of(part, false));
   EXPECT_EQ(read_file(full + "/model.safetensors", "a"), read_file(part + "/model.safetensors", "b"));
 }
 
@@ -248,14 +253,7 @@ TEST_F(GpuTrain, CudaGraphGivesTheEagerWeightsBitwise) {
   cp.checkpoint_every = 10;
   cp.stop_after_steps = 47;
   EXPECT_THROW(train(cp), Error);
-  TrainConfig cr;
-  cr.resume = part;
-  cr.out = "";
-  cr.epochs = 2;
-  cr.device = "cuda";
-  cr.quiet = true;
-  cr.cuda_graph = true;
-  train(cr);
+  train(resume_of(part, true));
   EXPECT_EQ(read_file(eager_sgd + "/model.safetensors", "eager"), read_file(part + "/model.safetensors", "resumed"));
 }
 
