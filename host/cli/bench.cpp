@@ -324,7 +324,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     f.index = i;
     f.spec = net.layer(i).spec();
     f.out = net.layer(i).out_dims();
-    if (i > 0 && net.layer_call(st, i - 1, params.data(), grads.data(), gpu.get(), false).fuse_relu) {
+    if (i > 0 && st.fused[i - 1]) {
       f.note = "in the conv";  // --fuse on: the conv before it ran it, and is timed with it
       rep.layers.push_back(f);
       continue;
