@@ -129,10 +129,10 @@ void activation_forward(float* out, const float* inp, long long n, Activation a,
   BARECNN_ASSERT(out != nullptr && inp != nullptr, "activation_forward: null pointer");
   if (n % 4 == 0 && aligned16(out) && aligned16(inp)) {
     const long long n4 = n / 4;
-    activation_forward_vec4_kernel<<<grid_for(n4, kElementwiseBlock), kElementwiseBlock, 0, stream>>>(
+    BARECNN_LAUNCH(activation_forward_vec4_kernel, grid_for(n4, kElementwiseBlock), kElementwiseBlock, 0, stream,
         reinterpret_cast<float4*>(out), reinterpret_cast<const float4*>(inp), n4, a.kind, a.alpha);
   } else {
-    activation_forward_kernel<<<grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream>>>(
+    BARECNN_LAUNCH(activation_forward_kernel, grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream,
         out, inp, n, a.kind, a.alpha);
   }
   CUDA_CHECK_LAUNCH("activation_forward", fmt("act=", static_cast<int>(a.kind), " alpha=", a.alpha, " n=", n));
@@ -149,11 +149,11 @@ void activation_backward(float* dinp, const float* dout, const float* inp, const
                  "activation_backward: dout, inp and out are all needed");
   if (n % 4 == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(out)) {
     const long long n4 = n / 4;
-    activation_backward_vec4_kernel<<<grid_for(n4, kElementwiseBlock), kElementwiseBlock, 0, stream>>>(
+    BARECNN_LAUNCH(activation_backward_vec4_kernel, grid_for(n4, kElementwiseBlock), kElementwiseBlock, 0, stream,
         reinterpret_cast<float4*>(dinp), reinterpret_cast<const float4*>(dout),
         reinterpret_cast<const float4*>(inp), reinterpret_cast<const float4*>(out), n4, a.kind, a.alpha);
   } else {
-    activation_backward_kernel<<<grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream>>>(
+    BARECNN_LAUNCH(activation_backward_kernel, grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream,
         dinp, dout, inp, out, n, a.kind, a.alpha);
   }
   CUDA_CHECK_LAUNCH("activation_backward", fmt("act=", static_cast<int>(a.kind), " alpha=", a.alpha, " n=", n));
@@ -166,7 +166,7 @@ void softmax_forward(float* out, const float* inp, int N, int K, cudaStream_t st
   if (N == 0) return;
   BARECNN_ASSERT(out != nullptr && inp != nullptr, "softmax_forward: null pointer");
   const unsigned grid = ceil_div((unsigned)N, (unsigned)kSoftmaxRowsPerBlock);
-  softmax_forward_kernel<<<grid, kSoftmaxBlock, 0, stream>>>(out, inp, N, K);
+  BARECNN_LAUNCH(softmax_forward_kernel, grid, kSoftmaxBlock, 0, stream, out, inp, N, K);
   CUDA_CHECK_LAUNCH("softmax_forward", fmt("N=", N, " K=", K));
 }
 
@@ -178,7 +178,7 @@ void softmax_backward(float* dinp, const float* dout, const float* out, int N, i
   if (N == 0) return;
   BARECNN_ASSERT(dout != nullptr && out != nullptr, "softmax_backward: null pointer");
   const unsigned grid = ceil_div((unsigned)N, (unsigned)kSoftmaxRowsPerBlock);
-  softmax_backward_kernel<<<grid, kSoftmaxBlock, 0, stream>>>(dinp, dout, out, N, K);
+  BARECNN_LAUNCH(softmax_backward_kernel, grid, kSoftmaxBlock, 0, stream, dinp, dout, out, N, K);
   CUDA_CHECK_LAUNCH("softmax_backward", fmt("N=", N, " K=", K));
 }
 

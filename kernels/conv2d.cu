@@ -140,7 +140,7 @@ template <int TILE, int KB, bool FUSE_RELU>
 __global__ void __launch_bounds__(TILE * TILE)
     conv2d_forward_tiled_kernel(float* out, const float* inp, const float* weight, const float* bias,
                                 Conv2dShape s) {
-  extern __shared__ float smem[];
+  BARECNN_DYNAMIC_SHARED(float, smem);
   const int span_h = fwd_span(TILE, s.kh, s.sh), span_w = fwd_span(TILE, s.kw, s.sw);
   const int taps = s.kh * s.kw;
   float* s_in = smem;                   // (span_h, span_w)
@@ -204,7 +204,7 @@ template <int TILE, int KB, bool FUSE_RELU>
 __global__ void __launch_bounds__(TILE * TILE)
     conv2d_forward_c1_kernel(float* out, const float* inp, const float* weight, const float* bias,
                              Conv2dShape s) {
-  extern __shared__ float smem[];
+  BARECNN_DYNAMIC_SHARED(float, smem);
   const int span_h = fwd_span(TILE, s.kh, s.sh), span_w = fwd_span(TILE, s.kw, s.sw);
   const int taps = s.kh * s.kw;
   const int groups = (s.K + KB - 1) / KB;
@@ -308,7 +308,7 @@ template <int TILE, int CB, bool FUSE_RELU>
 __global__ void __launch_bounds__(TILE * TILE)
     conv2d_backward_input_tiled_kernel(float* dinp, const float* dout, const float* relu_out, const float* weight,
                                        Conv2dShape s) {
-  extern __shared__ float smem[];
+  BARECNN_DYNAMIC_SHARED(float, smem);
   const int span_h = bwd_span(TILE, s.kh, s.sh), span_w = bwd_span(TILE, s.kw, s.sw);
   const int taps = s.kh * s.kw;
   float* s_dout = smem;                   // (span_h, span_w)
@@ -550,7 +550,7 @@ bool launch_forward_fast(float* out, const float* inp, const float* weight, cons
     const size_t smem = (in_tile + size_t(ceil_div(s.K, KB)) * KB * taps) * sizeof(float);
     if (smem <= kMaxSmemBytes) {
       const dim3 grid(unsigned(tiles), 1, unsigned(s.N));
-      conv2d_forward_c1_kernel<TILE, KB, FUSE_RELU><<<grid, block, smem, stream>>>(out, inp, weight, bias, s);
+      BARECNN_LAUNCH((conv2d_forward_c1_kernel<TILE, KB, FUSE_RELU>), grid, block, smem, stream, out, inp, weight, bias, s);
       CUDA_CHECK_LAUNCH("conv2d_forward (tiled, C=1)", s.str());
       return true;
     }
@@ -559,7 +559,7 @@ bool launch_forward_fast(float* out, const float* inp, const float* weight, cons
   const size_t smem = (in_tile + size_t(KB) * taps) * sizeof(float);
   if (smem > kMaxSmemBytes || groups > kMaxGridYZ) return false;
   const dim3 grid(unsigned(tiles), unsigned(groups), unsigned(s.N));
-  conv2d_forward_tiled_kernel<TILE, KB, FUSE_RELU><<<grid, block, smem, stream>>>(out, inp, weight, bias, s);
+  BARECNN_LAUNCH((conv2d_forward_tiled_kernel<TILE, KB, FUSE_RELU>), grid, block, smem, stream, out, inp, weight, bias, s);
   CUDA_CHECK_LAUNCH("conv2d_forward (tiled)", s.str());
   return true;
 }
@@ -575,7 +575,7 @@ bool launch_backward_input_fast(float* dinp, const float* dout, const float* rel
   const size_t smem = (span + size_t(CB) * s.kh * s.kw) * sizeof(float);
   if (s.N > kMaxGridYZ || groups > kMaxGridYZ || tiles > INT_MAX || smem > kMaxSmemBytes) return false;
   const dim3 grid(unsigned(tiles), unsigned(groups), unsigned(s.N)), block(TILE, TILE);
-  conv2d_backward_input_tiled_kernel<TILE, CB, FUSE_RELU><<<grid, block, smem, stream>>>(dinp, dout, relu_out,
+  BARECNN_LAUNCH((conv2d_backward_input_tiled_kernel<TILE, CB, FUSE_RELU>), grid, block, smem, stream, dinp, dout, relu_out,
                                                                                          weight, s);
   CUDA_CHECK_LAUNCH("conv2d_backward_input (tiled)", s.str());
   return true;
@@ -610,7 +610,7 @@ void conv2d_forward_impl(float* out, const float* inp, const float* weight, cons
     if (launched) return;
   }
   const long long total = s.out_numel();
-  conv2d_forward_simple_kernel<FUSE_RELU><<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(
+  BARECNN_LAUNCH((conv2d_forward_simple_kernel<FUSE_RELU>), grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
       out, inp, weight, bias, s, total);
   CUDA_CHECK_LAUNCH("conv2d_forward (simple)", s.str());
 }
@@ -625,7 +625,7 @@ void conv2d_backward_input_impl(float* dinp, const float* dout, const float* rel
     if (launched) return;
   }
   const long long total = s.in_numel();
-  conv2d_backward_input_simple_kernel<FUSE_RELU><<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(
+  BARECNN_LAUNCH((conv2d_backward_input_simple_kernel<FUSE_RELU>), grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
       dinp, dout, relu_out, weight, s, total);
   CUDA_CHECK_LAUNCH("conv2d_backward_input (simple)", s.str());
 }
@@ -644,16 +644,16 @@ void conv2d_backward_weight_impl(float* dweight, float* dbias, const float* dout
     float* wpart = workspace;                                        // (P, K, C, kh, kw)
     float* bpart = dbias ? workspace + (long long)P * wn : nullptr;  // (P, K)
     const dim3 grid(unsigned((long long)s.K * s.C), unsigned(P));
-    conv2d_backward_weight_partial_kernel<FUSE_RELU><<<grid, kWgradBlock, 0, stream>>>(wpart, bpart, dout, relu_out,
+    BARECNN_LAUNCH((conv2d_backward_weight_partial_kernel<FUSE_RELU>), grid, kWgradBlock, 0, stream, wpart, bpart, dout, relu_out,
                                                                                        inp, s, chunk);
     CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 1: partial sums)", s.str());
     // Stage 2 sums partials that already carry the mask: the same kernel with or without it.
-    conv2d_backward_weight_reduce_kernel<<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(
+    BARECNN_LAUNCH(conv2d_backward_weight_reduce_kernel, grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
         dweight, dbias, wpart, bpart, wn, s.K, P, total);
     CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 2: sum of partials)", s.str());
     return;
   }
-  conv2d_backward_weight_simple_kernel<FUSE_RELU><<<grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream>>>(
+  BARECNN_LAUNCH((conv2d_backward_weight_simple_kernel<FUSE_RELU>), grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
       dweight, dbias, dout, relu_out, inp, s, wn, total);
   CUDA_CHECK_LAUNCH("conv2d_backward_weight (simple)", s.str());
 }

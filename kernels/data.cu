@@ -3,6 +3,9 @@
 // CPU references: host/reference/data.cpp (gather_normalize) and host/core/rng.cpp
 // (ref::epoch_permutation). Thrust is used in this file only.
 #include <thrust/execution_policy.h>
+#ifdef BARECNN_EMU
+#include <thrust/system/cpp/execution_policy.h>
+#endif
 #include <thrust/sequence.h>
 #include <thrust/sort.h>
 #include <thrust/system_error.h>
@@ -69,7 +72,7 @@ void launch_gather_normalize(float* out, int32_t* out_labels, const uint8_t* ima
   BARECNN_ASSERT(P >= 1, "gather_normalize: images of ", P, " pixels");
   BARECNN_ASSERT(out != nullptr && images != nullptr && idx != nullptr, "gather_normalize: null pointer");
   const long long total = (long long)B * P;
-  gather_normalize_kernel<<<grid_for(total, kGatherBlock), kGatherBlock, 0, stream>>>(
+  BARECNN_LAUNCH(gather_normalize_kernel, grid_for(total, kGatherBlock), kGatherBlock, 0, stream,
       out, out_labels, images, labels, idx, batch, B, P, mean, std);
   CUDA_CHECK_LAUNCH("gather_normalize", fmt("B=", B, " P=", P));
 }
@@ -99,14 +102,20 @@ void epoch_permutation(int32_t* idx, int n, uint64_t seed, long long epoch, cuda
   if (n == 0) return;
   BARECNN_ASSERT(idx != nullptr, "epoch_permutation: idx is null");
   DeviceBuffer<uint64_t> keys(size_t(n), "epoch permutation keys");  // (n)
-  permutation_keys_kernel<<<grid_for(n, kKeyBlock), kKeyBlock, 0, stream>>>(keys.data(), n, seed, epoch);
+  BARECNN_LAUNCH(permutation_keys_kernel, grid_for(n, kKeyBlock), kKeyBlock, 0, stream, keys.data(), n, seed, epoch);
   CUDA_CHECK_LAUNCH("epoch_permutation (keys)", fmt("n=", n));
   try {
     // idx = 0..n-1, then a stable sort by key: equal keys keep ascending i, which is exactly the
     // reference's (key, i) order. Thrust's sort returns only once `stream` has finished it, so
     // `keys` may be freed when this function returns. Runs once per epoch, outside the captured
     // training step (it allocates).
+#ifdef BARECNN_EMU
+    // The emulator's device memory is host memory: Thrust's own CPU (cpp) backend sorts it, in
+    // order, which is what stream order asks for (the emulator runs every stream synchronously).
+    auto policy = thrust::cpp::par;
+#else
     auto policy = thrust::cuda::par.on(stream);
+#endif
     thrust::sequence(policy, idx, idx + n, int32_t(0));
     thrust::stable_sort_by_key(policy, keys.data(), keys.data() + n, idx);
   } catch (const thrust::system_error& e) {

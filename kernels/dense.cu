@@ -57,7 +57,7 @@ __global__ void dbias_kernel(float* dbias, const float* dout, int N, int OUT) {
   partial[threadIdx.x] = sum;
   __syncthreads();
   for (int half = kDbiasBlock / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    if (int(threadIdx.x) < half) partial[threadIdx.x] += partial[threadIdx.x + half];
     __syncthreads();
   }
   if (threadIdx.x == 0) dbias[o] = partial[0];
@@ -79,7 +79,7 @@ void dense_forward(float* out, const float* inp, const float* weight, const floa
   gemm_row_major(handle, false, true, N, OUT, IN, inp, IN, weight, IN, out, OUT);
   if (bias) {
     const long long total = (long long)N * OUT;
-    bias_add_kernel<<<grid_for(total, kBiasBlock), kBiasBlock, 0, stream>>>(out, bias, total, OUT);
+    BARECNN_LAUNCH(bias_add_kernel, grid_for(total, kBiasBlock), kBiasBlock, 0, stream, out, bias, total, OUT);
     CUDA_CHECK_LAUNCH("dense_forward (bias)", fmt("N=", N, " IN=", IN, " OUT=", OUT));
   }
 }
@@ -116,7 +116,7 @@ void dense_backward_weight(float* dweight, float* dbias, const float* dout, cons
   // dweight (OUT, IN) = dout^T (OUT, N) * inp (N, IN); dout is stored (N, OUT), hence transA
   gemm_row_major(handle, true, false, OUT, IN, N, dout, OUT, inp, IN, dweight, IN);
   if (dbias) {
-    dbias_kernel<<<OUT, kDbiasBlock, 0, stream>>>(dbias, dout, N, OUT);
+    BARECNN_LAUNCH(dbias_kernel, OUT, kDbiasBlock, 0, stream, dbias, dout, N, OUT);
     CUDA_CHECK_LAUNCH("dense_backward_weight (dbias)", fmt("N=", N, " IN=", IN, " OUT=", OUT));
   }
 }

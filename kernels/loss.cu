@@ -171,7 +171,7 @@ __global__ void accumulate_metrics_kernel(double* acc, const float* loss, const 
   correct_part[threadIdx.x] = cs;
   __syncthreads();
   for (int half = kMetricsBlock / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) {
+    if (int(threadIdx.x) < half) {
       loss_part[threadIdx.x] += loss_part[threadIdx.x + half];
       correct_part[threadIdx.x] += correct_part[threadIdx.x + half];
     }
@@ -202,7 +202,7 @@ void loss_forward_backward(float* loss, float* dlogits, int32_t* correct, const 
   if (N == 0) return;
   BARECNN_ASSERT(loss != nullptr && logits != nullptr && labels != nullptr, "loss_forward_backward: null pointer");
   const unsigned grid = ceil_div((unsigned)N, (unsigned)kLossRowsPerBlock);
-  loss_forward_backward_kernel<<<grid, kLossBlock, 0, stream>>>(loss, dlogits, correct, logits, labels, N, K,
+  BARECNN_LAUNCH(loss_forward_backward_kernel, grid, kLossBlock, 0, stream, loss, dlogits, correct, logits, labels, N, K,
                                                                 kind, grad_scale);
   CUDA_CHECK_LAUNCH("loss_forward_backward", fmt("N=", N, " K=", K, " loss=", static_cast<int>(kind)));
 }
@@ -213,7 +213,7 @@ void accumulate_metrics(double* acc, const float* loss, const int32_t* correct, 
   BARECNN_ASSERT(N >= 0, "accumulate_metrics: N = ", N);
   if (N == 0) return;
   BARECNN_ASSERT(acc != nullptr && loss != nullptr && correct != nullptr, "accumulate_metrics: null pointer");
-  accumulate_metrics_kernel<<<1, kMetricsBlock, 0, stream>>>(acc, loss, correct, N);
+  BARECNN_LAUNCH(accumulate_metrics_kernel, 1, kMetricsBlock, 0, stream, acc, loss, correct, N);
   CUDA_CHECK_LAUNCH("accumulate_metrics", fmt("N=", N));
 }
 

@@ -121,7 +121,7 @@ double fma_peak() {
   DeviceBuffer<float> out(size_t(grid) * kPeakBlock, "peak FMA output");  // (grid * 256)
   const float b = 1e-4f, a = 1.f - b;
   double s = best_seconds([&] {
-    fma_peak_kernel<<<grid, kPeakBlock>>>(out.data(), a, b, kFmaIters);
+    BARECNN_LAUNCH(fma_peak_kernel, grid, kPeakBlock, 0, 0, out.data(), a, b, kFmaIters);
     CUDA_CHECK_LAUNCH("fma_peak_kernel", fmt("grid ", grid, " x ", kPeakBlock, ", ", kFmaIters, " iterations"));
   });
   double flops = 2.0 * kFmaChains * double(kFmaIters) * double(grid) * kPeakBlock;
@@ -142,7 +142,7 @@ double bandwidth_peak() {
   src.memset_zero();  // pages touched, contents defined
   const int grid = filling_grid(copy_peak_kernel);
   double s = best_seconds([&] {
-    copy_peak_kernel<<<grid, kPeakBlock>>>(dst.data(), src.data(), n4);
+    BARECNN_LAUNCH(copy_peak_kernel, grid, kPeakBlock, 0, 0, dst.data(), src.data(), n4);
     CUDA_CHECK_LAUNCH("copy_peak_kernel", fmt(n4, " float4"));
   });
   return 2.0 * double(bytes) / s;  // each byte read once and written once

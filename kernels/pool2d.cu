@@ -185,7 +185,7 @@ void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2d
   if (total == 0) return;
   BARECNN_ASSERT(out != nullptr && mask != nullptr && inp != nullptr, "maxpool2d_forward: null pointer for ",
                  s.str());
-  maxpool2d_forward_kernel<<<grid_for(total, kPoolBlock), kPoolBlock, 0, stream>>>(out, mask, inp, s, total);
+  BARECNN_LAUNCH(maxpool2d_forward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, out, mask, inp, s, total);
   CUDA_CHECK_LAUNCH("maxpool2d_forward", s.str());
 }
 
@@ -197,7 +197,7 @@ void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, con
   const long long total = s.in_numel();
   if (dinp == nullptr || total == 0) return;  // null gradient: not needed
   BARECNN_ASSERT(dout != nullptr && mask != nullptr, "maxpool2d_backward: null pointer for ", s.str());
-  maxpool2d_backward_kernel<<<grid_for(total, kPoolBlock), kPoolBlock, 0, stream>>>(dinp, dout, mask, s, total);
+  BARECNN_LAUNCH(maxpool2d_backward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, dinp, dout, mask, s, total);
   CUDA_CHECK_LAUNCH("maxpool2d_backward", s.str());
 }
 
@@ -208,7 +208,7 @@ void avgpool2d_forward(float* out, const float* inp, const Pool2dShape& s, cudaS
   const long long total = s.out_numel();
   if (total == 0) return;
   BARECNN_ASSERT(out != nullptr && inp != nullptr, "avgpool2d_forward: null pointer for ", s.str());
-  avgpool2d_forward_kernel<<<grid_for(total, kPoolBlock), kPoolBlock, 0, stream>>>(out, inp, s, total);
+  BARECNN_LAUNCH(avgpool2d_forward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, out, inp, s, total);
   CUDA_CHECK_LAUNCH("avgpool2d_forward", s.str());
 }
 
@@ -219,7 +219,7 @@ void avgpool2d_backward(float* dinp, const float* dout, const Pool2dShape& s, cu
   const long long total = s.in_numel();
   if (dinp == nullptr || total == 0) return;
   BARECNN_ASSERT(dout != nullptr, "avgpool2d_backward: null pointer for ", s.str());
-  avgpool2d_backward_kernel<<<grid_for(total, kPoolBlock), kPoolBlock, 0, stream>>>(dinp, dout, s, total);
+  BARECNN_LAUNCH(avgpool2d_backward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, dinp, dout, s, total);
   CUDA_CHECK_LAUNCH("avgpool2d_backward", s.str());
 }
 
@@ -230,7 +230,7 @@ void l2pool2d_forward(float* out, const float* inp, const Pool2dShape& s, cudaSt
   const long long total = s.out_numel();
   if (total == 0) return;
   BARECNN_ASSERT(out != nullptr && inp != nullptr, "l2pool2d_forward: null pointer for ", s.str());
-  l2pool2d_forward_kernel<<<grid_for(total, kPoolBlock), kPoolBlock, 0, stream>>>(out, inp, s, total);
+  BARECNN_LAUNCH(l2pool2d_forward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, out, inp, s, total);
   CUDA_CHECK_LAUNCH("l2pool2d_forward", s.str());
 }
 
@@ -243,7 +243,7 @@ void l2pool2d_backward(float* dinp, const float* dout, const float* inp, const f
   if (dinp == nullptr || total == 0) return;
   BARECNN_ASSERT(dout != nullptr && inp != nullptr && out != nullptr, "l2pool2d_backward: null pointer for ",
                  s.str());
-  l2pool2d_backward_kernel<<<grid_for(total, kPoolBlock), kPoolBlock, 0, stream>>>(dinp, dout, inp, out, s, total);
+  BARECNN_LAUNCH(l2pool2d_backward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, dinp, dout, inp, out, s, total);
   CUDA_CHECK_LAUNCH("l2pool2d_backward", s.str());
 }
 
