@@ -285,6 +285,8 @@ TEST(DeviceMemoryGpu, CountsEveryBufferExactly) {
 // A kernel whose work the compiler dropped, or a miscounted FLOP or byte, lands above the bound.
 TEST(PeakGpu, MeasuredPeaksArePlausibleAndCached) {
   BARECNN_REQUIRE_GPU();
+  if (gpu_status().emulated)
+    GTEST_SKIP() << "needs a real GPU's speed: the CUDA emulator runs the peak kernels on the CPU";
   int dev = 0, sms = 0, clock_khz = 0, mem_khz = 0, bus_bits = 0;
   ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
@@ -322,19 +324,31 @@ TEST(BenchCliGpu, JsonHasPeaksFractionsAndPeakMemory) {
   EXPECT_EQ(j["device"], "cuda");
   ASSERT_TRUE(j["peaks"].is_object()) << j.dump(2);
   double pf = j["peaks"]["fp32_flops_per_s"].get<double>(), pb = j["peaks"]["bytes_per_s"].get<double>();
-  EXPECT_GT(pf, 1e11);
-  EXPECT_GT(pb, 1e10);
+  // The peaks' size needs a real GPU's speed (PeakGpu); under the CUDA emulator only the JSON's
+  // shape and arithmetic are checked.
+  const bool real_gpu = !gpu_status().emulated;
+  if (real_gpu) {
+    EXPECT_GT(pf, 1e11);
+    EXPECT_GT(pb, 1e10);
+  }
+  EXPECT_GT(pf, 0);
+  EXPECT_GT(pb, 0);
   ASSERT_EQ(j["layers"].size(), 7u);
   for (const json& l : j["layers"])
     for (const char* dir : {"forward", "backward"}) {
       const json& p = l[dir];
+      if (l["spec"] == "flatten") {  // a view, as in the CPU twin of this test: no work, no bytes
+        EXPECT_EQ(l["note"], "a view");
+        EXPECT_EQ(p["ms"].get<double>() + p["bytes"].get<double>(), 0.0) << dir;
+        continue;
+      }
       EXPECT_GT(p["ms"].get<double>(), 0) << l["spec"] << " " << dir;
       EXPECT_NEAR(p["flops_fraction_of_peak"].get<double>(), p["flops_per_s"].get<double>() / pf,
                   1e-9 * (1 + p["flops_fraction_of_peak"].get<double>()));
       EXPECT_NEAR(p["bytes_fraction_of_peak"].get<double>(), p["bytes_per_s"].get<double>() / pb,
                   1e-9 * (1 + p["bytes_fraction_of_peak"].get<double>()));
       // Full FP32 (no TF32 tensor cores): no layer can beat the FMA peak by much.
-      EXPECT_LT(p["flops_fraction_of_peak"].get<double>(), 1.2) << l["spec"] << " " << dir;
+      if (real_gpu) EXPECT_LT(p["flops_fraction_of_peak"].get<double>(), 1.2) << l["spec"] << " " << dir;
     }
   // At least the parameters and their gradients (805,066 floats each), the input and the conv
   // output with its gradient (2 x 64 x 32 x 28 x 28 floats); well under a GiB.

@@ -102,8 +102,8 @@ ConvOutputs run_gpu(const Conv2dShape& s, const ConvInputs& x, gpu::ConvImpl imp
   DeviceBuffer<float> out = nan_buffer(s.out_numel()), dinp = nan_buffer(s.in_numel()),
                       dweight = nan_buffer(s.weight_numel()), dbias = nan_buffer(s.K);
   DeviceBuffer<float> workspace(gpu::conv2d_backward_weight_workspace(s), "conv workspace");
-  // A pageable cudaMemcpy to the device may return before its DMA lands, and ctx's stream does not
-  // wait for the legacy default stream: finish the uploads before launching.
+  // ctx's stream is blocking (ordered after the legacy default stream the uploads use); the
+  // synchronize makes a failed upload show up here rather than in a kernel.
   CUDA_CHECK(cudaDeviceSynchronize());
   gpu::conv2d_forward(out.data(), inp.data(), weight.data(), with_bias ? bias.data() : nullptr, s, ctx.stream());
   gpu::conv2d_backward_input(dinp.data(), dout.data(), weight.data(), s, ctx.stream());

@@ -36,9 +36,9 @@ using test::tie_free_vec;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// Host vector -> new device buffer. cudaMemcpy from pageable memory may return before the DMA has
-// landed, and GpuContext's stream is non-blocking (not ordered after the legacy default stream
-// that cudaMemcpy uses), so wait for the copy before any kernel on ctx.stream() reads it.
+// Host vector -> new device buffer. GpuContext's stream is a blocking stream, ordered after the
+// legacy default stream that cudaMemcpy uses, so kernels on ctx.stream() see the copy; the
+// synchronize only makes a failed upload show up here, at the upload, not in a later kernel.
 template <typename T>
 DeviceBuffer<T> upload(const std::vector<T>& v) {
   DeviceBuffer<T> d(v.size(), "test buffer");

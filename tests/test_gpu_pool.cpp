@@ -80,8 +80,8 @@ void check_pool(const Pool2dShape& s, uint64_t seed) {
   DeviceBuffer<int32_t> d_mask = to_device(std::vector<int32_t>(size_t(out_n), -1));
   DeviceBuffer<float> d_max = nan_buffer(out_n), d_dmax = nan_buffer(in_n), d_avg = nan_buffer(out_n),
                       d_davg = nan_buffer(in_n), d_l2 = nan_buffer(out_n), d_dl2 = nan_buffer(in_n);
-  // A pageable cudaMemcpy to the device may return before its DMA lands, and ctx's stream does not
-  // wait for the legacy default stream: finish the uploads before launching.
+  // ctx's stream is blocking (ordered after the legacy default stream the uploads use); the
+  // synchronize makes a failed upload show up here rather than in a kernel.
   CUDA_CHECK(cudaDeviceSynchronize());
 
   gpu::maxpool2d_forward(d_max.data(), d_mask.data(), d_inp.data(), s, st);

@@ -65,6 +65,9 @@ static GpuStatus probe() {
     return s;
   }
   s.ok = true;
+#ifdef BARECNN_EMU
+  s.emulated = true;
+#endif
   return s;
 }
 

@@ -22,6 +22,7 @@ struct GpuStatus {
   size_t total_mem = 0;
   int sm_count = 0;
   int device_count = 0;
+  bool emulated = false;      // the CUDA emulator (tests/emu): the GPU code runs on the CPU
 };
 
 // Probes once (cached): device count, properties, and a tiny kernel launch, so a GPU this build
