@@ -348,7 +348,9 @@ TEST(BenchCliGpu, JsonHasPeaksFractionsAndPeakMemory) {
       EXPECT_NEAR(p["bytes_fraction_of_peak"].get<double>(), p["bytes_per_s"].get<double>() / pb,
                   1e-9 * (1 + p["bytes_fraction_of_peak"].get<double>()));
       // Full FP32 (no TF32 tensor cores): no layer can beat the FMA peak by much.
-      if (real_gpu) EXPECT_LT(p["flops_fraction_of_peak"].get<double>(), 1.2) << l["spec"] << " " << dir;
+      if (real_gpu) {
+        EXPECT_LT(p["flops_fraction_of_peak"].get<double>(), 1.2) << l["spec"] << " " << dir;
+      }
     }
   // At least the parameters and their gradients (805,066 floats each), the input and the conv
   // output with its gradient (2 x 64 x 32 x 28 x 28 floats); well under a GiB.

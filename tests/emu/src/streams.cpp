@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "internal.h"
@@ -402,34 +403,45 @@ cudaError_t barecnn_emu_occupancy(int* blocks, const void*, int block_size, size
   return cudaSuccess;
 }
 
-// ---- streams -----------------------------------------------------------------------------------
+// ---- streams and events: handles the runtime keeps track of ------------------------------------
+namespace {
+template <typename T>
+cudaError_t create_handle(std::set<T*> Runtime::*live, T** out, unsigned flags) {
+  T* h = new T();
+  h->flags = flags;
+  Runtime& r = rt();
+  std::lock_guard<std::mutex> lock(r.mu);
+  (r.*live).insert(h);
+  *out = h;
+  return cudaSuccess;
+}
+
+template <typename T>
+cudaError_t destroy_handle(std::set<T*> Runtime::*live, T* h, const char* call) {
+  Runtime& r = rt();
+  std::unique_lock<std::mutex> lock(r.mu);
+  auto it = (r.*live).find(h);
+  if (it == (r.*live).end()) {
+    lock.unlock();
+    return fail(cudaErrorInvalidResourceHandle, std::string(call) + ": not a live handle");
+  }
+  if constexpr (std::is_same<T, Stream>::value) {
+    if (h->capturing) --r.captures;
+  }
+  (r.*live).erase(it);
+  delete h;
+  return cudaSuccess;
+}
+}  // namespace
+
 cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
   if (cudaError_t e = sticky()) return e;
-  Stream* st = new Stream();
-  st->flags = flags;
-  Runtime& r = rt();
-  std::lock_guard<std::mutex> lock(r.mu);
-  r.streams.insert(st);
-  *s = st;
-  return cudaSuccess;
+  return create_handle(&Runtime::streams, s, flags);
 }
 
-cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  Runtime& r = rt();
-  std::lock_guard<std::mutex> lock(r.mu);
-  auto it = r.streams.find(stream_of(s));
-  if (it == r.streams.end()) {
-    last_error = cudaErrorInvalidResourceHandle;
-    r.detail[int(cudaErrorInvalidResourceHandle)] = "cudaStreamDestroy: not a live stream";
-    return cudaErrorInvalidResourceHandle;
-  }
-  if ((*it)->capturing) --r.captures;
-  delete *it;
-  r.streams.erase(it);
-  return cudaSuccess;
-}
+cudaError_t cudaStreamDestroy(cudaStream_t s) { return destroy_handle(&Runtime::streams, stream_of(s), "cudaStreamDestroy"); }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   if (!valid_stream(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: not a live stream");
@@ -448,25 +460,10 @@ cudaError_t cudaStreamQuery(cudaStream_t s) {
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, cudaEventDefault); }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
-  Event* ev = new Event();
-  ev->flags = flags;
-  Runtime& r = rt();
-  std::lock_guard<std::mutex> lock(r.mu);
-  r.events.insert(ev);
-  *e = ev;
-  return cudaSuccess;
+  return create_handle(&Runtime::events, e, flags);
 }
 
-cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  Runtime& r = rt();
-  std::lock_guard<std::mutex> lock(r.mu);
-  if (!r.events.erase(e)) {
-    last_error = cudaErrorInvalidResourceHandle;
-    return cudaErrorInvalidResourceHandle;
-  }
-  delete e;
-  return cudaSuccess;
-}
+cudaError_t cudaEventDestroy(cudaEvent_t e) { return destroy_handle(&Runtime::events, e, "cudaEventDestroy"); }
 
 static bool live_event(cudaEvent_t e) {
   Runtime& r = rt();

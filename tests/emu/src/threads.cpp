@@ -14,7 +14,7 @@
 // Static __shared__ arrays are thread_local (cuda_runtime.h): every fiber of a block runs on the
 // same worker, so they share them, and a worker runs one block at a time.
 //
-// Under ThreadSanitizer every CUDA thread of a block has its own TSan fiber identity, and the
+// Under ThreadSanitizer every warp of a block has its own TSan fiber identity, and the
 // emulator tells TSan exactly the ordering CUDA guarantees: launch before every thread, a barrier
 // between the phases of a block, a block's end before the grid's end. A missing __syncthreads is
 // then a data race that TSan reports. This file is compiled without TSan instrumentation (its
@@ -46,13 +46,8 @@
 #define BARECNN_EMU_ASAN 1
 #endif
 #endif
-#if defined(__SANITIZE_THREAD__)
-#define BARECNN_EMU_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define BARECNN_EMU_TSAN 1
-#endif
-#endif
+// BARECNN_EMU_TSAN comes from CMake: this file itself is compiled without -fsanitize=thread, so
+// __SANITIZE_THREAD__ is not defined here even in the TSan build.
 
 #ifdef BARECNN_EMU_ASAN
 #include <sanitizer/asan_interface.h>
@@ -232,7 +227,9 @@ struct Worker {
 #endif
 #ifdef BARECNN_EMU_TSAN
   void* self = nullptr;              // the worker's own TSan identity
-  std::vector<void*> thread_fibers;  // one identity per CUDA thread slot
+  void* tsan_current = nullptr;      // the identity in effect
+  std::vector<void*> thread_fibers;  // one identity per warp slot
+  std::vector<char> warp_started;    // per warp of the running block: has acquired block_start
   char block_start = 0, block_done = 0, barrier[2] = {0, 0};  // sync objects (their addresses)
 #endif
 };
@@ -316,15 +313,55 @@ void set_builtins(const Block& b, int t) {
 }
 
 #ifdef BARECNN_EMU_TSAN
+// One TSan identity per warp, not per thread: TSan keeps a few hundred thread slots, and with one
+// per CUDA thread (up to 1024 a block, per worker) it would keep recycling them, which is slow and
+// forgets the history a race report needs. So TSan sees races between warps, the usual missing
+// __syncthreads; races between the lanes of one warp are left to the schedules.
 void* tsan_identity(Worker& w, int t) {
-  if (w.thread_fibers.size() <= size_t(t)) w.thread_fibers.resize(size_t(t) + 1, nullptr);
-  if (!w.thread_fibers[size_t(t)]) {
-    w.thread_fibers[size_t(t)] = __tsan_create_fiber(0);
-    char name[32];
-    std::snprintf(name, sizeof name, "CUDA thread slot %d", t);
-    __tsan_set_fiber_name(w.thread_fibers[size_t(t)], name);
+  const size_t warp = size_t(t) / 32;
+  if (w.thread_fibers.size() <= warp) w.thread_fibers.resize(warp + 1, nullptr);
+  if (!w.thread_fibers[warp]) {
+    w.thread_fibers[warp] = __tsan_create_fiber(0);
+    static const char* const kNames[] = {"CUDA warp 0", "CUDA warp 1", "CUDA warp 2", "CUDA warp 3",
+                                         "CUDA warp 4", "CUDA warp 5", "CUDA warp 6", "CUDA warp 7"};
+    __tsan_set_fiber_name(w.thread_fibers[warp], warp < 8 ? kNames[warp] : "CUDA warp 8+");
   }
-  return w.thread_fibers[size_t(t)];
+  return w.thread_fibers[warp];
+}
+
+// Takes on the identity of thread t's warp (switching only when it changes: consecutive threads
+// are mostly of one warp), which sees what happened before the block started.
+void tsan_enter(Worker& w, int t) {
+  void* id = tsan_identity(w, t);
+  if (w.tsan_current != id) {
+    __tsan_switch_to_fiber(id, __tsan_switch_to_fiber_no_sync);
+    w.tsan_current = id;
+  }
+  const size_t warp = size_t(t) / 32;
+  if (!w.warp_started[warp]) {
+    __tsan_acquire(&w.block_start);
+    w.warp_started[warp] = 1;
+  }
+}
+
+// Back to the worker's own identity (the scheduler's).
+void tsan_leave(Worker& w) {
+  if (w.tsan_current != w.self) {
+    __tsan_switch_to_fiber(w.self, __tsan_switch_to_fiber_no_sync);
+    w.tsan_current = w.self;
+  }
+}
+
+// The end of a block: everything each warp did happens before it.
+void tsan_block_end(Worker& w) {
+  for (size_t warp = 0; warp < w.warp_started.size(); ++warp) {
+    if (!w.warp_started[warp]) continue;
+    __tsan_switch_to_fiber(w.thread_fibers[warp], __tsan_switch_to_fiber_no_sync);
+    __tsan_release(&w.block_done);
+  }
+  __tsan_switch_to_fiber(w.self, __tsan_switch_to_fiber_no_sync);
+  w.tsan_current = w.self;
+  __tsan_acquire(&w.block_done);
 }
 #endif
 
@@ -335,14 +372,9 @@ void run_thread(Worker& w, Block& b, int t, Fiber* f) {
   f->thread = t;
   set_builtins(b, t);
 #ifdef BARECNN_EMU_TSAN
-  __tsan_switch_to_fiber(tsan_identity(w, t), __tsan_switch_to_fiber_no_sync);
-  __tsan_acquire(&w.block_start);
+  tsan_enter(w, t);
 #endif
   b.req->thread_body();
-#ifdef BARECNN_EMU_TSAN
-  __tsan_release(&w.block_done);
-  __tsan_switch_to_fiber(w.self, __tsan_switch_to_fiber_no_sync);
-#endif
   ct.state = State::kExited;
   f->thread = -1;
 }
@@ -359,6 +391,9 @@ void fiber_entry() {
       int t = b.order[b.next_unstarted++];
       run_thread(w, b, t, f);
     }
+#ifdef BARECNN_EMU_TSAN
+    tsan_leave(w);
+#endif
     yield_to_scheduler(w, f);  // idle; resumed for the next block
   }
 }
@@ -380,11 +415,11 @@ void park(State why, const char* file, int line) {
   ct.phase = b.phase;
 #ifdef BARECNN_EMU_TSAN
   if (why == State::kBarrier) __tsan_release(&w.barrier[ct.phase & 1]);
-  __tsan_switch_to_fiber(w.self, __tsan_switch_to_fiber_no_sync);
+  tsan_leave(w);
 #endif
   yield_to_scheduler(w, f);
 #ifdef BARECNN_EMU_TSAN
-  __tsan_switch_to_fiber(tsan_identity(w, t), __tsan_switch_to_fiber_no_sync);
+  tsan_enter(w, t);
   if (why == State::kBarrier) __tsan_acquire(&w.barrier[ct.phase & 1]);
 #endif
   set_builtins(b, t);
@@ -441,28 +476,29 @@ bool resolve(Block& b, std::vector<int>& woken) {
       if (ct.state != State::kShuffle) continue;
       const int lane = i % 32, warp_base = i - lane;
       const int lanes_here = std::min(32, n - warp_base);
-      const std::string who = "thread " + tid_str(ct.tid) + " (lane " + std::to_string(lane) + ") at " + site(ct);
+      // Built only for an error message: this loop runs for every lane at every shuffle.
+      auto who = [&] { return "thread " + tid_str(ct.tid) + " (lane " + std::to_string(lane) + ") at " + site(ct); };
       if (!(ct.mask >> lane & 1u))
-        return block_error(b, cudaErrorLaunchFailure, who + ": the shuffle mask does not name the calling lane");
+        return block_error(b, cudaErrorLaunchFailure, who() + ": the shuffle mask does not name the calling lane");
       if (ct.width < 1 || ct.width > 32 || (ct.width & (ct.width - 1)))
-        return block_error(b, cudaErrorLaunchFailure, who + ": shuffle width " + std::to_string(ct.width) +
+        return block_error(b, cudaErrorLaunchFailure, who() + ": shuffle width " + std::to_string(ct.width) +
                                                            " is not a power of two from 1 to 32");
       for (int j = 0; j < 32; ++j) {
         if (!(ct.mask >> j & 1u)) continue;
         if (j >= lanes_here)
-          return block_error(b, cudaErrorLaunchFailure, who + ": the shuffle mask names lane " + std::to_string(j) +
+          return block_error(b, cudaErrorLaunchFailure, who() + ": the shuffle mask names lane " + std::to_string(j) +
                                                              ", which this block's last warp does not have");
         const CudaThread& o = b.t[size_t(warp_base + j)];
-        std::string other = "lane " + std::to_string(j);
+        auto other = [j] { return "lane " + std::to_string(j); };
         if (o.state == State::kExited)
           return block_error(b, cudaErrorLaunchFailure,
-                             who + ": the shuffle mask names " + other + ", which has returned");
+                             who() + ": the shuffle mask names " + other() + ", which has returned");
         if (o.state == State::kBarrier)
           return block_error(b, cudaErrorLaunchFailure,
-                             who + ": the shuffle mask names " + other + ", which waits at __syncthreads() at " + site(o));
+                             who() + ": the shuffle mask names " + other() + ", which waits at __syncthreads() at " + site(o));
         if (o.mask != ct.mask || o.file != ct.file || o.line != ct.line || o.kind != ct.kind || o.width != ct.width)
           return block_error(b, cudaErrorLaunchFailure,
-                             who + ": " + other + " is at a different shuffle (" + site(o) + ", mask " +
+                             who() + ": " + other() + " is at a different shuffle (" + site(o) + ", mask " +
                                  std::to_string(o.mask) + " vs " + std::to_string(ct.mask) + ")");
       }
     }
@@ -519,10 +555,10 @@ void abandon(Worker& w, Block& b) {
       w.idle.push_back(ct.fiber);
 #ifdef BARECNN_EMU_TSAN
       // Its identity has frames that will never return: start the slot afresh.
-      int slot = int(&ct - b.t.data());
-      if (size_t(slot) < w.thread_fibers.size() && w.thread_fibers[size_t(slot)]) {
-        __tsan_destroy_fiber(w.thread_fibers[size_t(slot)]);
-        w.thread_fibers[size_t(slot)] = nullptr;
+      const size_t slot = size_t(&ct - b.t.data()) / 32;  // its warp's identity
+      if (slot < w.thread_fibers.size() && w.thread_fibers[slot]) {  // (tsan_block_end released it)
+        __tsan_destroy_fiber(w.thread_fibers[slot]);
+        w.thread_fibers[slot] = nullptr;
       }
 #endif
     }
@@ -546,6 +582,8 @@ void run_block(Worker& w, Block& b) {
   }
   w.block = &b;
 #ifdef BARECNN_EMU_TSAN
+  w.warp_started.assign(size_t(b.nthreads + 31) / 32, 0);
+  if (w.thread_fibers.size() < w.warp_started.size()) w.thread_fibers.resize(w.warp_started.size(), nullptr);
   __tsan_release(&w.block_start);
 #endif
   std::vector<int> woken;
@@ -555,10 +593,7 @@ void run_block(Worker& w, Block& b) {
       resume(w, f);
       if (f->thread < 0) w.idle.push_back(f);
     }
-    if (!resolve(b, woken)) {
-      abandon(w, b);
-      break;
-    }
+    if (!resolve(b, woken)) break;
     if (woken.empty()) break;  // every thread returned
     for (int t : woken) {
       Fiber* f = b.t[size_t(t)].fiber;
@@ -567,8 +602,9 @@ void run_block(Worker& w, Block& b) {
     }
   }
 #ifdef BARECNN_EMU_TSAN
-  __tsan_acquire(&w.block_done);
+  tsan_block_end(w);
 #endif
+  if (b.failed) abandon(w, b);
   w.block = nullptr;
   std::free(b.dyn_smem);
   b.dyn_smem = nullptr;
@@ -598,7 +634,7 @@ uint64_t block_at(const GridRun& g, uint64_t i) {
 void run_blocks(GridRun& g) {
   Worker& w = worker();
 #ifdef BARECNN_EMU_TSAN
-  if (!w.self) w.self = __tsan_get_current_fiber();
+  if (!w.self) w.self = w.tsan_current = __tsan_get_current_fiber();
   __tsan_acquire(&g.tsan_start);
 #endif
   const uint3 gd = g.req->grid;
