@@ -108,6 +108,30 @@ TEST_F(Cli, TrainEvalPredictAgree) {
   EXPECT_DOUBLE_EQ(correct / 150.0, j["accuracy"].get<double>());
 }
 
+// The GPU's progress lines (stdout is not a terminal here: one line a tenth of an epoch): the last
+// line of an epoch shows the epoch's own figures. The GPU copies its metrics to the host
+// asynchronously; the last line once showed the copy from the epoch's start (loss 0, acc 0) when
+// an epoch had fewer steps than the polling interval. Found by running it through the emulator.
+TEST_F(Cli, GpuProgressLastLineShowsTheEpochsFigures) {
+  BARECNN_REQUIRE_GPU();
+  std::string out = test::fresh_dir("cli_gpu_progress");
+  Result r = run("train --device cuda --data " + data_ + " --arch " + kArch + " --epochs 1 --batch 32 --lr 0.05 --out " +
+                 out);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const std::string key = "epoch 1/1 step ";
+  size_t at = r.out.rfind(key);
+  ASSERT_NE(at, std::string::npos) << r.out;
+  long long step = 0, steps = 0;
+  double loss = -1, acc = -1;
+  ASSERT_EQ(std::sscanf(r.out.c_str() + at + key.size(), "%lld/%lld  loss %lf  acc %lf%%", &step, &steps, &loss, &acc), 4)
+      << r.out.substr(at, 120);
+  EXPECT_EQ(step, steps) << r.out.substr(at, 120);
+  auto sum = nlohmann::json::parse(read_file(out + "/summary.json", "summary"));
+  const auto& e = sum["epochs"][0];
+  EXPECT_NEAR(loss, e["train_loss"].get<double>(), 6e-5) << r.out.substr(at, 120);
+  EXPECT_NEAR(acc, 100 * e["train_accuracy"].get<double>(), 6e-3) << r.out.substr(at, 120);
+}
+
 TEST_F(Cli, InfoAndHelp) {
   Result r = run("info");
   EXPECT_EQ(r.rc, 0);

@@ -608,7 +608,9 @@ class Run {
     for (long long step = start_step_; step < steps_per_epoch_; ++step) {
       train_step(step);
       long long done = step + 1;
-      if (device_ == Device::CPU || done % poll_every == 0 || done == steps_per_epoch_) {
+      // On the GPU the last step's figures come from sync_metrics below: a poll there would show
+      // the previous copy, which after a short epoch is the one from its start (loss 0, acc 0).
+      if (device_ == Device::CPU || (done % poll_every == 0 && done < steps_per_epoch_)) {
         double ls, cs;
         long long counted;
         poll_metrics(done, &ls, &cs, &counted);
@@ -617,7 +619,7 @@ class Run {
         long long seen = std::max<long long>(1, counted * cfg_.batch);
         double img_s = (done - start_step_) * cfg_.batch / std::max(el, 1e-9);
         double eta = (steps_per_epoch_ - done) * cfg_.batch / std::max(img_s, 1e-9);
-        progress_.update(done, ls / seen, cs / seen, img_s, eta);
+        if (counted > 0) progress_.update(done, ls / seen, cs / seen, img_s, eta);  // else nothing arrived yet
       }
       if (cfg_.checkpoint_every > 0 && global_step_ % cfg_.checkpoint_every == 0 && done < steps_per_epoch_) {
         double ls, cs;
@@ -631,6 +633,11 @@ class Run {
     double ls, cs;
     sync_metrics(steps_per_epoch_, &ls, &cs);
     if (!std::isfinite(ls)) replay_divergence();
+    if (device_ == Device::CUDA) {
+      const double seen = double(steps_per_epoch_) * cfg_.batch;
+      const double img_s = (steps_per_epoch_ - start_step_) * cfg_.batch / std::max(seconds_since(t0), 1e-9);
+      progress_.update(steps_per_epoch_, ls / seen, cs / seen, img_s, 0.0);
+    }
     progress_.end();
     double secs = start_seconds_ + seconds_since(t0);
     EpochMetrics em;
