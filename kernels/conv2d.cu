@@ -437,8 +437,8 @@ template <bool FUSE_RELU>
 __global__ void __launch_bounds__(kWgradBlock)
     conv2d_backward_weight_partial_kernel(float* wpart, float* bpart, const float* dout, const float* relu_out,
                                           const float* inp, Conv2dShape s, long long chunk) {
-  __shared__ float s_acc[kWgradTapsPerPass * kWgradBlock];  // (taps of this pass, thread)
-  __shared__ float s_bias[kWgradBlock];                       // (thread)
+  BARECNN_STATIC_SHARED(float, s_acc, kWgradTapsPerPass * kWgradBlock);  // (taps of this pass, thread)
+  BARECNN_STATIC_SHARED(float, s_bias, kWgradBlock);                       // (thread)
   const int tid = threadIdx.x;
   const int k = int(blockIdx.x / s.C), c = int(blockIdx.x % s.C);
   const int p = blockIdx.y;

@@ -50,7 +50,7 @@ __global__ void bias_add_kernel(float* out, const float* bias, long long total, 
 // is bitwise reproducible (no atomics). Reads are strided by OUT (one column); the bias gradient
 // is a tiny fraction of the layer's work, so this is not worth a transpose.
 __global__ void dbias_kernel(float* dbias, const float* dout, int N, int OUT) {
-  __shared__ float partial[kDbiasBlock];
+  BARECNN_STATIC_SHARED(float, partial, kDbiasBlock);
   const int o = blockIdx.x;
   float sum = 0.f;
   for (int n = threadIdx.x; n < N; n += kDbiasBlock) sum += dout[(long long)n * OUT + o];

@@ -10,15 +10,21 @@
 // manner of HIP's hipLaunchKernelGGL: under nvcc it is kernel<<<grid, block, smem, stream>>>(args)
 // (the launcher checks it with CUDA_CHECK_LAUNCH right after); built against the CUDA emulator
 // (tests/emu/, which defines BARECNN_EMU) it runs the grid on the CPU. A template kernel goes in
-// parentheses: BARECNN_LAUNCH((k<16, 8>), ...). Dynamic shared memory is declared with
-// BARECNN_DYNAMIC_SHARED(type, name) for the same reason (as HIP-CPU's HIP_DYNAMIC_SHARED).
+// parentheses: BARECNN_LAUNCH((k<16, 8>), ...). Shared memory is declared with
+// BARECNN_STATIC_SHARED(type, name, count) (a __shared__ array) and BARECNN_DYNAMIC_SHARED(type,
+// name) (extern __shared__), so that the emulator can give each block its own and check a launch's
+// static plus dynamic shared memory against the device's limit (as HIP-CPU's HIP_DYNAMIC_SHARED).
 #ifdef BARECNN_EMU
 #define BARECNN_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ::barecnn_emu::launch(#kernel, kernel, grid, block, smem, stream, ##__VA_ARGS__)
 #define BARECNN_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::barecnn_emu::dynamic_shared())
+#define BARECNN_STATIC_SHARED(type, name, count) \
+  __shared__ type name[count];                   \
+  ::barecnn_emu::static_shared(name, sizeof(name))
 #else
 #define BARECNN_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
 #define BARECNN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#define BARECNN_STATIC_SHARED(type, name, count) __shared__ type name[count]
 #endif
 
 namespace barecnn {

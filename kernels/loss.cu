@@ -160,8 +160,8 @@ __global__ void loss_forward_backward_kernel(float* loss, float* dlogits, int32_
 // N: deterministic, no atomics, and acc stays on the device (no host sync). A single block is
 // enough: this runs once per batch over N = batch size values.
 __global__ void accumulate_metrics_kernel(double* acc, const float* loss, const int32_t* correct, int N) {
-  __shared__ double loss_part[kMetricsBlock];
-  __shared__ double correct_part[kMetricsBlock];
+  BARECNN_STATIC_SHARED(double, loss_part, kMetricsBlock);
+  BARECNN_STATIC_SHARED(double, correct_part, kMetricsBlock);
   double ls = 0.0, cs = 0.0;
   for (int i = threadIdx.x; i < N; i += kMetricsBlock) {
     ls += double(loss[i]);

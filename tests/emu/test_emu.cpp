@@ -85,6 +85,15 @@ __global__ void step_kernel(float* out, int step) { out[threadIdx.x] = float(ste
 
 __global__ void noop_kernel(float*) {}
 
+__global__ void static_and_dynamic_kernel(float* out) {
+  BARECNN_STATIC_SHARED(float, s, 8192);  // 32 KiB
+  BARECNN_DYNAMIC_SHARED(float, d);
+  s[threadIdx.x] = 1.0f;
+  d[threadIdx.x] = 2.0f;
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x] + d[threadIdx.x];
+}
+
 // ---- helpers -----------------------------------------------------------------------------------
 template <typename T>
 T* device(size_t n) {
@@ -280,6 +289,25 @@ TEST_F(EmuFault, EveryLaunchLimitGivesTheRuntimesError) {
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
   EXPECT_EQ(cudaFuncSetAttribute(noop_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024 + 4),
             cudaErrorInvalidValue);
+  cudaFree(d);
+}
+
+TEST_F(EmuFault, StaticPlusDynamicSharedMemoryMustFitTheLimit) {
+  float* d = device<float>(32);
+  BARECNN_LAUNCH(static_and_dynamic_kernel, 1, 32, 16 * 1024, 0, d);  // 32 + 16 = 48 KiB: fits
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  for (float v : to_host(d, 32)) EXPECT_EQ(v, 3.0f);
+  BARECNN_LAUNCH(static_and_dynamic_kernel, 1, 32, 16 * 1024 + 4, 0, d);  // 4 bytes over
+  std::string e = last_error_text();
+  EXPECT_NE(e.find("cudaErrorInvalidValue"), std::string::npos) << e;
+  EXPECT_NE(e.find("32768 bytes of static and 16388 bytes of dynamic"), std::string::npos) << e;
+  EXPECT_NE(e.find("static_and_dynamic_kernel"), std::string::npos) << e;
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "a launch error is not sticky";
+  // After opting in, up to 227 KiB in all.
+  ASSERT_EQ(cudaFuncSetAttribute(static_and_dynamic_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 195 * 1024),
+            cudaSuccess);
+  BARECNN_LAUNCH(static_and_dynamic_kernel, 1, 32, 195 * 1024, 0, d);  // 32 + 195 = 227 KiB
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   cudaFree(d);
 }
 

@@ -161,7 +161,7 @@ cudaError_t check_pointers(const LaunchRequest& req, const char* when) {
   return cudaSuccess;
 }
 
-cudaError_t check_config(const LaunchRequest& req) {
+cudaError_t check_config(LaunchRequest& req) {
   const std::string k = std::string("kernel ") + req.name + ": ";
   auto dims = [](uint3 v) {
     return "(" + std::to_string(v.x) + ", " + std::to_string(v.y) + ", " + std::to_string(v.z) + ")";
@@ -177,11 +177,15 @@ cudaError_t check_config(const LaunchRequest& req) {
   if (g.x > kMaxGridDim[0] || g.y > kMaxGridDim[1] || g.z > kMaxGridDim[2])
     return fail(cudaErrorInvalidConfiguration, k + "grid " + dims(g) + " exceeds the limits (2^31 - 1, 65535, 65535)");
   size_t limit = kDefaultSmemPerBlock;
+  req.smem_limit = kDefaultSmemPerBlock;  // static + dynamic, without an opt-in
   {
     Runtime& r = rt();
     std::lock_guard<std::mutex> lock(r.mu);
     auto it = r.max_dynamic_smem.find(req.func);
-    if (it != r.max_dynamic_smem.end()) limit = size_t(it->second);
+    if (it != r.max_dynamic_smem.end()) {
+      limit = size_t(it->second);
+      req.smem_limit = kMaxSmemPerBlockOptin;
+    }
   }
   if (req.dynamic_smem > limit)
     return fail(cudaErrorInvalidValue, k + std::to_string(req.dynamic_smem) + " bytes of dynamic shared memory; " +

@@ -210,7 +210,10 @@ struct Block {
   size_t next_unstarted = 0;
   uint64_t phase = 0;
   void* dyn_smem = nullptr;
+  std::vector<const void*> static_seen;  // the static __shared__ arrays counted so far
+  size_t static_bytes = 0;
   bool failed = false;
+  bool config_error = false;  // a launch error (not sticky), not a fault
   cudaError_t err = cudaSuccess;
   std::string detail;
 };
@@ -365,6 +368,9 @@ void tsan_block_end(Worker& w) {
 }
 #endif
 
+// Thrown out of a kernel's frames (on its fiber) when the block cannot run at all.
+struct BlockAbort {};
+
 void run_thread(Worker& w, Block& b, int t, Fiber* f) {
   CudaThread& ct = b.t[size_t(t)];
   ct.state = State::kRunning;
@@ -374,7 +380,11 @@ void run_thread(Worker& w, Block& b, int t, Fiber* f) {
 #ifdef BARECNN_EMU_TSAN
   tsan_enter(w, t);
 #endif
-  b.req->thread_body();
+  try {
+    b.req->thread_body();
+  } catch (const BlockAbort&) {
+    // static_shared found the block cannot run: the thread ends here.
+  }
   ct.state = State::kExited;
   f->thread = -1;
 }
@@ -387,7 +397,7 @@ void fiber_entry() {
   for (;;) {
     Fiber* f = w.current;
     Block& b = *w.block;
-    while (b.next_unstarted < b.order.size()) {
+    while (b.next_unstarted < b.order.size() && !b.failed) {
       int t = b.order[b.next_unstarted++];
       run_thread(w, b, t, f);
     }
@@ -575,6 +585,8 @@ void run_block(Worker& w, Block& b) {
   }
   thread_order(b, 0, b.order);
   b.next_unstarted = 0;
+  b.static_seen.clear();
+  b.static_bytes = 0;
   if (b.req->dynamic_smem > 0) {
     b.dyn_smem = std::malloc(b.req->dynamic_smem);
     if (!b.dyn_smem) die("out of host memory for a block's shared memory");
@@ -588,12 +600,12 @@ void run_block(Worker& w, Block& b) {
 #endif
   std::vector<int> woken;
   for (;;) {
-    while (b.next_unstarted < b.order.size()) {
+    while (b.next_unstarted < b.order.size() && !b.failed) {
       Fiber* f = get_fiber(w);
       resume(w, f);
       if (f->thread < 0) w.idle.push_back(f);
     }
-    if (!resolve(b, woken)) break;
+    if (b.failed || !resolve(b, woken)) break;
     if (woken.empty()) break;  // every thread returned
     for (int t : woken) {
       Fiber* f = b.t[size_t(t)].fiber;
@@ -620,6 +632,7 @@ struct GridRun {
   std::mutex mu;
   cudaError_t err = cudaSuccess;
   std::string detail;
+  bool config_error = false;
   char tsan_start = 0, tsan_done = 0;
 };
 
@@ -649,12 +662,14 @@ void run_blocks(GridRun& g) {
     b.idx = uint3{unsigned(lin % gd.x), unsigned(lin / gd.x % gd.y), unsigned(lin / (uint64_t(gd.x) * gd.y))};
     b.phase = 0;
     b.failed = false;
+    b.config_error = false;
     run_block(w, b);
     if (b.failed) {
       std::lock_guard<std::mutex> lock(g.mu);
       if (g.err == cudaSuccess) {
         g.err = b.err;
         g.detail = b.detail;
+        g.config_error = b.config_error;
       }
       g.failed.store(true);
     }
@@ -741,7 +756,7 @@ cudaError_t run_grid(const LaunchRequest& req) {
 #ifdef BARECNN_EMU_TSAN
   __tsan_acquire(&g.tsan_done);
 #endif
-  if (g.err != cudaSuccess) return fault(g.err, g.detail);
+  if (g.err != cudaSuccess) return g.config_error ? fail(g.err, g.detail) : fault(g.err, g.detail);
   return cudaSuccess;
 }
 
@@ -761,6 +776,27 @@ uint64_t shuffle(unsigned mask, uint64_t value, ShuffleKind kind, int arg, int w
   }
   park(State::kShuffle, file, line);
   return w->block->t[size_t(w->current->thread)].result;
+}
+
+void static_shared(const void* array, size_t bytes) {
+  Worker* w = tls_worker;
+  if (!w || !w->block) die("a static __shared__ array used outside a kernel");
+  Block& b = *w->block;
+  if (b.failed) throw BlockAbort{};
+  for (const void* p : b.static_seen)
+    if (p == array) return;
+  b.static_seen.push_back(array);
+  b.static_bytes += bytes;
+  if (b.static_bytes + b.req->dynamic_smem > b.req->smem_limit) {
+    block_error(b, cudaErrorInvalidValue,
+                std::to_string(b.static_bytes) + " bytes of static and " + std::to_string(b.req->dynamic_smem) +
+                    " bytes of dynamic shared memory; " + std::to_string(b.req->smem_limit) + " allowed" +
+                    (b.req->smem_limit < kMaxSmemPerBlockOptin
+                         ? " (more needs cudaFuncSetAttribute(MaxDynamicSharedMemorySize), up to 227 KiB)"
+                         : ""));
+    b.config_error = true;
+    throw BlockAbort{};
+  }
 }
 
 void* dynamic_shared() {

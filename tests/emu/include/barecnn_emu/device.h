@@ -36,6 +36,10 @@ T shuffle_as(unsigned mask, T v, ShuffleKind kind, int arg, int width, const cha
 // The dynamic shared memory of the running block: exactly the bytes the launch asked for (a heap
 // block, so AddressSanitizer catches an overrun), filled with a NaN pattern at block start.
 void* dynamic_shared();
+// A static __shared__ array of the running kernel (BARECNN_STATIC_SHARED): counted once per block,
+// and the block fails (cudaErrorInvalidValue, as the launch would) when static plus dynamic shared
+// memory exceed the limit for the kernel.
+void static_shared(const void* array, size_t bytes);
 
 // ---- launches ----------------------------------------------------------------------------------
 struct PointerArg {
@@ -48,6 +52,7 @@ struct LaunchRequest {
   const void* func = nullptr;  // its address (cudaFuncSetAttribute)
   uint3 grid{1, 1, 1}, block{1, 1, 1};
   size_t dynamic_smem = 0;
+  size_t smem_limit = 0;  // static + dynamic shared memory allowed (set by the launch checks)
   cudaStream_t stream = nullptr;
   std::vector<PointerArg> pointers;
   // Runs one CUDA thread (the built-in index variables already set). Holds the arguments as they
