@@ -137,6 +137,10 @@ TEST_F(Cli, InfoAndHelp) {
   EXPECT_EQ(r.rc, 0);
   EXPECT_NE(r.out.find("CUDA architectures compiled in"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("paper"), std::string::npos);
+  if (gpu_status().emulated) {  // the CUDA emulator build says so, and that its timings mean nothing
+    EXPECT_NE(r.out.find("GPU 0: barecnn CUDA emulator, compute capability 9.0"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("through the CUDA emulator in tests/emu"), std::string::npos) << r.out;
+  }
   Result h = run("train --help");
   EXPECT_EQ(h.rc, 0);
   EXPECT_NE(h.out.find("Examples"), std::string::npos) << h.out;

@@ -421,13 +421,14 @@ cudaError_t create_handle(std::set<T*> Runtime::*live, T** out, unsigned flags) 
 }
 
 template <typename T>
-cudaError_t destroy_handle(std::set<T*> Runtime::*live, T* h, const char* call) {
+cudaError_t destroy_handle(std::set<T*> Runtime::*live, T* h, const char* call,
+                           cudaError_t not_live = cudaErrorInvalidResourceHandle) {
   Runtime& r = rt();
   std::unique_lock<std::mutex> lock(r.mu);
   auto it = (r.*live).find(h);
   if (it == (r.*live).end()) {
     lock.unlock();
-    return fail(cudaErrorInvalidResourceHandle, std::string(call) + ": not a live handle");
+    return fail(not_live, std::string(call) + ": not a live handle");
   }
   if constexpr (std::is_same<T, Stream>::value) {
     if (h->capturing) --r.captures;
@@ -592,31 +593,22 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
     }
   }
   if (!valid_stream(s)) return fail(cudaErrorInvalidResourceHandle, "cudaGraphLaunch: not a live stream");
+  auto replay = [exec]() -> cudaError_t {
+    for (const Node& n : exec->nodes)
+      if (cudaError_t e = n.run()) return e;
+    return cudaSuccess;
+  };
   if (capturing(s)) {
-    record(s, "graph", [exec]() -> cudaError_t {
-      for (const Node& n : exec->nodes)
-        if (cudaError_t e = n.run()) return e;
-      return cudaSuccess;
-    });
+    record(s, "graph", replay);
     return cudaSuccess;
   }
-  for (const Node& n : exec->nodes)
-    if (cudaError_t e = n.run()) return e;
-  return cudaSuccess;
+  return replay();
 }
 
 cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
-  Runtime& r = rt();
-  std::lock_guard<std::mutex> lock(r.mu);
-  if (!r.graphs.erase(graph)) return cudaErrorInvalidValue;
-  delete graph;
-  return cudaSuccess;
+  return destroy_handle(&Runtime::graphs, graph, "cudaGraphDestroy", cudaErrorInvalidValue);
 }
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
-  Runtime& r = rt();
-  std::lock_guard<std::mutex> lock(r.mu);
-  if (!r.execs.erase(exec)) return cudaErrorInvalidValue;
-  delete exec;
-  return cudaSuccess;
+  return destroy_handle(&Runtime::execs, exec, "cudaGraphExecDestroy", cudaErrorInvalidValue);
 }
