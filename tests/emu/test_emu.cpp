@@ -292,6 +292,23 @@ TEST_F(EmuFault, EveryLaunchLimitGivesTheRuntimesError) {
   cudaFree(d);
 }
 
+// Shared memory nobody wrote in this block reads as NaN, not as the previous block's values.
+__global__ void unwritten_shared_kernel(float* out, int write) {
+  BARECNN_STATIC_SHARED(float, s, 64);
+  if (write) s[threadIdx.x] = 1.0f;
+  __syncthreads();
+  out[blockIdx.x * 64 + threadIdx.x] = s[threadIdx.x];
+}
+
+TEST(EmuMemory, UnwrittenSharedMemoryReadsAsNaN) {
+  float* d = device<float>(64 * 3);
+  BARECNN_LAUNCH(unwritten_shared_kernel, 3, 64, 0, 0, d, 1);
+  for (float v : to_host(d, 64 * 3)) ASSERT_EQ(v, 1.0f);
+  BARECNN_LAUNCH(unwritten_shared_kernel, 3, 64, 0, 0, d, 0);  // the same arrays, not written
+  for (float v : to_host(d, 64 * 3)) ASSERT_TRUE(std::isnan(v)) << v;
+  cudaFree(d);
+}
+
 TEST_F(EmuFault, StaticPlusDynamicSharedMemoryMustFitTheLimit) {
   float* d = device<float>(32);
   BARECNN_LAUNCH(static_and_dynamic_kernel, 1, 32, 16 * 1024, 0, d);  // 32 + 16 = 48 KiB: fits

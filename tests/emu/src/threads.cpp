@@ -787,6 +787,11 @@ void static_shared(const void* array, size_t bytes) {
     if (p == array) return;
   b.static_seen.push_back(array);
   b.static_bytes += bytes;
+  // Shared memory starts undefined: NaN for this block, not what the previous block on this worker
+  // left. Byte by byte through a volatile pointer, not memset: under TSan an intercepted memset
+  // would count as a write by this thread's warp, and the other warps' first writes as races.
+  volatile unsigned char* p = static_cast<volatile unsigned char*>(const_cast<void*>(array));
+  for (size_t i = 0; i < bytes; ++i) p[i] = 0xFF;
   if (b.static_bytes + b.req->dynamic_smem > b.req->smem_limit) {
     block_error(b, cudaErrorInvalidValue,
                 std::to_string(b.static_bytes) + " bytes of static and " + std::to_string(b.req->dynamic_smem) +

@@ -36,9 +36,10 @@ T shuffle_as(unsigned mask, T v, ShuffleKind kind, int arg, int width, const cha
 // The dynamic shared memory of the running block: exactly the bytes the launch asked for (a heap
 // block, so AddressSanitizer catches an overrun), filled with a NaN pattern at block start.
 void* dynamic_shared();
-// A static __shared__ array of the running kernel (BARECNN_STATIC_SHARED): counted once per block,
-// and the block fails (cudaErrorInvalidValue, as the launch would) when static plus dynamic shared
-// memory exceed the limit for the kernel.
+// A static __shared__ array of the running kernel (BARECNN_STATIC_SHARED): counted and filled with
+// a NaN pattern once per block (by the first thread to reach its declaration), and the block fails
+// (cudaErrorInvalidValue, as the launch would) when static plus dynamic shared memory exceed the
+// limit for the kernel.
 void static_shared(const void* array, size_t bytes);
 
 // ---- launches ----------------------------------------------------------------------------------
