@@ -147,6 +147,18 @@ TEST_F(Cli, InfoAndHelp) {
   EXPECT_NE(h.out.find("--checkpoint-every"), std::string::npos);
 }
 
+TEST_F(Cli, NoCommandListsTheCommandsAndVersionAnswers) {
+  Result r = run("");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  for (const char* c : {"train", "eval", "predict", "gradcheck", "bench", "info"})
+    EXPECT_NE(r.out.find(std::string("  ") + c), std::string::npos) << c << " not listed:\n" << r.out;
+  EXPECT_EQ(r.out.find("required"), std::string::npos) << r.out;
+  Result v = run("--version");
+  EXPECT_EQ(v.rc, 0) << v.out;
+  EXPECT_NE(v.out.find(std::string("barecnn ") + BARECNN_VERSION), std::string::npos) << v.out;
+  EXPECT_FAILS_WITH(run("frobnicate"), 2, "frobnicate");
+}
+
 TEST_F(Cli, GradcheckCommand) {
   Result r = run("gradcheck --arch \"conv(3,3,stride=2,pad=1) elu l2pool(2) dense(4)\" --input 2x9x9 --loss bce");
   EXPECT_EQ(r.rc, 0) << r.out;

@@ -9,7 +9,7 @@
 
 #include "barecnn/fileutil.h"
 #include "barecnn/net.h"
-#include "barecnn/ops.h"
+#include "barecnn/exec.h"
 #include "barecnn/trainer.h"
 #include "synthetic_data.h"
 #include "test_util.h"
@@ -27,8 +27,8 @@ struct StepResult {
 StepResult one_step(Net& net, const std::vector<float>& params, const std::vector<float>& x,
                     const std::vector<int32_t>& labels, Loss loss, Device dev) {
   const int N = int(labels.size()), K = net.num_outputs();
-  std::unique_ptr<GpuContext> gpu;
-  if (dev == Device::CUDA) gpu = std::make_unique<GpuContext>();
+  const ExecContext ctx(dev);
+  const Exec& ex = ctx.exec();
   NetState<float> st;
   net.prepare(st, N, dev);
   Tensor p({int(params.size())}, dev), g({int(params.size())}, dev), l({N}, dev);
@@ -36,14 +36,10 @@ StepResult one_step(Net& net, const std::vector<float>& params, const std::vecto
   p.copy_from_host(params);
   lab.copy_from_host(labels);
   st.act[0].copy_from_host(x);
-  net.forward(st, p.data(), gpu.get());
-  if (dev == Device::CUDA)
-    gpu::loss_forward_backward(l.data(), st.dact.back().data(), correct.data(), st.act.back().data(), lab.data(), N,
-                               K, loss, 1.f / N, gpu->stream());
-  else
-    ref::loss_forward_backward<float>(l.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
-                                      lab.data(), N, K, loss, 1.f / N);
-  net.backward(st, p.data(), g.data(), gpu.get(), false);
+  net.forward(st, p.data(), ex);
+  op::loss_forward_backward(ex, l.data(), st.dact.back().data(), correct.data(), st.act.back().data(), lab.data(), N,
+                            K, loss, 1.f / N);
+  net.backward(st, p.data(), g.data(), ex, false);
   StepResult r;
   for (float v : l.to_host()) r.loss += v;
   r.loss /= N;
@@ -213,8 +209,8 @@ TEST_F(GpuTrain, LearnsAndResumesBitwise) {
   EXPECT_EQ(s["cuda_graph"], false);
   TrainConfig cp = cf;
   cp.out = part;
-  cp.stop_after_steps = 47;  // epoch 2 (37 steps each), last checkpoint at step 40
-  EXPECT_THROW(train(cp), Error);
+  // Killed in epoch 2 (37 steps each) after step 47; the last checkpoint is at step 40.
+  EXPECT_THROW(train(cp, test::stop_after(47)), Error);
   train(resume_of(part, false));
   EXPECT_EQ(read_file(full + "/model.safetensors", "a"), read_file(part + "/model.safetensors", "b"));
 }
@@ -252,8 +248,7 @@ TEST_F(GpuTrain, CudaGraphGivesTheEagerWeightsBitwise) {
   TrainConfig cp = config(part);
   cp.cuda_graph = true;
   cp.checkpoint_every = 10;
-  cp.stop_after_steps = 47;
-  EXPECT_THROW(train(cp), Error);
+  EXPECT_THROW(train(cp, test::stop_after(47)), Error);
   train(resume_of(part, true));
   EXPECT_EQ(read_file(eager_sgd + "/model.safetensors", "eager"), read_file(part + "/model.safetensors", "resumed"));
 }

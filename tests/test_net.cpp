@@ -97,16 +97,16 @@ TEST(Net, FloatNetMatchesDoubleNet) {
   auto x = test::tie_free_vec(sf.act[0].numel(), 11);
   std::copy(x.begin(), x.end(), sd.act[0].data());
   for (size_t i = 0; i < x.size(); ++i) sf.act[0].data()[i] = float(x[i]);
-  net.forward(sf, pf.data(), nullptr);
-  net.forward(sd, pd.data(), nullptr);
+  net.forward(sf, pf.data(), Exec::cpu());
+  net.forward(sd, pd.data(), Exec::cpu());
   EXPECT_TRUE(test::all_close(sd.act.back().to_host(), sf.act.back().to_host(), 1e-5, 1e-4));
   // and the gradients
   auto g = test::random_vec(sf.dact.back().numel(), 12);
   for (size_t i = 0; i < g.size(); ++i) sf.dact.back().data()[i] = float(g[i]), sd.dact.back().data()[i] = g[i];
   std::vector<float> gf(net.num_params());
   std::vector<double> gd(net.num_params());
-  net.backward(sf, pf.data(), gf.data(), nullptr, true);
-  net.backward(sd, pd.data(), gd.data(), nullptr, true);
+  net.backward(sf, pf.data(), gf.data(), Exec::cpu(), true);
+  net.backward(sd, pd.data(), gd.data(), Exec::cpu(), true);
   EXPECT_TRUE(test::all_close(gd, gf, 1e-4, 1e-3));
   EXPECT_TRUE(test::all_close(sd.dact[0].to_host(), sf.dact[0].to_host(), 1e-5, 1e-3));
 }
@@ -117,14 +117,14 @@ TEST(Net, FirstNonFiniteNamesTheLayer) {
   NetState<float> st;
   net.prepare(st, 2, Device::CPU);
   for (size_t i = 0; i < st.act[0].numel(); ++i) st.act[0].data()[i] = 0.5f;
-  net.forward(st, p.data(), nullptr);
+  net.forward(st, p.data(), Exec::cpu());
   EXPECT_EQ(net.first_nonfinite(st), "");
   // A weight of the first dense layer (layer 3, after the inserted flatten) becomes infinite.
   const ParamEntry* dw = nullptr;
   for (auto& e : net.params()) if (e.name == "3.weight") dw = &e;
   ASSERT_NE(dw, nullptr);
   for (size_t i = 0; i < dw->numel(); ++i) p[dw->offset + i] = INFINITY;
-  net.forward(st, p.data(), nullptr);
+  net.forward(st, p.data(), Exec::cpu());
   std::string where = net.first_nonfinite(st);
   EXPECT_NE(where.find("layer 3 dense(4)"), std::string::npos) << where;
 }
@@ -136,11 +136,11 @@ TEST(Net, BackwardOverwritesGradients) {
   net.prepare(st, 2, Device::CPU);
   auto x = test::random_vec(st.act[0].numel(), 3);
   std::copy(x.begin(), x.end(), st.act[0].data());
-  net.forward(st, p.data(), nullptr);
+  net.forward(st, p.data(), Exec::cpu());
   for (size_t i = 0; i < st.dact.back().numel(); ++i) st.dact.back().data()[i] = 0.1f * float(i % 7);
   std::vector<float> g1(net.num_params(), 123.f), g2(net.num_params(), -7.f);
-  net.backward(st, p.data(), g1.data(), nullptr, false);
-  net.backward(st, p.data(), g2.data(), nullptr, false);
+  net.backward(st, p.data(), g1.data(), Exec::cpu(), false);
+  net.backward(st, p.data(), g2.data(), Exec::cpu(), false);
   EXPECT_EQ(g1, g2);
 }
 
@@ -164,11 +164,11 @@ TEST(Net, EachStateKeepsItsOwnPoolingMask) {
   std::copy(g.begin(), g.end(), a.dact.back().data());
   std::copy(g.begin(), g.end(), alone.dact.back().data());
   std::vector<double> ga(net.num_params()), galone(net.num_params());
-  net.forward(alone, p.data(), nullptr);
-  net.backward(alone, p.data(), galone.data(), nullptr, true);
-  net.forward(a, p.data(), nullptr);
-  net.forward(b, p.data(), nullptr);  // another batch size, other inputs, in between
-  net.backward(a, p.data(), ga.data(), nullptr, true);
+  net.forward(alone, p.data(), Exec::cpu());
+  net.backward(alone, p.data(), galone.data(), Exec::cpu(), true);
+  net.forward(a, p.data(), Exec::cpu());
+  net.forward(b, p.data(), Exec::cpu());  // another batch size, other inputs, in between
+  net.backward(a, p.data(), ga.data(), Exec::cpu(), true);
   EXPECT_EQ(ga, galone);
   EXPECT_EQ(a.dact[0].to_host(), alone.dact[0].to_host());
   ASSERT_EQ(a.saved.size(), size_t(net.num_layers()));
@@ -186,11 +186,11 @@ TEST(Net, GpuFusionFlagLeavesTheCpuAlone) {
   EXPECT_EQ(std::count(st.fused.begin(), st.fused.end(), true), 0);
   auto x = test::tie_free_vec(st.act[0].numel(), 32);
   for (size_t i = 0; i < x.size(); ++i) st.act[0].data()[i] = float(x[i]);
-  net.forward(st, p.data(), nullptr);
+  net.forward(st, p.data(), Exec::cpu());
   std::vector<float> fused_on = st.act.back().to_host();
   net.set_gpu_fusion(false);
   net.prepare(st, 2, Device::CPU);
-  net.forward(st, p.data(), nullptr);
+  net.forward(st, p.data(), Exec::cpu());
   EXPECT_EQ(fused_on, st.act.back().to_host());
   EXPECT_NE(st.act[1].to_host(), st.act[2].to_host());  // the ReLU's input and output both written
 }
@@ -204,7 +204,7 @@ TEST(Net, FlattenIsAViewExceptAsTheLastLayer) {
   NetState<double> st;
   mid.prepare(st, 2, Device::CPU);
   EXPECT_EQ(st.act[3].numel() + st.dact[3].numel(), 0u);
-  LayerCall<double> c = mid.layer_call<double>(st, 3, nullptr, nullptr, nullptr, false);
+  LayerCall<double> c = mid.layer_call<double>(st, 3, nullptr, nullptr, Exec::cpu(), false);
   EXPECT_EQ(c.in, st.act[2].data());    // the relu's output, read as (N, 2*3*3)
   EXPECT_EQ(c.din, st.dact[2].data());  // and its gradient written there
   EXPECT_TRUE(passes(opts("conv(2,3) relu dense(3)", {1, 5, 5})));
@@ -217,11 +217,11 @@ TEST(Net, FlattenIsAViewExceptAsTheLastLayer) {
   last.prepare(s2, 2, Device::CPU);
   auto x = test::random_vec(s2.act[0].numel(), 42);
   std::copy(x.begin(), x.end(), s2.act[0].data());
-  last.forward(s2, p.data(), nullptr);
+  last.forward(s2, p.data(), Exec::cpu());
   EXPECT_EQ(s2.act[2].to_host(), s2.act[1].to_host());  // the logits: the conv's output, copied
   auto g = test::random_vec(s2.dact[2].numel(), 43);
   std::copy(g.begin(), g.end(), s2.dact[2].data());
   std::vector<double> grads(last.num_params());
-  last.backward(s2, p.data(), grads.data(), nullptr, true);
+  last.backward(s2, p.data(), grads.data(), Exec::cpu(), true);
   EXPECT_EQ(s2.dact[1].to_host(), s2.dact[2].to_host());
 }

@@ -128,8 +128,7 @@ TEST_F(TrainTest, MidEpochCheckpointResumesBitwise) {
   train(cf);
   TrainConfig cp = cf;
   cp.out = part;
-  cp.stop_after_steps = 27;
-  EXPECT_THROW(train(cp), Error);
+  EXPECT_THROW(train(cp, test::stop_after(27)), Error);
   Checkpoint ck = read_checkpoint(part + "/checkpoint.safetensors");
   EXPECT_EQ(ck.epochs_done, 1);
   EXPECT_EQ(ck.step_in_epoch, 7);

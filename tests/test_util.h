@@ -174,4 +174,11 @@ inline CommandResult run_command(const std::string& cmd) {
   return r;
 }
 
+// A train() observer that stops the run after `steps` optimizer steps, as if it were killed.
+inline std::function<void(long long)> stop_after(long long steps) {
+  return [steps](long long done) {
+    if (done >= steps) throw Error(fmt("stopped after ", done, " steps (test::stop_after)"));
+  };
+}
+
 }  // namespace barecnn::test

@@ -138,4 +138,34 @@ void CapturedGraph::launch(cudaStream_t stream) const {
   CUDA_CHECK(cudaGraphLaunch(exec_, stream));
 }
 
+CudaEvent::~CudaEvent() {
+  if (ev_) CUDA_CHECK_NOTHROW(cudaEventDestroy(ev_));
+}
+
+void CudaEvent::create(bool timing) {
+  BARECNN_ASSERT(ev_ == nullptr, "CudaEvent: created twice");
+  CUDA_CHECK(cudaEventCreateWithFlags(&ev_, timing ? cudaEventDefault : cudaEventDisableTiming));
+}
+
+void CudaEvent::record(cudaStream_t stream) { CUDA_CHECK(cudaEventRecord(ev_, stream)); }
+
+bool CudaEvent::done() const {
+  cudaError_t q = cudaEventQuery(ev_);
+  if (q == cudaErrorNotReady) {
+    (void)cudaGetLastError();  // "not ready" is also recorded as the last error: clear it, or the
+                               // next launch check would report it as its own failure
+    return false;
+  }
+  CUDA_CHECK(q);
+  return true;
+}
+
+void CudaEvent::synchronize() const { CUDA_CHECK(cudaEventSynchronize(ev_)); }
+
+float CudaEvent::ms_since(const CudaEvent& start) const {
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start.ev_, ev_));
+  return ms;
+}
+
 }  // namespace barecnn

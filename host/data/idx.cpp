@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -494,6 +495,21 @@ void check_labels(const Dataset& d, int classes) {
   };
   check(d.train_labels, d.train_labels_path);
   check(d.test_labels, d.test_labels_path);
+}
+
+double image_mean(const IdxImages& im) {
+  double s = 0;
+  for (uint8_t p : im.pixels) s += p;
+  return s / 255.0 / double(im.pixels.size());
+}
+
+double image_std(const IdxImages& im, double mean) {
+  double s = 0;
+  for (uint8_t p : im.pixels) {
+    double d = p / 255.0 - mean;
+    s += d * d;
+  }
+  return std::sqrt(s / double(im.pixels.size()));
 }
 
 }  // namespace barecnn

@@ -40,7 +40,7 @@ struct Objective {
 
   double operator()(const std::vector<double>& params, const std::vector<double>& x) {
     std::copy(x.begin(), x.end(), st.act[0].data());
-    net.forward(st, params.data(), nullptr);
+    net.forward(st, params.data(), Exec::cpu());
     std::vector<double> l(st.N);
     ref::loss_forward_backward<double>(l.data(), nullptr, nullptr, st.act.back().data(), labels.data(), st.N, K,
                                        loss, 1.0 / st.N);
@@ -81,7 +81,7 @@ GradcheckResult run_gradcheck(const GradcheckOptions& opt) {
   ref::loss_forward_backward<double>(lvec.data(), st.dact.back().data(), nullptr, st.act.back().data(),
                                      labels.data(), N, K, opt.loss, 1.0 / N);
   std::vector<double> grads(net.num_params());
-  net.backward(st, params.data(), grads.data(), nullptr, /*need_input_grad=*/true);
+  net.backward(st, params.data(), grads.data(), Exec::cpu(), /*need_input_grad=*/true);
   std::vector<double> dx(st.dact[0].data(), st.dact[0].data() + st.dact[0].numel());
   if (!net.params().empty())
     for (size_t i = 0; i < net.params()[0].numel(); ++i) grads[i] *= opt.corrupt;

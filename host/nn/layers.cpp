@@ -1,16 +1,13 @@
-// Layer objects. Each forward/backward dispatches on the call's device: the CUDA launcher for
-// float tensors on the GPU; on the CPU, the fast float ops of host/cpu/ (which fall back to the
-// reference where they have no fast path) for float, and the reference itself for double (the
-// gradient checks).
+// Layer objects: geometry, parameters' shapes and init, and one op call per direction. Which
+// implementation runs (GPU, fast CPU, reference) is decided by the op's dispatch (exec.h).
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
 #include "barecnn/arch.h"
-#include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
+#include "barecnn/exec.h"
 #include "barecnn/layer.h"
-#include "barecnn/ops.h"
 
 namespace barecnn {
 
@@ -23,19 +20,6 @@ size_t Layer::num_params() const {
 std::string Layer::label() const { return fmt("layer ", index_, " ", spec()); }
 
 namespace {
-
-// True when the call must go to the GPU. Only float runs there; the double path (gradient
-// checks) is CPU-only by construction.
-template <typename T>
-bool on_gpu(const LayerCall<T>& c) {
-  if (c.device != Device::CUDA) return false;
-  if constexpr (!std::is_same_v<T, float>) {
-    throw Error("internal: double-precision tensors are CPU-only (gradient checks)");
-  } else {
-    BARECNN_ASSERT(c.gpu != nullptr, "a CUDA call needs a GpuContext");
-    return true;
-  }
-}
 
 // Forwards the four virtual entry points to one template per direction.
 #define BARECNN_LAYER_DISPATCH                                          \
@@ -56,7 +40,6 @@ void init_weights(float* w, size_t n, int fan_in, int fan_out, Rng& rng, bool re
 }
 
 std::string window_str(int kh, int kw) { return kh == kw ? std::to_string(kh) : fmt(kh, "x", kw); }
-std::string torch_window(int kh, int kw) { return kh == kw ? std::to_string(kh) : fmt("(", kh, ", ", kw, ")"); }
 
 // Layers on images need a (C, H, W) input.
 void need_image(int index, const std::string& spec, const Dims& in) {
@@ -81,12 +64,6 @@ class Conv2d final : public Layer {
     if (pad_) s += fmt(",pad=", pad_);
     return s + ")";
   }
-  std::string torch_module() const override {
-    std::string s = fmt("nn.Conv2d(", in_[0], ", ", K_, ", kernel_size=", torch_window(kh_, kw_));
-    if (stride_ != 1) s += fmt(", stride=", stride_);
-    if (pad_) s += fmt(", padding=", pad_);
-    return s + ")";
-  }
   std::vector<ParamSpec> param_specs() const override {
     return {{"weight", {K_, in_[0], kh_, kw_}}, {"bias", {K_}}};
   }
@@ -107,34 +84,17 @@ class Conv2d final : public Layer {
   template <typename T>
   void fwd(const LayerCall<T>& c) {
     Conv2dShape s = shape(c.N);
-    const T* w = c.param;                  // (K, C, kh, kw)
+    const T* w = c.param;                     // (K, C, kh, kw)
     const T* b = c.param + s.weight_numel();  // (K)
-    if (on_gpu(c)) {
-      if constexpr (std::is_same_v<T, float>) gpu::conv2d_forward(c.out, c.in, w, b, s, c.gpu->stream(), c.fuse_relu);
-    } else if constexpr (std::is_same_v<T, float>) {
-      cpu::conv2d_forward(c.out, c.in, w, b, s);
-    } else {
-      ref::conv2d_forward(c.out, c.in, w, b, s);
-    }
+    op::conv2d_forward(c.ex, c.out, c.in, w, b, s, c.fuse_relu);
   }
   template <typename T>
   void bwd(const LayerCall<T>& c) {
     Conv2dShape s = shape(c.N);
-    const T* w = c.param;
     T* dw = c.dparam;
     T* db = c.dparam + s.weight_numel();
-    if (on_gpu(c)) {
-      if constexpr (std::is_same_v<T, float>) {
-        gpu::conv2d_backward_weight(dw, db, c.dout, c.in, s, c.workspace, c.gpu->stream(), c.relu_out);
-        if (c.din) gpu::conv2d_backward_input(c.din, c.dout, w, s, c.gpu->stream(), c.relu_out);
-      }
-    } else if constexpr (std::is_same_v<T, float>) {
-      cpu::conv2d_backward_weight(dw, db, c.dout, c.in, s);
-      if (c.din) cpu::conv2d_backward_input(c.din, c.dout, w, s);
-    } else {
-      ref::conv2d_backward_weight(dw, db, c.dout, c.in, s);
-      if (c.din) ref::conv2d_backward_input(c.din, c.dout, w, s);
-    }
+    op::conv2d_backward_weight(c.ex, dw, db, c.dout, c.in, s, c.relu_out);
+    if (c.din) op::conv2d_backward_input(c.ex, c.din, c.dout, c.param, s, c.relu_out);
   }
   int K_, kh_, kw_, stride_, pad_;
 };
@@ -156,12 +116,6 @@ class Pool2d final : public Layer {
     if (!(kh_ == kw_ && stride_ == kh_)) s += fmt(",stride=", stride_);
     return s + ")";
   }
-  std::string torch_module() const override {
-    std::string args = fmt("kernel_size=", torch_window(kh_, kw_), ", stride=", stride_);
-    if (kind_ == PoolKind::Max) return fmt("nn.MaxPool2d(", args, ")");
-    if (kind_ == PoolKind::Avg) return fmt("nn.AvgPool2d(", args, ")");
-    return fmt("nn.LPPool2d(2, ", args, ")");
-  }
   size_t saved_ints(int N) const override {
     return kind_ == PoolKind::Max ? size_t(N) * size_t(dims_numel(out_)) : 0;
   }
@@ -172,57 +126,25 @@ class Pool2d final : public Layer {
   template <typename T>
   void fwd(const LayerCall<T>& c) {
     Pool2dShape s = shape(c.N);
-    bool g = on_gpu(c);
-    if (kind_ == PoolKind::Max) {
-      // The argmax mask (N, C, OH, OW) is this layer's saved state for backward (NetState::saved).
-      BARECNN_ASSERT(c.saved != nullptr, label(), ": forward without its argmax mask buffer");
-      if (g) {
-        if constexpr (std::is_same_v<T, float>) gpu::maxpool2d_forward(c.out, c.saved, c.in, s, c.gpu->stream());
-      } else if constexpr (std::is_same_v<T, float>) {
-        cpu::maxpool2d_forward(c.out, c.saved, c.in, s);
-      } else {
-        ref::maxpool2d_forward(c.out, c.saved, c.in, s);
-      }
-    } else if (kind_ == PoolKind::Avg) {
-      if (g) {
-        if constexpr (std::is_same_v<T, float>) gpu::avgpool2d_forward(c.out, c.in, s, c.gpu->stream());
-      } else {
-        ref::avgpool2d_forward(c.out, c.in, s);
-      }
-    } else {
-      if (g) {
-        if constexpr (std::is_same_v<T, float>) gpu::l2pool2d_forward(c.out, c.in, s, c.gpu->stream());
-      } else {
-        ref::l2pool2d_forward(c.out, c.in, s);
-      }
+    switch (kind_) {
+      case PoolKind::Max:
+        // The argmax mask (N, C, OH, OW) is this layer's saved state for backward (NetState::saved).
+        BARECNN_ASSERT(c.saved != nullptr, label(), ": forward without its argmax mask buffer");
+        return op::maxpool2d_forward(c.ex, c.out, c.saved, c.in, s);
+      case PoolKind::Avg: return op::avgpool2d_forward(c.ex, c.out, c.in, s);
+      case PoolKind::L2: return op::l2pool2d_forward(c.ex, c.out, c.in, s);
     }
   }
   template <typename T>
   void bwd(const LayerCall<T>& c) {
     if (!c.din) return;
     Pool2dShape s = shape(c.N);
-    bool g = on_gpu(c);
-    if (kind_ == PoolKind::Max) {
-      BARECNN_ASSERT(c.saved != nullptr, label(), ": backward without its argmax mask buffer");
-      if (g) {
-        if constexpr (std::is_same_v<T, float>) gpu::maxpool2d_backward(c.din, c.dout, c.saved, s, c.gpu->stream());
-      } else if constexpr (std::is_same_v<T, float>) {
-        cpu::maxpool2d_backward(c.din, c.dout, c.saved, s);
-      } else {
-        ref::maxpool2d_backward(c.din, c.dout, c.saved, s);
-      }
-    } else if (kind_ == PoolKind::Avg) {
-      if (g) {
-        if constexpr (std::is_same_v<T, float>) gpu::avgpool2d_backward(c.din, c.dout, s, c.gpu->stream());
-      } else {
-        ref::avgpool2d_backward(c.din, c.dout, s);
-      }
-    } else {
-      if (g) {
-        if constexpr (std::is_same_v<T, float>) gpu::l2pool2d_backward(c.din, c.dout, c.in, c.out, s, c.gpu->stream());
-      } else {
-        ref::l2pool2d_backward(c.din, c.dout, c.in, c.out, s);
-      }
+    switch (kind_) {
+      case PoolKind::Max:
+        BARECNN_ASSERT(c.saved != nullptr, label(), ": backward without its argmax mask buffer");
+        return op::maxpool2d_backward(c.ex, c.din, c.dout, c.saved, s);
+      case PoolKind::Avg: return op::avgpool2d_backward(c.ex, c.din, c.dout, s);
+      case PoolKind::L2: return op::l2pool2d_backward(c.ex, c.din, c.dout, c.in, c.out, s);
     }
   }
   PoolKind kind_;
@@ -234,20 +156,6 @@ class ActivationLayer final : public Layer {
  public:
   ActivationLayer(int index, const Dims& in, Activation a) : Layer(index, in), a_(a) { out_ = in; }
   std::string spec() const override { return activation_name(a_); }
-  std::string torch_module() const override {
-    switch (a_.kind) {
-      case Act::Identity: return "nn.Identity()";
-      case Act::BinaryStep: return "BinaryStep()  # no torch.nn equivalent: (x >= 0).float()";
-      case Act::Sigmoid: return "nn.Sigmoid()";
-      case Act::Tanh: return "nn.Tanh()";
-      case Act::Arctan: return "Arctan()  # no torch.nn equivalent: torch.atan(x)";
-      case Act::Relu: return "nn.ReLU()";
-      case Act::LeakyRelu: return fmt("nn.LeakyReLU(", a_.alpha, ")");
-      case Act::Elu: return fmt("nn.ELU(", a_.alpha, ")");
-      case Act::Softplus: return "nn.Softplus()";
-    }
-    return "?";
-  }
   bool is_activation() const override { return true; }
   bool is_relu_like() const override {
     return a_.kind == Act::Relu || a_.kind == Act::LeakyRelu || a_.kind == Act::Elu;
@@ -258,26 +166,11 @@ class ActivationLayer final : public Layer {
  private:
   template <typename T>
   void fwd(const LayerCall<T>& c) {
-    long long n = 1LL * c.N * dims_numel(in_);
-    if (on_gpu(c)) {
-      if constexpr (std::is_same_v<T, float>) gpu::activation_forward(c.out, c.in, n, a_, c.gpu->stream());
-    } else if constexpr (std::is_same_v<T, float>) {
-      cpu::activation_forward(c.out, c.in, n, a_);
-    } else {
-      ref::activation_forward(c.out, c.in, n, a_);
-    }
+    op::activation_forward(c.ex, c.out, c.in, 1LL * c.N * dims_numel(in_), a_);
   }
   template <typename T>
   void bwd(const LayerCall<T>& c) {
-    if (!c.din) return;
-    long long n = 1LL * c.N * dims_numel(in_);
-    if (on_gpu(c)) {
-      if constexpr (std::is_same_v<T, float>) gpu::activation_backward(c.din, c.dout, c.in, c.out, n, a_, c.gpu->stream());
-    } else if constexpr (std::is_same_v<T, float>) {
-      cpu::activation_backward(c.din, c.dout, c.in, c.out, n, a_);
-    } else {
-      ref::activation_backward(c.din, c.dout, c.in, c.out, n, a_);
-    }
+    if (c.din) op::activation_backward(c.ex, c.din, c.dout, c.in, c.out, 1LL * c.N * dims_numel(in_), a_);
   }
   Activation a_;
 };
@@ -292,27 +185,15 @@ class SoftmaxLayer final : public Layer {
     out_ = in;
   }
   std::string spec() const override { return "softmax"; }
-  std::string torch_module() const override { return "nn.Softmax(dim=1)"; }
   bool is_activation() const override { return true; }
   BARECNN_LAYER_DISPATCH
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
-    if (on_gpu(c)) {
-      if constexpr (std::is_same_v<T, float>) gpu::softmax_forward(c.out, c.in, c.N, in_[0], c.gpu->stream());
-    } else {
-      ref::softmax_forward(c.out, c.in, c.N, in_[0]);
-    }
-  }
+  void fwd(const LayerCall<T>& c) { op::softmax_forward(c.ex, c.out, c.in, c.N, in_[0]); }
   template <typename T>
   void bwd(const LayerCall<T>& c) {
-    if (!c.din) return;
-    if (on_gpu(c)) {
-      if constexpr (std::is_same_v<T, float>) gpu::softmax_backward(c.din, c.dout, c.out, c.N, in_[0], c.gpu->stream());
-    } else {
-      ref::softmax_backward(c.din, c.dout, c.out, c.N, in_[0]);
-    }
+    if (c.din) op::softmax_backward(c.ex, c.din, c.dout, c.out, c.N, in_[0]);
   }
 };
 
@@ -321,22 +202,17 @@ class Flatten final : public Layer {
  public:
   Flatten(int index, const Dims& in) : Layer(index, in) { out_ = {int(dims_numel(in))}; }
   std::string spec() const override { return "flatten"; }
-  std::string torch_module() const override { return "nn.Flatten()"; }
   // NCHW is already the flat (N, C*H*W) layout: the net passes the input on (Net::layer_call).
   bool is_view() const override { return true; }
   BARECNN_LAYER_DISPATCH
 
  private:
   template <typename T>
-  void copy(T* dst, const T* src, const LayerCall<T>& c) {
-    size_t n = size_t(c.N) * dims_numel(in_);
-    if (on_gpu(c)) CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToDevice, c.gpu->stream()));
-    else std::copy(src, src + n, dst);
+  void fwd(const LayerCall<T>& c) { op::copy(c.ex, c.out, c.in, size_t(c.N) * dims_numel(in_)); }
+  template <typename T>
+  void bwd(const LayerCall<T>& c) {
+    if (c.din) op::copy(c.ex, c.din, c.dout, size_t(c.N) * dims_numel(in_));
   }
-  template <typename T>
-  void fwd(const LayerCall<T>& c) { copy(c.out, c.in, c); }
-  template <typename T>
-  void bwd(const LayerCall<T>& c) { if (c.din) copy(c.din, c.dout, c); }
 };
 
 // ---- dense (fully connected) -------------------------------------------------------------------
@@ -349,7 +225,6 @@ class Dense final : public Layer {
     out_ = {units};
   }
   std::string spec() const override { return fmt("dense(", units_, ")"); }
-  std::string torch_module() const override { return fmt("nn.Linear(", in_[0], ", ", units_, ")"); }
   std::vector<ParamSpec> param_specs() const override { return {{"weight", {units_, in_[0]}}, {"bias", {units_}}}; }
   void init_params(float* p, Rng& rng, bool relu_after) const override {
     size_t nw = size_t(units_) * in_[0];
@@ -361,36 +236,18 @@ class Dense final : public Layer {
  private:
   template <typename T>
   void fwd(const LayerCall<T>& c) {
-    int IN = in_[0], OUT = units_;
-    const T* w = c.param;            // (OUT, IN)
+    const int IN = in_[0], OUT = units_;
+    const T* w = c.param;                     // (OUT, IN)
     const T* b = c.param + size_t(OUT) * IN;  // (OUT)
-    if (on_gpu(c)) {
-      if constexpr (std::is_same_v<T, float>)
-        gpu::dense_forward(c.out, c.in, w, b, c.N, IN, OUT, c.gpu->cublas(), c.gpu->stream());
-    } else if constexpr (std::is_same_v<T, float>) {
-      cpu::dense_forward(c.out, c.in, w, b, c.N, IN, OUT);
-    } else {
-      ref::dense_forward(c.out, c.in, w, b, c.N, IN, OUT);
-    }
+    op::dense_forward(c.ex, c.out, c.in, w, b, c.N, IN, OUT);
   }
   template <typename T>
   void bwd(const LayerCall<T>& c) {
-    int IN = in_[0], OUT = units_;
-    const T* w = c.param;
+    const int IN = in_[0], OUT = units_;
     T* dw = c.dparam;
     T* db = c.dparam + size_t(OUT) * IN;
-    if (on_gpu(c)) {
-      if constexpr (std::is_same_v<T, float>) {
-        gpu::dense_backward_weight(dw, db, c.dout, c.in, c.N, IN, OUT, c.gpu->cublas(), c.gpu->stream());
-        if (c.din) gpu::dense_backward_input(c.din, c.dout, w, c.N, IN, OUT, c.gpu->cublas(), c.gpu->stream());
-      }
-    } else if constexpr (std::is_same_v<T, float>) {
-      cpu::dense_backward_weight(dw, db, c.dout, c.in, c.N, IN, OUT);
-      if (c.din) cpu::dense_backward_input(c.din, c.dout, w, c.N, IN, OUT);
-    } else {
-      ref::dense_backward_weight(dw, db, c.dout, c.in, c.N, IN, OUT);
-      if (c.din) ref::dense_backward_input(c.din, c.dout, w, c.N, IN, OUT);
-    }
+    op::dense_backward_weight(c.ex, dw, db, c.dout, c.in, c.N, IN, OUT);
+    if (c.din) op::dense_backward_input(c.ex, c.din, c.dout, c.param, c.N, IN, OUT);
   }
   int units_;
 };

@@ -2,8 +2,6 @@
 // flat parameter buffer laid out layer by layer in torch.nn.Sequential order.
 #include "barecnn/net.h"
 
-#include <nvtx3/nvToolsExt.h>
-
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -11,15 +9,9 @@
 
 #include "barecnn/arch.h"
 #include "barecnn/error.h"
+#include "barecnn/nvtx.h"
 
 namespace barecnn {
-
-namespace {
-struct NvtxScope {
-  explicit NvtxScope(const std::string& s) { nvtxRangePushA(s.c_str()); }
-  ~NvtxScope() { nvtxRangePop(); }
-};
-}  // namespace
 
 Net::Net(const std::string& spec, const Dims& input) : input_(input) {
   if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1)
@@ -144,10 +136,11 @@ size_t Net::input_slot(size_t i) const {
 }
 
 template <typename T>
-LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, const GpuContext* gpu,
+LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, const Exec& ex,
                              bool need_input_grad) const {
+  BARECNN_ASSERT(ex.device == st.device, "a ", device_name(st.device), " NetState run on ", device_name(ex.device));
   LayerCall<T> c;
-  c.device = st.device;
+  c.ex = ex.with_workspace(st.workspace.numel() ? st.workspace.data() : nullptr);
   c.N = st.N;
   const size_t src = input_slot(size_t(i));  // past any flatten before it
   c.in = st.act[src].data();
@@ -157,8 +150,6 @@ LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, 
   c.din = (src > 0 || need_input_grad) ? st.dact[src].data() : nullptr;
   c.param = params + layer_offset_[i];
   c.dparam = grads ? grads + layer_offset_[i] : nullptr;
-  c.gpu = gpu;
-  c.workspace = st.device == Device::CUDA ? st.workspace.data() : nullptr;
   c.saved = st.saved[i].numel() ? st.saved[i].data() : nullptr;
   if (fused_at(st, size_t(i))) {  // this conv does the ReLU of layer i+1 too
     c.fuse_relu = true;
@@ -170,20 +161,20 @@ LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, 
 }
 
 template <typename T>
-void Net::forward(NetState<T>& st, const T* params, const GpuContext* gpu) {
+void Net::forward(NetState<T>& st, const T* params, const Exec& ex) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     if ((i > 0 && fused_at(st, i - 1)) || skipped_view(i)) continue;  // done by the conv before it / a view
     NvtxScope range(layers_[i]->label() + (fused_at(st, i) ? " + relu forward" : " forward"));
-    layers_[i]->forward(layer_call<T>(st, int(i), params, nullptr, gpu, false));
+    layers_[i]->forward(layer_call<T>(st, int(i), params, nullptr, ex, false));
   }
 }
 
 template <typename T>
-void Net::backward(NetState<T>& st, const T* params, T* grads, const GpuContext* gpu, bool need_input_grad) {
+void Net::backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad) {
   for (size_t i = layers_.size(); i-- > 0;) {
     if ((i > 0 && fused_at(st, i - 1)) || skipped_view(i)) continue;  // done by the conv before it / a view
     NvtxScope range(layers_[i]->label() + (fused_at(st, i) ? " + relu backward" : " backward"));
-    layers_[i]->backward(layer_call<T>(st, int(i), params, grads, gpu, need_input_grad));
+    layers_[i]->backward(layer_call<T>(st, int(i), params, grads, ex, need_input_grad));
   }
 }
 
@@ -235,13 +226,12 @@ std::string Net::summary() const {
 
 template void Net::prepare<float>(NetState<float>&, int, Device) const;
 template void Net::prepare<double>(NetState<double>&, int, Device) const;
-template void Net::forward<float>(NetState<float>&, const float*, const GpuContext*);
-template void Net::forward<double>(NetState<double>&, const double*, const GpuContext*);
-template void Net::backward<float>(NetState<float>&, const float*, float*, const GpuContext*, bool);
-template void Net::backward<double>(NetState<double>&, const double*, double*, const GpuContext*, bool);
-template LayerCall<float> Net::layer_call<float>(NetState<float>&, int, const float*, float*, const GpuContext*,
-                                                 bool) const;
-template LayerCall<double> Net::layer_call<double>(NetState<double>&, int, const double*, double*,
-                                                   const GpuContext*, bool) const;
+template void Net::forward<float>(NetState<float>&, const float*, const Exec&);
+template void Net::forward<double>(NetState<double>&, const double*, const Exec&);
+template void Net::backward<float>(NetState<float>&, const float*, float*, const Exec&, bool);
+template void Net::backward<double>(NetState<double>&, const double*, double*, const Exec&, bool);
+template LayerCall<float> Net::layer_call<float>(NetState<float>&, int, const float*, float*, const Exec&, bool) const;
+template LayerCall<double> Net::layer_call<double>(NetState<double>&, int, const double*, double*, const Exec&,
+                                                   bool) const;
 
 }  // namespace barecnn

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "barecnn/device_buffer.h"
+#include "barecnn/error.h"
 
 namespace barecnn {
 
@@ -49,6 +50,56 @@ class GpuContext {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DeviceBuffer<uint8_t> cublas_workspace_;  // freed after the handle (the destructor body runs first)
+};
+
+// Page-locked host memory (cudaMallocHost), for copies from the device that do not block the
+// stream; move-only. Empty until resize().
+template <typename T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() { release(); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(o.ptr_), n_(o.n_) { o.ptr_ = nullptr, o.n_ = 0; }
+  void resize(size_t n) {
+    release();
+    void* p = nullptr;
+    CUDA_CHECK(cudaMallocHost(&p, n * sizeof(T)));
+    ptr_ = static_cast<T*>(p), n_ = n;
+  }
+  T* data() { return ptr_; }
+  const T* data() const { return ptr_; }
+  size_t size() const { return n_; }
+
+ private:
+  void release() noexcept {
+    if (ptr_) CUDA_CHECK_NOTHROW(cudaFreeHost(ptr_));
+    ptr_ = nullptr, n_ = 0;
+  }
+  T* ptr_ = nullptr;
+  size_t n_ = 0;
+};
+
+// A CUDA event, owned; empty until create().
+class CudaEvent {
+ public:
+  CudaEvent() = default;
+  ~CudaEvent();
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+  // timing: the event can measure elapsed time (cudaEventElapsedTime); else it only orders work.
+  void create(bool timing);
+  void record(cudaStream_t stream);
+  // cudaEventQuery without leaving "not ready" behind as the thread's last error.
+  bool done() const;
+  void synchronize() const;
+  // Milliseconds from `start` to this event (both recorded, both with timing).
+  float ms_since(const CudaEvent& start) const;
+  cudaEvent_t get() const { return ev_; }
+
+ private:
+  cudaEvent_t ev_ = nullptr;
 };
 
 // A CUDA Graph of what one call of `enqueue` puts on a stream: captured once, then replayed with

@@ -46,4 +46,8 @@ Dataset load_dataset(const std::string& dir, long long limit = 0);
 // Throws UsageError naming the labels file if any label is >= classes.
 void check_labels(const Dataset& d, int classes);
 
+// Mean and standard deviation of the pixels scaled to [0, 1] (the input normalization).
+double image_mean(const IdxImages& im);
+double image_std(const IdxImages& im, double mean);
+
 }  // namespace barecnn

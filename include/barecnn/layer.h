@@ -1,6 +1,6 @@
 // Layer objects: each owns the description of its parameters, computes its output shape when the
-// net is built, and dispatches each call on the device of the tensors: the CPU reference (float or
-// double), the fast CPU ops, or the CUDA launcher (float). A layer holds no per-batch buffers: its
+// net is built, and makes one op call per direction through the dispatch of exec.h (which picks
+// the CUDA launcher, the fast CPU op or the reference). A layer holds no per-batch buffers: its
 // saved state for backward (the max-pool argmax mask) lives in the NetState beside the
 // activations, so one Net can run several batch sizes (training, evaluation) without moving a
 // buffer that a captured CUDA Graph points at.
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "barecnn/activation.h"
-#include "barecnn/gpu.h"
+#include "barecnn/exec.h"
 #include "barecnn/rng.h"
 #include "barecnn/shape.h"
 #include "barecnn/tensor.h"
@@ -24,12 +24,12 @@ struct ParamSpec {
   Dims dims;
 };
 
-// Everything one forward or backward call of a layer needs. Pointers are on `device`.
+// Everything one forward or backward call of a layer needs. Pointers are on ex.device.
 //   forward : in (N, in_dims) -> out (N, out_dims)
 //   backward: given in, out and dout, writes din (null: not needed) and dparam
 template <typename T>
 struct LayerCall {
-  Device device = Device::CPU;
+  Exec ex;  // where it runs (with the GPU scratch of workspace_floats(N) floats)
   int N = 0;
   const T* in = nullptr;
   T* out = nullptr;
@@ -37,8 +37,6 @@ struct LayerCall {
   T* din = nullptr;
   const T* param = nullptr;  // this layer's slice of the flat parameter buffer
   T* dparam = nullptr;       // its slice of the flat gradient buffer
-  const GpuContext* gpu = nullptr;
-  float* workspace = nullptr;  // GPU scratch of workspace_floats(N) floats
   int32_t* saved = nullptr;    // saved_ints(N) int32s kept from forward for backward (argmax mask)
   // GPU conv + ReLU fused (Net::set_gpu_fusion): forward writes relu(conv) into `out` (the ReLU
   // layer's output); backward reads `dout` as the ReLU's output gradient and masks it with
@@ -53,8 +51,6 @@ class Layer {
 
   // The spec as written in the arch grammar: "conv(32,5,pad=2)", "relu", "maxpool(2)".
   virtual std::string spec() const = 0;
-  // The equivalent PyTorch module, for docs and export: "nn.Conv2d(1, 32, kernel_size=5, padding=2)".
-  virtual std::string torch_module() const = 0;
   virtual std::vector<ParamSpec> param_specs() const { return {}; }
   // Initializes this layer's parameters (host, flat, in param_specs order).
   // `relu_after`: the next nonlinearity is ReLU-like (He init), else Xavier.

@@ -70,16 +70,16 @@ class Net {
   void prepare(NetState<T>& st, int N, Device device) const;
   // st.act[0] must hold the input. Writes st.act[1..L].
   template <typename T>
-  void forward(NetState<T>& st, const T* params, const GpuContext* gpu);
+  void forward(NetState<T>& st, const T* params, const Exec& ex);
   // st.dact[L] must hold d loss / d logits. Writes st.dact[L-1..1] (and dact[0] if
   // need_input_grad) and grads (num_params, overwritten).
   template <typename T>
-  void backward(NetState<T>& st, const T* params, T* grads, const GpuContext* gpu, bool need_input_grad);
+  void backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad);
   // The call that forward / backward make for layer i (grads may be null for forward only; the
   // input gradient of layer 0 is skipped unless need_input_grad). Benchmarks time single layers
   // with it.
   template <typename T>
-  LayerCall<T> layer_call(NetState<T>& st, int i, const T* params, T* grads, const GpuContext* gpu,
+  LayerCall<T> layer_call(NetState<T>& st, int i, const T* params, T* grads, const Exec& ex,
                           bool need_input_grad) const;
 
   // After a non-finite loss: the first layer whose output (forward) or input gradient (backward)

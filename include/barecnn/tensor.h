@@ -42,11 +42,6 @@ class BasicTensor {
       dbuf_.resize(n, "tensor");
     }
   }
-  // Same storage, other dims with the same element count.
-  void reshape(Dims dims) {
-    BARECNN_ASSERT(dims_numel(dims) == numel(), "reshape ", dims_str(dims_), " -> ", dims_str(dims));
-    dims_ = std::move(dims);
-  }
 
   Device device() const { return dev_; }
   const Dims& dims() const { return dims_; }
@@ -69,12 +64,6 @@ class BasicTensor {
   void zero(cudaStream_t stream = 0) {
     if (dev_ == Device::CPU) std::fill(host_.begin(), host_.end(), T(0));
     else dbuf_.memset_zero(stream);
-  }
-  // A copy on another device.
-  BasicTensor to(Device dev) const {
-    BasicTensor t(dims_, dev);
-    t.copy_from_host(to_host());
-    return t;
   }
 
  private:

@@ -2,11 +2,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "barecnn/gpu.h"
+#include "barecnn/evaluator.h"
+#include "barecnn/exec.h"
 #include "barecnn/idx.h"
 #include "barecnn/net.h"
 #include "barecnn/ops.h"
@@ -19,7 +21,7 @@ struct TrainConfig {
   std::string device = "auto";       // auto | cpu | cuda
   int epochs = 3;
   int batch = 64;
-  OptimConfig optim;                 // sgd, lr 0.01, momentum 0.9 by default (set by the CLI)
+  OptimConfig optim;                 // (the CLI's defaults: sgd, lr 0.01, momentum 0.9)
   Loss loss = Loss::SoftmaxCrossEntropy;
   uint64_t seed = 1;
   long long limit = 0;               // first N training images (0: all)
@@ -30,7 +32,6 @@ struct TrainConfig {
   bool quiet = false;                // no progress display
   bool cuda_graph = false;           // GPU: replay the training step as a captured CUDA Graph
   bool fuse = false;                 // GPU: each conv applies the plain ReLU after it (Net::set_gpu_fusion)
-  long long stop_after_steps = 0;    // tests: stop (throw) after this many optimizer steps, as if killed
 };
 
 struct EpochMetrics {
@@ -39,12 +40,13 @@ struct EpochMetrics {
   double seconds = 0, images_per_second = 0;
 };
 
+// Called after every optimizer step with the number of steps so far (tests stop a run there, as
+// if it were killed, by throwing).
+using StepObserver = std::function<void(long long global_step)>;
+
 // Runs a whole training as the CLI's `train` does; prints the configuration, progress and the
 // results; writes the outputs into cfg.out. Throws Error/UsageError on failure.
-void train(const TrainConfig& cfg);
-
-// Picks the device from "auto" | "cpu" | "cuda"; `why` says why (printed by the commands).
-Device choose_device(const std::string& flag, std::string* why);
+void train(const TrainConfig& cfg, const StepObserver& after_step = {});
 
 // What a model file holds besides the weights.
 struct ModelMeta {
@@ -65,19 +67,6 @@ void save_model(const std::string& path, const Net& net, const std::vector<float
 // Validates: metadata with arch/input, every tensor present with the right shape and dtype, no
 // extra tensors. Errors name the file and the tensor.
 Model load_model(const std::string& path);
-
-struct EvalResult {
-  double loss = 0, accuracy = 0;
-  long long count = 0;
-  std::vector<int64_t> confusion;  // (K, K): row true, column predicted
-  std::vector<float> logits;       // (count, K) when asked for
-  std::vector<int32_t> predicted;  // (count)
-};
-
-// Evaluates `params` (host, flat) on images; labels may be empty (prediction only).
-EvalResult evaluate(Net& net, const std::vector<float>& params, const IdxImages& images,
-                    const std::vector<uint8_t>& labels, float mean, float std, Loss loss, Device device,
-                    int batch, bool keep_logits);
 
 // Fashion-MNIST's class names when the data looks like it (10 classes), else "0", "1", ...
 std::vector<std::string> default_class_names(int classes, const std::string& data_dir);

@@ -16,9 +16,11 @@
 #include "barecnn/net.h"
 #include "barecnn/ops.h"
 #include "barecnn/peak.h"
+#include "barecnn/step.h"
+#include "commands.h"
 #include "barecnn/trainer.h"
 
-namespace barecnn {
+namespace barecnn::cli {
 
 namespace {
 
@@ -67,42 +69,6 @@ LayerBytes layer_min_bytes(const Layer& l, int N, bool need_din) {
   return elementwise_min_bytes(in, need_din);  // activations and softmax
 }
 
-class Timer {
- public:
-  Timer(Device d, const GpuContext* g) : dev_(d), gpu_(g) {
-    if (dev_ == Device::CUDA) {
-      CUDA_CHECK(cudaEventCreate(&a_));
-      CUDA_CHECK(cudaEventCreate(&b_));
-    }
-  }
-  ~Timer() {
-    if (a_) cudaEventDestroy(a_);
-    if (b_) cudaEventDestroy(b_);
-  }
-  Timer(const Timer&) = delete;
-  Timer& operator=(const Timer&) = delete;
-  void start() {
-    if (dev_ == Device::CUDA) CUDA_CHECK(cudaEventRecord(a_, gpu_->stream()));
-    else t0_ = std::chrono::steady_clock::now();
-  }
-  double stop_ms() {
-    if (dev_ == Device::CUDA) {
-      CUDA_CHECK(cudaEventRecord(b_, gpu_->stream()));
-      CUDA_CHECK(cudaEventSynchronize(b_));
-      float ms = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
-      return ms;
-    }
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count();
-  }
-
- private:
-  Device dev_;
-  const GpuContext* gpu_;
-  cudaEvent_t a_ = nullptr, b_ = nullptr;
-  std::chrono::steady_clock::time_point t0_;
-};
-
 // ---- the figures ---------------------------------------------------------------------------------
 
 struct PhaseFigures {  // one direction (forward or backward) of one layer
@@ -126,10 +92,9 @@ struct BenchReport {
   std::optional<double> peak_flops, peak_bytes_per_s;
   // Bytes held in DeviceBuffers at the most during warm-up and timing (CUDA only).
   std::optional<size_t> peak_device_bytes;
-  // ---- the whole training step as the trainer launches it: forward, loss (+ logits gradient and
-  // metrics), backward, optimizer (SGD with momentum); kernel by kernel, and on the GPU also
-  // replayed as one CUDA Graph (--cuda-graph on). The batch gather is left out (bench has no
-  // data set): one small kernel per step.
+  // ---- the training step the trainer runs (TrainStep: gather, forward, loss + logits gradient
+  // and metrics, backward, optimizer: SGD with momentum) on random images; kernel by kernel, and
+  // on the GPU also replayed as one CUDA Graph (--cuda-graph on).
   std::optional<double> train_step_ms, train_step_graph_ms;
   // The step an epoch is estimated from: the fastest training step measured.
   double epoch_step_ms() const {
@@ -261,12 +226,10 @@ nlohmann::ordered_json report_json(const BenchReport& r) {
   return j;
 }
 
-}  // namespace
-
 int bench_main(const std::string& arch, int batch, const std::string& device_flag, int reps, const std::string& input,
                bool fuse, const std::string& json_path) {
-  if (batch < 1) throw UsageError(fmt("--batch must be >= 1, got ", batch));
-  if (reps < 1) throw UsageError(fmt("--reps must be >= 1, got ", reps));
+  check_at_least(batch, 1, "--batch");
+  check_at_least(reps, 1, "--reps");
   if (!json_path.empty()) {  // fail before the benchmark, not after it
     std::string dir = json_path.find('/') == std::string::npos ? "." : json_path.substr(0, json_path.rfind('/'));
     ensure_writable_dir(dir.empty() ? "/" : dir, "--json");
@@ -285,13 +248,13 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   rep.device = device_name(dev);
   rep.device_name = dev == Device::CUDA ? gpu_status().name : cpu_model_name();
 
-  std::unique_ptr<GpuContext> gpu;
   if (dev == Device::CUDA) {
     // Before the net allocates anything: the bandwidth test wants the free memory.
     rep.peak_flops = gpu::measure_peak_fp32_flops();
     rep.peak_bytes_per_s = gpu::measure_peak_bandwidth();
-    gpu = std::make_unique<GpuContext>();
   }
+  const ExecContext ctx(dev);
+  const Exec& ex = ctx.exec();
   Tensor params({int(net.num_params())}, dev), grads({int(net.num_params())}, dev);  // (P)
   params.copy_from_host(net.init_params(1));
   NetState<float> st;
@@ -308,17 +271,17 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   reset_device_memory_peak();
   // Warm-up (allocations, cuBLAS heuristics, clocks).
   for (int r = 0; r < 3; ++r) {
-    net.forward(st, params.data(), gpu.get());
-    net.backward(st, params.data(), grads.data(), gpu.get(), false);
+    net.forward(st, params.data(), ex);
+    net.backward(st, params.data(), grads.data(), ex, false);
   }
-  if (gpu) gpu->sync();
+  ex.sync();
 
   // ---- each layer alone ----
-  Timer timer(dev, gpu.get());
+  ExecTimer timer(ex);
   for (int i = 0; i < L; ++i) {
     // The very call net.forward / net.backward make (need_input_grad = false: the first layer
     // computes no input gradient).
-    LayerCall<float> c = net.layer_call(st, i, params.data(), grads.data(), gpu.get(), false);
+    LayerCall<float> c = net.layer_call(st, i, params.data(), grads.data(), ex, false);
     const bool need_din = c.din != nullptr;
     LayerFigures f;
     f.index = i;
@@ -358,63 +321,55 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   // ---- forward + backward of the whole net ----
   timer.start();
   for (int r = 0; r < reps; ++r) {
-    net.forward(st, params.data(), gpu.get());
-    net.backward(st, params.data(), grads.data(), gpu.get(), false);
+    net.forward(st, params.data(), ex);
+    net.backward(st, params.data(), grads.data(), ex, false);
   }
   rep.step_ms = timer.stop_ms() / reps;
 
   // ---- the whole training step (see BenchReport::train_step_ms) ----
   {
-    const int K = net.num_outputs();
-    const size_t P = net.num_params();
-    OptimConfig opt;  // SGD, momentum 0.9: the trainer's default
-    opt.momentum = 0.9f;
-    opt.lr = 1e-3f;   // small: hundreds of steps on random data must stay finite
-    std::vector<int32_t> lab(batch);
-    for (auto& y : lab) y = int32_t(rng.next_u64() % uint64_t(K));
-    TensorI labels({batch}, dev), correct({batch}, dev);
-    labels.copy_from_host(lab);
-    Tensor loss({batch}, dev), m({int(P)}, dev), v({1}, dev);
-    m.zero();
-    long long t = 0;
-    if (dev == Device::CUDA) {
-      DeviceBuffer<gpu::StepCounters> counters(1, "step counters");
-      DeviceBuffer<double> acc(2, "metrics");
-      gpu::StepCounters c0;
-      counters.copy_from_host(&c0, 1);
-      acc.memset_zero(gpu->stream());
-      cudaStream_t s = gpu->stream();
-      auto step = [&] {
-        gpu::begin_step(counters.data(), opt, s);
-        net.forward(st, params.data(), gpu.get());
-        gpu::loss_forward_backward(loss.data(), st.dact[L].data(), correct.data(), st.act[L].data(), labels.data(),
-                                   batch, K, Loss::SoftmaxCrossEntropy, 1.f / batch, s);
-        gpu::accumulate_metrics(acc.data(), loss.data(), correct.data(), batch, s);
-        net.backward(st, params.data(), grads.data(), gpu.get(), false);
-        gpu::optimizer_step(params.data(), grads.data(), m.data(), v.data(), P, opt, counters.data(), s);
-      };
-      for (int r = 0; r < 2; ++r) step();
-      timer.start();
-      for (int r = 0; r < reps; ++r) step();
-      rep.train_step_ms = timer.stop_ms() / reps;
-      CapturedGraph graph;
-      graph.capture(s, step);
-      graph.launch(s);  // warm-up: the first launch uploads the graph
-      timer.start();
-      for (int r = 0; r < reps; ++r) graph.launch(s);
-      rep.train_step_graph_ms = timer.stop_ms() / reps;
-    } else {
-      auto step = [&] {
-        net.forward(st, params.data(), nullptr);
-        ref::loss_forward_backward<float>(loss.data(), st.dact[L].data(), correct.data(), st.act[L].data(),
-                                          labels.data(), batch, K, Loss::SoftmaxCrossEntropy, 1.f / batch);
-        net.backward(st, params.data(), grads.data(), nullptr, false);
-        ref::optimizer_step(params.data(), grads.data(), m.data(), v.data(), P, opt, ++t);
-      };
-      step();
-      timer.start();
-      for (int r = 0; r < reps; ++r) step();
-      rep.train_step_ms = timer.stop_ms() / reps;
+    // Random images and labels, `steps` batches of them: each timed stretch is at most one
+    // epoch of them, the next epoch is started between stretches (untimed).
+    const int steps = std::max(2, std::min(reps, 16));
+    const Dims& in = net.input_dims();
+    IdxImages images;
+    images.count = steps * batch;
+    images.rows = in[0] * in[1], images.cols = in[2];  // the gather copies C*H*W bytes per image
+    images.pixels.resize(size_t(images.count) * dims_numel(in));
+    for (auto& px : images.pixels) px = uint8_t(rng.next_u64() & 0xFF);
+    std::vector<uint8_t> labels(images.count);
+    for (auto& y : labels) y = uint8_t(rng.next_u64() % uint64_t(net.num_outputs()));
+    StepSettings ss;
+    ss.batch = batch;
+    ss.optim.momentum = 0.9f;  // SGD with momentum: the trainer's default
+    ss.optim.lr = 1e-3f;       // small: hundreds of steps on random data must stay finite
+    ss.mean = 0.5f, ss.std = 0.25f;
+    auto time_steps = [&](TrainStep& step) {
+      step.set_state({net.init_params(1), std::vector<float>(net.num_params(), 0.f),
+                      std::vector<float>(net.num_params(), 0.f), 0});
+      long long epoch = 0;
+      step.begin_epoch(1, epoch, 0, {});
+      for (int r = 0; r < 2; ++r) step.run();  // warm-up (with cuda_graph: the eager step, the capture)
+      double ms = 0;
+      for (int done = 0; done < reps;) {
+        step.begin_epoch(1, ++epoch, 0, {});
+        ex.sync();
+        const int n = std::min(reps - done, steps);
+        timer.start();
+        for (int r = 0; r < n; ++r) step.run();
+        ms += timer.stop_ms();
+        done += n;
+      }
+      return ms / reps;
+    };
+    {
+      TrainStep step(net, ex, images, labels, ss);
+      rep.train_step_ms = time_steps(step);
+    }
+    if (ex.can_capture()) {
+      ss.cuda_graph = true;
+      TrainStep step(net, ex, images, labels, ss);
+      rep.train_step_graph_ms = time_steps(step);
     }
   }
 
@@ -428,4 +383,28 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   return 0;
 }
 
-}  // namespace barecnn
+}  // namespace
+
+Runner add_bench(CLI::App& app) {
+  struct Opts {
+    std::string arch = "paper", device = "auto", input = "1x28x28", json, fuse = "off";
+    int batch = 64, reps = 20;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* bench = app.add_subcommand("bench", "per-layer forward/backward times, step time, images/s");
+  bench->add_option("--arch", o->arch, "arch spec or preset")->capture_default_str();
+  bench->add_option("--batch", o->batch, "batch size")->capture_default_str();
+  bench->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();
+  bench->add_option("--reps", o->reps, "timed repetitions")->capture_default_str();
+  bench->add_option("--input", o->input, "input shape CxHxW")->capture_default_str();
+  bench->add_option("--json", o->json, "also write the figures (per layer, totals, peaks) as JSON to this file");
+  bench->add_option("--fuse", o->fuse, "on: each conv applies the ReLU after it (GPU), as train --fuse on")
+      ->capture_default_str();
+  bench->footer("Examples:\n  barecnn bench --arch paper --batch 256\n"
+                "  barecnn bench --arch deep --batch 1024 --json bench-deep.json");
+  return [o] {
+    return bench_main(o->arch, o->batch, o->device, o->reps, o->input, parse_on_off(o->fuse, "--fuse"), o->json);
+  };
+}
+
+}  // namespace barecnn::cli

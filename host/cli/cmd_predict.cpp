@@ -1,0 +1,74 @@
+// `barecnn predict`: the class and the logits of each image of an IDX file, as CSV.
+#include <cstdio>
+
+#include "barecnn/error.h"
+#include "barecnn/evaluator.h"
+#include "barecnn/fileutil.h"
+#include "barecnn/idx.h"
+#include "barecnn/trainer.h"
+#include "commands.h"
+
+namespace barecnn::cli {
+
+namespace {
+
+int cmd_predict(const std::string& model_path, const std::string& images_path, const std::string& output,
+                const std::string& device_flag, int batch) {
+  Model m = load_model(model_path);
+  if (!output.empty()) {
+    std::string dir = output.find('/') == std::string::npos ? "." : output.substr(0, output.rfind('/'));
+    ensure_writable_dir(dir.empty() ? "/" : dir, "--output");
+  }
+  std::string why;
+  Device dev = choose_device(device_flag, &why);
+  IdxImages im = read_idx_images(images_path);
+  if (im.rows * im.cols != int(dims_numel(m.meta.input)))
+    throw UsageError(fmt("--images ", images_path, ": the images are ", im.rows, "x", im.cols, " but ", model_path,
+                         " takes ", dims_str(m.meta.input)));
+  EvalResult r = evaluate(*m.net, m.params, im, {}, m.meta.mean, m.meta.std, Loss::SoftmaxCrossEntropy, dev, batch,
+                          true);
+  const int K = m.net->num_outputs();
+  std::string csv = "index,predicted";
+  for (int k = 0; k < K; ++k) csv += ",logit_" + std::to_string(k);
+  csv += "\n";
+  char buf[32];
+  for (long long i = 0; i < r.count; ++i) {
+    csv += std::to_string(i) + "," + std::to_string(r.predicted[i]);
+    for (int k = 0; k < K; ++k) {
+      std::snprintf(buf, sizeof buf, ",%.9g", r.logits[size_t(i) * K + k]);
+      csv += buf;
+    }
+    csv += "\n";
+  }
+  if (output.empty()) {
+    std::fwrite(csv.data(), 1, csv.size(), stdout);
+  } else {
+    atomic_write_text(output, csv);
+    std::fprintf(stderr, "wrote %lld predictions to %s\n", r.count, output.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+Runner add_predict(CLI::App& app) {
+  struct Opts {
+    std::string model, images, output, device = "auto";
+    int batch = 500;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* predict = app.add_subcommand("predict", "class and logits for each image of an IDX file");
+  predict->add_option("--model", o->model, "model.safetensors written by train")->required();
+  predict->add_option("--images", o->images, "IDX images file (.gz or plain)")->required();
+  predict->add_option("--output", o->output, "CSV file: index,predicted,logit_0,... (default: stdout)");
+  predict->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();
+  predict->add_option("--batch", o->batch, "batch size")->capture_default_str();
+  predict->footer("Example:\n  barecnn predict --model runs/latest/model.safetensors "
+                  "--images /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --output predictions.csv");
+  return [o] {
+    check_at_least(o->batch, 1, "--batch");
+    return cmd_predict(o->model, o->images, o->output, o->device, o->batch);
+  };
+}
+
+}  // namespace barecnn::cli

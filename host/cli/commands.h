@@ -1,0 +1,25 @@
+// The subcommands of `barecnn`, one file each (host/cli/cmd_<name>.cpp): add_<name> declares the
+// command and its options on `app` and returns what runs it once the command line is parsed.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace barecnn::cli {
+
+using Runner = std::function<int()>;
+
+Runner add_train(CLI::App& app);
+Runner add_eval(CLI::App& app);
+Runner add_predict(CLI::App& app);
+Runner add_gradcheck(CLI::App& app);
+Runner add_bench(CLI::App& app);
+Runner add_info(CLI::App& app);
+
+// "--batch must be >= 1, got 0" unless `value` >= `min`.
+void check_at_least(long long value, long long min, const char* flag);
+// --flag on|off.
+bool parse_on_off(const std::string& value, const char* flag);
+
+}  // namespace barecnn::cli

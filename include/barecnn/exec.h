@@ -1,0 +1,176 @@
+// The one dispatch point of every op. An Exec says where a call runs (the device, and on the GPU
+// the context: stream and cuBLAS handle, plus the net's scratch); each op below has a float and,
+// where the gradient checks need it, a double overload:
+//   float  on Device::CUDA -> the CUDA launcher (gpu::, kernels/)
+//   float  on Device::CPU  -> the fast CPU op (cpu::, host/cpu/) where there is one, else the
+//                             reference in float (the table is host/nn/exec.cpp)
+//   double (CPU only)      -> the reference (ref::, host/reference/), for the gradient checks
+// Nothing above this layer (layers, net, step, trainer, bench) tests the device. Pointers are on
+// ex.device; arguments and shapes are those of the ops in ops.h.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "barecnn/gpu.h"
+#include "barecnn/ops.h"
+#include "barecnn/tensor.h"
+
+namespace barecnn {
+
+struct Exec {
+  Device device = Device::CPU;
+  const GpuContext* gpu = nullptr;  // set exactly when device is CUDA
+  float* workspace = nullptr;       // GPU scratch for the layers (NetState::workspace), or null
+
+  static Exec cpu() { return {}; }
+  static Exec cuda(const GpuContext& g) { return {Device::CUDA, &g, nullptr}; }
+  // `gpu` must be given for Device::CUDA (a GpuContext of the caller's).
+  static Exec on(Device d, const GpuContext* gpu);
+  Exec with_workspace(float* w) const { Exec e = *this; e.workspace = w; return e; }
+
+  // Can work on this device be captured as a CUDA Graph?
+  bool can_capture() const { return device == Device::CUDA; }
+  // Blocks until all the work handed to this Exec has finished (the GPU stream; nothing on the CPU).
+  void sync() const;
+};
+
+namespace op {
+
+// ---- layers (float: GPU or fast CPU; double: the reference) ----
+// fuse_relu / relu_out: the GPU conv's fused ReLU (ops.h); CPU float and double take neither.
+void conv2d_forward(const Exec& ex, float* out, const float* inp, const float* w, const float* b, const Conv2dShape& s,
+                    bool fuse_relu = false);
+void conv2d_forward(const Exec& ex, double* out, const double* inp, const double* w, const double* b,
+                    const Conv2dShape& s, bool fuse_relu = false);
+void conv2d_backward_input(const Exec& ex, float* dinp, const float* dout, const float* w, const Conv2dShape& s,
+                           const float* relu_out = nullptr);
+void conv2d_backward_input(const Exec& ex, double* dinp, const double* dout, const double* w, const Conv2dShape& s,
+                           const double* relu_out = nullptr);
+// Uses ex.workspace on the GPU (Net sizes it: Layer::workspace_floats).
+void conv2d_backward_weight(const Exec& ex, float* dw, float* db, const float* dout, const float* inp,
+                            const Conv2dShape& s, const float* relu_out = nullptr);
+void conv2d_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp,
+                            const Conv2dShape& s, const double* relu_out = nullptr);
+
+void maxpool2d_forward(const Exec& ex, float* out, int32_t* mask, const float* inp, const Pool2dShape& s);
+void maxpool2d_forward(const Exec& ex, double* out, int32_t* mask, const double* inp, const Pool2dShape& s);
+void maxpool2d_backward(const Exec& ex, float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s);
+void maxpool2d_backward(const Exec& ex, double* dinp, const double* dout, const int32_t* mask, const Pool2dShape& s);
+void avgpool2d_forward(const Exec& ex, float* out, const float* inp, const Pool2dShape& s);
+void avgpool2d_forward(const Exec& ex, double* out, const double* inp, const Pool2dShape& s);
+void avgpool2d_backward(const Exec& ex, float* dinp, const float* dout, const Pool2dShape& s);
+void avgpool2d_backward(const Exec& ex, double* dinp, const double* dout, const Pool2dShape& s);
+void l2pool2d_forward(const Exec& ex, float* out, const float* inp, const Pool2dShape& s);
+void l2pool2d_forward(const Exec& ex, double* out, const double* inp, const Pool2dShape& s);
+void l2pool2d_backward(const Exec& ex, float* dinp, const float* dout, const float* inp, const float* out,
+                       const Pool2dShape& s);
+void l2pool2d_backward(const Exec& ex, double* dinp, const double* dout, const double* inp, const double* out,
+                       const Pool2dShape& s);
+
+void activation_forward(const Exec& ex, float* out, const float* inp, long long n, Activation a);
+void activation_forward(const Exec& ex, double* out, const double* inp, long long n, Activation a);
+void activation_backward(const Exec& ex, float* dinp, const float* dout, const float* inp, const float* out,
+                         long long n, Activation a);
+void activation_backward(const Exec& ex, double* dinp, const double* dout, const double* inp, const double* out,
+                         long long n, Activation a);
+void softmax_forward(const Exec& ex, float* out, const float* inp, int N, int K);
+void softmax_forward(const Exec& ex, double* out, const double* inp, int N, int K);
+void softmax_backward(const Exec& ex, float* dinp, const float* dout, const float* out, int N, int K);
+void softmax_backward(const Exec& ex, double* dinp, const double* dout, const double* out, int N, int K);
+
+void dense_forward(const Exec& ex, float* out, const float* inp, const float* w, const float* b, int N, int IN, int OUT);
+void dense_forward(const Exec& ex, double* out, const double* inp, const double* w, const double* b, int N, int IN,
+                   int OUT);
+void dense_backward_input(const Exec& ex, float* dinp, const float* dout, const float* w, int N, int IN, int OUT);
+void dense_backward_input(const Exec& ex, double* dinp, const double* dout, const double* w, int N, int IN, int OUT);
+void dense_backward_weight(const Exec& ex, float* dw, float* db, const float* dout, const float* inp, int N, int IN,
+                           int OUT);
+void dense_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp, int N,
+                           int IN, int OUT);
+
+// dst (n) = src (n), both on ex.device.
+void copy(const Exec& ex, float* dst, const float* src, size_t n);
+void copy(const Exec& ex, double* dst, const double* src, size_t n);
+
+// ---- the training step (float) ----
+void loss_forward_backward(const Exec& ex, float* loss, float* dlogits, int32_t* correct, const float* logits,
+                           const int32_t* labels, int N, int K, Loss kind, float grad_scale);
+// acc[0] += sum(loss[0..N)), acc[1] += sum(correct[0..N)), in a fixed order (deterministic).
+void accumulate_metrics(const Exec& ex, double* acc, const float* loss, const int32_t* correct, int N);
+// idx (n) = the epoch's permutation of 0..n-1 (rng.h).
+void epoch_permutation(const Exec& ex, int32_t* idx, int n, uint64_t seed, long long epoch);
+// out (B, P), out_labels (B) = the normalized images and labels idx[0..B) (ref::gather_normalize).
+void gather_normalize(const Exec& ex, float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
+                      const int32_t* idx, int B, int P, float mean, float std);
+// The step counters (gpu::StepCounters, on ex.device): begin_step advances them; the gather reads
+// batch c->batch of `perm`; the optimizer reads Adam's t and bias corrections from them.
+void begin_step(const Exec& ex, gpu::StepCounters* c, const OptimConfig& cfg);
+void gather_normalize_batch(const Exec& ex, float* out, int32_t* out_labels, const uint8_t* images,
+                            const uint8_t* labels, const int32_t* perm, const gpu::StepCounters* c, int B, int P,
+                            float mean, float std);
+void optimizer_step(const Exec& ex, float* param, const float* grad, float* m, float* v, size_t n,
+                    const OptimConfig& cfg, const gpu::StepCounters* c);
+
+}  // namespace op
+
+// An Exec with a GpuContext of its own on Device::CUDA (for callers that do not share one).
+class ExecContext {
+ public:
+  explicit ExecContext(Device d);
+  const Exec& exec() const { return ex_; }
+
+ private:
+  std::unique_ptr<GpuContext> gpu_;
+  Exec ex_;
+};
+
+// Times work handed to an Exec: CUDA events on the GPU's stream, the wall clock on the CPU.
+class ExecTimer {
+ public:
+  explicit ExecTimer(const Exec& ex);
+  void start();
+  double stop_ms();  // waits for the work since start()
+
+ private:
+  Exec ex_;
+  CudaEvent a_, b_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+// Picks the device from --device "auto" | "cpu" | "cuda"; `why` says why (the commands print it).
+Device choose_device(const std::string& flag, std::string* why);
+
+// A few values of a buffer on ex.device, read back without blocking the work. Each value read is
+// tagged with what the caller passed when it was asked for (the training step: how many steps it
+// covers). On the GPU a copy into pinned memory is queued behind the work so far and handed over
+// once it has arrived; on the CPU the values are read at once.
+class Readback {
+ public:
+  Readback(const Exec& ex, size_t n);
+  ~Readback();
+  Readback(const Readback&) = delete;
+  Readback& operator=(const Readback&) = delete;
+  // Queues a copy of src (n values) tagged `tag`, unless one is still on its way.
+  void queue(const double* src, long long tag);
+  // The newest values that arrived since the last call (and their tag): true if any. Then queues
+  // the next copy, tagged `tag`. Never waits.
+  bool latest(const double* src, long long tag, double* out, long long* out_tag);
+  // Waits for everything queued so far and reads src.
+  void wait(const double* src, double* out);
+  // Is a read cheap enough to do after every step (host memory)? Else the caller spaces them out.
+  bool cheap() const { return ex_.device == Device::CPU; }
+
+ private:
+  Exec ex_;
+  size_t n_;
+  PinnedBuffer<double> host_;  // GPU: where the copies land
+  CudaEvent event_;            // GPU: recorded after each copy
+  bool pending_ = false;       // GPU: a copy is on its way
+  long long tag_ = 0;          // GPU: the pending copy's tag
+};
+
+}  // namespace barecnn

@@ -1,0 +1,228 @@
+// The training step object (include/barecnn/step.h) on its own: it is the ops of step.h in
+// order; it is deterministic and resumes bitwise from its state; on the GPU it matches the CPU,
+// and its CUDA Graph replays the eager step bitwise.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "barecnn/exec.h"
+#include "barecnn/rng.h"
+#include "barecnn/step.h"
+#include "test_util.h"
+
+using namespace barecnn;
+
+namespace {
+
+constexpr const char* kArch = "conv(4,3,pad=1) relu maxpool(2) conv(5,3,stride=2) tanh avgpool(2,stride=1) dense(7) relu dense(3)";
+
+struct Data {
+  IdxImages images;
+  std::vector<uint8_t> labels;
+};
+
+// `count` random 11x10 images and labels in 0..2.
+Data random_images(int count, uint64_t seed) {
+  Data d;
+  d.images.count = count, d.images.rows = 11, d.images.cols = 10;
+  Rng rng(seed);
+  d.images.pixels.resize(size_t(count) * 110);
+  for (auto& p : d.images.pixels) p = uint8_t(rng.next_u64() & 0xFF);
+  d.labels.resize(count);
+  for (auto& y : d.labels) y = uint8_t(rng.next_u64() % 3);
+  return d;
+}
+
+StepSettings settings(Optim kind) {
+  StepSettings s;
+  s.batch = 6;
+  s.optim.kind = kind;
+  s.optim.lr = kind == Optim::Adam ? 0.01f : 0.05f;
+  s.optim.momentum = kind == Optim::SGD ? 0.9f : 0.f;
+  s.optim.weight_decay = 0.001f;
+  s.mean = 0.4f, s.std = 0.3f;
+  return s;
+}
+
+StepState initial_state(const Net& net, uint64_t seed) {
+  const size_t n = net.num_params();
+  return {net.init_params(seed), std::vector<float>(n, 0.f), std::vector<float>(n, 0.f), 0};
+}
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// `steps` steps of epoch 0 from the initial state, on `dev`.
+StepState run_steps(Net& net, const Data& d, const StepSettings& s, Device dev, int steps, StepMetrics* m = nullptr) {
+  ExecContext ctx(dev);
+  TrainStep step(net, ctx.exec(), d.images, d.labels, s);
+  step.set_state(initial_state(net, 5));
+  step.begin_epoch(9, 0, 0, {});
+  for (int i = 0; i < steps; ++i) step.run();
+  if (m) *m = step.wait_metrics();
+  return step.state();
+}
+
+}  // namespace
+
+// The step is, on the CPU, exactly: the batch of the epoch's permutation, gathered and
+// normalized; forward; loss with its gradient; backward; the optimizer with t = the step count.
+TEST(TrainStepCpu, IsTheOpsOfOneStepInOrder) {
+  for (Optim kind : {Optim::SGD, Optim::Adam}) {
+    SCOPED_TRACE(kind == Optim::SGD ? "sgd" : "adam");
+    Data d = random_images(40, 3);
+    Net net(kArch, {1, 11, 10});
+    const StepSettings s = settings(kind);
+    StepMetrics m;
+    const StepState got = run_steps(net, d, s, Device::CPU, 3, &m);
+
+    // The same by hand.
+    const Exec ex = Exec::cpu();
+    const int B = s.batch, K = net.num_outputs(), P = 110;
+    StepState want = initial_state(net, 5);
+    std::vector<int32_t> perm = ref::epoch_permutation(40, 9, 0);
+    NetState<float> st;
+    net.prepare(st, B, Device::CPU);
+    std::vector<float> grads(net.num_params()), loss(B);
+    std::vector<int32_t> labels(B), correct(B);
+    double loss_sum = 0, correct_sum = 0;
+    for (int t = 1; t <= 3; ++t) {
+      ref::gather_normalize(st.act[0].data(), labels.data(), d.images.pixels.data(), d.labels.data(),
+                            perm.data() + (t - 1) * B, B, P, s.mean, s.std);
+      net.forward(st, want.params.data(), ex);
+      ref::loss_forward_backward<float>(loss.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
+                                        labels.data(), B, K, s.loss, 1.f / B);
+      double l = 0, c = 0;
+      for (int b = 0; b < B; ++b) l += loss[b], c += correct[b];
+      loss_sum += l, correct_sum += c;
+      net.backward(st, want.params.data(), grads.data(), ex, false);
+      ref::optimizer_step(want.params.data(), grads.data(), want.m.data(), want.v.data(), grads.size(), s.optim, t);
+    }
+    EXPECT_TRUE(bitwise_equal(got.params, want.params));
+    EXPECT_TRUE(bitwise_equal(got.m, want.m));
+    EXPECT_TRUE(bitwise_equal(got.v, want.v));
+    EXPECT_EQ(got.global_step, 3);
+    EXPECT_EQ(m.loss_sum, loss_sum);
+    EXPECT_EQ(m.correct, correct_sum);
+    EXPECT_EQ(m.steps, 3);
+  }
+}
+
+// Stopped after 2 steps and continued from its state in a new step object: the uninterrupted
+// step's weights, bitwise; and two fresh runs agree.
+TEST(TrainStepCpu, ResumesBitwiseFromItsState) {
+  Data d = random_images(40, 4);
+  Net net(kArch, {1, 11, 10});
+  const StepSettings s = settings(Optim::Adam);
+  const StepState full = run_steps(net, d, s, Device::CPU, 5);
+  EXPECT_TRUE(bitwise_equal(full.params, run_steps(net, d, s, Device::CPU, 5).params));
+
+  ExecContext ctx(Device::CPU);
+  StepState half;
+  {
+    TrainStep a(net, ctx.exec(), d.images, d.labels, s);
+    a.set_state(initial_state(net, 5));
+    a.begin_epoch(9, 0, 0, {});
+    a.run(), a.run();
+    half = a.state();
+  }
+  TrainStep b(net, ctx.exec(), d.images, d.labels, s);
+  b.set_state(half);
+  b.begin_epoch(9, 0, 2, {});
+  for (int i = 0; i < 3; ++i) b.run();
+  const StepState resumed = b.state();
+  EXPECT_EQ(resumed.global_step, 5);
+  EXPECT_TRUE(bitwise_equal(resumed.params, full.params));
+  EXPECT_TRUE(bitwise_equal(resumed.v, full.v));
+}
+
+// A non-finite loss shows in the metrics and the first non-finite layer is named.
+TEST(TrainStepCpu, NamesTheFirstNonFiniteLayer) {
+  Data d = random_images(24, 5);
+  Net net(kArch, {1, 11, 10});
+  ExecContext ctx(Device::CPU);
+  TrainStep step(net, ctx.exec(), d.images, d.labels, settings(Optim::SGD));
+  StepState st = initial_state(net, 5);
+  st.params[net.params()[2].offset] = std::numeric_limits<float>::quiet_NaN();  // a weight of layer 3
+  step.set_state(st);
+  step.begin_epoch(9, 0, 0, {});
+  step.run();
+  EXPECT_FALSE(std::isfinite(step.wait_metrics().loss_sum));
+  EXPECT_NE(step.first_nonfinite().find("layer 3 conv(5,3,stride=2)"), std::string::npos) << step.first_nonfinite();
+}
+
+// On the GPU: the CPU's weights and metrics after a few steps, within the CPU/GPU step tolerances
+// of test_gpu_train.cpp (compare_step: gradients atol 1e-5 + rtol 1e-3, compounded over 4 steps).
+TEST(TrainStepGpu, MatchesCpuOverSeveralSteps) {
+  BARECNN_REQUIRE_GPU();
+  for (Optim kind : {Optim::SGD, Optim::Adam}) {
+    SCOPED_TRACE(kind == Optim::SGD ? "sgd" : "adam");
+    Data d = random_images(40, 6);
+    Net net(kArch, {1, 11, 10});
+    StepMetrics mc, mg;
+    const StepState c = run_steps(net, d, settings(kind), Device::CPU, 4, &mc);
+    const StepState g = run_steps(net, d, settings(kind), Device::CUDA, 4, &mg);
+    EXPECT_TRUE(test::all_close(c.params, g.params, 1e-4, 1e-3));
+    EXPECT_EQ(g.global_step, 4);
+    EXPECT_NEAR(mg.loss_sum, mc.loss_sum, 1e-4 * std::fabs(mc.loss_sum));
+    EXPECT_EQ(mg.correct, mc.correct);
+    EXPECT_EQ(mg.steps, 4);
+  }
+}
+
+// With cuda_graph the first step runs eagerly, the second is captured, the rest are replays: the
+// eager step's weights and metrics bit for bit (the counters advance on the device).
+TEST(TrainStepGpu, GraphReplaysTheEagerStepBitwise) {
+  BARECNN_REQUIRE_GPU();
+  Data d = random_images(40, 7);
+  Net net(kArch, {1, 11, 10});
+  StepSettings s = settings(Optim::Adam);
+  StepMetrics me, mg;
+  const StepState eager = run_steps(net, d, s, Device::CUDA, 5, &me);
+  s.cuda_graph = true;
+  const StepState graph = run_steps(net, d, s, Device::CUDA, 5, &mg);
+  EXPECT_TRUE(bitwise_equal(eager.params, graph.params));
+  EXPECT_TRUE(bitwise_equal(eager.m, graph.m));
+  EXPECT_EQ(me.loss_sum, mg.loss_sum);
+  EXPECT_EQ(me.correct, mg.correct);
+}
+
+// poll_metrics never waits: on the GPU it hands over a copy only once it has arrived, and what it
+// hands over are the sums of the steps it says.
+TEST(TrainStepGpu, PolledMetricsAreThoseOfTheStepsTheyCover) {
+  BARECNN_REQUIRE_GPU();
+  Data d = random_images(40, 8);
+  Net net(kArch, {1, 11, 10});
+  ExecContext ctx(Device::CUDA);
+  TrainStep step(net, ctx.exec(), d.images, d.labels, settings(Optim::SGD));
+  step.set_state(initial_state(net, 5));
+  step.begin_epoch(9, 0, 0, {});
+  std::vector<double> sums{0};
+  for (int i = 0; i < 5; ++i) {
+    step.run();
+    sums.push_back(step.wait_metrics().loss_sum);
+  }
+  step.set_state(initial_state(net, 5));  // the same steps again, polled
+  step.begin_epoch(9, 0, 0, {});
+  int handed = 0;
+  for (int i = 0; i < 5; ++i) {
+    step.run();
+    StepMetrics m;
+    if (step.poll_metrics(&m)) {
+      ++handed;
+      ASSERT_GE(m.steps, 0);
+      ASSERT_LE(m.steps, i + 1);
+      EXPECT_EQ(m.loss_sum, sums[m.steps]) << "covers " << m.steps << " steps";
+    }
+  }
+  // Once the GPU is idle the copy queued last has arrived.
+  ctx.exec().sync();
+  StepMetrics m;
+  ASSERT_TRUE(step.poll_metrics(&m));
+  EXPECT_EQ(m.loss_sum, sums[m.steps]);
+  EXPECT_EQ(step.wait_metrics().loss_sum, sums[5]);
+  RecordProperty("copies_handed_over_while_running", handed);
+}
