@@ -6,7 +6,8 @@
 #include <cstdint>
 
 #include "barecnn/activation.h"
-#include "barecnn/ops.h"
+#include "barecnn/cuda_check.h"
+#include "barecnn/gpu_ops.h"
 #include "launch.cuh"
 #include "warp_reduce.cuh"
 

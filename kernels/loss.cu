@@ -4,7 +4,8 @@
 // (its helpers are file-local, so they are restated here); the derivations are in docs/MATH.md.
 #include <cstdint>
 
-#include "barecnn/ops.h"
+#include "barecnn/cuda_check.h"
+#include "barecnn/gpu_ops.h"
 #include "launch.cuh"
 #include "warp_reduce.cuh"
 

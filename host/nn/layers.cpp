@@ -8,9 +8,11 @@
 
 #include "barecnn/arch.h"
 #include "barecnn/cpu_ops.h"
+#include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
+#include "barecnn/gpu_ops.h"
 #include "barecnn/layer.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 
 namespace barecnn {
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 
 namespace barecnn {
 

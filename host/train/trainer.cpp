@@ -14,8 +14,11 @@
 #include <filesystem>
 
 #include "barecnn/checkpoint.h"
+#include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
 #include "barecnn/fileutil.h"
+#include "barecnn/gpu_ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/report.h"
 #include "barecnn/rng.h"
 

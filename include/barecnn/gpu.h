@@ -53,7 +53,7 @@ class GpuContext {
 
 // A CUDA Graph of what one call of `enqueue` puts on a stream: captured once, then replayed with
 // one launch. The captured kernels keep the arguments they were launched with, so whatever must
-// change between replays has to live in device memory (see gpu::StepCounters in ops.h), and the
+// change between replays has to live in device memory (see gpu::StepCounters in gpu_ops.h), and the
 // buffers they use must not move while the graph lives.
 class CapturedGraph {
  public:

@@ -9,7 +9,7 @@
 #include "barecnn/gpu.h"
 #include "barecnn/idx.h"
 #include "barecnn/net.h"
-#include "barecnn/ops.h"
+#include "barecnn/optim.h"
 
 namespace barecnn {
 
