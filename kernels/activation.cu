@@ -6,7 +6,8 @@
 #include <cstdint>
 
 #include "barecnn/activation.h"
-#include "barecnn/ops.h"
+#include "barecnn/cuda_check.h"
+#include "barecnn/gpu_ops.h"
 #include "launch.cuh"
 #include "warp_reduce.cuh"
 
@@ -14,8 +15,6 @@ namespace barecnn {
 
 namespace {
 
-// (Messages name the activation by its enum value: activation_name() lives in barecnn_ref, which
-// barecnn_kernels does not link.)
 constexpr int kElementwiseBlock = 256;
 constexpr int kSoftmaxBlock = 128;  // 4 warps = 4 rows per block
 constexpr int kSoftmaxRowsPerBlock = kSoftmaxBlock / kWarpSize;
@@ -135,7 +134,7 @@ void activation_forward(float* out, const float* inp, long long n, Activation a,
     BARECNN_LAUNCH(activation_forward_kernel, grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream,
         out, inp, n, a.kind, a.alpha);
   }
-  CUDA_CHECK_LAUNCH("activation_forward", fmt("act=", static_cast<int>(a.kind), " alpha=", a.alpha, " n=", n));
+  CUDA_CHECK_LAUNCH("activation_forward", fmt("act=", activation_name(a), " n=", n));
 }
 
 // dinp (n) = dout (n) * f'(x); x = inp (n), y = out (n) saved by the forward pass
@@ -156,7 +155,7 @@ void activation_backward(float* dinp, const float* dout, const float* inp, const
     BARECNN_LAUNCH(activation_backward_kernel, grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream,
         dinp, dout, inp, out, n, a.kind, a.alpha);
   }
-  CUDA_CHECK_LAUNCH("activation_backward", fmt("act=", static_cast<int>(a.kind), " alpha=", a.alpha, " n=", n));
+  CUDA_CHECK_LAUNCH("activation_backward", fmt("act=", activation_name(a), " n=", n));
 }
 
 // out (N, K) = softmax of each row of inp (N, K)

@@ -28,8 +28,9 @@
 #include <cstring>
 
 #include "barecnn/activation.h"
+#include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/gpu_ops.h"
 #include "barecnn/shape.h"
 #include "launch.cuh"
 

@@ -12,8 +12,9 @@
 
 #include <cstdint>
 
+#include "barecnn/cuda_check.h"
 #include "barecnn/device_buffer.h"
-#include "barecnn/ops.h"
+#include "barecnn/gpu_ops.h"
 #include "barecnn/rng.h"
 #include "launch.cuh"
 

@@ -9,7 +9,8 @@
 // gradient is a fixed-order tree reduction, no atomics.
 #include <cublas_v2.h>
 
-#include "barecnn/ops.h"
+#include "barecnn/cuda_check.h"
+#include "barecnn/gpu_ops.h"
 #include "launch.cuh"
 
 namespace barecnn {

@@ -4,7 +4,7 @@
 #include <cuda_runtime.h>
 #include <nvtx3/nvToolsExt.h>
 
-#include "barecnn/error.h"
+#include "barecnn/cuda_check.h"
 
 // Every launch goes through BARECNN_LAUNCH(kernel, grid, block, smem, stream, args...), in the
 // manner of HIP's hipLaunchKernelGGL: under nvcc it is kernel<<<grid, block, smem, stream>>>(args)

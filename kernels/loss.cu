@@ -4,7 +4,8 @@
 // (its helpers are file-local, so they are restated here); the derivations are in docs/MATH.md.
 #include <cstdint>
 
-#include "barecnn/ops.h"
+#include "barecnn/cuda_check.h"
+#include "barecnn/gpu_ops.h"
 #include "launch.cuh"
 #include "warp_reduce.cuh"
 
@@ -204,7 +205,7 @@ void loss_forward_backward(float* loss, float* dlogits, int32_t* correct, const 
   const unsigned grid = ceil_div((unsigned)N, (unsigned)kLossRowsPerBlock);
   BARECNN_LAUNCH(loss_forward_backward_kernel, grid, kLossBlock, 0, stream, loss, dlogits, correct, logits, labels, N, K,
                                                                 kind, grad_scale);
-  CUDA_CHECK_LAUNCH("loss_forward_backward", fmt("N=", N, " K=", K, " loss=", static_cast<int>(kind)));
+  CUDA_CHECK_LAUNCH("loss_forward_backward", fmt("N=", N, " K=", K, " loss=", loss_name(kind)));
 }
 
 // acc (2) += (sum of loss (N), sum of correct (N))

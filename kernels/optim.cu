@@ -2,7 +2,8 @@
 // as torch.optim.SGD and Adam as torch.optim.Adam, formula for formula the CPU reference
 // host/reference/optim.cpp. One fused elementwise pass: each parameter is read and written once
 // per step, together with its optimizer state. Formulas: docs/MATH.md.
-#include "barecnn/ops.h"
+#include "barecnn/cuda_check.h"
+#include "barecnn/gpu_ops.h"
 #include "launch.cuh"
 
 #include <cmath>

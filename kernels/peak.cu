@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "barecnn/cuda_check.h"
 #include "barecnn/device_buffer.h"
 #include "barecnn/error.h"
 #include "barecnn/peak.h"

@@ -13,8 +13,9 @@
 // the loads coalesced across ow and needs no shared memory.
 #include <cstdint>
 
+#include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/gpu_ops.h"
 #include "barecnn/shape.h"
 #include "launch.cuh"
 

@@ -53,11 +53,12 @@
 #include <string>
 #include <vector>
 
+#include "barecnn/cuda_check.h"
 #include "barecnn/device_buffer.h"
 #include "barecnn/error.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/gpu.h"
-#include "barecnn/ops.h"
+#include "barecnn/gpu_ops.h"
 #include "barecnn/rng.h"
 #include "barecnn/shape.h"
 

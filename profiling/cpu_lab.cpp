@@ -28,7 +28,7 @@
 
 #include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/rng.h"
 #include "barecnn/shape.h"
 

@@ -14,6 +14,7 @@
 #include "barecnn/fileutil.h"
 #include "barecnn/peak.h"
 #include "barecnn/tensor.h"
+#include "test_gpu.h"
 #include "test_util.h"
 
 using namespace barecnn;

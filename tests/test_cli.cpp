@@ -17,6 +17,7 @@
 #include "barecnn/safetensors.h"
 #include "barecnn/trainer.h"
 #include "synthetic_data.h"
+#include "test_gpu.h"
 
 using namespace barecnn;
 

@@ -23,7 +23,7 @@
 
 #include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/shape.h"
 #include "test_util.h"
 

@@ -20,10 +20,13 @@
 #include <string>
 #include <vector>
 
+#include "barecnn/cuda_check.h"
 #include "barecnn/device_buffer.h"
 #include "barecnn/gpu.h"
-#include "barecnn/ops.h"
+#include "barecnn/gpu_ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/rng.h"
+#include "test_gpu.h"
 #include "test_util.h"
 
 namespace barecnn {

@@ -21,11 +21,14 @@
 #include <cmath>
 #include <vector>
 
+#include "barecnn/cuda_check.h"
 #include "barecnn/device_buffer.h"
 #include "barecnn/error.h"
 #include "barecnn/gpu.h"
-#include "barecnn/ops.h"
+#include "barecnn/gpu_ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/shape.h"
+#include "test_gpu.h"
 #include "test_util.h"
 
 namespace barecnn {

@@ -8,10 +8,12 @@
 #include <cstring>
 
 #include "barecnn/fileutil.h"
+#include "barecnn/gpu_ops.h"
 #include "barecnn/net.h"
 #include "barecnn/exec.h"
 #include "barecnn/trainer.h"
 #include "synthetic_data.h"
+#include "test_gpu.h"
 #include "test_util.h"
 
 using namespace barecnn;

@@ -7,7 +7,7 @@
 
 #include "barecnn/gradcheck.h"
 #include "barecnn/net.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "test_util.h"
 
 using namespace barecnn;

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "test_util.h"
 
 namespace barecnn {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/shape.h"
 #include "test_util.h"
 

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <vector>
 
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "test_util.h"
 
 using namespace barecnn;

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "test_util.h"
 
 namespace barecnn {

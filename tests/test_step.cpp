@@ -10,6 +10,7 @@
 #include "barecnn/exec.h"
 #include "barecnn/rng.h"
 #include "barecnn/step.h"
+#include "test_gpu.h"
 #include "test_util.h"
 
 using namespace barecnn;

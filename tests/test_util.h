@@ -1,5 +1,5 @@
 // Shared test helpers: tolerance comparison with a readable report, central-difference gradient
-// checks in double, random inputs without ties or kinks, and the GPU gate.
+// checks in double, random inputs without ties or kinks. The GPU gate is in test_gpu.h.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "barecnn/error.h"
-#include "barecnn/gpu.h"
 #include "barecnn/rng.h"
 
 namespace barecnn::test {
@@ -31,13 +30,6 @@ constexpr bool kThreadSanitizer = true;
 #else
 constexpr bool kThreadSanitizer = false;
 #endif
-
-// Skips the test (with the reason) where no GPU works. Use at the top of every *Gpu* test.
-#define BARECNN_REQUIRE_GPU()                                                 \
-  do {                                                                        \
-    if (!::barecnn::gpu_available())                                          \
-      GTEST_SKIP() << "no usable GPU: " << ::barecnn::gpu_status().reason;    \
-  } while (0)
 
 // |ref - out| <= atol + rtol*|ref| for every element; on failure reports the worst element and
 // the first few mismatches.

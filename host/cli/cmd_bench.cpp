@@ -9,12 +9,13 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "barecnn/cuda_check.h"
 #include "barecnn/device_buffer.h"
 #include "barecnn/error.h"
 #include "barecnn/fileutil.h"
+#include "barecnn/gpu_ops.h"
 #include "barecnn/gradcheck.h"
 #include "barecnn/net.h"
-#include "barecnn/ops.h"
 #include "barecnn/peak.h"
 #include "barecnn/step.h"
 #include "commands.h"

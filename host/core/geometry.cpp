@@ -2,7 +2,6 @@
 
 #include "barecnn/error.h"
 #include "barecnn/shape.h"
-#include "barecnn/tensor.h"
 
 namespace barecnn {
 

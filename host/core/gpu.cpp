@@ -1,5 +1,6 @@
 #include "barecnn/gpu.h"
 
+#include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
 
 namespace barecnn {

@@ -5,7 +5,7 @@
 #include <algorithm>
 
 #include "barecnn/cpu_ops.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 
 namespace barecnn::cpu {
 

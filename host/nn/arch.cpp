@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "barecnn/error.h"
+#include "barecnn/names.h"
 
 namespace barecnn {
 
@@ -29,29 +30,6 @@ std::string resolve_preset(const std::string& s) {
   for (auto& [name, spec] : presets())
     if (s == name) return spec;
   return s;
-}
-
-static size_t levenshtein(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
-
-std::string nearest(const std::string& word, const std::vector<std::string>& choices) {
-  std::string best;
-  size_t best_d = SIZE_MAX;
-  for (auto& c : choices) {
-    size_t d = levenshtein(word, c);
-    if (d < best_d) best_d = d, best = c;
-  }
-  // Only suggest something plausibly meant: at most half the word changed.
-  return best_d <= std::max<size_t>(2, word.size() / 2) ? best : "";
 }
 
 namespace {

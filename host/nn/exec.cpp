@@ -18,6 +18,7 @@
 #include <cmath>
 
 #include "barecnn/cpu_ops.h"
+#include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
 #include "barecnn/rng.h"
 

@@ -5,7 +5,7 @@
 
 #include "barecnn/error.h"
 #include "barecnn/net.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/rng.h"
 
 namespace barecnn {

@@ -4,40 +4,11 @@
 // shared with kernels/activation.cu, so this file only states how it is applied: elementwise,
 // and for the backward pass by the chain rule dinp = dout * f'(x). Formulas: docs/MATH.md.
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <string>
 
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 
 namespace barecnn {
-
-// Shortest decimal form that reads back as the same float ("0.01", not "0.0099999998").
-static std::string shortest_float(float v) {
-  char buf[32];
-  for (int prec = 1; prec <= 9; ++prec) {
-    std::snprintf(buf, sizeof buf, "%.*g", prec, double(v));
-    if (std::strtof(buf, nullptr) == v) break;  // 9 significant digits always round-trip
-  }
-  return buf;
-}
-
-// The name the --arch grammar reads back: a parsed spec prints as the spec.
-std::string activation_name(const Activation& a) {
-  switch (a.kind) {
-    case Act::Identity: return "identity";
-    case Act::BinaryStep: return "binary_step";
-    case Act::Sigmoid: return "sigmoid";
-    case Act::Tanh: return "tanh";
-    case Act::Arctan: return "arctan";
-    case Act::Relu: return "relu";
-    case Act::LeakyRelu: return "leaky_relu(" + shortest_float(a.alpha) + ")";
-    case Act::Elu: return "elu(" + shortest_float(a.alpha) + ")";
-    case Act::Softplus: return "softplus";
-  }
-  return fmt("activation(", static_cast<int>(a.kind), ")");
-}
 
 namespace ref {
 

@@ -12,7 +12,7 @@
 // Determinism: every output element is summed by exactly one thread, in a fixed loop order, so the
 // result does not depend on the number of OpenMP threads.
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/shape.h"
 
 namespace barecnn::ref {

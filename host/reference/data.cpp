@@ -2,7 +2,7 @@
 // The dataset stays as uint8 pixels; each batch picks its rows through the epoch's shuffled
 // indices and normalizes them on the way: x = (pixel / 255 - mean) / std. Formula: docs/MATH.md.
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 
 namespace barecnn::ref {
 

@@ -6,7 +6,7 @@
 // weight is (OUT, IN), as torch.nn.Linear stores it, so checkpoints load into PyTorch unchanged.
 // Determinism: each output element is summed by one thread, over a fixed index order.
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 
 namespace barecnn::ref {
 

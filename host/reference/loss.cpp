@@ -1,61 +1,16 @@
-// CPU reference of the loss table (paper section 2.5), the names that --loss accepts, and the
-// accuracy count.
+// CPU reference of the loss table (paper section 2.5) and the accuracy count. The names that
+// --loss accepts are in host/core/names.cpp.
 //
 // Every loss compares logits row z = logits[i] (K) with y = one-hot(labels[i]) (K) and returns
 // the per-sample loss, its gradient with respect to the logits, and whether the row's argmax is
 // the label. The derivations (and why each guard is needed) are in docs/MATH.md.
 #include <algorithm>
 #include <cmath>
-#include <string>
-#include <vector>
 
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 
 namespace barecnn {
-
-// ---- names ---------------------------------------------------------------------------------------
-
-static const char* const kLossNames[] = {"cross_entropy", "bce", "mse", "msle", "l2", "l1", "mae", "mape"};
-static constexpr int kNumLosses = static_cast<int>(sizeof(kLossNames) / sizeof(kLossNames[0]));
-
-const char* const* loss_names(int* count) {
-  if (count) *count = kNumLosses;
-  return kLossNames;
-}
-
-std::string loss_name(Loss l) {
-  int i = static_cast<int>(l);
-  BARECNN_ASSERT(i >= 0 && i < kNumLosses, "loss_name: unknown Loss value ", i);
-  return kLossNames[i];
-}
-
-// Levenshtein distance, for the "did you mean" hint.
-static int edit_distance(const std::string& a, const std::string& b) {
-  std::vector<int> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = static_cast<int>(j);
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = static_cast<int>(i);
-    for (size_t j = 1; j <= b.size(); ++j) {
-      int sub = prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, sub});
-    }
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
-
-Loss parse_loss(const std::string& s) {
-  for (int i = 0; i < kNumLosses; ++i)
-    if (s == kLossNames[i]) return static_cast<Loss>(i);
-  int best = 0;
-  for (int i = 1; i < kNumLosses; ++i)
-    if (edit_distance(s, kLossNames[i]) < edit_distance(s, kLossNames[best])) best = i;
-  std::string valid;
-  for (int i = 0; i < kNumLosses; ++i) valid += std::string(i ? ", " : "") + kLossNames[i];
-  throw UsageError(fmt("--loss: unknown loss '", s, "'; valid losses are ", valid, " (did you mean '",
-                       kLossNames[best], "'?)"));
-}
 
 namespace ref {
 

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 
 namespace barecnn::ref {
 

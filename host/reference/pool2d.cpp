@@ -12,7 +12,7 @@
 #include <cmath>
 
 #include "barecnn/error.h"
-#include "barecnn/ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/shape.h"
 
 namespace barecnn::ref {

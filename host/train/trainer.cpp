@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "barecnn/checkpoint.h"
+#include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/nvtx.h"

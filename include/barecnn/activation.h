@@ -1,5 +1,5 @@
 // The activation table of the paper (section 2.2) as scalar functions shared by the CPU reference
-// and the CUDA kernels. Softmax is row-wise and lives in ops.h.
+// and the CUDA kernels. Softmax is row-wise and lives in ref_ops.h / gpu_ops.h.
 #pragma once
 
 #include <cmath>

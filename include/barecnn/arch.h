@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "barecnn/activation.h"
+#include "barecnn/names.h"
 
 namespace barecnn {
 
@@ -32,7 +33,5 @@ std::vector<std::pair<std::string, std::string>> presets();
 std::vector<LayerDesc> parse_arch(const std::string& spec);
 // Canonical text of a layer ("conv(32,5,pad=2)").
 std::string layer_desc_str(const LayerDesc& d);
-// Levenshtein nearest of `word` among `choices` (for "did you mean").
-std::string nearest(const std::string& word, const std::vector<std::string>& choices);
 
 }  // namespace barecnn

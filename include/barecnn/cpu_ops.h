@@ -1,6 +1,7 @@
 // The fast float CPU versions of the heavy ops (barecnn::cpu, host/cpu/): the same signatures as
-// their barecnn::ref specification in ops.h, float only, checked against the double reference in
-// tests/test_cpu_fast.cpp and timed against the float reference in profiling/cpu_lab.cpp.
+// their barecnn::ref specification in ref_ops.h, float only, checked against the double
+// reference in tests/test_cpu_fast.cpp and timed against the float reference in
+// profiling/cpu_lab.cpp.
 //
 // How: convolutions are im2col + GEMM, dense layers are GEMMs, all on the register-tiled,
 // cache-blocked SGEMM of host/cpu/sgemm.h, with OpenMP across threads.

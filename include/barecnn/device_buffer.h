@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
 
 namespace barecnn {

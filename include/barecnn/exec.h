@@ -6,7 +6,7 @@
 //                             reference in float (the table is host/nn/exec.cpp)
 //   double (CPU only)      -> the reference (ref::, host/reference/), for the gradient checks
 // Nothing above this layer (layers, net, step, trainer, bench) tests the device. Pointers are on
-// ex.device; arguments and shapes are those of the ops in ops.h.
+// ex.device; arguments and shapes are those of the ops in ref_ops.h and gpu_ops.h.
 #pragma once
 
 #include <chrono>
@@ -16,7 +16,8 @@
 #include <string>
 
 #include "barecnn/gpu.h"
-#include "barecnn/ops.h"
+#include "barecnn/gpu_ops.h"
+#include "barecnn/ref_ops.h"
 #include "barecnn/tensor.h"
 
 namespace barecnn {
@@ -41,7 +42,7 @@ struct Exec {
 namespace op {
 
 // ---- layers (float: GPU or fast CPU; double: the reference) ----
-// fuse_relu / relu_out: the GPU conv's fused ReLU (ops.h); CPU float and double take neither.
+// fuse_relu / relu_out: the GPU conv's fused ReLU (gpu_ops.h); CPU float and double take neither.
 void conv2d_forward(const Exec& ex, float* out, const float* inp, const float* w, const float* b, const Conv2dShape& s,
                     bool fuse_relu = false);
 void conv2d_forward(const Exec& ex, double* out, const double* inp, const double* w, const double* b,

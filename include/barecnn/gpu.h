@@ -9,7 +9,7 @@
 #include <string>
 
 #include "barecnn/device_buffer.h"
-#include "barecnn/error.h"
+#include "barecnn/cuda_check.h"
 
 namespace barecnn {
 
@@ -104,7 +104,7 @@ class CudaEvent {
 
 // A CUDA Graph of what one call of `enqueue` puts on a stream: captured once, then replayed with
 // one launch. The captured kernels keep the arguments they were launched with, so whatever must
-// change between replays has to live in device memory (see gpu::StepCounters in ops.h), and the
+// change between replays has to live in device memory (see gpu::StepCounters in gpu_ops.h), and the
 // buffers they use must not move while the graph lives.
 class CapturedGraph {
  public:

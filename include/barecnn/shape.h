@@ -1,10 +1,13 @@
-// Geometry of convolution and pooling: output sizes (the paper's eq. 2.1) and NCHW index math.
+// Geometry: tensor dimensions, output sizes of convolution and pooling (the paper's eq. 2.1) and
+// NCHW index math.
 //
 // Everything marked BARECNN_HD is shared by the CPU reference and the CUDA kernels, so the CPU
 // tests exercise the very index arithmetic the kernels run.
 #pragma once
 
+#include <cstddef>
 #include <string>
+#include <vector>
 
 #if defined(__CUDACC__)
 #define BARECNN_HD __host__ __device__ __forceinline__
@@ -13,6 +16,11 @@
 #endif
 
 namespace barecnn {
+
+// Dimensions, outermost first: (N, C, H, W) for images, (N, F) for flat features.
+using Dims = std::vector<int>;
+std::string dims_str(const Dims& d);  // "64x1x28x28"
+size_t dims_numel(const Dims& d);
 
 // Eq. (2.1): output size of a window of size k slid with stride Z_s over an input of size H that
 // is zero-padded by Z_p on each side: floor((H - k + 2 Z_p) / Z_s) + 1.

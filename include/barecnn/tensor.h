@@ -11,16 +11,12 @@
 
 #include "barecnn/device_buffer.h"
 #include "barecnn/error.h"
+#include "barecnn/shape.h"
 
 namespace barecnn {
 
 enum class Device { CPU, CUDA };
 inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
-
-// Dimensions, outermost first: (N, C, H, W) for images, (N, F) for flat features.
-using Dims = std::vector<int>;
-std::string dims_str(const Dims& d);  // "64x1x28x28"
-size_t dims_numel(const Dims& d);
 
 template <typename T>
 class BasicTensor {

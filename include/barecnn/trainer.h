@@ -11,7 +11,7 @@
 #include "barecnn/exec.h"
 #include "barecnn/idx.h"
 #include "barecnn/net.h"
-#include "barecnn/ops.h"
+#include "barecnn/optim.h"
 
 namespace barecnn {
 

@@ -1,0 +1,94 @@
+// The CPU reference of every op (barecnn::ref, host/reference/), templated on float and double.
+// Pointers are raw and NCHW; each carries its shape in a comment. The CUDA launchers in gpu_ops.h
+// take the same arguments in the same order, plus a stream. No CUDA header is included here: the
+// reference compiles with a plain C++ compiler.
+//
+// Conventions:
+//   - forward ops overwrite their outputs; backward ops overwrite the gradients they produce
+//     (parameter gradients are not accumulated across calls);
+//   - a null gradient pointer means "not needed" (e.g. the input gradient of the first layer).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "barecnn/activation.h"
+#include "barecnn/loss.h"
+#include "barecnn/optim.h"
+#include "barecnn/shape.h"
+
+namespace barecnn {
+
+namespace ref {
+
+// ---- convolution (docs/MATH.md, "Convolution") ----
+// out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
+template <typename T>
+void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, const Conv2dShape& s);
+// dinp (N, C, H, W) from dout (N, K, OH, OW)
+template <typename T>
+void conv2d_backward_input(T* dinp, const T* dout, const T* weight, const Conv2dShape& s);
+// dweight (K, C, kh, kw), dbias (K) or null, from dout and inp
+template <typename T>
+void conv2d_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, const Conv2dShape& s);
+
+// ---- pooling ----
+// max: out (N, C, OH, OW); mask (N, C, OH, OW) holds the flat index h*W + w of the winner inside
+// its (n, c) plane; the first index wins on ties.
+template <typename T>
+void maxpool2d_forward(T* out, int32_t* mask, const T* inp, const Pool2dShape& s);
+template <typename T>
+void maxpool2d_backward(T* dinp, const T* dout, const int32_t* mask, const Pool2dShape& s);
+template <typename T>
+void avgpool2d_forward(T* out, const T* inp, const Pool2dShape& s);
+template <typename T>
+void avgpool2d_backward(T* dinp, const T* dout, const Pool2dShape& s);
+// L2: out = sqrt(sum of squares over the window); backward needs inp and out.
+template <typename T>
+void l2pool2d_forward(T* out, const T* inp, const Pool2dShape& s);
+template <typename T>
+void l2pool2d_backward(T* dinp, const T* dout, const T* inp, const T* out, const Pool2dShape& s);
+
+// ---- activations (elementwise over n values) ----
+template <typename T>
+void activation_forward(T* out, const T* inp, long long n, Activation a);
+template <typename T>
+void activation_backward(T* dinp, const T* dout, const T* inp, const T* out, long long n, Activation a);
+// softmax over each row of (N, K)
+template <typename T>
+void softmax_forward(T* out, const T* inp, int N, int K);
+template <typename T>
+void softmax_backward(T* dinp, const T* dout, const T* out, int N, int K);
+
+// ---- dense: out = inp W^T + b, W (OUT, IN) as torch.nn.Linear ----
+// out (N, OUT); inp (N, IN); weight (OUT, IN); bias (OUT) or null
+template <typename T>
+void dense_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int IN, int OUT);
+template <typename T>
+void dense_backward_input(T* dinp, const T* dout, const T* weight, int N, int IN, int OUT);
+template <typename T>
+void dense_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, int N, int IN, int OUT);
+
+// ---- losses ----
+// For each sample i: loss[i] (N) = the loss of logits row i (N, K) against one-hot(labels[i]);
+// dlogits (N, K) = grad_scale * d loss[i] / d logits (grad_scale = 1/N for the batch mean), or
+// null; correct[i] (N) = 1 if argmax of the row (first index on ties) equals the label, or null.
+template <typename T>
+void loss_forward_backward(T* loss, T* dlogits, int32_t* correct, const T* logits,
+                           const int32_t* labels, int N, int K, Loss kind, T grad_scale);
+
+// ---- optimizer: one step over a flat buffer of n parameters ----
+// m, v: optimizer state (momentum buffer / Adam moments), zero at the start; v unused by SGD.
+// step: 1-based step count (Adam's bias correction).
+template <typename T>
+void optimizer_step(T* param, const T* grad, T* m, T* v, size_t n, const OptimConfig& cfg, long long step);
+
+// ---- data ----
+// out (B, P) = (images[idx[b]] (P uint8 pixels) / 255 - mean) / std; out_labels (B) = labels[idx[b]]
+template <typename T>
+void gather_normalize(T* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
+                      const int32_t* idx, int B, int P, float mean, float std);
+
+}  // namespace ref
+
+}  // namespace barecnn
