@@ -79,7 +79,7 @@ set(BARECNN_CLI_SOURCES
 
 # Headers that include no CUDA header (checked by the test Build.ReferenceCompilesWithoutCuda).
 set(BARECNN_CUDA_FREE_HEADERS
-  activation.h arch.h cpu_ops.h error.h fileutil.h idx.h loss.h names.h optim.h peak.h plots.h
+  activation.h arch.h cpu_ops.h error.h fileutil.h gradcheck_criterion.h idx.h loss.h names.h optim.h peak.h plots.h
   ref_ops.h rng.h safetensors.h shape.h)
 
 unset(_r)

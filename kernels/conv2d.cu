@@ -12,12 +12,12 @@
 //     do not hold.
 // set_conv_impl() / BARECNN_CONV_IMPL=simple|fast picks the level, so the tests check both.
 //
-// Fused ReLU (issue 5): every kernel takes a template flag FUSE_RELU. When set, the forward
+// Fused ReLU: every kernel takes a template flag FUSE_RELU. When set, the forward
 // kernels store relu(conv + bias) and the backward kernels read dout * relu'(y) instead of dout,
 // with y = the forward's fused output (relu_out); the ReLU's scalar math is act_forward /
 // act_derivative of activation.h, the functions kernels/activation.cu applies, so the fused
-// results are bitwise those of the separate ReLU kernels. With FUSE_RELU false every kernel runs
-// exactly the arithmetic it ran before the flag existed.
+// results are bitwise those of the separate ReLU kernels. With FUSE_RELU false the flag's code
+// compiles away: the kernels are the plain convolution.
 //
 // Layouts, all NCHW float32: inp (N, C, H, W), weight (K, C, kh, kw) [OIHW], bias (K),
 // out (N, K, OH, OW). Every result is summed by one thread, or by one fixed reduction tree, in an
@@ -599,7 +599,7 @@ int wgrad_chunks(const Conv2dShape& s) {
 }
 
 // The bodies of the three launchers, once per value of the fusion flag, so the runtime choice
-// (fuse_relu / relu_out) picks a whole instantiation and the unfused one is today's code.
+// (fuse_relu / relu_out) picks a whole instantiation; the unfused one has no ReLU code at all.
 template <bool FUSE_RELU>
 void conv2d_forward_impl(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
                          cudaStream_t stream) {

@@ -277,13 +277,13 @@ void check_deterministic(const Shape& shape, Run run) {
 
 }  // namespace
 
-TEST(ConvCpu, OddShapesMatchReference) { check_conv_all(odd_conv_shapes()); }
-TEST(ConvCpu, PresetShapesMatchReference) { check_conv_all(preset_conv_shapes()); }
+TEST(Conv2dCpu, OddShapesMatchReference) { check_conv_all(odd_conv_shapes()); }
+TEST(Conv2dCpu, PresetShapesMatchReference) { check_conv_all(preset_conv_shapes()); }
 TEST(DenseCpu, OddShapesMatchReference) { check_dense_all(odd_dense_shapes()); }
 TEST(DenseCpu, PresetShapesMatchReference) { check_dense_all(preset_dense_shapes()); }
 
 // Batch 0 is legal (the reference accepts it): nothing to compute, parameter gradients are zero.
-TEST(ConvCpu, EmptyBatchGivesZeroGradients) {
+TEST(Conv2dCpu, EmptyBatchGivesZeroGradients) {
   Conv2dShape s = conv_shape(0, 2, 5, 5, 3, 3, 3, 1, 1, 1, 1);
   std::vector<float> w(s.weight_numel(), 1.f), dw = nans(s.weight_numel()), db = nans(s.K);
   cpu::conv2d_forward(nullptr, nullptr, w.data(), nullptr, s);
@@ -296,7 +296,7 @@ TEST(ConvCpu, EmptyBatchGivesZeroGradients) {
   EXPECT_TRUE(all_close(std::vector<double>(3, 0.0), ddb, 0, 0));
 }
 
-TEST(ConvCpu, BitwiseSameForAnyThreadCountAndRun) {
+TEST(Conv2dCpu, BitwiseSameForAnyThreadCountAndRun) {
   Restore restore;
   for (cpu::CpuIsa isa : isas()) {
     cpu::set_cpu_isa(isa);
@@ -333,7 +333,7 @@ TEST(CpuIsa, SwitchWorksAndUnsupportedIsRefused) {
 
 // ---- elementwise: ReLU-family activations and max-pool backward ----
 
-TEST(ElementwiseCpu, ReluFamilyMatchesReferenceExactly) {
+TEST(ActivationCpu, ReluFamilyMatchesReferenceExactly) {
   // Tie-free inputs away from 0 (the kink). Odd n exercises the vector loop's remainder.
   const long long n = 100003;
   std::vector<float> x = cast_vec<float>(test::tie_free_vec(n, 31, -3, 3));
@@ -350,7 +350,7 @@ TEST(ElementwiseCpu, ReluFamilyMatchesReferenceExactly) {
   }
 }
 
-TEST(ElementwiseCpu, MaxPoolBackwardMatchesReferenceExactly) {
+TEST(Pool2dCpu, MaxPoolBackwardMatchesReferenceExactly) {
   // Non-overlapping (the scatter path), stride > window (pixels in no window must get 0), and
   // overlapping windows (the reference fallback).
   for (auto [k, stride] : {std::pair{2, 2}, std::pair{2, 3}, std::pair{3, 2}}) {

@@ -63,7 +63,7 @@ void compare_step(const std::string& arch, const Dims& input, int N, Loss loss) 
   for (auto& l : labels) l = int32_t(rng.next_u64() % net.num_outputs());
   StepResult cpu = one_step(net, params, x, labels, loss, Device::CPU);
   StepResult gpu = one_step(net, params, x, labels, loss, Device::CUDA);
-  // Loss: the rel 1e-5 (both sum the same float terms, in different orders).
+  // Loss: rel 1e-5 (both sum the same float terms, in different orders).
   EXPECT_NEAR(gpu.loss, cpu.loss, 1e-5 * std::fabs(cpu.loss) + 1e-7) << arch;
   EXPECT_TRUE(test::all_close(cpu.logits, gpu.logits, 1e-5, 1e-4)) << arch;
   // Gradients: every parameter tensor. Each entry is a float sum over up to N*OH*OW (conv weight)
@@ -136,6 +136,11 @@ TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
     for (size_t i = 0; i < probe.fused.size(); ++i)  // the ReLU's input and its gradient: not kept
       if (probe.fused[i]) {
         EXPECT_EQ(probe.act[i + 1].numel() + probe.dact[i + 1].numel(), 0u) << "layer " << i;
+        // the plan: the conv writes the ReLU's output; the ReLU does not run
+        ASSERT_NE(probe.planned(int(i)), nullptr);
+        EXPECT_TRUE(probe.planned(int(i))->fused_relu);
+        EXPECT_EQ(probe.planned(int(i))->out, int(i) + 2);
+        EXPECT_EQ(probe.planned(int(i) + 1), nullptr);
       }
     StepResult fused = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CUDA);
     net.set_gpu_fusion(false);
@@ -149,7 +154,7 @@ TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
 }
 
 namespace {
-class GpuTrain : public ::testing::Test {
+class TrainGpu : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     data_ = test::fresh_dir("gpu_train_data");
@@ -182,10 +187,10 @@ class GpuTrain : public ::testing::Test {
   }
   static std::string data_;
 };
-std::string GpuTrain::data_;
+std::string TrainGpu::data_;
 }  // namespace
 
-TEST_F(GpuTrain, TwoRunsGiveIdenticalWeights) {
+TEST_F(TrainGpu, TwoRunsGiveIdenticalWeights) {
   BARECNN_REQUIRE_GPU();
   std::string a = test::fresh_dir("gpu_det_a"), b = test::fresh_dir("gpu_det_b");
   train(config(a));
@@ -193,7 +198,7 @@ TEST_F(GpuTrain, TwoRunsGiveIdenticalWeights) {
   EXPECT_EQ(read_file(a + "/model.safetensors", "a"), read_file(b + "/model.safetensors", "b"));
 }
 
-TEST_F(GpuTrain, LearnsAndResumesBitwise) {
+TEST_F(TrainGpu, LearnsAndResumesBitwise) {
   BARECNN_REQUIRE_GPU();
   std::string full = test::fresh_dir("gpu_full"), part = test::fresh_dir("gpu_part");
   TrainConfig cf = config(full);
@@ -220,7 +225,7 @@ TEST_F(GpuTrain, LearnsAndResumesBitwise) {
 // --cuda-graph on replays a captured step: the same kernels with the same arguments, so the same
 // weights bit for bit as kernel-by-kernel launches, for SGD and for Adam (whose t and bias
 // corrections advance on the device), and across a mid-epoch resume (the counters are set again).
-TEST_F(GpuTrain, CudaGraphGivesTheEagerWeightsBitwise) {
+TEST_F(TrainGpu, CudaGraphGivesTheEagerWeightsBitwise) {
   BARECNN_REQUIRE_GPU();
   std::string eager_sgd;
   for (bool adam : {false, true}) {
@@ -256,7 +261,7 @@ TEST_F(GpuTrain, CudaGraphGivesTheEagerWeightsBitwise) {
 }
 
 // A whole run with --fuse on (and the graph): the weights of the plain run, bitwise.
-TEST_F(GpuTrain, FusedRunGivesThePlainWeightsBitwise) {
+TEST_F(TrainGpu, FusedRunGivesThePlainWeightsBitwise) {
   BARECNN_REQUIRE_GPU();
   std::string plain = test::fresh_dir("gpu_fuse_plain"), fused = test::fresh_dir("gpu_fuse_on");
   TrainConfig cp = config(plain), cf = config(fused);
@@ -270,7 +275,7 @@ TEST_F(GpuTrain, FusedRunGivesThePlainWeightsBitwise) {
   EXPECT_EQ(s["fuse"], true);
 }
 
-TEST_F(GpuTrain, DivergenceIsFoundAndNamed) {
+TEST_F(TrainGpu, DivergenceIsFoundAndNamed) {
   BARECNN_REQUIRE_GPU();
   TrainConfig c = config(test::fresh_dir("gpu_div"));
   c.optim.lr = 1e30f;
@@ -285,7 +290,7 @@ TEST_F(GpuTrain, DivergenceIsFoundAndNamed) {
   }
 }
 
-TEST_F(GpuTrain, EvaluateMatchesCpu) {
+TEST_F(TrainGpu, EvaluateMatchesCpu) {
   BARECNN_REQUIRE_GPU();
   Net net3("conv(8,3,pad=1) relu maxpool(2) dense(32) relu dense(3)", {1, 8, 8});
   std::vector<float> p = net3.init_params(5);
@@ -297,7 +302,7 @@ TEST_F(GpuTrain, EvaluateMatchesCpu) {
   EXPECT_EQ(c.count, g.count);
 }
 
-TEST_F(GpuTrain, ProgressPollsLeaveNoStaleError) {
+TEST_F(TrainGpu, ProgressPollsLeaveNoStaleError) {
   BARECNN_REQUIRE_GPU();
   // 1200 images at batch 5: 240 steps, progress polls at steps 200 and 240, so the second poll
   // may find the first copy still in flight ("not ready"), which must not leak into the next

@@ -38,7 +38,7 @@ struct HandCase {
   double x, y, dydx;
 };
 
-TEST(RefActivation, HandValues) {
+TEST(ActivationRef, HandValues) {
   const double e = std::exp(1.0);
   const std::vector<HandCase> cases = {
       {{Act::Identity}, 2.5, 2.5, 1},
@@ -76,7 +76,7 @@ TEST(RefActivation, HandValues) {
   }
 }
 
-TEST(RefActivation, Names) {
+TEST(ActivationRef, Names) {
   EXPECT_EQ(activation_name({Act::Identity}), "identity");
   EXPECT_EQ(activation_name({Act::BinaryStep}), "binary_step");
   EXPECT_EQ(activation_name({Act::Sigmoid}), "sigmoid");
@@ -97,7 +97,7 @@ TEST(RefActivation, Names) {
 
 // d/dx of sum_i w_i f(x_i) against activation_backward with dout = w, at points away from the
 // kinks at 0 (tie_free_vec keeps every |x| away from 0).
-TEST(RefActivation, DerivativeMatchesCentralDifference) {
+TEST(ActivationRef, DerivativeMatchesCentralDifference) {
   const size_t n = 41;
   std::vector<double> x = test::tie_free_vec(n, 11, -3, 3);
   std::vector<double> w = test::random_vec(n, 12, 0.5, 1.5);
@@ -120,7 +120,7 @@ TEST(RefActivation, DerivativeMatchesCentralDifference) {
   }
 }
 
-TEST(RefActivation, FloatMatchesDouble) {
+TEST(ActivationRef, FloatMatchesDouble) {
   const size_t n = 203;  // odd size
   std::vector<double> x = test::tie_free_vec(n, 21, -6, 6);
   std::vector<double> dy = test::random_vec(n, 22, -1, 1);
@@ -134,7 +134,7 @@ TEST(RefActivation, FloatMatchesDouble) {
   }
 }
 
-TEST(RefActivation, HugeInputsStayFinite) {
+TEST(ActivationRef, HugeInputsStayFinite) {
   const std::vector<double> big = {-1000, -100, 100, 1000};
   for (const Activation& a : kAllActs) {
     SCOPED_TRACE(activation_name(a));
@@ -163,7 +163,7 @@ std::vector<T> softmax(const std::vector<T>& z, int N, int K) {
   return y;
 }
 
-TEST(RefSoftmax, HandValues) {
+TEST(SoftmaxRef, HandValues) {
   // softmax(0, ln 3) = (1/4, 3/4); softmax of a constant row is uniform
   std::vector<double> z = {0.0, std::log(3.0), 2.0, 2.0, 2.0};
   std::vector<double> y0 = softmax(std::vector<double>(z.begin(), z.begin() + 2), 1, 2);
@@ -177,7 +177,7 @@ TEST(RefSoftmax, HandValues) {
   EXPECT_TRUE(all_close(std::vector<double>{std::exp(1.0) / s, std::exp(2.0) / s, std::exp(3.0) / s}, y2, 1e-7, 1e-6));
 }
 
-TEST(RefSoftmax, RowsSumToOneAndShiftInvariance) {
+TEST(SoftmaxRef, RowsSumToOneAndShiftInvariance) {
   const int N = 5, K = 7;
   std::vector<double> z = test::random_vec(N * K, 31, -4, 4);
   std::vector<double> y = softmax(z, N, K);
@@ -199,7 +199,7 @@ TEST(RefSoftmax, RowsSumToOneAndShiftInvariance) {
   EXPECT_TRUE(all_close(std::vector<double>(y.begin() + 2 * K, y.begin() + 3 * K), softmax(row, 1, K), 0, 1e-15));
 }
 
-TEST(RefSoftmax, BackwardMatchesCentralDifference) {
+TEST(SoftmaxRef, BackwardMatchesCentralDifference) {
   const int N = 3, K = 5;
   std::vector<double> z = test::random_vec(N * K, 41, -2, 2);
   std::vector<double> dy = test::random_vec(N * K, 42, -1, 1);  // random upstream gradient
@@ -219,7 +219,7 @@ TEST(RefSoftmax, BackwardMatchesCentralDifference) {
   EXPECT_TRUE(all_close(y, softmax(test::cast_vec<float>(z), N, K), 1e-7, 1e-5));
 }
 
-TEST(RefSoftmax, HugeLogitsStayFinite) {
+TEST(SoftmaxRef, HugeLogitsStayFinite) {
   // rows: (-1000, 1000, 0), (-1000, -1000, -1000), (-100, 100, 100); the max is not first, so
   // a row max taken from the first element would still overflow e^z
   std::vector<double> z = {-1000, 1000, 0, -1000, -1000, -1000, -100, 100, 100};

@@ -16,7 +16,7 @@ namespace {
 
 using test::all_close;
 
-TEST(RefData, GatherNormalizeHandValues) {
+TEST(DataRef, GatherNormalizeHandValues) {
   // 4 images of P = 3 pixels, labels 7, 1, 4, 9; the batch takes rows 2, 0, 2 (repeats allowed)
   const std::vector<uint8_t> images = {0, 255, 51, 10, 20, 30, 255, 0, 102, 1, 2, 3};  // (4, 3)
   const std::vector<uint8_t> labels = {7, 1, 4, 9};
@@ -38,7 +38,7 @@ TEST(RefData, GatherNormalizeHandValues) {
   EXPECT_EQ(out2, out);
 }
 
-TEST(RefData, GatherNormalizeFashionMnistStats) {
+TEST(DataRef, GatherNormalizeFashionMnistStats) {
   // the mean/std a real run uses: every pixel maps through (x/255 - mean)/std independently
   const int P = 784, B = 2;
   std::vector<uint8_t> images(3 * P);
@@ -64,7 +64,7 @@ bool is_permutation_of_iota(const std::vector<int32_t>& p) {
   return true;
 }
 
-TEST(RefData, EpochPermutation) {
+TEST(DataRef, EpochPermutation) {
   for (int n : {1, 2, 7, 1000, 60001}) {
     SCOPED_TRACE(n);
     std::vector<int32_t> p = ref::epoch_permutation(n, 42, 0);
@@ -101,7 +101,7 @@ TEST(RefData, EpochPermutation) {
 
 // A statistical sanity check: it fails when the generator is broken (constant, biased, or a bad
 // Box-Muller), with bounds many standard errors wide so a working generator never trips them.
-TEST(RefData, RngUniformAndNormalMoments) {
+TEST(DataRef, RngUniformAndNormalMoments) {
   const int n = 100000;
   Rng r(12345);
   double sum = 0, sum2 = 0, lo = 1, hi = 0;

@@ -47,7 +47,7 @@ struct HandCase {
 
 // Each loss on one sample with K = 2; the expected values are worked out by hand from the formula
 // in loss.h (y is the one-hot label).
-TEST(RefLoss, HandValuesK2) {
+TEST(LossRef, HandValuesK2) {
   const double e2 = std::exp(2.0);
   const double mape_eps = 1e-7;  // the documented guard of MAPE's denominator at y = 0
   const std::vector<HandCase> cases = {
@@ -106,7 +106,7 @@ std::vector<double> smooth_logits(int N, int K, const std::vector<int32_t>& labe
 }
 
 // d (1/N) sum_i loss_i / d logits against dlogits with grad_scale = 1/N.
-TEST(RefLoss, GradientMatchesCentralDifference) {
+TEST(LossRef, GradientMatchesCentralDifference) {
   const int N = 3, K = 5;
   const std::vector<int32_t> labels = {2, 0, 4};
   const std::vector<double> z = smooth_logits(N, K, labels, 51);
@@ -132,7 +132,7 @@ TEST(RefLoss, GradientMatchesCentralDifference) {
   }
 }
 
-TEST(RefLoss, FloatMatchesDouble) {
+TEST(LossRef, FloatMatchesDouble) {
   const int N = 7, K = 10;
   std::vector<int32_t> labels = {3, 0, 9, 5, 5, 1, 8};
   const std::vector<double> z = smooth_logits(N, K, labels, 61);
@@ -147,7 +147,7 @@ TEST(RefLoss, FloatMatchesDouble) {
 }
 
 // Huge logits: a naive softmax (e^1000) or BCE (log sigmoid(-1000) = log 0) would give inf/NaN.
-TEST(RefLoss, CrossEntropyAndBceStableAtHugeLogits) {
+TEST(LossRef, CrossEntropyAndBceStableAtHugeLogits) {
   const std::vector<double> z = {1000, -1000, 1000, -1000, 1000, 999};  // (3, 2)
   const std::vector<int32_t> labels = {0, 1, 1};
   // CE: sample 0 is right with certainty (0); sample 1 pays 2000; sample 2: log(e^1000 + e^999) -
@@ -180,7 +180,7 @@ TEST(RefLoss, CrossEntropyAndBceStableAtHugeLogits) {
   }
 }
 
-TEST(RefLoss, CorrectCountFirstIndexWinsTies) {
+TEST(LossRef, CorrectCountFirstIndexWinsTies) {
   // (4, 3): argmax 1 (label 1: right); tie between 0 and 1 -> 0 (label 0: right; label 1: wrong);
   // argmax 2 (label 0: wrong)
   const std::vector<double> z = {0.1, 0.7, 0.2, 0.5, 0.5, 0.1, 0.5, 0.5, 0.1, 0.3, 0.2, 0.9};
@@ -197,7 +197,7 @@ TEST(RefLoss, CorrectCountFirstIndexWinsTies) {
   EXPECT_EQ(loss, full_loss);
 }
 
-TEST(RefLoss, LabelOutsideRangeIsACallerBug) {
+TEST(LossRef, LabelOutsideRangeIsACallerBug) {
   std::vector<double> z = {0.1, 0.2}, loss(1);
   for (int32_t bad : {-1, 2}) {
     std::vector<int32_t> labels = {bad};
@@ -207,7 +207,7 @@ TEST(RefLoss, LabelOutsideRangeIsACallerBug) {
   }
 }
 
-TEST(RefLoss, NamesRoundTrip) {
+TEST(LossRef, NamesRoundTrip) {
   int count = 0;
   const char* const* names = loss_names(&count);
   ASSERT_EQ(count, 8);
@@ -219,7 +219,7 @@ TEST(RefLoss, NamesRoundTrip) {
   }
 }
 
-TEST(RefLoss, ParseErrorNamesFlagValueAndNearest) {
+TEST(LossRef, ParseErrorNamesFlagValueAndNearest) {
   struct Case {
     std::string bad, nearest;
   };

@@ -38,7 +38,7 @@ std::vector<T> run(const std::vector<T>& p0, const std::vector<std::vector<T>>& 
   return p;
 }
 
-TEST(RefOptim, PlainSgdIsExactlyParamMinusLrGrad) {
+TEST(OptimRef, PlainSgdIsExactlyParamMinusLrGrad) {
   const size_t n = 37;
   std::vector<float> p = test::cast_vec<float>(test::random_vec(n, 71, -2, 2));
   std::vector<float> g = test::cast_vec<float>(test::random_vec(n, 72, -3, 3));
@@ -50,7 +50,7 @@ TEST(RefOptim, PlainSgdIsExactlyParamMinusLrGrad) {
   for (size_t i = 0; i < n; ++i) EXPECT_EQ(p[i], expect[i]) << "at " << i;
 }
 
-TEST(RefOptim, SgdMomentumWeightDecayHandValues) {
+TEST(OptimRef, SgdMomentumWeightDecayHandValues) {
   // one parameter p0 = 1, gradients 0.5, -0.25, 1; lr = 0.5, momentum = 0.5: every value is a
   // binary fraction, so float and double are exact.
   //   no decay:  m = 0.5, p = 0.75;  m = 0, p = 0.75;  m = 1, p = 0.25
@@ -61,7 +61,7 @@ TEST(RefOptim, SgdMomentumWeightDecayHandValues) {
   EXPECT_EQ(run<double>({1.0}, {{0.5}, {-0.25}, {1.0}}, sgd(0.5f, 0.5f, 0.5f))[0], -0.4375);
 }
 
-TEST(RefOptim, SgdMomentumWeightDecayMatchesRecurrence) {
+TEST(OptimRef, SgdMomentumWeightDecayMatchesRecurrence) {
   const size_t n = 23;
   const OptimConfig cfg = sgd(0.05f, 0.9f, 0.01f);
   std::vector<double> p0 = test::random_vec(n, 81, -1, 1);
@@ -79,7 +79,7 @@ TEST(RefOptim, SgdMomentumWeightDecayMatchesRecurrence) {
   EXPECT_TRUE(all_close(expect, run(p0, grads, cfg), 1e-15, 1e-14));
 }
 
-TEST(RefOptim, AdamFirstStepIsLrTimesSign) {
+TEST(OptimRef, AdamFirstStepIsLrTimesSign) {
   // step 1: mhat = g, vhat = g^2, so param -= lr * g / (|g| + eps), about lr * sign(g)
   const size_t n = 19;
   const OptimConfig cfg = adam(0.01f);
@@ -95,7 +95,7 @@ TEST(RefOptim, AdamFirstStepIsLrTimesSign) {
   EXPECT_TRUE(all_close(approx, p, 1e-7, 0));
 }
 
-TEST(RefOptim, AdamMatchesFormulasOverThreeSteps) {
+TEST(OptimRef, AdamMatchesFormulasOverThreeSteps) {
   const size_t n = 29;
   OptimConfig cfg = adam(0.003f, 0.02f);
   cfg.beta1 = 0.8f;  // not the default, so a swapped beta would show
@@ -122,7 +122,7 @@ TEST(RefOptim, AdamMatchesFormulasOverThreeSteps) {
   EXPECT_TRUE(all_close(v, vv, 1e-16, 1e-14));
 }
 
-TEST(RefOptim, FloatMatchesDouble) {
+TEST(OptimRef, FloatMatchesDouble) {
   const size_t n = 101;
   std::vector<double> p0 = test::random_vec(n, 111, -1, 1);
   std::vector<std::vector<double>> grads;
@@ -135,7 +135,7 @@ TEST(RefOptim, FloatMatchesDouble) {
   }
 }
 
-TEST(RefOptim, CallerBugsThrow) {
+TEST(OptimRef, CallerBugsThrow) {
   std::vector<float> p(3, 1.f), g(3, 1.f), m(3, 0.f), v(3, 0.f);
   EXPECT_THROW(ref::optimizer_step<float>(p.data(), g.data(), nullptr, nullptr, 3, sgd(0.1f, 0.9f), 1), Error);
   EXPECT_THROW(ref::optimizer_step<float>(p.data(), g.data(), m.data(), nullptr, 3, adam(0.1f), 1), Error);

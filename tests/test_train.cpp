@@ -39,7 +39,7 @@ std::vector<float> model_weights(const std::string& dir) {
 
 nlohmann::json summary(const std::string& dir) { return nlohmann::json::parse(read_file(dir + "/summary.json", "summary")); }
 
-class TrainTest : public ::testing::Test {
+class TrainCpu : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     data_ = test::fresh_dir("train_data");
@@ -51,12 +51,12 @@ class TrainTest : public ::testing::Test {
   static std::string data_;
   static bool ready_;
 };
-std::string TrainTest::data_;
-bool TrainTest::ready_ = false;
+std::string TrainCpu::data_;
+bool TrainCpu::ready_ = false;
 
 }  // namespace
 
-TEST_F(TrainTest, LossFallsAndTheTaskIsLearned) {
+TEST_F(TrainCpu, LossFallsAndTheTaskIsLearned) {
   std::string out = test::fresh_dir("train_learn");
   train(config(data_, out));
   auto s = summary(out);
@@ -78,7 +78,7 @@ TEST_F(TrainTest, LossFallsAndTheTaskIsLearned) {
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
 }
 
-TEST_F(TrainTest, SameSeedGivesIdenticalWeights) {
+TEST_F(TrainCpu, SameSeedGivesIdenticalWeights) {
   std::string a = test::fresh_dir("train_seed_a"), b = test::fresh_dir("train_seed_b"), c = test::fresh_dir("train_seed_c");
   TrainConfig ca = config(data_, a), cb = config(data_, b), cc = config(data_, c);
   ca.epochs = cb.epochs = cc.epochs = 1;
@@ -90,7 +90,7 @@ TEST_F(TrainTest, SameSeedGivesIdenticalWeights) {
   EXPECT_NE(model_weights(a), model_weights(c));
 }
 
-TEST_F(TrainTest, ResumedRunEqualsUninterruptedRun) {
+TEST_F(TrainCpu, ResumedRunEqualsUninterruptedRun) {
   // Uninterrupted: 3 epochs with Adam (its state must survive the checkpoint too).
   std::string full = test::fresh_dir("train_full"), part = test::fresh_dir("train_part");
   TrainConfig cf = config(data_, full);
@@ -118,7 +118,7 @@ TEST_F(TrainTest, ResumedRunEqualsUninterruptedRun) {
   EXPECT_EQ(sf["test_accuracy"], sp["test_accuracy"]);
 }
 
-TEST_F(TrainTest, MidEpochCheckpointResumesBitwise) {
+TEST_F(TrainCpu, MidEpochCheckpointResumesBitwise) {
   // 600 images / batch 32 = 18 steps per epoch; checkpoints every 5 steps. The interrupted run
   // stops at step 27 (epoch 2, step 9): its last checkpoint is from step 25 (epoch 2, step 7).
   std::string full = test::fresh_dir("train_mid_full"), part = test::fresh_dir("train_mid_part");
@@ -148,7 +148,7 @@ TEST_F(TrainTest, MidEpochCheckpointResumesBitwise) {
   EXPECT_EQ(sf["epochs"][1]["train_accuracy"].get<double>(), sp["epochs"][1]["train_accuracy"].get<double>());
 }
 
-TEST_F(TrainTest, ResumeOfAFinishedRunRewritesItsOutputsOrSaysSo) {
+TEST_F(TrainCpu, ResumeOfAFinishedRunRewritesItsOutputsOrSaysSo) {
   std::string out = test::fresh_dir("train_done");
   TrainConfig c = config(data_, out);
   c.epochs = 2;
@@ -176,7 +176,7 @@ TEST_F(TrainTest, ResumeOfAFinishedRunRewritesItsOutputsOrSaysSo) {
   }
 }
 
-TEST_F(TrainTest, DivergenceNamesTheLayerAndKeepsTheCheckpoint) {
+TEST_F(TrainCpu, DivergenceNamesTheLayerAndKeepsTheCheckpoint) {
   std::string out = test::fresh_dir("train_diverge");
   TrainConfig c = config(data_, out);
   c.epochs = 1;
@@ -200,7 +200,7 @@ TEST_F(TrainTest, DivergenceNamesTheLayerAndKeepsTheCheckpoint) {
   EXPECT_EQ(read_file(out + "/checkpoint.safetensors", "checkpoint"), ckpt_before);
 }
 
-TEST_F(TrainTest, ModelFileHasTorchNamesAndMetadata) {
+TEST_F(TrainCpu, ModelFileHasTorchNamesAndMetadata) {
   std::string out = test::fresh_dir("train_model");
   TrainConfig c = config(data_, out);
   c.epochs = 1;

@@ -38,36 +38,44 @@ struct LayerFlops {
 };
 LayerFlops layer_flops(const Layer& l, int N, bool need_din) {
   LayerFlops f;
-  auto specs = l.param_specs();
-  if (!specs.empty()) {
-    const Dims& w = specs[0].dims;
-    const Dims& o = l.out_dims();
-    f.forward = w.size() == 4 ? 2.0 * N * o[0] * o[1] * o[2] * w[1] * w[2] * w[3]  // conv (K, C, kh, kw)
-                              : 2.0 * N * w[0] * w[1];                             // dense (OUT, IN)
-    f.backward = need_din ? 2 * f.forward : f.forward;
-    return f;
+  const Dims& o = l.out_dims();
+  switch (l.kind()) {
+    case LayerKind::Conv:
+    case LayerKind::Dense: {
+      const std::vector<ParamSpec> specs = l.param_specs();
+      const Dims& w = specs[0].dims;  // conv (K, C, kh, kw), dense (OUT, IN)
+      f.forward = l.kind() == LayerKind::Conv ? 2.0 * N * o[0] * o[1] * o[2] * w[1] * w[2] * w[3]
+                                              : 2.0 * N * w[0] * w[1];
+      f.backward = need_din ? 2 * f.forward : f.forward;
+      return f;
+    }
+    case LayerKind::Flatten: return f;
+    default:
+      f.forward = double(N) * double(dims_numel(o));
+      f.backward = need_din ? double(N) * double(dims_numel(l.in_dims())) : 0;
+      return f;
   }
-  if (l.spec() == "flatten") return f;
-  f.forward = double(N) * double(dims_numel(l.out_dims()));
-  f.backward = need_din ? double(N) * double(dims_numel(l.in_dims())) : 0;
-  return f;
 }
 
 // The fewest bytes one layer moves (peak.h says what is counted), by the kind of layer.
 LayerBytes layer_min_bytes(const Layer& l, int N, bool need_din) {
   const double in = double(N) * double(dims_numel(l.in_dims()));
   const double out = double(N) * double(dims_numel(l.out_dims()));
-  const std::string s = l.spec();
-  auto specs = l.param_specs();
-  if (!specs.empty()) {  // conv and dense: (weight, bias)
-    double bias = specs.size() > 1 ? double(dims_numel(specs[1].dims)) : 0;
-    return weighted_layer_min_bytes(in, out, double(dims_numel(specs[0].dims)), bias, need_din);
+  switch (l.kind()) {
+    case LayerKind::Conv:
+    case LayerKind::Dense: {  // (weight, bias)
+      auto specs = l.param_specs();
+      return weighted_layer_min_bytes(in, out, double(dims_numel(specs[0].dims)), double(dims_numel(specs[1].dims)),
+                                      need_din);
+    }
+    case LayerKind::MaxPool: return maxpool_min_bytes(in, out, need_din);
+    case LayerKind::AvgPool: return avgpool_min_bytes(in, out, need_din);
+    case LayerKind::L2Pool: return l2pool_min_bytes(in, out, need_din);
+    case LayerKind::Flatten: return copy_min_bytes(in, need_din);
+    case LayerKind::Activation:
+    case LayerKind::Softmax: return elementwise_min_bytes(in, need_din);
   }
-  if (starts_with(s, "maxpool")) return maxpool_min_bytes(in, out, need_din);
-  if (starts_with(s, "avgpool")) return avgpool_min_bytes(in, out, need_din);
-  if (starts_with(s, "l2pool")) return l2pool_min_bytes(in, out, need_din);
-  if (s == "flatten") return copy_min_bytes(in, need_din);
-  return elementwise_min_bytes(in, need_din);  // activations and softmax
+  return {};
 }
 
 // ---- the figures ---------------------------------------------------------------------------------
@@ -280,27 +288,23 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   // ---- each layer alone ----
   ExecTimer timer(ex);
   for (int i = 0; i < L; ++i) {
-    // The very call net.forward / net.backward make (need_input_grad = false: the first layer
-    // computes no input gradient).
-    LayerCall<float> c = net.layer_call(st, i, params.data(), grads.data(), ex, false);
-    const bool need_din = c.din != nullptr;
     LayerFigures f;
     f.index = i;
     f.spec = net.layer(i).spec();
     f.out = net.layer(i).out_dims();
-    if (i > 0 && st.fused[i - 1]) {
-      f.note = "in the conv";  // --fuse on: the conv before it ran it, and is timed with it
+    const PlannedLayer* p = st.planned(i);
+    if (!p) {  // not in the plan: a ReLU the conv before it applies (--fuse on), or a view
+      f.note = i > 0 && st.fused[i - 1] ? "in the conv" : "a view";
       rep.layers.push_back(f);
       continue;
     }
-    if (net.layer(i).is_view() && i + 1 < L) {
-      f.note = "a view";  // no work: the next layer reads this one's input
-      rep.layers.push_back(f);
-      continue;
-    }
+    // The very call net.forward / net.backward make (need_input_grad = false: the first layer
+    // computes no input gradient).
+    LayerCall<float> c = net.layer_call(st, *p, params.data(), grads.data(), ex, false);
+    const bool need_din = c.din != nullptr;
     LayerFlops fl = layer_flops(net.layer(i), batch, need_din);
     LayerBytes by = layer_min_bytes(net.layer(i), batch, need_din);
-    if (c.fuse_relu) {  // --fuse on: this conv also does the ReLU after it (whose row shows 0 ms)
+    if (p->fused_relu) {  // --fuse on: this conv also does the ReLU after it (whose row shows 0 ms)
       f.note = "+ relu";
       const double outs = double(batch) * double(dims_numel(net.layer(i).out_dims()));
       fl.forward += outs;                              // one max per output

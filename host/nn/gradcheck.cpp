@@ -1,4 +1,5 @@
 #include "barecnn/gradcheck.h"
+#include "barecnn/gradcheck_criterion.h"
 
 #include <algorithm>
 #include <cmath>
@@ -112,28 +113,19 @@ GradcheckResult run_gradcheck(const GradcheckOptions& opt) {
     for (size_t i : idx) {
       double& xi = v[offset + i];
       const double x0 = xi, h = opt.step;
-      xi = x0 + h; double fp = eval();
-      xi = x0 - h; double fm = eval();
+      xi = x0 + h; const double fp = eval();
+      xi = x0 - h; const double fm = eval();
       xi = x0;
-      double num = (fp - fm) / (2 * h), a = analytic[aoffset + i];
-      double scale = std::max({std::fabs(a), std::fabs(num), 1.0});
-      // The rounding floor of the difference quotient: a few ulps of the loss divided by h.
-      double floor = 8 * 2.2e-16 * std::max(std::fabs(fp), std::fabs(fm)) / h;
-      double err = std::fabs(a - num);
-      if (a != 0 || num != 0) any_nonzero = true;
-      if (err > opt.tol * scale + floor) {
-        // Within h of a kink (ReLU at 0, a max-pool switch, a clamp) the one-sided slopes
-        // disagree: the function is not differentiable there, so that entry says nothing.
-        double f0 = eval();
-        double right = (fp - f0) / h, left = (f0 - fm) / h;
-        if (std::fabs(right - left) > 100 * opt.tol * scale + 2 * floor) {
-          ++t.skipped;
-          continue;
-        }
+      const double a = analytic[aoffset + i];
+      const GradEntry e = check_grad_entry(a, fp, fm, eval(), h, opt.tol);
+      if (a != 0 || e.numeric != 0) any_nonzero = true;
+      if (e.verdict == GradVerdict::Kink) {
+        ++t.skipped;
+        continue;
       }
       ++t.checked;
-      t.worst_rel = std::max(t.worst_rel, err / scale);
-      if (err > opt.tol * scale + floor) ++fails;
+      t.worst_rel = std::max(t.worst_rel, e.rel);
+      if (e.verdict == GradVerdict::Fail) ++fails;
     }
     t.all_zero = !any_nonzero;
     // Pass: every smooth entry within tolerance, and kinks no more than a quarter of the sample.

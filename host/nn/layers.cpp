@@ -58,6 +58,7 @@ class Conv2d final : public Layer {
     if (s.OH < 1 || s.OW < 1) throw UsageError(fmt(label(), ": output size ", s.OH, "x", s.OW, " is not positive"));
     out_ = {K, s.OH, s.OW};
   }
+  LayerKind kind() const override { return LayerKind::Conv; }
   std::string spec() const override {
     std::string s = fmt("conv(", K_, ",", window_str(kh_, kw_));
     if (stride_ != 1) s += fmt(",stride=", stride_);
@@ -110,6 +111,7 @@ class Pool2d final : public Layer {
     Pool2dShape s = make_pool2d_shape(1, in[0], in[1], in[2], kh, kw, stride, label());
     out_ = {in[0], s.OH, s.OW};
   }
+  LayerKind kind() const override { return kind_ == PoolKind::Max ? LayerKind::MaxPool : kind_ == PoolKind::Avg ? LayerKind::AvgPool : LayerKind::L2Pool; }
   std::string spec() const override {
     const char* n = kind_ == PoolKind::Max ? "maxpool" : kind_ == PoolKind::Avg ? "avgpool" : "l2pool";
     std::string s = fmt(n, "(", window_str(kh_, kw_));
@@ -155,6 +157,7 @@ class Pool2d final : public Layer {
 class ActivationLayer final : public Layer {
  public:
   ActivationLayer(int index, const Dims& in, Activation a) : Layer(index, in), a_(a) { out_ = in; }
+  LayerKind kind() const override { return LayerKind::Activation; }
   std::string spec() const override { return activation_name(a_); }
   bool is_activation() const override { return true; }
   bool is_relu_like() const override {
@@ -184,6 +187,7 @@ class SoftmaxLayer final : public Layer {
                            "; put it after a dense layer"));
     out_ = in;
   }
+  LayerKind kind() const override { return LayerKind::Softmax; }
   std::string spec() const override { return "softmax"; }
   bool is_activation() const override { return true; }
   BARECNN_LAYER_DISPATCH
@@ -201,6 +205,7 @@ class SoftmaxLayer final : public Layer {
 class Flatten final : public Layer {
  public:
   Flatten(int index, const Dims& in) : Layer(index, in) { out_ = {int(dims_numel(in))}; }
+  LayerKind kind() const override { return LayerKind::Flatten; }
   std::string spec() const override { return "flatten"; }
   // NCHW is already the flat (N, C*H*W) layout: the net passes the input on (Net::layer_call).
   bool is_view() const override { return true; }
@@ -224,6 +229,7 @@ class Dense final : public Layer {
                            "automatically before the first dense layer)"));
     out_ = {units};
   }
+  LayerKind kind() const override { return LayerKind::Dense; }
   std::string spec() const override { return fmt("dense(", units_, ")"); }
   std::vector<ParamSpec> param_specs() const override { return {{"weight", {units_, in_[0]}}, {"bias", {units_}}}; }
   void init_params(float* p, Rng& rng, bool relu_after) const override {

@@ -87,13 +87,26 @@ std::vector<float> Net::init_params(uint64_t seed) const {
 
 template <typename T>
 void Net::prepare(NetState<T>& st, int N, Device device) const {
-  size_t L = layers_.size();
+  const int L = int(layers_.size());
   // Which convs apply their ReLU themselves (decided anew on every call: the flag may change).
   std::vector<bool> fused(L, false);
   if (std::is_same_v<T, float> && gpu_fusion_)  // (the fused kernels are float)
-    for (size_t i = 0; i + 1 < L; ++i)
+    for (int i = 0; i + 1 < L; ++i)
       fused[i] = layers_[i]->can_fuse_relu(device) && layers_[i + 1]->is_plain_relu();
-  if (st.N == N && st.device == device && st.act.size() == L + 1 && st.fused == fused) return;
+  if (st.N == N && st.device == device && int(st.act.size()) == L + 1 && st.fused == fused) return;
+
+  // The plan. A view (flatten) that is not the last layer does not run: the layer after it reads
+  // its input. A ReLU that the conv before it applies does not run either.
+  auto skipped_view = [&](int i) { return i + 1 < L && layers_[i]->is_view(); };
+  std::vector<PlannedLayer> plan;
+  for (int i = 0; i < L; ++i) {
+    if ((i > 0 && fused[i - 1]) || skipped_view(i)) continue;
+    int in = i;
+    while (in > 0 && skipped_view(in - 1)) --in;
+    plan.push_back({i, in, fused[i] ? i + 2 : i + 1, fused[i]});
+  }
+
+  st.plan = plan;
   st.fused = fused;
   st.N = N;
   st.device = device;
@@ -101,80 +114,59 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   st.dact.resize(L + 1);
   st.saved.resize(L);
   auto batch_dims = [N](const Dims& d) { Dims b{N}; b.insert(b.end(), d.begin(), d.end()); return b; };
-  st.act[0].reset(batch_dims(input_), device);
-  st.dact[0].reset(batch_dims(input_), device);
+  // Only the slots the plan writes get buffers (the input's always).
+  std::vector<bool> used(L + 1, false);
+  used[0] = true;
+  for (const PlannedLayer& p : plan) used[p.out] = true;
+  for (int i = 0; i <= L; ++i) {
+    const Dims d = !used[i] ? Dims{0} : i == 0 ? batch_dims(input_) : batch_dims(layers_[i - 1]->out_dims());
+    st.act[i].reset(d, device);
+    st.dact[i].reset(d, device);
+  }
   size_t ws = 0;
-  for (size_t i = 0; i < L; ++i) {
-    // A fused conv writes the ReLU's output directly, and a view (flatten) passes its input on:
-    // their own output buffers are never used.
-    const Dims out = fused[i] || skipped_view(i) ? Dims{0} : batch_dims(layers_[i]->out_dims());
-    st.act[i + 1].reset(out, device);
-    st.dact[i + 1].reset(out, device);
+  for (int i = 0; i < L; ++i) {
     if (device == Device::CUDA) ws = std::max(ws, layers_[i]->workspace_floats(N));
     const size_t saved = layers_[i]->saved_ints(N);
     BARECNN_ASSERT(saved <= size_t(INT32_MAX), layers_[i]->label(), ": ", saved, " saved values exceed int32");
-    if (saved) st.saved[i].reset({int(saved)}, device);
-    else st.saved[i].reset({0}, device);
+    st.saved[i].reset({int(saved)}, device);
   }
   BARECNN_ASSERT(ws <= size_t(INT32_MAX), "GPU workspace of ", ws, " floats");
   if (device == Device::CUDA) st.workspace.reset({int(std::max<size_t>(ws, 1))}, device);
 }
 
-namespace {
-// Does layer i's conv apply the ReLU of layer i+1 (NetState::fused)? False before prepare().
 template <typename T>
-bool fused_at(const NetState<T>& st, size_t i) {
-  return i < st.fused.size() && st.fused[i];
-}
-}  // namespace
-
-bool Net::skipped_view(size_t i) const { return i + 1 < layers_.size() && layers_[i]->is_view(); }
-
-size_t Net::input_slot(size_t i) const {
-  while (i > 0 && skipped_view(i - 1)) --i;
-  return i;
-}
-
-template <typename T>
-LayerCall<T> Net::layer_call(NetState<T>& st, int i, const T* params, T* grads, const Exec& ex,
+LayerCall<T> Net::layer_call(NetState<T>& st, const PlannedLayer& p, const T* params, T* grads, const Exec& ex,
                              bool need_input_grad) const {
   BARECNN_ASSERT(ex.device == st.device, "a ", device_name(st.device), " NetState run on ", device_name(ex.device));
   LayerCall<T> c;
   c.ex = ex.with_workspace(st.workspace.numel() ? st.workspace.data() : nullptr);
   c.N = st.N;
-  const size_t src = input_slot(size_t(i));  // past any flatten before it
-  c.in = st.act[src].data();
-  c.out = st.act[i + 1].data();
-  c.dout = st.dact[i + 1].data();
+  c.in = st.act[p.in].data();
+  c.out = st.act[p.out].data();
+  c.dout = st.dact[p.out].data();
   // Nothing needs the gradient w.r.t. the input images: the first layer skips it.
-  c.din = (src > 0 || need_input_grad) ? st.dact[src].data() : nullptr;
-  c.param = params + layer_offset_[i];
-  c.dparam = grads ? grads + layer_offset_[i] : nullptr;
-  c.saved = st.saved[i].numel() ? st.saved[i].data() : nullptr;
-  if (fused_at(st, size_t(i))) {  // this conv does the ReLU of layer i+1 too
-    c.fuse_relu = true;
-    c.out = st.act[i + 2].data();
-    c.dout = st.dact[i + 2].data();
-    c.relu_out = st.act[i + 2].data();
-  }
+  c.din = (p.in > 0 || need_input_grad) ? st.dact[p.in].data() : nullptr;
+  c.param = params + layer_offset_[p.layer];
+  c.dparam = grads ? grads + layer_offset_[p.layer] : nullptr;
+  c.saved = st.saved[p.layer].numel() ? st.saved[p.layer].data() : nullptr;
+  c.fuse_relu = p.fused_relu;  // this conv does the ReLU of the next layer too
+  c.relu_out = p.fused_relu ? st.act[p.out].data() : nullptr;
   return c;
 }
 
 template <typename T>
 void Net::forward(NetState<T>& st, const T* params, const Exec& ex) {
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    if ((i > 0 && fused_at(st, i - 1)) || skipped_view(i)) continue;  // done by the conv before it / a view
-    NvtxScope range(layers_[i]->label() + (fused_at(st, i) ? " + relu forward" : " forward"));
-    layers_[i]->forward(layer_call<T>(st, int(i), params, nullptr, ex, false));
+  for (const PlannedLayer& p : st.plan) {
+    NvtxScope range(layers_[p.layer]->label() + (p.fused_relu ? " + relu forward" : " forward"));
+    layers_[p.layer]->forward(layer_call<T>(st, p, params, nullptr, ex, false));
   }
 }
 
 template <typename T>
 void Net::backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad) {
-  for (size_t i = layers_.size(); i-- > 0;) {
-    if ((i > 0 && fused_at(st, i - 1)) || skipped_view(i)) continue;  // done by the conv before it / a view
-    NvtxScope range(layers_[i]->label() + (fused_at(st, i) ? " + relu backward" : " backward"));
-    layers_[i]->backward(layer_call<T>(st, int(i), params, grads, ex, need_input_grad));
+  for (auto p = st.plan.rbegin(); p != st.plan.rend(); ++p) {
+    NvtxScope range(layers_[p->layer]->label() + (p->fused_relu ? " + relu backward" : " backward"));
+    layers_[p->layer]->backward(layer_call<T>(st, *p, params, grads, ex, need_input_grad));
   }
 }
 
@@ -188,22 +180,18 @@ std::string Net::first_nonfinite(const NetState<float>& st) const {
   if (st.act.empty()) return "";
   if (size_t n = count_nonfinite(st.act[0].to_host()))
     return fmt("the input batch has ", n, " non-finite values");
-  // A conv fused with its ReLU (st.fused) does not write the ReLU's input nor its input gradient,
-  // and a view (flatten) writes nothing: the layer after it uses its input's buffers.
-  auto unwritten = [this, &st](size_t i) { return fused_at(st, i) || skipped_view(i); };
-  for (size_t i = 0; i < layers_.size(); ++i)
-    if (unwritten(i)) continue;
-    else if (size_t n = count_nonfinite(st.act[i + 1].to_host()))
-      return fmt(layers_[i]->label(), ": its output (forward) has ", n, " non-finite values of ",
-                 st.act[i + 1].numel());
-  for (size_t i = layers_.size(); i-- > 1;)
-    if (unwritten(i - 1)) continue;
-    else if (size_t n = count_nonfinite(st.dact[i].to_host()))
-      return fmt(layers_[i]->label(), ": its input gradient (backward) has ", n, " non-finite values of ",
-                 st.dact[i].numel());
+  for (const PlannedLayer& p : st.plan)
+    if (size_t n = count_nonfinite(st.act[p.out].to_host()))
+      return fmt(layers_[p.layer]->label(), ": its output (forward) has ", n, " non-finite values of ",
+                 st.act[p.out].numel());
+  for (auto p = st.plan.rbegin(); p != st.plan.rend(); ++p)
+    if (p->in == 0) continue;
+    else if (size_t n = count_nonfinite(st.dact[p->in].to_host()))
+      return fmt(layers_[p->layer]->label(), ": its input gradient (backward) has ", n, " non-finite values of ",
+                 st.dact[p->in].numel());
   // A fused conv's pre-activation is not kept, and the fused ReLU maps NaN to 0.
-  for (size_t i = 0; i < st.fused.size(); ++i)
-    if (st.fused[i]) return "none outside the fused conv+ReLU layers (rerun with --fuse off to see inside them)";
+  for (const PlannedLayer& p : st.plan)
+    if (p.fused_relu) return "none outside the fused conv+ReLU layers (rerun with --fuse off to see inside them)";
   return "";
 }
 
@@ -230,8 +218,9 @@ template void Net::forward<float>(NetState<float>&, const float*, const Exec&);
 template void Net::forward<double>(NetState<double>&, const double*, const Exec&);
 template void Net::backward<float>(NetState<float>&, const float*, float*, const Exec&, bool);
 template void Net::backward<double>(NetState<double>&, const double*, double*, const Exec&, bool);
-template LayerCall<float> Net::layer_call<float>(NetState<float>&, int, const float*, float*, const Exec&, bool) const;
-template LayerCall<double> Net::layer_call<double>(NetState<double>&, int, const double*, double*, const Exec&,
-                                                   bool) const;
+template LayerCall<float> Net::layer_call<float>(NetState<float>&, const PlannedLayer&, const float*, float*,
+                                                 const Exec&, bool) const;
+template LayerCall<double> Net::layer_call<double>(NetState<double>&, const PlannedLayer&, const double*, double*,
+                                                   const Exec&, bool) const;
 
 }  // namespace barecnn

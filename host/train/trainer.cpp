@@ -198,17 +198,12 @@ class TrainingRun {
     r.confusion = last_eval_.confusion;
     r.classes = net_->num_outputs();
     r.class_names = meta_.class_names;
-    for (int i = 0; i < net_->num_layers(); ++i) {  // the first conv's filters
-      auto specs = net_->layer(i).param_specs();
-      if (!specs.empty() && specs[0].dims.size() == 4) {
-        for (auto& e : net_->params())
-          if (e.layer == i && e.name == fmt(i, ".weight")) {
-            r.conv_weight.assign(s.params.begin() + e.offset, s.params.begin() + e.offset + e.numel());
-            r.conv_k = e.dims[0], r.conv_c = e.dims[1], r.conv_kh = e.dims[2], r.conv_kw = e.dims[3];
-          }
+    for (const ParamEntry& e : net_->params())  // the first conv's filters
+      if (net_->layer(e.layer).kind() == LayerKind::Conv) {
+        r.conv_weight.assign(s.params.begin() + e.offset, s.params.begin() + e.offset + e.numel());
+        r.conv_k = e.dims[0], r.conv_c = e.dims[1], r.conv_kh = e.dims[2], r.conv_kw = e.dims[3];
         break;
       }
-    }
     write_report(cfg_.out, r);
     std::printf("test accuracy %.4f, test loss %.4f\nwrote %s/{model.safetensors, summary.json, metrics.csv, "
                 "checkpoint.safetensors, loss.png, accuracy.png, confusion.png%s}\n",

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "barecnn/activation.h"
+#include "barecnn/arch.h"
 #include "barecnn/exec.h"
 #include "barecnn/rng.h"
 #include "barecnn/shape.h"
@@ -51,6 +52,7 @@ class Layer {
 
   // The spec as written in the arch grammar: "conv(32,5,pad=2)", "relu", "maxpool(2)".
   virtual std::string spec() const = 0;
+  virtual LayerKind kind() const = 0;
   virtual std::vector<ParamSpec> param_specs() const { return {}; }
   // Initializes this layer's parameters (host, flat, in param_specs order).
   // `relu_after`: the next nonlinearity is ReLU-like (He init), else Xavier.

@@ -21,7 +21,17 @@ struct ParamEntry {
   size_t numel() const { return dims_numel(dims); }
 };
 
-// Activations and their gradients for one batch, on one device.
+// One entry of a net's execution plan: a layer that runs, and the slots of NetState::act / dact
+// it reads and writes. Layers that do not run have no entry: a flatten before another layer (a
+// view: the next layer reads its input), and a ReLU that the conv before it applies (--fuse on).
+struct PlannedLayer {
+  int layer = 0;            // index in the net
+  int in = 0;               // act[in] its input, dact[in] its input gradient
+  int out = 0;              // act[out] its output, dact[out] its output gradient
+  bool fused_relu = false;  // the conv also applies the ReLU layer+1: out = layer + 2
+};
+
+// Activations and their gradients for one batch, on one device, and the plan that uses them.
 template <typename T>
 struct NetState {
   Device device = Device::CPU;
@@ -30,9 +40,18 @@ struct NetState {
   std::vector<BasicTensor<T>> dact;  // dact[i]: d loss / d act[i]
   Tensor workspace;                  // GPU scratch shared by the layers
   std::vector<TensorI> saved;        // saved[i]: layer i's state from forward (argmax mask), or empty
-  // fused[i]: layer i (a conv) applies layer i+1 (a ReLU) itself; act[i+1] and dact[i+1] are then
-  // not used and hold nothing (GPU float only, with Net::set_gpu_fusion(true)).
+  // The layers that run, in order (Net::prepare); forward, backward, first_nonfinite and bench
+  // walk it. A slot no entry uses holds an empty tensor.
+  std::vector<PlannedLayer> plan;
+  // fused[i]: layer i (a conv) applies layer i+1 (a ReLU) itself (GPU float only, with
+  // Net::set_gpu_fusion(true)).
   std::vector<bool> fused;
+  // The plan entry of layer i, or null when it does not run.
+  const PlannedLayer* planned(int i) const {
+    for (const PlannedLayer& p : plan)
+      if (p.layer == i) return &p;
+    return nullptr;
+  }
 };
 
 class Net {
@@ -65,7 +84,8 @@ class Net {
   void set_gpu_fusion(bool on) { gpu_fusion_ = on; }
   bool gpu_fusion() const { return gpu_fusion_; }
 
-  // Allocates (or reuses) the activations for a batch of N on `device`.
+  // Plans the run (which layers run, on which buffers) and allocates (or reuses) the activations
+  // for a batch of N on `device`.
   template <typename T>
   void prepare(NetState<T>& st, int N, Device device) const;
   // st.act[0] must hold the input. Writes st.act[1..L].
@@ -75,11 +95,11 @@ class Net {
   // need_input_grad) and grads (num_params, overwritten).
   template <typename T>
   void backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad);
-  // The call that forward / backward make for layer i (grads may be null for forward only; the
-  // input gradient of layer 0 is skipped unless need_input_grad). Benchmarks time single layers
-  // with it.
+  // The call that forward / backward make for a plan entry (grads may be null for forward only;
+  // the input gradient of the net's input is skipped unless need_input_grad). Benchmarks time
+  // single layers with it.
   template <typename T>
-  LayerCall<T> layer_call(NetState<T>& st, int i, const T* params, T* grads, const Exec& ex,
+  LayerCall<T> layer_call(NetState<T>& st, const PlannedLayer& p, const T* params, T* grads, const Exec& ex,
                           bool need_input_grad) const;
 
   // After a non-finite loss: the first layer whose output (forward) or input gradient (backward)
@@ -98,10 +118,6 @@ class Net {
   std::vector<size_t> layer_offset_;  // start of each layer's slice in the flat buffer
   size_t num_params_ = 0;
   bool gpu_fusion_ = false;
-  // Layer i is a view (flatten) that is not the last layer: it does not run, and act[i+1] /
-  // dact[i+1] hold nothing; input_slot(j) is the act index layer j reads (past such views).
-  bool skipped_view(size_t i) const;
-  size_t input_slot(size_t i) const;
 };
 
 }  // namespace barecnn
