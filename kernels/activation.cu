@@ -35,8 +35,7 @@ __global__ void activation_forward_kernel(float* out, const float* inp, long lon
 // Block 256, grid-stride loop over n4 = n / 4 float4 groups: each thread loads 16 bytes of inp
 // and stores 16 bytes of out per iteration. Requires both pointers 16-byte aligned and n % 4 == 0
 // (checked by the launcher); halves the number of memory instructions of the scalar kernel.
-__global__ void activation_forward_vec4_kernel(float4* out, const float4* inp, long long n4, Act kind,
-                                               float alpha) {
+__global__ void activation_forward_vec4_kernel(float4* out, const float4* inp, long long n4, Act kind, float alpha) {
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
     float4 x = inp[i];
@@ -60,8 +59,8 @@ __global__ void activation_backward_kernel(float* dinp, const float* dout, const
 
 // Block 256, grid-stride loop over n4 = n / 4 float4 groups of all four arrays. Requires all four
 // pointers 16-byte aligned and n % 4 == 0 (checked by the launcher).
-__global__ void activation_backward_vec4_kernel(float4* dinp, const float4* dout, const float4* inp,
-                                                const float4* out, long long n4, Act kind, float alpha) {
+__global__ void activation_backward_vec4_kernel(float4* dinp, const float4* dout, const float4* inp, const float4* out,
+                                                long long n4, Act kind, float alpha) {
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
     float4 g = dout[i], x = inp[i], y = out[i];
@@ -84,7 +83,7 @@ __global__ void activation_backward_vec4_kernel(float4* dinp, const float4* dout
 __global__ void softmax_forward_kernel(float* out, const float* inp, int N, int K) {
   const int row = blockIdx.x * kSoftmaxRowsPerBlock + threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  if (row >= N) return;  // the whole warp leaves together, so the shuffles below stay full-warp
+  if (row >= N) return;                       // the whole warp leaves together, so the shuffles below stay full-warp
   const float* z = inp + (long long)row * K;  // (K)
   float* y = out + (long long)row * K;        // (K)
 
@@ -129,17 +128,17 @@ void activation_forward(float* out, const float* inp, long long n, Activation a,
   if (n % 4 == 0 && aligned16(out) && aligned16(inp)) {
     const long long n4 = n / 4;
     BARECNN_LAUNCH(activation_forward_vec4_kernel, grid_for(n4, kElementwiseBlock), kElementwiseBlock, 0, stream,
-        reinterpret_cast<float4*>(out), reinterpret_cast<const float4*>(inp), n4, a.kind, a.alpha);
+                   reinterpret_cast<float4*>(out), reinterpret_cast<const float4*>(inp), n4, a.kind, a.alpha);
   } else {
-    BARECNN_LAUNCH(activation_forward_kernel, grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream,
-        out, inp, n, a.kind, a.alpha);
+    BARECNN_LAUNCH(activation_forward_kernel, grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream, out, inp, n,
+                   a.kind, a.alpha);
   }
   CUDA_CHECK_LAUNCH("activation_forward", fmt("act=", activation_name(a), " n=", n));
 }
 
 // dinp (n) = dout (n) * f'(x); x = inp (n), y = out (n) saved by the forward pass
-void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n,
-                         Activation a, cudaStream_t stream) {
+void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n, Activation a,
+                         cudaStream_t stream) {
   NvtxRange range("activation_backward");
   if (dinp == nullptr) return;  // the input gradient is not needed (first layer), as the reference
   BARECNN_ASSERT(n >= 0, "activation_backward: n = ", n);
@@ -149,11 +148,11 @@ void activation_backward(float* dinp, const float* dout, const float* inp, const
   if (n % 4 == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(out)) {
     const long long n4 = n / 4;
     BARECNN_LAUNCH(activation_backward_vec4_kernel, grid_for(n4, kElementwiseBlock), kElementwiseBlock, 0, stream,
-        reinterpret_cast<float4*>(dinp), reinterpret_cast<const float4*>(dout),
-        reinterpret_cast<const float4*>(inp), reinterpret_cast<const float4*>(out), n4, a.kind, a.alpha);
+                   reinterpret_cast<float4*>(dinp), reinterpret_cast<const float4*>(dout),
+                   reinterpret_cast<const float4*>(inp), reinterpret_cast<const float4*>(out), n4, a.kind, a.alpha);
   } else {
-    BARECNN_LAUNCH(activation_backward_kernel, grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream,
-        dinp, dout, inp, out, n, a.kind, a.alpha);
+    BARECNN_LAUNCH(activation_backward_kernel, grid_for(n, kElementwiseBlock), kElementwiseBlock, 0, stream, dinp, dout,
+                   inp, out, n, a.kind, a.alpha);
   }
   CUDA_CHECK_LAUNCH("activation_backward", fmt("act=", activation_name(a), " n=", n));
 }

@@ -44,8 +44,8 @@ constexpr size_t kMaxSmemBytes = 48 * 1024;
 constexpr long long kMaxGridYZ = 65535;
 
 // Weight gradient (two-stage reduction), see conv2d_backward_weight_partial_kernel.
-constexpr int kWgradBlock = 128;            // threads per stage-1 block (a power of two: tree)
-constexpr int kWgradTapsPerPass = 64;       // taps accumulated per pass: 64 * 128 * 4 B = 32 KB
+constexpr int kWgradBlock = 128;                // threads per stage-1 block (a power of two: tree)
+constexpr int kWgradTapsPerPass = 64;           // taps accumulated per pass: 64 * 128 * 4 B = 32 KB
 constexpr long long kWgradTargetBlocks = 2048;  // enough stage-1 blocks to fill a large GPU
 constexpr long long kWgradMinPerThread = 4;     // positions each thread sums at least, per chunk
 constexpr long long kWgradMaxChunks = 4096;     // grid.y of stage 1
@@ -66,8 +66,10 @@ __host__ __device__ inline int bwd_span(int tile, int k, int stride) { return (t
 // to the stored v, so the fused output is bitwise conv2d_forward + activation_forward(Relu).
 template <bool FUSE_RELU>
 __device__ __forceinline__ float conv_out_value(float v) {
-  if constexpr (FUSE_RELU) return act_forward<float>(Act::Relu, v, 0.f);
-  else return v;
+  if constexpr (FUSE_RELU)
+    return act_forward<float>(Act::Relu, v, 0.f);
+  else
+    return v;
 }
 
 // Element i of the gradient a backward kernel consumes: dout[i], or when the ReLU is fused the
@@ -97,8 +99,8 @@ __device__ __forceinline__ float conv_grad_value(const float* dout, const float*
 // Layouts: out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null.
 // Divisibility: none; any shape. FUSE_RELU: stores relu of that value.
 template <bool FUSE_RELU>
-__global__ void conv2d_forward_simple_kernel(float* out, const float* inp, const float* weight,
-                                             const float* bias, Conv2dShape s, long long total) {
+__global__ void conv2d_forward_simple_kernel(float* out, const float* inp, const float* weight, const float* bias,
+                                             Conv2dShape s, long long total) {
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
     const int ow = int(idx % s.OW);
@@ -138,9 +140,8 @@ __global__ void conv2d_forward_simple_kernel(float* out, const float* inp, const
 // Divisibility: none; K, OH, OW need not be multiples of KB or TILE (guarded).
 // FUSE_RELU: the store applies relu to acc + bias.
 template <int TILE, int KB, bool FUSE_RELU>
-__global__ void __launch_bounds__(TILE * TILE)
-    conv2d_forward_tiled_kernel(float* out, const float* inp, const float* weight, const float* bias,
-                                Conv2dShape s) {
+__global__ void __launch_bounds__(TILE* TILE)
+    conv2d_forward_tiled_kernel(float* out, const float* inp, const float* weight, const float* bias, Conv2dShape s) {
   BARECNN_DYNAMIC_SHARED(float, smem);
   const int span_h = fwd_span(TILE, s.kh, s.sh), span_w = fwd_span(TILE, s.kw, s.sw);
   const int taps = s.kh * s.kw;
@@ -202,9 +203,8 @@ __global__ void __launch_bounds__(TILE * TILE)
 // Layouts: as the simple kernel, C == 1. Dynamic shared memory: (span_h*span_w + ceil(K/KB)*KB*kh*kw)
 // floats. Divisibility: none. FUSE_RELU: the store applies relu to acc + bias.
 template <int TILE, int KB, bool FUSE_RELU>
-__global__ void __launch_bounds__(TILE * TILE)
-    conv2d_forward_c1_kernel(float* out, const float* inp, const float* weight, const float* bias,
-                             Conv2dShape s) {
+__global__ void __launch_bounds__(TILE* TILE)
+    conv2d_forward_c1_kernel(float* out, const float* inp, const float* weight, const float* bias, Conv2dShape s) {
   BARECNN_DYNAMIC_SHARED(float, smem);
   const int span_h = fwd_span(TILE, s.kh, s.sh), span_w = fwd_span(TILE, s.kw, s.sw);
   const int taps = s.kh * s.kw;
@@ -306,14 +306,14 @@ __global__ void conv2d_backward_input_simple_kernel(float* dinp, const float* do
 // FUSE_RELU: s_dout is staged as dout * relu'(y), y = relu_out (N, K, OH, OW): the mask is applied
 // once per element at the load, so the gather below is the same code in both instantiations.
 template <int TILE, int CB, bool FUSE_RELU>
-__global__ void __launch_bounds__(TILE * TILE)
+__global__ void __launch_bounds__(TILE* TILE)
     conv2d_backward_input_tiled_kernel(float* dinp, const float* dout, const float* relu_out, const float* weight,
                                        Conv2dShape s) {
   BARECNN_DYNAMIC_SHARED(float, smem);
   const int span_h = bwd_span(TILE, s.kh, s.sh), span_w = bwd_span(TILE, s.kw, s.sw);
   const int taps = s.kh * s.kw;
-  float* s_dout = smem;                   // (span_h, span_w)
-  float* s_w = smem + span_h * span_w;    // (CB, kh, kw)
+  float* s_dout = smem;                 // (span_h, span_w)
+  float* s_w = smem + span_h * span_w;  // (CB, kh, kw)
 
   const int tiles_w = (s.W + TILE - 1) / TILE;
   const int h0 = int(blockIdx.x / tiles_w) * TILE, w0 = int(blockIdx.x % tiles_w) * TILE;
@@ -438,8 +438,8 @@ template <bool FUSE_RELU>
 __global__ void __launch_bounds__(kWgradBlock)
     conv2d_backward_weight_partial_kernel(float* wpart, float* bpart, const float* dout, const float* relu_out,
                                           const float* inp, Conv2dShape s, long long chunk) {
-  BARECNN_STATIC_SHARED(float, s_acc, kWgradTapsPerPass * kWgradBlock);  // (taps of this pass, thread)
-  BARECNN_STATIC_SHARED(float, s_bias, kWgradBlock);                       // (thread)
+  BARECNN_STATIC_SHARED(float, s_acc, kWgradTapsPerPass* kWgradBlock);  // (taps of this pass, thread)
+  BARECNN_STATIC_SHARED(float, s_bias, kWgradBlock);                    // (thread)
   const int tid = threadIdx.x;
   const int k = int(blockIdx.x / s.C), c = int(blockIdx.x % s.C);
   const int p = blockIdx.y;
@@ -494,8 +494,7 @@ __global__ void __launch_bounds__(kWgradBlock)
 //         from bpart. Consecutive threads read consecutive partials: coalesced.
 // Layouts: wpart (P, K*C*kh*kw); bpart (P, K). Divisibility: none.
 __global__ void conv2d_backward_weight_reduce_kernel(float* dweight, float* dbias, const float* wpart,
-                                                     const float* bpart, long long wn, int K, int P,
-                                                     long long total) {
+                                                     const float* bpart, long long wn, int K, int P, long long total) {
   const long long stride = (long long)gridDim.x * blockDim.x;
   for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
     float acc = 0.f;
@@ -515,13 +514,13 @@ __global__ void conv2d_backward_weight_reduce_kernel(float* dweight, float* dbia
 // ================================================================================================
 
 void check_conv2d_shape(const Conv2dShape& s, const char* op) {
-  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.H >= 1 && s.W >= 1 && s.K >= 1 && s.kh >= 1 && s.kw >= 1 &&
-                     s.sh >= 1 && s.sw >= 1 && s.ph >= 0 && s.pw >= 0,
+  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.H >= 1 && s.W >= 1 && s.K >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 &&
+                     s.sw >= 1 && s.ph >= 0 && s.pw >= 0,
                  op, ": bad shape ", s.str());
-  BARECNN_ASSERT(s.H + 2 * s.ph >= s.kh && s.W + 2 * s.pw >= s.kw, op, ": the kernel is larger than the padded input: ",
-                 s.str());
-  BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, s.ph) && s.OW == window_out_size(s.W, s.kw, s.sw, s.pw),
-                 op, ": output size does not follow eq. (2.1) for ", s.str());
+  BARECNN_ASSERT(s.H + 2 * s.ph >= s.kh && s.W + 2 * s.pw >= s.kw, op,
+                 ": the kernel is larger than the padded input: ", s.str());
+  BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, s.ph) && s.OW == window_out_size(s.W, s.kw, s.sw, s.pw), op,
+                 ": output size does not follow eq. (2.1) for ", s.str());
 }
 
 gpu::ConvImpl conv_impl_from_env() {
@@ -551,7 +550,8 @@ bool launch_forward_fast(float* out, const float* inp, const float* weight, cons
     const size_t smem = (in_tile + size_t(ceil_div(s.K, KB)) * KB * taps) * sizeof(float);
     if (smem <= kMaxSmemBytes) {
       const dim3 grid(unsigned(tiles), 1, unsigned(s.N));
-      BARECNN_LAUNCH((conv2d_forward_c1_kernel<TILE, KB, FUSE_RELU>), grid, block, smem, stream, out, inp, weight, bias, s);
+      BARECNN_LAUNCH((conv2d_forward_c1_kernel<TILE, KB, FUSE_RELU>), grid, block, smem, stream, out, inp, weight, bias,
+                     s);
       CUDA_CHECK_LAUNCH("conv2d_forward (tiled, C=1)", s.str());
       return true;
     }
@@ -560,7 +560,8 @@ bool launch_forward_fast(float* out, const float* inp, const float* weight, cons
   const size_t smem = (in_tile + size_t(KB) * taps) * sizeof(float);
   if (smem > kMaxSmemBytes || groups > kMaxGridYZ) return false;
   const dim3 grid(unsigned(tiles), unsigned(groups), unsigned(s.N));
-  BARECNN_LAUNCH((conv2d_forward_tiled_kernel<TILE, KB, FUSE_RELU>), grid, block, smem, stream, out, inp, weight, bias, s);
+  BARECNN_LAUNCH((conv2d_forward_tiled_kernel<TILE, KB, FUSE_RELU>), grid, block, smem, stream, out, inp, weight, bias,
+                 s);
   CUDA_CHECK_LAUNCH("conv2d_forward (tiled)", s.str());
   return true;
 }
@@ -576,8 +577,8 @@ bool launch_backward_input_fast(float* dinp, const float* dout, const float* rel
   const size_t smem = (span + size_t(CB) * s.kh * s.kw) * sizeof(float);
   if (s.N > kMaxGridYZ || groups > kMaxGridYZ || tiles > INT_MAX || smem > kMaxSmemBytes) return false;
   const dim3 grid(unsigned(tiles), unsigned(groups), unsigned(s.N)), block(TILE, TILE);
-  BARECNN_LAUNCH((conv2d_backward_input_tiled_kernel<TILE, CB, FUSE_RELU>), grid, block, smem, stream, dinp, dout, relu_out,
-                                                                                         weight, s);
+  BARECNN_LAUNCH((conv2d_backward_input_tiled_kernel<TILE, CB, FUSE_RELU>), grid, block, smem, stream, dinp, dout,
+                 relu_out, weight, s);
   CUDA_CHECK_LAUNCH("conv2d_backward_input (tiled)", s.str());
   return true;
 }
@@ -611,8 +612,8 @@ void conv2d_forward_impl(float* out, const float* inp, const float* weight, cons
     if (launched) return;
   }
   const long long total = s.out_numel();
-  BARECNN_LAUNCH((conv2d_forward_simple_kernel<FUSE_RELU>), grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
-      out, inp, weight, bias, s, total);
+  BARECNN_LAUNCH((conv2d_forward_simple_kernel<FUSE_RELU>), grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream, out,
+                 inp, weight, bias, s, total);
   CUDA_CHECK_LAUNCH("conv2d_forward (simple)", s.str());
 }
 
@@ -626,8 +627,8 @@ void conv2d_backward_input_impl(float* dinp, const float* dout, const float* rel
     if (launched) return;
   }
   const long long total = s.in_numel();
-  BARECNN_LAUNCH((conv2d_backward_input_simple_kernel<FUSE_RELU>), grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
-      dinp, dout, relu_out, weight, s, total);
+  BARECNN_LAUNCH((conv2d_backward_input_simple_kernel<FUSE_RELU>), grid_for(total, kSimpleBlock), kSimpleBlock, 0,
+                 stream, dinp, dout, relu_out, weight, s, total);
   CUDA_CHECK_LAUNCH("conv2d_backward_input (simple)", s.str());
 }
 
@@ -645,17 +646,17 @@ void conv2d_backward_weight_impl(float* dweight, float* dbias, const float* dout
     float* wpart = workspace;                                        // (P, K, C, kh, kw)
     float* bpart = dbias ? workspace + (long long)P * wn : nullptr;  // (P, K)
     const dim3 grid(unsigned((long long)s.K * s.C), unsigned(P));
-    BARECNN_LAUNCH((conv2d_backward_weight_partial_kernel<FUSE_RELU>), grid, kWgradBlock, 0, stream, wpart, bpart, dout, relu_out,
-                                                                                       inp, s, chunk);
+    BARECNN_LAUNCH((conv2d_backward_weight_partial_kernel<FUSE_RELU>), grid, kWgradBlock, 0, stream, wpart, bpart, dout,
+                   relu_out, inp, s, chunk);
     CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 1: partial sums)", s.str());
     // Stage 2 sums partials that already carry the mask: the same kernel with or without it.
     BARECNN_LAUNCH(conv2d_backward_weight_reduce_kernel, grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
-        dweight, dbias, wpart, bpart, wn, s.K, P, total);
+                   dweight, dbias, wpart, bpart, wn, s.K, P, total);
     CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 2: sum of partials)", s.str());
     return;
   }
-  BARECNN_LAUNCH((conv2d_backward_weight_simple_kernel<FUSE_RELU>), grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
-      dweight, dbias, dout, relu_out, inp, s, wn, total);
+  BARECNN_LAUNCH((conv2d_backward_weight_simple_kernel<FUSE_RELU>), grid_for(total, kSimpleBlock), kSimpleBlock, 0,
+                 stream, dweight, dbias, dout, relu_out, inp, s, wn, total);
   CUDA_CHECK_LAUNCH("conv2d_backward_weight (simple)", s.str());
 }
 
@@ -711,8 +712,7 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
   NvtxRange range(relu_out ? "conv2d_backward_weight+relu" : "conv2d_backward_weight");
   check_conv2d_shape(s, "conv2d_backward_weight");
   BARECNN_ASSERT(dweight != nullptr, "conv2d_backward_weight: dweight is null for ", s.str());
-  BARECNN_ASSERT(s.N == 0 || (dout != nullptr && inp != nullptr), "conv2d_backward_weight: null pointer for ",
-                 s.str());
+  BARECNN_ASSERT(s.N == 0 || (dout != nullptr && inp != nullptr), "conv2d_backward_weight: null pointer for ", s.str());
   if (relu_out) {
     conv2d_backward_weight_impl<true>(dweight, dbias, dout, relu_out, inp, s, workspace, stream);
   } else {

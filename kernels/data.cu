@@ -33,9 +33,9 @@ constexpr int kKeyBlock = 256;
 // idx (B) must hold valid row numbers (the reference checks idx[b] >= 0; a kernel cannot throw).
 // Consecutive threads read consecutive bytes of one image row and write consecutive floats.
 // With `batch` non-null (the training step's counters), idx is advanced by *batch * B first.
-__global__ void gather_normalize_kernel(float* out, int32_t* out_labels, const uint8_t* images,
-                                        const uint8_t* labels, const int32_t* idx, const long long* batch, int B,
-                                        int P, float mean, float std) {
+__global__ void gather_normalize_kernel(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
+                                        const int32_t* idx, const long long* batch, int B, int P, float mean,
+                                        float std) {
   if (batch) idx += *batch * B;
   const long long total = (long long)B * P;
   const long long stride = (long long)gridDim.x * blockDim.x;
@@ -73,16 +73,16 @@ void launch_gather_normalize(float* out, int32_t* out_labels, const uint8_t* ima
   BARECNN_ASSERT(P >= 1, "gather_normalize: images of ", P, " pixels");
   BARECNN_ASSERT(out != nullptr && images != nullptr && idx != nullptr, "gather_normalize: null pointer");
   const long long total = (long long)B * P;
-  BARECNN_LAUNCH(gather_normalize_kernel, grid_for(total, kGatherBlock), kGatherBlock, 0, stream,
-      out, out_labels, images, labels, idx, batch, B, P, mean, std);
+  BARECNN_LAUNCH(gather_normalize_kernel, grid_for(total, kGatherBlock), kGatherBlock, 0, stream, out, out_labels,
+                 images, labels, idx, batch, B, P, mean, std);
   CUDA_CHECK_LAUNCH("gather_normalize", fmt("B=", B, " P=", P));
 }
 
 }  // namespace
 
 // out (B, P) = (images[idx[b]] / 255 - mean) / std; out_labels (B) = labels[idx[b]], or null
-void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
-                      const int32_t* idx, int B, int P, float mean, float std, cudaStream_t stream) {
+void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels, const int32_t* idx,
+                      int B, int P, float mean, float std, cudaStream_t stream) {
   NvtxRange range("gather_normalize");
   launch_gather_normalize(out, out_labels, images, labels, idx, nullptr, B, P, mean, std, stream);
 }

@@ -30,19 +30,18 @@ constexpr int kDbiasBlock = 256;  // a power of two: the tree reduction halves i
 // operand keeping its own transpose flag: the buffer of B already reads as B^T, and op(B)^T is
 // B^T when transB is false (CUBLAS_OP_N) and B when transB is true (CUBLAS_OP_T). C needs no
 // transpose: cuBLAS writes C^T column-major, which is C row-major.
-void gemm_row_major(cublasHandle_t handle, bool transA, bool transB, int M, int Ncols, int Kd,
-                    const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
+void gemm_row_major(cublasHandle_t handle, bool transA, bool transB, int M, int Ncols, int Kd, const float* A, int lda,
+                    const float* B, int ldb, float* C, int ldc) {
   const float alpha = 1.f, beta = 0.f;  // C is overwritten, never accumulated
-  CUBLAS_CHECK(cublasSgemm(handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
-                           Ncols, M, Kd, &alpha, B, ldb, A, lda, &beta, C, ldc));
+  CUBLAS_CHECK(cublasSgemm(handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, Ncols, M, Kd,
+                           &alpha, B, ldb, A, lda, &beta, C, ldc));
 }
 
 // Block 256, grid-stride loop over the N*OUT elements of out (N, OUT), row-major: each thread
 // adds bias[o] to out[n, o] for its indices (o = i % OUT).
 __global__ void bias_add_kernel(float* out, const float* bias, long long total, int OUT) {
   const long long stride = (long long)gridDim.x * blockDim.x;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride)
-    out[i] += bias[i % OUT];
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) out[i] += bias[i % OUT];
 }
 
 // One block of 256 threads per output unit o (grid = OUT): dbias[o] = sum_n dout[n, o], dout
@@ -69,8 +68,8 @@ __global__ void dbias_kernel(float* dbias, const float* dout, int N, int OUT) {
 namespace gpu {
 
 // out (N, OUT) = inp (N, IN) W^T + bias; weight (OUT, IN); bias (OUT) or null
-void dense_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IN,
-                   int OUT, cublasHandle_t handle, cudaStream_t stream) {
+void dense_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IN, int OUT,
+                   cublasHandle_t handle, cudaStream_t stream) {
   NvtxRange range("dense_forward");
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "dense_forward: N=", N, " IN=", IN, " OUT=", OUT);
   BARECNN_ASSERT(handle != nullptr, "dense_forward: no cuBLAS handle");
@@ -100,8 +99,8 @@ void dense_backward_input(float* dinp, const float* dout, const float* weight, i
 
 // dweight (OUT, IN) = dout^T (OUT, N) inp (N, IN); dbias (OUT) = column sums of dout (N, OUT), or
 // null. Both overwritten.
-void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N,
-                           int IN, int OUT, cublasHandle_t handle, cudaStream_t stream) {
+void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN, int OUT,
+                           cublasHandle_t handle, cudaStream_t stream) {
   NvtxRange range("dense_backward_weight");
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "dense_backward_weight: N=", N, " IN=", IN, " OUT=", OUT);
   BARECNN_ASSERT(handle != nullptr, "dense_backward_weight: no cuBLAS handle");

@@ -43,14 +43,13 @@ __device__ __forceinline__ float sigmoid(float x) {
 //
 // A label outside [0, K) cannot be reported from here (the reference throws): the row gets a NaN
 // loss and NaN gradients, so it is visible in the metrics instead of reading out of bounds.
-__global__ void loss_forward_backward_kernel(float* loss, float* dlogits, int32_t* correct,
-                                             const float* logits, const int32_t* labels, int N, int K,
-                                             Loss kind, float grad_scale) {
+__global__ void loss_forward_backward_kernel(float* loss, float* dlogits, int32_t* correct, const float* logits,
+                                             const int32_t* labels, int N, int K, Loss kind, float grad_scale) {
   const int i = blockIdx.x * kLossRowsPerBlock + threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  if (i >= N) return;  // the whole warp leaves together, so the shuffles below stay full-warp
-  const float* z = logits + (long long)i * K;                         // (K)
-  float* dz = dlogits ? dlogits + (long long)i * K : nullptr;          // (K)
+  if (i >= N) return;                          // the whole warp leaves together, so the shuffles below stay full-warp
+  const float* z = logits + (long long)i * K;  // (K)
+  float* dz = dlogits ? dlogits + (long long)i * K : nullptr;  // (K)
   const int c = labels[i];
   if (c < 0 || c >= K) {
     if (dz)
@@ -84,8 +83,7 @@ __global__ void loss_forward_backward_kernel(float* loss, float* dlogits, int32_
       sum = warp_sum(sum);
       L = m + logf(sum) - z[c];
       if (dz)
-        for (int k = lane; k < K; k += kWarpSize)
-          dz[k] = grad_scale * (expf(z[k] - m) / sum - (k == c ? 1.f : 0.f));
+        for (int k = lane; k < K; k += kWarpSize) dz[k] = grad_scale * (expf(z[k] - m) / sum - (k == c ? 1.f : 0.f));
       break;
     }
     case Loss::BinaryCrossEntropy: {
@@ -194,17 +192,16 @@ bool valid_loss(Loss kind) {
 namespace gpu {
 
 // loss (N), dlogits (N, K) or null, correct (N) or null; logits (N, K); labels (N) in [0, K)
-void loss_forward_backward(float* loss, float* dlogits, int32_t* correct, const float* logits,
-                           const int32_t* labels, int N, int K, Loss kind, float grad_scale,
-                           cudaStream_t stream) {
+void loss_forward_backward(float* loss, float* dlogits, int32_t* correct, const float* logits, const int32_t* labels,
+                           int N, int K, Loss kind, float grad_scale, cudaStream_t stream) {
   NvtxRange range("loss_forward_backward");
   BARECNN_ASSERT(N >= 0 && K >= 1, "loss_forward_backward: N = ", N, ", K = ", K);
   BARECNN_ASSERT(valid_loss(kind), "loss_forward_backward: unknown Loss value ", static_cast<int>(kind));
   if (N == 0) return;
   BARECNN_ASSERT(loss != nullptr && logits != nullptr && labels != nullptr, "loss_forward_backward: null pointer");
   const unsigned grid = ceil_div((unsigned)N, (unsigned)kLossRowsPerBlock);
-  BARECNN_LAUNCH(loss_forward_backward_kernel, grid, kLossBlock, 0, stream, loss, dlogits, correct, logits, labels, N, K,
-                                                                kind, grad_scale);
+  BARECNN_LAUNCH(loss_forward_backward_kernel, grid, kLossBlock, 0, stream, loss, dlogits, correct, logits, labels, N,
+                 K, kind, grad_scale);
   CUDA_CHECK_LAUNCH("loss_forward_backward", fmt("N=", N, " K=", K, " loss=", loss_name(kind)));
 }
 

@@ -90,15 +90,15 @@ void launch_optimizer_step(float* param, const float* grad, float* m, float* v, 
       const bool use_momentum = cfg.momentum != 0.f;
       BARECNN_ASSERT(!use_momentum || m != nullptr, "optimizer_step: SGD with momentum ", cfg.momentum,
                      " needs a momentum buffer");
-      BARECNN_LAUNCH(sgd_step_kernel, grid, kOptimBlock, 0, stream, param, grad, m, n, cfg.lr, cfg.weight_decay, cfg.momentum,
-                                                        use_momentum);
+      BARECNN_LAUNCH(sgd_step_kernel, grid, kOptimBlock, 0, stream, param, grad, m, n, cfg.lr, cfg.weight_decay,
+                     cfg.momentum, use_momentum);
       CUDA_CHECK_LAUNCH("optimizer_step (sgd)", fmt("n=", n));
       break;
     }
     case Optim::Adam: {
       BARECNN_ASSERT(m != nullptr && v != nullptr, "optimizer_step: Adam needs both moment buffers");
-      BARECNN_LAUNCH(adam_step_kernel, grid, kOptimBlock, 0, stream, param, grad, m, v, n, cfg.lr, cfg.weight_decay, cfg.beta1,
-                                                         cfg.beta2, cfg.eps, bc1, bc2, c);
+      BARECNN_LAUNCH(adam_step_kernel, grid, kOptimBlock, 0, stream, param, grad, m, v, n, cfg.lr, cfg.weight_decay,
+                     cfg.beta1, cfg.beta2, cfg.eps, bc1, bc2, c);
       CUDA_CHECK_LAUNCH("optimizer_step (adam)", fmt("n=", n, " step=", step));
       break;
     }

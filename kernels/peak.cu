@@ -140,7 +140,7 @@ double bandwidth_peak() {
   const long long n4 = (long long)(bytes / 16);
   DeviceBuffer<float4> src(size_t(n4), "peak bandwidth source");       // (n4)
   DeviceBuffer<float4> dst(size_t(n4), "peak bandwidth destination");  // (n4)
-  src.memset_zero();  // pages touched, contents defined
+  src.memset_zero();                                                   // pages touched, contents defined
   const int grid = filling_grid(copy_peak_kernel);
   double s = best_seconds([&] {
     BARECNN_LAUNCH(copy_peak_kernel, grid, kPeakBlock, 0, 0, dst.data(), src.data(), n4);

@@ -35,8 +35,8 @@ __global__ void maxpool2d_forward_kernel(float* out, int32_t* mask, const float*
     const int ow = int(idx % s.OW);
     const long long r = idx / s.OW;
     const int oh = int(r % s.OH);
-    const long long nc = r / s.OH;                       // n*C + c
-    const float* plane = inp + nc * s.H * s.W;           // (H, W)
+    const long long nc = r / s.OH;              // n*C + c
+    const float* plane = inp + nc * s.H * s.W;  // (H, W)
     const int h0 = window_in_pos(oh, 0, s.sh, 0), w0 = window_in_pos(ow, 0, s.sw, 0);
     int best_idx = h0 * s.W + w0;
     float best = plane[best_idx];
@@ -167,8 +167,7 @@ __global__ void l2pool2d_backward_kernel(float* dinp, const float* dout, const f
 }
 
 void check_pool2d_shape(const Pool2dShape& s, const char* op) {
-  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 && s.H >= s.kh &&
-                     s.W >= s.kw,
+  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 && s.H >= s.kh && s.W >= s.kw,
                  op, ": bad shape ", s.str());
   BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, 0) && s.OW == window_out_size(s.W, s.kw, s.sw, 0), op,
                  ": output size does not follow eq. (2.1) for ", s.str());
@@ -184,9 +183,9 @@ void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2d
   check_pool2d_shape(s, "maxpool2d_forward");
   const long long total = s.out_numel();
   if (total == 0) return;
-  BARECNN_ASSERT(out != nullptr && mask != nullptr && inp != nullptr, "maxpool2d_forward: null pointer for ",
-                 s.str());
-  BARECNN_LAUNCH(maxpool2d_forward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, out, mask, inp, s, total);
+  BARECNN_ASSERT(out != nullptr && mask != nullptr && inp != nullptr, "maxpool2d_forward: null pointer for ", s.str());
+  BARECNN_LAUNCH(maxpool2d_forward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, out, mask, inp, s,
+                 total);
   CUDA_CHECK_LAUNCH("maxpool2d_forward", s.str());
 }
 
@@ -198,7 +197,8 @@ void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, con
   const long long total = s.in_numel();
   if (dinp == nullptr || total == 0) return;  // null gradient: not needed
   BARECNN_ASSERT(dout != nullptr && mask != nullptr, "maxpool2d_backward: null pointer for ", s.str());
-  BARECNN_LAUNCH(maxpool2d_backward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, dinp, dout, mask, s, total);
+  BARECNN_LAUNCH(maxpool2d_backward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, dinp, dout, mask, s,
+                 total);
   CUDA_CHECK_LAUNCH("maxpool2d_backward", s.str());
 }
 
@@ -242,9 +242,9 @@ void l2pool2d_backward(float* dinp, const float* dout, const float* inp, const f
   check_pool2d_shape(s, "l2pool2d_backward");
   const long long total = s.in_numel();
   if (dinp == nullptr || total == 0) return;
-  BARECNN_ASSERT(dout != nullptr && inp != nullptr && out != nullptr, "l2pool2d_backward: null pointer for ",
-                 s.str());
-  BARECNN_LAUNCH(l2pool2d_backward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, dinp, dout, inp, out, s, total);
+  BARECNN_ASSERT(dout != nullptr && inp != nullptr && out != nullptr, "l2pool2d_backward: null pointer for ", s.str());
+  BARECNN_LAUNCH(l2pool2d_backward_kernel, grid_for(total, kPoolBlock), kPoolBlock, 0, stream, dinp, dout, inp, out, s,
+                 total);
   CUDA_CHECK_LAUNCH("l2pool2d_backward", s.str());
 }
 

@@ -73,8 +73,8 @@ std::string g_context;
 [[noreturn]] void throw_cudnn_error(cudnnStatus_t st, const char* expr, const char* file, int line) {
   char last[1024] = {0};
   cudnnGetLastErrorString(last, sizeof(last));
-  std::string msg = fmt("cuDNN error ", cudnnGetErrorString(st), " (", int(st), ") in `", expr, "` at ", file, ":",
-                        line);
+  std::string msg =
+      fmt("cuDNN error ", cudnnGetErrorString(st), " (", int(st), ") in `", expr, "` at ", file, ":", line);
   if (last[0]) msg += fmt(": ", last);
   if (!g_context.empty()) msg += fmt(" [", g_context, "]");
   if (st == CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED || st == CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH)
@@ -85,11 +85,10 @@ std::string g_context;
 }  // namespace
 
 // Names the failing call, its file and line, cuDNN's own last message and what the lab was doing.
-#define CUDNN_CHECK(expr)                                                        \
-  do {                                                                           \
-    cudnnStatus_t barecnn_cudnn_st_ = (expr);                                    \
-    if (barecnn_cudnn_st_ != CUDNN_STATUS_SUCCESS)                               \
-      throw_cudnn_error(barecnn_cudnn_st_, #expr, __FILE__, __LINE__);           \
+#define CUDNN_CHECK(expr)                                                                                           \
+  do {                                                                                                              \
+    cudnnStatus_t barecnn_cudnn_st_ = (expr);                                                                       \
+    if (barecnn_cudnn_st_ != CUDNN_STATUS_SUCCESS) throw_cudnn_error(barecnn_cudnn_st_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 namespace {
@@ -136,9 +135,12 @@ class CudaEvent {
 enum class Op : int { Forward, BwdInput, BwdWeight };
 const char* op_name(Op op) {
   switch (op) {
-    case Op::Forward: return "forward";
-    case Op::BwdInput: return "bwd_input";
-    case Op::BwdWeight: return "bwd_weight";
+    case Op::Forward:
+      return "forward";
+    case Op::BwdInput:
+      return "bwd_input";
+    case Op::BwdWeight:
+      return "bwd_weight";
   }
   return "?";
 }
@@ -195,10 +197,14 @@ Options parse(int argc, char** argv) {
     } else if (a == "--op") {
       o.ops.clear();
       for (auto& s : split_list(value())) {
-        if (s == "forward") o.ops.push_back(Op::Forward);
-        else if (s == "bwd_input") o.ops.push_back(Op::BwdInput);
-        else if (s == "bwd_weight") o.ops.push_back(Op::BwdWeight);
-        else throw UsageError("--op takes forward, bwd_input, bwd_weight (comma-separated), got \"" + s + "\"");
+        if (s == "forward")
+          o.ops.push_back(Op::Forward);
+        else if (s == "bwd_input")
+          o.ops.push_back(Op::BwdInput);
+        else if (s == "bwd_weight")
+          o.ops.push_back(Op::BwdWeight);
+        else
+          throw UsageError("--op takes forward, bwd_input, bwd_weight (comma-separated), got \"" + s + "\"");
       }
     } else if (a == "--reps") {
       o.reps = parse_positive("--reps", value());
@@ -232,12 +238,9 @@ struct ConvLayer {
 
 const std::vector<ConvLayer>& preset_convs() {
   static const std::vector<ConvLayer> v = {
-      {"paper.1", "conv(32,5,pad=2)", 1, 28, 28, 32, 5, 2},
-      {"lenet5.1", "conv(6,5,pad=2)", 1, 28, 28, 6, 5, 2},
-      {"lenet5.2", "conv(16,5)", 6, 14, 14, 16, 5, 0},
-      {"deep.1", "conv(32,3,pad=1)", 1, 28, 28, 32, 3, 1},
-      {"deep.2", "conv(32,3,pad=1)", 32, 28, 28, 32, 3, 1},
-      {"deep.3", "conv(64,3,pad=1)", 32, 14, 14, 64, 3, 1},
+      {"paper.1", "conv(32,5,pad=2)", 1, 28, 28, 32, 5, 2}, {"lenet5.1", "conv(6,5,pad=2)", 1, 28, 28, 6, 5, 2},
+      {"lenet5.2", "conv(16,5)", 6, 14, 14, 16, 5, 0},      {"deep.1", "conv(32,3,pad=1)", 1, 28, 28, 32, 3, 1},
+      {"deep.2", "conv(32,3,pad=1)", 32, 28, 28, 32, 3, 1}, {"deep.3", "conv(64,3,pad=1)", 32, 14, 14, 64, 3, 1},
       {"deep.4", "conv(64,3,pad=1)", 64, 14, 14, 64, 3, 1},
   };
   return v;
@@ -339,45 +342,72 @@ double max_rel_diff(const Result& a, const Result& ref) {
 
 const char* fwd_algo_name(int a) {
   switch (a) {
-    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM: return "implicit_gemm";
-    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM: return "precomp_gemm";
-    case CUDNN_CONVOLUTION_FWD_ALGO_GEMM: return "gemm";
-    case CUDNN_CONVOLUTION_FWD_ALGO_DIRECT: return "direct";
-    case CUDNN_CONVOLUTION_FWD_ALGO_FFT: return "fft";
-    case CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING: return "fft_tiling";
-    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD: return "winograd";
-    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED: return "winograd_nf";
-    default: return "?";
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM:
+      return "implicit_gemm";
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM:
+      return "precomp_gemm";
+    case CUDNN_CONVOLUTION_FWD_ALGO_GEMM:
+      return "gemm";
+    case CUDNN_CONVOLUTION_FWD_ALGO_DIRECT:
+      return "direct";
+    case CUDNN_CONVOLUTION_FWD_ALGO_FFT:
+      return "fft";
+    case CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING:
+      return "fft_tiling";
+    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD:
+      return "winograd";
+    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED:
+      return "winograd_nf";
+    default:
+      return "?";
   }
 }
 const char* bwd_data_algo_name(int a) {
   switch (a) {
-    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_0: return "algo_0";
-    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_1: return "algo_1";
-    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT: return "fft";
-    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING: return "fft_tiling";
-    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD: return "winograd";
-    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED: return "winograd_nf";
-    default: return "?";
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_0:
+      return "algo_0";
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_1:
+      return "algo_1";
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT:
+      return "fft";
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING:
+      return "fft_tiling";
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD:
+      return "winograd";
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED:
+      return "winograd_nf";
+    default:
+      return "?";
   }
 }
 const char* bwd_filter_algo_name(int a) {
   switch (a) {
-    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0: return "algo_0";
-    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1: return "algo_1";
-    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT: return "fft";
-    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3: return "algo_3";
-    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED: return "winograd_nf";
-    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING: return "fft_tiling";
-    default: return "?";
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0:
+      return "algo_0";
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1:
+      return "algo_1";
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT:
+      return "fft";
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3:
+      return "algo_3";
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED:
+      return "winograd_nf";
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING:
+      return "fft_tiling";
+    default:
+      return "?";
   }
 }
 const char* math_name(cudnnMathType_t m) {
   switch (m) {
-    case CUDNN_DEFAULT_MATH: return "default";
-    case CUDNN_TENSOR_OP_MATH: return "tensor_op";
-    case CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: return "tensor_op_conv";
-    case CUDNN_FMA_MATH: return "fma";
+    case CUDNN_DEFAULT_MATH:
+      return "default";
+    case CUDNN_TENSOR_OP_MATH:
+      return "tensor_op";
+    case CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION:
+      return "tensor_op_conv";
+    case CUDNN_FMA_MATH:
+      return "fma";
   }
   return "?";
 }
@@ -393,7 +423,7 @@ struct Choice {
   cudnnMathType_t math = CUDNN_DEFAULT_MATH;
   size_t workspace = 0;  // bytes the run is given (what the algorithm needs)
   bool deterministic = true;
-  float search_ms = 0;   // the time cudnnFind measured for it
+  float search_ms = 0;  // the time cudnnFind measured for it
   std::string label() const {
     // "precomp_gemm/fma 1.2M nd"
     std::string s = fmt(algo_name, "/", math_name(math));
@@ -434,9 +464,9 @@ Choice pick(const std::vector<Perf>& perf, int returned, Precision p, const Opti
 struct Problem {
   Conv2dShape s;
   bool bias = true;
-  DeviceBuffer<float> x, w, b, dy;        // inputs: (N, C, H, W), (K, C, kh, kw), (K), (N, K, OH, OW)
-  DeviceBuffer<float> y, dx, dw, db;      // outputs, shared by all runs (refilled with NaN before each)
-  DeviceBuffer<float> wgrad_workspace;    // barecnn's two-stage weight-gradient reduction
+  DeviceBuffer<float> x, w, b, dy;      // inputs: (N, C, H, W), (K, C, kh, kw), (K), (N, K, OH, OW)
+  DeviceBuffer<float> y, dx, dw, db;    // outputs, shared by all runs (refilled with NaN before each)
+  DeviceBuffer<float> wgrad_workspace;  // barecnn's two-stage weight-gradient reduction
   // cuDNN's view of the same memory: NCHW tensors, KCRS filters, cross-correlation (barecnn's
   // convolution does not flip the kernel, docs/MATH.md), stride and zero padding as barecnn's.
   TensorDesc x_desc, y_desc, b_desc;
@@ -453,9 +483,10 @@ void setup_cudnn(Problem& P) {
   CUDNN_CHECK(cudnnSetConvolution2dDescriptor(P.conv_desc.get(), s.ph, s.pw, s.sh, s.sw, /*dilation*/ 1, 1,
                                               CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
   int n = 0, k = 0, oh = 0, ow = 0;
-  CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(P.conv_desc.get(), P.x_desc.get(), P.w_desc.get(), &n, &k, &oh, &ow));
-  BARECNN_ASSERT(n == s.N && k == s.K && oh == s.OH && ow == s.OW, "cuDNN's output shape ", n, "x", k, "x", oh, "x",
-                 ow, " differs from barecnn's for ", s.str());
+  CUDNN_CHECK(
+      cudnnGetConvolution2dForwardOutputDim(P.conv_desc.get(), P.x_desc.get(), P.w_desc.get(), &n, &k, &oh, &ow));
+  BARECNN_ASSERT(n == s.N && k == s.K && oh == s.OH && ow == s.OW, "cuDNN's output shape ", n, "x", k, "x", oh, "x", ow,
+                 " differs from barecnn's for ", s.str());
 }
 
 // The search's own workspace: the most any algorithm asks for (those that cannot run here fail
@@ -497,10 +528,9 @@ Choice find_algo(cudnnHandle_t h, Problem& P, Op op, Precision prec, const Optio
     int max_count = 0, returned = 0;
     CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(h, &max_count));
     std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(std::max(max_count, 1));
-    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, P.w_desc.get(), P.w.data(), P.y_desc.get(),
-                                                            P.dy.data(), conv, P.x_desc.get(), P.dx.data(),
-                                                            int(perf.size()), &returned, perf.data(), ws.data(),
-                                                            ws.bytes()));
+    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, P.w_desc.get(), P.w.data(), P.y_desc.get(), P.dy.data(),
+                                                            conv, P.x_desc.get(), P.dx.data(), int(perf.size()),
+                                                            &returned, perf.data(), ws.data(), ws.bytes()));
     c = pick(perf, returned, prec, o, bwd_data_algo_name);
   } else {
     size_t ws_bytes = search_workspace(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, o, [&](int a, size_t* bytes) {
@@ -511,10 +541,9 @@ Choice find_algo(cudnnHandle_t h, Problem& P, Op op, Precision prec, const Optio
     int max_count = 0, returned = 0;
     CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(h, &max_count));
     std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(std::max(max_count, 1));
-    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, P.x_desc.get(), P.x.data(), P.y_desc.get(),
-                                                              P.dy.data(), conv, P.w_desc.get(), P.dw.data(),
-                                                              int(perf.size()), &returned, perf.data(), ws.data(),
-                                                              ws.bytes()));
+    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+        h, P.x_desc.get(), P.x.data(), P.y_desc.get(), P.dy.data(), conv, P.w_desc.get(), P.dw.data(), int(perf.size()),
+        &returned, perf.data(), ws.data(), ws.bytes()));
     c = pick(perf, returned, prec, o, bwd_filter_algo_name);
   }
   // Run with the math type the search measured the algorithm with (see the note at the top), and
@@ -542,8 +571,8 @@ void cudnn_run(cudnnHandle_t h, Problem& P, Op op, const Choice& c, DeviceBuffer
   if (op == Op::Forward) {
     // y = conv(x, w), then y += b broadcast over (N, OH, OW)
     CUDNN_CHECK(cudnnConvolutionForward(h, &one, P.x_desc.get(), P.x.data(), P.w_desc.get(), P.w.data(), conv,
-                                        cudnnConvolutionFwdAlgo_t(c.algo), ws.data(), ws.bytes(), &zero,
-                                        P.y_desc.get(), P.y.data()));
+                                        cudnnConvolutionFwdAlgo_t(c.algo), ws.data(), ws.bytes(), &zero, P.y_desc.get(),
+                                        P.y.data()));
     if (P.bias) CUDNN_CHECK(cudnnAddTensor(h, &one, P.b_desc.get(), P.b.data(), &one, P.y_desc.get(), P.y.data()));
   } else if (op == Op::BwdInput) {
     CUDNN_CHECK(cudnnConvolutionBackwardData(h, &one, P.w_desc.get(), P.w.data(), P.y_desc.get(), P.dy.data(), conv,
@@ -554,8 +583,8 @@ void cudnn_run(cudnnHandle_t h, Problem& P, Op op, const Choice& c, DeviceBuffer
                                                cudnnConvolutionBwdFilterAlgo_t(c.algo), ws.data(), ws.bytes(), &zero,
                                                P.w_desc.get(), P.dw.data()));
     if (P.bias)
-      CUDNN_CHECK(cudnnConvolutionBackwardBias(h, &one, P.y_desc.get(), P.dy.data(), &zero, P.b_desc.get(),
-                                               P.db.data()));
+      CUDNN_CHECK(
+          cudnnConvolutionBackwardBias(h, &one, P.y_desc.get(), P.dy.data(), &zero, P.b_desc.get(), P.db.data()));
   }
 }
 
@@ -576,8 +605,10 @@ void poison_outputs(Problem& P, Op op, cudaStream_t stream) {
   auto fill = [&](DeviceBuffer<float>& buf) {
     if (!buf.empty()) CUDA_CHECK(cudaMemsetAsync(buf.data(), 0xFF, buf.bytes(), stream));
   };
-  if (op == Op::Forward) fill(P.y);
-  else if (op == Op::BwdInput) fill(P.dx);
+  if (op == Op::Forward)
+    fill(P.y);
+  else if (op == Op::BwdInput)
+    fill(P.dx);
   else {
     fill(P.dw);
     if (P.bias) fill(P.db);
@@ -648,8 +679,7 @@ void print_row(const Row& r) {
               num("%.2f", r.fast.median_ms / r.cudnn[0].median_ms, ok32).c_str(), gflops(r.flops, r.simple.median_ms),
               gflops(r.flops, r.fast.median_ms), num("%.0f", gflops(r.flops, r.cudnn[0].median_ms), ok32).c_str(),
               num("%.0f", gflops(r.flops, r.cudnn[1].median_ms), oktf).c_str(),
-              d(worst_simple_fast, ok32, r.flagged_fp32).c_str(),
-              d(r.diff_tf32, oktf, r.flagged_tf32).c_str());
+              d(worst_simple_fast, ok32, r.flagged_fp32).c_str(), d(r.diff_tf32, oktf, r.flagged_tf32).c_str());
   std::fflush(stdout);
 }
 
@@ -781,19 +811,22 @@ int main(int argc, char** argv) {
     CUDNN_CHECK(cudnnSetStream(handle.get(), ctx.stream()));
 
     const char* tf32_env = std::getenv("NVIDIA_TF32_OVERRIDE");
-    std::printf("barecnn conv lab: %s (sm_%d%d), driver %s, runtime %s; cuDNN %zu (built with %d, its CUDA runtime %zu)\n",
-                g.name.c_str(), g.cc_major, g.cc_minor, version_str(g.driver_version).c_str(),
-                version_str(g.runtime_version).c_str(), cudnn_rt, CUDNN_VERSION, cudnnGetCudartVersion());
-    std::printf("median of up to %d runs after %d warm-up; bias %s; cuDNN algorithms: the fastest from "
-                "cudnnFind*AlgorithmEx%s, search workspace up to %zu MiB\n",
-                o.reps, o.warmup,
-                o.bias ? "on (cuDNN: +AddTensor in forward, +BackwardBias in bwd_weight, timed with the conv)" : "off",
-                o.deterministic ? ", deterministic only" : "", o.workspace_cap >> 20);
-    std::printf("FP32 = CUDNN_FMA_MATH (no TF32); TF32 = CUDNN_DEFAULT_MATH (TF32 tensor cores allowed)%s\n",
-                tf32_env ? fmt("; NVIDIA_TF32_OVERRIDE=", tf32_env, " is set (0 makes the TF32 columns FP32)").c_str()
-                         : "");
-    std::printf("GF/s = 2*N*K*OH*OW*C*kh*kw / time; diff = max|x - cuDNN| / max|cuDNN| (diff32: worst of simple and "
-                "fast vs FP32; diff-tf: fast vs TF32); algo: name/math type, workspace MiB, nd = non-deterministic\n\n");
+    std::printf(
+        "barecnn conv lab: %s (sm_%d%d), driver %s, runtime %s; cuDNN %zu (built with %d, its CUDA runtime %zu)\n",
+        g.name.c_str(), g.cc_major, g.cc_minor, version_str(g.driver_version).c_str(),
+        version_str(g.runtime_version).c_str(), cudnn_rt, CUDNN_VERSION, cudnnGetCudartVersion());
+    std::printf(
+        "median of up to %d runs after %d warm-up; bias %s; cuDNN algorithms: the fastest from "
+        "cudnnFind*AlgorithmEx%s, search workspace up to %zu MiB\n",
+        o.reps, o.warmup,
+        o.bias ? "on (cuDNN: +AddTensor in forward, +BackwardBias in bwd_weight, timed with the conv)" : "off",
+        o.deterministic ? ", deterministic only" : "", o.workspace_cap >> 20);
+    std::printf(
+        "FP32 = CUDNN_FMA_MATH (no TF32); TF32 = CUDNN_DEFAULT_MATH (TF32 tensor cores allowed)%s\n",
+        tf32_env ? fmt("; NVIDIA_TF32_OVERRIDE=", tf32_env, " is set (0 makes the TF32 columns FP32)").c_str() : "");
+    std::printf(
+        "GF/s = 2*N*K*OH*OW*C*kh*kw / time; diff = max|x - cuDNN| / max|cuDNN| (diff32: worst of simple and "
+        "fast vs FP32; diff-tf: fast vs TF32); algo: name/math type, workspace MiB, nd = non-deterministic\n\n");
     print_header();
 
     json rows = json::array();

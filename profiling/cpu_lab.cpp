@@ -89,11 +89,15 @@ void print_header() {
 void print_row(const Row& r) {
   auto gf = [&](double ms) { return 2 * r.macs / (ms * 1e6); };
   std::printf("%-32s %-15s ", r.layer.c_str(), r.op.c_str());
-  if (r.ref.median > 0) std::printf("%9.3f %6.2f  ", r.ref.median, gf(r.ref.median));
-  else std::printf("%9s %6s  ", "-", "-");
+  if (r.ref.median > 0)
+    std::printf("%9.3f %6.2f  ", r.ref.median, gf(r.ref.median));
+  else
+    std::printf("%9s %6s  ", "-", "-");
   std::printf("%8.3f %6.2f %8.3f %6.2f  ", r.cpu.median, gf(r.cpu.median), r.cpu.best, gf(r.cpu.best));
-  if (r.ref.median > 0) std::printf("%6.1fx\n", r.ref.median / r.cpu.median);
-  else std::printf("%7s\n", "-");
+  if (r.ref.median > 0)
+    std::printf("%6.1fx\n", r.ref.median / r.cpu.median);
+  else
+    std::printf("%7s\n", "-");
 }
 
 struct ConvLayer {
@@ -116,11 +120,14 @@ void time_conv(const ConvLayer& L, const Options& o) {
     Row r{layer, op, macs, o.ref ? time_ms(ref_fn, o.ref_reps) : Timing{}, time_ms(cpu_fn, o.reps)};
     print_row(r);
   };
-  row("forward", [&] { ref::conv2d_forward(out.data(), inp.data(), w.data(), b.data(), s); },
+  row(
+      "forward", [&] { ref::conv2d_forward(out.data(), inp.data(), w.data(), b.data(), s); },
       [&] { cpu::conv2d_forward(out.data(), inp.data(), w.data(), b.data(), s); });
-  row("backward_input", [&] { ref::conv2d_backward_input(dinp.data(), dout.data(), w.data(), s); },
+  row(
+      "backward_input", [&] { ref::conv2d_backward_input(dinp.data(), dout.data(), w.data(), s); },
       [&] { cpu::conv2d_backward_input(dinp.data(), dout.data(), w.data(), s); });
-  row("backward_weight", [&] { ref::conv2d_backward_weight(dw.data(), db.data(), dout.data(), inp.data(), s); },
+  row(
+      "backward_weight", [&] { ref::conv2d_backward_weight(dw.data(), db.data(), dout.data(), inp.data(), s); },
       [&] { cpu::conv2d_backward_weight(dw.data(), db.data(), dout.data(), inp.data(), s); });
 }
 
@@ -135,11 +142,14 @@ void time_dense(const DenseLayer& L, const Options& o) {
     Row r{layer, op, macs, o.ref ? time_ms(ref_fn, o.ref_reps) : Timing{}, time_ms(cpu_fn, o.reps)};
     print_row(r);
   };
-  row("forward", [&] { ref::dense_forward(out.data(), inp.data(), w.data(), b.data(), N, L.IN, L.OUT); },
+  row(
+      "forward", [&] { ref::dense_forward(out.data(), inp.data(), w.data(), b.data(), N, L.IN, L.OUT); },
       [&] { cpu::dense_forward(out.data(), inp.data(), w.data(), b.data(), N, L.IN, L.OUT); });
-  row("backward_input", [&] { ref::dense_backward_input(dinp.data(), dout.data(), w.data(), N, L.IN, L.OUT); },
+  row(
+      "backward_input", [&] { ref::dense_backward_input(dinp.data(), dout.data(), w.data(), N, L.IN, L.OUT); },
       [&] { cpu::dense_backward_input(dinp.data(), dout.data(), w.data(), N, L.IN, L.OUT); });
-  row("backward_weight",
+  row(
+      "backward_weight",
       [&] { ref::dense_backward_weight(dw.data(), db.data(), dout.data(), inp.data(), N, L.IN, L.OUT); },
       [&] { cpu::dense_backward_weight(dw.data(), db.data(), dout.data(), inp.data(), N, L.IN, L.OUT); });
 }
@@ -225,47 +235,63 @@ void time_paper_step(const Options& o, bool fast_elementwise) {
     std::function<void()> fn;
   };
   std::vector<Stage> stages = {
-      {"gather_normalize", [&] {
+      {"gather_normalize",
+       [&] {
          int start = (batch_i++ % (n_train / B)) * B;
          ref::gather_normalize(x.data(), y.data(), images.data(), labels.data(), perm.data() + start, B, P, 0.286f,
                                0.353f);
        }},
       {"conv forward (cpu)", [&] { cpu::conv2d_forward(c.data(), x.data(), cw, cb, cs); }},
-      {"relu forward", [&] {
-         if (fast_elementwise) relu_forward_fast(a.data(), c.data(), cs.out_numel());
-         else ref::activation_forward(a.data(), c.data(), cs.out_numel(), relu);
+      {"relu forward",
+       [&] {
+         if (fast_elementwise)
+           relu_forward_fast(a.data(), c.data(), cs.out_numel());
+         else
+           ref::activation_forward(a.data(), c.data(), cs.out_numel(), relu);
        }},
-      {"maxpool forward", [&] {
-         if (fast_elementwise) maxpool2x2_forward_fast(pool.data(), mask.data(), a.data(), ps);
-         else ref::maxpool2d_forward(pool.data(), mask.data(), a.data(), ps);
+      {"maxpool forward",
+       [&] {
+         if (fast_elementwise)
+           maxpool2x2_forward_fast(pool.data(), mask.data(), a.data(), ps);
+         else
+           ref::maxpool2d_forward(pool.data(), mask.data(), a.data(), ps);
        }},
       {"dense1 forward (cpu)", [&] { cpu::dense_forward(h.data(), pool.data(), w1, b1, B, F, H1); }},
       {"relu forward", [&] { ref::activation_forward(ha.data(), h.data(), (long long)B * H1, relu); }},
       {"dense2 forward (cpu)", [&] { cpu::dense_forward(logits.data(), ha.data(), w2, b2, B, H1, K); }},
-      {"loss", [&] {
+      {"loss",
+       [&] {
          ref::loss_forward_backward(loss.data(), dlogits.data(), correct.data(), logits.data(), y.data(), B, K,
                                     Loss::SoftmaxCrossEntropy, 1.f / B);
        }},
-      {"dense2 backward (cpu)", [&] {
+      {"dense2 backward (cpu)",
+       [&] {
          cpu::dense_backward_weight(dw2, db2, dlogits.data(), ha.data(), B, H1, K);
          cpu::dense_backward_input(dha.data(), dlogits.data(), w2, B, H1, K);
        }},
-      {"relu backward", [&] {
-         ref::activation_backward(dh.data(), dha.data(), h.data(), ha.data(), (long long)B * H1, relu);
-       }},
+      {"relu backward",
+       [&] { ref::activation_backward(dh.data(), dha.data(), h.data(), ha.data(), (long long)B * H1, relu); }},
       {"dense1 backward_weight (cpu)", [&] { cpu::dense_backward_weight(dw1, db1, dh.data(), pool.data(), B, F, H1); }},
       {"dense1 backward_input (cpu)", [&] { cpu::dense_backward_input(dpool.data(), dh.data(), w1, B, F, H1); }},
-      {"maxpool backward", [&] {
-         if (fast_elementwise) maxpool2x2_backward_fast(da.data(), dpool.data(), mask.data(), ps);
-         else ref::maxpool2d_backward(da.data(), dpool.data(), mask.data(), ps);
+      {"maxpool backward",
+       [&] {
+         if (fast_elementwise)
+           maxpool2x2_backward_fast(da.data(), dpool.data(), mask.data(), ps);
+         else
+           ref::maxpool2d_backward(da.data(), dpool.data(), mask.data(), ps);
        }},
-      {"relu backward", [&] {
-         if (fast_elementwise) relu_backward_fast(dc.data(), da.data(), c.data(), cs.out_numel());
-         else ref::activation_backward(dc.data(), da.data(), c.data(), a.data(), cs.out_numel(), relu);
+      {"relu backward",
+       [&] {
+         if (fast_elementwise)
+           relu_backward_fast(dc.data(), da.data(), c.data(), cs.out_numel());
+         else
+           ref::activation_backward(dc.data(), da.data(), c.data(), a.data(), cs.out_numel(), relu);
        }},
       {"conv backward_weight (cpu)", [&] { cpu::conv2d_backward_weight(dcw, dcb, dc.data(), x.data(), cs); }},
-      {"sgd momentum step", [&] {
-         ref::optimizer_step(params.data(), grads.data(), mom.data(), static_cast<float*>(nullptr), n_params, opt, ++step);
+      {"sgd momentum step",
+       [&] {
+         ref::optimizer_step(params.data(), grads.data(), mom.data(), static_cast<float*>(nullptr), n_params, opt,
+                             ++step);
        }},
   };
   // Per stage: run the whole step reps times, timing each stage inside it (so every stage sees
@@ -310,13 +336,20 @@ Options parse(int argc, char** argv) {
       if (i + 1 >= argc) throw UsageError("cpu_lab: " + a + " needs a value");
       return argv[++i];
     };
-    if (a == "--batch") o.batch = std::atoi(value().c_str());
-    else if (a == "--reps") o.reps = std::atoi(value().c_str());
-    else if (a == "--ref-reps") o.ref_reps = std::atoi(value().c_str());
-    else if (a == "--threads") o.threads = std::atoi(value().c_str());
-    else if (a == "--isa") o.isa = value();
-    else if (a == "--no-ref") o.ref = false;
-    else if (a == "--step-only") o.step_only = true;
+    if (a == "--batch")
+      o.batch = std::atoi(value().c_str());
+    else if (a == "--reps")
+      o.reps = std::atoi(value().c_str());
+    else if (a == "--ref-reps")
+      o.ref_reps = std::atoi(value().c_str());
+    else if (a == "--threads")
+      o.threads = std::atoi(value().c_str());
+    else if (a == "--isa")
+      o.isa = value();
+    else if (a == "--no-ref")
+      o.ref = false;
+    else if (a == "--step-only")
+      o.step_only = true;
     else if (a == "--elementwise") {
       o.elementwise = value();
       if (o.elementwise != "ref" && o.elementwise != "fast" && o.elementwise != "both")
@@ -325,12 +358,13 @@ Options parse(int argc, char** argv) {
       std::string c = value();
       if (c != "wall" && c != "cpu") throw UsageError("cpu_lab: --clock must be wall or cpu, got " + c);
       o.cpu_clock = c == "cpu";
-    }
-    else
+    } else
       throw UsageError("cpu_lab: unknown option " + a +
-                       " (options: --batch N --reps N --ref-reps N --threads N --isa avx2|generic --no-ref --step-only --clock wall|cpu --elementwise ref|fast|both)");
+                       " (options: --batch N --reps N --ref-reps N --threads N --isa avx2|generic --no-ref --step-only "
+                       "--clock wall|cpu --elementwise ref|fast|both)");
   }
-  if (o.batch < 1 || o.reps < 1 || o.ref_reps < 1) throw UsageError("cpu_lab: --batch, --reps, --ref-reps must be >= 1");
+  if (o.batch < 1 || o.reps < 1 || o.ref_reps < 1)
+    throw UsageError("cpu_lab: --batch, --reps, --ref-reps must be >= 1");
   return o;
 }
 
@@ -341,23 +375,26 @@ int main(int argc, char** argv) {
     Options o = parse(argc, argv);
     if (o.threads > 0) omp_set_num_threads(o.threads);
     g_cpu_clock = o.cpu_clock;
-    if (o.isa == "generic") cpu::set_cpu_isa(cpu::CpuIsa::Generic);
-    else if (o.isa == "avx2") cpu::set_cpu_isa(cpu::CpuIsa::Avx2);
-    else if (!o.isa.empty()) throw UsageError("cpu_lab: --isa must be avx2 or generic, got " + o.isa);
+    if (o.isa == "generic")
+      cpu::set_cpu_isa(cpu::CpuIsa::Generic);
+    else if (o.isa == "avx2")
+      cpu::set_cpu_isa(cpu::CpuIsa::Avx2);
+    else if (!o.isa.empty())
+      throw UsageError("cpu_lab: --isa must be avx2 or generic, got " + o.isa);
     std::printf("barecnn cpu lab: batch %d, %d threads, isa %s, median of %d (cpu) / %d (ref) runs, %s clock\n",
                 o.batch, omp_get_max_threads(), cpu::cpu_isa_name(cpu::cpu_isa()), o.reps, o.ref_reps,
                 o.cpu_clock ? "process CPU" : "wall");
     if (!o.step_only) {
       print_header();
       const std::vector<ConvLayer> convs = {
-          {"paper conv(32,5,pad=2)", 1, 28, 28, 32, 5, 2},  {"lenet5 conv(6,5,pad=2)", 1, 28, 28, 6, 5, 2},
-          {"lenet5 conv(16,5)", 6, 14, 14, 16, 5, 0},       {"deep conv(32,3,pad=1)", 1, 28, 28, 32, 3, 1},
-          {"deep conv(32,3,pad=1)", 32, 28, 28, 32, 3, 1},  {"deep conv(64,3,pad=1)", 32, 14, 14, 64, 3, 1},
+          {"paper conv(32,5,pad=2)", 1, 28, 28, 32, 5, 2}, {"lenet5 conv(6,5,pad=2)", 1, 28, 28, 6, 5, 2},
+          {"lenet5 conv(16,5)", 6, 14, 14, 16, 5, 0},      {"deep conv(32,3,pad=1)", 1, 28, 28, 32, 3, 1},
+          {"deep conv(32,3,pad=1)", 32, 28, 28, 32, 3, 1}, {"deep conv(64,3,pad=1)", 32, 14, 14, 64, 3, 1},
           {"deep conv(64,3,pad=1)", 64, 14, 14, 64, 3, 1},
       };
       for (auto& L : convs) time_conv(L, o);
       const std::vector<DenseLayer> denses = {
-          {"paper dense(128)", 6272, 128}, {"paper dense(10)", 128, 10}, {"deep dense(256)", 3136, 256},
+          {"paper dense(128)", 6272, 128}, {"paper dense(10)", 128, 10},    {"deep dense(256)", 3136, 256},
           {"deep dense(10)", 256, 10},     {"lenet5 dense(120)", 400, 120}, {"lenet5 dense(84)", 120, 84},
       };
       for (auto& L : denses) time_dense(L, o);

@@ -61,7 +61,7 @@ _resolve_missing() {
     done
   done
 }
-for _exe in "$B"/barecnn "$B"/test_gpu_ops "$B"/barecnn_conv_lab; do
+for _exe in "$B"/barecnn "$B"/test_gpu_data "$B"/barecnn_conv_lab; do
   [ -x "$_exe" ] && _resolve_missing "$_exe"
 done
 export BARECNN_LD

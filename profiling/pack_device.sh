@@ -9,7 +9,8 @@
 # files of build-device/ stay here: the whole carried tree must stay under 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets=(barecnn test_gpu_conv test_gpu_pool test_gpu_ops test_gpu_train test_bench)
+targets=(barecnn test_gpu_conv test_gpu_pool test_gpu_activation test_gpu_dense test_gpu_loss test_gpu_optim
+         test_gpu_data test_gpu_train test_step test_bench)
 cmake --preset device >/dev/null
 help=$(cmake --build --preset device --target help)  # (not piped into grep -q: no SIGPIPE under pipefail)
 [[ "$help" == *$'\n'barecnn_conv_lab:* ]] && targets+=(barecnn_conv_lab)

@@ -64,7 +64,9 @@ TEST(Arch, ExplicitFlattenIsNotDoubled) {
 }
 
 TEST(Arch, ArgumentsAndCanonicalForm) {
-  auto d = parse_arch("conv( 8 , 3x5 , stride=2 , pad=1 ) leaky_relu(0.2) maxpool(3,stride=2) elu avgpool(2) l2pool(2x3,stride=1) dense(7) softmax");
+  auto d = parse_arch(
+      "conv( 8 , 3x5 , stride=2 , pad=1 ) leaky_relu(0.2) maxpool(3,stride=2) elu avgpool(2) l2pool(2x3,stride=1) "
+      "dense(7) softmax");
   ASSERT_EQ(d.size(), 8u);
   EXPECT_EQ(d[0].kind, LayerKind::Conv);
   EXPECT_EQ(d[0].out, 8);

@@ -216,8 +216,7 @@ TEST(BenchCli, JsonHasEveryLayerAndTheExpectedFigures) {
   EXPECT_EQ(relu["backward"]["bytes"].get<double>(), 4.0 * 3 * 50176);
   const json& dense = j["layers"][4];
   EXPECT_EQ(dense["forward"]["bytes"].get<double>(), 4.0 * (12544 + 802816 + 128 + 256));
-  EXPECT_EQ(dense["backward"]["bytes"].get<double>(),
-            4.0 * (256 + 12544 + 802816 + 128 + 802816 + 12544));
+  EXPECT_EQ(dense["backward"]["bytes"].get<double>(), 4.0 * (256 + 12544 + 802816 + 128 + 802816 + 12544));
   EXPECT_EQ(dense["forward"]["flops"].get<double>(), 2.0 * 2 * 6272 * 128);
   EXPECT_EQ(dense["backward"]["flops"].get<double>(), 2 * 2.0 * 2 * 6272 * 128);  // dW and dx
 
@@ -269,7 +268,7 @@ TEST(DeviceMemoryGpu, CountsEveryBufferExactly) {
     a.resize(10);  // frees 4000, takes 40
     EXPECT_EQ(device_memory_stats().current, base + 2448);
     EXPECT_EQ(device_memory_stats().peak, base + 6408);
-    a.resize(10);  // same size: no new allocation
+    a.resize(10);                              // same size: no new allocation
     DeviceBuffer<double> moved(std::move(b));  // ownership moves, bytes do not
     EXPECT_EQ(device_memory_stats().current, base + 2448);
     Tensor t({3, 5, 7}, Device::CUDA);  // 420 bytes through the same path

@@ -40,8 +40,8 @@ class Cli : public ::testing::Test {
     data_ = test::fresh_dir("cli_data");
     test::write_bars_dataset(data_);
     model_dir_ = test::fresh_dir("cli_model");
-    Result r = run("train --device cpu --data " + data_ + " --arch " + kArch + " --epochs 2 --batch 32 --lr 0.05 --out " +
-                   model_dir_);
+    Result r = run("train --device cpu --data " + data_ + " --arch " + kArch +
+                   " --epochs 2 --batch 32 --lr 0.05 --out " + model_dir_);
     ASSERT_EQ(r.rc, 0) << r.out;
     ready_ = true;
   }
@@ -63,11 +63,11 @@ class Cli : public ::testing::Test {
 std::string Cli::data_, Cli::model_dir_;
 bool Cli::ready_ = false;
 
-#define EXPECT_FAILS_WITH(res, code_lo, text)                                                   \
-  do {                                                                                         \
-    Result r_ = (res);                                                                         \
-    EXPECT_GE(r_.rc, code_lo) << r_.out;                                                       \
-    EXPECT_LE(r_.rc, 2) << r_.out;                                                             \
+#define EXPECT_FAILS_WITH(res, code_lo, text)                                                       \
+  do {                                                                                              \
+    Result r_ = (res);                                                                              \
+    EXPECT_GE(r_.rc, code_lo) << r_.out;                                                            \
+    EXPECT_LE(r_.rc, 2) << r_.out;                                                                  \
     EXPECT_NE(r_.out.find(text), std::string::npos) << "expected '" << text << "' in:\n" << r_.out; \
   } while (0)
 
@@ -116,15 +116,16 @@ TEST_F(Cli, TrainEvalPredictAgree) {
 TEST_F(Cli, GpuProgressLastLineShowsTheEpochsFigures) {
   BARECNN_REQUIRE_GPU();
   std::string out = test::fresh_dir("cli_gpu_progress");
-  Result r = run("train --device cuda --data " + data_ + " --arch " + kArch + " --epochs 1 --batch 32 --lr 0.05 --out " +
-                 out);
+  Result r =
+      run("train --device cuda --data " + data_ + " --arch " + kArch + " --epochs 1 --batch 32 --lr 0.05 --out " + out);
   ASSERT_EQ(r.rc, 0) << r.out;
   const std::string key = "epoch 1/1 step ";
   size_t at = r.out.rfind(key);
   ASSERT_NE(at, std::string::npos) << r.out;
   long long step = 0, steps = 0;
   double loss = -1, acc = -1;
-  ASSERT_EQ(std::sscanf(r.out.c_str() + at + key.size(), "%lld/%lld  loss %lf  acc %lf%%", &step, &steps, &loss, &acc), 4)
+  ASSERT_EQ(std::sscanf(r.out.c_str() + at + key.size(), "%lld/%lld  loss %lf  acc %lf%%", &step, &steps, &loss, &acc),
+            4)
       << r.out.substr(at, 120);
   EXPECT_EQ(step, steps) << r.out.substr(at, 120);
   auto sum = nlohmann::json::parse(read_file(out + "/summary.json", "summary"));
@@ -169,7 +170,8 @@ TEST_F(Cli, GradcheckCommand) {
 }
 
 TEST_F(Cli, BadFlags) {
-  std::string base = "train --device cpu --data " + data_ + " --arch " + kArch + " --out " + test::fresh_dir("cli_flags");
+  std::string base =
+      "train --device cpu --data " + data_ + " --arch " + kArch + " --out " + test::fresh_dir("cli_flags");
   EXPECT_FAILS_WITH(run(base + " --epoch 2"), 2, "did you mean --epochs");
   EXPECT_FAILS_WITH(run(base + " --epochs abc"), 2, "--epochs");
   EXPECT_FAILS_WITH(run(base + " --lr -1"), 2, "--lr must be a positive finite number");
@@ -229,9 +231,7 @@ TEST_F(Cli, BadModelFiles) {
   std::string dir = test::fresh_dir("cli_bad_models");
   std::string model = model_dir_ + "/model.safetensors";
   SafeTensors good = read_safetensors(model);
-  auto eval_of = [&](const std::string& path) {
-    return run("eval --device cpu --data " + data_ + " --model " + path);
-  };
+  auto eval_of = [&](const std::string& path) { return run("eval --device cpu --data " + data_ + " --model " + path); };
   auto variant = [&](const std::string& name, auto&& edit) {
     SafeTensors st = good;
     edit(st);
@@ -335,11 +335,14 @@ TEST_F(Cli, PyTorchLoadsTheModelAndPredictsTheSame) {
     GTEST_SKIP() << "PyTorch is not installed for " << py << " (apt-get install python3-torch)";
   const std::string script = std::string(BARECNN_SOURCE_DIR) + "/tests/torch_parity.py";
   const std::vector<std::string> archs = {
-      kArch, "\"conv(3,3,stride=2,pad=1) elu l2pool(2,stride=1) conv(4,2x1) leaky_relu(0.2) avgpool(2x3,stride=1) dense(5) tanh dense(3)\"",
+      kArch,
+      "\"conv(3,3,stride=2,pad=1) elu l2pool(2,stride=1) conv(4,2x1) leaky_relu(0.2) avgpool(2x3,stride=1) dense(5) "
+      "tanh dense(3)\"",
       "\"conv(5,3) sigmoid maxpool(3,stride=2) dense(8) softplus dense(3) softmax\""};
   for (size_t i = 0; i < archs.size(); ++i) {
     std::string out = test::fresh_dir("cli_torch" + std::to_string(i));
-    Result t = run("train --device cpu --quiet --epochs 1 --batch 32 --data " + data_ + " --arch " + archs[i] + " --out " + out);
+    Result t = run("train --device cpu --quiet --epochs 1 --batch 32 --data " + data_ + " --arch " + archs[i] +
+                   " --out " + out);
     ASSERT_EQ(t.rc, 0) << t.out;
     Result p = run("predict --device cpu --model " + out + "/model.safetensors --images " + data_ +
                    "/t10k-images-idx3-ubyte.gz --output " + out + "/pred.csv");

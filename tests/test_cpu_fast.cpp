@@ -38,8 +38,17 @@ constexpr double kAtol = 1e-4, kRtol = 1e-4;
 
 Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw) {
   Conv2dShape s;
-  s.N = N; s.C = C; s.H = H; s.W = W; s.K = K;
-  s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw; s.ph = ph; s.pw = pw;
+  s.N = N;
+  s.C = C;
+  s.H = H;
+  s.W = W;
+  s.K = K;
+  s.kh = kh;
+  s.kw = kw;
+  s.sh = sh;
+  s.sw = sw;
+  s.ph = ph;
+  s.pw = pw;
   s.OH = window_out_size(H, kh, sh, ph);
   s.OW = window_out_size(W, kw, sw, pw);
   return s;
@@ -47,18 +56,17 @@ Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int sh
 
 std::vector<Conv2dShape> odd_conv_shapes() {
   return {
-      conv_shape(1, 1, 7, 9, 3, 3, 3, 1, 1, 1, 1),
-      conv_shape(3, 3, 11, 13, 17, 5, 5, 2, 2, 2, 2),
-      conv_shape(65, 3, 9, 8, 5, 2, 3, 3, 1, 0, 1),     // 2x3 kernel, stride (3,1), pad (0,1)
-      conv_shape(2, 17, 10, 7, 7, 1, 1, 1, 1, 0, 0),    // 1x1: the pointwise path (no im2col)
-      conv_shape(3, 17, 9, 9, 3, 1, 1, 2, 2, 0, 0),     // 1x1 with stride 2: im2col
-      conv_shape(1, 2, 5, 6, 4, 5, 5, 3, 3, 2, 2),      // kernel as large as the input, stride 3
-      conv_shape(2, 3, 30, 31, 19, 3, 2, 1, 2, 1, 0),   // 19 channels: partial 4- and 6-row tiles
-      conv_shape(1, 3, 40, 37, 8, 3, 3, 1, 1, 1, 1),    // batch 1: pixels split across 8 items
-      conv_shape(2, 30, 8, 8, 100, 3, 3, 1, 1, 1, 1),   // K=100 > MC=96, C*k*k=270 > KC=256
-      conv_shape(8, 1, 36, 36, 4, 3, 3, 1, 1, 1, 1),    // 1296 pixels > NC=1024
-      conv_shape(2, 64, 28, 28, 5, 3, 3, 1, 1, 1, 1),   // im2col over 256 KiB: pixel blocks
-      conv_shape(19, 2, 6, 5, 3, 3, 3, 2, 1, 1, 2),     // 19 images: 9 groups of 2 + 1 in backward_weight
+      conv_shape(1, 1, 7, 9, 3, 3, 3, 1, 1, 1, 1),    conv_shape(3, 3, 11, 13, 17, 5, 5, 2, 2, 2, 2),
+      conv_shape(65, 3, 9, 8, 5, 2, 3, 3, 1, 0, 1),    // 2x3 kernel, stride (3,1), pad (0,1)
+      conv_shape(2, 17, 10, 7, 7, 1, 1, 1, 1, 0, 0),   // 1x1: the pointwise path (no im2col)
+      conv_shape(3, 17, 9, 9, 3, 1, 1, 2, 2, 0, 0),    // 1x1 with stride 2: im2col
+      conv_shape(1, 2, 5, 6, 4, 5, 5, 3, 3, 2, 2),     // kernel as large as the input, stride 3
+      conv_shape(2, 3, 30, 31, 19, 3, 2, 1, 2, 1, 0),  // 19 channels: partial 4- and 6-row tiles
+      conv_shape(1, 3, 40, 37, 8, 3, 3, 1, 1, 1, 1),   // batch 1: pixels split across 8 items
+      conv_shape(2, 30, 8, 8, 100, 3, 3, 1, 1, 1, 1),  // K=100 > MC=96, C*k*k=270 > KC=256
+      conv_shape(8, 1, 36, 36, 4, 3, 3, 1, 1, 1, 1),   // 1296 pixels > NC=1024
+      conv_shape(2, 64, 28, 28, 5, 3, 3, 1, 1, 1, 1),  // im2col over 256 KiB: pixel blocks
+      conv_shape(19, 2, 6, 5, 3, 3, 3, 2, 1, 1, 2),    // 19 images: 9 groups of 2 + 1 in backward_weight
   };
 }
 
@@ -168,8 +176,10 @@ void check_conv_backward_weight(const Conv2dShape& s, bool with_bias, uint64_t s
     std::vector<float> dw_f = nans(s.weight_numel()), db_f = nans(s.K);
     cpu::conv2d_backward_weight(dw_f.data(), with_bias ? db_f.data() : nullptr, dout.f.data(), inp.f.data(), s);
     EXPECT_TRUE(all_close(dw, dw_f, kAtol, kRtol)) << "backward_weight dweight " << label(s, isa);
-    if (with_bias) EXPECT_TRUE(all_close(db, db_f, kAtol, kRtol)) << "backward_weight dbias " << label(s, isa);
-    else EXPECT_TRUE(std::isnan(db_f[0])) << "dbias written although null was passed";
+    if (with_bias)
+      EXPECT_TRUE(all_close(db, db_f, kAtol, kRtol)) << "backward_weight dbias " << label(s, isa);
+    else
+      EXPECT_TRUE(std::isnan(db_f[0])) << "dbias written although null was passed";
   }
 }
 
@@ -222,11 +232,13 @@ void check_dense(const DenseShape& d, bool with_bias, uint64_t seed) {
     for (cpu::CpuIsa isa : isas()) {
       cpu::set_cpu_isa(isa);
       std::vector<float> dw_f = nans(dw.size()), db_f = nans(d.OUT);
-      cpu::dense_backward_weight(dw_f.data(), with_bias ? db_f.data() : nullptr, dout.f.data(), inp.f.data(), d.N,
-                                 d.IN, d.OUT);
+      cpu::dense_backward_weight(dw_f.data(), with_bias ? db_f.data() : nullptr, dout.f.data(), inp.f.data(), d.N, d.IN,
+                                 d.OUT);
       EXPECT_TRUE(all_close(dw, dw_f, kAtol, kRtol)) << "dense backward_weight dweight " << label(d, isa);
-      if (with_bias) EXPECT_TRUE(all_close(db, db_f, kAtol, kRtol)) << "dense backward_weight dbias " << label(d, isa);
-      else EXPECT_TRUE(std::isnan(db_f[0])) << "dbias written although null was passed";
+      if (with_bias)
+        EXPECT_TRUE(all_close(db, db_f, kAtol, kRtol)) << "dense backward_weight dbias " << label(d, isa);
+      else
+        EXPECT_TRUE(std::isnan(db_f[0])) << "dbias written although null was passed";
     }
   }
 }

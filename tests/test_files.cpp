@@ -28,15 +28,12 @@ using test::spit;
 using test::usage_error_message;
 std::string fresh_dir(const std::string& name) { return test::fresh_dir("files_" + name); }
 
-
-
 std::vector<std::string> list_dir(const std::string& dir) {
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
 }
-
 
 uint32_t be32(const std::string& s, size_t off) {
   return (uint32_t(uint8_t(s[off])) << 24) | (uint32_t(uint8_t(s[off + 1])) << 16) |
@@ -48,9 +45,7 @@ struct Png {
   int width = 0, height = 0;
   std::vector<uint32_t> argb;  // (height, width)
   uint32_t at(int x, int y) const { return argb[size_t(y) * width + x]; }
-  static double lum(uint32_t p) {
-    return 0.299 * ((p >> 16) & 0xff) + 0.587 * ((p >> 8) & 0xff) + 0.114 * (p & 0xff);
-  }
+  static double lum(uint32_t p) { return 0.299 * ((p >> 16) & 0xff) + 0.587 * ((p >> 8) & 0xff) + 0.114 * (p & 0xff); }
 };
 
 ::testing::AssertionResult load_png(const std::string& path, Png* out) {
@@ -83,8 +78,8 @@ struct Png {
     }
   cairo_surface_destroy(s);
   if (out->width != w || out->height != h)
-    return ::testing::AssertionFailure() << path << ": IHDR says " << w << "x" << h << ", decoded "
-                                         << out->width << "x" << out->height;
+    return ::testing::AssertionFailure() << path << ": IHDR says " << w << "x" << h << ", decoded " << out->width << "x"
+                                         << out->height;
   return ::testing::AssertionSuccess();
 }
 
@@ -177,7 +172,7 @@ TEST(FileUtil, EnsureWritableDir) {
   std::string nested = dir + "/a/b/c";
   ensure_writable_dir(nested, "--out");
   EXPECT_TRUE(fs::is_directory(nested));
-  EXPECT_TRUE(fs::is_empty(nested));  // the probe file is gone
+  EXPECT_TRUE(fs::is_empty(nested));     // the probe file is gone
   ensure_writable_dir(nested, "--out");  // existing is fine
 
   std::string blocker = dir + "/file";
@@ -212,10 +207,10 @@ TEST(Plots, CurvesAreAValidNonBlankPng) {
   EXPECT_GE(png.width, 400);
   EXPECT_GE(png.height, 300);
   Census c = census(png);
-  EXPECT_EQ(c.opaque, png.argb.size());       // opaque white background
-  EXPECT_GT(c.light, png.argb.size() / 2);    // mostly background
-  EXPECT_GT(c.dark, 200u);                    // text and axes
-  EXPECT_GT(c.colour, 300u);                  // the two coloured lines
+  EXPECT_EQ(c.opaque, png.argb.size());     // opaque white background
+  EXPECT_GT(c.light, png.argb.size() / 2);  // mostly background
+  EXPECT_GT(c.dark, 200u);                  // text and axes
+  EXPECT_GT(c.colour, 300u);                // the two coloured lines
   EXPECT_EQ(list_dir(dir), std::vector<std::string>{"loss.png"});
 
   // A single point, and a series that is all NaN, still give a chart.
@@ -290,9 +285,7 @@ TEST(Plots, ConfusionShadesByRowRate) {
   double cw = (x1 - x0 + 1) / double(K), ch = (y1 - y0 + 1) / double(K);
   EXPECT_NEAR(cw, ch, 2.0);  // square cells
   // Sample each cell near its top-left corner (away from the count text in the middle).
-  auto cell_lum = [&](int i, int j) {
-    return Png::lum(png.at(int(x0 + (j + 0.15) * cw), int(y0 + (i + 0.15) * ch)));
-  };
+  auto cell_lum = [&](int i, int j) { return Png::lum(png.at(int(x0 + (j + 0.15) * cw), int(y0 + (i + 0.15) * ch))); };
   for (int i = 0; i < K; ++i)
     for (int j = 0; j < K; ++j)
       if (i != j) {

@@ -14,22 +14,23 @@ using namespace barecnn;
 // ---- eq. (2.1): floor((H - k + 2 Z_p) / Z_s) + 1 ----
 
 TEST(Geometry, WindowOutSize) {
-  struct Case { int in, k, stride, pad, out; };
+  struct Case {
+    int in, k, stride, pad, out;
+  };
   const Case cases[] = {
-      {28, 5, 1, 2, 28},  // "same" convolution of the paper preset
-      {28, 5, 1, 0, 24},  // valid convolution
-      {28, 2, 2, 0, 14},  // 2x2 pooling
-      {7, 3, 2, 1, 4},    // stride 2, padding 1: (7 - 3 + 2) / 2 + 1
-      {8, 3, 2, 1, 4},    // (8 - 3 + 2) / 2 = 3.5 -> floor 3, + 1
-      {6, 4, 1, 0, 3},    // even kernel
-      {6, 4, 2, 1, 3},    // even kernel with padding: (6 - 4 + 2) / 2 + 1
-      {5, 5, 1, 0, 1},    // kernel equal to the input
-      {5, 5, 3, 0, 1},    // kernel equal to the input, any stride
-      {7, 2, 2, 0, 3},    // non-divisible: (7 - 2) / 2 = 2.5 -> floor 2, + 1; last column unused
-      {10, 3, 3, 0, 3},   // (10 - 3) / 3 = 2.33 -> 2, + 1
-      {7, 2, 3, 0, 2},    // stride larger than the kernel
-      {1, 1, 1, 0, 1},
-      {3, 7, 1, 2, 1},    // kernel larger than the input, padding makes it fit exactly
+      {28, 5, 1, 2, 28},                   // "same" convolution of the paper preset
+      {28, 5, 1, 0, 24},                   // valid convolution
+      {28, 2, 2, 0, 14},                   // 2x2 pooling
+      {7, 3, 2, 1, 4},                     // stride 2, padding 1: (7 - 3 + 2) / 2 + 1
+      {8, 3, 2, 1, 4},                     // (8 - 3 + 2) / 2 = 3.5 -> floor 3, + 1
+      {6, 4, 1, 0, 3},                     // even kernel
+      {6, 4, 2, 1, 3},                     // even kernel with padding: (6 - 4 + 2) / 2 + 1
+      {5, 5, 1, 0, 1},                     // kernel equal to the input
+      {5, 5, 3, 0, 1},                     // kernel equal to the input, any stride
+      {7, 2, 2, 0, 3},                     // non-divisible: (7 - 2) / 2 = 2.5 -> floor 2, + 1; last column unused
+      {10, 3, 3, 0, 3},                    // (10 - 3) / 3 = 2.33 -> 2, + 1
+      {7, 2, 3, 0, 2},                     // stride larger than the kernel
+      {1, 1, 1, 0, 1},   {3, 7, 1, 2, 1},  // kernel larger than the input, padding makes it fit exactly
   };
   for (const Case& c : cases)
     EXPECT_EQ(window_out_size(c.in, c.k, c.stride, c.pad), c.out)
@@ -58,7 +59,9 @@ TEST(Geometry, MakeConv2dShapeFillsEveryField) {
 }
 
 TEST(Geometry, MakeConv2dShapeOutputSizes) {
-  struct Case { int H, W, kh, kw, stride, pad, OH, OW; };
+  struct Case {
+    int H, W, kh, kw, stride, pad, OH, OW;
+  };
   const Case cases[] = {
       {28, 28, 5, 5, 1, 2, 28, 28},  // the paper preset's first layer
       {5, 5, 3, 3, 2, 1, 3, 3},      // stride 2, padding 1
@@ -76,7 +79,9 @@ TEST(Geometry, MakeConv2dShapeOutputSizes) {
 }
 
 TEST(Geometry, MakePool2dShapeOutputSizes) {
-  struct Case { int H, W, kh, kw, stride, OH, OW; };
+  struct Case {
+    int H, W, kh, kw, stride, OH, OW;
+  };
   const Case cases[] = {
       {28, 28, 2, 2, 2, 14, 14},  // 2x2 max pool
       {7, 7, 2, 2, 2, 3, 3},      // odd input: last row and column are not pooled (floor)
@@ -210,8 +215,8 @@ TEST(Geometry, WindowOutPosMatchesBruteForce) {
                   expect = o;
                 }
               ASSERT_EQ(window_out_pos(i, tap, stride, pad, out), expect)
-                  << "i " << i << " tap " << tap << " in " << in << " k " << k << " stride " << stride
-                  << " pad " << pad << " out " << out;
+                  << "i " << i << " tap " << tap << " in " << in << " k " << k << " stride " << stride << " pad " << pad
+                  << " out " << out;
               checked++;
               found += expect >= 0;
             }
@@ -250,8 +255,8 @@ TEST(Geometry, PoolOutRangeMatchesBruteForce) {
           for (int o = 0; o < out; o++) {
             bool contains = o * stride <= i && i < o * stride + k;
             bool in_range = lo <= o && o < hi;
-            ASSERT_EQ(in_range, contains) << "i " << i << " o " << o << " in " << in << " k " << k
-                                          << " stride " << stride << " range [" << lo << ", " << hi << ")";
+            ASSERT_EQ(in_range, contains) << "i " << i << " o " << o << " in " << in << " k " << k << " stride "
+                                          << stride << " range [" << lo << ", " << hi << ")";
             count += contains;
           }
           covered += count > 0;

@@ -48,8 +48,17 @@ Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int st
 // Different stride and padding along h and w (make_conv2d_shape takes one of each).
 Conv2dShape conv_shape_hw(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw) {
   Conv2dShape s;
-  s.N = N; s.C = C; s.H = H; s.W = W; s.K = K;
-  s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw; s.ph = ph; s.pw = pw;
+  s.N = N;
+  s.C = C;
+  s.H = H;
+  s.W = W;
+  s.K = K;
+  s.kh = kh;
+  s.kw = kw;
+  s.sh = sh;
+  s.sw = sw;
+  s.ph = ph;
+  s.pw = pw;
   s.OH = window_out_size(H, kh, sh, ph);
   s.OW = window_out_size(W, kw, sw, pw);
   return s;
@@ -219,8 +228,8 @@ TEST(Conv2dGpu, LargeMapKernel7Stride3) {
 
 TEST(Conv2dGpu, KernelEqualsInput) {
   BARECNN_REQUIRE_GPU();
-  check_conv(conv_shape(5, 3, 7, 7, 9, 7, 7, 1, 0), 212);   // 1x1 output
-  check_conv(conv_shape(5, 3, 7, 7, 9, 7, 7, 1, 1), 213);   // 3x3 output
+  check_conv(conv_shape(5, 3, 7, 7, 9, 7, 7, 1, 0), 212);      // 1x1 output
+  check_conv(conv_shape(5, 3, 7, 7, 9, 7, 7, 1, 1), 213);      // 3x3 output
   check_conv(conv_shape(2, 1, 20, 20, 4, 20, 20, 1, 0), 214);  // C == 1 path, 1x1 output
 }
 
@@ -299,9 +308,9 @@ ReluChains run_relu_chains(const Conv2dShape& s, const ConvInputs& x, gpu::ConvI
   DeviceBuffer<float> out = nan_buffer(s.out_numel()), dinp = nan_buffer(s.in_numel()),
                       dweight = nan_buffer(s.weight_numel()), dbias = nan_buffer(s.K);
   // unfused
-  DeviceBuffer<float> pre = nan_buffer(s.out_numel()), u_out = nan_buffer(s.out_numel()),
-                      g = nan_buffer(s.out_numel()), u_dinp = nan_buffer(s.in_numel()),
-                      u_dweight = nan_buffer(s.weight_numel()), u_dbias = nan_buffer(s.K);
+  DeviceBuffer<float> pre = nan_buffer(s.out_numel()), u_out = nan_buffer(s.out_numel()), g = nan_buffer(s.out_numel()),
+                      u_dinp = nan_buffer(s.in_numel()), u_dweight = nan_buffer(s.weight_numel()),
+                      u_dbias = nan_buffer(s.K);
   CUDA_CHECK(cudaDeviceSynchronize());  // the pageable uploads land before the stream starts
 
   gpu::conv2d_forward(out.data(), inp.data(), weight.data(), b, s, st, /*fuse_relu=*/true);

@@ -46,8 +46,14 @@ Pool2dShape pool_shape(int N, int C, int H, int W, int kh, int kw, int stride) {
 // Different strides along h and w (make_pool2d_shape takes one).
 Pool2dShape pool_shape_hw(int N, int C, int H, int W, int kh, int kw, int sh, int sw) {
   Pool2dShape s;
-  s.N = N; s.C = C; s.H = H; s.W = W;
-  s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw;
+  s.N = N;
+  s.C = C;
+  s.H = H;
+  s.W = W;
+  s.kh = kh;
+  s.kw = kw;
+  s.sh = sh;
+  s.sw = sw;
   s.OH = window_out_size(H, kh, sh, 0);
   s.OW = window_out_size(W, kw, sw, 0);
   return s;
@@ -147,8 +153,8 @@ TEST(Pool2dGpu, GapsBetweenWindows) {
 
 TEST(Pool2dGpu, WindowEqualsInput) {
   BARECNN_REQUIRE_GPU();
-  check_pool(pool_shape(4, 3, 7, 7, 7, 7, 1), 16);   // 1x1 output
-  check_pool(pool_shape(4, 3, 7, 9, 7, 9, 2), 17);   // 1x1 output, rectangular
+  check_pool(pool_shape(4, 3, 7, 7, 7, 7, 1), 16);  // 1x1 output
+  check_pool(pool_shape(4, 3, 7, 9, 7, 9, 2), 17);  // 1x1 output, rectangular
 }
 
 TEST(Pool2dGpu, DifferentStridePerAxis) {

@@ -39,8 +39,8 @@ StepResult one_step(Net& net, const std::vector<float>& params, const std::vecto
   lab.copy_from_host(labels);
   st.act[0].copy_from_host(x);
   net.forward(st, p.data(), ex);
-  op::loss_forward_backward(ex, l.data(), st.dact.back().data(), correct.data(), st.act.back().data(), lab.data(), N,
-                            K, loss, 1.f / N);
+  op::loss_forward_backward(ex, l.data(), st.dact.back().data(), correct.data(), st.act.back().data(), lab.data(), N, K,
+                            loss, 1.f / N);
   net.backward(st, p.data(), g.data(), ex, false);
   StepResult r;
   for (float v : l.to_host()) r.loss += v;
@@ -94,15 +94,16 @@ TEST(TrainStepGpu, LeNetAndDeepMatchCpu) {
 TEST(TrainStepGpu, EveryLossAndPoolingMatchCpu) {
   BARECNN_REQUIRE_GPU();
   const std::string arch =
-      "conv(4,3,stride=2,pad=1) elu l2pool(2) conv(3,2x3) leaky_relu(0.1) avgpool(2,stride=1) dense(7) softplus dense(5)";
+      "conv(4,3,stride=2,pad=1) elu l2pool(2) conv(3,2x3) leaky_relu(0.1) avgpool(2,stride=1) dense(7) softplus "
+      "dense(5)";
   int n = 0;
   const char* const* names = loss_names(&n);
   for (int i = 0; i < n; ++i) {
     SCOPED_TRACE(names[i]);
     compare_step(arch, {3, 17, 15}, 9, parse_loss(names[i]));
   }
-  compare_step("conv(5,3) sigmoid maxpool(3,stride=2) conv(4,1) tanh dense(6) arctan dense(4) softmax", {2, 15, 15}, 257,
-               Loss::MSE);
+  compare_step("conv(5,3) sigmoid maxpool(3,stride=2) conv(4,1) tanh dense(6) arctan dense(4) softmax", {2, 15, 15},
+               257, Loss::MSE);
 }
 
 // --fuse on: each conv applies the plain ReLU after it in its own kernels. The fused kernels use
@@ -117,9 +118,12 @@ TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
     int N;
     int fused;  // how many convs fuse their ReLU
   };
-  for (const Case& k : {Case{"paper", {1, 28, 28}, 3, 1}, Case{"deep", {1, 12, 12}, 5, 4},
-                        Case{"conv(4,3,stride=2,pad=1) relu conv(3,3) leaky_relu(0.1) maxpool(2) conv(5,1) relu dense(3)",
-                             {2, 13, 11}, 7, 2}}) {
+  for (const Case& k :
+       {Case{"paper", {1, 28, 28}, 3, 1}, Case{"deep", {1, 12, 12}, 5, 4},
+        Case{"conv(4,3,stride=2,pad=1) relu conv(3,3) leaky_relu(0.1) maxpool(2) conv(5,1) relu dense(3)",
+             {2, 13, 11},
+             7,
+             2}}) {
     SCOPED_TRACE(k.arch);
     Net net(k.arch, k.input);
     std::vector<float> params = net.init_params(8);
@@ -296,7 +300,8 @@ TEST_F(TrainGpu, EvaluateMatchesCpu) {
   std::vector<float> p = net3.init_params(5);
   Dataset d = load_dataset(data_);
   EvalResult c = evaluate(net3, p, d.test, d.test_labels, 0.2f, 0.3f, Loss::SoftmaxCrossEntropy, Device::CPU, 64, true);
-  EvalResult g = evaluate(net3, p, d.test, d.test_labels, 0.2f, 0.3f, Loss::SoftmaxCrossEntropy, Device::CUDA, 64, true);
+  EvalResult g =
+      evaluate(net3, p, d.test, d.test_labels, 0.2f, 0.3f, Loss::SoftmaxCrossEntropy, Device::CUDA, 64, true);
   EXPECT_TRUE(test::all_close(c.logits, g.logits, 1e-5, 1e-4));
   EXPECT_NEAR(c.loss, g.loss, 1e-5 * c.loss);
   EXPECT_EQ(c.count, g.count);

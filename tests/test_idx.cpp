@@ -31,8 +31,7 @@ std::atomic<size_t> g_max_alloc{0};
 void note_alloc(size_t n) {
   if (!g_track.load(std::memory_order_relaxed)) return;
   size_t cur = g_max_alloc.load(std::memory_order_relaxed);
-  while (n > cur && !g_max_alloc.compare_exchange_weak(cur, n)) {
-  }
+  while (n > cur && !g_max_alloc.compare_exchange_weak(cur, n)) {}
 }
 }  // namespace
 
@@ -64,11 +63,7 @@ struct AllocWatch {
   size_t max() const { return g_max_alloc.load(); }
 };
 
-
-
-std::string be32(uint32_t v) {
-  return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
-}
+std::string be32(uint32_t v) { return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)}; }
 // A raw IDX file: magic, dims, then `data`.
 std::string idx_bytes(uint32_t magic, std::vector<uint32_t> dims, const std::string& data) {
   std::string s = be32(magic);
@@ -108,7 +103,6 @@ IdxImages make_images(int count, int rows, int cols, uint32_t seed = 1) {
   img.pixels.assign(p.begin(), p.end());
   return img;
 }
-
 
 bool has(const std::string& msg, const std::string& part) { return msg.find(part) != std::string::npos; }
 
@@ -344,8 +338,8 @@ TEST(Idx, CorruptGzip) {
   // Cut short: the gzip stream does not end.
   spit(p, good.substr(0, good.size() / 2));
   msg = usage_error_message([&] { read_idx_images(p); });
-  EXPECT_HAS(msg, p + ": truncated gzip stream: the compressed data ends after " +
-                      std::to_string(good.size() / 2) + " bytes");
+  EXPECT_HAS(
+      msg, p + ": truncated gzip stream: the compressed data ends after " + std::to_string(good.size() / 2) + " bytes");
 
   // Garbage after the end of the stream.
   spit(p, good + "garbage!");
@@ -367,8 +361,7 @@ TEST(Idx, MissingOrUnreadableFile) {
 
 namespace {
 // Writes a small dataset: `ntrain` and `ntest` images of rows x cols, labels i % classes.
-void write_dataset(const std::string& dir, int ntrain, int ntest, int rows, int cols, int classes,
-                   bool gz) {
+void write_dataset(const std::string& dir, int ntrain, int ntest, int rows, int cols, int classes, bool gz) {
   std::string ext = gz ? ".gz" : "";
   write_idx_images(dir + "/train-images-idx3-ubyte" + ext, make_images(ntrain, rows, cols, 1), gz);
   write_idx_images(dir + "/t10k-images-idx3-ubyte" + ext, make_images(ntest, rows, cols, 2), gz);
@@ -414,8 +407,8 @@ TEST(Dataset, CountMismatchAndSizeMismatch) {
   write_dataset(dir, 10, 4, 5, 5, 3, false);
   write_idx_labels(dir + "/train-labels-idx1-ubyte", std::vector<uint8_t>(9, 1), false);
   std::string msg = usage_error_message([&] { load_dataset(dir); });
-  EXPECT_HAS(msg, dir + "/train-labels-idx1-ubyte holds 9 labels but " + dir +
-                      "/train-images-idx3-ubyte holds 10 images");
+  EXPECT_HAS(msg,
+             dir + "/train-labels-idx1-ubyte holds 9 labels but " + dir + "/train-images-idx3-ubyte holds 10 images");
 
   write_dataset(dir, 10, 4, 5, 5, 3, false);
   write_idx_images(dir + "/t10k-images-idx3-ubyte", make_images(4, 5, 6), false);
@@ -453,7 +446,7 @@ TEST(Dataset, DefaultFolderMissingGivesInstallHint) {
   // default folder that does not exist: "<default>/./missing/.." normalizes to the default, so it
   // gets the install hint, yet the folder itself is missing.
   std::string missing = fs::exists(default_data_dir()) ? std::string(default_data_dir()) + "/missing-for-test/.."
-                                                      : std::string(default_data_dir());
+                                                       : std::string(default_data_dir());
   std::string msg = usage_error_message([&] { load_dataset(missing); });
   EXPECT_HAS(msg, "data folder " + missing + " does not exist");
   EXPECT_HAS(msg, "install it with: sudo apt-get install dataset-fashion-mnist");

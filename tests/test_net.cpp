@@ -46,7 +46,8 @@ TEST(NetGradcheck, DeepPreset) { EXPECT_TRUE(passes(opts("deep", {1, 8, 8}, Loss
 
 TEST(NetGradcheck, EveryLossOnAMixedNet) {
   const std::string arch =
-      "conv(4,3,stride=2,pad=1) elu l2pool(2) conv(3,2x3) leaky_relu(0.1) avgpool(2,stride=1) dense(7) softplus dense(5)";
+      "conv(4,3,stride=2,pad=1) elu l2pool(2) conv(3,2x3) leaky_relu(0.1) avgpool(2,stride=1) dense(7) softplus "
+      "dense(5)";
   int n = 0;
   const char* const* names = loss_names(&n);
   for (int i = 0; i < n; ++i) {
@@ -121,7 +122,8 @@ TEST(Net, FirstNonFiniteNamesTheLayer) {
   EXPECT_EQ(net.first_nonfinite(st), "");
   // A weight of the first dense layer (layer 3, after the inserted flatten) becomes infinite.
   const ParamEntry* dw = nullptr;
-  for (auto& e : net.params()) if (e.name == "3.weight") dw = &e;
+  for (auto& e : net.params())
+    if (e.name == "3.weight") dw = &e;
   ASSERT_NE(dw, nullptr);
   for (size_t i = 0; i < dw->numel(); ++i) p[dw->offset + i] = INFINITY;
   net.forward(st, p.data(), Exec::cpu());
@@ -173,7 +175,7 @@ TEST(Net, EachStateKeepsItsOwnPoolingMask) {
   EXPECT_EQ(a.dact[0].to_host(), alone.dact[0].to_host());
   ASSERT_EQ(a.saved.size(), size_t(net.num_layers()));
   EXPECT_EQ(a.saved[2].numel(), size_t(3 * 3 * 3 * 3));  // the maxpool's mask: (N, C, OH, OW)
-  EXPECT_EQ(a.saved[0].numel(), 0u);                      // conv saves nothing
+  EXPECT_EQ(a.saved[0].numel(), 0u);                     // conv saves nothing
 }
 
 // Fusion is a GPU float feature: on the CPU (and in double) the flag changes nothing.

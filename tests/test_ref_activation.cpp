@@ -15,9 +15,8 @@ using test::gradcheck;
 
 // Every activation, with the alpha the arch grammar would give it.
 const std::vector<Activation> kAllActs = {
-    {Act::Identity, 0.f}, {Act::BinaryStep, 0.f}, {Act::Sigmoid, 0.f},    {Act::Tanh, 0.f},
-    {Act::Arctan, 0.f},   {Act::Relu, 0.f},       {Act::LeakyRelu, 0.1f}, {Act::Elu, 0.7f},
-    {Act::Softplus, 0.f},
+    {Act::Identity, 0.f}, {Act::BinaryStep, 0.f}, {Act::Sigmoid, 0.f}, {Act::Tanh, 0.f},     {Act::Arctan, 0.f},
+    {Act::Relu, 0.f},     {Act::LeakyRelu, 0.1f}, {Act::Elu, 0.7f},    {Act::Softplus, 0.f},
 };
 
 template <typename T>

@@ -24,8 +24,17 @@ namespace {
 // A shape with independent strides/paddings per axis (make_conv2d_shape only makes square ones).
 Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw) {
   Conv2dShape s;
-  s.N = N; s.C = C; s.H = H; s.W = W; s.K = K;
-  s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw; s.ph = ph; s.pw = pw;
+  s.N = N;
+  s.C = C;
+  s.H = H;
+  s.W = W;
+  s.K = K;
+  s.kh = kh;
+  s.kw = kw;
+  s.sh = sh;
+  s.sw = sw;
+  s.ph = ph;
+  s.pw = pw;
   s.OH = window_out_size(H, kh, sh, ph);
   s.OW = window_out_size(W, kw, sw, pw);
   return s;
@@ -33,11 +42,12 @@ Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int sh
 
 // `bias` is in a non-deduced context so that a plain nullptr can be passed.
 template <typename T>
-struct identity { using type = T; };
+struct identity {
+  using type = T;
+};
 template <typename T>
 std::vector<T> forward(const std::vector<T>& inp, const std::vector<T>& weight,
-                       const std::vector<typename identity<T>::type>* bias,
-                       const Conv2dShape& s) {
+                       const std::vector<typename identity<T>::type>* bias, const Conv2dShape& s) {
   std::vector<T> out(s.out_numel());
   ref::conv2d_forward(out.data(), inp.data(), weight.data(), bias ? bias->data() : nullptr, s);
   return out;
@@ -65,9 +75,7 @@ TEST(Conv2dRef, HandStride2Pad1) {
   std::vector<double> x(25);
   for (int i = 0; i < 25; i++) x[i] = i + 1;
   // not symmetric under any flip, so a flipped or transposed kernel would give other numbers
-  std::vector<double> w = {1, -1, 2,
-                           0, 3, -2,
-                           1, 1, -1};
+  std::vector<double> w = {1, -1, 2, 0, 3, -2, 1, 1, -1};
   std::vector<double> b = {0.5};
   // out[0][0]: rows -1..1, cols -1..1; only x[0][0]=1, x[0][1]=2, x[1][0]=6, x[1][1]=7 are inside,
   //   under taps w[1][1]=3, w[1][2]=-2, w[2][1]=1, w[2][2]=-1: 3 - 4 + 6 - 7 + 0.5 = -1.5
@@ -77,27 +85,20 @@ TEST(Conv2dRef, HandStride2Pad1) {
   //   under w[0][0]=1, w[0][1]=-1, w[1][0]=0, w[1][1]=3: 19 - 20 + 0 + 75 + 0.5 = 74.5
   // out[0][2]: rows -1..1, cols 3..5; inside x[0][3]=4, x[0][4]=5, x[1][3]=9, x[1][4]=10 under
   //   w[1][0]=0, w[1][1]=3, w[2][0]=1, w[2][1]=1: 0 + 15 + 9 + 10 + 0.5 = 34.5
-  std::vector<double> expect = {-1.5, 7.5, 34.5,
-                                16.5, 44.5, 83.5,
-                                37.5, 58.5, 74.5};
+  std::vector<double> expect = {-1.5, 7.5, 34.5, 16.5, 44.5, 83.5, 37.5, 58.5, 74.5};
   EXPECT_TRUE(all_close(expect, forward(x, w, &b, s), 0, 0));
   // float, no bias: every value is 0.5 lower (small integers, so exact in float too)
   std::vector<float> nob = forward(cast_vec<float>(x), cast_vec<float>(w), nullptr, s);
   for (size_t i = 0; i < expect.size(); i++) EXPECT_EQ(nob[i], float(expect[i] - 0.5)) << i;
 
   // backward with dout = {1,0,-1 / 2,1,0 / 0,-1,3}
-  std::vector<double> dout = {1, 0, -1,
-                              2, 1, 0,
-                              0, -1, 3};
+  std::vector<double> dout = {1, 0, -1, 2, 1, 0, 0, -1, 3};
   // dinp[0][0] is read only by out[0][0] through tap (1,1): 1 * 3 = 3.
   // dinp[1][1] is read by out[0][0] through tap (2,2), out[0][1] through (2,0), out[1][0]
   //   through (0,2) and out[1][1] through (0,0): 1*(-1) + 0*1 + 2*2 + 1*1 = 4.
   // dinp[4][4] is read only by out[2][2] through tap (1,1): 3 * 3 = 9.
-  std::vector<double> expect_dinp = {3, -2, 0, 0, -3,
-                                     -1, 4, -1, 1, -1,
-                                     6, -4, 3, -2, 0,
-                                     2, -2, 2, 0, -3,
-                                     0, 0, -3, 2, 9};
+  std::vector<double> expect_dinp = {3,  -2, 0, 0,  -3, -1, 4,  -1, 1, -1, 6, -4, 3,
+                                     -2, 0,  2, -2, 2,  0,  -3, 0,  0, -3, 2, 9};
   std::vector<double> dinp(25, std::nan(""));  // must be overwritten
   ref::conv2d_backward_input(dinp.data(), dout.data(), w.data(), s);
   EXPECT_TRUE(all_close(expect_dinp, dinp, 0, 0));
@@ -106,9 +107,7 @@ TEST(Conv2dRef, HandStride2Pad1) {
   //   = 1*1 + 0*3 - 1*5 + 2*11 + 1*13 + 0*15 + 0*21 - 1*23 + 3*25 = 83.
   // dweight[0][0] = sum of dout * x[2oh-1][2ow-1] (padding for oh or ow = 0)
   //   = 1*7 + 0*9 - 1*17 + 3*19 = 47.  dbias = sum(dout) = 5.
-  std::vector<double> expect_dw = {47, 62, 4,
-                                   58, 83, 16,
-                                   8, 46, 60};
+  std::vector<double> expect_dw = {47, 62, 4, 58, 83, 16, 8, 46, 60};
   std::vector<double> dw(9, std::nan("")), db(1, std::nan(""));
   ref::conv2d_backward_weight(dw.data(), db.data(), dout.data(), x.data(), s);
   EXPECT_TRUE(all_close(expect_dw, dw, 0, 0));
@@ -118,12 +117,9 @@ TEST(Conv2dRef, HandStride2Pad1) {
 // C=2 input channels, K=2 filters with bias, 2x2 kernels on 3x3 -> 2x2 outputs.
 TEST(Conv2dRef, HandMultiChannelWithBias) {
   Conv2dShape s = make_conv2d_shape(1, 2, 3, 3, 2, 2, 2, 1, 0, "conv");
-  std::vector<double> x = {1, 2, 3,  // channel 0
-                           4, 5, 6,
-                           7, 8, 9,
-                           1, 0, -1,  // channel 1
-                           0, 2, 0,
-                           -1, 0, 1};
+  std::vector<double> x = {1, 2, 3,                      // channel 0
+                           4, 5, 6, 7,  8, 9, 1, 0, -1,  // channel 1
+                           0, 2, 0, -1, 0, 1};
   std::vector<double> w = {1, 0, 0, 1,    // filter 0, channel 0: main diagonal
                            0, 1, 1, 0,    // filter 0, channel 1: anti-diagonal
                            1, 1, 1, 1,    // filter 1, channel 0: window sum
@@ -135,8 +131,7 @@ TEST(Conv2dRef, HandMultiChannelWithBias) {
   // filter 1: window sum of x0 + 2*x1[oh][ow] - x1[oh+1][ow+1] - 1
   //   (0,0): 12 + 2 - 2 - 1 = 11   (0,1): 16 + 0 - 0 - 1 = 15
   //   (1,0): 24 + 0 - 0 - 1 = 23   (1,1): 28 + 4 - 1 - 1 = 30
-  std::vector<double> expect = {6.5, 9.5, 13.5, 14.5,
-                                11, 15, 23, 30};
+  std::vector<double> expect = {6.5, 9.5, 13.5, 14.5, 11, 15, 23, 30};
   EXPECT_TRUE(all_close(expect, forward(x, w, &b, s), 0, 0));
 
   // dbias[k] = sum of dout over the batch and positions; dout = 1 for filter 0, 2 for filter 1
@@ -147,8 +142,7 @@ TEST(Conv2dRef, HandMultiChannelWithBias) {
   EXPECT_EQ(db[1], 8.0);
   // dweight[k][c][i][j] = dout_k * (sum of the 2x2 block of x_c starting at (i, j))
   //   channel 0 blocks: (0,0) 12, (0,1) 16, (1,0) 24, (1,1) 28; channel 1: 3, 1, 1, 3
-  std::vector<double> expect_dw = {12, 16, 24, 28, 3, 1, 1, 3,
-                                   24, 32, 48, 56, 6, 2, 2, 6};
+  std::vector<double> expect_dw = {12, 16, 24, 28, 3, 1, 1, 3, 24, 32, 48, 56, 6, 2, 2, 6};
   EXPECT_TRUE(all_close(expect_dw, dw, 0, 0));
   // a null dbias is allowed and leaves dweight unchanged
   std::vector<double> dw2(s.weight_numel());
@@ -302,8 +296,10 @@ TEST(Conv2dRef, UnreadInputsGetZeroGradient) {
     for (int x = 0; x < s.W; x++) {
       bool read = (h % 3 != 2 && h < 8) && (x % 3 != 2 && x < 5);  // OW = 2 windows: columns 0..1, 3..4
       double g = dinp[nchw(0, 0, h, x, 1, s.H, s.W)];
-      if (read) EXPECT_GT(g, 0) << h << "," << x;
-      else EXPECT_EQ(g, 0) << h << "," << x;
+      if (read)
+        EXPECT_GT(g, 0) << h << "," << x;
+      else
+        EXPECT_EQ(g, 0) << h << "," << x;
     }
 }
 

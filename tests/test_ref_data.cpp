@@ -117,8 +117,8 @@ TEST(DataRef, RngUniformAndNormalMoments) {
     below_tenth += u < 0.1;
   }
   double mean = sum / n, var = sum2 / n - mean * mean;
-  EXPECT_NEAR(mean, 0.5, 0.01);        // standard error 0.0009
-  EXPECT_NEAR(var, 1.0 / 12, 0.003);   // standard error 0.0003
+  EXPECT_NEAR(mean, 0.5, 0.01);           // standard error 0.0009
+  EXPECT_NEAR(var, 1.0 / 12, 0.003);      // standard error 0.0003
   EXPECT_NEAR(below_tenth, n / 10, 600);  // standard error 95
   EXPECT_LT(lo, 1e-3);
   EXPECT_GT(hi, 1 - 1e-3);
@@ -142,9 +142,9 @@ TEST(DataRef, RngUniformAndNormalMoments) {
   }
   mean = sum / n;
   var = sum2 / n - mean * mean;
-  EXPECT_NEAR(mean, 0.0, 0.02);      // standard error 0.003
-  EXPECT_NEAR(var, 1.0, 0.03);       // standard error 0.0045
-  EXPECT_NEAR(sum4 / n, 3.0, 0.2);   // kurtosis of a normal; standard error 0.03
+  EXPECT_NEAR(mean, 0.0, 0.02);           // standard error 0.003
+  EXPECT_NEAR(var, 1.0, 0.03);            // standard error 0.0045
+  EXPECT_NEAR(sum4 / n, 3.0, 0.2);        // kurtosis of a normal; standard error 0.03
   EXPECT_NEAR(beyond2, 0.0455 * n, 500);  // P(|x| > 2) = 4.55%; standard error 66
 
   // the same seed gives the same stream; state() / set_state() resume it

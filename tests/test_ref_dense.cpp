@@ -19,7 +19,9 @@ using barecnn::test::random_vec;
 namespace {
 
 template <typename T>
-struct identity { using type = T; };
+struct identity {
+  using type = T;
+};
 
 // `bias` is in a non-deduced context so that a plain nullptr can be passed.
 template <typename T>
@@ -40,7 +42,7 @@ double dot(const std::vector<double>& r, const std::vector<double>& y) {
 
 TEST(DenseRef, Hand) {
   const int N = 2, IN = 3, OUT = 2;
-  std::vector<double> x = {1, 2, 3,   // (N, IN)
+  std::vector<double> x = {1,  2, 3,  // (N, IN)
                            -1, 0, 2};
   std::vector<double> w = {1, 0, -1,  // (OUT, IN), as torch.nn.Linear
                            2, 1, 0};
@@ -51,8 +53,7 @@ TEST(DenseRef, Hand) {
   EXPECT_EQ(forward(x, w, &b, N, IN, OUT), (std::vector<double>{-1.5, 3, -2.5, -3}));
   EXPECT_EQ(forward(x, w, nullptr, N, IN, OUT), (std::vector<double>{-2, 4, -3, -2}));
 
-  std::vector<double> dout = {1, 2,
-                              3, -1};
+  std::vector<double> dout = {1, 2, 3, -1};
   // dinp = dout W: row 0 = 1*[1,0,-1] + 2*[2,1,0] = [5,2,-1]; row 1 = 3*[1,0,-1] - [2,1,0] = [1,-1,-3]
   std::vector<double> dinp(N * IN, NAN);
   ref::dense_backward_input(dinp.data(), dout.data(), w.data(), N, IN, OUT);
@@ -71,7 +72,9 @@ TEST(DenseRef, Hand) {
   EXPECT_EQ(dinp, (std::vector<double>{5, 2, -1, 1, -1, -3}));
 }
 
-struct DenseCase { int N, IN, OUT; };
+struct DenseCase {
+  int N, IN, OUT;
+};
 static const DenseCase kCases[] = {{1, 1, 1}, {3, 7, 5}, {4, 13, 10}, {2, 30, 3}};
 
 TEST(DenseRef, FloatMatchesDouble) {
@@ -109,14 +112,14 @@ TEST(DenseRef, GradcheckInputWeightBias) {
     std::vector<double> dinp(x.size()), dw(w.size()), db(c.OUT);
     ref::dense_backward_input(dinp.data(), r.data(), w.data(), c.N, c.IN, c.OUT);
     ref::dense_backward_weight(dw.data(), db.data(), r.data(), x.data(), c.N, c.IN, c.OUT);
-    EXPECT_TRUE(gradcheck([&](const std::vector<double>& v) { return dot(r, forward(v, w, &b, c.N, c.IN, c.OUT)); },
-                          x, dinp))
+    EXPECT_TRUE(
+        gradcheck([&](const std::vector<double>& v) { return dot(r, forward(v, w, &b, c.N, c.IN, c.OUT)); }, x, dinp))
         << "input";
-    EXPECT_TRUE(gradcheck([&](const std::vector<double>& v) { return dot(r, forward(x, v, &b, c.N, c.IN, c.OUT)); },
-                          w, dw))
+    EXPECT_TRUE(
+        gradcheck([&](const std::vector<double>& v) { return dot(r, forward(x, v, &b, c.N, c.IN, c.OUT)); }, w, dw))
         << "weight";
-    EXPECT_TRUE(gradcheck([&](const std::vector<double>& v) { return dot(r, forward(x, w, &v, c.N, c.IN, c.OUT)); },
-                          b, db))
+    EXPECT_TRUE(
+        gradcheck([&](const std::vector<double>& v) { return dot(r, forward(x, w, &v, c.N, c.IN, c.OUT)); }, b, db))
         << "bias";
   }
 }

@@ -16,8 +16,14 @@ namespace {
 using test::all_close;
 using test::gradcheck;
 
-const std::vector<Loss> kAllLosses = {Loss::SoftmaxCrossEntropy, Loss::BinaryCrossEntropy, Loss::MSE,
-                                      Loss::MSLE, Loss::L2, Loss::L1, Loss::MAE, Loss::MAPE};
+const std::vector<Loss> kAllLosses = {Loss::SoftmaxCrossEntropy,
+                                      Loss::BinaryCrossEntropy,
+                                      Loss::MSE,
+                                      Loss::MSLE,
+                                      Loss::L2,
+                                      Loss::L1,
+                                      Loss::MAE,
+                                      Loss::MAPE};
 
 template <typename T>
 struct Result {
@@ -26,12 +32,11 @@ struct Result {
 };
 
 template <typename T>
-Result<T> run(const std::vector<T>& logits, const std::vector<int32_t>& labels, int K, Loss kind,
-              T grad_scale = T(1)) {
+Result<T> run(const std::vector<T>& logits, const std::vector<int32_t>& labels, int K, Loss kind, T grad_scale = T(1)) {
   const int N = static_cast<int>(labels.size());
   Result<T> r{std::vector<T>(N), std::vector<T>(size_t(N) * K), std::vector<int32_t>(N, -1)};
-  ref::loss_forward_backward(r.loss.data(), r.dlogits.data(), r.correct.data(), logits.data(),
-                             labels.data(), N, K, kind, grad_scale);
+  ref::loss_forward_backward(r.loss.data(), r.dlogits.data(), r.correct.data(), logits.data(), labels.data(), N, K,
+                             kind, grad_scale);
   return r;
 }
 
@@ -56,7 +61,10 @@ TEST(LossRef, HandValuesK2) {
       // z = (1, 3), y = (0, 1): log(e + e^3) - 3 = log(1 + e^-2)
       {Loss::SoftmaxCrossEntropy, {1, 3}, 1, std::log1p(1 / e2), {1 / (1 + e2), e2 / (1 + e2) - 1}},
       // z = (0.5, -1), y = (1, 0): -log s(0.5) - log(1 - s(-1)); dz = s(z) - y
-      {Loss::BinaryCrossEntropy, {0.5, -1}, 0, -std::log(sigmoid(0.5)) - std::log(1 - sigmoid(-1.0)),
+      {Loss::BinaryCrossEntropy,
+       {0.5, -1},
+       0,
+       -std::log(sigmoid(0.5)) - std::log(1 - sigmoid(-1.0)),
        {sigmoid(0.5) - 1, sigmoid(-1.0)}},
       // z = (0.25, 2), y = (0, 1): (0.25^2 + 1^2) / 2; dz = 2 (z - y) / 2
       {Loss::MSE, {0.25, 2}, 1, 0.53125, {0.25, 1}},
@@ -201,8 +209,8 @@ TEST(LossRef, LabelOutsideRangeIsACallerBug) {
   std::vector<double> z = {0.1, 0.2}, loss(1);
   for (int32_t bad : {-1, 2}) {
     std::vector<int32_t> labels = {bad};
-    EXPECT_THROW(ref::loss_forward_backward<double>(loss.data(), nullptr, nullptr, z.data(), labels.data(),
-                                                    1, 2, Loss::MSE, 1.0),
+    EXPECT_THROW(ref::loss_forward_backward<double>(loss.data(), nullptr, nullptr, z.data(), labels.data(), 1, 2,
+                                                    Loss::MSE, 1.0),
                  Error);
   }
 }
@@ -223,8 +231,8 @@ TEST(LossRef, ParseErrorNamesFlagValueAndNearest) {
   struct Case {
     std::string bad, nearest;
   };
-  for (const Case& c : {Case{"mes", "mse"}, Case{"crossentropy", "cross_entropy"}, Case{"L1", "l1"},
-                        Case{"mapee", "mape"}}) {
+  for (const Case& c :
+       {Case{"mes", "mse"}, Case{"crossentropy", "cross_entropy"}, Case{"L1", "l1"}, Case{"mapee", "mape"}}) {
     try {
       parse_loss(c.bad);
       ADD_FAILURE() << "parse_loss(\"" << c.bad << "\") did not throw";

@@ -25,8 +25,14 @@ namespace {
 // A shape with independent strides per axis (make_pool2d_shape only makes square ones).
 Pool2dShape pool_shape(int N, int C, int H, int W, int kh, int kw, int sh, int sw) {
   Pool2dShape s;
-  s.N = N; s.C = C; s.H = H; s.W = W;
-  s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw;
+  s.N = N;
+  s.C = C;
+  s.H = H;
+  s.W = W;
+  s.kh = kh;
+  s.kw = kw;
+  s.sh = sh;
+  s.sw = sw;
   s.OH = window_out_size(H, kh, sh, 0);
   s.OW = window_out_size(W, kw, sw, 0);
   return s;
@@ -41,9 +47,15 @@ std::vector<T> pool_forward(Pool p, const std::vector<T>& inp, const Pool2dShape
   std::vector<T> out(s.out_numel());
   std::vector<int32_t> mask(s.out_numel());
   switch (p) {
-    case Pool::Max: ref::maxpool2d_forward(out.data(), mask.data(), inp.data(), s); break;
-    case Pool::Avg: ref::avgpool2d_forward(out.data(), inp.data(), s); break;
-    case Pool::L2: ref::l2pool2d_forward(out.data(), inp.data(), s); break;
+    case Pool::Max:
+      ref::maxpool2d_forward(out.data(), mask.data(), inp.data(), s);
+      break;
+    case Pool::Avg:
+      ref::avgpool2d_forward(out.data(), inp.data(), s);
+      break;
+    case Pool::L2:
+      ref::l2pool2d_forward(out.data(), inp.data(), s);
+      break;
   }
   if (mask_out) *mask_out = mask;
   return out;
@@ -56,9 +68,15 @@ std::vector<T> pool_backward(Pool p, const std::vector<T>& inp, const std::vecto
   std::vector<T> out = pool_forward(p, inp, s, &mask);
   std::vector<T> dinp(s.in_numel(), T(NAN));  // must be overwritten everywhere
   switch (p) {
-    case Pool::Max: ref::maxpool2d_backward(dinp.data(), dout.data(), mask.data(), s); break;
-    case Pool::Avg: ref::avgpool2d_backward(dinp.data(), dout.data(), s); break;
-    case Pool::L2: ref::l2pool2d_backward(dinp.data(), dout.data(), inp.data(), out.data(), s); break;
+    case Pool::Max:
+      ref::maxpool2d_backward(dinp.data(), dout.data(), mask.data(), s);
+      break;
+    case Pool::Avg:
+      ref::avgpool2d_backward(dinp.data(), dout.data(), s);
+      break;
+    case Pool::L2:
+      ref::l2pool2d_backward(dinp.data(), dout.data(), inp.data(), out.data(), s);
+      break;
   }
   return dinp;
 }
@@ -70,11 +88,8 @@ double dot(const std::vector<double>& r, const std::vector<double>& y) {
 }
 
 // 5x5 plane holding a permutation of 0..24 (no ties)
-const std::vector<double> kPerm25 = {2, 10, 4, 12, 9,
-                                     13, 24, 22, 18, 23,
-                                     6, 3, 17, 15, 21,
-                                     5, 1, 7, 14, 0,
-                                     16, 20, 11, 8, 19};
+const std::vector<double> kPerm25 = {2,  10, 4, 12, 9, 13, 24, 22, 18, 23, 6, 3, 17,
+                                     15, 21, 5, 1,  7, 14, 0,  16, 20, 11, 8, 19};
 
 }  // namespace
 
@@ -82,10 +97,7 @@ const std::vector<double> kPerm25 = {2, 10, 4, 12, 9,
 
 TEST(Pool2dRef, HandMax2x2Stride2) {
   Pool2dShape s = make_pool2d_shape(1, 1, 4, 4, 2, 2, 2, "pool");
-  std::vector<double> x = {3, 9, 1, 4,
-                           7, 2, 8, 6,
-                           5, 0, 11, 15,
-                           14, 12, 10, 13};
+  std::vector<double> x = {3, 9, 1, 4, 7, 2, 8, 6, 5, 0, 11, 15, 14, 12, 10, 13};
   std::vector<int32_t> mask;
   std::vector<double> out = pool_forward(Pool::Max, x, s, &mask);
   // windows {3,9,7,2} {1,4,8,6} / {5,0,14,12} {11,15,10,13}
@@ -94,18 +106,13 @@ TEST(Pool2dRef, HandMax2x2Stride2) {
   EXPECT_EQ(mask, (std::vector<int32_t>{1, 6, 12, 11}));
 
   std::vector<double> dout = {1, 2, 3, 4};
-  std::vector<double> expect_dinp = {0, 1, 0, 0,
-                                     0, 0, 2, 0,
-                                     0, 0, 0, 4,
-                                     3, 0, 0, 0};
+  std::vector<double> expect_dinp = {0, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 4, 3, 0, 0, 0};
   EXPECT_EQ(pool_backward(Pool::Max, x, dout, s), expect_dinp);
 
   // average: 21/4, 19/4, 31/4, 49/4; every input gets a quarter of its window's gradient
   EXPECT_EQ(pool_forward(Pool::Avg, x, s), (std::vector<double>{5.25, 4.75, 7.75, 12.25}));
-  std::vector<double> expect_avg = {0.25, 0.25, 0.5, 0.5,
-                                    0.25, 0.25, 0.5, 0.5,
-                                    0.75, 0.75, 1.0, 1.0,
-                                    0.75, 0.75, 1.0, 1.0};
+  std::vector<double> expect_avg = {0.25, 0.25, 0.5, 0.5, 0.25, 0.25, 0.5, 0.5,
+                                    0.75, 0.75, 1.0, 1.0, 0.75, 0.75, 1.0, 1.0};
   EXPECT_EQ(pool_backward(Pool::Avg, x, dout, s), expect_avg);
 }
 
@@ -152,20 +159,15 @@ TEST(Pool2dRef, HandMaxStrideLargerThanWindow) {
 
 TEST(Pool2dRef, HandL2) {
   Pool2dShape s = make_pool2d_shape(1, 1, 4, 4, 2, 2, 2, "pool");
-  std::vector<double> x = {-1, 2, 2, 3,
-                           2, -4, 6, 0,
-                           1, 4, 0, 0,
-                           8, 0, 0, 0};
+  std::vector<double> x = {-1, 2, 2, 3, 2, -4, 6, 0, 1, 4, 0, 0, 8, 0, 0, 0};
   // sqrt(1+4+4+16) = 5, sqrt(4+9+36+0) = 7, sqrt(1+16+64+0) = 9, and an all-zero window: 0
   std::vector<double> out = pool_forward(Pool::L2, x, s);
   EXPECT_EQ(out, (std::vector<double>{5, 7, 9, 0}));
 
   // dinp = dout * x / out per window; the all-zero window gives 0 (the guard), not NaN
   std::vector<double> dinp = pool_backward(Pool::L2, x, {1, 2, 3, 4}, s);
-  std::vector<double> expect = {-1.0 / 5, 2.0 / 5, 4.0 / 7, 6.0 / 7,
-                                2.0 / 5, -4.0 / 5, 12.0 / 7, 0,
-                                1.0 / 3, 4.0 / 3, 0, 0,
-                                8.0 / 3, 0, 0, 0};
+  std::vector<double> expect = {-1.0 / 5, 2.0 / 5, 4.0 / 7, 6.0 / 7, 2.0 / 5, -4.0 / 5, 12.0 / 7, 0,
+                                1.0 / 3,  4.0 / 3, 0,       0,       8.0 / 3, 0,        0,        0};
   EXPECT_TRUE(all_close(expect, dinp, 1e-15, 1e-15));
 
   // float: the guard holds too
@@ -183,14 +185,12 @@ TEST(Pool2dRef, MaxTiesFirstIndexWins) {
   std::vector<int32_t> mask;
   pool_forward(Pool::Max, flat, s, &mask);
   EXPECT_EQ(mask, (std::vector<int32_t>{0, 1, 3, 4}));
-  EXPECT_EQ(pool_backward(Pool::Max, flat, {1, 1, 1, 1}, s),
-            (std::vector<double>{1, 1, 0, 1, 1, 0, 0, 0, 0}));
+  EXPECT_EQ(pool_backward(Pool::Max, flat, {1, 1, 1, 1}, s), (std::vector<double>{1, 1, 0, 1, 1, 0, 0, 0, 0}));
 
   // ties at the maximum only, not at the top-left: [[1,5],[5,2]] -> the 5 at (0,1);
   // [[4,4],[4,4]] -> (0,0) of that window; the first window's later 5 gets no gradient
   Pool2dShape t = make_pool2d_shape(1, 1, 2, 4, 2, 2, 2, "pool");
-  std::vector<double> x = {1, 5, 4, 4,
-                           5, 2, 4, 4};
+  std::vector<double> x = {1, 5, 4, 4, 5, 2, 4, 4};
   std::vector<double> out = pool_forward(Pool::Max, x, t, &mask);
   EXPECT_EQ(out, (std::vector<double>{5, 4}));
   EXPECT_EQ(mask, (std::vector<int32_t>{1, 2}));
@@ -310,8 +310,10 @@ TEST(Pool2dRef, UncoveredInputsGetZeroGradient) {
     for (int h = 0; h < s.H; h++)
       for (int w = 0; w < s.W; w++) {
         bool covered = h % 3 != 2 && w % 3 != 2 && w < 5;
-        if (covered) EXPECT_GT(dinp[h * s.W + w], 0) << pool_name(p) << " " << h << "," << w;
-        else EXPECT_EQ(dinp[h * s.W + w], 0) << pool_name(p) << " " << h << "," << w;
+        if (covered)
+          EXPECT_GT(dinp[h * s.W + w], 0) << pool_name(p) << " " << h << "," << w;
+        else
+          EXPECT_EQ(dinp[h * s.W + w], 0) << pool_name(p) << " " << h << "," << w;
       }
   }
 }

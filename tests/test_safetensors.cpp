@@ -23,8 +23,6 @@ using test::spit;
 using test::usage_error_message;
 std::string fresh_dir(const std::string& name) { return test::fresh_dir("st_" + name); }
 
-
-
 std::string le64(uint64_t v) {
   std::string s(8, '\0');
   for (int i = 0; i < 8; ++i) s[i] = char(v >> (8 * i));
@@ -34,7 +32,6 @@ std::string le64(uint64_t v) {
 std::string raw_file(const std::string& header, size_t data_len) {
   return le64(header.size()) + header + std::string(data_len, '\x5a');
 }
-
 
 bool has(const std::string& msg, const std::string& part) { return msg.find(part) != std::string::npos; }
 #define EXPECT_HAS(msg, part) EXPECT_TRUE(has(msg, part)) << "expected \"" << (part) << "\" in: " << (msg)
@@ -145,8 +142,7 @@ TEST(SafeTensors, ExactBytesOfATinyFile) {
   write_safetensors(path, st);
   header = "{\"__metadata__\":{\"k\":\"v\"},\"a\":{\"data_offsets\":[0,8],\"dtype\":\"F32\",\"shape\":[2]}} ";
   ASSERT_EQ(header.size(), 80u);
-  expected = std::string("\x50\0\0\0\0\0\0\0", 8) + header +
-             std::string("\x00\x00\x80\x3f\x00\x00\x00\xc0", 8);
+  expected = std::string("\x50\0\0\0\0\0\0\0", 8) + header + std::string("\x00\x00\x80\x3f\x00\x00\x00\xc0", 8);
   EXPECT_EQ(slurp(path), expected);
 }
 
@@ -250,7 +246,8 @@ TEST(SafeTensors, BadOffsetsAndSizes) {
   std::string dir = fresh_dir("offsets");
   std::string p = dir + "/bad.safetensors";
   // Offsets past the end of the 8 data bytes.
-  std::string msg = read_error(p, raw_file("{\"w\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}", 8));
+  std::string msg =
+      read_error(p, raw_file("{\"w\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}", 8));
   EXPECT_HAS(msg, p + ": tensor \"w\": data_offsets [0, 16] go past the end of the data, which holds 8 bytes");
   // begin > end.
   msg = read_error(p, raw_file("{\"w\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 0]}}", 8));
@@ -259,7 +256,8 @@ TEST(SafeTensors, BadOffsetsAndSizes) {
   msg = read_error(p, raw_file("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 8]}}", 8));
   EXPECT_HAS(msg, p + ": tensor \"w\": F32 shape [3] needs 12 bytes but data_offsets [0, 8] span 8");
   // A shape whose byte count overflows 64 bits.
-  msg = read_error(p, raw_file("{\"w\": {\"dtype\": \"F64\", \"shape\": [4294967296, 4294967296], \"data_offsets\": [0, 8]}}", 8));
+  msg = read_error(
+      p, raw_file("{\"w\": {\"dtype\": \"F64\", \"shape\": [4294967296, 4294967296], \"data_offsets\": [0, 8]}}", 8));
   EXPECT_HAS(msg, p + ": tensor \"w\": shape [4294967296,4294967296] is too large");
   // Unknown dtype: names the dtype and the tensor.
   msg = read_error(p, raw_file("{\"w\": {\"dtype\": \"BF16\", \"shape\": [4], \"data_offsets\": [0, 8]}}", 8));
@@ -267,15 +265,18 @@ TEST(SafeTensors, BadOffsetsAndSizes) {
 
   // Overlap: a [0, 8) and b [4, 12).
   msg = read_error(p, raw_file("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
-                               " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}", 12));
+                               " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}",
+                               12));
   EXPECT_HAS(msg, p + ": tensors \"a\" [0, 8) and \"b\" [4, 12) overlap");
   // The same tensor bytes twice (aliasing) is an overlap too.
   msg = read_error(p, raw_file("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
-                               " \"b\": {\"dtype\": \"I32\", \"shape\": [2], \"data_offsets\": [0, 8]}}", 8));
+                               " \"b\": {\"dtype\": \"I32\", \"shape\": [2], \"data_offsets\": [0, 8]}}",
+                               8));
   EXPECT_HAS(msg, p + ": tensors \"a\" [0, 8) and \"b\" [0, 8) overlap");
   // Gap: bytes [8, 12) belong to no tensor.
   msg = read_error(p, raw_file("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
-                               " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [12, 20]}}", 20));
+                               " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [12, 20]}}",
+                               20));
   EXPECT_HAS(msg, p + ": gap in the data: bytes [8, 12) before tensor \"b\" belong to no tensor");
   // Gap at the start.
   msg = read_error(p, raw_file("{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}", 8));

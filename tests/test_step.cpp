@@ -17,7 +17,8 @@ using namespace barecnn;
 
 namespace {
 
-constexpr const char* kArch = "conv(4,3,pad=1) relu maxpool(2) conv(5,3,stride=2) tanh avgpool(2,stride=1) dense(7) relu dense(3)";
+constexpr const char* kArch =
+    "conv(4,3,pad=1) relu maxpool(2) conv(5,3,stride=2) tanh avgpool(2,stride=1) dense(7) relu dense(3)";
 
 struct Data {
   IdxImages images;

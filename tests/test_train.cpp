@@ -37,7 +37,9 @@ std::vector<float> model_weights(const std::string& dir) {
   return m.params;
 }
 
-nlohmann::json summary(const std::string& dir) { return nlohmann::json::parse(read_file(dir + "/summary.json", "summary")); }
+nlohmann::json summary(const std::string& dir) {
+  return nlohmann::json::parse(read_file(dir + "/summary.json", "summary"));
+}
 
 class TrainCpu : public ::testing::Test {
  protected:
@@ -74,12 +76,14 @@ TEST_F(TrainCpu, LossFallsAndTheTaskIsLearned) {
                         "accuracy.png", "filters.png", "confusion.png"})
     EXPECT_TRUE(file_exists(out + "/" + f)) << f;
   std::string csv = read_file(out + "/metrics.csv", "metrics");
-  EXPECT_EQ(csv.substr(0, csv.find('\n')), "epoch,train_loss,train_accuracy,test_accuracy,test_loss,seconds,images_per_second");
+  EXPECT_EQ(csv.substr(0, csv.find('\n')),
+            "epoch,train_loss,train_accuracy,test_accuracy,test_loss,seconds,images_per_second");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
 }
 
 TEST_F(TrainCpu, SameSeedGivesIdenticalWeights) {
-  std::string a = test::fresh_dir("train_seed_a"), b = test::fresh_dir("train_seed_b"), c = test::fresh_dir("train_seed_c");
+  std::string a = test::fresh_dir("train_seed_a"), b = test::fresh_dir("train_seed_b"),
+              c = test::fresh_dir("train_seed_c");
   TrainConfig ca = config(data_, a), cb = config(data_, b), cc = config(data_, c);
   ca.epochs = cb.epochs = cc.epochs = 1;
   cc.seed = 8;
@@ -218,7 +222,7 @@ TEST_F(TrainCpu, ModelFileHasTorchNamesAndMetadata) {
   // eval's numbers equal the training run's final test evaluation
   Model m = load_model(out + "/model.safetensors");
   Dataset d = load_dataset(data_);
-  EvalResult r = evaluate(*m.net, m.params, d.test, d.test_labels, m.meta.mean, m.meta.std,
-                          Loss::SoftmaxCrossEntropy, Device::CPU, 64, false);
+  EvalResult r = evaluate(*m.net, m.params, d.test, d.test_labels, m.meta.mean, m.meta.std, Loss::SoftmaxCrossEntropy,
+                          Device::CPU, 64, false);
   EXPECT_DOUBLE_EQ(r.accuracy, summary(out)["test_accuracy"].get<double>());
 }

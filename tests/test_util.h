@@ -35,8 +35,7 @@ constexpr bool kThreadSanitizer = false;
 // |ref - out| <= atol + rtol*|ref| for every element; on failure reports the worst element and
 // the first few mismatches.
 template <typename A, typename B>
-::testing::AssertionResult all_close(const std::vector<A>& ref, const std::vector<B>& out,
-                                     double atol, double rtol) {
+::testing::AssertionResult all_close(const std::vector<A>& ref, const std::vector<B>& out, double atol, double rtol) {
   if (ref.size() != out.size())
     return ::testing::AssertionFailure() << "size " << out.size() << " != reference size " << ref.size();
   size_t bad = 0, worst = 0;
@@ -47,17 +46,19 @@ template <typename A, typename B>
     double err = std::fabs(r - o), lim = atol + rtol * std::fabs(r);
     bool ok = err <= lim && std::isfinite(o) == std::isfinite(r);
     double excess = std::isfinite(err) ? err - lim : INFINITY;
-    if (excess > worst_excess) { worst_excess = excess; worst = i; }
+    if (excess > worst_excess) {
+      worst_excess = excess;
+      worst = i;
+    }
     if (!ok) {
       if (bad < 5) first << "\n  [" << i << "] ref " << r << " got " << o << " (|diff| " << err << " > " << lim << ")";
       ++bad;
     }
   }
   if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << bad << " of " << ref.size() << " elements differ (atol " << atol << ", rtol " << rtol
-         << "); worst at [" << worst << "]: ref " << double(ref[worst]) << " got " << double(out[worst])
-         << "; first mismatches:" << first.str();
+  return ::testing::AssertionFailure() << bad << " of " << ref.size() << " elements differ (atol " << atol << ", rtol "
+                                       << rtol << "); worst at [" << worst << "]: ref " << double(ref[worst]) << " got "
+                                       << double(out[worst]) << "; first mismatches:" << first.str();
 }
 
 // Uniform values in [lo, hi).
@@ -82,19 +83,23 @@ inline std::vector<double> tie_free_vec(size_t n, uint64_t seed, double lo = -1,
   return v;
 }
 template <typename T>
-std::vector<T> cast_vec(const std::vector<double>& v) { return std::vector<T>(v.begin(), v.end()); }
+std::vector<T> cast_vec(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
 
 // Central-difference gradient check of a scalar function f(x) against an analytic gradient, with
 // the criterion of `barecnn gradcheck` (gradcheck_criterion.h). The op tests use inputs without
 // ties or kinks, so here an entry at a kink fails too. `indices` limits the checked entries
 // (empty = all). Also fails if the analytic gradient is all zero (unless allow_zero).
 inline ::testing::AssertionResult gradcheck(const std::function<double(const std::vector<double>&)>& f,
-                                            std::vector<double> x, const std::vector<double>& analytic,
-                                            double h = 1e-6, double tol = 1e-6,
-                                            std::vector<size_t> indices = {}, bool allow_zero = false) {
+                                            std::vector<double> x, const std::vector<double>& analytic, double h = 1e-6,
+                                            double tol = 1e-6, std::vector<size_t> indices = {},
+                                            bool allow_zero = false) {
   if (analytic.size() != x.size())
-    return ::testing::AssertionFailure() << "analytic gradient has " << analytic.size() << " entries, x has " << x.size();
-  if (indices.empty()) for (size_t i = 0; i < x.size(); ++i) indices.push_back(i);
+    return ::testing::AssertionFailure() << "analytic gradient has " << analytic.size() << " entries, x has "
+                                         << x.size();
+  if (indices.empty())
+    for (size_t i = 0; i < x.size(); ++i) indices.push_back(i);
   double worst = 0;
   size_t worst_i = 0, nonzero = 0;
   std::ostringstream msg;
@@ -102,13 +107,18 @@ inline ::testing::AssertionResult gradcheck(const std::function<double(const std
   const double f0 = f(x);
   for (size_t i : indices) {
     double x0 = x[i];
-    x[i] = x0 + h; double fp = f(x);
-    x[i] = x0 - h; double fm = f(x);
+    x[i] = x0 + h;
+    double fp = f(x);
+    x[i] = x0 - h;
+    double fm = f(x);
     x[i] = x0;
     const double a = analytic[i];
     const GradEntry e = check_grad_entry(a, fp, fm, f0, h, tol);
     if (a != 0) ++nonzero;
-    if (e.rel > worst) { worst = e.rel; worst_i = i; }
+    if (e.rel > worst) {
+      worst = e.rel;
+      worst_i = i;
+    }
     if (e.verdict != GradVerdict::Pass) {
       if (bad < 5)
         msg << "\n  [" << i << "] analytic " << a << " numeric " << e.numeric << " rel " << e.rel
@@ -116,7 +126,9 @@ inline ::testing::AssertionResult gradcheck(const std::function<double(const std
       ++bad;
     }
   }
-  if (bad) return ::testing::AssertionFailure() << bad << " of " << indices.size() << " entries fail (tol " << tol << "), worst rel " << worst << " at [" << worst_i << "]:" << msg.str();
+  if (bad)
+    return ::testing::AssertionFailure() << bad << " of " << indices.size() << " entries fail (tol " << tol
+                                         << "), worst rel " << worst << " at [" << worst_i << "]:" << msg.str();
   if (!allow_zero && nonzero == 0) return ::testing::AssertionFailure() << "the analytic gradient is all zero";
   return ::testing::AssertionSuccess();
 }

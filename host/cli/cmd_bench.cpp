@@ -44,12 +44,13 @@ LayerFlops layer_flops(const Layer& l, int N, bool need_din) {
     case LayerKind::Dense: {
       const std::vector<ParamSpec> specs = l.param_specs();
       const Dims& w = specs[0].dims;  // conv (K, C, kh, kw), dense (OUT, IN)
-      f.forward = l.kind() == LayerKind::Conv ? 2.0 * N * o[0] * o[1] * o[2] * w[1] * w[2] * w[3]
-                                              : 2.0 * N * w[0] * w[1];
+      f.forward =
+          l.kind() == LayerKind::Conv ? 2.0 * N * o[0] * o[1] * o[2] * w[1] * w[2] * w[3] : 2.0 * N * w[0] * w[1];
       f.backward = need_din ? 2 * f.forward : f.forward;
       return f;
     }
-    case LayerKind::Flatten: return f;
+    case LayerKind::Flatten:
+      return f;
     default:
       f.forward = double(N) * double(dims_numel(o));
       f.backward = need_din ? double(N) * double(dims_numel(l.in_dims())) : 0;
@@ -68,12 +69,17 @@ LayerBytes layer_min_bytes(const Layer& l, int N, bool need_din) {
       return weighted_layer_min_bytes(in, out, double(dims_numel(specs[0].dims)), double(dims_numel(specs[1].dims)),
                                       need_din);
     }
-    case LayerKind::MaxPool: return maxpool_min_bytes(in, out, need_din);
-    case LayerKind::AvgPool: return avgpool_min_bytes(in, out, need_din);
-    case LayerKind::L2Pool: return l2pool_min_bytes(in, out, need_din);
-    case LayerKind::Flatten: return copy_min_bytes(in, need_din);
+    case LayerKind::MaxPool:
+      return maxpool_min_bytes(in, out, need_din);
+    case LayerKind::AvgPool:
+      return avgpool_min_bytes(in, out, need_din);
+    case LayerKind::L2Pool:
+      return l2pool_min_bytes(in, out, need_din);
+    case LayerKind::Flatten:
+      return copy_min_bytes(in, need_din);
     case LayerKind::Activation:
-    case LayerKind::Softmax: return elementwise_min_bytes(in, need_din);
+    case LayerKind::Softmax:
+      return elementwise_min_bytes(in, need_din);
   }
   return {};
 }
@@ -88,7 +94,7 @@ struct LayerFigures {
   int index = 0;
   std::string spec;
   std::string note;  // "a view" (flatten: no work), "+ relu" / "in the conv" (--fuse on)
-  Dims out;  // one sample's output dims
+  Dims out;          // one sample's output dims
   PhaseFigures fwd, bwd;
 };
 
@@ -129,14 +135,16 @@ std::string cpu_model_name() {
 // "1234.5" or, when the peak is known, "1234.5 ( 3.2%)".
 std::string rate_cell(double per_s, double unit, std::optional<double> peak) {
   char buf[64];
-  if (peak && *peak > 0) std::snprintf(buf, sizeof buf, "%9.1f (%5.1f%%)", per_s / unit, 100 * per_s / *peak);
-  else std::snprintf(buf, sizeof buf, "%9.1f", per_s / unit);
+  if (peak && *peak > 0)
+    std::snprintf(buf, sizeof buf, "%9.1f (%5.1f%%)", per_s / unit, 100 * per_s / *peak);
+  else
+    std::snprintf(buf, sizeof buf, "%9.1f", per_s / unit);
   return buf;
 }
 
 void print_report(const BenchReport& r) {
-  std::printf("bench: %s, batch %d, input %s, device %s: %s (%s), %d reps\n", r.arch.c_str(), r.batch,
-              r.input.c_str(), r.device.c_str(), r.device_name.c_str(), r.why.c_str(), r.reps);
+  std::printf("bench: %s, batch %d, input %s, device %s: %s (%s), %d reps\n", r.arch.c_str(), r.batch, r.input.c_str(),
+              r.device.c_str(), r.device_name.c_str(), r.why.c_str(), r.reps);
   if (r.peak_flops && r.peak_bytes_per_s)
     std::printf("  measured peaks: %.1f TFLOP/s FP32 FMA (no tensor cores), %.0f GB/s DRAM (read + write)\n",
                 *r.peak_flops / 1e12, *r.peak_bytes_per_s / 1e9);
@@ -169,17 +177,18 @@ void print_report(const BenchReport& r) {
   const double epoch_ms = r.epoch_step_ms();
   std::printf("  an epoch of %.0f images: %.2f s\n", kEpochImages, kEpochImages / r.batch * epoch_ms / 1e3);
   if (r.peak_device_bytes)
-    std::printf("  peak device memory: %.2f MiB in barecnn's buffers (with cuBLAS's 4 MiB workspace; the CUDA "
-                "context not counted)\n",
-                double(*r.peak_device_bytes) / 1048576.0);
+    std::printf(
+        "  peak device memory: %.2f MiB in barecnn's buffers (with cuBLAS's 4 MiB workspace; the CUDA "
+        "context not counted)\n",
+        double(*r.peak_device_bytes) / 1048576.0);
 }
 
 nlohmann::ordered_json phase_json(const PhaseFigures& p, const BenchReport& r) {
   nlohmann::ordered_json j{{"ms", p.ms},
-                   {"flops", p.flops},
-                   {"bytes", p.bytes},
-                   {"flops_per_s", rate(p.flops, p.ms)},
-                   {"bytes_per_s", rate(p.bytes, p.ms)}};
+                           {"flops", p.flops},
+                           {"bytes", p.bytes},
+                           {"flops_per_s", rate(p.flops, p.ms)},
+                           {"bytes_per_s", rate(p.bytes, p.ms)}};
   if (r.peak_flops) j["flops_fraction_of_peak"] = rate(p.flops, p.ms) / *r.peak_flops;
   if (r.peak_bytes_per_s) j["bytes_fraction_of_peak"] = rate(p.bytes, p.ms) / *r.peak_bytes_per_s;
   return j;
@@ -203,25 +212,19 @@ nlohmann::ordered_json report_json(const BenchReport& r) {
       sum->bytes += p->bytes;
     }
   }
-  json j{{"arch", r.arch},
-         {"input", r.input},
-         {"batch", r.batch},
-         {"reps", r.reps},
-         {"device", r.device},
-         {"device_name", r.device_name},
+  json j{{"arch", r.arch},  {"input", r.input},   {"batch", r.batch},
+         {"reps", r.reps},  {"device", r.device}, {"device_name", r.device_name},
          {"layers", layers}};
   j["peaks"] = r.peak_flops ? json{{"fp32_flops_per_s", *r.peak_flops},
                                    {"bytes_per_s", *r.peak_bytes_per_s},
-                                   {"measured", "FP32 FMA on the CUDA cores (no tensor cores); DRAM copy, "
-                                                "bytes read + written"}}
+                                   {"measured",
+                                    "FP32 FMA on the CUDA cores (no tensor cores); DRAM copy, "
+                                    "bytes read + written"}}
                             : json(nullptr);
   const double epoch_ms = r.epoch_step_ms();
-  json totals{{"forward", phase_json(fsum, r)},
-              {"backward", phase_json(bsum, r)},
-              {"forward_backward_step_ms", r.step_ms},
-              {"images_per_s", rate(r.batch, r.step_ms)},
-              {"epoch_images", kEpochImages},
-              {"epoch_s", kEpochImages / r.batch * epoch_ms / 1e3}};
+  json totals{{"forward", phase_json(fsum, r)},        {"backward", phase_json(bsum, r)},
+              {"forward_backward_step_ms", r.step_ms}, {"images_per_s", rate(r.batch, r.step_ms)},
+              {"epoch_images", kEpochImages},          {"epoch_s", kEpochImages / r.batch * epoch_ms / 1e3}};
   if (r.train_step_ms) {
     totals["train_step_ms"] = *r.train_step_ms;
     totals["train_images_per_s"] = rate(r.batch, *r.train_step_ms);
@@ -243,7 +246,8 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     std::string dir = json_path.find('/') == std::string::npos ? "." : json_path.substr(0, json_path.rfind('/'));
     ensure_writable_dir(dir.empty() ? "/" : dir, "--json");
     if (std::filesystem::is_directory(json_path))
-      throw UsageError(fmt("--json ", json_path, ": is a folder; name a file, e.g. ", path_join(json_path, "bench.json")));
+      throw UsageError(
+          fmt("--json ", json_path, ": is a folder; name a file, e.g. ", path_join(json_path, "bench.json")));
   }
   BenchReport rep;
   Device dev = choose_device(device_flag, &rep.why);
@@ -405,8 +409,9 @@ Runner add_bench(CLI::App& app) {
   bench->add_option("--json", o->json, "also write the figures (per layer, totals, peaks) as JSON to this file");
   bench->add_option("--fuse", o->fuse, "on: each conv applies the ReLU after it (GPU), as train --fuse on")
       ->capture_default_str();
-  bench->footer("Examples:\n  barecnn bench --arch paper --batch 256\n"
-                "  barecnn bench --arch deep --batch 1024 --json bench-deep.json");
+  bench->footer(
+      "Examples:\n  barecnn bench --arch paper --batch 256\n"
+      "  barecnn bench --arch deep --batch 1024 --json bench-deep.json");
   return [o] {
     return bench_main(o->arch, o->batch, o->device, o->reps, o->input, parse_on_off(o->fuse, "--fuse"), o->json);
   };

@@ -20,11 +20,11 @@ int cmd_eval(const std::string& model_path, const std::string& data_dir, const s
   Device dev = choose_device(device_flag, &why);
   Dataset d = load_dataset(data_dir.empty() ? default_data_dir() : data_dir, 0);
   if (d.test.rows * d.test.cols != int(dims_numel(m.meta.input)))
-    throw UsageError(fmt("--data: the test images are ", d.test.rows, "x", d.test.cols, " but ", model_path,
-                         " takes ", dims_str(m.meta.input)));
+    throw UsageError(fmt("--data: the test images are ", d.test.rows, "x", d.test.cols, " but ", model_path, " takes ",
+                         dims_str(m.meta.input)));
   check_labels(d, m.net->num_outputs());
-  EvalResult r = evaluate(*m.net, m.params, d.test, d.test_labels, m.meta.mean, m.meta.std,
-                          Loss::SoftmaxCrossEntropy, dev, batch, false);
+  EvalResult r = evaluate(*m.net, m.params, d.test, d.test_labels, m.meta.mean, m.meta.std, Loss::SoftmaxCrossEntropy,
+                          dev, batch, false);
   if (as_json) {
     nlohmann::json j{{"accuracy", r.accuracy}, {"loss", r.loss}, {"count", r.count}};
     std::printf("%s\n", j.dump().c_str());
@@ -51,8 +51,9 @@ Runner add_eval(CLI::App& app) {
   eval->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();
   eval->add_option("--batch", o->batch, "batch size")->capture_default_str();
   eval->add_flag("--json", o->json, "print {\"accuracy\", \"loss\", \"count\"}");
-  eval->footer("Examples:\n  barecnn eval --model runs/latest/model.safetensors\n"
-               "  barecnn eval --model m.safetensors --data ~/mnist --json");
+  eval->footer(
+      "Examples:\n  barecnn eval --model runs/latest/model.safetensors\n"
+      "  barecnn eval --model m.safetensors --data ~/mnist --json");
   return [o] {
     check_at_least(o->batch, 1, "--batch");
     return cmd_eval(o->model, o->data, o->device, o->json, o->batch);

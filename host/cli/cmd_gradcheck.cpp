@@ -10,8 +10,8 @@ namespace barecnn::cli {
 
 namespace {
 
-int cmd_gradcheck(const std::string& arch, const std::string& input, const std::string& loss, uint64_t seed,
-                  int batch, int samples) {
+int cmd_gradcheck(const std::string& arch, const std::string& input, const std::string& loss, uint64_t seed, int batch,
+                  int samples) {
   GradcheckOptions o;
   o.arch = arch;
   o.input = parse_input_dims(input, "--input");
@@ -50,8 +50,9 @@ Runner add_gradcheck(CLI::App& app) {
   gradcheck->add_option("--seed", o->seed, "seed")->capture_default_str();
   gradcheck->add_option("--batch", o->batch, "batch size")->capture_default_str();
   gradcheck->add_option("--samples", o->samples, "entries checked per tensor")->capture_default_str();
-  gradcheck->footer("Examples:\n  barecnn gradcheck --arch lenet5\n"
-                    "  barecnn gradcheck --arch \"conv(4,3,stride=2,pad=1) elu l2pool(2) dense(5)\" --input 3x11x9 --loss bce");
+  gradcheck->footer(
+      "Examples:\n  barecnn gradcheck --arch lenet5\n"
+      "  barecnn gradcheck --arch \"conv(4,3,stride=2,pad=1) elu l2pool(2) dense(5)\" --input 3x11x9 --loss bce");
   return [o] { return cmd_gradcheck(o->arch, o->input, o->loss, o->seed, o->batch, o->samples); };
 }
 

@@ -24,8 +24,9 @@ int cmd_info() {
     std::printf("  GPU 0: %s, compute capability %d.%d, %d SMs, %.1f GiB (%d visible)\n", g.name.c_str(), g.cc_major,
                 g.cc_minor, g.sm_count, g.total_mem / 1073741824.0, g.device_count);
     if (g.emulated)
-      std::printf("  (this build runs the GPU code on the CPU through the CUDA emulator in tests/emu: for\n"
-                  "   testing kernels without a GPU; its timings say nothing about a GPU)\n");
+      std::printf(
+          "  (this build runs the GPU code on the CPU through the CUDA emulator in tests/emu: for\n"
+          "   testing kernels without a GPU; its timings say nothing about a GPU)\n");
   } else {
     std::printf("  GPU: none usable: %s\n", g.reason.c_str());
     std::printf("  (training runs on the CPU; --device auto picks it)\n");

@@ -25,8 +25,8 @@ int cmd_predict(const std::string& model_path, const std::string& images_path, c
   if (im.rows * im.cols != int(dims_numel(m.meta.input)))
     throw UsageError(fmt("--images ", images_path, ": the images are ", im.rows, "x", im.cols, " but ", model_path,
                          " takes ", dims_str(m.meta.input)));
-  EvalResult r = evaluate(*m.net, m.params, im, {}, m.meta.mean, m.meta.std, Loss::SoftmaxCrossEntropy, dev, batch,
-                          true);
+  EvalResult r =
+      evaluate(*m.net, m.params, im, {}, m.meta.mean, m.meta.std, Loss::SoftmaxCrossEntropy, dev, batch, true);
   const int K = m.net->num_outputs();
   std::string csv = "index,predicted";
   for (int k = 0; k < K; ++k) csv += ",logit_" + std::to_string(k);
@@ -63,8 +63,9 @@ Runner add_predict(CLI::App& app) {
   predict->add_option("--output", o->output, "CSV file: index,predicted,logit_0,... (default: stdout)");
   predict->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();
   predict->add_option("--batch", o->batch, "batch size")->capture_default_str();
-  predict->footer("Example:\n  barecnn predict --model runs/latest/model.safetensors "
-                  "--images /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --output predictions.csv");
+  predict->footer(
+      "Example:\n  barecnn predict --model runs/latest/model.safetensors "
+      "--images /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --output predictions.csv");
   return [o] {
     check_at_least(o->batch, 1, "--batch");
     return cmd_predict(o->model, o->images, o->output, o->device, o->batch);

@@ -17,10 +17,12 @@ Runner add_train(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   TrainConfig& tc = o->tc;
   auto* train = app.add_subcommand("train", "train a net and write model, metrics, plots and a checkpoint to --out");
-  train->add_option("--data", tc.data_dir, "folder with the four IDX files (default: Fashion-MNIST from the Debian package)");
+  train->add_option("--data", tc.data_dir,
+                    "folder with the four IDX files (default: Fashion-MNIST from the Debian package)");
   train->add_option("--arch", tc.arch, "arch spec or preset (paper, lenet5, deep)")->capture_default_str();
   train->add_option("--device", tc.device, "auto, cpu or cuda")->capture_default_str();
-  train->add_option("--epochs", tc.epochs, "epochs in all (with --resume: including those already done)")->capture_default_str();
+  train->add_option("--epochs", tc.epochs, "epochs in all (with --resume: including those already done)")
+      ->capture_default_str();
   train->add_option("--batch", tc.batch, "batch size")->capture_default_str();
   train->add_option("--lr", o->lr, "learning rate (default 0.01 for sgd, 0.001 for adam)")->capture_default_str();
   train->add_option("--momentum", o->momentum, "SGD momentum (0: plain gradient descent)")->capture_default_str();
@@ -32,15 +34,18 @@ Runner add_train(CLI::App& app) {
   train->add_option("--threads", tc.threads, "CPU threads (0: all cores)")->capture_default_str();
   train->add_option("--out", tc.out, "output folder")->capture_default_str();
   train->add_option("--resume", tc.resume, "continue the run whose checkpoint is in this folder");
-  train->add_option("--checkpoint-every", tc.checkpoint_every, "also checkpoint every N steps (0: each epoch)")->capture_default_str();
-  train->add_flag("--quiet", tc.quiet, "no progress display");
-  train->add_option("--cuda-graph", o->cuda_graph,
-                    "on: launch each GPU training step as one captured CUDA Graph (same results; NVTX ranges "
-                    "per layer only at the capture), off: kernel by kernel")
+  train->add_option("--checkpoint-every", tc.checkpoint_every, "also checkpoint every N steps (0: each epoch)")
       ->capture_default_str();
-  train->add_option("--fuse", o->fuse,
-                    "on: on the GPU each conv applies the ReLU that follows it in its own kernels, forward "
-                    "and backward (same results), off: every layer on its own")
+  train->add_flag("--quiet", tc.quiet, "no progress display");
+  train
+      ->add_option("--cuda-graph", o->cuda_graph,
+                   "on: launch each GPU training step as one captured CUDA Graph (same results; NVTX ranges "
+                   "per layer only at the capture), off: kernel by kernel")
+      ->capture_default_str();
+  train
+      ->add_option("--fuse", o->fuse,
+                   "on: on the GPU each conv applies the ReLU that follows it in its own kernels, forward "
+                   "and backward (same results), off: every layer on its own")
       ->capture_default_str();
   train->footer(
       "Examples:\n"
@@ -56,9 +61,12 @@ Runner add_train(CLI::App& app) {
     if (!std::isfinite(o->momentum) || o->momentum < 0 || o->momentum >= 1)
       throw UsageError(fmt("--momentum must be in [0, 1), got ", o->momentum));
     if (!std::isfinite(o->wd) || o->wd < 0) throw UsageError(fmt("--weight-decay must be >= 0, got ", o->wd));
-    if (o->optimizer == "sgd") tc.optim.kind = Optim::SGD;
-    else if (o->optimizer == "adam") tc.optim.kind = Optim::Adam;
-    else throw UsageError(fmt("--optimizer: expected sgd or adam, got '", o->optimizer, "'"));
+    if (o->optimizer == "sgd")
+      tc.optim.kind = Optim::SGD;
+    else if (o->optimizer == "adam")
+      tc.optim.kind = Optim::Adam;
+    else
+      throw UsageError(fmt("--optimizer: expected sgd or adam, got '", o->optimizer, "'"));
     check_at_least(tc.epochs, 1, "--epochs");
     check_at_least(tc.batch, 1, "--batch");
     check_at_least(tc.limit, 0, "--limit");

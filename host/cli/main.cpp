@@ -49,8 +49,8 @@ int main(int argc, char** argv) {
       "  barecnn info");
   const std::vector<std::pair<CLI::App*, cli::Runner>> commands = [&app] {
     std::vector<std::pair<CLI::App*, cli::Runner>> c;
-    for (auto add : {cli::add_train, cli::add_eval, cli::add_predict, cli::add_gradcheck, cli::add_bench,
-                     cli::add_info}) {
+    for (auto add :
+         {cli::add_train, cli::add_eval, cli::add_predict, cli::add_gradcheck, cli::add_bench, cli::add_info}) {
       cli::Runner run = add(app);
       c.emplace_back(app.get_subcommands({}).back(), std::move(run));
     }
@@ -70,7 +70,8 @@ int main(int argc, char** argv) {
     // Suggest the nearest option of the subcommand that was named.
     CLI::App* sub = nullptr;
     if (argc > 1)
-      for (CLI::App* s : app.get_subcommands({})) if (s->get_name() == argv[1]) sub = s;
+      for (CLI::App* s : app.get_subcommands({}))
+        if (s->get_name() == argv[1]) sub = s;
     std::string hint;
     if (sub)
       for (int i = 2; i < argc; ++i) {
@@ -89,8 +90,10 @@ int main(int argc, char** argv) {
         }
       }
     std::fprintf(stderr, "barecnn: error: %s\n", hint.empty() ? msg.c_str() : hint.c_str());
-    if (sub) std::fprintf(stderr, "run 'barecnn %s --help' for the options\n", sub->get_name().c_str());
-    else std::fprintf(stderr, "run 'barecnn --help' for the commands\n");
+    if (sub)
+      std::fprintf(stderr, "run 'barecnn %s --help' for the options\n", sub->get_name().c_str());
+    else
+      std::fprintf(stderr, "run 'barecnn --help' for the commands\n");
     return 2;
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "barecnn: error: %s\nrun 'barecnn%s --help' for the options\n", e.what(),

@@ -63,9 +63,8 @@ void* device_malloc(size_t bytes, const char* what) {
   if (err == cudaErrorMemoryAllocation) {
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
-    throw Error(fmt("out of GPU memory allocating ", what, ": asked for ", bytes, " bytes (",
-                    bytes >> 20, " MiB), ", free_b >> 20, " MiB free of ", total_b >> 20,
-                    " MiB; lower --batch or use a smaller net"));
+    throw Error(fmt("out of GPU memory allocating ", what, ": asked for ", bytes, " bytes (", bytes >> 20, " MiB), ",
+                    free_b >> 20, " MiB free of ", total_b >> 20, " MiB; lower --batch or use a smaller net"));
   }
   throw_cuda_error(err, "cudaMalloc", __FILE__, __LINE__);
 }

@@ -18,8 +18,8 @@ size_t dims_numel(const Dims& d) {
 }
 
 std::string Conv2dShape::str() const {
-  return fmt("N=", N, " C=", C, " H=", H, " W=", W, " K=", K, " k=", kh, "x", kw, " stride=", sh, "x", sw,
-             " pad=", ph, "x", pw, " -> ", OH, "x", OW);
+  return fmt("N=", N, " C=", C, " H=", H, " W=", W, " K=", K, " k=", kh, "x", kw, " stride=", sh, "x", sw, " pad=", ph,
+             "x", pw, " -> ", OH, "x", OW);
 }
 std::string Pool2dShape::str() const {
   return fmt("N=", N, " C=", C, " H=", H, " W=", W, " k=", kh, "x", kw, " stride=", sh, "x", sw, " -> ", OH, "x", OW);
@@ -40,12 +40,19 @@ Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw,
     if (pad == 0)
       throw UsageError(fmt(layer, ": input ", H, "x", W, " is smaller than the ", ksize(kh, kw),
                            " kernel; use a smaller kernel, add padding, or remove a pooling layer before it"));
-    throw UsageError(fmt(layer, ": input ", H, "x", W, " padded by ", pad, " is ", PH, "x", PW,
-                         ", smaller than the ", ksize(kh, kw), " kernel"));
+    throw UsageError(fmt(layer, ": input ", H, "x", W, " padded by ", pad, " is ", PH, "x", PW, ", smaller than the ",
+                         ksize(kh, kw), " kernel"));
   }
   Conv2dShape s;
-  s.N = N; s.C = C; s.H = H; s.W = W; s.K = K;
-  s.kh = kh; s.kw = kw; s.sh = s.sw = stride; s.ph = s.pw = pad;
+  s.N = N;
+  s.C = C;
+  s.H = H;
+  s.W = W;
+  s.K = K;
+  s.kh = kh;
+  s.kw = kw;
+  s.sh = s.sw = stride;
+  s.ph = s.pw = pad;
   // Eq. (2.1) in 64 bits. One image's output must fit the int sizes every layer keeps (Dims,
   // a flatten's width): past that the padding or the channel count is a typo, not a net.
   const long long OH = (PH - kh) / stride + 1, OW = (PW - kw) / stride + 1;
@@ -66,8 +73,13 @@ Pool2dShape make_pool2d_shape(int N, int C, int H, int W, int kh, int kw, int st
     throw UsageError(fmt(layer, ": input ", H, "x", W, " is smaller than the ", ksize(kh, kw),
                          " pooling window; use a smaller window or remove an earlier pooling layer"));
   Pool2dShape s;
-  s.N = N; s.C = C; s.H = H; s.W = W;
-  s.kh = kh; s.kw = kw; s.sh = s.sw = stride;
+  s.N = N;
+  s.C = C;
+  s.H = H;
+  s.W = W;
+  s.kh = kh;
+  s.kw = kw;
+  s.sh = s.sw = stride;
   s.OH = window_out_size(H, kh, stride, 0);
   s.OW = window_out_size(W, kw, stride, 0);
   return s;

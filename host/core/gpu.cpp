@@ -21,8 +21,8 @@ static GpuStatus probe() {
     if (err == cudaErrorInsufficientDriver && s.driver_version == 0)
       s.reason = "no NVIDIA driver is loaded (cudaGetDeviceCount: cudaErrorInsufficientDriver)";
     else if (err == cudaErrorInsufficientDriver)
-      s.reason = fmt("the NVIDIA driver supports CUDA ", version_str(s.driver_version),
-                     " but this build needs CUDA ", version_str(s.runtime_version), "; update the driver");
+      s.reason = fmt("the NVIDIA driver supports CUDA ", version_str(s.driver_version), " but this build needs CUDA ",
+                     version_str(s.runtime_version), "; update the driver");
     else if (err == cudaErrorNoDevice)
       s.reason = "the driver is loaded but sees no GPU (cudaErrorNoDevice)";
     else

@@ -30,15 +30,24 @@ static std::string shortest_float(float v) {
 // The name the --arch grammar reads back: a parsed spec prints as the spec.
 std::string activation_name(const Activation& a) {
   switch (a.kind) {
-    case Act::Identity: return "identity";
-    case Act::BinaryStep: return "binary_step";
-    case Act::Sigmoid: return "sigmoid";
-    case Act::Tanh: return "tanh";
-    case Act::Arctan: return "arctan";
-    case Act::Relu: return "relu";
-    case Act::LeakyRelu: return "leaky_relu(" + shortest_float(a.alpha) + ")";
-    case Act::Elu: return "elu(" + shortest_float(a.alpha) + ")";
-    case Act::Softplus: return "softplus";
+    case Act::Identity:
+      return "identity";
+    case Act::BinaryStep:
+      return "binary_step";
+    case Act::Sigmoid:
+      return "sigmoid";
+    case Act::Tanh:
+      return "tanh";
+    case Act::Arctan:
+      return "arctan";
+    case Act::Relu:
+      return "relu";
+    case Act::LeakyRelu:
+      return "leaky_relu(" + shortest_float(a.alpha) + ")";
+    case Act::Elu:
+      return "elu(" + shortest_float(a.alpha) + ")";
+    case Act::Softplus:
+      return "softplus";
   }
   return fmt("activation(", static_cast<int>(a.kind), ")");
 }
@@ -94,8 +103,8 @@ Loss parse_loss(const std::string& s) {
     if (levenshtein(s, kLossNames[i]) < levenshtein(s, kLossNames[best])) best = i;
   std::string valid;
   for (int i = 0; i < kNumLosses; ++i) valid += std::string(i ? ", " : "") + kLossNames[i];
-  throw UsageError(fmt("--loss: unknown loss '", s, "'; valid losses are ", valid, " (did you mean '",
-                       kLossNames[best], "'?)"));
+  throw UsageError(
+      fmt("--loss: unknown loss '", s, "'; valid losses are ", valid, " (did you mean '", kLossNames[best], "'?)"));
 }
 
 }  // namespace barecnn

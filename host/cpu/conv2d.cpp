@@ -34,11 +34,11 @@ namespace barecnn::cpu {
 using namespace detail;
 
 static void check_conv2d_shape(const Conv2dShape& s, const char* op) {
-  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.K >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 &&
-                     s.ph >= 0 && s.pw >= 0,
-                 op, ": bad shape ", s.str());
-  BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, s.ph) && s.OW == window_out_size(s.W, s.kw, s.sw, s.pw),
-                 op, ": output size does not follow eq. (2.1) for ", s.str());
+  BARECNN_ASSERT(
+      s.N >= 0 && s.C >= 1 && s.K >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 && s.ph >= 0 && s.pw >= 0,
+      op, ": bad shape ", s.str());
+  BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, s.ph) && s.OW == window_out_size(s.W, s.kw, s.sw, s.pw), op,
+                 ": output size does not follow eq. (2.1) for ", s.str());
 }
 
 static long long conv2d_macs(const Conv2dShape& s) { return s.out_numel() * s.C * s.kh * s.kw; }
@@ -169,7 +169,7 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
     const float* inp_n = inp + (long long)n * s.C * s.H * s.W;  // (C, H, W)
     long ldcol;
     const float* col = image_columns(inp_n, s, pointwise, p0, p1, colbuf, planebuf, &ldcol);  // (CKK, np)
-    float* o = out + (long long)n * s.K * P + p0;  // (K, np) inside (K, P)
+    float* o = out + (long long)n * s.K * P + p0;                                             // (K, np) inside (K, P)
     // the sum of out[n,k,:] starts from bias[k], as in the reference
     sgemm_nn(s.K, np, CKK, weight, CKK, 1, col, ldcol, o, P, bias, false);
   }
@@ -189,9 +189,9 @@ static void col2im_add(float* dinp, const float* dcol, const Conv2dShape& s, int
         if (ow_lo >= ow_hi) continue;  // tap column j only ever read padding
         for (int oh = 0; oh < s.OH; oh++) {
           int ih = window_in_pos(oh, i, s.sh, s.ph);
-          if (ih < 0 || ih >= s.H) continue;  // this tap read padding
+          if (ih < 0 || ih >= s.H) continue;                  // this tap read padding
           float* d = dinp + ((long long)c * s.H + ih) * s.W;  // (W)
-          const float* g = src + (long long)oh * s.OW;         // (OW)
+          const float* g = src + (long long)oh * s.OW;        // (OW)
           if (s.sw == 1) {
             float* dd = d + (ow_lo - s.pw + j);
             for (int x = ow_lo; x < ow_hi; x++) dd[x - ow_lo] += g[x];
@@ -230,8 +230,8 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
       int n = item / nb, c0 = item % nb * cb, nc = std::min(cb, s.C - c0);
       float* dcol = scratch(colbuf, (size_t)nc * KK * P);  // (nc*kh*kw, P)
       // A (r, k) = weight[k, c0*KK + r]: W^T, rows 1 apart, columns CKK apart
-      sgemm_nn(nc * KK, P, s.K, weight + (long long)c0 * KK, 1, CKK, dout + (long long)n * s.K * P, P, dcol, P,
-               nullptr, false);
+      sgemm_nn(nc * KK, P, s.K, weight + (long long)c0 * KK, 1, CKK, dout + (long long)n * s.K * P, P, dcol, P, nullptr,
+               false);
       float* d = dinp + ((long long)n * s.C + c0) * Q;  // (nc, H, W)
       std::fill(d, d + (long long)nc * Q, 0.f);
       col2im_add(d, dcol, s, nc);
@@ -322,7 +322,7 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
           continue;
         }
         const float* inp_n = inp + (long long)n0 * s.C * s.H * s.W;  // (C, H, W)
-        const float* dout_n = dout + (long long)n0 * s.K * P;          // (K, P)
+        const float* dout_n = dout + (long long)n0 * s.K * P;        // (K, P)
         for (int p0 = 0; p0 < P; p0 += seg) {
           int p1 = std::min(P, p0 + seg), np = p1 - p0;
           long ldcol;

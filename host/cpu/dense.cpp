@@ -53,8 +53,7 @@ void dense_backward_input(float* dinp, const float* dout, const float* weight, i
   }
 }
 
-void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN,
-                           int OUT) {
+void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN, int OUT) {
   // dweight (OUT, IN), overwritten; dbias (OUT) or null; dout (N, OUT); inp (N, IN)
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "cpu::dense_backward_weight: N=", N, " IN=", IN, " OUT=", OUT);
   // Blocks of the output dW; each one reduces over the whole batch (K = N), so no reduction is

@@ -56,7 +56,7 @@ void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, con
   for (long long p = 0; p < planes; ++p) {
     float* d = dinp + p * in_plane;  // (H, W)
     std::fill(d, d + in_plane, 0.f);
-    const float* g = dout + p * out_plane;   // (OH, OW)
+    const float* g = dout + p * out_plane;    // (OH, OW)
     const int32_t* m = mask + p * out_plane;  // (OH, OW)
     for (long long o = 0; o < out_plane; ++o) d[m[o]] = g[o];
   }

@@ -88,10 +88,10 @@ inline float* scratch(std::vector<float>& buf, size_t n) {
 
 // ---- sgemm_nn: packed, register-tiled ------------------------------------------------------------
 
-constexpr int kNR = 16;   // columns per micro-tile: two 8-float vectors
-constexpr int kKC = 256;  // K block: an NR-wide B panel (KC x NR = 16 KiB) stays in L1
-constexpr int kMC = 96;   // M block: the packed A block (MC x KC = 96 KiB) stays in L2
-constexpr int kNC = 1024; // N block: the packed B block (KC x NC = 1 MiB) stays in L2/L3
+constexpr int kNR = 16;    // columns per micro-tile: two 8-float vectors
+constexpr int kKC = 256;   // K block: an NR-wide B panel (KC x NR = 16 KiB) stays in L1
+constexpr int kMC = 96;    // M block: the packed A block (MC x KC = 96 KiB) stays in L2
+constexpr int kNC = 1024;  // N block: the packed B block (KC x NC = 1 MiB) stays in L2/L3
 
 // Packs rows [0, mc) x cols [0, kc) of A (A(i,k) = A[i*rsa + k*csa]) into ceil(mc/MR) panels,
 // panel p holding A(p*MR + ii, k) at [k*MR + ii]; rows past mc are zero.
@@ -137,16 +137,18 @@ template <int MR>
 // MR * NR/lanes accumulators + NR/lanes B vectors + 1 broadcast must fit the 16 vector registers:
 // MR <= 6 with AVX (2 vectors per row), MR = 2 with SSE (4 per row).
 template <int MR, typename V>
-[[gnu::always_inline]] inline void micro_nn(int kc, const float* a, const float* b, float* C, long ldc,
-                                            bool load_c, const float* row_init) {
+[[gnu::always_inline]] inline void micro_nn(int kc, const float* a, const float* b, float* C, long ldc, bool load_c,
+                                            const float* row_init) {
   constexpr int L = kLanes<V>, NV = kNR / L;
   V acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; i++) {
     const float s = row_init ? row_init[i] : 0.f;
     V start;
-    if constexpr (L == 8) start = V{s, s, s, s, s, s, s, s};
-    else start = V{s, s, s, s};
+    if constexpr (L == 8)
+      start = V{s, s, s, s, s, s, s, s};
+    else
+      start = V{s, s, s, s};
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) acc[i][v] = load_c ? loadv<V>(C + i * ldc + v * L) : start;
   }
@@ -158,8 +160,10 @@ template <int MR, typename V>
     for (int i = 0; i < MR; i++) {
       const float s = a[i];
       V ai;
-      if constexpr (L == 8) ai = V{s, s, s, s, s, s, s, s};
-      else ai = V{s, s, s, s};
+      if constexpr (L == 8)
+        ai = V{s, s, s, s, s, s, s, s};
+      else
+        ai = V{s, s, s, s};
 #pragma GCC unroll 4
       for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];
     }
@@ -176,8 +180,8 @@ template <int MR, typename V>
                                                  bool accumulate) {
   static thread_local std::vector<float> abuf, bbuf;
   constexpr int MC = kMC / MR * MR;
-  float* apack = scratch(abuf, size_t(MC) * kKC);    // (MC/MR panels, KC, MR)
-  float* bpack = scratch(bbuf, size_t(kNC) * kKC);   // (NC/NR panels, KC, NR)
+  float* apack = scratch(abuf, size_t(MC) * kKC);   // (MC/MR panels, KC, MR)
+  float* bpack = scratch(bbuf, size_t(kNC) * kKC);  // (NC/NR panels, KC, NR)
   // K in equal blocks of at most KC (288 -> 144 + 144, not 256 + 32: every block pays a pass
   // over C, worth it only for a long block).
   const int nblocks = (K + kKC - 1) / kKC, kc_step = (K + nblocks - 1) / nblocks;

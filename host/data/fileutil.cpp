@@ -110,8 +110,7 @@ void atomic_write_text(const std::string& path, const std::string& text) {
 
 std::string read_file(const std::string& path, const std::string& what) {
   std::error_code ec;
-  if (fs::is_directory(path, ec))
-    throw UsageError(fmt(what, " ", path, ": is a folder, not a file"));
+  if (fs::is_directory(path, ec)) throw UsageError(fmt(what, " ", path, ": is a folder, not a file"));
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw UsageError(fmt(what, " ", path, ": cannot open (", std::strerror(errno), ")"));
   std::string out;
@@ -140,8 +139,7 @@ void ensure_writable_dir(const std::string& dir, const std::string& flag) {
     throw UsageError(fmt(flag, " ", dir, ": exists but is not a folder; choose a writable folder"));
   fs::create_directories(dir, ec);
   if (ec)
-    throw UsageError(fmt(flag, " ", dir, ": cannot create the folder (", ec.message(),
-                         "); choose a writable folder"));
+    throw UsageError(fmt(flag, " ", dir, ": cannot create the folder (", ec.message(), "); choose a writable folder"));
   if (!fs::is_directory(dir, ec))
     throw UsageError(fmt(flag, " ", dir, ": exists but is not a folder; choose a writable folder"));
 
@@ -149,8 +147,8 @@ void ensure_writable_dir(const std::string& dir, const std::string& flag) {
   std::string probe = path_join(dir, fmt(".barecnn-probe.", ::getpid(), ".", g_tmp_counter.fetch_add(1)));
   int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (fd < 0)
-    throw UsageError(fmt(flag, " ", dir, ": cannot create files there (", std::strerror(errno),
-                         "); choose a writable folder"));
+    throw UsageError(
+        fmt(flag, " ", dir, ": cannot create files there (", std::strerror(errno), "); choose a writable folder"));
   ::close(fd);
   ::unlink(probe.c_str());
 }

@@ -73,7 +73,9 @@ class IdxStream {
     start();
   }
   IdxStream(const std::string& bytes, const std::string& name)
-      : path_(name), mem_(reinterpret_cast<const uint8_t*>(bytes.data())), mem_left_(bytes.size()),
+      : path_(name),
+        mem_(reinterpret_cast<const uint8_t*>(bytes.data())),
+        mem_left_(bytes.size()),
         file_size_(bytes.size()) {
     start();
   }
@@ -106,8 +108,7 @@ class IdxStream {
   size_t read_input(uint8_t* dst, size_t n) {
     if (f_) {
       size_t got = std::fread(dst, 1, n, f_.get());
-      if (got == 0 && std::ferror(f_.get()))
-        throw UsageError(fmt(path_, ": read error (", std::strerror(errno), ")"));
+      if (got == 0 && std::ferror(f_.get())) throw UsageError(fmt(path_, ": read error (", std::strerror(errno), ")"));
       return got;
     }
     size_t take = std::min(n, mem_left_);
@@ -172,12 +173,11 @@ class IdxStream {
                                " bytes follow the end of the gzip stream (after ", consumed_,
                                " compressed bytes); the file is damaged or not a plain .gz"));
         }
-      } else if (rc == Z_BUF_ERROR || (rc == Z_OK && in_pos_ == in_len_ && eof_ &&
-                                       avail_out_before == zs_.avail_out)) {
+      } else if (rc == Z_BUF_ERROR || (rc == Z_OK && in_pos_ == in_len_ && eof_ && avail_out_before == zs_.avail_out)) {
         // No progress possible: the compressed input ran out inside the stream.
         if (in_len_ - in_pos_ == 0 && eof_)
-          throw UsageError(fmt(path_, ": truncated gzip stream: the compressed data ends after ",
-                               consumed_, " bytes, before the end of the stream; the file was cut "
+          throw UsageError(fmt(path_, ": truncated gzip stream: the compressed data ends after ", consumed_,
+                               " bytes, before the end of the stream; the file was cut "
                                "short (an interrupted download or copy?)"));
       } else if (rc == Z_DATA_ERROR) {
         throw UsageError(fmt(path_, ": corrupt gzip stream (zlib: ", zs_.msg ? zs_.msg : "data error",
@@ -210,8 +210,8 @@ class IdxStream {
 struct IdxKind {
   uint32_t magic;
   int ndims;
-  const char* what;   // "images", "labels"
-  const char* unit;   // "pixel data", "label data"
+  const char* what;  // "images", "labels"
+  const char* unit;  // "pixel data", "label data"
 };
 
 // Reads and checks the magic and the dimensions. `s` is positioned at the data afterwards.
@@ -220,22 +220,23 @@ std::vector<uint32_t> read_header(IdxStream& s, const std::string& path, const I
   uint8_t h[16];
   size_t got = s.read(h, header_bytes);
   if (got < 4)
-    throw UsageError(fmt(path, ": truncated header: expected a ", header_bytes, "-byte IDX ", k.what,
-                         " header (magic ", hex32(k.magic), " and ", k.ndims, " dimension",
-                         k.ndims > 1 ? "s" : "", "), found only ", got, " bytes"));
+    throw UsageError(fmt(path, ": truncated header: expected a ", header_bytes, "-byte IDX ", k.what, " header (magic ",
+                         hex32(k.magic), " and ", k.ndims, " dimension", k.ndims > 1 ? "s" : "", "), found only ", got,
+                         " bytes"));
   uint32_t magic = be32(h);
   if (magic != k.magic) {
     std::string found = hex32(magic);
-    if (magic == kImagesMagic) found += " (an IDX images file)";
-    else if (magic == kLabelsMagic) found += " (an IDX labels file)";
+    if (magic == kImagesMagic)
+      found += " (an IDX images file)";
+    else if (magic == kLabelsMagic)
+      found += " (an IDX labels file)";
     else if ((magic >> 16) == 0 && ((magic >> 8) & 0xff) != 0x08)
-      found += fmt(" (element type ", hex32((magic >> 8) & 0xff).replace(2, 6, ""),
-                   "; barecnn reads unsigned bytes, 0x08)");
+      found +=
+          fmt(" (element type ", hex32((magic >> 8) & 0xff).replace(2, 6, ""), "; barecnn reads unsigned bytes, 0x08)");
     else if ((magic >> 16) != 0)
       found += " (not an IDX file)";
-    throw UsageError(fmt(path, ": not an IDX ", k.what, " file: expected magic ", hex32(k.magic),
-                         " (unsigned bytes, ", k.ndims, " dimension", k.ndims > 1 ? "s" : "",
-                         "), found ", found));
+    throw UsageError(fmt(path, ": not an IDX ", k.what, " file: expected magic ", hex32(k.magic), " (unsigned bytes, ",
+                         k.ndims, " dimension", k.ndims > 1 ? "s" : "", "), found ", found));
   }
   if (got < header_bytes)
     throw UsageError(fmt(path, ": truncated header: expected a ", header_bytes, "-byte IDX ", k.what,
@@ -247,13 +248,12 @@ std::vector<uint32_t> read_header(IdxStream& s, const std::string& path, const I
 
 // Reads exactly `declared` data bytes and checks that nothing follows them. `what` describes the
 // declaration for messages ("60000 images of 28x28").
-std::vector<uint8_t> read_data(IdxStream& s, const std::string& path, const IdxKind& k,
-                               unsigned long long declared, const std::string& what,
-                               size_t header_bytes) {
+std::vector<uint8_t> read_data(IdxStream& s, const std::string& path, const IdxKind& k, unsigned long long declared,
+                               const std::string& what, size_t header_bytes) {
   if (declared > kMaxDataBytes)
-    throw UsageError(fmt(path, ": absurd size: header declares ", what, " (", declared,
-                         " bytes), more than the ", kMaxDataBytes, "-byte limit; the file holds ",
-                         s.file_size(), " bytes; the header is corrupt"));
+    throw UsageError(fmt(path, ": absurd size: header declares ", what, " (", declared, " bytes), more than the ",
+                         kMaxDataBytes, "-byte limit; the file holds ", s.file_size(),
+                         " bytes; the header is corrupt"));
   std::vector<uint8_t> data;
   if (!s.gz()) {
     // Plain: the file size says exactly what is there; check before allocating anything.
@@ -262,14 +262,13 @@ std::vector<uint8_t> read_data(IdxStream& s, const std::string& path, const IdxK
       throw UsageError(fmt(path, ": truncated data: header declares ", what, " (", declared,
                            " bytes) but the file holds ", have, " bytes of ", k.unit));
     if (have > declared)
-      throw UsageError(fmt(path, ": extra data: header declares ", what, " (", declared,
-                           " bytes) but the file holds ", have, " bytes of ", k.unit, ", ",
-                           have - declared, " more"));
+      throw UsageError(fmt(path, ": extra data: header declares ", what, " (", declared, " bytes) but the file holds ",
+                           have, " bytes of ", k.unit, ", ", have - declared, " more"));
     data.resize(size_t(declared));
     size_t got = s.read(data.data(), data.size());
     if (got != declared)  // the file shrank while we read it
-      throw UsageError(fmt(path, ": truncated data: header declares ", what, " (", declared,
-                           " bytes) but only ", got, " bytes could be read"));
+      throw UsageError(fmt(path, ": truncated data: header declares ", what, " (", declared, " bytes) but only ", got,
+                           " bytes could be read"));
     return data;
   }
 
@@ -294,14 +293,12 @@ std::vector<uint8_t> read_data(IdxStream& s, const std::string& path, const IdxK
   uint8_t scratch[1 << 14];
   for (size_t got; (got = s.read(scratch, sizeof(scratch))) > 0;) extra += got;
   if (extra > 0)
-    throw UsageError(fmt(path, ": extra data: header declares ", what, " (", declared,
-                         " bytes) but the file holds ", declared + extra, " bytes of ", k.unit,
-                         ", ", extra, " more"));
+    throw UsageError(fmt(path, ": extra data: header declares ", what, " (", declared, " bytes) but the file holds ",
+                         declared + extra, " bytes of ", k.unit, ", ", extra, " more"));
   return data;
 }
 
-std::vector<uint8_t> with_header(uint32_t magic, const std::vector<uint32_t>& dims,
-                                 const std::vector<uint8_t>& data) {
+std::vector<uint8_t> with_header(uint32_t magic, const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data) {
   std::vector<uint8_t> out;
   out.reserve(4 + 4 * dims.size() + data.size());
   put_be32(out, magic);
@@ -336,8 +333,8 @@ void write_idx(const std::string& path, uint32_t magic, const std::vector<uint32
   atomic_write_file(path, raw.data(), raw.size());
 }
 
-const char* kFileNames[4] = {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"};
+const char* kFileNames[4] = {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                             "t10k-labels-idx1-ubyte"};
 
 bool is_default_dir(const std::string& dir) {
   std::string a = fs::path(dir).lexically_normal().string();
@@ -346,8 +343,7 @@ bool is_default_dir(const std::string& dir) {
 }
 
 std::string data_dir_hint(const std::string& dir) {
-  if (is_default_dir(dir))
-    return "; install it with: sudo apt-get install dataset-fashion-mnist (or pass --data DIR)";
+  if (is_default_dir(dir)) return "; install it with: sudo apt-get install dataset-fashion-mnist (or pass --data DIR)";
   return "; pass --data DIR with the four IDX files (train-images-idx3-ubyte[.gz], "
          "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])";
 }
@@ -362,14 +358,13 @@ IdxImages parse_images(IdxStream& s, const std::string& path) {
   // Each dimension is below 2^32, so the exact product fits in 128 bits. Past the limit (or past
   // what an int counts) the header is corrupt: say so before anything is allocated.
   unsigned __int128 exact = (unsigned __int128)count * rows * cols;
-  if (exact > kMaxDataBytes || count > uint32_t(INT_MAX) || rows > uint32_t(INT_MAX) ||
-      cols > uint32_t(INT_MAX)) {
+  if (exact > kMaxDataBytes || count > uint32_t(INT_MAX) || rows > uint32_t(INT_MAX) || cols > uint32_t(INT_MAX)) {
     std::string bytes = exact > (unsigned __int128)ULLONG_MAX ? std::string("more than 2^64")
-                                                             : std::to_string((unsigned long long)exact);
+                                                              : std::to_string((unsigned long long)exact);
     std::string limit = exact > kMaxDataBytes ? fmt("more than the ", kMaxDataBytes, "-byte limit")
                                               : fmt("a dimension above ", INT_MAX);
-    throw UsageError(fmt(path, ": absurd size: header declares ", what, " (", bytes, " bytes), ",
-                         limit, "; the file holds ", s.file_size(), " bytes; the header is corrupt"));
+    throw UsageError(fmt(path, ": absurd size: header declares ", what, " (", bytes, " bytes), ", limit,
+                         "; the file holds ", s.file_size(), " bytes; the header is corrupt"));
   }
   unsigned long long declared = (unsigned long long)exact;
   IdxImages img;
@@ -386,9 +381,8 @@ std::vector<uint8_t> parse_labels(IdxStream& s, const std::string& path) {
   uint32_t count = d[0];
   if (count == 0) throw UsageError(fmt(path, ": header declares 0 labels; expected at least 1"));
   if (count > uint32_t(INT_MAX))
-    throw UsageError(fmt(path, ": absurd size: header declares ", count, " labels (", count,
-                         " bytes), a count above ", INT_MAX, "; the file holds ", s.file_size(),
-                         " bytes; the header is corrupt"));
+    throw UsageError(fmt(path, ": absurd size: header declares ", count, " labels (", count, " bytes), a count above ",
+                         INT_MAX, "; the file holds ", s.file_size(), " bytes; the header is corrupt"));
   return read_data(s, path, kind, count, fmt(count, " labels"), 8);
 }
 
@@ -415,12 +409,11 @@ std::vector<uint8_t> parse_idx_labels(const std::string& bytes, const std::strin
 }
 
 void write_idx_images(const std::string& path, const IdxImages& img, bool gz) {
-  BARECNN_ASSERT(img.count >= 0 && img.rows >= 0 && img.cols >= 0 &&
-                     img.pixels.size() == size_t(img.count) * img.rows * img.cols,
-                 "write_idx_images ", path, ": ", img.pixels.size(), " pixels for ", img.count,
-                 " images of ", img.rows, "x", img.cols);
-  write_idx(path, kImagesMagic, {uint32_t(img.count), uint32_t(img.rows), uint32_t(img.cols)},
-            img.pixels, gz);
+  BARECNN_ASSERT(
+      img.count >= 0 && img.rows >= 0 && img.cols >= 0 && img.pixels.size() == size_t(img.count) * img.rows * img.cols,
+      "write_idx_images ", path, ": ", img.pixels.size(), " pixels for ", img.count, " images of ", img.rows, "x",
+      img.cols);
+  write_idx(path, kImagesMagic, {uint32_t(img.count), uint32_t(img.rows), uint32_t(img.cols)}, img.pixels, gz);
 }
 
 void write_idx_labels(const std::string& path, const std::vector<uint8_t>& labels, bool gz) {
@@ -431,20 +424,19 @@ const char* default_data_dir() { return "/usr/share/datasets/fashion-mnist"; }
 
 Dataset load_dataset(const std::string& dir, long long limit) {
   std::error_code ec;
-  if (!fs::exists(dir, ec))
-    throw UsageError(fmt("data folder ", dir, " does not exist", data_dir_hint(dir)));
-  if (!fs::is_directory(dir, ec))
-    throw UsageError(fmt("data folder ", dir, " is not a folder", data_dir_hint(dir)));
+  if (!fs::exists(dir, ec)) throw UsageError(fmt("data folder ", dir, " does not exist", data_dir_hint(dir)));
+  if (!fs::is_directory(dir, ec)) throw UsageError(fmt("data folder ", dir, " is not a folder", data_dir_hint(dir)));
 
   std::string paths[4];
   for (int i = 0; i < 4; ++i) {
     std::string plain = path_join(dir, kFileNames[i]);
     // The plain file wins when both exist: it reads faster and is what the user unpacked.
-    if (file_exists(plain)) paths[i] = plain;
-    else if (file_exists(plain + ".gz")) paths[i] = plain + ".gz";
+    if (file_exists(plain))
+      paths[i] = plain;
+    else if (file_exists(plain + ".gz"))
+      paths[i] = plain + ".gz";
     else
-      throw UsageError(fmt("data folder ", dir, ": missing ", kFileNames[i], "[.gz]",
-                           data_dir_hint(dir)));
+      throw UsageError(fmt("data folder ", dir, ": missing ", kFileNames[i], "[.gz]", data_dir_hint(dir)));
   }
 
   Dataset d;
@@ -458,18 +450,18 @@ Dataset load_dataset(const std::string& dir, long long limit) {
   d.test = read_idx_images(paths[2]);
   d.test_labels = read_idx_labels(paths[3]);
 
-  auto check_count = [](const IdxImages& img, const std::vector<uint8_t>& labels,
-                        const std::string& ipath, const std::string& lpath) {
+  auto check_count = [](const IdxImages& img, const std::vector<uint8_t>& labels, const std::string& ipath,
+                        const std::string& lpath) {
     if (size_t(img.count) != labels.size())
-      throw UsageError(fmt(lpath, " holds ", labels.size(), " labels but ", ipath, " holds ",
-                           img.count, " images; expected one label per image"));
+      throw UsageError(fmt(lpath, " holds ", labels.size(), " labels but ", ipath, " holds ", img.count,
+                           " images; expected one label per image"));
   };
   check_count(d.train, d.train_labels, d.train_images_path, d.train_labels_path);
   check_count(d.test, d.test_labels, d.test_images_path, d.test_labels_path);
   if (d.train.rows != d.test.rows || d.train.cols != d.test.cols)
-    throw UsageError(fmt(d.test_images_path, " holds images of ", d.test.rows, "x", d.test.cols,
-                         " but ", d.train_images_path, " holds images of ", d.train.rows, "x",
-                         d.train.cols, "; training and test images must have the same size"));
+    throw UsageError(fmt(d.test_images_path, " holds images of ", d.test.rows, "x", d.test.cols, " but ",
+                         d.train_images_path, " holds images of ", d.train.rows, "x", d.train.cols,
+                         "; training and test images must have the same size"));
 
   // Classes over the whole data, before --limit, so a quick run builds the same model.
   int max_label = 0;
@@ -490,8 +482,8 @@ void check_labels(const Dataset& d, int classes) {
   auto check = [classes](const std::vector<uint8_t>& labels, const std::string& path) {
     for (size_t i = 0; i < labels.size(); ++i)
       if (int(labels[i]) >= classes)
-        throw UsageError(fmt(path, ": label ", int(labels[i]), " at index ", i, " is outside the ",
-                             classes, " classes of the model (labels 0..", classes - 1, ")"));
+        throw UsageError(fmt(path, ": label ", int(labels[i]), " at index ", i, " is outside the ", classes,
+                             " classes of the model (labels 0..", classes - 1, ")"));
   };
   check(d.train_labels, d.train_labels_path);
   check(d.test_labels, d.test_labels_path);

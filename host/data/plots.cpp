@@ -48,8 +48,8 @@ class Canvas {
     cairo_status_t st = cairo_surface_status(surface_);
     if (st == CAIRO_STATUS_SUCCESS) st = cairo_status(cr_);
     if (st != CAIRO_STATUS_SUCCESS)
-      throw Error(fmt("cannot draw chart ", path_, ": cairo failed ", fmt(what...), " (",
-                      cairo_status_to_string(st), ")"));
+      throw Error(
+          fmt("cannot draw chart ", path_, ": cairo failed ", fmt(what...), " (", cairo_status_to_string(st), ")"));
   }
 
   // Encodes to PNG in memory, then writes atomically (temp file in the same folder, rename).
@@ -80,16 +80,14 @@ struct Rgb {
 };
 
 // matplotlib's "tab10": distinct, readable on white, and familiar.
-const Rgb kPalette[10] = {{0.122, 0.467, 0.706}, {1.000, 0.498, 0.055}, {0.173, 0.627, 0.173},
-                          {0.839, 0.153, 0.157}, {0.580, 0.404, 0.741}, {0.549, 0.337, 0.294},
-                          {0.890, 0.467, 0.761}, {0.498, 0.498, 0.498}, {0.737, 0.741, 0.133},
-                          {0.090, 0.745, 0.812}};
+const Rgb kPalette[10] = {{0.122, 0.467, 0.706}, {1.000, 0.498, 0.055}, {0.173, 0.627, 0.173}, {0.839, 0.153, 0.157},
+                          {0.580, 0.404, 0.741}, {0.549, 0.337, 0.294}, {0.890, 0.467, 0.761}, {0.498, 0.498, 0.498},
+                          {0.737, 0.741, 0.133}, {0.090, 0.745, 0.812}};
 
 void set_rgb(cairo_t* cr, Rgb c) { cairo_set_source_rgb(cr, c.r, c.g, c.b); }
 
 void set_font(cairo_t* cr, double size, bool bold = false) {
-  cairo_select_font_face(cr, "sans", CAIRO_FONT_SLANT_NORMAL,
-                         bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_select_font_face(cr, "sans", CAIRO_FONT_SLANT_NORMAL, bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
   cairo_set_font_size(cr, size);
 }
 
@@ -101,8 +99,7 @@ double text_width(cairo_t* cr, const std::string& s) {
 
 // Draws `s` with its anchor at (x, y): ax = 0 left, 0.5 centre, 1 right; ay likewise from the top
 // of capital letters (0) to the baseline (1), so rows of labels line up whatever their glyphs.
-void draw_text(cairo_t* cr, const std::string& s, double x, double y, double ax, double ay,
-               double angle = 0) {
+void draw_text(cairo_t* cr, const std::string& s, double x, double y, double ax, double ay, double angle = 0) {
   cairo_font_extents_t fe;
   cairo_font_extents(cr, &fe);
   double cap = fe.ascent * 0.72;  // about the height of a capital letter
@@ -271,8 +268,10 @@ void plot_curves(const std::string& path, const std::string& title, const std::s
         pen_down = false;
         continue;
       }
-      if (pen_down) cairo_line_to(cr, px(s.x[i]), py(s.y[i]));
-      else cairo_move_to(cr, px(s.x[i]), py(s.y[i]));
+      if (pen_down)
+        cairo_line_to(cr, px(s.x[i]), py(s.y[i]));
+      else
+        cairo_move_to(cr, px(s.x[i]), py(s.y[i]));
       pen_down = true;
     }
     cairo_stroke(cr);
@@ -317,8 +316,7 @@ void plot_curves(const std::string& path, const std::string& title, const std::s
 
 void plot_filters(const std::string& path, const float* weight, int K, int C, int kh, int kw,
                   const std::string& title) {
-  BARECNN_ASSERT(K > 0 && C > 0 && kh > 0 && kw > 0, "plot_filters ", path, ": shape ", K, "x", C,
-                 "x", kh, "x", kw);
+  BARECNN_ASSERT(K > 0 && C > 0 && kh > 0 && kw > 0, "plot_filters ", path, ": shape ", K, "x", C, "x", kh, "x", kw);
   // Pixels per weight: 24 for small kernels, smaller for big ones or many channels, so that
   // one filter stays about 120-600 px wide.
   int scale = std::clamp(120 / std::max(kh, kw), 4, 24);
@@ -380,8 +378,8 @@ void plot_filters(const std::string& path, const float* weight, int K, int C, in
 
 void plot_confusion(const std::string& path, const std::vector<int64_t>& counts, int K,
                     const std::vector<std::string>& class_names, const std::string& title) {
-  BARECNN_ASSERT(K > 0 && counts.size() == size_t(K) * K, "plot_confusion ", path, ": ",
-                 counts.size(), " counts for ", K, " classes");
+  BARECNN_ASSERT(K > 0 && counts.size() == size_t(K) * K, "plot_confusion ", path, ": ", counts.size(), " counts for ",
+                 K, " classes");
   std::vector<std::string> names(K);
   for (int i = 0; i < K; ++i)
     names[i] = size_t(i) < class_names.size() && !class_names[i].empty() ? class_names[i] : std::to_string(i);
@@ -438,8 +436,10 @@ void plot_confusion(const std::string& path, const std::vector<int64_t>& counts,
       cairo_rectangle(cr, x, y, cell, cell);
       cairo_fill(cr);
       set_font(cr, count_font);
-      if (rate > 0.45) cairo_set_source_rgb(cr, 1, 1, 1);
-      else cairo_set_source_rgb(cr, 0.1, 0.1, 0.1);
+      if (rate > 0.45)
+        cairo_set_source_rgb(cr, 1, 1, 1);
+      else
+        cairo_set_source_rgb(cr, 0.1, 0.1, 0.1);
       draw_text(cr, std::to_string(c), x + cell / 2.0, y + cell / 2.0, 0.5, 0.5);
     }
   }
@@ -463,8 +463,10 @@ void plot_confusion(const std::string& path, const std::vector<int64_t>& counts,
   for (int i = 0; i < K; ++i) draw_text(cr, names[i], left - 8, top + (i + 0.5) * cell, 1, 0.5);
   for (int j = 0; j < K; ++j) {
     double cx = left + (j + 0.5) * cell, y = top + grid + 8;
-    if (rotate) draw_text(cr, names[j], cx + name_font * 0.35, y, 1, 0, -M_PI / 4);
-    else draw_text(cr, names[j], cx, y, 0.5, 0);
+    if (rotate)
+      draw_text(cr, names[j], cx + name_font * 0.35, y, 1, 0, -M_PI / 4);
+    else
+      draw_text(cr, names[j], cx, y, 0.5, 0);
   }
   set_font(cr, axis_font);
   draw_text(cr, "predicted class", left + grid / 2, top + grid + 8 + col_names_h + 12, 0.5, 0);

@@ -48,8 +48,8 @@ const SafeTensor& find_tensor(const SafeTensors& st, const std::string& name) {
   if (it == st.tensors.end()) {
     std::string names;
     for (const auto& kv : st.tensors) names += (names.empty() ? "" : ", ") + kv.first;
-    throw UsageError(fmt("tensor \"", name, "\" is missing (the file holds: ",
-                         names.empty() ? "no tensors" : names, ")"));
+    throw UsageError(
+        fmt("tensor \"", name, "\" is missing (the file holds: ", names.empty() ? "no tensors" : names, ")"));
   }
   return it->second;
 }
@@ -57,17 +57,16 @@ const SafeTensor& find_tensor(const SafeTensors& st, const std::string& name) {
 template <typename T>
 std::vector<T> get_as(const SafeTensors& st, const std::string& name, const char* dtype) {
   const SafeTensor& t = find_tensor(st, name);
-  if (t.dtype != dtype)
-    throw Error(fmt("tensor \"", name, "\" has dtype ", t.dtype, ", expected ", dtype));
-  BARECNN_ASSERT(t.bytes.size() == t.numel() * sizeof(T), "tensor ", name, " holds ",
-                 t.bytes.size(), " bytes for shape ", shape_str(t.shape));
+  if (t.dtype != dtype) throw Error(fmt("tensor \"", name, "\" has dtype ", t.dtype, ", expected ", dtype));
+  BARECNN_ASSERT(t.bytes.size() == t.numel() * sizeof(T), "tensor ", name, " holds ", t.bytes.size(),
+                 " bytes for shape ", shape_str(t.shape));
   std::vector<T> v(t.numel());
   if (!v.empty()) std::memcpy(v.data(), t.bytes.data(), t.bytes.size());
   return v;
 }
 
-void put_raw(SafeTensors& st, const std::string& name, const std::vector<int64_t>& shape,
-             const void* data, const char* dtype, size_t elem) {
+void put_raw(SafeTensors& st, const std::string& name, const std::vector<int64_t>& shape, const void* data,
+             const char* dtype, size_t elem) {
   uint64_t n = 0;
   BARECNN_ASSERT(byte_length(shape, elem, &n), "tensor ", name, ": bad shape ", shape_str(shape));
   SafeTensor t;
@@ -101,12 +100,8 @@ void SafeTensors::put_f32(const std::string& name, const std::vector<int64_t>& s
 void SafeTensors::put_f64(const std::string& name, const std::vector<int64_t>& shape, const double* data) {
   put_raw(*this, name, shape, data, "F64", 8);
 }
-std::vector<float> SafeTensors::get_f32(const std::string& name) const {
-  return get_as<float>(*this, name, "F32");
-}
-std::vector<double> SafeTensors::get_f64(const std::string& name) const {
-  return get_as<double>(*this, name, "F64");
-}
+std::vector<float> SafeTensors::get_f32(const std::string& name) const { return get_as<float>(*this, name, "F32"); }
+std::vector<double> SafeTensors::get_f64(const std::string& name) const { return get_as<double>(*this, name, "F64"); }
 
 void write_safetensors(const std::string& path, const SafeTensors& st) {
   json header = json::object();
@@ -122,8 +117,8 @@ void write_safetensors(const std::string& path, const SafeTensors& st) {
     size_t elem = dtype_size(t.dtype);
     uint64_t n = 0;
     BARECNN_ASSERT(elem != 0, "tensor ", name, ": unknown dtype ", t.dtype);
-    BARECNN_ASSERT(byte_length(t.shape, elem, &n) && n == t.bytes.size(), "tensor ", name, ": ",
-                   t.bytes.size(), " bytes for ", t.dtype, " shape ", shape_str(t.shape));
+    BARECNN_ASSERT(byte_length(t.shape, elem, &n) && n == t.bytes.size(), "tensor ", name, ": ", t.bytes.size(),
+                   " bytes for ", t.dtype, " shape ", shape_str(t.shape));
     header[name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
     offset += n;
   }
@@ -131,8 +126,7 @@ void write_safetensors(const std::string& path, const SafeTensors& st) {
   try {
     text = header.dump();
   } catch (const json::exception& e) {
-    throw Error(fmt("cannot write ", path, ": a tensor name or metadata string is not valid UTF-8 (",
-                    e.what(), ")"));
+    throw Error(fmt("cannot write ", path, ": a tensor name or metadata string is not valid UTF-8 (", e.what(), ")"));
   }
   // Pad with spaces to a multiple of 8 so the data starts aligned, as the reference writer does.
   text.append((8 - text.size() % 8) % 8, ' ');
@@ -158,8 +152,7 @@ SafeTensors parse_safetensors(const std::string& file, const std::string& path) 
   auto fail = [&path](const std::string& msg) { return UsageError(fmt(path, ": ", msg)); };
 
   if (file.size() < 8)
-    throw fail(fmt("not a safetensors file: it holds ", file.size(),
-                   " bytes, fewer than the 8-byte header length"));
+    throw fail(fmt("not a safetensors file: it holds ", file.size(), " bytes, fewer than the 8-byte header length"));
   uint64_t header_len = 0;
   for (int i = 0; i < 8; ++i) header_len |= uint64_t(uint8_t(file[i])) << (8 * i);
   uint64_t after = file.size() - 8;
@@ -176,8 +169,7 @@ SafeTensors parse_safetensors(const std::string& file, const std::string& path) 
     // Not only parse_error: a number too large for a double is out_of_range (406).
     throw fail(fmt("malformed JSON header: ", e.what()));
   }
-  if (!header.is_object())
-    throw fail(fmt("the header is a JSON ", json_type(header), ", expected an object"));
+  if (!header.is_object()) throw fail(fmt("the header is a JSON ", json_type(header), ", expected an object"));
 
   const uint64_t data_len = after - header_len;
   const uint8_t* data = reinterpret_cast<const uint8_t*>(file.data()) + 8 + header_len;
@@ -213,8 +205,7 @@ SafeTensors parse_safetensors(const std::string& file, const std::string& path) 
     SafeTensor t;
     t.dtype = jd.get<std::string>();
     size_t elem = dtype_size(t.dtype);
-    if (elem == 0)
-      throw bad(fmt("unknown dtype \"", t.dtype, "\" (barecnn reads F32, F64, I32, I64, U8)"));
+    if (elem == 0) throw bad(fmt("unknown dtype \"", t.dtype, "\" (barecnn reads F32, F64, I32, I64, U8)"));
 
     const json& js = entry["shape"];
     if (!js.is_array()) throw bad(fmt("\"shape\" is a ", json_type(js), ", expected an array of integers"));
@@ -227,23 +218,21 @@ SafeTensors parse_safetensors(const std::string& file, const std::string& path) 
     }
 
     const json& jo = entry["data_offsets"];
-    if (!jo.is_array() || jo.size() != 2)
-      throw bad(fmt("\"data_offsets\" is ", jo.dump(), ", expected [begin, end]"));
+    if (!jo.is_array() || jo.size() != 2) throw bad(fmt("\"data_offsets\" is ", jo.dump(), ", expected [begin, end]"));
     for (const json& o : jo)
       if (!o.is_number_unsigned())
         throw bad(fmt("\"data_offsets\" ", jo.dump(), " must hold two non-negative integers"));
     uint64_t begin = jo[0].get<uint64_t>(), end = jo[1].get<uint64_t>();
     if (begin > end) throw bad(fmt("data_offsets [", begin, ", ", end, "] has begin > end"));
     if (end > data_len)
-      throw bad(fmt("data_offsets [", begin, ", ", end, "] go past the end of the data, which holds ",
-                    data_len, " bytes"));
+      throw bad(
+          fmt("data_offsets [", begin, ", ", end, "] go past the end of the data, which holds ", data_len, " bytes"));
 
     uint64_t need = 0;
-    if (!byte_length(t.shape, elem, &need))
-      throw bad(fmt("shape ", shape_str(t.shape), " is too large"));
+    if (!byte_length(t.shape, elem, &need)) throw bad(fmt("shape ", shape_str(t.shape), " is too large"));
     if (need != end - begin)
-      throw bad(fmt(t.dtype, " shape ", shape_str(t.shape), " needs ", need, " bytes but data_offsets [",
-                    begin, ", ", end, "] span ", end - begin));
+      throw bad(fmt(t.dtype, " shape ", shape_str(t.shape), " needs ", need, " bytes but data_offsets [", begin, ", ",
+                    end, "] span ", end - begin));
     t.bytes.assign(data + begin, data + end);
     st.tensors[name] = std::move(t);
     spans.push_back({begin, end, name});
@@ -251,24 +240,25 @@ SafeTensors parse_safetensors(const std::string& file, const std::string& path) 
 
   // The tensors must tile [0, data_len) exactly. Sorting by (begin, end) puts an empty tensor
   // before a non-empty one that starts at the same offset, so both are contiguous.
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
   uint64_t pos = 0;
   const Span* prev = nullptr;
   for (const Span& s : spans) {
     if (s.begin < pos)
-      throw fail(fmt("tensors \"", prev->name, "\" [", prev->begin, ", ", prev->end, ") and \"", s.name,
-                     "\" [", s.begin, ", ", s.end, ") overlap"));
+      throw fail(fmt("tensors \"", prev->name, "\" [", prev->begin, ", ", prev->end, ") and \"", s.name, "\" [",
+                     s.begin, ", ", s.end, ") overlap"));
     if (s.begin > pos)
-      throw fail(fmt("gap in the data: bytes [", pos, ", ", s.begin, ") before tensor \"", s.name,
-                     "\" belong to no tensor"));
+      throw fail(
+          fmt("gap in the data: bytes [", pos, ", ", s.begin, ") before tensor \"", s.name, "\" belong to no tensor"));
     pos = s.end;
     prev = &s;
   }
   if (pos != data_len)
-    throw fail(fmt("gap in the data: bytes [", pos, ", ", data_len, ") after the last tensor belong "
-                   "to no tensor; the file holds ", data_len, " data bytes but the tensors cover ", pos));
+    throw fail(fmt("gap in the data: bytes [", pos, ", ", data_len,
+                   ") after the last tensor belong "
+                   "to no tensor; the file holds ",
+                   data_len, " data bytes but the tensors cover ", pos));
   return st;
 }
 

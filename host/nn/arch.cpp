@@ -21,8 +21,9 @@ std::vector<std::pair<std::string, std::string>> presets() {
       {"lenet5", "conv(6,5,pad=2) tanh avgpool(2) conv(16,5) tanh avgpool(2) dense(120) tanh dense(84) tanh dense(10)"},
       // Two VGG-style blocks, meant to reach >= 92% on Fashion-MNIST (see profiling/RESULTS.md for
       // what has been measured).
-      {"deep", "conv(32,3,pad=1) relu conv(32,3,pad=1) relu maxpool(2) conv(64,3,pad=1) relu conv(64,3,pad=1) relu "
-               "maxpool(2) dense(256) relu dense(10)"},
+      {"deep",
+       "conv(32,3,pad=1) relu conv(32,3,pad=1) relu maxpool(2) conv(64,3,pad=1) relu conv(64,3,pad=1) relu "
+       "maxpool(2) dense(256) relu dense(10)"},
   };
 }
 
@@ -35,9 +36,9 @@ std::string resolve_preset(const std::string& s) {
 namespace {
 
 const std::vector<std::string>& layer_names() {
-  static const std::vector<std::string> names = {
-      "conv", "maxpool", "avgpool", "l2pool", "flatten", "dense", "softmax", "identity", "binary_step",
-      "sigmoid", "tanh", "arctan", "relu", "leaky_relu", "elu", "softplus"};
+  static const std::vector<std::string> names = {"conv",    "maxpool",    "avgpool",     "l2pool",  "flatten", "dense",
+                                                 "softmax", "identity",   "binary_step", "sigmoid", "tanh",    "arctan",
+                                                 "relu",    "leaky_relu", "elu",         "softplus"};
   return names;
 }
 
@@ -65,8 +66,7 @@ std::vector<Token> tokenize(const std::string& spec) {
     t.position = int(out.size()) + 1;
     size_t start = i;
     while (i < n && !is_space(spec[i]) && spec[i] != '(') {
-      if (spec[i] == ')')
-        throw UsageError(fmt("--arch: unexpected ')' in layer ", t.position, " of \"", spec, "\""));
+      if (spec[i] == ')') throw UsageError(fmt("--arch: unexpected ')' in layer ", t.position, " of \"", spec, "\""));
       t.name += char(std::tolower(static_cast<unsigned char>(spec[i++])));
     }
     size_t j = i;
@@ -92,8 +92,7 @@ std::vector<Token> tokenize(const std::string& spec) {
       i = close + 1;
     }
     t.text = spec.substr(start, i - start);
-    if (t.name.empty())
-      throw UsageError(fmt("--arch: layer ", t.position, " '", t.text, "' has no name"));
+    if (t.name.empty()) throw UsageError(fmt("--arch: layer ", t.position, " '", t.text, "' has no name"));
     out.push_back(t);
   }
   return out;
@@ -107,8 +106,7 @@ long parse_int(const Token& t, const std::string& s, const std::string& what) {
   char* end = nullptr;
   errno = 0;
   long v = std::strtol(s.c_str(), &end, 10);
-  if (s.empty() || *end != '\0' || errno == ERANGE)
-    bad(t, fmt(what, " must be a whole number, got '", s, "'"));
+  if (s.empty() || *end != '\0' || errno == ERANGE) bad(t, fmt(what, " must be a whole number, got '", s, "'"));
   if (v < 1 || v > 1000000) bad(t, fmt(what, " must be between 1 and 1000000, got ", v));
   return v;
 }
@@ -172,8 +170,9 @@ std::vector<LayerDesc> parse_arch(const std::string& spec_in) {
   std::string spec = resolve_preset(spec_in);
   std::vector<Token> tokens = tokenize(spec);
   if (tokens.empty())
-    throw UsageError("--arch: the spec is empty; give layers such as \"conv(32,5,pad=2) relu maxpool(2) dense(10)\" "
-                     "or a preset (paper, lenet5, deep)");
+    throw UsageError(
+        "--arch: the spec is empty; give layers such as \"conv(32,5,pad=2) relu maxpool(2) dense(10)\" "
+        "or a preset (paper, lenet5, deep)");
   std::vector<LayerDesc> out;
   for (const Token& t : tokens) {
     LayerDesc d;
@@ -212,13 +211,19 @@ std::vector<LayerDesc> parse_arch(const std::string& spec_in) {
     } else if (n == "flatten" || n == "softmax" || n == "identity" || n == "binary_step" || n == "sigmoid" ||
                n == "tanh" || n == "arctan" || n == "relu" || n == "softplus") {
       if (t.has_parens && !t.args.empty()) bad(t, fmt("'", n, "' takes no arguments"));
-      if (n == "flatten") d.kind = LayerKind::Flatten;
-      else if (n == "softmax") d.kind = LayerKind::Softmax;
+      if (n == "flatten")
+        d.kind = LayerKind::Flatten;
+      else if (n == "softmax")
+        d.kind = LayerKind::Softmax;
       else {
         d.kind = LayerKind::Activation;
-        d.act.kind = n == "identity" ? Act::Identity : n == "binary_step" ? Act::BinaryStep
-                   : n == "sigmoid" ? Act::Sigmoid : n == "tanh" ? Act::Tanh : n == "arctan" ? Act::Arctan
-                   : n == "relu" ? Act::Relu : Act::Softplus;
+        d.act.kind = n == "identity"      ? Act::Identity
+                     : n == "binary_step" ? Act::BinaryStep
+                     : n == "sigmoid"     ? Act::Sigmoid
+                     : n == "tanh"        ? Act::Tanh
+                     : n == "arctan"      ? Act::Arctan
+                     : n == "relu"        ? Act::Relu
+                                          : Act::Softplus;
       }
     } else if (n == "leaky_relu" || n == "elu") {
       d.kind = LayerKind::Activation;
@@ -236,8 +241,9 @@ std::vector<LayerDesc> parse_arch(const std::string& spec_in) {
                            "; presets: paper, lenet5, deep)"));
     }
     if (t.has_parens && d.kind != LayerKind::Conv && d.kind != LayerKind::Dense && d.kind != LayerKind::MaxPool &&
-        d.kind != LayerKind::AvgPool && d.kind != LayerKind::L2Pool && !(d.kind == LayerKind::Activation &&
-        (d.act.kind == Act::LeakyRelu || d.act.kind == Act::Elu)) && !t.args.empty())
+        d.kind != LayerKind::AvgPool && d.kind != LayerKind::L2Pool &&
+        !(d.kind == LayerKind::Activation && (d.act.kind == Act::LeakyRelu || d.act.kind == Act::Elu)) &&
+        !t.args.empty())
       bad(t, "takes no arguments");
     out.push_back(d);
   }
@@ -262,10 +268,14 @@ std::string layer_desc_str(const LayerDesc& d) {
       if (!(d.kh == d.kw && d.stride == d.kh)) s += fmt(",stride=", d.stride);
       return s + ")";
     }
-    case LayerKind::Flatten: return "flatten";
-    case LayerKind::Dense: return fmt("dense(", d.out, ")");
-    case LayerKind::Softmax: return "softmax";
-    case LayerKind::Activation: return activation_name(d.act);
+    case LayerKind::Flatten:
+      return "flatten";
+    case LayerKind::Dense:
+      return fmt("dense(", d.out, ")");
+    case LayerKind::Softmax:
+      return "softmax";
+    case LayerKind::Activation:
+      return activation_name(d.act);
   }
   return "?";
 }

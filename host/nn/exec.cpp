@@ -201,12 +201,11 @@ void dense_backward_input(const Exec& ex, double* dinp, const double* dout, cons
 }
 void dense_backward_weight(const Exec& ex, float* dw, float* db, const float* dout, const float* inp, int N, int IN,
                            int OUT) {
-  if (on_gpu(ex))
-    return gpu::dense_backward_weight(dw, db, dout, inp, N, IN, OUT, ex.gpu->cublas(), ex.gpu->stream());
+  if (on_gpu(ex)) return gpu::dense_backward_weight(dw, db, dout, inp, N, IN, OUT, ex.gpu->cublas(), ex.gpu->stream());
   cpu::dense_backward_weight(dw, db, dout, inp, N, IN, OUT);
 }
-void dense_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp, int N,
-                           int IN, int OUT) {
+void dense_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp, int N, int IN,
+                           int OUT) {
   cpu_only(ex);
   ref::dense_backward_weight(dw, db, dout, inp, N, IN, OUT);
 }
@@ -214,8 +213,10 @@ void dense_backward_weight(const Exec& ex, double* dw, double* db, const double*
 // ---- copies ----
 
 void copy(const Exec& ex, float* dst, const float* src, size_t n) {
-  if (on_gpu(ex)) CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, ex.gpu->stream()));
-  else std::copy(src, src + n, dst);
+  if (on_gpu(ex))
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, ex.gpu->stream()));
+  else
+    std::copy(src, src + n, dst);
 }
 void copy(const Exec& ex, double* dst, const double* src, size_t n) {
   cpu_only(ex);
@@ -288,8 +289,10 @@ ExecTimer::ExecTimer(const Exec& ex) : ex_(ex) {
 }
 
 void ExecTimer::start() {
-  if (ex_.device == Device::CUDA) a_.record(ex_.gpu->stream());
-  else t0_ = std::chrono::steady_clock::now();
+  if (ex_.device == Device::CUDA)
+    a_.record(ex_.gpu->stream());
+  else
+    t0_ = std::chrono::steady_clock::now();
 }
 
 double ExecTimer::stop_ms() {

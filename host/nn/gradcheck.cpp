@@ -43,8 +43,8 @@ struct Objective {
     std::copy(x.begin(), x.end(), st.act[0].data());
     net.forward(st, params.data(), Exec::cpu());
     std::vector<double> l(st.N);
-    ref::loss_forward_backward<double>(l.data(), nullptr, nullptr, st.act.back().data(), labels.data(), st.N, K,
-                                       loss, 1.0 / st.N);
+    ref::loss_forward_backward<double>(l.data(), nullptr, nullptr, st.act.back().data(), labels.data(), st.N, K, loss,
+                                       1.0 / st.N);
     double s = 0;
     for (double v : l) s += v;
     return s / st.N;
@@ -79,8 +79,8 @@ GradcheckResult run_gradcheck(const GradcheckOptions& opt) {
 
   // Analytic gradients: forward (done above), loss gradient, backward with the input gradient.
   std::vector<double> lvec(N);
-  ref::loss_forward_backward<double>(lvec.data(), st.dact.back().data(), nullptr, st.act.back().data(),
-                                     labels.data(), N, K, opt.loss, 1.0 / N);
+  ref::loss_forward_backward<double>(lvec.data(), st.dact.back().data(), nullptr, st.act.back().data(), labels.data(),
+                                     N, K, opt.loss, 1.0 / N);
   std::vector<double> grads(net.num_params());
   net.backward(st, params.data(), grads.data(), Exec::cpu(), /*need_input_grad=*/true);
   std::vector<double> dx(st.dact[0].data(), st.dact[0].data() + st.dact[0].numel());
@@ -113,8 +113,10 @@ GradcheckResult run_gradcheck(const GradcheckOptions& opt) {
     for (size_t i : idx) {
       double& xi = v[offset + i];
       const double x0 = xi, h = opt.step;
-      xi = x0 + h; const double fp = eval();
-      xi = x0 - h; const double fm = eval();
+      xi = x0 + h;
+      const double fp = eval();
+      xi = x0 - h;
+      const double fm = eval();
       xi = x0;
       const double a = analytic[aoffset + i];
       const GradEntry e = check_grad_entry(a, fp, fm, eval(), h, opt.tol);

@@ -22,10 +22,10 @@ std::string Layer::label() const { return fmt("layer ", index_, " ", spec()); }
 namespace {
 
 // Forwards the four virtual entry points to one template per direction.
-#define BARECNN_LAYER_DISPATCH                                          \
-  void forward(const LayerCall<float>& c) override { fwd(c); }          \
-  void forward(const LayerCall<double>& c) override { fwd(c); }         \
-  void backward(const LayerCall<float>& c) override { bwd(c); }         \
+#define BARECNN_LAYER_DISPATCH                                  \
+  void forward(const LayerCall<float>& c) override { fwd(c); }  \
+  void forward(const LayerCall<double>& c) override { fwd(c); } \
+  void backward(const LayerCall<float>& c) override { bwd(c); } \
   void backward(const LayerCall<double>& c) override { bwd(c); }
 
 // Xavier/Glorot uniform, or He normal for layers a ReLU-family activation follows.
@@ -65,9 +65,7 @@ class Conv2d final : public Layer {
     if (pad_) s += fmt(",pad=", pad_);
     return s + ")";
   }
-  std::vector<ParamSpec> param_specs() const override {
-    return {{"weight", {K_, in_[0], kh_, kw_}}, {"bias", {K_}}};
-  }
+  std::vector<ParamSpec> param_specs() const override { return {{"weight", {K_, in_[0], kh_, kw_}}, {"bias", {K_}}}; }
   void init_params(float* p, Rng& rng, bool relu_after) const override {
     int fan_in = in_[0] * kh_ * kw_, fan_out = K_ * kh_ * kw_;
     init_weights(p, size_t(K_) * fan_in, fan_in, fan_out, rng, relu_after);
@@ -111,16 +109,18 @@ class Pool2d final : public Layer {
     Pool2dShape s = make_pool2d_shape(1, in[0], in[1], in[2], kh, kw, stride, label());
     out_ = {in[0], s.OH, s.OW};
   }
-  LayerKind kind() const override { return kind_ == PoolKind::Max ? LayerKind::MaxPool : kind_ == PoolKind::Avg ? LayerKind::AvgPool : LayerKind::L2Pool; }
+  LayerKind kind() const override {
+    return kind_ == PoolKind::Max   ? LayerKind::MaxPool
+           : kind_ == PoolKind::Avg ? LayerKind::AvgPool
+                                    : LayerKind::L2Pool;
+  }
   std::string spec() const override {
     const char* n = kind_ == PoolKind::Max ? "maxpool" : kind_ == PoolKind::Avg ? "avgpool" : "l2pool";
     std::string s = fmt(n, "(", window_str(kh_, kw_));
     if (!(kh_ == kw_ && stride_ == kh_)) s += fmt(",stride=", stride_);
     return s + ")";
   }
-  size_t saved_ints(int N) const override {
-    return kind_ == PoolKind::Max ? size_t(N) * size_t(dims_numel(out_)) : 0;
-  }
+  size_t saved_ints(int N) const override { return kind_ == PoolKind::Max ? size_t(N) * size_t(dims_numel(out_)) : 0; }
   BARECNN_LAYER_DISPATCH
 
  private:
@@ -133,8 +133,10 @@ class Pool2d final : public Layer {
         // The argmax mask (N, C, OH, OW) is this layer's saved state for backward (NetState::saved).
         BARECNN_ASSERT(c.saved != nullptr, label(), ": forward without its argmax mask buffer");
         return op::maxpool2d_forward(c.ex, c.out, c.saved, c.in, s);
-      case PoolKind::Avg: return op::avgpool2d_forward(c.ex, c.out, c.in, s);
-      case PoolKind::L2: return op::l2pool2d_forward(c.ex, c.out, c.in, s);
+      case PoolKind::Avg:
+        return op::avgpool2d_forward(c.ex, c.out, c.in, s);
+      case PoolKind::L2:
+        return op::l2pool2d_forward(c.ex, c.out, c.in, s);
     }
   }
   template <typename T>
@@ -145,8 +147,10 @@ class Pool2d final : public Layer {
       case PoolKind::Max:
         BARECNN_ASSERT(c.saved != nullptr, label(), ": backward without its argmax mask buffer");
         return op::maxpool2d_backward(c.ex, c.din, c.dout, c.saved, s);
-      case PoolKind::Avg: return op::avgpool2d_backward(c.ex, c.din, c.dout, s);
-      case PoolKind::L2: return op::l2pool2d_backward(c.ex, c.din, c.dout, c.in, c.out, s);
+      case PoolKind::Avg:
+        return op::avgpool2d_backward(c.ex, c.din, c.dout, s);
+      case PoolKind::L2:
+        return op::l2pool2d_backward(c.ex, c.din, c.dout, c.in, c.out, s);
     }
   }
   PoolKind kind_;
@@ -194,7 +198,9 @@ class SoftmaxLayer final : public Layer {
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) { op::softmax_forward(c.ex, c.out, c.in, c.N, in_[0]); }
+  void fwd(const LayerCall<T>& c) {
+    op::softmax_forward(c.ex, c.out, c.in, c.N, in_[0]);
+  }
   template <typename T>
   void bwd(const LayerCall<T>& c) {
     if (c.din) op::softmax_backward(c.ex, c.din, c.dout, c.out, c.N, in_[0]);
@@ -213,7 +219,9 @@ class Flatten final : public Layer {
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) { op::copy(c.ex, c.out, c.in, size_t(c.N) * dims_numel(in_)); }
+  void fwd(const LayerCall<T>& c) {
+    op::copy(c.ex, c.out, c.in, size_t(c.N) * dims_numel(in_));
+  }
   template <typename T>
   void bwd(const LayerCall<T>& c) {
     if (c.din) op::copy(c.ex, c.din, c.dout, size_t(c.N) * dims_numel(in_));
@@ -225,7 +233,8 @@ class Dense final : public Layer {
  public:
   Dense(int index, const Dims& in, int units) : Layer(index, in), units_(units) {
     if (in.size() != 1)
-      throw UsageError(fmt(label(), ": needs a flat input, gets ", dims_str(in), " (a flatten is inserted "
+      throw UsageError(fmt(label(), ": needs a flat input, gets ", dims_str(in),
+                           " (a flatten is inserted "
                            "automatically before the first dense layer)"));
     out_ = {units};
   }

@@ -30,14 +30,30 @@ Net::Net(const std::string& spec, const Dims& input) : input_(input) {
     }
     std::unique_ptr<Layer> l;
     switch (d.kind) {
-      case LayerKind::Conv: l = make_conv2d(idx, cur, d.out, d.kh, d.kw, d.stride, d.pad); break;
-      case LayerKind::MaxPool: l = make_maxpool2d(idx, cur, d.kh, d.kw, d.stride); break;
-      case LayerKind::AvgPool: l = make_avgpool2d(idx, cur, d.kh, d.kw, d.stride); break;
-      case LayerKind::L2Pool: l = make_l2pool2d(idx, cur, d.kh, d.kw, d.stride); break;
-      case LayerKind::Flatten: l = make_flatten(idx, cur); break;
-      case LayerKind::Dense: l = make_dense(idx, cur, d.out); break;
-      case LayerKind::Activation: l = make_activation(idx, cur, d.act); break;
-      case LayerKind::Softmax: l = make_softmax(idx, cur); break;
+      case LayerKind::Conv:
+        l = make_conv2d(idx, cur, d.out, d.kh, d.kw, d.stride, d.pad);
+        break;
+      case LayerKind::MaxPool:
+        l = make_maxpool2d(idx, cur, d.kh, d.kw, d.stride);
+        break;
+      case LayerKind::AvgPool:
+        l = make_avgpool2d(idx, cur, d.kh, d.kw, d.stride);
+        break;
+      case LayerKind::L2Pool:
+        l = make_l2pool2d(idx, cur, d.kh, d.kw, d.stride);
+        break;
+      case LayerKind::Flatten:
+        l = make_flatten(idx, cur);
+        break;
+      case LayerKind::Dense:
+        l = make_dense(idx, cur, d.out);
+        break;
+      case LayerKind::Activation:
+        l = make_activation(idx, cur, d.act);
+        break;
+      case LayerKind::Softmax:
+        l = make_softmax(idx, cur);
+        break;
     }
     cur = l->out_dims();
     layers_.push_back(std::move(l));
@@ -66,9 +82,8 @@ int Net::num_outputs() const { return layers_.back()->out_dims()[0]; }
 
 void Net::check_classes(int classes, const std::string& data_desc) const {
   if (num_outputs() != classes)
-    throw UsageError(fmt("--arch: the last layer (", layers_.back()->label(), ") has ", num_outputs(),
-                         " outputs but ", data_desc, " has ", classes, " classes; end the net with dense(",
-                         classes, ")"));
+    throw UsageError(fmt("--arch: the last layer (", layers_.back()->label(), ") has ", num_outputs(), " outputs but ",
+                         data_desc, " has ", classes, " classes; end the net with dense(", classes, ")"));
 }
 
 std::vector<float> Net::init_params(uint64_t seed) const {
@@ -78,7 +93,10 @@ std::vector<float> Net::init_params(uint64_t seed) const {
     // The first nonlinearity after this layer decides the init rule.
     bool relu_after = false;
     for (size_t j = i + 1; j < layers_.size(); ++j)
-      if (layers_[j]->is_activation()) { relu_after = layers_[j]->is_relu_like(); break; }
+      if (layers_[j]->is_activation()) {
+        relu_after = layers_[j]->is_relu_like();
+        break;
+      }
     Rng rng(mix64(seed) ^ mix64(i + 1));  // per-layer streams: adding a layer keeps the others' init
     layers_[i]->init_params(p.data() + layer_offset_[i], rng, relu_after);
   }
@@ -91,8 +109,7 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   // Which convs apply their ReLU themselves (decided anew on every call: the flag may change).
   std::vector<bool> fused(L, false);
   if (std::is_same_v<T, float> && gpu_fusion_)  // (the fused kernels are float)
-    for (int i = 0; i + 1 < L; ++i)
-      fused[i] = layers_[i]->can_fuse_relu(device) && layers_[i + 1]->is_plain_relu();
+    for (int i = 0; i + 1 < L; ++i) fused[i] = layers_[i]->can_fuse_relu(device) && layers_[i + 1]->is_plain_relu();
   if (st.N == N && st.device == device && int(st.act.size()) == L + 1 && st.fused == fused) return;
 
   // The plan. A view (flatten) that is not the last layer does not run: the layer after it reads
@@ -113,7 +130,11 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   st.act.resize(L + 1);
   st.dact.resize(L + 1);
   st.saved.resize(L);
-  auto batch_dims = [N](const Dims& d) { Dims b{N}; b.insert(b.end(), d.begin(), d.end()); return b; };
+  auto batch_dims = [N](const Dims& d) {
+    Dims b{N};
+    b.insert(b.end(), d.begin(), d.end());
+    return b;
+  };
   // Only the slots the plan writes get buffers (the input's always).
   std::vector<bool> used(L + 1, false);
   used[0] = true;
@@ -178,14 +199,14 @@ static size_t count_nonfinite(const std::vector<float>& v) {
 
 std::string Net::first_nonfinite(const NetState<float>& st) const {
   if (st.act.empty()) return "";
-  if (size_t n = count_nonfinite(st.act[0].to_host()))
-    return fmt("the input batch has ", n, " non-finite values");
+  if (size_t n = count_nonfinite(st.act[0].to_host())) return fmt("the input batch has ", n, " non-finite values");
   for (const PlannedLayer& p : st.plan)
     if (size_t n = count_nonfinite(st.act[p.out].to_host()))
       return fmt(layers_[p.layer]->label(), ": its output (forward) has ", n, " non-finite values of ",
                  st.act[p.out].numel());
   for (auto p = st.plan.rbegin(); p != st.plan.rend(); ++p)
-    if (p->in == 0) continue;
+    if (p->in == 0)
+      continue;
     else if (size_t n = count_nonfinite(st.dact[p->in].to_host()))
       return fmt(layers_[p->layer]->label(), ": its input gradient (backward) has ", n, " non-finite values of ",
                  st.dact[p->in].numel());

@@ -69,7 +69,7 @@ void softmax_backward(T* dinp, const T* dout, const T* out, int N, int K) {
 }
 
 #define BARECNN_INSTANTIATE(T)                                                                   \
-  template void activation_forward<T>(T*, const T*, long long, Activation);                     \
+  template void activation_forward<T>(T*, const T*, long long, Activation);                      \
   template void activation_backward<T>(T*, const T*, const T*, const T*, long long, Activation); \
   template void softmax_forward<T>(T*, const T*, int, int);                                      \
   template void softmax_backward<T>(T*, const T*, const T*, int, int);

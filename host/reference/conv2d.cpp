@@ -19,11 +19,11 @@ namespace barecnn::ref {
 
 // The output size must be the eq. (2.1) size of the input; a mismatch is a caller bug.
 static void check_conv2d_shape(const Conv2dShape& s, const char* op) {
-  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.K >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 &&
-                     s.ph >= 0 && s.pw >= 0,
-                 op, ": bad shape ", s.str());
-  BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, s.ph) && s.OW == window_out_size(s.W, s.kw, s.sw, s.pw),
-                 op, ": output size does not follow eq. (2.1) for ", s.str());
+  BARECNN_ASSERT(
+      s.N >= 0 && s.C >= 1 && s.K >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 && s.ph >= 0 && s.pw >= 0,
+      op, ": bad shape ", s.str());
+  BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, s.ph) && s.OW == window_out_size(s.W, s.kw, s.sw, s.pw), op,
+                 ": output size does not follow eq. (2.1) for ", s.str());
 }
 
 // Below this many multiply-adds a call runs on one thread: waking the OpenMP team costs more
@@ -130,9 +130,9 @@ void conv2d_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, c
   }
 }
 
-#define BARECNN_INSTANTIATE_CONV2D(T)                                                              \
-  template void conv2d_forward<T>(T*, const T*, const T*, const T*, const Conv2dShape&);           \
-  template void conv2d_backward_input<T>(T*, const T*, const T*, const Conv2dShape&);              \
+#define BARECNN_INSTANTIATE_CONV2D(T)                                                    \
+  template void conv2d_forward<T>(T*, const T*, const T*, const T*, const Conv2dShape&); \
+  template void conv2d_backward_input<T>(T*, const T*, const T*, const Conv2dShape&);    \
   template void conv2d_backward_weight<T>(T*, T*, const T*, const T*, const Conv2dShape&);
 BARECNN_INSTANTIATE_CONV2D(float)
 BARECNN_INSTANTIATE_CONV2D(double)

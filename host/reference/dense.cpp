@@ -70,9 +70,9 @@ void dense_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, in
   }
 }
 
-#define BARECNN_INSTANTIATE_DENSE(T)                                                  \
-  template void dense_forward<T>(T*, const T*, const T*, const T*, int, int, int);    \
-  template void dense_backward_input<T>(T*, const T*, const T*, int, int, int);       \
+#define BARECNN_INSTANTIATE_DENSE(T)                                               \
+  template void dense_forward<T>(T*, const T*, const T*, const T*, int, int, int); \
+  template void dense_backward_input<T>(T*, const T*, const T*, int, int, int);    \
   template void dense_backward_weight<T>(T*, T*, const T*, const T*, int, int, int);
 BARECNN_INSTANTIATE_DENSE(float)
 BARECNN_INSTANTIATE_DENSE(double)

@@ -46,16 +46,15 @@ static T sigmoid(T x) {
 
 // loss (N), dlogits (N, K) or null, correct (N) or null; logits (N, K); labels (N) in [0, K).
 template <typename T>
-void loss_forward_backward(T* loss, T* dlogits, int32_t* correct, const T* logits,
-                           const int32_t* labels, int N, int K, Loss kind, T grad_scale) {
+void loss_forward_backward(T* loss, T* dlogits, int32_t* correct, const T* logits, const int32_t* labels, int N, int K,
+                           Loss kind, T grad_scale) {
   BARECNN_ASSERT(N >= 0 && K >= 1, "loss_forward_backward: N = ", N, ", K = ", K);
   const T invK = T(1) / T(K);
   for (int i = 0; i < N; ++i) {
-    const T* z = logits + static_cast<long long>(i) * K;                 // (K)
+    const T* z = logits + static_cast<long long>(i) * K;                  // (K)
     T* dz = dlogits ? dlogits + static_cast<long long>(i) * K : nullptr;  // (K)
     const int c = labels[i];
-    BARECNN_ASSERT(c >= 0 && c < K, "loss_forward_backward: label ", c, " of sample ", i,
-                   " is outside [0, ", K, ")");
+    BARECNN_ASSERT(c >= 0 && c < K, "loss_forward_backward: label ", c, " of sample ", i, " is outside [0, ", K, ")");
 
     // argmax, the first index on ties
     int best = 0;
@@ -74,8 +73,7 @@ void loss_forward_backward(T* loss, T* dlogits, int32_t* correct, const T* logit
         for (int k = 0; k < K; ++k) sum += std::exp(z[k] - m);
         L = m + std::log(sum) - z[c];
         if (dz)
-          for (int k = 0; k < K; ++k)
-            dz[k] = grad_scale * (std::exp(z[k] - m) / sum - (k == c ? T(1) : T(0)));
+          for (int k = 0; k < K; ++k) dz[k] = grad_scale * (std::exp(z[k] - m) / sum - (k == c ? T(1) : T(0)));
         break;
       }
       case Loss::BinaryCrossEntropy: {
@@ -146,10 +144,10 @@ void loss_forward_backward(T* loss, T* dlogits, int32_t* correct, const T* logit
   }
 }
 
-template void loss_forward_backward<float>(float*, float*, int32_t*, const float*, const int32_t*, int,
-                                           int, Loss, float);
-template void loss_forward_backward<double>(double*, double*, int32_t*, const double*, const int32_t*,
-                                            int, int, Loss, double);
+template void loss_forward_backward<float>(float*, float*, int32_t*, const float*, const int32_t*, int, int, Loss,
+                                           float);
+template void loss_forward_backward<double>(double*, double*, int32_t*, const double*, const int32_t*, int, int, Loss,
+                                            double);
 
 }  // namespace ref
 }  // namespace barecnn

@@ -18,8 +18,8 @@ void optimizer_step(T* param, const T* grad, T* m, T* v, size_t n, const OptimCo
       // no Nesterov). torch starts the buffer at g on step 1; ours starts at zero, which gives the
       // same m = momentum*0 + g = g. With momentum 0 this is the paper's param -= lr*grad.
       const T mu = T(cfg.momentum);
-      BARECNN_ASSERT(cfg.momentum == 0.f || m != nullptr, "optimizer_step: SGD with momentum ",
-                     cfg.momentum, " needs a momentum buffer");
+      BARECNN_ASSERT(cfg.momentum == 0.f || m != nullptr, "optimizer_step: SGD with momentum ", cfg.momentum,
+                     " needs a momentum buffer");
       for (size_t i = 0; i < n; ++i) {
         const T g = grad[i] + wd * param[i];
         if (cfg.momentum != 0.f) {
@@ -57,7 +57,6 @@ void optimizer_step(T* param, const T* grad, T* m, T* v, size_t n, const OptimCo
 }
 
 template void optimizer_step<float>(float*, const float*, float*, float*, size_t, const OptimConfig&, long long);
-template void optimizer_step<double>(double*, const double*, double*, double*, size_t, const OptimConfig&,
-                                     long long);
+template void optimizer_step<double>(double*, const double*, double*, double*, size_t, const OptimConfig&, long long);
 
 }  // namespace barecnn::ref

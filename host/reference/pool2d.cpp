@@ -18,11 +18,10 @@
 namespace barecnn::ref {
 
 static void check_pool2d_shape(const Pool2dShape& s, const char* op) {
-  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 && s.H >= s.kh &&
-                     s.W >= s.kw,
+  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 && s.H >= s.kh && s.W >= s.kw,
                  op, ": bad shape ", s.str());
-  BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, 0) && s.OW == window_out_size(s.W, s.kw, s.sw, 0),
-                 op, ": output size does not follow eq. (2.1) for ", s.str());
+  BARECNN_ASSERT(s.OH == window_out_size(s.H, s.kh, s.sh, 0) && s.OW == window_out_size(s.W, s.kw, s.sw, 0), op,
+                 ": output size does not follow eq. (2.1) for ", s.str());
 }
 
 // Below this many window reads a call runs on one thread: waking the OpenMP team costs more than
@@ -207,12 +206,12 @@ void l2pool2d_backward(T* dinp, const T* dout, const T* inp, const T* out, const
   }
 }
 
-#define BARECNN_INSTANTIATE_POOL2D(T)                                                              \
-  template void maxpool2d_forward<T>(T*, int32_t*, const T*, const Pool2dShape&);                  \
-  template void maxpool2d_backward<T>(T*, const T*, const int32_t*, const Pool2dShape&);           \
-  template void avgpool2d_forward<T>(T*, const T*, const Pool2dShape&);                            \
-  template void avgpool2d_backward<T>(T*, const T*, const Pool2dShape&);                           \
-  template void l2pool2d_forward<T>(T*, const T*, const Pool2dShape&);                             \
+#define BARECNN_INSTANTIATE_POOL2D(T)                                                    \
+  template void maxpool2d_forward<T>(T*, int32_t*, const T*, const Pool2dShape&);        \
+  template void maxpool2d_backward<T>(T*, const T*, const int32_t*, const Pool2dShape&); \
+  template void avgpool2d_forward<T>(T*, const T*, const Pool2dShape&);                  \
+  template void avgpool2d_backward<T>(T*, const T*, const Pool2dShape&);                 \
+  template void l2pool2d_forward<T>(T*, const T*, const Pool2dShape&);                   \
   template void l2pool2d_backward<T>(T*, const T*, const T*, const T*, const Pool2dShape&);
 BARECNN_INSTANTIATE_POOL2D(float)
 BARECNN_INSTANTIATE_POOL2D(double)

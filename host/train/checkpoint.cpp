@@ -19,8 +19,16 @@ namespace {
 std::vector<int64_t> to_shape(const Dims& d) { return std::vector<int64_t>(d.begin(), d.end()); }
 
 // Text that reads back to the same float / double (%.9g / %.17g round-trip exactly).
-std::string f9(float x) { char b[32]; std::snprintf(b, sizeof b, "%.9g", x); return b; }
-std::string d17(double x) { char b[40]; std::snprintf(b, sizeof b, "%.17g", x); return b; }
+std::string f9(float x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.9g", x);
+  return b;
+}
+std::string d17(double x) {
+  char b[40];
+  std::snprintf(b, sizeof b, "%.17g", x);
+  return b;
+}
 
 void put_meta(SafeTensors& st, const ModelMeta& m) {
   st.metadata["format"] = "barecnn";
@@ -36,7 +44,8 @@ void put_meta(SafeTensors& st, const ModelMeta& m) {
 const std::string& need_meta(const SafeTensors& st, const std::string& key, const std::string& path) {
   auto it = st.metadata.find(key);
   if (it == st.metadata.end())
-    throw UsageError(fmt(path, ": the __metadata__ has no \"", key, "\"; this file was not written by barecnn train "
+    throw UsageError(fmt(path, ": the __metadata__ has no \"", key,
+                         "\"; this file was not written by barecnn train "
                          "(expected keys: arch, input, classes, normalize_mean, normalize_std)"));
   return it->second;
 }
@@ -80,13 +89,14 @@ void put_params(SafeTensors& st, const Net& net, const std::vector<float>& param
 }
 
 // Reads the net's tensors out of `st`, checking names, shapes and dtypes.
-std::vector<float> get_params(const SafeTensors& st, const Net& net, const std::string& path, const std::string& prefix) {
+std::vector<float> get_params(const SafeTensors& st, const Net& net, const std::string& path,
+                              const std::string& prefix) {
   std::vector<float> p(net.num_params());
   for (auto& e : net.params()) {
     auto it = st.tensors.find(prefix + e.name);
     if (it == st.tensors.end())
-      throw UsageError(fmt(path, ": tensor \"", prefix + e.name, "\" is missing; the net ", net.spec(), " needs it with shape ",
-                           dims_str(e.dims)));
+      throw UsageError(fmt(path, ": tensor \"", prefix + e.name, "\" is missing; the net ", net.spec(),
+                           " needs it with shape ", dims_str(e.dims)));
     const SafeTensor& t = it->second;
     if (t.dtype != "F32")
       throw UsageError(fmt(path, ": tensor \"", prefix + e.name, "\" has dtype ", t.dtype, ", expected F32"));
@@ -126,8 +136,8 @@ Model load_model(const std::string& path) {
     bool known = false;
     for (auto& e : m.net->params()) known |= e.name == name;
     if (!known)
-      throw UsageError(fmt(path, ": unexpected tensor \"", name, "\"; the net ", m.net->spec(),
-                           " has no such parameter"));
+      throw UsageError(
+          fmt(path, ": unexpected tensor \"", name, "\"; the net ", m.net->spec(), " has no such parameter"));
   }
   m.params = get_params(st, *m.net, path, "");
   return m;
@@ -138,8 +148,12 @@ Model load_model(const std::string& path) {
 std::string history_json(const std::vector<EpochMetrics>& h) {
   json a = json::array();
   for (auto& e : h)
-    a.push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"train_accuracy", e.train_accuracy},
-                 {"test_loss", e.test_loss}, {"test_accuracy", e.test_accuracy}, {"seconds", e.seconds},
+    a.push_back({{"epoch", e.epoch},
+                 {"train_loss", e.train_loss},
+                 {"train_accuracy", e.train_accuracy},
+                 {"test_loss", e.test_loss},
+                 {"test_accuracy", e.test_accuracy},
+                 {"seconds", e.seconds},
                  {"images_per_second", e.images_per_second}});
   return a.dump();
 }
@@ -202,7 +216,8 @@ Checkpoint read_checkpoint(const std::string& path) {
   SafeTensors st = read_safetensors(path);
   auto fmt_it = st.metadata.find("format");
   if (fmt_it == st.metadata.end() || fmt_it->second != "barecnn-checkpoint-1")
-    throw UsageError(fmt(path, ": not a barecnn checkpoint (__metadata__ \"format\" should be \"barecnn-checkpoint-1\")"));
+    throw UsageError(
+        fmt(path, ": not a barecnn checkpoint (__metadata__ \"format\" should be \"barecnn-checkpoint-1\")"));
   Checkpoint c;
   c.meta = get_meta(st, path);
   auto num = [&](const char* k) { return meta_number(st, k, path); };
@@ -238,8 +253,8 @@ Checkpoint read_checkpoint(const std::string& path) {
   c.m = st.get_f32("optimizer.m");
   c.v = st.get_f32("optimizer.v");
   if (c.m.size() != c.params.size() || c.v.size() != c.params.size())
-    throw UsageError(fmt(path, ": optimizer state has ", c.m.size(), "/", c.v.size(), " values, expected ",
-                         c.params.size()));
+    throw UsageError(
+        fmt(path, ": optimizer state has ", c.m.size(), "/", c.v.size(), " values, expected ", c.params.size()));
   std::vector<double> sums = st.get_f64("epoch_metrics");
   if (sums.size() != 2) throw UsageError(fmt(path, ": tensor \"epoch_metrics\" should hold 2 values"));
   c.epoch_loss_sum = sums[0];

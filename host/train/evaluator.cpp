@@ -8,14 +8,20 @@
 
 namespace barecnn {
 
-Evaluator::Evaluator(Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels,
-                     float mean, float std, Loss loss, int batch)
-    : net_(net), ex_(ex), images_(images), has_labels_(!labels.empty()), mean_(mean), std_(std), loss_(loss),
+Evaluator::Evaluator(Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels, float mean,
+                     float std, Loss loss, int batch)
+    : net_(net),
+      ex_(ex),
+      images_(images),
+      has_labels_(!labels.empty()),
+      mean_(mean),
+      std_(std),
+      loss_(loss),
       batch_(batch) {
   const int n = images.count, P = images.rows * images.cols;  // IDX images: 1 channel
   if (P != int(dims_numel(net.input_dims())))
-    throw UsageError(fmt("the images are ", images.rows, "x", images.cols, " but the net takes ",
-                         dims_str(net.input_dims())));
+    throw UsageError(
+        fmt("the images are ", images.rows, "x", images.cols, " but the net takes ", dims_str(net.input_dims())));
   const Device d = ex_.device;
   d_images_.reset({n, P}, d);
   d_images_.copy_from_host(images.pixels);
@@ -41,11 +47,11 @@ EvalResult Evaluator::run(const float* params, bool keep_logits) {
     net_.prepare(st_, B, ex_.device);
     for (int b = 0; b < B; ++b) idx[b] = start + b;
     idx_.copy_from_host(idx);
-    op::gather_normalize(ex_, st_.act[0].data(), labels_.data(), d_images_.data(), d_labels_.data(), idx_.data(), B,
-                         P, mean_, std_);
+    op::gather_normalize(ex_, st_.act[0].data(), labels_.data(), d_images_.data(), d_labels_.data(), idx_.data(), B, P,
+                         mean_, std_);
     net_.forward(st_, params, ex_);
-    op::loss_forward_backward(ex_, lossv_.data(), nullptr, correct_.data(), st_.act.back().data(), labels_.data(), B,
-                              K, loss_, 1.f / B);
+    op::loss_forward_backward(ex_, lossv_.data(), nullptr, correct_.data(), st_.act.back().data(), labels_.data(), B, K,
+                              loss_, 1.f / B);
     const std::vector<float> logits = st_.act.back().to_host();  // waits for the batch
     const std::vector<float> lossv = lossv_.to_host();
     const std::vector<int32_t> correct = correct_.to_host(), lab = labels_.to_host();

@@ -33,9 +33,8 @@ void Progress::update(long long step, double loss, double acc, double img_s, dou
     int width = 28, filled = steps_ ? int(width * step / steps_) : width;
     std::string bar(filled, '#');
     bar += std::string(width - filled, '.');
-    std::fprintf(stderr, "\r  epoch %d/%d [%s] %3d%%  loss %.4f  acc %5.1f%%  %7.0f img/s  ETA %s   ", epoch_,
-                 epochs_, bar.c_str(), steps_ ? int(100 * step / steps_) : 100, loss, 100 * acc, img_s,
-                 hms(eta).c_str());
+    std::fprintf(stderr, "\r  epoch %d/%d [%s] %3d%%  loss %.4f  acc %5.1f%%  %7.0f img/s  ETA %s   ", epoch_, epochs_,
+                 bar.c_str(), steps_ ? int(100 * step / steps_) : 100, loss, 100 * acc, img_s, hms(eta).c_str());
     std::fflush(stderr);
   } else if (step >= next_line_) {
     next_line_ = step + std::max<long long>(1, steps_ / 10);

@@ -30,8 +30,12 @@ std::string summary_json(const RunReport& r) {
   }
   json epochs = json::array();
   for (auto& e : r.epochs)
-    epochs.push_back({{"epoch", e.epoch}, {"train_loss", e.train_loss}, {"train_accuracy", e.train_accuracy},
-                      {"test_accuracy", e.test_accuracy}, {"test_loss", e.test_loss}, {"seconds", e.seconds},
+    epochs.push_back({{"epoch", e.epoch},
+                      {"train_loss", e.train_loss},
+                      {"train_accuracy", e.train_accuracy},
+                      {"test_accuracy", e.test_accuracy},
+                      {"test_loss", e.test_loss},
+                      {"seconds", e.seconds},
                       {"images_per_second", e.images_per_second}});
   j["epochs"] = epochs;
   return j.dump(2) + "\n";
@@ -65,8 +69,9 @@ void write_report(const std::string& dir, const RunReport& r) {
     plot_filters(path_join(dir, "filters.png"), r.conv_weight.data(), r.conv_k, r.conv_c, r.conv_kh, r.conv_kw,
                  "First convolution layer: filters");
   if (r.classes > 0 && r.confusion.size() == size_t(r.classes) * r.classes)
-    plot_confusion(path_join(dir, "confusion.png"), r.confusion, r.classes, r.class_names,
-                   fmt("Confusion matrix on the test set (accuracy ", std::to_string(100 * r.test_accuracy).substr(0, 5), "%)"));
+    plot_confusion(
+        path_join(dir, "confusion.png"), r.confusion, r.classes, r.class_names,
+        fmt("Confusion matrix on the test set (accuracy ", std::to_string(100 * r.test_accuracy).substr(0, 5), "%)"));
 }
 
 }  // namespace barecnn

@@ -8,8 +8,7 @@ namespace barecnn {
 
 TrainStep::TrainStep(Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels,
                      const StepSettings& settings)
-    : net_(net), ex_(ex), settings_(settings), count_(images.count), P_(images.rows * images.cols),
-      readback_(ex, 2) {
+    : net_(net), ex_(ex), settings_(settings), count_(images.count), P_(images.rows * images.cols), readback_(ex, 2) {
   const int B = settings_.batch;
   BARECNN_ASSERT(B >= 1 && B <= count_, "batch ", B, " for ", count_, " images");
   BARECNN_ASSERT(size_t(P_) == dims_numel(net.input_dims()), "images of ", P_, " pixels for a net taking ",
@@ -67,8 +66,7 @@ void TrainStep::enqueue() {
   op::accumulate_metrics(ex_, acc_.data(), loss_.data(), correct_.data(), B);
   net_.backward(st_, params_.data(), grads_.data(), ex_, false);
   // (data-parallel training all-reduces grads_ here)
-  op::optimizer_step(ex_, params_.data(), grads_.data(), m_.data(), v_.data(), params_.numel(), opt,
-                     counters_.data());
+  op::optimizer_step(ex_, params_.data(), grads_.data(), m_.data(), v_.data(), params_.numel(), opt, counters_.data());
 }
 
 // With cuda_graph: the first step runs eagerly (it loads every kernel and lets cuBLAS settle), the

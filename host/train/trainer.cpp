@@ -34,7 +34,8 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::string optim_str(const OptimConfig& o) {
-  if (o.kind == Optim::Adam) return fmt("adam (lr ", o.lr, ", betas ", o.beta1, "/", o.beta2, ", weight decay ", o.weight_decay, ")");
+  if (o.kind == Optim::Adam)
+    return fmt("adam (lr ", o.lr, ", betas ", o.beta1, "/", o.beta2, ", weight decay ", o.weight_decay, ")");
   return fmt("sgd (lr ", o.lr, ", momentum ", o.momentum, ", weight decay ", o.weight_decay, ")");
 }
 
@@ -76,7 +77,8 @@ class TrainingRun {
     if (resuming) {
       std::string path = path_join(cfg_.resume, "checkpoint.safetensors");
       if (!file_exists(path))
-        throw UsageError(fmt("--resume ", cfg_.resume, ": no checkpoint.safetensors in that folder; pass the --out "
+        throw UsageError(fmt("--resume ", cfg_.resume,
+                             ": no checkpoint.safetensors in that folder; pass the --out "
                              "folder of the run to continue"));
       ck = read_checkpoint(path);
       cfg_ = resumed_config(ck.cfg, cfg_);
@@ -97,8 +99,10 @@ class TrainingRun {
     std::string why;
     const Device device = choose_device(cfg_.device, &why);
     if (resuming && ck.device != device_name(device))
-      std::printf("note: the checkpoint was trained on %s and continues on %s; the weights will not be bitwise "
-                  "those of an uninterrupted run\n", ck.device.c_str(), device_name(device));
+      std::printf(
+          "note: the checkpoint was trained on %s and continues on %s; the weights will not be bitwise "
+          "those of an uninterrupted run\n",
+          ck.device.c_str(), device_name(device));
     if (cfg_.data_dir.empty()) cfg_.data_dir = default_data_dir();
     data_ = load_dataset(cfg_.data_dir, cfg_.limit);
     const Dims input{1, data_.train.rows, data_.train.cols};
@@ -128,7 +132,9 @@ class TrainingRun {
     }
     const size_t P = net_->num_params();
     if (resuming) {
-      restart_ = {ck.epochs_done, ck.step_in_epoch, {ck.epoch_loss_sum, ck.epoch_correct, ck.step_in_epoch},
+      restart_ = {ck.epochs_done,
+                  ck.step_in_epoch,
+                  {ck.epoch_loss_sum, ck.epoch_correct, ck.step_in_epoch},
                   {ck.params, ck.m, ck.v, ck.global_step}};
       if (ck.params.size() != P || ck.m.size() != P || ck.v.size() != P)
         throw UsageError(fmt("--resume: the checkpoint holds ", ck.params.size(), " parameters, the net has ", P));
@@ -163,9 +169,10 @@ class TrainingRun {
       em.test_accuracy = ev.accuracy;
       history_.push_back(em);
       last_eval_ = ev;
-      std::printf("epoch %d/%d  train loss %.4f  train acc %.2f%%  test loss %.4f  test acc %.2f%%  %.1fs  %.0f img/s\n",
-                  em.epoch, cfg_.epochs, em.train_loss, 100 * em.train_accuracy, em.test_loss, 100 * em.test_accuracy,
-                  em.seconds, em.images_per_second);
+      std::printf(
+          "epoch %d/%d  train loss %.4f  train acc %.2f%%  test loss %.4f  test acc %.2f%%  %.1fs  %.0f img/s\n",
+          em.epoch, cfg_.epochs, em.train_loss, 100 * em.train_accuracy, em.test_loss, 100 * em.test_accuracy,
+          em.seconds, em.images_per_second);
       std::fflush(stdout);
       save_checkpoint(epoch + 1, 0, {}, 0);
       start_seconds_ = 0;
@@ -205,9 +212,10 @@ class TrainingRun {
         break;
       }
     write_report(cfg_.out, r);
-    std::printf("test accuracy %.4f, test loss %.4f\nwrote %s/{model.safetensors, summary.json, metrics.csv, "
-                "checkpoint.safetensors, loss.png, accuracy.png, confusion.png%s}\n",
-                r.test_accuracy, r.test_loss, cfg_.out.c_str(), r.conv_weight.empty() ? "" : ", filters.png");
+    std::printf(
+        "test accuracy %.4f, test loss %.4f\nwrote %s/{model.safetensors, summary.json, metrics.csv, "
+        "checkpoint.safetensors, loss.png, accuracy.png, confusion.png%s}\n",
+        r.test_accuracy, r.test_loss, cfg_.out.c_str(), r.conv_weight.empty() ? "" : ", filters.png");
   }
 
  private:
@@ -275,8 +283,7 @@ class TrainingRun {
     std::string ck = file_exists(ckpt_path_) ? fmt("; the last good checkpoint is kept in ", ckpt_path_)
                                              : "; no checkpoint was written yet";
     throw Error(fmt("training diverged in epoch ", epoch + 1, " at step ", step, ": the loss is not finite",
-                    where.empty() ? "" : "; first non-finite: " + where, ". Lower --lr (now ", cfg_.optim.lr, ")",
-                    ck));
+                    where.empty() ? "" : "; first non-finite: " + where, ". Lower --lr (now ", cfg_.optim.lr, ")", ck));
   }
 
   // Writes the checkpoint and keeps it as the point a divergence is replayed from.

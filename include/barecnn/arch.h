@@ -16,12 +16,12 @@ enum class LayerKind { Conv, MaxPool, AvgPool, L2Pool, Flatten, Dense, Activatio
 // One parsed layer, before shapes are known.
 struct LayerDesc {
   LayerKind kind;
-  std::string text;        // as written, for messages
-  int out = 0;             // conv: output channels; dense: units
-  int kh = 0, kw = 0;      // conv / pool window
-  int stride = 1;          // conv default 1; pools default = window size (as PyTorch)
+  std::string text;    // as written, for messages
+  int out = 0;         // conv: output channels; dense: units
+  int kh = 0, kw = 0;  // conv / pool window
+  int stride = 1;      // conv default 1; pools default = window size (as PyTorch)
   int pad = 0;
-  Activation act;          // for Activation
+  Activation act;  // for Activation
 };
 
 // Expands a preset name or returns the spec unchanged.

@@ -12,12 +12,12 @@
 namespace barecnn {
 
 struct Checkpoint {
-  TrainConfig cfg;            // the run's settings (data, arch, batch, optimizer, loss, seed, limit)
+  TrainConfig cfg;  // the run's settings (data, arch, batch, optimizer, loss, seed, limit)
   ModelMeta meta;
-  std::string device;         // device the run trained on ("cpu" / "cuda")
-  int epochs_done = 0;        // completed epochs
-  long long step_in_epoch = 0;  // steps done in the current epoch
-  long long global_step = 0;  // optimizer steps so far (Adam's bias correction)
+  std::string device;                                               // device the run trained on ("cpu" / "cuda")
+  int epochs_done = 0;                                              // completed epochs
+  long long step_in_epoch = 0;                                      // steps done in the current epoch
+  long long global_step = 0;                                        // optimizer steps so far (Adam's bias correction)
   double epoch_loss_sum = 0, epoch_correct = 0, epoch_seconds = 0;  // the partial epoch so far
   std::vector<EpochMetrics> history;
   std::vector<float> params, m, v;

@@ -21,33 +21,29 @@ void print_cuda_error(cudaError_t err, const char* expr, const char* file, int l
 
 }  // namespace barecnn
 
-#define CUDA_CHECK(expr)                                                       \
-  do {                                                                         \
-    cudaError_t barecnn_err_ = (expr);                                         \
-    if (barecnn_err_ != cudaSuccess)                                           \
-      ::barecnn::throw_cuda_error(barecnn_err_, #expr, __FILE__, __LINE__);    \
+#define CUDA_CHECK(expr)                                                                                   \
+  do {                                                                                                     \
+    cudaError_t barecnn_err_ = (expr);                                                                     \
+    if (barecnn_err_ != cudaSuccess) ::barecnn::throw_cuda_error(barecnn_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
-#define CUDA_CHECK_NOTHROW(expr)                                               \
-  do {                                                                         \
-    cudaError_t barecnn_err_ = (expr);                                         \
-    if (barecnn_err_ != cudaSuccess)                                           \
-      ::barecnn::print_cuda_error(barecnn_err_, #expr, __FILE__, __LINE__);    \
+#define CUDA_CHECK_NOTHROW(expr)                                                                           \
+  do {                                                                                                     \
+    cudaError_t barecnn_err_ = (expr);                                                                     \
+    if (barecnn_err_ != cudaSuccess) ::barecnn::print_cuda_error(barecnn_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
-#define CUBLAS_CHECK(expr)                                                     \
-  do {                                                                         \
-    cublasStatus_t barecnn_st_ = (expr);                                       \
-    if (barecnn_st_ != CUBLAS_STATUS_SUCCESS)                                  \
-      ::barecnn::throw_cublas_error(barecnn_st_, #expr, __FILE__, __LINE__);   \
+#define CUBLAS_CHECK(expr)                                                                                           \
+  do {                                                                                                               \
+    cublasStatus_t barecnn_st_ = (expr);                                                                             \
+    if (barecnn_st_ != CUBLAS_STATUS_SUCCESS) ::barecnn::throw_cublas_error(barecnn_st_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 // After a kernel launch: names the op and its shape in the error.
-#define CUDA_CHECK_LAUNCH(opname, shape_str)                                             \
-  do {                                                                                   \
-    cudaError_t barecnn_err_ = cudaGetLastError();                                       \
-    if (barecnn_err_ != cudaSuccess)                                                     \
-      throw ::barecnn::Error(::barecnn::cuda_error_message(barecnn_err_, opname, __FILE__, \
-                                                           __LINE__) +                   \
-                             " [shape " + (shape_str) + "]");                            \
+#define CUDA_CHECK_LAUNCH(opname, shape_str)                                                                        \
+  do {                                                                                                              \
+    cudaError_t barecnn_err_ = cudaGetLastError();                                                                  \
+    if (barecnn_err_ != cudaSuccess)                                                                                \
+      throw ::barecnn::Error(::barecnn::cuda_error_message(barecnn_err_, opname, __FILE__, __LINE__) + " [shape " + \
+                             (shape_str) + "]");                                                                    \
   } while (0)

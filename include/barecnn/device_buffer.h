@@ -86,7 +86,10 @@ class DeviceBuffer {
     BARECNN_ASSERT(n <= n_, "copy of ", n, " elements into a buffer of ", n_);
     if (n) CUDA_CHECK(cudaMemcpy(ptr_, src, n * sizeof(T), cudaMemcpyHostToDevice));
   }
-  void copy_from_host(const std::vector<T>& v) { resize(v.size()); copy_from_host(v.data(), v.size()); }
+  void copy_from_host(const std::vector<T>& v) {
+    resize(v.size());
+    copy_from_host(v.data(), v.size());
+  }
   void copy_to_host(T* dst, size_t n) const {
     BARECNN_ASSERT(n <= n_, "copy of ", n, " elements out of a buffer of ", n_);
     if (n) CUDA_CHECK(cudaMemcpy(dst, ptr_, n * sizeof(T), cudaMemcpyDeviceToHost));

@@ -12,8 +12,7 @@ namespace barecnn {
 // file/flag/layer, what was expected, what was found, and how to fix it.
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& what, int exit_code = 1)
-      : std::runtime_error(what), exit_code_(exit_code) {}
+  explicit Error(const std::string& what, int exit_code = 1) : std::runtime_error(what), exit_code_(exit_code) {}
   int exit_code() const { return exit_code_; }
 
  private:
@@ -36,9 +35,9 @@ std::string fmt(const Args&... args) {
 }  // namespace barecnn
 
 // Preconditions that indicate a bug in the caller (not user input).
-#define BARECNN_ASSERT(cond, ...)                                                          \
-  do {                                                                                     \
-    if (!(cond))                                                                           \
-      throw ::barecnn::Error(::barecnn::fmt("internal check failed: ", #cond, " at ",       \
-                                            __FILE__, ":", __LINE__, ": ", __VA_ARGS__));  \
+#define BARECNN_ASSERT(cond, ...)                                                                                \
+  do {                                                                                                           \
+    if (!(cond))                                                                                                 \
+      throw ::barecnn::Error(                                                                                    \
+          ::barecnn::fmt("internal check failed: ", #cond, " at ", __FILE__, ":", __LINE__, ": ", __VA_ARGS__)); \
   } while (0)

@@ -37,15 +37,15 @@ class Evaluator {
   float mean_, std_;
   Loss loss_;
   int batch_;
-  NetState<float> st_;                      // its own activations: the training step's stay put
+  NetState<float> st_;                        // its own activations: the training step's stay put
   BasicTensor<uint8_t> d_images_, d_labels_;  // (n, P), (n)
-  TensorI idx_, labels_, correct_;          // (batch)
-  Tensor lossv_;                            // (batch)
+  TensorI idx_, labels_, correct_;            // (batch)
+  Tensor lossv_;                              // (batch)
 };
 
 // Evaluates `params` (host, flat) on images on `device`; labels may be empty (prediction only).
 EvalResult evaluate(Net& net, const std::vector<float>& params, const IdxImages& images,
-                    const std::vector<uint8_t>& labels, float mean, float std, Loss loss, Device device,
-                    int batch, bool keep_logits);
+                    const std::vector<uint8_t>& labels, float mean, float std, Loss loss, Device device, int batch,
+                    bool keep_logits);
 
 }  // namespace barecnn

@@ -31,7 +31,11 @@ struct Exec {
   static Exec cuda(const GpuContext& g) { return {Device::CUDA, &g, nullptr}; }
   // `gpu` must be given for Device::CUDA (a GpuContext of the caller's).
   static Exec on(Device d, const GpuContext* gpu);
-  Exec with_workspace(float* w) const { Exec e = *this; e.workspace = w; return e; }
+  Exec with_workspace(float* w) const {
+    Exec e = *this;
+    e.workspace = w;
+    return e;
+  }
 
   // Can work on this device be captured as a CUDA Graph?
   bool can_capture() const { return device == Device::CUDA; }
@@ -83,15 +87,16 @@ void softmax_forward(const Exec& ex, double* out, const double* inp, int N, int 
 void softmax_backward(const Exec& ex, float* dinp, const float* dout, const float* out, int N, int K);
 void softmax_backward(const Exec& ex, double* dinp, const double* dout, const double* out, int N, int K);
 
-void dense_forward(const Exec& ex, float* out, const float* inp, const float* w, const float* b, int N, int IN, int OUT);
+void dense_forward(const Exec& ex, float* out, const float* inp, const float* w, const float* b, int N, int IN,
+                   int OUT);
 void dense_forward(const Exec& ex, double* out, const double* inp, const double* w, const double* b, int N, int IN,
                    int OUT);
 void dense_backward_input(const Exec& ex, float* dinp, const float* dout, const float* w, int N, int IN, int OUT);
 void dense_backward_input(const Exec& ex, double* dinp, const double* dout, const double* w, int N, int IN, int OUT);
 void dense_backward_weight(const Exec& ex, float* dw, float* db, const float* dout, const float* inp, int N, int IN,
                            int OUT);
-void dense_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp, int N,
-                           int IN, int OUT);
+void dense_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp, int N, int IN,
+                           int OUT);
 
 // dst (n) = src (n), both on ex.device.
 void copy(const Exec& ex, float* dst, const float* src, size_t n);

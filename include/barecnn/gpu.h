@@ -14,16 +14,16 @@
 namespace barecnn {
 
 struct GpuStatus {
-  bool ok = false;            // a device works: a kernel built into this binary ran on it
-  std::string reason;         // when !ok: why, in a sentence ("no NVIDIA driver: ...")
+  bool ok = false;     // a device works: a kernel built into this binary ran on it
+  std::string reason;  // when !ok: why, in a sentence ("no NVIDIA driver: ...")
   int device = 0;
-  std::string name;           // "NVIDIA H100 80GB HBM3"
+  std::string name;  // "NVIDIA H100 80GB HBM3"
   int cc_major = 0, cc_minor = 0;
   int driver_version = 0, runtime_version = 0;
   size_t total_mem = 0;
   int sm_count = 0;
   int device_count = 0;
-  bool emulated = false;      // the CUDA emulator (tests/emu): the GPU code runs on the CPU
+  bool emulated = false;  // the CUDA emulator (tests/emu): the GPU code runs on the CPU
 };
 
 // Probes once (cached): device count, properties, and a tiny kernel launch, so a GPU this build

@@ -30,16 +30,15 @@ namespace gpu {
 // null, is that fused output y: both backward ops then read g = dout * (y > 0 ? 1 : 0) in place
 // of dout, bitwise what activation_backward(Relu) would have passed them (y > 0 exactly where the
 // pre-activation is > 0), so the fused chain gives the very gradients of the unfused one.
-void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias,
-                    const Conv2dShape& s, cudaStream_t stream, bool fuse_relu = false);
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
+                    cudaStream_t stream, bool fuse_relu = false);
 void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
                            cudaStream_t stream, const float* relu_out = nullptr);
 // Deterministic: no floating-point atomics. `workspace` is scratch for the two-stage reduction,
 // of conv2d_backward_weight_workspace(s) floats (may be null when that is 0); the same size with
 // or without relu_out.
-void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp,
-                            const Conv2dShape& s, float* workspace, cudaStream_t stream,
-                            const float* relu_out = nullptr);
+void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
+                            float* workspace, cudaStream_t stream, const float* relu_out = nullptr);
 size_t conv2d_backward_weight_workspace(const Conv2dShape& s);
 // Which conv2d kernels the three launchers above run. Fast (default): the tiled kernels, each
 // falling back to Simple where its shape limits do not hold; Simple: one thread per output, the
@@ -54,34 +53,33 @@ void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, con
 void avgpool2d_forward(float* out, const float* inp, const Pool2dShape& s, cudaStream_t stream);
 void avgpool2d_backward(float* dinp, const float* dout, const Pool2dShape& s, cudaStream_t stream);
 void l2pool2d_forward(float* out, const float* inp, const Pool2dShape& s, cudaStream_t stream);
-void l2pool2d_backward(float* dinp, const float* dout, const float* inp, const float* out,
-                       const Pool2dShape& s, cudaStream_t stream);
+void l2pool2d_backward(float* dinp, const float* dout, const float* inp, const float* out, const Pool2dShape& s,
+                       cudaStream_t stream);
 
 void activation_forward(float* out, const float* inp, long long n, Activation a, cudaStream_t stream);
-void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n,
-                         Activation a, cudaStream_t stream);
+void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n, Activation a,
+                         cudaStream_t stream);
 void softmax_forward(float* out, const float* inp, int N, int K, cudaStream_t stream);
 void softmax_backward(float* dinp, const float* dout, const float* out, int N, int K, cudaStream_t stream);
 
 // Dense layers go through cuBLAS (row-major GEMM helper); `handle` must be bound to `stream`.
-void dense_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IN,
-                   int OUT, cublasHandle_t handle, cudaStream_t stream);
+void dense_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IN, int OUT,
+                   cublasHandle_t handle, cudaStream_t stream);
 void dense_backward_input(float* dinp, const float* dout, const float* weight, int N, int IN, int OUT,
                           cublasHandle_t handle, cudaStream_t stream);
-void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N,
-                           int IN, int OUT, cublasHandle_t handle, cudaStream_t stream);
+void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN, int OUT,
+                           cublasHandle_t handle, cudaStream_t stream);
 
-void loss_forward_backward(float* loss, float* dlogits, int32_t* correct, const float* logits,
-                           const int32_t* labels, int N, int K, Loss kind, float grad_scale,
-                           cudaStream_t stream);
+void loss_forward_backward(float* loss, float* dlogits, int32_t* correct, const float* logits, const int32_t* labels,
+                           int N, int K, Loss kind, float grad_scale, cudaStream_t stream);
 // acc[0] += sum(loss[0..N)), acc[1] += sum(correct[0..N)), in a fixed order (deterministic).
 void accumulate_metrics(double* acc, const float* loss, const int32_t* correct, int N, cudaStream_t stream);
 
 void optimizer_step(float* param, const float* grad, float* m, float* v, size_t n, const OptimConfig& cfg,
                     long long step, cudaStream_t stream);
 
-void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
-                      const int32_t* idx, int B, int P, float mean, float std, cudaStream_t stream);
+void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels, const int32_t* idx,
+                      int B, int P, float mean, float std, cudaStream_t stream);
 
 // ---- the training step's counters, in device memory ----
 // A CUDA Graph replays its kernels with the arguments they were captured with, so what changes
@@ -89,10 +87,10 @@ void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, co
 // corrections) lives in device memory and is advanced by a kernel inside the step. The training
 // loop uses these on the GPU with or without a graph, so both run the very same kernels.
 struct StepCounters {
-  long long next_batch = 0;   // batch of the epoch's permutation that the next step trains on
-  long long batch = 0;        // the batch of the step in flight (set by begin_step)
-  long long global_step = 0;  // optimizer steps so far (Adam's t after begin_step)
-  float bc1 = 1.f, bc2 = 1.f; // Adam: 1 - beta1^t, 1 - beta2^t (in double, rounded once)
+  long long next_batch = 0;    // batch of the epoch's permutation that the next step trains on
+  long long batch = 0;         // the batch of the step in flight (set by begin_step)
+  long long global_step = 0;   // optimizer steps so far (Adam's t after begin_step)
+  float bc1 = 1.f, bc2 = 1.f;  // Adam: 1 - beta1^t, 1 - beta2^t (in double, rounded once)
 };
 // One thread: batch = next_batch++, ++global_step, and the bias corrections for the new t.
 void begin_step(StepCounters* c, const OptimConfig& cfg, cudaStream_t stream);

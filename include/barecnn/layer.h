@@ -38,7 +38,7 @@ struct LayerCall {
   T* din = nullptr;
   const T* param = nullptr;  // this layer's slice of the flat parameter buffer
   T* dparam = nullptr;       // its slice of the flat gradient buffer
-  int32_t* saved = nullptr;    // saved_ints(N) int32s kept from forward for backward (argmax mask)
+  int32_t* saved = nullptr;  // saved_ints(N) int32s kept from forward for backward (argmax mask)
   // GPU conv + ReLU fused (Net::set_gpu_fusion): forward writes relu(conv) into `out` (the ReLU
   // layer's output); backward reads `dout` as the ReLU's output gradient and masks it with
   // relu_out (= that output), so the ReLU layer itself does not run.
@@ -75,7 +75,7 @@ class Layer {
   virtual void backward(const LayerCall<float>& c) = 0;
   virtual void backward(const LayerCall<double>& c) = 0;
 
-  const Dims& in_dims() const { return in_; }   // one sample: (C, H, W) or (F)
+  const Dims& in_dims() const { return in_; }  // one sample: (C, H, W) or (F)
   const Dims& out_dims() const { return out_; }
   size_t num_params() const;
   int index() const { return index_; }

@@ -64,7 +64,7 @@ class Net {
 
   const std::string& spec() const { return spec_; }  // resolved, canonical spec
   const Dims& input_dims() const { return input_; }
-  int num_outputs() const;                          // width of the last layer
+  int num_outputs() const;  // width of the last layer
   int num_layers() const { return int(layers_.size()); }
   Layer& layer(int i) { return *layers_.at(i); }
   const Layer& layer(int i) const { return *layers_.at(i); }

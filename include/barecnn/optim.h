@@ -9,7 +9,7 @@ enum class Optim : int { SGD, Adam };
 struct OptimConfig {
   Optim kind = Optim::SGD;
   float lr = 0.01f;
-  float momentum = 0.f;     // SGD only; 0 = the paper's plain gradient descent
+  float momentum = 0.f;  // SGD only; 0 = the paper's plain gradient descent
   float weight_decay = 0.f;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;  // Adam only
 };

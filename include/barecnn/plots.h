@@ -18,8 +18,7 @@ void plot_curves(const std::string& path, const std::string& title, const std::s
                  const std::string& ylabel, const std::vector<Series>& series);
 // A grid of the K filters of a conv weight (K, C, kh, kw); each filter's channels side by side,
 // each normalized to its own range, with the filter index under it.
-void plot_filters(const std::string& path, const float* weight, int K, int C, int kh, int kw,
-                  const std::string& title);
+void plot_filters(const std::string& path, const float* weight, int K, int C, int kh, int kw, const std::string& title);
 // counts (K, K): row = true class, column = predicted; cells shaded by row-normalized rate with
 // the count written inside; labelled axes.
 void plot_confusion(const std::string& path, const std::vector<int64_t>& counts, int K,

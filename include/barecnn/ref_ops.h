@@ -74,8 +74,8 @@ void dense_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, in
 // dlogits (N, K) = grad_scale * d loss[i] / d logits (grad_scale = 1/N for the batch mean), or
 // null; correct[i] (N) = 1 if argmax of the row (first index on ties) equals the label, or null.
 template <typename T>
-void loss_forward_backward(T* loss, T* dlogits, int32_t* correct, const T* logits,
-                           const int32_t* labels, int N, int K, Loss kind, T grad_scale);
+void loss_forward_backward(T* loss, T* dlogits, int32_t* correct, const T* logits, const int32_t* labels, int N, int K,
+                           Loss kind, T grad_scale);
 
 // ---- optimizer: one step over a flat buffer of n parameters ----
 // m, v: optimizer state (momentum buffer / Adam moments), zero at the start; v unused by SGD.
@@ -86,8 +86,8 @@ void optimizer_step(T* param, const T* grad, T* m, T* v, size_t n, const OptimCo
 // ---- data ----
 // out (B, P) = (images[idx[b]] (P uint8 pixels) / 255 - mean) / std; out_labels (B) = labels[idx[b]]
 template <typename T>
-void gather_normalize(T* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
-                      const int32_t* idx, int B, int P, float mean, float std);
+void gather_normalize(T* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels, const int32_t* idx,
+                      int B, int P, float mean, float std);
 
 }  // namespace ref
 

@@ -13,8 +13,8 @@ struct RunReport {
   std::string arch, device;
   uint64_t seed = 0;
   int batch = 0;
-  long long limit = 0;            // training images used (0: all)
-  std::string optimizer;          // "sgd (lr 0.01, momentum 0.9, weight decay 0)"
+  long long limit = 0;    // training images used (0: all)
+  std::string optimizer;  // "sgd (lr 0.01, momentum 0.9, weight decay 0)"
   bool cuda_graph = false, fuse = false;
   long long peak_device_bytes = -1;  // GPU: the most bytes held in barecnn's buffers (-1: CPU run)
   double test_accuracy = 0, test_loss = 0;

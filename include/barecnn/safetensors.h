@@ -11,9 +11,9 @@
 namespace barecnn {
 
 struct SafeTensor {
-  std::string dtype = "F32";     // F32, F64, I32, I64, U8 are understood
+  std::string dtype = "F32";  // F32, F64, I32, I64, U8 are understood
   std::vector<int64_t> shape;
-  std::vector<uint8_t> bytes;    // numel * dtype size
+  std::vector<uint8_t> bytes;  // numel * dtype size
   size_t numel() const;
 };
 

@@ -24,9 +24,7 @@ size_t dims_numel(const Dims& d);
 
 // Eq. (2.1): output size of a window of size k slid with stride Z_s over an input of size H that
 // is zero-padded by Z_p on each side: floor((H - k + 2 Z_p) / Z_s) + 1.
-BARECNN_HD int window_out_size(int in, int k, int stride, int pad) {
-  return (in - k + 2 * pad) / stride + 1;
-}
+BARECNN_HD int window_out_size(int in, int k, int stride, int pad) { return (in - k + 2 * pad) / stride + 1; }
 
 // Offset of element (n, c, h, w) of an NCHW tensor of shape (*, C, H, W).
 BARECNN_HD long long nchw(int n, int c, int h, int w, int C, int H, int W) {
@@ -84,9 +82,8 @@ BARECNN_HD void pool_out_range(int i, int k, int stride, int out_size, int* lo, 
 
 // Validating constructors. `layer` names the layer in messages, e.g. "layer 3 conv(32,7)".
 // They throw UsageError for impossible geometry ("input 6x6 is smaller than the 7x7 kernel").
-Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw, int stride,
-                              int pad, const std::string& layer);
-Pool2dShape make_pool2d_shape(int N, int C, int H, int W, int kh, int kw, int stride,
+Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw, int stride, int pad,
                               const std::string& layer);
+Pool2dShape make_pool2d_shape(int N, int C, int H, int W, int kh, int kw, int stride, const std::string& layer);
 
 }  // namespace barecnn

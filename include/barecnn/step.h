@@ -82,16 +82,16 @@ class TrainStep {
   StepSettings settings_;
   int count_ = 0, P_ = 0;
   NetState<float> st_;
-  Tensor params_, grads_, m_, v_;             // (num_params)
-  Tensor loss_;                               // (batch) per-sample loss
-  TensorI correct_, labels_;                  // (batch)
-  BasicTensor<uint8_t> images_, labels8_;     // (count, P), (count): the resident data set
-  TensorI perm_;                              // (count) the epoch's order
-  TensorD acc_;                               // (2) the epoch's [loss sum, correct count]
-  BasicTensor<gpu::StepCounters> counters_;   // (1) the step's batch and Adam's t
+  Tensor params_, grads_, m_, v_;            // (num_params)
+  Tensor loss_;                              // (batch) per-sample loss
+  TensorI correct_, labels_;                 // (batch)
+  BasicTensor<uint8_t> images_, labels8_;    // (count, P), (count): the resident data set
+  TensorI perm_;                             // (count) the epoch's order
+  TensorD acc_;                              // (2) the epoch's [loss sum, correct count]
+  BasicTensor<gpu::StepCounters> counters_;  // (1) the step's batch and Adam's t
   Readback readback_;
   CapturedGraph graph_;
-  bool warm_ = false;                         // one eager step ran (before the capture)
+  bool warm_ = false;  // one eager step ran (before the capture)
   long long global_step_ = 0, steps_in_epoch_ = 0;
 };
 

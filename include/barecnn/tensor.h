@@ -54,12 +54,16 @@ class BasicTensor {
   }
   void copy_from_host(const std::vector<T>& v) {
     BARECNN_ASSERT(v.size() == numel(), "copy of ", v.size(), " into tensor ", dims_str(dims_));
-    if (dev_ == Device::CPU) host_ = v;
-    else dbuf_.copy_from_host(v.data(), v.size());
+    if (dev_ == Device::CPU)
+      host_ = v;
+    else
+      dbuf_.copy_from_host(v.data(), v.size());
   }
   void zero(cudaStream_t stream = 0) {
-    if (dev_ == Device::CPU) std::fill(host_.begin(), host_.end(), T(0));
-    else dbuf_.memset_zero(stream);
+    if (dev_ == Device::CPU)
+      std::fill(host_.begin(), host_.end(), T(0));
+    else
+      dbuf_.memset_zero(stream);
   }
 
  private:

@@ -16,22 +16,22 @@
 namespace barecnn {
 
 struct TrainConfig {
-  std::string data_dir;              // empty: default_data_dir()
+  std::string data_dir;  // empty: default_data_dir()
   std::string arch = "paper";
-  std::string device = "auto";       // auto | cpu | cuda
+  std::string device = "auto";  // auto | cpu | cuda
   int epochs = 3;
   int batch = 64;
-  OptimConfig optim;                 // (the CLI's defaults: sgd, lr 0.01, momentum 0.9)
+  OptimConfig optim;  // (the CLI's defaults: sgd, lr 0.01, momentum 0.9)
   Loss loss = Loss::SoftmaxCrossEntropy;
   uint64_t seed = 1;
-  long long limit = 0;               // first N training images (0: all)
-  int threads = 0;                   // CPU threads (0: OpenMP default)
+  long long limit = 0;  // first N training images (0: all)
+  int threads = 0;      // CPU threads (0: OpenMP default)
   std::string out = "runs/latest";
-  std::string resume;                // folder holding checkpoint.safetensors
-  long long checkpoint_every = 0;    // steps between mid-epoch checkpoints (0: end of epoch only)
-  bool quiet = false;                // no progress display
-  bool cuda_graph = false;           // GPU: replay the training step as a captured CUDA Graph
-  bool fuse = false;                 // GPU: each conv applies the plain ReLU after it (Net::set_gpu_fusion)
+  std::string resume;              // folder holding checkpoint.safetensors
+  long long checkpoint_every = 0;  // steps between mid-epoch checkpoints (0: end of epoch only)
+  bool quiet = false;              // no progress display
+  bool cuda_graph = false;         // GPU: replay the training step as a captured CUDA Graph
+  bool fuse = false;               // GPU: each conv applies the plain ReLU after it (Net::set_gpu_fusion)
 };
 
 struct EpochMetrics {
@@ -50,8 +50,8 @@ void train(const TrainConfig& cfg, const StepObserver& after_step = {});
 
 // What a model file holds besides the weights.
 struct ModelMeta {
-  std::string arch;     // canonical spec
-  Dims input;           // C, H, W
+  std::string arch;  // canonical spec
+  Dims input;        // C, H, W
   int classes = 0;
   float mean = 0, std = 1;  // input normalization: (x/255 - mean) / std
   std::vector<std::string> class_names;

@@ -59,7 +59,8 @@ int neighbours() {
 int out_of_bounds() {
   const int n = 100;
   float *in = nullptr, *out = nullptr;
-  if (check(cudaMalloc(&in, n * sizeof(float)), "cudaMalloc") || check(cudaMalloc(&out, n * sizeof(float)), "cudaMalloc"))
+  if (check(cudaMalloc(&in, n * sizeof(float)), "cudaMalloc") ||
+      check(cudaMalloc(&out, n * sizeof(float)), "cudaMalloc"))
     return 1;
   cudaMemset(in, 0, n * sizeof(float));
   BARECNN_LAUNCH(read_past_end_kernel, 1, 128, 0, 0, out, in, n);

@@ -410,8 +410,8 @@ TEST(EmuCublas, SgemmIsColumnMajorWithTransposesAndLeadingDimensions) {
       cudaMemcpy(dB, B.data(), B.size() * 4, cudaMemcpyHostToDevice);
       cudaMemcpy(dC, C.data(), C.size() * 4, cudaMemcpyHostToDevice);
       const float alpha = 1.5f, beta = 0.25f;
-      ASSERT_EQ(cublasSgemm(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, dA,
-                            lda, dB, ldb, &beta, dC, ldc),
+      ASSERT_EQ(cublasSgemm(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, dA, lda,
+                            dB, ldb, &beta, dC, ldc),
                 CUBLAS_STATUS_SUCCESS);
       auto got = to_host(dC, C.size());
       for (int j = 0; j < n; ++j)

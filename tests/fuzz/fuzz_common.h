@@ -31,11 +31,11 @@ void fuzz_expect_barecnn_errors_only(const char* what, F&& body) {
 }
 
 // An invariant of an accepted input; a failure is a finding.
-#define FUZZ_CHECK(cond, ...)                                                         \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "FINDING: invariant failed: %s at %s:%d: %s\n", #cond,    \
-                   __FILE__, __LINE__, std::string(__VA_ARGS__).c_str());             \
-      std::abort();                                                                   \
-    }                                                                                 \
+#define FUZZ_CHECK(cond, ...)                                                                         \
+  do {                                                                                                \
+    if (!(cond)) {                                                                                    \
+      std::fprintf(stderr, "FINDING: invariant failed: %s at %s:%d: %s\n", #cond, __FILE__, __LINE__, \
+                   std::string(__VA_ARGS__).c_str());                                                 \
+      std::abort();                                                                                   \
+    }                                                                                                 \
   } while (0)

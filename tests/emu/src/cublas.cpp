@@ -36,9 +36,9 @@ cublasStatus_t check_operand(const char* name, const float* p, int rows, int col
   if (n == 0) return CUBLAS_STATUS_SUCCESS;
   std::string why;
   if (!p || where(p, n * sizeof(float), &why) != Where::kDevice || !why.empty()) {
-    fault(cudaErrorIllegalAddress,
-          std::string("cublasSgemm: operand ") + name + " (" + std::to_string(rows) + " x " + std::to_string(cols) +
-              ", ld " + std::to_string(ld) + ") " + (why.empty() ? "is " + describe_pointer(p) : why));
+    fault(cudaErrorIllegalAddress, std::string("cublasSgemm: operand ") + name + " (" + std::to_string(rows) + " x " +
+                                       std::to_string(cols) + ", ld " + std::to_string(ld) + ") " +
+                                       (why.empty() ? "is " + describe_pointer(p) : why));
     return CUBLAS_STATUS_EXECUTION_FAILED;
   }
   return CUBLAS_STATUS_SUCCESS;
@@ -62,8 +62,8 @@ cublasStatus_t sgemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, i
         for (int i = 0; i < m; ++i) C[size_t(j) * size_t(ldc) + size_t(i)] *= beta;
     return CUBLAS_STATUS_SUCCESS;
   }
-  cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-              m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+              tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
   return CUBLAS_STATUS_SUCCESS;
 }
 

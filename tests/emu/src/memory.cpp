@@ -21,9 +21,9 @@ namespace {
 
 struct Heap {
   std::mutex mu;
-  std::map<uintptr_t, size_t> device;                    // begin -> bytes
-  std::map<uintptr_t, size_t> pinned;                    // begin -> bytes
-  std::deque<std::pair<uintptr_t, size_t>> freed;        // recently freed device blocks, to name them
+  std::map<uintptr_t, size_t> device;              // begin -> bytes
+  std::map<uintptr_t, size_t> pinned;              // begin -> bytes
+  std::deque<std::pair<uintptr_t, size_t>> freed;  // recently freed device blocks, to name them
   size_t used = 0;
 };
 
@@ -45,11 +45,16 @@ std::string bytes_str(size_t b) { return std::to_string(b) + " bytes"; }
 
 std::string kind_name(cudaMemcpyKind k) {
   switch (k) {
-    case cudaMemcpyHostToHost: return "cudaMemcpyHostToHost";
-    case cudaMemcpyHostToDevice: return "cudaMemcpyHostToDevice";
-    case cudaMemcpyDeviceToHost: return "cudaMemcpyDeviceToHost";
-    case cudaMemcpyDeviceToDevice: return "cudaMemcpyDeviceToDevice";
-    case cudaMemcpyDefault: return "cudaMemcpyDefault";
+    case cudaMemcpyHostToHost:
+      return "cudaMemcpyHostToHost";
+    case cudaMemcpyHostToDevice:
+      return "cudaMemcpyHostToDevice";
+    case cudaMemcpyDeviceToHost:
+      return "cudaMemcpyDeviceToHost";
+    case cudaMemcpyDeviceToDevice:
+      return "cudaMemcpyDeviceToDevice";
+    case cudaMemcpyDefault:
+      return "cudaMemcpyDefault";
   }
   return "cudaMemcpyKind " + std::to_string(int(k));
 }
@@ -64,21 +69,29 @@ cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
   if (!why_src.empty()) return fail(cudaErrorInvalidValue, std::string(call) + ": the source " + why_src);
   bool want_dst_dev = false, want_src_dev = false;
   switch (kind) {
-    case cudaMemcpyHostToHost: break;
-    case cudaMemcpyHostToDevice: want_dst_dev = true; break;
-    case cudaMemcpyDeviceToHost: want_src_dev = true; break;
-    case cudaMemcpyDeviceToDevice: want_dst_dev = want_src_dev = true; break;
-    case cudaMemcpyDefault: return cudaSuccess;
-    default: return fail(cudaErrorInvalidMemcpyDirection, std::string(call) + ": " + kind_name(kind));
+    case cudaMemcpyHostToHost:
+      break;
+    case cudaMemcpyHostToDevice:
+      want_dst_dev = true;
+      break;
+    case cudaMemcpyDeviceToHost:
+      want_src_dev = true;
+      break;
+    case cudaMemcpyDeviceToDevice:
+      want_dst_dev = want_src_dev = true;
+      break;
+    case cudaMemcpyDefault:
+      return cudaSuccess;
+    default:
+      return fail(cudaErrorInvalidMemcpyDirection, std::string(call) + ": " + kind_name(kind));
   }
   if ((d == Where::kDevice) != want_dst_dev)
-    return fail(cudaErrorInvalidMemcpyDirection,
-                std::string(call) + " with " + kind_name(kind) + ": the destination is " +
-                    (d == Where::kDevice ? "device memory" : describe_pointer(dst)));
+    return fail(cudaErrorInvalidMemcpyDirection, std::string(call) + " with " + kind_name(kind) +
+                                                     ": the destination is " +
+                                                     (d == Where::kDevice ? "device memory" : describe_pointer(dst)));
   if ((s == Where::kDevice) != want_src_dev)
-    return fail(cudaErrorInvalidMemcpyDirection,
-                std::string(call) + " with " + kind_name(kind) + ": the source is " +
-                    (s == Where::kDevice ? "device memory" : describe_pointer(src)));
+    return fail(cudaErrorInvalidMemcpyDirection, std::string(call) + " with " + kind_name(kind) + ": the source is " +
+                                                     (s == Where::kDevice ? "device memory" : describe_pointer(src)));
   return cudaSuccess;
 }
 
@@ -86,8 +99,9 @@ cudaError_t check_memset(void* p, size_t bytes, const char* call) {
   if (bytes == 0) return cudaSuccess;
   std::string why;
   if (where(p, bytes, &why) != Where::kDevice)
-    return fail(cudaErrorInvalidValue,
-                std::string(call) + ": " + (why.empty() ? "the pointer is " + describe_pointer(p) : "the range " + why));
+    return fail(
+        cudaErrorInvalidValue,
+        std::string(call) + ": " + (why.empty() ? "the pointer is " + describe_pointer(p) : "the range " + why));
   return cudaSuccess;
 }
 
@@ -143,9 +157,9 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   {
     std::lock_guard<std::mutex> lock(h.mu);
     if (bytes > kTotalMemory - h.used)
-      return fail(cudaErrorMemoryAllocation, "cudaMalloc of " + std::to_string(bytes) + " bytes: " +
-                                                 std::to_string(kTotalMemory - h.used) + " of the emulated " +
-                                                 std::to_string(kTotalMemory >> 20) + " MiB are free");
+      return fail(cudaErrorMemoryAllocation,
+                  "cudaMalloc of " + std::to_string(bytes) + " bytes: " + std::to_string(kTotalMemory - h.used) +
+                      " of the emulated " + std::to_string(kTotalMemory >> 20) + " MiB are free");
   }
   void* m = nullptr;
   if (posix_memalign(&m, 256, bytes) != 0 || !m)
@@ -206,8 +220,8 @@ cudaError_t cudaFreeHost(void* p) {
       return cudaSuccess;
     }
   }
-  return fail(cudaErrorInvalidValue, "cudaFreeHost: the pointer is " + describe_pointer(p) +
-                                         ", not the start of a cudaMallocHost block");
+  return fail(cudaErrorInvalidValue,
+              "cudaFreeHost: the pointer is " + describe_pointer(p) + ", not the start of a cudaMallocHost block");
 }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {

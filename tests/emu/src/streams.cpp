@@ -75,40 +75,69 @@ thread_local cudaError_t last_error = cudaSuccess;
 
 const char* base_string(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInitializationError: return "initialization error";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
-    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
-    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
-    case cudaErrorInvalidDeviceFunction: return "invalid device function";
-    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device";
-    case cudaErrorUnsupportedPtxVersion: return "the provided PTX was compiled with an unsupported toolchain.";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
-    case cudaErrorNotReady: return "device not ready";
-    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
-    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
-    case cudaErrorAssert: return "device-side assert triggered";
-    case cudaErrorIllegalInstruction: return "an illegal instruction was encountered";
-    case cudaErrorMisalignedAddress: return "misaligned address";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
-    case cudaErrorNotSupported: return "operation not supported";
-    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
-    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
-    case cudaErrorStreamCaptureUnmatched: return "capture was not initiated in this stream";
-    case cudaErrorStreamCaptureUnjoined: return "capturing stream has unjoined work";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInitializationError:
+      return "initialization error";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevicePointer:
+      return "invalid device pointer";
+    case cudaErrorInvalidMemcpyDirection:
+      return "invalid copy direction for memcpy";
+    case cudaErrorInsufficientDriver:
+      return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorInvalidDeviceFunction:
+      return "invalid device function";
+    case cudaErrorNoDevice:
+      return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorNoKernelImageForDevice:
+      return "no kernel image is available for execution on the device";
+    case cudaErrorUnsupportedPtxVersion:
+      return "the provided PTX was compiled with an unsupported toolchain.";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorIllegalState:
+      return "the operation cannot be performed in the present state";
+    case cudaErrorNotReady:
+      return "device not ready";
+    case cudaErrorIllegalAddress:
+      return "an illegal memory access was encountered";
+    case cudaErrorLaunchOutOfResources:
+      return "too many resources requested for launch";
+    case cudaErrorAssert:
+      return "device-side assert triggered";
+    case cudaErrorIllegalInstruction:
+      return "an illegal instruction was encountered";
+    case cudaErrorMisalignedAddress:
+      return "misaligned address";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure";
+    case cudaErrorNotSupported:
+      return "operation not supported";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureUnmatched:
+      return "capture was not initiated in this stream";
+    case cudaErrorStreamCaptureUnjoined:
+      return "capturing stream has unjoined work";
     case cudaErrorStreamCaptureImplicit:
       return "operation would make the legacy stream depend on a capturing blocking stream";
-    case cudaErrorUnknown: return "unknown error";
+    case cudaErrorUnknown:
+      return "unknown error";
   }
   return "unrecognized error code";
 }
 
+// clang-format off
 const char* error_name(cudaError_t e) {
   switch (e) {
 #define NAME(x) \
@@ -127,6 +156,7 @@ const char* error_name(cudaError_t e) {
   }
   return "cudaErrorUnrecognized";
 }
+// clang-format on
 
 void set_detail(cudaError_t err, const std::string& detail) {
   Runtime& r = rt();
@@ -172,8 +202,9 @@ cudaError_t check_config(LaunchRequest& req) {
   if (b.x > kMaxBlockDim[0] || b.y > kMaxBlockDim[1] || b.z > kMaxBlockDim[2])
     return fail(cudaErrorInvalidConfiguration, k + "block " + dims(b) + " exceeds the limits (1024, 1024, 64)");
   if (uint64_t(b.x) * b.y * b.z > uint64_t(kMaxThreadsPerBlock))
-    return fail(cudaErrorInvalidConfiguration,
-                k + "block " + dims(b) + " has " + std::to_string(uint64_t(b.x) * b.y * b.z) + " threads (at most 1024)");
+    return fail(
+        cudaErrorInvalidConfiguration,
+        k + "block " + dims(b) + " has " + std::to_string(uint64_t(b.x) * b.y * b.z) + " threads (at most 1024)");
   if (g.x > kMaxGridDim[0] || g.y > kMaxGridDim[1] || g.z > kMaxGridDim[2])
     return fail(cudaErrorInvalidConfiguration, k + "grid " + dims(g) + " exceeds the limits (2^31 - 1, 65535, 65535)");
   size_t limit = kDefaultSmemPerBlock;
@@ -188,11 +219,12 @@ cudaError_t check_config(LaunchRequest& req) {
     }
   }
   if (req.dynamic_smem > limit)
-    return fail(cudaErrorInvalidValue, k + std::to_string(req.dynamic_smem) + " bytes of dynamic shared memory; " +
-                                           std::to_string(limit) + " allowed" +
-                                           (limit == kDefaultSmemPerBlock
-                                                ? " (more needs cudaFuncSetAttribute(MaxDynamicSharedMemorySize), up to 227 KiB)"
-                                                : ""));
+    return fail(cudaErrorInvalidValue,
+                k + std::to_string(req.dynamic_smem) + " bytes of dynamic shared memory; " + std::to_string(limit) +
+                    " allowed" +
+                    (limit == kDefaultSmemPerBlock
+                         ? " (more needs cudaFuncSetAttribute(MaxDynamicSharedMemorySize), up to 227 KiB)"
+                         : ""));
   return cudaSuccess;
 }
 
@@ -248,8 +280,9 @@ cudaError_t capture_forbids(const char* call) {
     std::lock_guard<std::mutex> lock(r.mu);
     s->invalidated = true;
   }
-  return fail(cudaErrorStreamCaptureUnsupported,
-              std::string(call) + " while a stream is being captured (it would break the capture; the capture is now invalid)");
+  return fail(
+      cudaErrorStreamCaptureUnsupported,
+      std::string(call) + " while a stream is being captured (it would break the capture; the capture is now invalid)");
 }
 
 void submit_launch(LaunchRequest req) {
@@ -330,7 +363,8 @@ cudaError_t cudaGetDevice(int* dev) {
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int dev) {
-  if (dev != 0) return fail(cudaErrorInvalidDevice, "cudaSetDevice(" + std::to_string(dev) + "): the emulator has device 0 only");
+  if (dev != 0)
+    return fail(cudaErrorInvalidDevice, "cudaSetDevice(" + std::to_string(dev) + "): the emulator has device 0 only");
   return cudaSuccess;
 }
 
@@ -357,17 +391,38 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int dev) {
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int dev) {
   if (dev != 0) return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute: device " + std::to_string(dev));
   switch (attr) {
-    case cudaDevAttrMaxThreadsPerBlock: *v = kMaxThreadsPerBlock; break;
-    case cudaDevAttrMaxSharedMemoryPerBlock: *v = int(kDefaultSmemPerBlock); break;
-    case cudaDevAttrWarpSize: *v = 32; break;
-    case cudaDevAttrClockRate: *v = 1000000; break;        // kHz: a nominal 1 GHz
-    case cudaDevAttrMultiProcessorCount: *v = kSmCount; break;
-    case cudaDevAttrMemoryClockRate: *v = 1000000; break;  // kHz
-    case cudaDevAttrGlobalMemoryBusWidth: *v = 64; break;  // bits
-    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
-    case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = int(kMaxSmemPerBlockOptin); break;
-    default: return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute " + std::to_string(int(attr)));
+    case cudaDevAttrMaxThreadsPerBlock:
+      *v = kMaxThreadsPerBlock;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerBlock:
+      *v = int(kDefaultSmemPerBlock);
+      break;
+    case cudaDevAttrWarpSize:
+      *v = 32;
+      break;
+    case cudaDevAttrClockRate:
+      *v = 1000000;
+      break;  // kHz: a nominal 1 GHz
+    case cudaDevAttrMultiProcessorCount:
+      *v = kSmCount;
+      break;
+    case cudaDevAttrMemoryClockRate:
+      *v = 1000000;
+      break;  // kHz
+    case cudaDevAttrGlobalMemoryBusWidth:
+      *v = 64;
+      break;  // bits
+    case cudaDevAttrComputeCapabilityMajor:
+      *v = 9;
+      break;
+    case cudaDevAttrComputeCapabilityMinor:
+      *v = 0;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *v = int(kMaxSmemPerBlockOptin);
+      break;
+    default:
+      return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute " + std::to_string(int(attr)));
   }
   return cudaSuccess;
 }
@@ -399,8 +454,8 @@ cudaError_t barecnn_emu_func_set_attribute(const void* func, cudaFuncAttribute a
 
 cudaError_t barecnn_emu_occupancy(int* blocks, const void*, int block_size, size_t smem) {
   if (block_size <= 0 || block_size > kMaxThreadsPerBlock)
-    return fail(cudaErrorInvalidValue, "cudaOccupancyMaxActiveBlocksPerMultiprocessor: block size " +
-                                           std::to_string(block_size));
+    return fail(cudaErrorInvalidValue,
+                "cudaOccupancyMaxActiveBlocksPerMultiprocessor: block size " + std::to_string(block_size));
   int by_threads = 2048 / block_size;
   int by_smem = smem ? int((228 * 1024) / smem) : 32;
   *blocks = std::max(0, std::min({by_threads, by_smem, 32}));
@@ -446,7 +501,9 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
   return create_handle(&Runtime::streams, s, flags);
 }
 
-cudaError_t cudaStreamDestroy(cudaStream_t s) { return destroy_handle(&Runtime::streams, stream_of(s), "cudaStreamDestroy"); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  return destroy_handle(&Runtime::streams, stream_of(s), "cudaStreamDestroy");
+}
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   if (!valid_stream(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: not a live stream");
@@ -519,7 +576,8 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop)
 // ---- capture and graphs ------------------------------------------------------------------------
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
   if (cudaError_t e = sticky()) return e;
-  if (s == nullptr) return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture on the legacy default stream");
+  if (s == nullptr)
+    return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture on the legacy default stream");
   if (!valid_stream(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamBeginCapture: not a live stream");
   Runtime& r = rt();
   std::unique_lock<std::mutex> lock(r.mu);

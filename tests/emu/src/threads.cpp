@@ -229,10 +229,10 @@ struct Worker {
   size_t sched_size = 0;
 #endif
 #ifdef BARECNN_EMU_TSAN
-  void* self = nullptr;              // the worker's own TSan identity
-  void* tsan_current = nullptr;      // the identity in effect
-  std::vector<void*> thread_fibers;  // one identity per warp slot
-  std::vector<char> warp_started;    // per warp of the running block: has acquired block_start
+  void* self = nullptr;                                       // the worker's own TSan identity
+  void* tsan_current = nullptr;                               // the identity in effect
+  std::vector<void*> thread_fibers;                           // one identity per warp slot
+  std::vector<char> warp_started;                             // per warp of the running block: has acquired block_start
   char block_start = 0, block_done = 0, barrier[2] = {0, 0};  // sync objects (their addresses)
 #endif
 };
@@ -253,7 +253,7 @@ void reset_fiber(Fiber* f) {
 #endif
   uintptr_t top = (uintptr_t(f->map) + f->map_bytes) & ~uintptr_t(15);
   void** ret = reinterpret_cast<void**>(top - 16);  // 16-aligned: fiber_entry starts as if called
-  ret[1] = nullptr;                                   // its return address: none
+  ret[1] = nullptr;                                 // its return address: none
   ret[0] = reinterpret_cast<void*>(&fiber_entry);
   uint64_t* frame = reinterpret_cast<uint64_t*>(ret) - 7;  // control words, r15..r12, rbx, rbp
   for (int i = 0; i < 7; ++i) frame[i] = 0;
@@ -491,21 +491,24 @@ bool resolve(Block& b, std::vector<int>& woken) {
       if (!(ct.mask >> lane & 1u))
         return block_error(b, cudaErrorLaunchFailure, who() + ": the shuffle mask does not name the calling lane");
       if (ct.width < 1 || ct.width > 32 || (ct.width & (ct.width - 1)))
-        return block_error(b, cudaErrorLaunchFailure, who() + ": shuffle width " + std::to_string(ct.width) +
-                                                           " is not a power of two from 1 to 32");
+        return block_error(
+            b, cudaErrorLaunchFailure,
+            who() + ": shuffle width " + std::to_string(ct.width) + " is not a power of two from 1 to 32");
       for (int j = 0; j < 32; ++j) {
         if (!(ct.mask >> j & 1u)) continue;
         if (j >= lanes_here)
-          return block_error(b, cudaErrorLaunchFailure, who() + ": the shuffle mask names lane " + std::to_string(j) +
-                                                             ", which this block's last warp does not have");
+          return block_error(b, cudaErrorLaunchFailure,
+                             who() + ": the shuffle mask names lane " + std::to_string(j) +
+                                 ", which this block's last warp does not have");
         const CudaThread& o = b.t[size_t(warp_base + j)];
         auto other = [j] { return "lane " + std::to_string(j); };
         if (o.state == State::kExited)
           return block_error(b, cudaErrorLaunchFailure,
                              who() + ": the shuffle mask names " + other() + ", which has returned");
         if (o.state == State::kBarrier)
-          return block_error(b, cudaErrorLaunchFailure,
-                             who() + ": the shuffle mask names " + other() + ", which waits at __syncthreads() at " + site(o));
+          return block_error(
+              b, cudaErrorLaunchFailure,
+              who() + ": the shuffle mask names " + other() + ", which waits at __syncthreads() at " + site(o));
         if (o.mask != ct.mask || o.file != ct.file || o.line != ct.line || o.kind != ct.kind || o.width != ct.width)
           return block_error(b, cudaErrorLaunchFailure,
                              who() + ": " + other() + " is at a different shuffle (" + site(o) + ", mask " +
@@ -519,10 +522,21 @@ bool resolve(Block& b, std::vector<int>& woken) {
       const int seg = lane & ~(ct.width - 1);
       int src = lane;
       switch (ct.kind) {
-        case ShuffleKind::kXor: src = lane ^ ct.arg; if (src >= seg + ct.width) src = lane; break;
-        case ShuffleKind::kDown: src = lane + ct.arg; if (src >= seg + ct.width) src = lane; break;
-        case ShuffleKind::kUp: src = lane - ct.arg; if (src < seg) src = lane; break;
-        case ShuffleKind::kIdx: src = seg + ((ct.arg % ct.width) + ct.width) % ct.width; break;
+        case ShuffleKind::kXor:
+          src = lane ^ ct.arg;
+          if (src >= seg + ct.width) src = lane;
+          break;
+        case ShuffleKind::kDown:
+          src = lane + ct.arg;
+          if (src >= seg + ct.width) src = lane;
+          break;
+        case ShuffleKind::kUp:
+          src = lane - ct.arg;
+          if (src < seg) src = lane;
+          break;
+        case ShuffleKind::kIdx:
+          src = seg + ((ct.arg % ct.width) + ct.width) % ct.width;
+          break;
       }
       if (src < 0 || src >= 32 || !(ct.mask >> src & 1u))
         return block_error(b, cudaErrorLaunchFailure,
@@ -541,8 +555,8 @@ bool resolve(Block& b, std::vector<int>& woken) {
   if (first_exited >= 0)
     return block_error(b, cudaErrorLaunchFailure,
                        "barrier divergence: thread " + tid_str(b.t[size_t(first_exited)].tid) + " returned while " +
-                           std::to_string(waiting) + " thread(s) wait at __syncthreads() at " + site(w0) +
-                           " (thread " + tid_str(w0.tid) + ")");
+                           std::to_string(waiting) + " thread(s) wait at __syncthreads() at " + site(w0) + " (thread " +
+                           tid_str(w0.tid) + ")");
   for (int i = 0; i < n; ++i) {
     const CudaThread& ct = b.t[size_t(i)];
     if (ct.file != w0.file || ct.line != w0.line)
@@ -565,7 +579,7 @@ void abandon(Worker& w, Block& b) {
       w.idle.push_back(ct.fiber);
 #ifdef BARECNN_EMU_TSAN
       // Its identity has frames that will never return: start the slot afresh.
-      const size_t slot = size_t(&ct - b.t.data()) / 32;  // its warp's identity
+      const size_t slot = size_t(&ct - b.t.data()) / 32;             // its warp's identity
       if (slot < w.thread_fibers.size() && w.thread_fibers[slot]) {  // (tsan_block_end released it)
         __tsan_destroy_fiber(w.thread_fibers[slot]);
         w.thread_fibers[slot] = nullptr;
@@ -638,9 +652,12 @@ struct GridRun {
 
 uint64_t block_at(const GridRun& g, uint64_t i) {
   switch (schedule().order) {
-    case Order::kReverse: return g.nblocks - 1 - i;
-    case Order::kShuffle: return uint64_t(((unsigned __int128)g.perm_a * i + g.perm_c) % g.nblocks);
-    default: return i;
+    case Order::kReverse:
+      return g.nblocks - 1 - i;
+    case Order::kShuffle:
+      return uint64_t(((unsigned __int128)g.perm_a * i + g.perm_c) % g.nblocks);
+    default:
+      return i;
   }
 }
 

@@ -84,10 +84,12 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_
   req.block = block;
   req.dynamic_smem = smem;
   req.stream = stream;
-  std::apply([&req](const auto&... a) {
-    int i = 0;
-    (note_pointer(req.pointers, i++, a), ...);
-  }, *frozen);
+  std::apply(
+      [&req](const auto&... a) {
+        int i = 0;
+        (note_pointer(req.pointers, i++, a), ...);
+      },
+      *frozen);
   req.thread_body = [kernel, frozen]() { std::apply(kernel, *frozen); };
   submit_launch(std::move(req));
 }

@@ -1,0 +1,144 @@
+// GPU-vs-CPU parity of the data pipeline: gather + normalize, the epoch permutation (kernels/data.cu).
+//
+// Every test feeds the kernel float inputs and the DOUBLE-precision CPU reference the very same
+// values (each float converted exactly to double), so any difference is float rounding in the
+// kernel, bounded by the tolerance stated (and justified) next to each comparison; u = 2^-24
+// ~ 6e-8 is the float unit roundoff. GPU outputs are pre-filled with NaN (or a sentinel), so an
+// element a kernel fails to write fails the comparison. cuBLAS runs in full FP32 (GpuContext sets
+// CUBLAS_DEFAULT_MATH: no TF32), so the dense tolerances are those of float accumulation.
+//
+// All tests skip where no GPU works (BARECNN_REQUIRE_GPU).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "barecnn/cuda_check.h"
+#include "barecnn/device_buffer.h"
+#include "barecnn/gpu.h"
+#include "barecnn/gpu_ops.h"
+#include "barecnn/ref_ops.h"
+#include "barecnn/rng.h"
+#include "test_gpu.h"
+#include "test_util.h"
+
+namespace barecnn {
+namespace {
+
+using test::all_close;
+using test::cast_vec;
+using test::download;
+using test::kNaN;
+using test::random_floats;
+using test::random_labels;
+using test::random_vec;
+using test::tie_free_vec;
+using test::to_double;
+using test::upload;
+
+// ---- data ----------------------------------------------------------------------------------------
+
+TEST(DataGpu, GatherNormalizeIsExact) {
+  BARECNN_REQUIRE_GPU();
+  GpuContext ctx;
+  const int num = 50, P = 785, B = 37;  // P odd, B*P not a multiple of the block size
+  Rng r(5000);
+  std::vector<uint8_t> images(size_t(num) * P);  // (num, P)
+  for (auto& px : images) px = uint8_t(r.next_u64() & 0xff);
+  images[0] = 0;
+  images[1] = 255;                   // both ends of the pixel range
+  std::vector<uint8_t> labels(num);  // (num)
+  for (auto& c : labels) c = uint8_t(r.next_u64() % 10);
+  std::vector<int32_t> idx(B);  // (B), with repeats, and row 0 and the last row
+  for (auto& i : idx) i = int32_t(r.next_u64() % num);
+  idx[0] = 0;
+  idx[1] = num - 1;
+  idx[2] = num - 1;
+  const float mean = 0.2860f, std = 0.3530f;
+
+  std::vector<float> ref_out(size_t(B) * P);
+  std::vector<int32_t> ref_labels(B);
+  ref::gather_normalize<float>(ref_out.data(), ref_labels.data(), images.data(), labels.data(), idx.data(), B, P, mean,
+                               std);
+  DeviceBuffer<uint8_t> d_images = upload(images), d_labels = upload(labels);
+  DeviceBuffer<int32_t> d_idx = upload(idx), d_out_labels = upload(std::vector<int32_t>(B, -1));
+  DeviceBuffer<float> d_out = upload(std::vector<float>(size_t(B) * P, kNaN));
+  gpu::gather_normalize(d_out.data(), d_out_labels.data(), d_images.data(), d_labels.data(), d_idx.data(), B, P, mean,
+                        std, ctx.stream());
+  // The same three IEEE float operations in the same order on both sides (uint8 -> float is
+  // exact; nvcc's division is IEEE-rounded unless fast-math): bitwise equal.
+  std::vector<float> out = download(ctx, d_out);
+  EXPECT_EQ(0, std::memcmp(ref_out.data(), out.data(), out.size() * sizeof(float)))
+      << "gather_normalize differs from the float reference";
+  EXPECT_EQ(ref_labels, download(ctx, d_out_labels));
+
+  // labels not wanted
+  DeviceBuffer<float> d_out2 = upload(std::vector<float>(size_t(B) * P, kNaN));
+  gpu::gather_normalize(d_out2.data(), nullptr, d_images.data(), nullptr, d_idx.data(), B, P, mean, std, ctx.stream());
+  std::vector<float> out2 = download(ctx, d_out2);
+  EXPECT_EQ(0, std::memcmp(ref_out.data(), out2.data(), out2.size() * sizeof(float)));
+}
+
+// The training loop's variant reads the batch number from the device counters: batch b of the
+// permutation is rows perm[b*B .. b*B+B).
+TEST(DataGpu, GatherOfTheCountersBatchMatchesExplicitIndices) {
+  BARECNN_REQUIRE_GPU();
+  GpuContext ctx;
+  const int num = 40, P = 29, B = 7;
+  Rng r(5100);
+  std::vector<uint8_t> images(size_t(num) * P), labels(num);
+  for (auto& px : images) px = uint8_t(r.next_u64() & 0xff);
+  for (auto& c : labels) c = uint8_t(r.next_u64() % 10);
+  std::vector<int32_t> perm = ref::epoch_permutation(num, 3, 1);  // (num)
+  DeviceBuffer<uint8_t> d_images = upload(images), d_labels = upload(labels);
+  DeviceBuffer<int32_t> d_perm = upload(perm), d_lab(B);
+  DeviceBuffer<float> d_out(size_t(B) * P);
+  DeviceBuffer<gpu::StepCounters> d_c(1);
+  gpu::StepCounters c0;
+  c0.next_batch = 3;
+  d_c.copy_from_host(&c0, 1);
+  OptimConfig cfg;
+  for (int batch = 3; batch <= 4; ++batch) {  // 5*7 = 35 <= 40: both batches in range
+    SCOPED_TRACE(fmt("batch ", batch));
+    gpu::begin_step(d_c.data(), cfg, ctx.stream());
+    gpu::gather_normalize_batch(d_out.data(), d_lab.data(), d_images.data(), d_labels.data(), d_perm.data(), d_c.data(),
+                                B, P, 0.25f, 0.5f, ctx.stream());
+    std::vector<float> want(size_t(B) * P);
+    std::vector<int32_t> want_lab(B);
+    ref::gather_normalize<float>(want.data(), want_lab.data(), images.data(), labels.data(), perm.data() + batch * B, B,
+                                 P, 0.25f, 0.5f);
+    std::vector<float> got = download(ctx, d_out);
+    EXPECT_EQ(0, std::memcmp(want.data(), got.data(), got.size() * sizeof(float)));
+    EXPECT_EQ(want_lab, download(ctx, d_lab));
+  }
+}
+
+TEST(DataGpu, EpochPermutationMatchesReference) {
+  BARECNN_REQUIRE_GPU();
+  GpuContext ctx;
+  for (int n : {1, 1000, 60000}) {
+    for (long long epoch : {0LL, 3LL}) {
+      SCOPED_TRACE(fmt("n=", n, " epoch=", epoch));
+      const uint64_t seed = 42;
+      std::vector<int32_t> ref_idx = ref::epoch_permutation(n, seed, epoch);
+      DeviceBuffer<int32_t> d_idx = upload(std::vector<int32_t>(n, -1));
+      gpu::epoch_permutation(d_idx.data(), n, seed, epoch, ctx.stream());
+      std::vector<int32_t> idx = download(ctx, d_idx);
+      EXPECT_EQ(ref_idx, idx);
+      if (n > 1) {  // and it is a real shuffle, not the identity
+        std::vector<int32_t> iota(n);
+        std::iota(iota.begin(), iota.end(), 0);
+        EXPECT_NE(idx, iota);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace barecnn
