@@ -31,16 +31,7 @@
 namespace barecnn {
 namespace {
 
-using test::all_close;
-using test::cast_vec;
-using test::download;
-using test::kNaN;
-using test::random_floats;
-using test::random_labels;
-using test::random_vec;
-using test::tie_free_vec;
-using test::to_double;
-using test::upload;
+using namespace test;  // all_close, upload, download, random_floats, ... (test_util.h, test_gpu.h)
 
 // ---- losses --------------------------------------------------------------------------------------
 
