@@ -64,8 +64,11 @@ set(BARECNN_TRAIN_SOURCES
   ${_r}/host/train/evaluator.cpp
   ${_r}/host/train/progress.cpp
   ${_r}/host/train/trainer.cpp
+  ${_r}/host/train/run_spec.cpp
+  ${_r}/host/train/model_io.cpp
   ${_r}/host/train/checkpoint.cpp
-  ${_r}/host/train/report.cpp)
+  ${_r}/host/train/report.cpp
+  ${_r}/host/train/version.cpp)
 
 # the command line: one file per command.
 set(BARECNN_CLI_SOURCES
@@ -80,6 +83,6 @@ set(BARECNN_CLI_SOURCES
 # Headers that include no CUDA header (checked by the test Build.ReferenceCompilesWithoutCuda).
 set(BARECNN_CUDA_FREE_HEADERS
   activation.h arch.h cpu_ops.h error.h fileutil.h gradcheck_criterion.h idx.h loss.h names.h optim.h peak.h plots.h
-  ref_ops.h rng.h safetensors.h shape.h)
+  ref_ops.h rng.h run_spec.h safetensors.h shape.h version.h)
 
 unset(_r)

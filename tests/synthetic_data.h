@@ -32,13 +32,14 @@ inline void make_bars(IdxImages* im, std::vector<uint8_t>* labels, int count, ui
   }
 }
 
-// Writes train (n_train) and t10k (n_test) files into `dir`; gz for the image files.
-inline void write_bars_dataset(const std::string& dir, int n_train = 600, int n_test = 150) {
+// Writes train (n_train) and t10k (n_test) files into `dir`; gz for the image files. Another
+// `seed` draws other images of the same task.
+inline void write_bars_dataset(const std::string& dir, int n_train = 600, int n_test = 150, uint64_t seed = 1) {
   std::filesystem::create_directories(dir);
   IdxImages tr, te;
   std::vector<uint8_t> ltr, lte;
-  make_bars(&tr, &ltr, n_train, 1);
-  make_bars(&te, &lte, n_test, 2);
+  make_bars(&tr, &ltr, n_train, seed);
+  make_bars(&te, &lte, n_test, seed + 1);
   write_idx_images(dir + "/train-images-idx3-ubyte.gz", tr, true);
   write_idx_labels(dir + "/train-labels-idx1-ubyte", ltr, false);
   write_idx_images(dir + "/t10k-images-idx3-ubyte.gz", te, true);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -15,6 +16,7 @@
 
 #include "barecnn/fileutil.h"
 #include "barecnn/safetensors.h"
+#include "barecnn/model_io.h"
 #include "barecnn/trainer.h"
 #include "synthetic_data.h"
 #include "test_gpu.h"
@@ -90,19 +92,24 @@ TEST_F(Cli, TrainEvalPredictAgree) {
   std::istringstream in(read_file(csv, "csv"));
   std::string line;
   std::getline(in, line);
-  EXPECT_EQ(line, "index,predicted,logit_0,logit_1,logit_2");
+  EXPECT_EQ(line, "index,predicted,class,probability,logit_0,logit_1,logit_2");
   std::vector<uint8_t> labels = read_idx_labels(data_ + "/t10k-labels-idx1-ubyte.gz");
   int rows = 0, correct = 0;
   while (std::getline(in, line)) {
-    std::vector<double> f;
+    std::vector<std::string> f;
     std::stringstream ss(line);
     std::string cell;
-    while (std::getline(ss, cell, ',')) f.push_back(std::stod(cell));
-    ASSERT_EQ(f.size(), 5u) << line;
-    EXPECT_EQ(int(f[0]), rows);
-    int arg = int(std::max_element(f.begin() + 2, f.end()) - (f.begin() + 2));
-    EXPECT_EQ(int(f[1]), arg) << line;
-    correct += int(f[1]) == labels[rows];
+    while (std::getline(ss, cell, ',')) f.push_back(cell);
+    ASSERT_EQ(f.size(), 7u) << line;
+    EXPECT_EQ(std::stoi(f[0]), rows);
+    std::vector<double> z = {std::stod(f[4]), std::stod(f[5]), std::stod(f[6])};
+    const int arg = int(std::max_element(z.begin(), z.end()) - z.begin());
+    EXPECT_EQ(std::stoi(f[1]), arg) << line;
+    EXPECT_EQ(f[2], std::to_string(arg)) << line;  // (the class names of this data: "0", "1", "2")
+    double sum = 0;
+    for (double v : z) sum += std::exp(v - z[arg]);
+    EXPECT_NEAR(std::stod(f[3]), 1 / sum, 2e-6) << line;
+    correct += std::stoi(f[1]) == labels[rows];
     ++rows;
   }
   EXPECT_EQ(rows, 150);
@@ -155,10 +162,15 @@ TEST_F(Cli, NoCommandListsTheCommandsAndVersionAnswers) {
   for (const char* c : {"train", "eval", "predict", "gradcheck", "bench", "info"})
     EXPECT_NE(r.out.find(std::string("  ") + c), std::string::npos) << c << " not listed:\n" << r.out;
   EXPECT_EQ(r.out.find("required"), std::string::npos) << r.out;
-  Result v = run("--version");
-  EXPECT_EQ(v.rc, 0) << v.out;
-  EXPECT_NE(v.out.find(std::string("barecnn ") + BARECNN_VERSION), std::string::npos) << v.out;
-  EXPECT_FAILS_WITH(run("frobnicate"), 2, "frobnicate");
+  for (const char* flag : {"--version", "-V"}) {
+    Result v = run(flag);
+    EXPECT_EQ(v.rc, 0) << v.out;
+    EXPECT_NE(v.out.find(std::string("barecnn ") + BARECNN_VERSION + " (commit "), std::string::npos) << v.out;
+  }
+  EXPECT_FAILS_WITH(run("frobnicate"), 2, "unknown command 'frobnicate'");
+  EXPECT_EQ(run("frobnicate").out.find("did you mean"), std::string::npos);
+  EXPECT_FAILS_WITH(run("trian"), 2, "unknown command 'trian'; did you mean 'train'?");
+  EXPECT_FAILS_WITH(run("evl --model x"), 2, "did you mean 'eval'?");
 }
 
 TEST_F(Cli, GradcheckCommand) {
@@ -184,6 +196,24 @@ TEST_F(Cli, BadFlags) {
   EXPECT_FAILS_WITH(run(base + " --cuda-graph yes"), 2, "--cuda-graph: expected on or off, got 'yes'");
   EXPECT_FAILS_WITH(run(base + " --fuse 1"), 2, "--fuse: expected on or off, got '1'");
   EXPECT_FAILS_WITH(run("bench --device cpu --fuse maybe"), 2, "--fuse: expected on or off, got 'maybe'");
+  EXPECT_FAILS_WITH(run(base + " --epochs 2 --epochs 3"), 2, "--epochs is given 2 times; give it once");
+  EXPECT_FAILS_WITH(run(base + " --seed -1"), 2, "--seed must be an integer from 0 to 18446744073709551615, got '-1'");
+  EXPECT_FAILS_WITH(run(base + " --seed 99999999999999999999"), 2, "got '99999999999999999999'");
+  EXPECT_FAILS_WITH(run(base + " --loss nll"), 2, "did you mean 'cross_entropy'?");
+  EXPECT_FAILS_WITH(run(base + " --class-names a,,b"), 2, "--class-names: an empty name");
+  // One message, on its first line: no blank line before it.
+  Result r = run(base + " --lr -1");
+  EXPECT_EQ(r.out.rfind("barecnn: error: ", 0), 0u) << r.out;
+}
+
+TEST_F(Cli, NamesInAnyCaseAndNotesForFlagsThatDoNotApply) {
+  Result r =
+      run("train --device cpu --quiet --epochs 1 --data " + data_ + " --arch " + kArch +
+          " --optimizer Adam --momentum 0.5 --loss Cross_Entropy --cuda-graph on --out " + test::fresh_dir("cli_case"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("note: --momentum applies to sgd only"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("note: --cuda-graph applies only on the GPU"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("adam (lr 0.001"), std::string::npos) << r.out;
 }
 
 TEST_F(Cli, UnwritableOutputFolderIsCaughtBeforeTraining) {
@@ -275,12 +305,21 @@ TEST_F(Cli, ExistingModelSurvivesAFailedRun) {
   std::string out = test::fresh_dir("cli_survive");
   std::filesystem::copy_file(model_dir_ + "/model.safetensors", out + "/model.safetensors");
   std::string before = read_file(out + "/model.safetensors", "model");
-  // Fails on its spec, on its data, and by diverging mid-training.
-  EXPECT_EQ(run("train --device cpu --data " + data_ + " --arch \"conv(4,3) dense(10)\" --out " + out).rc, 2);
-  EXPECT_NE(run("train --device cpu --data /nonexistent --arch " + std::string(kArch) + " --out " + out).rc, 0);
-  Result div = run("train --device cpu --data " + data_ + " --arch " + kArch + " --lr 1e30 --momentum 0 --out " + out);
-  EXPECT_FAILS_WITH(div, 1, "diverged");
+  // Another run's folder: refused, naming the file; with --overwrite, a run that fails on its spec
+  // or its data leaves it as it was.
+  EXPECT_FAILS_WITH(run("train --device cpu --data " + data_ + " --arch " + kArch + " --out " + out), 2,
+                    "holds the files of another run (model.safetensors)");
+  EXPECT_EQ(run("train --device cpu --data " + data_ + " --arch \"conv(4,3) dense(10)\" --overwrite --out " + out).rc,
+            2);
+  EXPECT_NE(run("train --device cpu --data /nonexistent --arch " + std::string(kArch) + " --overwrite --out " + out).rc,
+            0);
   EXPECT_EQ(read_file(out + "/model.safetensors", "model"), before);
+  // A run that diverges in a new folder writes no model.
+  std::string fresh = test::fresh_dir("cli_survive_div");
+  Result div =
+      run("train --device cpu --data " + data_ + " --arch " + kArch + " --lr 1e30 --momentum 0 --out " + fresh);
+  EXPECT_FAILS_WITH(div, 1, "diverged");
+  EXPECT_FALSE(file_exists(fresh + "/model.safetensors"));
   for (auto& e : std::filesystem::directory_iterator(out))
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << "left behind: " << e.path();
 }
@@ -324,6 +363,77 @@ TEST_F(Cli, KilledAndResumedEqualsUninterrupted) {
     for (auto& e : std::filesystem::directory_iterator(part))
       EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << "left behind: " << e.path();
   }
+}
+
+TEST_F(Cli, CtrlCCheckpointsAndPrintsTheCommandThatContinues) {
+  // SIGINT once the first epoch is done (its line is out): exit 130, a checkpoint at the step it
+  // stopped at, the first epoch's outputs marked as not complete, and a printed command that
+  // continues the run to the weights of an uninterrupted one.
+  std::string data = test::fresh_dir("cli_int_data");
+  test::write_bars_dataset(data, 2400, 100);
+  const std::string args =
+      "train --device cpu --threads 1 --data " + data + " --arch " + kArch + " --epochs 4 --batch 16 --out ";
+  std::string full = test::fresh_dir("cli_int_full"), part = test::fresh_dir("cli_int_part");
+  ASSERT_EQ(run(args + full + " --quiet").rc, 0);
+  const std::string log = part + ".log";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c",
+          ("exec " + std::string(BARECNN_EXE) + " " + args + part + " >" + log + " 2>&1").c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  for (int i = 0; i < 3000 && test::slurp(log).find("epoch 1/4  train loss") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  kill(pid, SIGINT);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  const std::string out = test::slurp(log);
+  ASSERT_TRUE(WIFEXITED(st)) << out;
+  ASSERT_EQ(WEXITSTATUS(st), 130) << out;
+  EXPECT_NE(out.find("stopped by SIGINT (Ctrl-C) in epoch "), std::string::npos) << out;
+  auto summary = nlohmann::json::parse(read_file(part + "/summary.json", "summary"));
+  EXPECT_EQ(summary["completed"], false);
+  EXPECT_GE(summary["epochs"].size(), 1u);
+  const std::string key = "continue with: barecnn ";
+  const size_t at = out.find(key);
+  ASSERT_NE(at, std::string::npos) << out;
+  const std::string again = out.substr(at + key.size(), out.find('\n', at) - at - key.size());
+  EXPECT_EQ(again, "train --resume " + part + " --epochs 4 --device cpu --threads 1");
+  Result r = run(again + " --quiet");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(load_model(part + "/model.safetensors").params, load_model(full + "/model.safetensors").params);
+  EXPECT_EQ(nlohmann::json::parse(read_file(part + "/summary.json", "summary"))["completed"], true);
+}
+
+TEST_F(Cli, EvalUsesTheModelsDataAndNeedsOnlyTheTestFiles) {
+  // No --data: the data the model was trained on (not the default Fashion-MNIST).
+  Result own = run("eval --device cpu --json --model " + model_dir_ + "/model.safetensors");
+  ASSERT_EQ(own.rc, 0) << own.out;
+  auto j = nlohmann::json::parse(own.out.substr(own.out.find('{')));
+  EXPECT_EQ(j["data"], data_);
+  EXPECT_EQ(j["count"], 150);
+  EXPECT_EQ(j["loss_name"], "cross_entropy");
+  // The checkpoint is a model too.
+  Result ck = run("eval --device cpu --json --model " + model_dir_ + "/checkpoint.safetensors");
+  ASSERT_EQ(ck.rc, 0) << ck.out;
+  EXPECT_EQ(nlohmann::json::parse(ck.out.substr(ck.out.find('{')))["accuracy"], j["accuracy"]);
+  // A folder with only the two t10k files; other data is named as such.
+  std::string t10k = test::fresh_dir("cli_t10k_only");
+  test::write_bars_dataset(t10k + "/tmp", 30, 40, /*seed=*/5);
+  for (const char* f : {"t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"})
+    std::filesystem::rename(t10k + "/tmp/" + f, t10k + "/" + f);
+  std::filesystem::remove_all(t10k + "/tmp");
+  Result other = run("eval --device cpu --model " + model_dir_ + "/model.safetensors --data " + t10k);
+  ASSERT_EQ(other.rc, 0) << other.out;
+  EXPECT_NE(other.out.find("note: the test files in " + t10k + " are not those"), std::string::npos) << other.out;
+  EXPECT_NE(other.out.find("count 40"), std::string::npos) << other.out;
+  // Its data gone: a message that says so.
+  std::string moved = test::fresh_dir("cli_eval_moved"), gone = test::fresh_dir("cli_eval_gone_data");
+  test::write_bars_dataset(gone);
+  ASSERT_EQ(run("train --device cpu --quiet --epochs 1 --data " + gone + " --arch " + kArch + " --out " + moved).rc, 0);
+  std::filesystem::remove_all(gone);
+  EXPECT_FAILS_WITH(run("eval --device cpu --model " + moved + "/model.safetensors"), 2, "which is not there any more");
 }
 
 TEST_F(Cli, PyTorchLoadsTheModelAndPredictsTheSame) {

@@ -11,6 +11,7 @@
 #include "barecnn/gpu_ops.h"
 #include "barecnn/net.h"
 #include "barecnn/exec.h"
+#include "barecnn/evaluator.h"
 #include "barecnn/trainer.h"
 #include "synthetic_data.h"
 #include "test_gpu.h"
@@ -166,27 +167,27 @@ class TrainGpu : public ::testing::Test {
   }
   TrainConfig config(const std::string& out) {
     TrainConfig c;
-    c.data_dir = data_;
-    c.arch = "conv(8,3,pad=1) relu maxpool(2) dense(32) relu dense(3)";
-    c.device = "cuda";
-    c.epochs = 2;
-    c.batch = 32;
-    c.optim.lr = 0.05f;
-    c.optim.momentum = 0.9f;
-    c.seed = 11;
-    c.out = out;
-    c.quiet = true;
+    c.opt.data_dir = data_;
+    c.spec.arch = "conv(8,3,pad=1) relu maxpool(2) dense(32) relu dense(3)";
+    c.opt.device = "cuda";
+    c.opt.epochs = 2;
+    c.spec.batch = 32;
+    c.spec.optim.lr = 0.05f;
+    c.spec.optim.momentum = 0.9f;
+    c.spec.seed = 11;
+    c.opt.out = out;
+    c.opt.quiet = true;
     return c;
   }
   // Continues the run in `part` to 2 epochs on the GPU, as `train --resume part` does.
   static TrainConfig resume_of(const std::string& part, bool cuda_graph) {
     TrainConfig c;
-    c.resume = part;
-    c.out = "";
-    c.epochs = 2;
-    c.device = "cuda";
-    c.quiet = true;
-    c.cuda_graph = cuda_graph;
+    c.opt.resume = part;
+    c.opt.out = "";
+    c.opt.epochs = 2;
+    c.opt.device = "cuda";
+    c.opt.quiet = true;
+    c.opt.cuda_graph = cuda_graph;
     return c;
   }
   static std::string data_;
@@ -206,20 +207,20 @@ TEST_F(TrainGpu, LearnsAndResumesBitwise) {
   BARECNN_REQUIRE_GPU();
   std::string full = test::fresh_dir("gpu_full"), part = test::fresh_dir("gpu_part");
   TrainConfig cf = config(full);
-  cf.checkpoint_every = 10;
+  cf.opt.checkpoint_every = 10;
   train(cf);
   auto s = nlohmann::json::parse(read_file(full + "/summary.json", "summary"));
   EXPECT_GT(s["test_accuracy"].get<double>(), 0.9) << s.dump(1);
   EXPECT_NE(s["device"].get<std::string>().find("cuda"), std::string::npos);
   // The run holds at least its parameters, gradients and optimizer state (4 x P floats) and the
   // resident training set; well under a GiB for this small net.
-  Net net(cf.arch, {1, 8, 8});
+  Net net(cf.spec.arch, {1, 8, 8});
   const long long peak = s["peak_device_bytes"].get<long long>();
   EXPECT_GT(peak, (long long)(4 * net.num_params() * sizeof(float) + 1200 * 64)) << s.dump(1);
   EXPECT_LT(peak, 1LL << 30);
   EXPECT_EQ(s["cuda_graph"], false);
   TrainConfig cp = cf;
-  cp.out = part;
+  cp.opt.out = part;
   // Killed in epoch 2 (37 steps each) after step 47; the last checkpoint is at step 40.
   EXPECT_THROW(train(cp, test::stop_after(47)), Error);
   train(resume_of(part, false));
@@ -239,13 +240,13 @@ TEST_F(TrainGpu, CudaGraphGivesTheEagerWeightsBitwise) {
     std::string graph = test::fresh_dir(adam ? "gpu_graph_adam" : "gpu_graph_sgd");
     TrainConfig ce = config(eager);
     if (adam) {
-      ce.optim.kind = Optim::Adam;
-      ce.optim.lr = 0.002f;
-      ce.optim.momentum = 0;
+      ce.spec.optim.kind = Optim::Adam;
+      ce.spec.optim.lr = 0.002f;
+      ce.spec.optim.momentum = 0;
     }
     TrainConfig cg = ce;
-    cg.out = graph;
-    cg.cuda_graph = true;
+    cg.opt.out = graph;
+    cg.opt.cuda_graph = true;
     train(ce);
     train(cg);
     EXPECT_EQ(read_file(eager + "/model.safetensors", "eager"), read_file(graph + "/model.safetensors", "graph"));
@@ -257,8 +258,8 @@ TEST_F(TrainGpu, CudaGraphGivesTheEagerWeightsBitwise) {
   // Stopped mid-epoch and resumed, with the graph on: the uninterrupted eager run's weights.
   std::string part = test::fresh_dir("gpu_graph_part");
   TrainConfig cp = config(part);
-  cp.cuda_graph = true;
-  cp.checkpoint_every = 10;
+  cp.opt.cuda_graph = true;
+  cp.opt.checkpoint_every = 10;
   EXPECT_THROW(train(cp, test::stop_after(47)), Error);
   train(resume_of(part, true));
   EXPECT_EQ(read_file(eager_sgd + "/model.safetensors", "eager"), read_file(part + "/model.safetensors", "resumed"));
@@ -269,9 +270,9 @@ TEST_F(TrainGpu, FusedRunGivesThePlainWeightsBitwise) {
   BARECNN_REQUIRE_GPU();
   std::string plain = test::fresh_dir("gpu_fuse_plain"), fused = test::fresh_dir("gpu_fuse_on");
   TrainConfig cp = config(plain), cf = config(fused);
-  cp.epochs = cf.epochs = 1;
-  cf.fuse = true;
-  cf.cuda_graph = true;
+  cp.opt.epochs = cf.opt.epochs = 1;
+  cf.opt.fuse = true;
+  cf.opt.cuda_graph = true;
   train(cp);
   train(cf);
   EXPECT_EQ(read_file(plain + "/model.safetensors", "plain"), read_file(fused + "/model.safetensors", "fused"));
@@ -282,8 +283,8 @@ TEST_F(TrainGpu, FusedRunGivesThePlainWeightsBitwise) {
 TEST_F(TrainGpu, DivergenceIsFoundAndNamed) {
   BARECNN_REQUIRE_GPU();
   TrainConfig c = config(test::fresh_dir("gpu_div"));
-  c.optim.lr = 1e30f;
-  c.optim.momentum = 0;
+  c.spec.optim.lr = 1e30f;
+  c.spec.optim.momentum = 0;
   try {
     train(c);
     FAIL() << "no error";
@@ -313,8 +314,8 @@ TEST_F(TrainGpu, ProgressPollsLeaveNoStaleError) {
   // may find the first copy still in flight ("not ready"), which must not leak into the next
   // launch check (evaluate() runs right after).
   TrainConfig c = config(test::fresh_dir("gpu_polls"));
-  c.batch = 5;
-  c.epochs = 1;
+  c.spec.batch = 5;
+  c.opt.epochs = 1;
   EXPECT_NO_THROW(train(c));
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }

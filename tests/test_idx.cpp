@@ -484,4 +484,52 @@ TEST(Dataset, FashionMnist) {
   for (uint8_t l : d.train_labels) ++per[l];
   for (int c = 0; c < 10; ++c) EXPECT_EQ(per[c], 6000) << "class " << c;
   check_labels(d, 10);
+  // Recognised by its fingerprints, with its class names; its test files alone too.
+  const KnownData* k = known_data(d.train_fingerprint, d.test_fingerprint);
+  ASSERT_NE(k, nullptr) << d.train_fingerprint << " " << d.test_fingerprint;
+  EXPECT_STREQ(k->name, "Fashion-MNIST");
+  EXPECT_EQ(k->class_names.front(), "T-shirt/top");
+  EXPECT_EQ(k->class_names.back(), "Ankle boot");
+  EXPECT_EQ(known_data("", load_test_set(default_data_dir()).test_fingerprint), k);
+  EXPECT_EQ(load_dataset(default_data_dir(), 100).train_fingerprint, d.train_fingerprint);  // before --limit
+}
+
+TEST(Dataset, FingerprintNamesTheDataNotTheFolderOrTheCompression) {
+  std::string a = fresh_dir("fp_a"), b = fresh_dir("fp_b");
+  write_dataset(a, 12, 5, 4, 4, 3, false);
+  write_dataset(b, 12, 5, 4, 4, 3, true);  // the same data, gzipped, elsewhere
+  Dataset da = load_dataset(a), db = load_dataset(b);
+  EXPECT_EQ(da.train_fingerprint.size(), 16u);
+  EXPECT_EQ(da.train_fingerprint, db.train_fingerprint);
+  EXPECT_EQ(da.test_fingerprint, db.test_fingerprint);
+  EXPECT_NE(da.train_fingerprint, da.test_fingerprint);
+  EXPECT_EQ(known_data(da.train_fingerprint, da.test_fingerprint), nullptr);
+  // One pixel, one label, or the image size changed: another fingerprint.
+  IdxImages im = da.test;
+  std::vector<uint8_t> labels = da.test_labels;
+  const std::string fp = dataset_fingerprint(im, labels);
+  im.pixels[7] ^= 1;
+  EXPECT_NE(dataset_fingerprint(im, labels), fp);
+  im.pixels[7] ^= 1;
+  labels[2] ^= 1;
+  EXPECT_NE(dataset_fingerprint(im, labels), fp);
+  labels[2] ^= 1;
+  im.rows = 2, im.cols = 8;
+  EXPECT_NE(dataset_fingerprint(im, labels), fp);
+}
+
+TEST(Dataset, TestSetAloneNeedsOnlyTheT10kFiles) {
+  std::string dir = fresh_dir("ds_t10k");
+  write_dataset(dir, 12, 5, 4, 4, 3, false);
+  const Dataset whole = load_dataset(dir);
+  fs::remove(dir + "/train-images-idx3-ubyte");
+  fs::remove(dir + "/train-labels-idx1-ubyte");
+  Dataset d = load_test_set(dir);
+  EXPECT_EQ(d.test.count, 5);
+  EXPECT_EQ(d.train.count, 0);
+  EXPECT_EQ(d.test_fingerprint, whole.test_fingerprint);
+  EXPECT_EQ(d.test_labels, whole.test_labels);
+  EXPECT_HAS(usage_error_message([&] { load_dataset(dir); }), "missing train-images-idx3-ubyte[.gz]");
+  fs::remove(dir + "/t10k-labels-idx1-ubyte");
+  EXPECT_HAS(usage_error_message([&] { load_test_set(dir); }), "missing t10k-labels-idx1-ubyte[.gz]");
 }

@@ -231,8 +231,8 @@ TEST(LossRef, ParseErrorNamesFlagValueAndNearest) {
   struct Case {
     std::string bad, nearest;
   };
-  for (const Case& c :
-       {Case{"mes", "mse"}, Case{"crossentropy", "cross_entropy"}, Case{"L1", "l1"}, Case{"mapee", "mape"}}) {
+  for (const Case& c : {Case{"mes", "mse"}, Case{"crossentropy", "cross_entropy"}, Case{"maee", "mae"},
+                        Case{"mapee", "mape"}, Case{"nll", "cross_entropy"}, Case{"MSLEE", "msle"}}) {
     try {
       parse_loss(c.bad);
       ADD_FAILURE() << "parse_loss(\"" << c.bad << "\") did not throw";
@@ -247,6 +247,12 @@ TEST(LossRef, ParseErrorNamesFlagValueAndNearest) {
     }
   }
   EXPECT_THROW(parse_loss(""), UsageError);
+  // Nothing close: no suggestion rather than a far one ("nlx" is two edits from "l1" and "l2").
+  std::string msg = test::usage_error_message([] { parse_loss("nlx"); });
+  EXPECT_EQ(msg.find("did you mean"), std::string::npos) << msg;
+  // Any case.
+  EXPECT_EQ(parse_loss("L1"), Loss::L1);
+  EXPECT_EQ(parse_loss("Cross_Entropy"), Loss::SoftmaxCrossEntropy);
 }
 
 }  // namespace

@@ -4,7 +4,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <csignal>
+#include <filesystem>
+
 #include "barecnn/checkpoint.h"
+#include "barecnn/evaluator.h"
 #include "barecnn/error.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/safetensors.h"
@@ -19,16 +23,16 @@ const char* kArch = "conv(4,3,pad=1) relu maxpool(2) dense(16) relu dense(3)";
 
 TrainConfig config(const std::string& data, const std::string& out) {
   TrainConfig c;
-  c.data_dir = data;
-  c.arch = kArch;
-  c.device = "cpu";
-  c.epochs = 3;
-  c.batch = 32;
-  c.optim.lr = 0.05f;
-  c.optim.momentum = 0.9f;
-  c.seed = 7;
-  c.out = out;
-  c.quiet = true;
+  c.opt.data_dir = data;
+  c.spec.arch = kArch;
+  c.opt.device = "cpu";
+  c.opt.epochs = 3;
+  c.spec.batch = 32;
+  c.spec.optim.lr = 0.05f;
+  c.spec.optim.momentum = 0.9f;
+  c.spec.seed = 7;
+  c.opt.out = out;
+  c.opt.quiet = true;
   return c;
 }
 
@@ -70,23 +74,38 @@ TEST_F(TrainCpu, LossFallsAndTheTaskIsLearned) {
   EXPECT_EQ(s["seed"], 7);
   EXPECT_EQ(s["batch"], 32);
   EXPECT_EQ(s["limit"], 0);
-  EXPECT_EQ(s["optimizer"], "sgd (lr 0.05, momentum 0.9, weight decay 0)");
+  EXPECT_EQ(s["optimizer"], "sgd");
+  EXPECT_EQ(s["lr"], 0.05);
+  EXPECT_EQ(s["momentum"], 0.9);
+  EXPECT_EQ(s["weight_decay"], 0);
+  EXPECT_EQ(s["loss"], "cross_entropy");
+  EXPECT_EQ(s["completed"], true);
+  EXPECT_EQ(s["epochs_asked"], 3);
+  EXPECT_EQ(s["epochs_done"], 3);
+  EXPECT_EQ(s["data"]["dir"], data_);
+  EXPECT_EQ(s["data"]["train_fingerprint"].get<std::string>().size(), 16u);
+  EXPECT_EQ(s["data"]["test_fingerprint"].get<std::string>().size(), 16u);
+  EXPECT_EQ(s["class_names"], nlohmann::json({"0", "1", "2"}));
+  EXPECT_FALSE(s["barecnn_version"].get<std::string>().empty());
+  EXPECT_FALSE(s["barecnn_commit"].get<std::string>().empty());
+  EXPECT_EQ(ep[1]["lr"], 0.05);
   EXPECT_FALSE(s.contains("peak_device_bytes"));  // GPU runs only
   for (const char* f : {"model.safetensors", "summary.json", "metrics.csv", "checkpoint.safetensors", "loss.png",
                         "accuracy.png", "filters.png", "confusion.png"})
     EXPECT_TRUE(file_exists(out + "/" + f)) << f;
   std::string csv = read_file(out + "/metrics.csv", "metrics");
   EXPECT_EQ(csv.substr(0, csv.find('\n')),
-            "epoch,train_loss,train_accuracy,test_accuracy,test_loss,seconds,images_per_second");
+            "epoch,train_loss,train_accuracy,test_accuracy,test_loss,seconds,images_per_second,lr,loss");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
+  EXPECT_NE(csv.find(",0.05,cross_entropy\n"), std::string::npos) << csv;
 }
 
 TEST_F(TrainCpu, SameSeedGivesIdenticalWeights) {
   std::string a = test::fresh_dir("train_seed_a"), b = test::fresh_dir("train_seed_b"),
               c = test::fresh_dir("train_seed_c");
   TrainConfig ca = config(data_, a), cb = config(data_, b), cc = config(data_, c);
-  ca.epochs = cb.epochs = cc.epochs = 1;
-  cc.seed = 8;
+  ca.opt.epochs = cb.opt.epochs = cc.opt.epochs = 1;
+  cc.spec.seed = 8;
   train(ca);
   train(cb);
   train(cc);
@@ -98,21 +117,21 @@ TEST_F(TrainCpu, ResumedRunEqualsUninterruptedRun) {
   // Uninterrupted: 3 epochs with Adam (its state must survive the checkpoint too).
   std::string full = test::fresh_dir("train_full"), part = test::fresh_dir("train_part");
   TrainConfig cf = config(data_, full);
-  cf.optim.kind = Optim::Adam;
-  cf.optim.lr = 0.005f;
-  cf.optim.momentum = 0;
+  cf.spec.optim.kind = Optim::Adam;
+  cf.spec.optim.lr = 0.005f;
+  cf.spec.optim.momentum = 0;
   train(cf);
   // Interrupted after epoch 1, resumed up to 3 epochs in all.
   TrainConfig cp = cf;
-  cp.out = part;
-  cp.epochs = 1;
+  cp.opt.out = part;
+  cp.opt.epochs = 1;
   train(cp);
   TrainConfig cr;
-  cr.resume = part;
-  cr.out = "";
-  cr.epochs = 3;
-  cr.device = "cpu";
-  cr.quiet = true;
+  cr.opt.resume = part;
+  cr.opt.out = "";
+  cr.opt.epochs = 3;
+  cr.opt.device = "cpu";
+  cr.opt.quiet = true;
   train(cr);
   EXPECT_EQ(model_weights(full), model_weights(part));
   auto sf = summary(full), sp = summary(part);
@@ -127,24 +146,28 @@ TEST_F(TrainCpu, MidEpochCheckpointResumesBitwise) {
   // stops at step 27 (epoch 2, step 9): its last checkpoint is from step 25 (epoch 2, step 7).
   std::string full = test::fresh_dir("train_mid_full"), part = test::fresh_dir("train_mid_part");
   TrainConfig cf = config(data_, full);
-  cf.epochs = 2;
-  cf.checkpoint_every = 5;
+  cf.opt.epochs = 2;
+  cf.opt.checkpoint_every = 5;
   train(cf);
   TrainConfig cp = cf;
-  cp.out = part;
+  cp.opt.out = part;
   EXPECT_THROW(train(cp, test::stop_after(27)), Error);
   Checkpoint ck = read_checkpoint(part + "/checkpoint.safetensors");
   EXPECT_EQ(ck.epochs_done, 1);
   EXPECT_EQ(ck.step_in_epoch, 7);
   EXPECT_EQ(ck.global_step, 25);
-  EXPECT_FALSE(file_exists(part + "/model.safetensors"));
+  // The outputs of the epoch that was done are there, marked as not complete.
+  EXPECT_EQ(summary(part)["completed"], false);
+  EXPECT_EQ(summary(part)["epochs"].size(), 1u);
+  ASSERT_TRUE(file_exists(part + "/model.safetensors"));
+  EXPECT_NE(model_weights(part), ck.params);  // the model of epoch 1, not the state at step 25
   TrainConfig cr;
-  cr.resume = part;
-  cr.out = "";
-  cr.epochs = 2;
-  cr.device = "cpu";
-  cr.quiet = true;
-  cr.checkpoint_every = 5;
+  cr.opt.resume = part;
+  cr.opt.out = "";
+  cr.opt.epochs = 2;
+  cr.opt.device = "cpu";
+  cr.opt.quiet = true;
+  cr.opt.checkpoint_every = 5;
   train(cr);
   EXPECT_EQ(model_weights(full), model_weights(part));
   auto sf = summary(full), sp = summary(part);
@@ -155,23 +178,23 @@ TEST_F(TrainCpu, MidEpochCheckpointResumesBitwise) {
 TEST_F(TrainCpu, ResumeOfAFinishedRunRewritesItsOutputsOrSaysSo) {
   std::string out = test::fresh_dir("train_done");
   TrainConfig c = config(data_, out);
-  c.epochs = 2;
+  c.opt.epochs = 2;
   train(c);
   std::vector<float> w = model_weights(out);
   // Killed between the last checkpoint and the model file: resuming writes the outputs.
   std::filesystem::remove(out + "/model.safetensors");
   std::filesystem::remove(out + "/summary.json");
   TrainConfig cr;
-  cr.resume = out;
-  cr.out = "";
-  cr.epochs = 2;
-  cr.quiet = true;
-  cr.device = "cpu";
+  cr.opt.resume = out;
+  cr.opt.out = "";
+  cr.opt.epochs = 2;
+  cr.opt.quiet = true;
+  cr.opt.device = "cpu";
   train(cr);
   EXPECT_EQ(model_weights(out), w);
   EXPECT_EQ(summary(out)["epochs"].size(), 2u);
   // Fewer epochs than done: an error that says what to do.
-  cr.epochs = 1;
+  cr.opt.epochs = 1;
   try {
     train(cr);
     FAIL() << "no error";
@@ -181,33 +204,263 @@ TEST_F(TrainCpu, ResumeOfAFinishedRunRewritesItsOutputsOrSaysSo) {
 }
 
 TEST_F(TrainCpu, DivergenceNamesTheLayerAndKeepsTheCheckpoint) {
+  // A run whose first epoch is good and whose second diverges: its checkpoint, rewritten with a
+  // learning rate of 1e30, resumed.
   std::string out = test::fresh_dir("train_diverge");
   TrainConfig c = config(data_, out);
-  c.epochs = 1;
-  train(c);  // a good checkpoint and model
+  c.opt.epochs = 1;
+  train(c);
+  Checkpoint ck = read_checkpoint(out + "/checkpoint.safetensors");
+  ck.spec.optim.lr = 1e30f;
+  ck.spec.optim.momentum = 0;
+  write_checkpoint(out + "/checkpoint.safetensors", ck);
   std::string model_before = read_file(out + "/model.safetensors", "model");
   std::string ckpt_before = read_file(out + "/checkpoint.safetensors", "checkpoint");
-  TrainConfig bad = config(data_, out);
-  bad.optim.lr = 1e30f;
-  bad.optim.momentum = 0;
+  TrainConfig cr;
+  cr.opt.resume = out;
+  cr.opt.epochs = 2;
+  cr.opt.device = "cpu";
+  cr.opt.quiet = true;
+  try {
+    train(cr);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("diverged in epoch 2"), std::string::npos) << m;
+    EXPECT_NE(m.find("first non-finite: layer "), std::string::npos) << m;
+    EXPECT_NE(m.find("--lr"), std::string::npos) << m;
+    EXPECT_NE(m.find("the last good checkpoint is kept in " + out + "/checkpoint.safetensors"), std::string::npos) << m;
+  }
+  EXPECT_EQ(read_file(out + "/model.safetensors", "model"), model_before);
+  EXPECT_EQ(read_file(out + "/checkpoint.safetensors", "checkpoint"), ckpt_before);
+  // A new run that diverges before its first checkpoint names none (not another run's).
+  TrainConfig bad = config(data_, test::fresh_dir("train_diverge_new"));
+  bad.spec.optim.lr = 1e30f;
+  bad.spec.optim.momentum = 0;
   try {
     train(bad);
     FAIL() << "no error";
   } catch (const Error& e) {
-    std::string m = e.what();
-    EXPECT_NE(m.find("diverged"), std::string::npos) << m;
-    EXPECT_NE(m.find("first non-finite: layer "), std::string::npos) << m;
-    EXPECT_NE(m.find("--lr"), std::string::npos) << m;
-    EXPECT_NE(m.find("last good checkpoint"), std::string::npos) << m;
+    EXPECT_NE(std::string(e.what()).find("no checkpoint was written yet"), std::string::npos) << e.what();
   }
-  EXPECT_EQ(read_file(out + "/model.safetensors", "model"), model_before);
-  EXPECT_EQ(read_file(out + "/checkpoint.safetensors", "checkpoint"), ckpt_before);
+}
+
+// A StepObserver that raises `sig` in this process after step `at`, `times` times.
+StepObserver raise_after(long long at, int sig, int times = 1) {
+  return [=](long long step) {
+    if (step == at)
+      for (int i = 0; i < times; ++i) std::raise(sig);
+  };
+}
+
+TEST_F(TrainCpu, SignalStopsAfterTheStepWithACheckpointAndResumesBitwise) {
+  // 18 steps per epoch; SIGINT after step 25 (epoch 2, step 7), SIGTERM after step 4.
+  std::string full = test::fresh_dir("train_sig_full"), part = test::fresh_dir("train_sig_part");
+  TrainConfig cf = config(data_, full);
+  cf.opt.epochs = 2;
+  ASSERT_EQ(train(cf), 0);
+  TrainConfig cp = cf;
+  cp.opt.out = part;
+  EXPECT_EQ(train(cp, raise_after(25, SIGINT)), 130);
+  Checkpoint ck = read_checkpoint(part + "/checkpoint.safetensors");
+  EXPECT_EQ(ck.epochs_done, 1);
+  EXPECT_EQ(ck.step_in_epoch, 7);
+  EXPECT_EQ(ck.global_step, 25);
+  EXPECT_EQ(summary(part)["completed"], false);
+  // eval and predict take the checkpoint as a model: the weights at the stop.
+  EXPECT_EQ(load_model(part + "/checkpoint.safetensors").params, ck.params);
+  TrainConfig cr;
+  cr.opt.resume = part;
+  cr.opt.epochs = 2;
+  cr.opt.device = "cpu";
+  cr.opt.quiet = true;
+  ASSERT_EQ(train(cr), 0);
+  EXPECT_EQ(model_weights(full), model_weights(part));
+  EXPECT_EQ(summary(part)["completed"], true);
+
+  std::string early = test::fresh_dir("train_sig_early");
+  cp.opt.out = early;
+  EXPECT_EQ(train(cp, raise_after(4, SIGTERM)), 143);
+  EXPECT_EQ(read_checkpoint(early + "/checkpoint.safetensors").global_step, 4);
+  EXPECT_FALSE(file_exists(early + "/model.safetensors"));  // (no epoch done yet)
+  cr.opt.resume = early;
+  ASSERT_EQ(train(cr), 0);
+  EXPECT_EQ(model_weights(full), model_weights(early));
+}
+
+TEST_F(TrainCpu, ASecondSignalEndsTheProcessAtOnce) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  TrainConfig c = config(data_, test::fresh_dir("train_sig_twice"));
+  // The first asks for a stop after the step; the second, before the run gets there, ends it.
+  EXPECT_EXIT(train(c, raise_after(3, SIGINT, 2)), ::testing::KilledBySignal(SIGINT), "");
+}
+
+TEST_F(TrainCpu, ResumeRefusesFlagsThatChangeTheRunAndOtherData) {
+  std::string out = test::fresh_dir("train_conflict");
+  TrainConfig c = config(data_, out);
+  c.opt.epochs = 1;
+  train(c);
+  TrainConfig cr = config(data_, out);
+  cr.opt.resume = out;
+  cr.opt.epochs = 2;
+  // The same values given again are no conflict; different ones are, each named with both values.
+  cr.opt.spec_flags_given = {"--lr", "--batch", "--seed", "--arch", "--loss"};
+  cr.spec.optim.lr = 0.5f;
+  cr.spec.seed = 8;
+  const std::string m = test::usage_error_message([&] { train(cr); });
+  EXPECT_NE(m.find("--lr 0.5 (the run's: 0.05)"), std::string::npos) << m;
+  EXPECT_NE(m.find("--seed 8 (the run's: 7)"), std::string::npos) << m;
+  EXPECT_EQ(m.find("--batch"), std::string::npos) << m;
+  EXPECT_EQ(m.find("--arch"), std::string::npos) << m;  // (the same net, written differently)
+  EXPECT_EQ(m.find("--loss"), std::string::npos) << m;
+  // Other data: refused, naming both fingerprints.
+  std::string other = test::fresh_dir("train_conflict_other");
+  test::write_bars_dataset(other, 600, 100, /*seed=*/99);
+  TrainConfig co = config(other, out);
+  co.opt.resume = out;
+  co.opt.epochs = 2;
+  const std::string d = test::usage_error_message([&] { train(co); });
+  EXPECT_NE(d.find("are not those the run in " + out + " trained on"), std::string::npos) << d;
+  // The same files in another folder: fine, and the run continues to the same weights.
+  std::string moved = test::fresh_dir("train_conflict_moved");
+  for (const auto& f : std::filesystem::directory_iterator(data_))
+    std::filesystem::copy_file(f.path(), moved + "/" + f.path().filename().string());
+  TrainConfig cm = config(moved, out);
+  cm.opt.resume = out;
+  cm.opt.epochs = 2;
+  EXPECT_EQ(train(cm), 0);
+  std::string straight = test::fresh_dir("train_conflict_straight");
+  TrainConfig cs = config(data_, straight);
+  cs.opt.epochs = 2;
+  train(cs);
+  EXPECT_EQ(model_weights(out), model_weights(straight));
+  EXPECT_EQ(load_model(out + "/model.safetensors").meta.data.dir, moved);
+}
+
+TEST_F(TrainCpu, OneRunPerFolderUnlessOverwrite) {
+  std::string out = test::fresh_dir("train_folder");
+  TrainConfig c = config(data_, out);
+  c.opt.epochs = 1;
+  train(c);
+  test::spit(out + "/notes.txt", "mine");
+  const std::string before = read_file(out + "/model.safetensors", "model");
+  TrainConfig again = c;
+  again.spec.arch = "dense(3)";  // no conv: no filters.png
+  const std::string m = test::usage_error_message([&] { train(again); });
+  EXPECT_NE(m.find("holds the files of another run (model.safetensors, checkpoint.safetensors"), std::string::npos)
+      << m;
+  EXPECT_NE(m.find("--overwrite"), std::string::npos) << m;
+  EXPECT_EQ(read_file(out + "/model.safetensors", "model"), before);
+  // --overwrite with a mistake elsewhere still keeps everything.
+  again.opt.overwrite = true;
+  TrainConfig broken = again;
+  broken.spec.arch = "dense(4)";  // 4 outputs for 3 classes
+  EXPECT_NE(test::usage_error_message([&] { train(broken); }).find("dense(3)"), std::string::npos);
+  EXPECT_EQ(read_file(out + "/model.safetensors", "model"), before);
+  // --overwrite: the other run's files go (filters.png of the conv net too), the user's stay.
+  EXPECT_EQ(train(again), 0);
+  EXPECT_FALSE(file_exists(out + "/filters.png"));
+  EXPECT_TRUE(file_exists(out + "/notes.txt"));
+  EXPECT_EQ(load_model(out + "/model.safetensors").meta.arch, "flatten dense(3)");
+}
+
+TEST_F(TrainCpu, ClassNamesComeFromTheFlagOrTheDataNeverTheFolderName) {
+  // A folder whose name says "fashion" holding other data: "0".."K-1".
+  std::string fake = test::fresh_dir("fashion_lookalike");
+  for (const auto& f : std::filesystem::directory_iterator(data_))
+    std::filesystem::copy_file(f.path(), fake + "/" + f.path().filename().string());
+  TrainConfig c = config(fake, test::fresh_dir("train_names_a"));
+  c.opt.epochs = 1;
+  train(c);
+  EXPECT_EQ(load_model(c.opt.out + "/model.safetensors").meta.class_names, (std::vector<std::string>{"0", "1", "2"}));
+  c.opt.out = test::fresh_dir("train_names_b");
+  c.opt.class_names = {"bar", "cross", "dot"};
+  train(c);
+  EXPECT_EQ(load_model(c.opt.out + "/model.safetensors").meta.class_names, c.opt.class_names);
+  c.opt.class_names = {"bar", "cross"};
+  c.opt.out = test::fresh_dir("train_names_c");
+  const std::string m = test::usage_error_message([&] { train(c); });
+  EXPECT_NE(m.find("--class-names: 2 names given but the data has 3 classes"), std::string::npos) << m;
+}
+
+TEST_F(TrainCpu, ResumesACheckpointFromBeforeTheDataWasRecorded) {
+  // A checkpoint as barecnn wrote them before it recorded the data's fingerprints, the epochs asked
+  // for and the rate per epoch: it still resumes, bitwise.
+  std::string full = test::fresh_dir("train_old_full"), part = test::fresh_dir("train_old_part");
+  TrainConfig cf = config(data_, full);
+  cf.opt.epochs = 2;
+  train(cf);
+  TrainConfig cp = cf;
+  cp.opt.out = part;
+  cp.opt.epochs = 1;
+  train(cp);
+  SafeTensors st = read_safetensors(part + "/checkpoint.safetensors");
+  for (const char* k : {"data_train_fingerprint", "data_test_fingerprint", "epochs_asked", "barecnn_version"})
+    ASSERT_EQ(st.metadata.erase(k), 1u) << k;
+  std::string h = st.metadata["history"];
+  ASSERT_NE(h.find(",\"lr\":0.05"), std::string::npos) << h;
+  st.metadata["history"] = h.replace(h.find(",\"lr\":0.05"), 10, "");
+  write_safetensors(part + "/checkpoint.safetensors", st);
+  TrainConfig cr;
+  cr.opt.resume = part;
+  cr.opt.epochs = 2;
+  cr.opt.device = "cpu";
+  cr.opt.quiet = true;
+  ASSERT_EQ(train(cr), 0);
+  EXPECT_EQ(model_weights(full), model_weights(part));
+  EXPECT_EQ(summary(part)["epochs"][0]["lr"], 0.05);
+}
+
+TEST(RunSpecTable, EverySettingRoundTripsAndBadTextIsNamed) {
+  RunSpec s;
+  s.arch = "dense(3)";
+  s.batch = 17;
+  s.optim.kind = Optim::Adam;
+  s.optim.lr = 0.1f;  // not exact in binary: the text must still read back to the same float
+  s.optim.momentum = 0;
+  s.optim.weight_decay = 3e-5f;
+  s.optim.beta1 = 0.85f;
+  s.optim.beta2 = 0.995f;
+  s.optim.eps = 1e-7f;
+  s.loss = Loss::MAPE;
+  s.seed = 18446744073709551615ull;
+  s.limit = 123;
+  std::map<std::string, std::string> m;
+  for (const SpecSetting& x : spec_settings(s)) m[x.key] = x.value;
+  EXPECT_EQ(m["lr"], "0.1");
+  EXPECT_EQ(m["seed"], "18446744073709551615");
+  RunSpec r = spec_from_settings(m, "f");
+  EXPECT_EQ(r.arch, s.arch);
+  EXPECT_EQ(r.batch, s.batch);
+  EXPECT_EQ(r.optim.kind, s.optim.kind);
+  EXPECT_EQ(r.optim.lr, s.optim.lr);
+  EXPECT_EQ(r.optim.weight_decay, s.optim.weight_decay);
+  EXPECT_EQ(r.optim.beta1, s.optim.beta1);
+  EXPECT_EQ(r.optim.beta2, s.optim.beta2);
+  EXPECT_EQ(r.optim.eps, s.optim.eps);
+  EXPECT_EQ(r.loss, s.loss);
+  EXPECT_EQ(r.seed, s.seed);
+  EXPECT_EQ(r.limit, s.limit);
+  for (float x : {1e-30f, 0.3f, 1.f / 3, 123456.7f, 1e30f}) EXPECT_EQ(std::strtof(float_text(x).c_str(), nullptr), x);
+  auto bad = m;
+  bad["batch"] = "0";
+  EXPECT_NE(test::usage_error_message([&] {
+              spec_from_settings(bad, "ck.safetensors");
+            }).find("ck.safetensors: the run's setting \"batch\" should be an integer >= 1, found \"0\""),
+            std::string::npos);
+  bad = m;
+  bad["seed"] = "-1";
+  EXPECT_NE(test::usage_error_message([&] { spec_from_settings(bad, "f"); }).find("\"seed\""), std::string::npos);
+  bad = m;
+  bad.erase("loss");
+  EXPECT_NE(test::usage_error_message([&] { spec_from_settings(bad, "f"); }).find("\"loss\" is missing"),
+            std::string::npos);
 }
 
 TEST_F(TrainCpu, ModelFileHasTorchNamesAndMetadata) {
   std::string out = test::fresh_dir("train_model");
   TrainConfig c = config(data_, out);
-  c.epochs = 1;
+  c.opt.epochs = 1;
   train(c);
   SafeTensors st = read_safetensors(out + "/model.safetensors");
   std::vector<std::string> names;

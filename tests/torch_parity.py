@@ -1,89 +1,25 @@
 #!/usr/bin/env python3
 """Loads a barecnn model.safetensors into the equivalent torch.nn.Sequential with
-load_state_dict(strict=True) and checks that PyTorch's logits and predictions equal those of
+tools/barecnn_torch.py (load_state_dict(strict=True)) and checks that PyTorch's logits and predictions equal those of
 `barecnn predict` (a CSV). Exit 0: equal; 1: different; 77: PyTorch is not installed (skip).
 
 usage: torch_parity.py MODEL.safetensors IMAGES.idx[.gz] PREDICTIONS.csv
 """
+import csv
 import gzip
-import json
-import re
+import os
 import struct
 import sys
 
 try:
     import numpy as np
     import torch
-    import torch.nn as nn
 except ImportError as e:  # pragma: no cover
     print(f"skip: {e}")
     sys.exit(77)
 
-
-def read_safetensors(path):
-    """The format by hand (no safetensors package needed): u64 header length, JSON, raw bytes."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n])
-    meta = header.pop("__metadata__", {})
-    data = blob[8 + n:]
-    dt = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8}
-    tensors = {}
-    for name, t in header.items():
-        b, e = t["data_offsets"]
-        arr = np.frombuffer(data[b:e], dtype=dt[t["dtype"]]).reshape(t["shape"])
-        tensors[name] = torch.from_numpy(arr.copy())
-    return tensors, meta
-
-
-class BinaryStep(nn.Module):
-    def forward(self, x):
-        return (x >= 0).to(x.dtype)
-
-
-class Arctan(nn.Module):
-    def forward(self, x):
-        return torch.atan(x)
-
-
-def build(spec, input_chw):
-    """torch.nn.Sequential for a canonical barecnn spec (the model's __metadata__ "arch")."""
-    c, h, w = input_chw
-    mods = []
-    shape = (c, h, w)
-    for tok in re.findall(r"[a-z_0-9]+(?:\([^)]*\))?", spec):
-        name, _, args = tok.partition("(")
-        args = [a for a in args.rstrip(")").split(",") if a]
-        pos = [a for a in args if "=" not in a]
-        kw = dict(a.split("=") for a in args if "=" in a)
-        if name == "conv":
-            k = pos[1].split("x")
-            kh, kw_ = int(k[0]), int(k[-1])
-            s, p = int(kw.get("stride", 1)), int(kw.get("pad", 0))
-            mods.append(nn.Conv2d(shape[0], int(pos[0]), (kh, kw_), stride=s, padding=p))
-            shape = (int(pos[0]), (shape[1] - kh + 2 * p) // s + 1, (shape[2] - kw_ + 2 * p) // s + 1)
-        elif name in ("maxpool", "avgpool", "l2pool"):
-            k = pos[0].split("x")
-            kh, kw_ = int(k[0]), int(k[-1])
-            s = int(kw.get("stride", kh))
-            m = {"maxpool": nn.MaxPool2d((kh, kw_), s), "avgpool": nn.AvgPool2d((kh, kw_), s),
-                 "l2pool": nn.LPPool2d(2, (kh, kw_), s)}[name]
-            mods.append(m)
-            shape = (shape[0], (shape[1] - kh) // s + 1, (shape[2] - kw_) // s + 1)
-        elif name == "flatten":
-            mods.append(nn.Flatten())
-            shape = (int(np.prod(shape)),)
-        elif name == "dense":
-            mods.append(nn.Linear(shape[0], int(pos[0])))
-            shape = (int(pos[0]),)
-        else:
-            a = float(pos[0]) if pos else None
-            mods.append({"relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh(), "softplus": nn.Softplus(),
-                         "identity": nn.Identity(), "softmax": nn.Softmax(dim=1), "binary_step": BinaryStep(),
-                         "arctan": Arctan(), "leaky_relu": nn.LeakyReLU(a if a is not None else 0.01),
-                         "elu": nn.ELU(a if a is not None else 1.0)}[name])
-    return nn.Sequential(*mods)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+import barecnn_torch  # noqa: E402  (the loader README shows: torch and the standard library only)
 
 
 def read_idx_images(path):
@@ -98,22 +34,31 @@ def read_idx_images(path):
 
 def main():
     model_path, images_path, csv_path = sys.argv[1:4]
-    tensors, meta = read_safetensors(model_path)
-    chw = tuple(int(x) for x in meta["input"].split("x"))
-    net = build(meta["arch"], chw)
-    net.load_state_dict(tensors, strict=True)
-    net.eval()
+    net, meta = barecnn_torch.load(model_path)  # load_state_dict(strict=True)
     x = read_idx_images(images_path).astype(np.float32) / 255.0
     x = (x - np.float32(meta["normalize_mean"])) / np.float32(meta["normalize_std"])
     with torch.no_grad():
         logits = net(torch.from_numpy(x)).numpy()
-    rows = np.loadtxt(csv_path, delimiter=",", skiprows=1, ndmin=2)
-    theirs, pred = rows[:, 2:], rows[:, 1].astype(int)
+    with open(csv_path, newline="") as f:
+        table = list(csv.reader(f))
+    header, body = table[0], table[1:]
+    logit_cols = [i for i, h in enumerate(header) if h.startswith("logit_")]
+    theirs = np.array([[float(r[i]) for i in logit_cols] for r in body], dtype=np.float64).reshape(len(body), -1)
+    pred = np.array([int(r[header.index("predicted")]) for r in body])
+    prob = np.array([float(r[header.index("probability")]) for r in body])
     ok = True
     if theirs.shape != logits.shape:
         print(f"shape: barecnn {theirs.shape} vs torch {logits.shape}")
         return 1
     diff = np.abs(theirs - logits).max()
+    # The probability column: softmax of the logits at the predicted class.
+    z = logits.astype(np.float64)
+    sm = np.exp(z - z.max(1, keepdims=True))
+    sm /= sm.sum(1, keepdims=True)
+    pdiff = np.abs(sm[np.arange(len(pred)), pred] - prob).max()
+    if pdiff > 1e-4:
+        print(f"probability column differs from torch's softmax by {pdiff:.3g}")
+        ok = False
     mism = int((pred != logits.argmax(1)).sum())
     # float32 sums in different orders: logits agree to ~1e-5 relative
     tol = 1e-4 * max(1.0, float(np.abs(logits).max()))

@@ -8,6 +8,7 @@
 #include "barecnn/gpu.h"
 #include "barecnn/idx.h"
 #include "barecnn/loss.h"
+#include "barecnn/version.h"
 #include "commands.h"
 
 namespace barecnn::cli {
@@ -15,7 +16,7 @@ namespace barecnn::cli {
 namespace {
 
 int cmd_info() {
-  std::printf("barecnn %s (%s build)\n", BARECNN_VERSION, BARECNN_BUILD_TYPE);
+  std::printf("barecnn %s (%s build)\n", barecnn_version_string().c_str(), BARECNN_BUILD_TYPE);
   std::printf("  CUDA architectures compiled in: %s\n", compiled_cuda_archs());
   const GpuStatus& g = gpu_status();
   std::printf("  CUDA runtime: %s, driver: %s\n", version_str(g.runtime_version).c_str(),

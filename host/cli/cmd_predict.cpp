@@ -1,16 +1,27 @@
-// `barecnn predict`: the class and the logits of each image of an IDX file, as CSV.
+// `barecnn predict`: the class, its name and probability, and the logits of each image of an IDX
+// file, as CSV.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "barecnn/error.h"
 #include "barecnn/evaluator.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/idx.h"
-#include "barecnn/trainer.h"
+#include "barecnn/model_io.h"
 #include "commands.h"
 
 namespace barecnn::cli {
 
 namespace {
+
+// A CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180).
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
 
 int cmd_predict(const std::string& model_path, const std::string& images_path, const std::string& output,
                 const std::string& device_flag, int batch) {
@@ -28,14 +39,21 @@ int cmd_predict(const std::string& model_path, const std::string& images_path, c
   EvalResult r =
       evaluate(*m.net, m.params, im, {}, m.meta.mean, m.meta.std, Loss::SoftmaxCrossEntropy, dev, batch, true);
   const int K = m.net->num_outputs();
-  std::string csv = "index,predicted";
+  std::string csv = "index,predicted,class,probability";
   for (int k = 0; k < K; ++k) csv += ",logit_" + std::to_string(k);
   csv += "\n";
   char buf[32];
   for (long long i = 0; i < r.count; ++i) {
-    csv += std::to_string(i) + "," + std::to_string(r.predicted[i]);
+    const float* z = &r.logits[size_t(i) * K];
+    const int p = r.predicted[i];
+    // softmax(z)_p, by log-sum-exp in double
+    double zmax = z[0], sum = 0;
+    for (int k = 1; k < K; ++k) zmax = std::max(zmax, double(z[k]));
+    for (int k = 0; k < K; ++k) sum += std::exp(double(z[k]) - zmax);
+    std::snprintf(buf, sizeof buf, ",%.6f", std::exp(double(z[p]) - zmax) / sum);
+    csv += std::to_string(i) + "," + std::to_string(p) + "," + csv_field(m.meta.class_names[p]) + buf;
     for (int k = 0; k < K; ++k) {
-      std::snprintf(buf, sizeof buf, ",%.9g", r.logits[size_t(i) * K + k]);
+      std::snprintf(buf, sizeof buf, ",%.9g", z[k]);
       csv += buf;
     }
     csv += "\n";
@@ -58,9 +76,11 @@ Runner add_predict(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* predict = app.add_subcommand("predict", "class and logits for each image of an IDX file");
-  predict->add_option("--model", o->model, "model.safetensors written by train")->required();
+  predict->add_option("--model", o->model, "model.safetensors (or checkpoint.safetensors) written by train")
+      ->required();
   predict->add_option("--images", o->images, "IDX images file (.gz or plain)")->required();
-  predict->add_option("--output", o->output, "CSV file: index,predicted,logit_0,... (default: stdout)");
+  predict->add_option("--output", o->output,
+                      "CSV file: index,predicted,class,probability,logit_0,... (default: stdout)");
   predict->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();
   predict->add_option("--batch", o->batch, "batch size")->capture_default_str();
   predict->footer(

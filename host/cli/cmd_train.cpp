@@ -1,42 +1,82 @@
 // `barecnn train`: the options of a training run; the run itself is barecnn::train (trainer.h).
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "barecnn/error.h"
 #include "barecnn/loss.h"
+#include "barecnn/names.h"
 #include "barecnn/trainer.h"
 #include "commands.h"
 
 namespace barecnn::cli {
 
+namespace {
+
+// --seed: an integer in [0, 2^64 - 1], nothing else (CLI11 would wrap -1 around).
+uint64_t parse_seed(const std::string& s) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (s.empty() || !std::isdigit(static_cast<unsigned char>(s[0])) || *end != '\0' || errno == ERANGE)
+    throw UsageError(fmt("--seed must be an integer from 0 to 18446744073709551615, got '", s, "'"));
+  return v;
+}
+
+// "a,b,c" -> {"a", "b", "c"}; an empty name is an error.
+std::vector<std::string> parse_class_names(const std::string& s) {
+  std::vector<std::string> names;
+  size_t start = 0;
+  while (true) {
+    size_t comma = s.find(',', start);
+    std::string n = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (n.empty()) throw UsageError(fmt("--class-names: an empty name in '", s, "'; expected e.g. cat,dog,bird"));
+    names.push_back(n);
+    if (comma == std::string::npos) return names;
+    start = comma + 1;
+  }
+}
+
+}  // namespace
+
 Runner add_train(CLI::App& app) {
   struct Opts {
     TrainConfig tc;
-    std::string optimizer = "sgd", loss = "cross_entropy", cuda_graph = "off", fuse = "off";
+    std::string optimizer = "sgd", loss = "cross_entropy", cuda_graph = "off", fuse = "off", seed = "1", class_names;
     double lr = 0.01, momentum = 0.9, wd = 0;
   };
   auto o = std::make_shared<Opts>();
-  TrainConfig& tc = o->tc;
+  RunSpec& spec = o->tc.spec;
+  RunOptions& opt = o->tc.opt;
   auto* train = app.add_subcommand("train", "train a net and write model, metrics, plots and a checkpoint to --out");
-  train->add_option("--data", tc.data_dir,
-                    "folder with the four IDX files (default: Fashion-MNIST from the Debian package)");
-  train->add_option("--arch", tc.arch, "arch spec or preset (paper, lenet5, deep)")->capture_default_str();
-  train->add_option("--device", tc.device, "auto, cpu or cuda")->capture_default_str();
-  train->add_option("--epochs", tc.epochs, "epochs in all (with --resume: including those already done)")
+  train->add_option("--data", opt.data_dir,
+                    "folder with the four IDX files (default: Fashion-MNIST from the Debian package; with --resume: "
+                    "the run's data)");
+  train->add_option("--arch", spec.arch, "arch spec or preset (paper, lenet5, deep)")->capture_default_str();
+  train->add_option("--device", opt.device, "auto, cpu or cuda")->capture_default_str();
+  train->add_option("--epochs", opt.epochs, "epochs in all (with --resume: including those already done)")
       ->capture_default_str();
-  train->add_option("--batch", tc.batch, "batch size")->capture_default_str();
+  train->add_option("--batch", spec.batch, "batch size")->capture_default_str();
   train->add_option("--lr", o->lr, "learning rate (default 0.01 for sgd, 0.001 for adam)")->capture_default_str();
   train->add_option("--momentum", o->momentum, "SGD momentum (0: plain gradient descent)")->capture_default_str();
   train->add_option("--weight-decay", o->wd, "L2 weight decay")->capture_default_str();
   train->add_option("--optimizer", o->optimizer, "sgd or adam")->capture_default_str();
   train->add_option("--loss", o->loss, "cross_entropy, bce, mse, msle, l2, l1, mae, mape")->capture_default_str();
-  train->add_option("--seed", tc.seed, "random seed (init and data order)")->capture_default_str();
-  train->add_option("--limit", tc.limit, "train on the first N training images (0: all)")->capture_default_str();
-  train->add_option("--threads", tc.threads, "CPU threads (0: all cores)")->capture_default_str();
-  train->add_option("--out", tc.out, "output folder")->capture_default_str();
-  train->add_option("--resume", tc.resume, "continue the run whose checkpoint is in this folder");
-  train->add_option("--checkpoint-every", tc.checkpoint_every, "also checkpoint every N steps (0: each epoch)")
+  train->add_option("--seed", o->seed, "random seed (init and data order), 0 to 2^64-1")->capture_default_str();
+  train->add_option("--limit", spec.limit, "train on the first N training images (0: all)")->capture_default_str();
+  train->add_option("--class-names", o->class_names,
+                    "the classes' names, comma-separated, in label order (default: Fashion-MNIST's when the data "
+                    "is Fashion-MNIST, else 0, 1, ...)");
+  train->add_option("--threads", opt.threads, "CPU threads (0: all cores)")->capture_default_str();
+  train->add_option("--out", opt.out, "output folder (default: runs/N, a new one; runs/latest links to it)");
+  train->add_flag("--overwrite", opt.overwrite, "--out may hold another run's files: remove them first");
+  train->add_option("--resume", opt.resume, "continue the run whose checkpoint is in this folder, with its settings");
+  train->add_option("--checkpoint-every", opt.checkpoint_every, "also checkpoint every N steps (0: each epoch)")
       ->capture_default_str();
-  train->add_flag("--quiet", tc.quiet, "no progress display");
+  train->add_flag("--quiet", opt.quiet, "no progress display");
   train
       ->add_option("--cuda-graph", o->cuda_graph,
                    "on: launch each GPU training step as one captured CUDA Graph (same results; NVTX ranges "
@@ -53,7 +93,9 @@ Runner add_train(CLI::App& app) {
       "  barecnn train --arch deep --optimizer adam --lr 0.001 --epochs 10 --out runs/deep\n"
       "  barecnn train --device cpu --limit 5000 --epochs 1 # a quick CPU run\n"
       "  barecnn train --arch \"conv(16,3,pad=1) relu maxpool(2) dense(10)\" --loss mse\n"
-      "  barecnn train --resume runs/deep --epochs 20      # continue a run");
+      "  barecnn train --resume runs/deep --epochs 20      # continue a run\n"
+      "Ctrl-C (or SIGTERM) stops after the current step with a checkpoint there and prints the command\n"
+      "that continues the run; a second Ctrl-C stops at once.");
   return [o, train] {
     TrainConfig tc = o->tc;
     if (!std::isfinite(o->lr) || o->lr <= 0)
@@ -61,28 +103,38 @@ Runner add_train(CLI::App& app) {
     if (!std::isfinite(o->momentum) || o->momentum < 0 || o->momentum >= 1)
       throw UsageError(fmt("--momentum must be in [0, 1), got ", o->momentum));
     if (!std::isfinite(o->wd) || o->wd < 0) throw UsageError(fmt("--weight-decay must be >= 0, got ", o->wd));
-    if (o->optimizer == "sgd")
-      tc.optim.kind = Optim::SGD;
-    else if (o->optimizer == "adam")
-      tc.optim.kind = Optim::Adam;
+    const std::string optimizer = lower(o->optimizer);
+    if (optimizer == "sgd")
+      tc.spec.optim.kind = Optim::SGD;
+    else if (optimizer == "adam")
+      tc.spec.optim.kind = Optim::Adam;
     else
       throw UsageError(fmt("--optimizer: expected sgd or adam, got '", o->optimizer, "'"));
-    check_at_least(tc.epochs, 1, "--epochs");
-    check_at_least(tc.batch, 1, "--batch");
-    check_at_least(tc.limit, 0, "--limit");
-    check_at_least(tc.threads, 0, "--threads");
-    check_at_least(tc.checkpoint_every, 0, "--checkpoint-every");
+    check_at_least(tc.opt.epochs, 1, "--epochs");
+    check_at_least(tc.spec.batch, 1, "--batch");
+    check_at_least(tc.spec.limit, 0, "--limit");
+    check_at_least(tc.opt.threads, 0, "--threads");
+    check_at_least(tc.opt.checkpoint_every, 0, "--checkpoint-every");
+    tc.spec.seed = parse_seed(o->seed);
     double lr = o->lr;
-    if (tc.optim.kind == Optim::Adam && train->count("--lr") == 0) lr = 0.001;  // Adam's usual step
-    tc.optim.lr = float(lr);
-    tc.optim.momentum = tc.optim.kind == Optim::SGD ? float(o->momentum) : 0.f;
-    tc.optim.weight_decay = float(o->wd);
-    tc.loss = parse_loss(o->loss);
-    tc.cuda_graph = parse_on_off(o->cuda_graph, "--cuda-graph");
-    tc.fuse = parse_on_off(o->fuse, "--fuse");
-    if (!tc.resume.empty() && train->count("--out") == 0) tc.out = "";  // default: continue in the resume folder
-    barecnn::train(tc);
-    return 0;
+    if (tc.spec.optim.kind == Optim::Adam && train->count("--lr") == 0) lr = 0.001;  // Adam's usual step
+    tc.spec.optim.lr = float(lr);
+    tc.spec.optim.momentum = tc.spec.optim.kind == Optim::SGD ? float(o->momentum) : 0.f;
+    tc.spec.optim.weight_decay = float(o->wd);
+    tc.spec.loss = parse_loss(o->loss);
+    tc.opt.cuda_graph = parse_on_off(o->cuda_graph, "--cuda-graph");
+    tc.opt.fuse = parse_on_off(o->fuse, "--fuse");
+    if (!o->class_names.empty()) tc.opt.class_names = parse_class_names(o->class_names);
+    if (tc.spec.optim.kind == Optim::Adam && train->count("--momentum") > 0)
+      std::printf("note: --momentum applies to sgd only; adam has its own (beta1 0.9, beta2 0.999)\n");
+    for (const SpecSetting& s : spec_settings(tc.spec))
+      if (!s.flag.empty() && train->count(s.flag) > 0) tc.opt.spec_flags_given.push_back(s.flag);
+    // (a momentum that adam ignores is no conflict with a resumed adam run)
+    if (tc.spec.optim.kind == Optim::Adam) {
+      auto& g = tc.opt.spec_flags_given;
+      g.erase(std::remove(g.begin(), g.end(), std::string("--momentum")), g.end());
+    }
+    return barecnn::train(tc);
   };
 }
 

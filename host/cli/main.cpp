@@ -8,6 +8,8 @@
 
 #include "barecnn/arch.h"
 #include "barecnn/error.h"
+#include "barecnn/names.h"
+#include "barecnn/version.h"
 #include "commands.h"
 
 using namespace barecnn;
@@ -38,8 +40,8 @@ std::string nearest_option(CLI::App* sub, const std::string& bad) {
 
 int main(int argc, char** argv) {
   CLI::App app{"barecnn: train convolutional networks on NVIDIA GPUs (or the CPU) from the command line"};
-  app.set_version_flag("--version", std::string("barecnn ") + BARECNN_VERSION + " (" + BARECNN_BUILD_TYPE +
-                                        " build, CUDA architectures " + BARECNN_CUDA_ARCHS + ")");
+  app.set_version_flag("--version,-V", std::string("barecnn ") + barecnn_version_string() + " (" + BARECNN_BUILD_TYPE +
+                                           " build, CUDA architectures " + BARECNN_CUDA_ARCHS + ")\n");
   app.require_subcommand(0, 1);
   app.footer(
       "Examples:\n"
@@ -73,6 +75,12 @@ int main(int argc, char** argv) {
       for (CLI::App* s : app.get_subcommands({}))
         if (s->get_name() == argv[1]) sub = s;
     std::string hint;
+    if (!sub && argc > 1 && argv[1][0] != '-') {
+      std::vector<std::string> names;
+      for (CLI::App* s : app.get_subcommands({})) names.push_back(s->get_name());
+      std::string near = nearest(argv[1], names);
+      hint = fmt("unknown command '", argv[1], "'", near.empty() ? "" : "; did you mean '" + near + "'?");
+    }
     if (sub)
       for (int i = 2; i < argc; ++i) {
         std::string a = argv[i];
@@ -96,7 +104,12 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "run 'barecnn --help' for the commands\n");
     return 2;
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "barecnn: error: %s\nrun 'barecnn%s --help' for the options\n", e.what(),
+    std::string msg = e.what();
+    // "--epochs: At Most 1 required but received 2": a flag given twice.
+    const size_t at_most = msg.find(": At Most 1 required but received ");
+    if (at_most != std::string::npos)
+      msg = fmt(msg.substr(0, at_most), " is given ", msg.substr(msg.rfind(' ') + 1), " times; give it once");
+    std::fprintf(stderr, "barecnn: error: %s\nrun 'barecnn%s --help' for the options\n", msg.c_str(),
                  argc > 1 && argv[1][0] != '-' ? (std::string(" ") + argv[1]).c_str() : "");
     return 2;
   }
@@ -108,13 +121,13 @@ int main(int argc, char** argv) {
     std::printf("%s", app.help().c_str());
     return 0;
   } catch (const Error& e) {
-    std::fprintf(stderr, "\nbarecnn: error: %s\n", e.what());
+    std::fprintf(stderr, "barecnn: error: %s\n", e.what());
     return e.exit_code();
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "\nbarecnn: error: out of host memory\n");
+    std::fprintf(stderr, "barecnn: error: out of host memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "\nbarecnn: error: %s\n", e.what());
+    std::fprintf(stderr, "barecnn: error: %s\n", e.what());
     return 1;
   }
 }

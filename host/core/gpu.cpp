@@ -19,14 +19,14 @@ static GpuStatus probe() {
   if (err != cudaSuccess) {
     cudaGetLastError();
     if (err == cudaErrorInsufficientDriver && s.driver_version == 0)
-      s.reason = "no NVIDIA driver is loaded (cudaGetDeviceCount: cudaErrorInsufficientDriver)";
+      s.reason = "no NVIDIA driver is loaded, cudaGetDeviceCount returned cudaErrorInsufficientDriver";
     else if (err == cudaErrorInsufficientDriver)
       s.reason = fmt("the NVIDIA driver supports CUDA ", version_str(s.driver_version), " but this build needs CUDA ",
                      version_str(s.runtime_version), "; update the driver");
     else if (err == cudaErrorNoDevice)
-      s.reason = "the driver is loaded but sees no GPU (cudaErrorNoDevice)";
+      s.reason = "the driver is loaded but sees no GPU, cudaGetDeviceCount returned cudaErrorNoDevice";
     else
-      s.reason = fmt("cudaGetDeviceCount failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+      s.reason = fmt("cudaGetDeviceCount failed: ", cudaGetErrorName(err), ", ", cudaGetErrorString(err));
     s.device_count = 0;
     return s;
   }

@@ -54,28 +54,36 @@ std::string activation_name(const Activation& a) {
 
 // ---- "did you mean" ------------------------------------------------------------------------------
 
-// Levenshtein distance.
-static size_t levenshtein(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
+// Edit distance counting an insertion, a deletion, a substitution or a swap of two neighbouring
+// letters as one edit (optimal string alignment), so "trian" is one edit from "train".
+static size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i)
+    for (size_t j = 1; j <= b.size(); ++j) {
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  return d[a.size()][b.size()];
 }
 
 std::string nearest(const std::string& word, const std::vector<std::string>& choices) {
   std::string best;
   size_t best_d = SIZE_MAX;
   for (auto& c : choices) {
-    size_t d = levenshtein(word, c);
+    size_t d = edit_distance(word, c);
     if (d < best_d) best_d = d, best = c;
   }
-  // Only suggest something plausibly meant: at most half the word changed.
-  return best_d <= std::max<size_t>(2, word.size() / 2) ? best : "";
+  // Only what was plausibly meant: one edit in a short word, two in a longer one.
+  return best_d <= (word.size() <= 4 ? 1u : 2u) ? best : "";
+}
+
+std::string lower(const std::string& s) {
+  std::string r = s;
+  for (char& c : r) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return r;
 }
 
 // ---- losses --------------------------------------------------------------------------------------
@@ -95,16 +103,22 @@ std::string loss_name(Loss l) {
 }
 
 Loss parse_loss(const std::string& s) {
+  const std::string name = lower(s);
   for (int i = 0; i < kNumLosses; ++i)
-    if (s == kLossNames[i]) return static_cast<Loss>(i);
-  // Unlike nearest(), always names the closest loss (the first of equals).
-  int best = 0;
-  for (int i = 1; i < kNumLosses; ++i)
-    if (levenshtein(s, kLossNames[i]) < levenshtein(s, kLossNames[best])) best = i;
+    if (name == kLossNames[i]) return static_cast<Loss>(i);
   std::string valid;
-  for (int i = 0; i < kNumLosses; ++i) valid += std::string(i ? ", " : "") + kLossNames[i];
-  throw UsageError(
-      fmt("--loss: unknown loss '", s, "'; valid losses are ", valid, " (did you mean '", kLossNames[best], "'?)"));
+  std::vector<std::string> names;
+  for (int i = 0; i < kNumLosses; ++i) {
+    valid += std::string(i ? ", " : "") + kLossNames[i];
+    names.push_back(kLossNames[i]);
+  }
+  // What other frameworks call the softmax cross-entropy.
+  std::string near = nearest(name, names);
+  for (const char* other : {"nll", "nllloss", "ce", "crossentropy", "crossentropyloss", "categorical_crossentropy",
+                            "softmax_cross_entropy", "log_loss"})
+    if (name == other) near = "cross_entropy";
+  throw UsageError(fmt("--loss: unknown loss '", s, "'; valid losses are ", valid,
+                       near.empty() ? "" : " (did you mean '" + near + "'?)"));
 }
 
 }  // namespace barecnn

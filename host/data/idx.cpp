@@ -422,22 +422,64 @@ void write_idx_labels(const std::string& path, const std::vector<uint8_t>& label
 
 const char* default_data_dir() { return "/usr/share/datasets/fashion-mnist"; }
 
-Dataset load_dataset(const std::string& dir, long long limit) {
+namespace {
+
+// The path of file i of the folder: the plain file wins when both exist (it reads faster and is
+// what the user unpacked).
+std::string data_file(const std::string& dir, int i) {
+  std::string plain = path_join(dir, kFileNames[i]);
+  if (file_exists(plain)) return plain;
+  if (file_exists(plain + ".gz")) return plain + ".gz";
+  throw UsageError(fmt("data folder ", dir, ": missing ", kFileNames[i], "[.gz]", data_dir_hint(dir)));
+}
+
+void check_folder(const std::string& dir) {
   std::error_code ec;
   if (!fs::exists(dir, ec)) throw UsageError(fmt("data folder ", dir, " does not exist", data_dir_hint(dir)));
   if (!fs::is_directory(dir, ec)) throw UsageError(fmt("data folder ", dir, " is not a folder", data_dir_hint(dir)));
+}
 
-  std::string paths[4];
-  for (int i = 0; i < 4; ++i) {
-    std::string plain = path_join(dir, kFileNames[i]);
-    // The plain file wins when both exist: it reads faster and is what the user unpacked.
-    if (file_exists(plain))
-      paths[i] = plain;
-    else if (file_exists(plain + ".gz"))
-      paths[i] = plain + ".gz";
-    else
-      throw UsageError(fmt("data folder ", dir, ": missing ", kFileNames[i], "[.gz]", data_dir_hint(dir)));
+void check_count(const IdxImages& img, const std::vector<uint8_t>& labels, const std::string& ipath,
+                 const std::string& lpath) {
+  if (size_t(img.count) != labels.size())
+    throw UsageError(fmt(lpath, " holds ", labels.size(), " labels but ", ipath, " holds ", img.count,
+                         " images; expected one label per image"));
+}
+
+int max_label_plus_one(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  int max_label = 0;
+  for (uint8_t l : a) max_label = std::max<int>(max_label, l);
+  for (uint8_t l : b) max_label = std::max<int>(max_label, l);
+  return max_label + 1;
+}
+
+// FNV-1a, 64 bits, continued over `n` bytes.
+uint64_t fnv1a(uint64_t h, const uint8_t* p, size_t n) {
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+}  // namespace
+
+std::string dataset_fingerprint(const IdxImages& images, const std::vector<uint8_t>& labels) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  const uint32_t sizes[4] = {uint32_t(images.count), uint32_t(images.rows), uint32_t(images.cols),
+                             uint32_t(labels.size())};
+  for (uint32_t v : sizes) {
+    const uint8_t b[4] = {uint8_t(v >> 24), uint8_t(v >> 16), uint8_t(v >> 8), uint8_t(v)};
+    h = fnv1a(h, b, 4);
   }
+  h = fnv1a(h, images.pixels.data(), images.pixels.size());
+  h = fnv1a(h, labels.data(), labels.size());
+  char s[20];
+  std::snprintf(s, sizeof s, "%016llx", (unsigned long long)h);
+  return s;
+}
+
+Dataset load_dataset(const std::string& dir, long long limit) {
+  check_folder(dir);
+  std::string paths[4];
+  for (int i = 0; i < 4; ++i) paths[i] = data_file(dir, i);
 
   Dataset d;
   d.dir = dir;
@@ -450,12 +492,6 @@ Dataset load_dataset(const std::string& dir, long long limit) {
   d.test = read_idx_images(paths[2]);
   d.test_labels = read_idx_labels(paths[3]);
 
-  auto check_count = [](const IdxImages& img, const std::vector<uint8_t>& labels, const std::string& ipath,
-                        const std::string& lpath) {
-    if (size_t(img.count) != labels.size())
-      throw UsageError(fmt(lpath, " holds ", labels.size(), " labels but ", ipath, " holds ", img.count,
-                           " images; expected one label per image"));
-  };
   check_count(d.train, d.train_labels, d.train_images_path, d.train_labels_path);
   check_count(d.test, d.test_labels, d.test_images_path, d.test_labels_path);
   if (d.train.rows != d.test.rows || d.train.cols != d.test.cols)
@@ -463,11 +499,11 @@ Dataset load_dataset(const std::string& dir, long long limit) {
                          d.train_images_path, " holds images of ", d.train.rows, "x", d.train.cols,
                          "; training and test images must have the same size"));
 
-  // Classes over the whole data, before --limit, so a quick run builds the same model.
-  int max_label = 0;
-  for (uint8_t l : d.train_labels) max_label = std::max<int>(max_label, l);
-  for (uint8_t l : d.test_labels) max_label = std::max<int>(max_label, l);
-  d.classes = max_label + 1;
+  // Classes and fingerprints over the whole data, before --limit, so a quick run builds the same
+  // model and names the same data.
+  d.classes = max_label_plus_one(d.train_labels, d.test_labels);
+  d.train_fingerprint = dataset_fingerprint(d.train, d.train_labels);
+  d.test_fingerprint = dataset_fingerprint(d.test, d.test_labels);
 
   if (limit > 0 && limit < d.train.count) {
     d.train.count = int(limit);
@@ -476,6 +512,35 @@ Dataset load_dataset(const std::string& dir, long long limit) {
     d.train_labels.resize(size_t(limit));
   }
   return d;
+}
+
+Dataset load_test_set(const std::string& dir) {
+  check_folder(dir);
+  Dataset d;
+  d.dir = dir;
+  d.test_images_path = data_file(dir, 2);
+  d.test_labels_path = data_file(dir, 3);
+  d.test = read_idx_images(d.test_images_path);
+  d.test_labels = read_idx_labels(d.test_labels_path);
+  check_count(d.test, d.test_labels, d.test_images_path, d.test_labels_path);
+  d.classes = max_label_plus_one({}, d.test_labels);
+  d.test_fingerprint = dataset_fingerprint(d.test, d.test_labels);
+  return d;
+}
+
+const KnownData* known_data(const std::string& train_fingerprint, const std::string& test_fingerprint) {
+  // Fashion-MNIST as Debian's dataset-fashion-mnist ships it (and as its authors publish it).
+  static const KnownData table[] = {
+      {"Fashion-MNIST",
+       "a2a6655e300c12be",
+       "a491d992499f5f7f",
+       {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}},
+  };
+  for (const KnownData& k : table)
+    if ((train_fingerprint.empty() || train_fingerprint == k.train_fingerprint) &&
+        test_fingerprint == k.test_fingerprint)
+      return &k;
+  return nullptr;
 }
 
 void check_labels(const Dataset& d, int classes) {

@@ -312,16 +312,16 @@ Device choose_device(const std::string& flag, std::string* why) {
   }
   if (flag == "cuda") {
     if (!g.ok) throw Error(fmt("--device cuda: no usable GPU: ", g.reason, ". Use --device cpu or --device auto"));
-    *why = fmt(g.name, ", sm_", g.cc_major, g.cc_minor, g.emulated ? ": the GPU code runs on the CPU (tests/emu)" : "");
+    *why = fmt(g.name, ", sm_", g.cc_major, g.cc_minor, g.emulated ? "; the GPU code runs on the CPU (tests/emu)" : "");
     return Device::CUDA;
   }
   if (flag != "auto") throw UsageError(fmt("--device: expected auto, cpu or cuda, got '", flag, "'"));
   if (g.ok) {
-    *why = fmt("auto: ", g.name, ", sm_", g.cc_major, g.cc_minor,
-               g.emulated ? ": the GPU code runs on the CPU (tests/emu)" : "");
+    *why = fmt("--device auto found ", g.name, ", sm_", g.cc_major, g.cc_minor,
+               g.emulated ? "; the GPU code runs on the CPU (tests/emu)" : "");
     return Device::CUDA;
   }
-  *why = fmt("auto: no usable GPU (", g.reason, ")");
+  *why = fmt("--device auto found no usable GPU: ", g.reason);
   return Device::CPU;
 }
 

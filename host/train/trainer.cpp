@@ -1,17 +1,23 @@
 // The training run: set-up, the epoch loop, the outputs. The step itself is TrainStep (step.h),
-// evaluation is evaluator.h, the progress display progress.h, the files checkpoint.h and report.h.
+// evaluation is evaluator.h, the progress display progress.h, the files checkpoint.h, model_io.h
+// and report.h.
 #include "barecnn/trainer.h"
 
 #include <omp.h>
+#include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include "barecnn/checkpoint.h"
 #include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
+#include "barecnn/evaluator.h"
 #include "barecnn/fileutil.h"
+#include "barecnn/idx.h"
 #include "barecnn/nvtx.h"
 #include "barecnn/report.h"
 #include "barecnn/step.h"
@@ -19,17 +25,9 @@
 
 namespace barecnn {
 
-std::vector<std::string> default_class_names(int classes, const std::string& data_dir) {
-  std::vector<std::string> names;
-  if (classes == 10 && data_dir.find("fashion") != std::string::npos)
-    names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
-  else
-    for (int k = 0; k < classes; ++k) names.push_back(std::to_string(k));
-  return names;
-}
-
 namespace {
 
+namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -39,21 +37,73 @@ std::string optim_str(const OptimConfig& o) {
   return fmt("sgd (lr ", o.lr, ", momentum ", o.momentum, ", weight decay ", o.weight_decay, ")");
 }
 
-// Resuming continues the saved run with its own settings: the command line only says how to run
-// it (these fields change no number; --epochs says how far to go).
-TrainConfig resumed_config(const TrainConfig& saved, const TrainConfig& cli) {
-  TrainConfig c = saved;
-  c.epochs = cli.epochs;
-  c.resume = cli.resume;
-  c.out = cli.out.empty() ? cli.resume : cli.out;
-  if (!cli.data_dir.empty()) c.data_dir = cli.data_dir;
-  c.device = cli.device;
-  c.quiet = cli.quiet;
-  c.checkpoint_every = cli.checkpoint_every;
-  c.threads = cli.threads;
-  c.cuda_graph = cli.cuda_graph;  // how the step is launched changes no result
-  c.fuse = cli.fuse;              // nor does fusing (bitwise the same weights)
-  return c;
+// SIGINT and SIGTERM while a run trains: the first asks the run to stop after the current step
+// (the handler only records it); the handler then resets itself, so a second one ends the process
+// at once. The previous handlers come back when the run ends.
+class StopSignals {
+ public:
+  StopSignals() {
+    received_ = 0;
+    struct sigaction sa {};
+    sa.sa_handler = [](int sig) { received_ = sig; };
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  int received() const { return received_; }
+
+ private:
+  static volatile sig_atomic_t received_;
+  struct sigaction old_int_ {
+  }, old_term_{};
+};
+volatile sig_atomic_t StopSignals::received_ = 0;
+
+// The run stopped by a signal after a checkpoint; unwinds to train().
+struct Stopped {
+  int signal;
+};
+
+// The files of a run found in `dir`.
+std::vector<std::string> run_files_in(const std::string& dir) {
+  std::vector<std::string> found;
+  for (const std::string& f : run_file_names())
+    if (file_exists(path_join(dir, f))) found.push_back(f);
+  return found;
+}
+
+// runs/N, N one more than the largest number among runs/'s folders; runs/latest becomes a link to
+// it (unless it is something other than a link, which stays as it is).
+std::string new_run_folder(std::string* latest_note) {
+  const fs::path root = "runs";
+  std::error_code ec;
+  long long n = 0;
+  if (fs::is_directory(root, ec))
+    for (const auto& e : fs::directory_iterator(root, ec)) {
+      const std::string name = e.path().filename().string();
+      if (!name.empty() && name.size() < 12 && std::all_of(name.begin(), name.end(), ::isdigit))
+        n = std::max(n, std::stoll(name));
+    }
+  const std::string name = std::to_string(n + 1);
+  const std::string dir = (root / name).string();
+  ensure_writable_dir(dir, "--out");
+  const fs::path latest = root / "latest", tmp = root / ".latest.tmp";
+  if (fs::is_symlink(latest, ec) || !fs::exists(latest, ec)) {
+    fs::remove(tmp, ec);
+    fs::create_directory_symlink(name, tmp, ec);
+    if (!ec) fs::rename(tmp, latest, ec);
+    *latest_note = ec ? "" : " (runs/latest links to it)";
+  } else {
+    *latest_note = " (runs/latest is not a link; left as it is)";
+  }
+  return dir;
 }
 
 // A point of the run the training can restart from: where the state was, and the state. The last
@@ -68,59 +118,70 @@ struct RestartPoint {
 class TrainingRun {
  public:
   TrainingRun(const TrainConfig& cfg, const StepObserver& after_step)
-      : cfg_(cfg), after_step_(after_step), progress_(cfg.quiet) {}
+      : spec_(cfg.spec), opt_(cfg.opt), after_step_(after_step), progress_(cfg.opt.quiet) {}
 
-  // Everything that can fail on user input fails here, before any training.
+  // Everything that can fail on user input fails here, before any training and before anything in
+  // the output folder changes.
   void setup() {
     Checkpoint ck;
-    const bool resuming = !cfg_.resume.empty();
+    const bool resuming = !opt_.resume.empty();
     if (resuming) {
-      std::string path = path_join(cfg_.resume, "checkpoint.safetensors");
-      if (!file_exists(path))
-        throw UsageError(fmt("--resume ", cfg_.resume,
-                             ": no checkpoint.safetensors in that folder; pass the --out "
-                             "folder of the run to continue"));
-      ck = read_checkpoint(path);
-      cfg_ = resumed_config(ck.cfg, cfg_);
-      if (ck.epochs_done > cfg_.epochs || (ck.epochs_done == cfg_.epochs && ck.step_in_epoch > 0))
-        throw UsageError(fmt("--resume ", cfg_.resume, ": the run already has ", ck.epochs_done,
-                             " epochs; pass --epochs N with N > ", ck.epochs_done, " to train more"));
-      // epochs_done == epochs: the run was stopped after its last checkpoint; only the outputs
-      // (model, report) remain to be written.
+      ck = read_resume_checkpoint();
+      spec_ = ck.spec;
+      spec_.arch = ck.meta.arch;
+      if (opt_.out.empty()) opt_.out = opt_.resume;
+      if (opt_.data_dir.empty()) opt_.data_dir = ck.meta.data.dir.empty() ? default_data_dir() : ck.meta.data.dir;
     }
-    if (cfg_.epochs < 1) throw UsageError(fmt("--epochs must be >= 1, got ", cfg_.epochs));
-    if (cfg_.batch < 1) throw UsageError(fmt("--batch must be >= 1, got ", cfg_.batch));
-    if (!(cfg_.optim.lr > 0) || !std::isfinite(cfg_.optim.lr))
-      throw UsageError(fmt("--lr must be a positive finite number, got ", cfg_.optim.lr));
-    if (cfg_.threads > 0) omp_set_num_threads(cfg_.threads);
+    if (opt_.epochs < 1) throw UsageError(fmt("--epochs must be >= 1, got ", opt_.epochs));
+    if (spec_.batch < 1) throw UsageError(fmt("--batch must be >= 1, got ", spec_.batch));
+    if (!(spec_.optim.lr > 0) || !std::isfinite(spec_.optim.lr))
+      throw UsageError(fmt("--lr must be a positive finite number, got ", spec_.optim.lr));
+    if (opt_.threads > 0) omp_set_num_threads(opt_.threads);
 
-    ensure_writable_dir(cfg_.out, resuming ? "--out (or --resume)" : "--out");
-    remove_stale_temp_files(cfg_.out);
+    std::string latest_note;
+    if (opt_.out.empty()) opt_.out = new_run_folder(&latest_note);
+    ensure_writable_dir(opt_.out, resuming ? "--out (or --resume)" : "--out");
+    std::error_code ec;
+    const bool in_place = resuming && fs::equivalent(opt_.out, opt_.resume, ec);
+    const std::vector<std::string> others = in_place ? std::vector<std::string>{} : run_files_in(opt_.out);
+    if (!others.empty() && !opt_.overwrite) {
+      std::string list;
+      for (const std::string& f : others) list += (list.empty() ? "" : ", ") + f;
+      throw UsageError(fmt("--out ", opt_.out, " holds the files of another run (", list,
+                           "); pass another --out, --resume ", opt_.out, " to continue that run, or --overwrite to ",
+                           "replace its files"));
+    }
+    remove_stale_temp_files(opt_.out);
+
     std::string why;
-    const Device device = choose_device(cfg_.device, &why);
+    const Device device = choose_device(opt_.device, &why);
     if (resuming && ck.device != device_name(device))
       std::printf(
           "note: the checkpoint was trained on %s and continues on %s; the weights will not be bitwise "
           "those of an uninterrupted run\n",
           ck.device.c_str(), device_name(device));
-    if (cfg_.data_dir.empty()) cfg_.data_dir = default_data_dir();
-    data_ = load_dataset(cfg_.data_dir, cfg_.limit);
+    if (opt_.data_dir.empty()) opt_.data_dir = default_data_dir();
+    data_ = load_dataset(opt_.data_dir, spec_.limit);
+    if (resuming) check_same_data(ck.meta.data);
     const Dims input{1, data_.train.rows, data_.train.cols};
-    net_ = std::make_unique<Net>(cfg_.arch, input);
-    net_->set_gpu_fusion(cfg_.fuse);
-    // A label beyond the net's outputs is named with its file; a net wider than the data's
-    // classes is an arch mistake.
-    check_labels(data_, net_->num_outputs());
-    net_->check_classes(data_.classes, "the data in " + cfg_.data_dir);
-    if (data_.train.count < cfg_.batch) {
-      std::printf("note: --batch %d is larger than the %d training images; using batch %d\n", cfg_.batch,
+    net_ = std::make_unique<Net>(spec_.arch, input);
+    net_->set_gpu_fusion(opt_.fuse);
+    // A net that does not end with one output per class is an arch mistake; where a label is
+    // beyond the net's outputs the message says where (a stray label is a data mistake).
+    net_->check_classes(data_.classes, "the data in " + opt_.data_dir + first_label_beyond(net_->num_outputs()));
+    spec_.arch = net_->spec();
+    if (data_.train.count < spec_.batch) {
+      std::printf("note: --batch %d is larger than the %d training images; using batch %d\n", spec_.batch,
                   data_.train.count, data_.train.count);
-      cfg_.batch = data_.train.count;
+      spec_.batch = data_.train.count;
     }
     if (resuming) {
       meta_ = ck.meta;
+      meta_.data.dir = opt_.data_dir;  // (where the same data is now)
       if (meta_.arch != net_->spec())
         throw UsageError(fmt("--resume: the checkpoint's net '", meta_.arch, "' differs from '", net_->spec(), "'"));
+      if (!opt_.class_names.empty() && opt_.class_names != meta_.class_names)
+        std::printf("note: --class-names is ignored; the run keeps the class names it started with\n");
     } else {
       meta_.arch = net_->spec();
       meta_.input = input;
@@ -128,7 +189,8 @@ class TrainingRun {
       const double m = image_mean(data_.train);
       meta_.mean = float(m);
       meta_.std = float(image_std(data_.train, m));
-      meta_.class_names = default_class_names(meta_.classes, cfg_.data_dir);
+      meta_.class_names = class_names();
+      meta_.data = {opt_.data_dir, data_.train_fingerprint, data_.test_fingerprint};
     }
     const size_t P = net_->num_params();
     if (resuming) {
@@ -140,109 +202,175 @@ class TrainingRun {
         throw UsageError(fmt("--resume: the checkpoint holds ", ck.params.size(), " parameters, the net has ", P));
       start_seconds_ = ck.epoch_seconds;
       history_ = ck.history;
+      for (EpochMetrics& e : history_)
+        if (e.lr == 0) e.lr = std::stod(float_text(spec_.optim.lr));  // (records from before the rate was recorded)
+      ckpt_is_ours_ = in_place;
     } else {
-      restart_.state = {net_->init_params(cfg_.seed), std::vector<float>(P, 0.f), std::vector<float>(P, 0.f), 0};
+      restart_.state = {net_->init_params(spec_.seed), std::vector<float>(P, 0.f), std::vector<float>(P, 0.f), 0};
     }
-    print_banner(device, why, resuming ? &ck : nullptr);
+    if (!others.empty()) {  // --overwrite: the other run's files go, now that nothing can fail on input
+      for (const std::string& f : others) fs::remove(path_join(opt_.out, f));
+      std::printf("note: --overwrite removed %zu files of an earlier run from %s\n", others.size(), opt_.out.c_str());
+    }
+    print_banner(device, why, latest_note, resuming ? &ck : nullptr);
 
     ctx_ = std::make_unique<ExecContext>(device);
     reset_device_memory_peak();  // summary.json's peak_device_bytes: this run's buffers (+ cuBLAS's workspace)
     StepSettings ss;
-    ss.batch = cfg_.batch;
-    ss.loss = cfg_.loss;
-    ss.optim = cfg_.optim;
+    ss.batch = spec_.batch;
+    ss.loss = spec_.loss;
+    ss.optim = spec_.optim;
     ss.mean = meta_.mean;
     ss.std = meta_.std;
-    ss.cuda_graph = cfg_.cuda_graph;
+    ss.cuda_graph = opt_.cuda_graph;
     step_ = std::make_unique<TrainStep>(*net_, ctx_->exec(), data_.train, data_.train_labels, ss);
     step_->set_state(restart_.state);
-    ckpt_path_ = path_join(cfg_.out, "checkpoint.safetensors");
+    ckpt_path_ = path_join(opt_.out, "checkpoint.safetensors");
     test_eval_ = std::make_unique<Evaluator>(*net_, ctx_->exec(), data_.test, data_.test_labels, meta_.mean, meta_.std,
-                                             cfg_.loss, device == Device::CUDA ? 1000 : 250);
+                                             spec_.loss, device == Device::CUDA ? 1000 : 250);
   }
 
-  void run() {
-    for (int epoch = restart_.epoch; epoch < cfg_.epochs; ++epoch) {
-      EpochMetrics em = train_epoch(epoch);
-      EvalResult ev = test_eval_->run(step_->params().data(), false);
-      em.test_loss = ev.loss;
-      em.test_accuracy = ev.accuracy;
-      history_.push_back(em);
-      last_eval_ = ev;
-      std::printf(
-          "epoch %d/%d  train loss %.4f  train acc %.2f%%  test loss %.4f  test acc %.2f%%  %.1fs  %.0f img/s\n",
-          em.epoch, cfg_.epochs, em.train_loss, 100 * em.train_accuracy, em.test_loss, 100 * em.test_accuracy,
-          em.seconds, em.images_per_second);
-      std::fflush(stdout);
-      save_checkpoint(epoch + 1, 0, {}, 0);
-      start_seconds_ = 0;
-    }
-  }
-
-  void finish() {
-    const StepState s = step_->state();
-    if (history_.empty() || last_eval_.count == 0) {
-      // Resumed a finished run: evaluate once so the report is whole.
-      last_eval_ = test_eval_->run(step_->params().data(), false);
-    }
-    save_model(path_join(cfg_.out, "model.safetensors"), *net_, s.params, meta_);
-    RunReport r;
-    r.arch = net_->spec();
-    r.device = device_name(ctx_->exec().device);
-    r.seed = cfg_.seed;
-    r.batch = cfg_.batch;
-    r.limit = cfg_.limit;
-    r.optimizer = optim_str(cfg_.optim);
-    if (ctx_->exec().device == Device::CUDA) {
-      r.device += fmt(" (", gpu_status().name, ")");
-      r.cuda_graph = cfg_.cuda_graph;
-      r.fuse = cfg_.fuse;
-      r.peak_device_bytes = (long long)device_memory_stats().peak;
-    }
-    r.test_accuracy = last_eval_.accuracy;
-    r.test_loss = last_eval_.loss;
-    r.epochs = history_;
-    r.confusion = last_eval_.confusion;
-    r.classes = net_->num_outputs();
-    r.class_names = meta_.class_names;
-    for (const ParamEntry& e : net_->params())  // the first conv's filters
-      if (net_->layer(e.layer).kind() == LayerKind::Conv) {
-        r.conv_weight.assign(s.params.begin() + e.offset, s.params.begin() + e.offset + e.numel());
-        r.conv_k = e.dims[0], r.conv_c = e.dims[1], r.conv_kh = e.dims[2], r.conv_kw = e.dims[3];
-        break;
+  // The epochs; after each the checkpoint, then the model and the records. Returns the exit status.
+  int run() {
+    StopSignals signals;
+    signals_ = &signals;
+    try {
+      for (int epoch = restart_.epoch; epoch < opt_.epochs; ++epoch) {
+        EpochMetrics em = train_epoch(epoch);
+        EvalResult ev = test_eval_->run(step_->params().data(), false);
+        em.test_loss = ev.loss;
+        em.test_accuracy = ev.accuracy;
+        history_.push_back(em);
+        last_eval_ = ev;
+        std::printf(
+            "epoch %d/%d  train loss %.4f  train acc %.2f%%  test loss %.4f  test acc %.2f%%  %.1fs  %.0f img/s\n",
+            em.epoch, opt_.epochs, em.train_loss, 100 * em.train_accuracy, em.test_loss, 100 * em.test_accuracy,
+            em.seconds, em.images_per_second);
+        std::fflush(stdout);
+        save_checkpoint(epoch + 1, 0, {}, 0);
+        start_seconds_ = 0;
+        write_outputs();
       }
-    write_report(cfg_.out, r);
-    std::printf(
-        "test accuracy %.4f, test loss %.4f\nwrote %s/{model.safetensors, summary.json, metrics.csv, "
-        "checkpoint.safetensors, loss.png, accuracy.png, confusion.png%s}\n",
-        r.test_accuracy, r.test_loss, cfg_.out.c_str(), r.conv_weight.empty() ? "" : ", filters.png");
+    } catch (const Stopped& s) {
+      signals_ = nullptr;
+      return 128 + s.signal;
+    }
+    signals_ = nullptr;
+    if (history_.empty() || last_eval_.count == 0) {
+      // Resumed a finished run: evaluate once so the records are whole.
+      last_eval_ = test_eval_->run(step_->params().data(), false);
+      write_outputs();
+    }
+    std::printf("test accuracy %.4f, test loss (%s) %.4f\nwrote %s/{%s}\n", last_eval_.accuracy,
+                loss_name(spec_.loss).c_str(), last_eval_.loss, opt_.out.c_str(), written_.c_str());
+    return 0;
   }
 
  private:
+  // The checkpoint of --resume, and the flags that would make it another run.
+  Checkpoint read_resume_checkpoint() {
+    const std::string path = path_join(opt_.resume, "checkpoint.safetensors");
+    if (!file_exists(path)) {
+      std::string what = file_exists(path_join(opt_.resume, "model.safetensors"))
+                             ? "; it holds a model but no checkpoint, so the run cannot continue"
+                             : "; pass the --out folder of the run to continue (it has one after the first epoch, "
+                               "or after a stop by Ctrl-C)";
+      throw UsageError(fmt("--resume ", opt_.resume, ": no checkpoint.safetensors in that folder", what));
+    }
+    Checkpoint ck = read_checkpoint(path);
+    if (ck.epochs_done > opt_.epochs || (ck.epochs_done == opt_.epochs && ck.step_in_epoch > 0))
+      throw UsageError(fmt("--resume ", opt_.resume, ": the run already has ", ck.epochs_done,
+                           " epochs; pass --epochs N with N > ", ck.epochs_done, " to train more"));
+    // epochs_done == epochs: the run was stopped after its last checkpoint; only the outputs
+    // (model, records) remain to be written.
+    RunSpec asked = spec_;
+    if (std::count(opt_.spec_flags_given.begin(), opt_.spec_flags_given.end(), "--arch")) {
+      try {
+        asked.arch = Net(asked.arch, ck.meta.input).spec();  // the canonical form, as saved
+      } catch (const UsageError&) {}
+    }
+    const std::vector<SpecSetting> saved = spec_settings([&] {
+      RunSpec s = ck.spec;
+      s.arch = ck.meta.arch;
+      return s;
+    }());
+    const std::vector<SpecSetting> given = spec_settings(asked);
+    std::string conflicts;
+    for (size_t i = 0; i < saved.size(); ++i)
+      if (!saved[i].flag.empty() &&
+          std::count(opt_.spec_flags_given.begin(), opt_.spec_flags_given.end(), saved[i].flag) &&
+          saved[i].value != given[i].value)
+        conflicts += fmt("\n  ", saved[i].flag, " ", given[i].value, " (the run's: ", saved[i].value, ")");
+    if (!conflicts.empty())
+      throw UsageError(fmt("--resume ", opt_.resume,
+                           " continues that run with its own settings, and these flags differ from them:", conflicts,
+                           "\nleave them out to continue the run, or start a new run in another --out folder"));
+    return ck;
+  }
+
+  // A resumed run trains on the data it started with, wherever that folder is now.
+  void check_same_data(const DataRecord& saved) {
+    if (!saved.train_fingerprint.empty() && saved.train_fingerprint != data_.train_fingerprint)
+      throw UsageError(fmt("--data ", opt_.data_dir, ": its training files are not those the run in ", opt_.resume,
+                           " trained on (fingerprint ", data_.train_fingerprint, ", the run's ",
+                           saved.train_fingerprint, ", from ", saved.dir,
+                           "); a resumed run continues on its own data"));
+    if (!saved.test_fingerprint.empty() && saved.test_fingerprint != data_.test_fingerprint)
+      throw UsageError(fmt("--data ", opt_.data_dir, ": its test files are not those of the run in ", opt_.resume,
+                           " (fingerprint ", data_.test_fingerprint, ", the run's ", saved.test_fingerprint, ", from ",
+                           saved.dir, "); a resumed run continues on its own data"));
+  }
+
+  // " (FILE has label 7 at index 17)" for the first label >= n, else "".
+  std::string first_label_beyond(int n) const {
+    for (const auto& [labels, path] : {std::pair{&data_.train_labels, &data_.train_labels_path},
+                                       std::pair{&data_.test_labels, &data_.test_labels_path}})
+      for (size_t i = 0; i < labels->size(); ++i)
+        if ((*labels)[i] >= n) return fmt(" (", *path, " has label ", int((*labels)[i]), " at index ", i, ")");
+    return "";
+  }
+
+  // --class-names, else those of a data set recognised by its fingerprints, else "0".."K-1".
+  std::vector<std::string> class_names() const {
+    const int K = net_->num_outputs();
+    if (!opt_.class_names.empty()) {
+      if (int(opt_.class_names.size()) != K)
+        throw UsageError(
+            fmt("--class-names: ", opt_.class_names.size(), " names given but the data has ", K, " classes"));
+      return opt_.class_names;
+    }
+    const KnownData* known = known_data(data_.train_fingerprint, data_.test_fingerprint);
+    if (known && int(known->class_names.size()) == K) return known->class_names;
+    std::vector<std::string> names;
+    for (int k = 0; k < K; ++k) names.push_back(std::to_string(k));
+    return names;
+  }
+
   // One epoch. The step's metrics are read back without waiting (after every step where that is
   // cheap, every kPollEvery steps on the GPU) for the progress display and to notice divergence.
   EpochMetrics train_epoch(int epoch) {
     NvtxScope range("epoch");
     constexpr long long kPollEvery = 200;
     const long long steps = step_->steps_per_epoch(), first = restart_.next_batch;
-    step_->begin_epoch(cfg_.seed, epoch, first, restart_.metrics);
-    progress_.start(epoch + 1, cfg_.epochs, steps);
+    step_->begin_epoch(spec_.seed, epoch, first, restart_.metrics);
+    progress_.start(epoch + 1, opt_.epochs, steps);
     const auto t0 = Clock::now();
     auto show = [&](const StepMetrics& m, long long done) {
-      const double img_s = (done - first) * cfg_.batch / std::max(seconds_since(t0), 1e-9);
-      const double eta = (steps - done) * cfg_.batch / std::max(img_s, 1e-9);
-      const double seen = double(std::max<long long>(1, m.steps * cfg_.batch));
+      const double img_s = (done - first) * spec_.batch / std::max(seconds_since(t0), 1e-9);
+      const double eta = (steps - done) * spec_.batch / std::max(img_s, 1e-9);
+      const double seen = double(std::max<long long>(1, m.steps * spec_.batch));
       if (m.steps > 0) progress_.update(done, m.loss_sum / seen, m.correct / seen, img_s, eta);
     };
     StepMetrics seen = restart_.metrics;
     for (long long done = first + 1; done <= steps; ++done) {
+      if (signals_->received()) stop(epoch, done - 1, start_seconds_ + seconds_since(t0));
       step_->run();
       if (done < steps) {  // (the last step's figures: wait_metrics below)
         if (step_->metrics_cheap() || done % kPollEvery == 0) {
           if (step_->poll_metrics(&seen) && !std::isfinite(seen.loss_sum)) replay_divergence(epoch);
           show(seen, done);
         }
-        if (cfg_.checkpoint_every > 0 && step_->global_step() % cfg_.checkpoint_every == 0) {
+        if (opt_.checkpoint_every > 0 && step_->global_step() % opt_.checkpoint_every == 0) {
           const StepMetrics m = step_->wait_metrics();
           if (!std::isfinite(m.loss_sum)) replay_divergence(epoch);
           save_checkpoint(epoch, done, m, start_seconds_ + seconds_since(t0));
@@ -255,14 +383,39 @@ class TrainingRun {
     show(m, steps);
     progress_.end();
     const double secs = start_seconds_ + seconds_since(t0);
-    const long long n = steps * cfg_.batch;
+    const long long n = steps * spec_.batch;
     EpochMetrics em;
     em.epoch = epoch + 1;
     em.train_loss = m.loss_sum / n;
     em.train_accuracy = m.correct / n;
     em.seconds = secs;
     em.images_per_second = n / std::max(secs, 1e-9);
+    em.lr = std::stod(float_text(spec_.optim.lr));  // (0.01, not 0.009999999776)
     return em;
+  }
+
+  // A signal asked the run to stop, `done` steps into the epoch: checkpoint there (unless the last
+  // checkpoint is there already), say how to continue, and unwind.
+  [[noreturn]] void stop(int epoch, long long done, double secs) {
+    progress_.end();
+    if (!ckpt_is_ours_ || restart_.epoch != epoch || restart_.next_batch != done) {
+      const StepMetrics m = step_->wait_metrics();
+      if (!std::isfinite(m.loss_sum)) replay_divergence(epoch);
+      save_checkpoint(epoch, done, m, secs);
+    }
+    const int sig = signals_->received();
+    std::string cmd = fmt("barecnn train --resume ", opt_.out, " --epochs ", opt_.epochs);
+    if (opt_.device != "auto") cmd += " --device " + opt_.device;
+    if (opt_.threads > 0) cmd += fmt(" --threads ", opt_.threads);
+    if (opt_.checkpoint_every > 0) cmd += fmt(" --checkpoint-every ", opt_.checkpoint_every);
+    if (opt_.cuda_graph) cmd += " --cuda-graph on";
+    if (opt_.fuse) cmd += " --fuse on";
+    if (opt_.quiet) cmd += " --quiet";
+    std::printf("stopped by %s in epoch %d after step %lld of %lld; the checkpoint is %s\ncontinue with: %s\n",
+                sig == SIGINT ? "SIGINT (Ctrl-C)" : "SIGTERM", epoch + 1, done, step_->steps_per_epoch(),
+                ckpt_path_.c_str(), cmd.c_str());
+    std::fflush(stdout);
+    throw Stopped{sig};
   }
 
   // A non-finite loss was seen: rerun from the last checkpoint in memory, one step at a time and
@@ -270,7 +423,7 @@ class TrainingRun {
   // deterministic, so the replay meets the same values.
   [[noreturn]] void replay_divergence(int epoch) {
     step_->set_state(restart_.state);
-    step_->begin_epoch(cfg_.seed, epoch, restart_.next_batch, {});
+    step_->begin_epoch(spec_.seed, epoch, restart_.next_batch, {});
     for (long long done = restart_.next_batch + 1; done <= step_->steps_per_epoch(); ++done) {
       step_->run(/*eager=*/true);
       if (!std::isfinite(step_->wait_metrics().loss_sum)) diverged(epoch, done, step_->first_nonfinite());
@@ -280,19 +433,21 @@ class TrainingRun {
 
   [[noreturn]] void diverged(int epoch, long long step, const std::string& where) {
     progress_.end();
-    std::string ck = file_exists(ckpt_path_) ? fmt("; the last good checkpoint is kept in ", ckpt_path_)
-                                             : "; no checkpoint was written yet";
+    std::string ck =
+        ckpt_is_ours_ ? fmt("; the last good checkpoint is kept in ", ckpt_path_) : "; no checkpoint was written yet";
     throw Error(fmt("training diverged in epoch ", epoch + 1, " at step ", step, ": the loss is not finite",
-                    where.empty() ? "" : "; first non-finite: " + where, ". Lower --lr (now ", cfg_.optim.lr, ")", ck));
+                    where.empty() ? "" : "; first non-finite: " + where, ". Lower --lr (now ", spec_.optim.lr, ")",
+                    ck));
   }
 
   // Writes the checkpoint and keeps it as the point a divergence is replayed from.
   void save_checkpoint(int epochs_done, long long step_in_epoch, const StepMetrics& m, double secs) {
     NvtxScope range("checkpoint");
     Checkpoint c;
-    c.cfg = cfg_;
+    c.spec = spec_;
     c.meta = meta_;
     c.device = device_name(ctx_->exec().device);
+    c.epochs_asked = opt_.epochs;
     c.epochs_done = epochs_done;
     c.step_in_epoch = step_in_epoch;
     c.epoch_loss_sum = m.loss_sum;
@@ -303,36 +458,79 @@ class TrainingRun {
     c.global_step = s.global_step;
     c.params = s.params, c.m = s.m, c.v = s.v;
     write_checkpoint(ckpt_path_, c);
+    ckpt_is_ours_ = true;
     restart_ = {epochs_done, step_in_epoch, {m.loss_sum, m.correct, step_in_epoch}, std::move(s)};
   }
 
-  void print_banner(Device device, const std::string& why, const Checkpoint* ck) const {
+  // The model and the records of the epochs done so far.
+  void write_outputs() {
+    NvtxScope range("outputs");
+    const StepState& s = restart_.state;  // (written at the end of the epoch)
+    save_model(path_join(opt_.out, "model.safetensors"), *net_, s.params, meta_);
+    RunReport r;
+    r.spec = spec_;
+    r.device = device_name(ctx_->exec().device);
+    r.epochs_asked = opt_.epochs;
+    r.completed = int(history_.size()) >= opt_.epochs;
+    if (ctx_->exec().device == Device::CUDA) {
+      r.device += fmt(" (", gpu_status().name, ")");
+      r.cuda_graph = opt_.cuda_graph;
+      r.fuse = opt_.fuse;
+      r.peak_device_bytes = (long long)device_memory_stats().peak;
+    }
+    r.test_accuracy = last_eval_.accuracy;
+    r.test_loss = last_eval_.loss;
+    r.epochs = history_;
+    r.confusion = last_eval_.confusion;
+    r.classes = net_->num_outputs();
+    r.class_names = meta_.class_names;
+    r.data = meta_.data;
+    for (const ParamEntry& e : net_->params())  // the first conv's filters
+      if (net_->layer(e.layer).kind() == LayerKind::Conv) {
+        r.conv_weight.assign(s.params.begin() + e.offset, s.params.begin() + e.offset + e.numel());
+        r.conv_k = e.dims[0], r.conv_c = e.dims[1], r.conv_kh = e.dims[2], r.conv_kw = e.dims[3];
+        break;
+      }
+    write_report(opt_.out, r);
+    written_ = fmt("model.safetensors, summary.json, metrics.csv, checkpoint.safetensors, loss.png, accuracy.png, ",
+                   "confusion.png", r.conv_weight.empty() ? "" : ", filters.png");
+  }
+
+  void print_banner(Device device, const std::string& why, const std::string& latest_note, const Checkpoint* ck) const {
     std::printf("barecnn train\n");
     std::printf("  device   : %s (%s)\n", device_name(device), why.c_str());
     if (device == Device::CPU) std::printf("  threads  : %d\n", omp_get_max_threads());
-    std::printf("  data     : %s: %d training images%s, %d test images, %dx%d, %d classes\n", cfg_.data_dir.c_str(),
-                data_.train.count, cfg_.limit > 0 ? fmt(" (--limit ", cfg_.limit, ")").c_str() : "", data_.test.count,
-                data_.train.rows, data_.train.cols, data_.classes);
+    const KnownData* known = known_data(data_.train_fingerprint, data_.test_fingerprint);
+    std::printf("  data     : %s%s: %d training images%s, %d test images, %dx%d, %d classes\n", opt_.data_dir.c_str(),
+                known ? fmt(" (", known->name, ")").c_str() : "", data_.train.count,
+                spec_.limit > 0 ? fmt(" (--limit ", spec_.limit, ")").c_str() : "", data_.test.count, data_.train.rows,
+                data_.train.cols, data_.classes);
     std::printf("  normalize: (x/255 - %.4f) / %.4f\n", meta_.mean, meta_.std);
     std::printf("  net      : %s\n%s", net_->spec().c_str(), net_->summary().c_str());
-    std::printf("  training : %d epochs x %lld steps of batch %d, %s, loss %s, seed %llu\n", cfg_.epochs,
-                (long long)(data_.train.count / cfg_.batch), cfg_.batch, optim_str(cfg_.optim).c_str(),
-                loss_name(cfg_.loss).c_str(), (unsigned long long)cfg_.seed);
+    std::printf("  training : %d epochs x %lld steps of batch %d, %s, loss %s, seed %llu\n", opt_.epochs,
+                (long long)(data_.train.count / spec_.batch), spec_.batch, optim_str(spec_.optim).c_str(),
+                loss_name(spec_.loss).c_str(), (unsigned long long)spec_.seed);
     if (device == Device::CUDA)
       std::printf("  launches : %s%s\n",
-                  cfg_.cuda_graph ? "the step as one CUDA Graph (captured at the second step)"
+                  opt_.cuda_graph ? "the step as one CUDA Graph (captured at the second step)"
                                   : "kernel by kernel (--cuda-graph on: one CUDA Graph)",
-                  cfg_.fuse ? "; each conv does the ReLU after it (--fuse on)" : "");
-    std::printf("  output   : %s\n", cfg_.out.c_str());
-    if (ck && ck->epochs_done == cfg_.epochs)
-      std::printf("  resume   : %s has all %d epochs; writing its outputs\n", cfg_.resume.c_str(), ck->epochs_done);
+                  opt_.fuse ? "; each conv does the ReLU after it (--fuse on)" : "");
+    else if (opt_.cuda_graph || opt_.fuse)
+      std::printf("note: %s only on the GPU; the CPU runs the step layer by layer\n",
+                  opt_.cuda_graph && opt_.fuse ? "--cuda-graph and --fuse apply"
+                  : opt_.cuda_graph            ? "--cuda-graph applies"
+                                               : "--fuse applies");
+    std::printf("  output   : %s%s\n", opt_.out.c_str(), latest_note.c_str());
+    if (ck && ck->epochs_done == opt_.epochs)
+      std::printf("  resume   : %s has all %d epochs; writing its outputs\n", opt_.resume.c_str(), ck->epochs_done);
     else if (ck)
-      std::printf("  resume   : from %s at epoch %d, step %lld\n", cfg_.resume.c_str(), ck->epochs_done + 1,
+      std::printf("  resume   : from %s at epoch %d, step %lld\n", opt_.resume.c_str(), ck->epochs_done + 1,
                   ck->step_in_epoch);
     std::fflush(stdout);
   }
 
-  TrainConfig cfg_;
+  RunSpec spec_;
+  RunOptions opt_;
   StepObserver after_step_;
   Progress progress_;
   Dataset data_;
@@ -346,15 +544,17 @@ class TrainingRun {
   std::vector<EpochMetrics> history_;
   EvalResult last_eval_;
   std::string ckpt_path_;
+  bool ckpt_is_ours_ = false;             // the checkpoint in the output folder is this run's
+  const StopSignals* signals_ = nullptr;  // while run() trains
+  std::string written_;                   // the files write_outputs wrote
 };
 
 }  // namespace
 
-void train(const TrainConfig& cfg, const StepObserver& after_step) {
+int train(const TrainConfig& cfg, const StepObserver& after_step) {
   TrainingRun run(cfg, after_step);
   run.setup();
-  run.run();
-  run.finish();
+  return run.run();
 }
 
 }  // namespace barecnn

@@ -34,6 +34,8 @@ struct Dataset {
   std::vector<uint8_t> train_labels, test_labels;
   int classes = 0;  // max label + 1 over both sets
   std::string train_images_path, train_labels_path, test_images_path, test_labels_path;
+  // dataset_fingerprint of the training files (before --limit) and of the test files.
+  std::string train_fingerprint, test_fingerprint;
 };
 
 // Default folder: Fashion-MNIST from the Debian package dataset-fashion-mnist.
@@ -43,8 +45,25 @@ const char* default_data_dir();
 // folder or file is a UsageError that names it (and, for the default folder, the command that
 // installs it).
 Dataset load_dataset(const std::string& dir, long long limit = 0);
+// Only the two t10k files (eval needs no more); `train` stays empty, `classes` is over the test labels.
+Dataset load_test_set(const std::string& dir);
 // Throws UsageError naming the labels file if any label is >= classes.
 void check_labels(const Dataset& d, int classes);
+
+// 16 hex digits that name a set of images and labels: FNV-1a (64-bit) over the count, the image
+// size, the pixels and the labels. The same for the same data whatever its folder or compression.
+std::string dataset_fingerprint(const IdxImages& images, const std::vector<uint8_t>& labels);
+
+// A data set barecnn recognises by its fingerprints, with its class names.
+struct KnownData {
+  const char* name;
+  const char* train_fingerprint;
+  const char* test_fingerprint;
+  std::vector<std::string> class_names;
+};
+// The known data set with these fingerprints (an empty train fingerprint: the test files alone
+// decide), or nullptr.
+const KnownData* known_data(const std::string& train_fingerprint, const std::string& test_fingerprint);
 
 // Mean and standard deviation of the pixels scaled to [0, 1] (the input normalization).
 double image_mean(const IdxImages& im);

@@ -8,7 +8,10 @@
 
 namespace barecnn {
 
-// Levenshtein nearest of `word` among `choices` (for "did you mean"); "" when none is close.
+// The choice nearest to `word` by edit distance (a swap of neighbouring letters is one edit), for
+// "did you mean"; "" unless it is close: one edit in a word of up to 4 letters, two in a longer one.
 std::string nearest(const std::string& word, const std::vector<std::string>& choices);
+// ASCII lower case: names (layers, presets, losses, optimizers) are accepted in any case.
+std::string lower(const std::string& s);
 
 }  // namespace barecnn

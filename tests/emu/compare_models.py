@@ -178,8 +178,8 @@ def read_predictions(path):
     if not rows:
         raise BadInput(f"{path}: empty")
     head = rows[0]
-    if head[:2] != ["index", "predicted"] or not head[2:] or not head[2].startswith("logit_"):
-        raise BadInput(f"{path}: header {head[:4]}..., expected index,predicted,logit_0,...")
+    if head[:2] != ["index", "predicted"] or not any(h.startswith("logit_") for h in head):
+        raise BadInput(f"{path}: header {head[:4]}..., expected index,predicted,...,logit_0,...")
     logit_cols = [i for i, h in enumerate(head) if h.startswith("logit_")]
     out = []
     for r in rows[1:]:

@@ -58,7 +58,6 @@ mkdir -p "$WORK/logs" "$WORK/eval" "$WORK/predict"
 if [ "$TEST_IMAGES" = all ]; then
   RUNDATA="$DATA"
 else
-  # Named as DATA is: train names the classes of a folder whose path says "fashion" (metadata).
   RUNDATA="$WORK/data/$(basename "$DATA")"
   mkdir -p "$RUNDATA"
   for f in "$DATA"/train-images-idx3-ubyte* "$DATA"/train-labels-idx1-ubyte*; do

@@ -1,0 +1,68 @@
+// What a training run is (RunSpec: the settings that decide its numbers, saved in its checkpoint)
+// apart from how this process runs it (RunOptions: the command line's other options). Resuming
+// takes the checkpoint's RunSpec; a flag that would change it is an error.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "barecnn/loss.h"
+#include "barecnn/optim.h"
+
+namespace barecnn {
+
+struct RunSpec {
+  std::string arch = "paper";  // the canonical spec once the net is built
+  int batch = 64;
+  OptimConfig optim;  // (the CLI's defaults: sgd, lr 0.01, momentum 0.9)
+  Loss loss = Loss::SoftmaxCrossEntropy;
+  uint64_t seed = 1;
+  long long limit = 0;  // first N training images (0: all)
+};
+
+// One setting of a RunSpec: its key in the checkpoint's metadata and in summary.json, the flag
+// that sets it ("" when none does), and its value as text that reads back to the same value
+// (floats as the shortest decimal that does).
+struct SpecSetting {
+  enum Kind { Text, Integer, Number };
+  std::string key, flag, value;
+  Kind kind = Text;
+};
+
+// The table every reader and writer of a RunSpec goes through: the checkpoint, the resume check,
+// summary.json and the banner.
+std::vector<SpecSetting> spec_settings(const RunSpec& s);
+// Back from the table's keys (the checkpoint's metadata); a missing or malformed value is a
+// UsageError naming `file` and the key.
+RunSpec spec_from_settings(const std::map<std::string, std::string>& values, const std::string& file);
+
+// The shortest decimal text that reads back (strtof) to exactly `x`.
+std::string float_text(float x);
+
+// How this process runs the training; nothing here changes a number of the result.
+struct RunOptions {
+  std::string data_dir;                  // empty: the checkpoint's data on resume, else default_data_dir()
+  std::string device = "auto";           // auto | cpu | cuda
+  int epochs = 3;                        // epochs in all (with a resume: including those done)
+  int threads = 0;                       // CPU threads (0: OpenMP default)
+  std::string out;                       // empty: runs/N, a new numbered folder (or the --resume folder)
+  std::string resume;                    // folder holding checkpoint.safetensors
+  long long checkpoint_every = 0;        // steps between mid-epoch checkpoints (0: end of epoch only)
+  bool quiet = false;                    // no progress display
+  bool cuda_graph = false;               // GPU: replay the training step as a captured CUDA Graph
+  bool fuse = false;                     // GPU: each conv applies the plain ReLU after it (Net::set_gpu_fusion)
+  bool overwrite = false;                // clear another run's files out of `out` first
+  std::vector<std::string> class_names;  // --class-names (empty: recognised data, else "0".."K-1")
+  // The RunSpec flags the command line set ("--lr", ...): a resume checks each against the
+  // checkpoint and refuses one that differs.
+  std::vector<std::string> spec_flags_given;
+};
+
+struct TrainConfig {
+  RunSpec spec;
+  RunOptions opt;
+};
+
+}  // namespace barecnn
