@@ -43,14 +43,16 @@ set(BARECNN_KERNEL_SOURCES
   ${_r}/kernels/data.cu
   ${_r}/kernels/peak.cu)
 
-# io: IDX, safetensors, atomic files (the parsers the fuzzers test), and the charts (cairo).
+# io: IDX, safetensors, atomic files (the parsers the fuzzers test), the charts (cairo) and
+# PNG/PGM images (libpng).
 # No CUDA.
 set(BARECNN_IO_SOURCES
   ${_r}/host/data/idx.cpp
   ${_r}/host/data/safetensors.cpp
   ${_r}/host/data/fileutil.cpp)
 set(BARECNN_PLOT_SOURCES
-  ${_r}/host/data/plots.cpp)
+  ${_r}/host/data/plots.cpp
+  ${_r}/host/data/image.cpp)
 
 # nn: the arch parser, the layers and the net; then the gradient check and the training.
 set(BARECNN_NET_SOURCES
@@ -83,6 +85,6 @@ set(BARECNN_CLI_SOURCES
 # Headers that include no CUDA header (checked by the test Build.ReferenceCompilesWithoutCuda).
 set(BARECNN_CUDA_FREE_HEADERS
   activation.h arch.h cpu_ops.h error.h fileutil.h gradcheck_criterion.h idx.h loss.h names.h optim.h peak.h plots.h
-  ref_ops.h rng.h run_spec.h safetensors.h shape.h version.h)
+  image.h ref_ops.h rng.h run_spec.h safetensors.h shape.h version.h)
 
 unset(_r)

@@ -3,18 +3,21 @@
 // nothing already in the output folder is lost; a run killed with SIGKILL and resumed ends with
 // the weights of an uninterrupted run.
 #include <gtest/gtest.h>
+#include <png.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
 #include "barecnn/fileutil.h"
+#include "barecnn/idx.h"
 #include "barecnn/safetensors.h"
 #include "barecnn/model_io.h"
 #include "barecnn/trainer.h"
@@ -114,6 +117,58 @@ TEST_F(Cli, TrainEvalPredictAgree) {
   }
   EXPECT_EQ(rows, 150);
   EXPECT_DOUBLE_EQ(correct / 150.0, j["accuracy"].get<double>());
+}
+
+TEST_F(Cli, PredictReadsPngAndPgmImagesAsTheIdxFile) {
+  // The first five test images as files (PNG and PGM, one inverted) give the IDX file's rows.
+  IdxImages all = read_idx_images(data_ + "/t10k-images-idx3-ubyte.gz");
+  std::string dir = test::fresh_dir("cli_png");
+  for (int i = 0; i < 5; ++i) {
+    const uint8_t* px = all.pixels.data() + size_t(i) * 64;
+    const std::string name = dir + "/img" + std::to_string(i);
+    if (i % 2 == 0) {
+      png_image img;
+      std::memset(&img, 0, sizeof img);
+      img.version = PNG_IMAGE_VERSION;
+      img.width = img.height = 8;
+      img.format = PNG_FORMAT_GRAY;
+      ASSERT_TRUE(png_image_write_to_file(&img, (name + ".png").c_str(), 0, px, 0, nullptr));
+    } else {
+      test::spit(name + ".pgm", "P5 8 8 255\n" + std::string(px, px + 64));
+    }
+  }
+  Result idx = run("predict --device cpu --model " + model_dir_ + "/model.safetensors --images " + data_ +
+                   "/t10k-images-idx3-ubyte.gz");
+  Result png = run("predict --device cpu --model " + model_dir_ + "/model.safetensors --images " + dir);
+  ASSERT_EQ(idx.rc, 0) << idx.out;
+  ASSERT_EQ(png.rc, 0) << png.out;
+  std::istringstream a(idx.out), b(png.out);
+  std::string la, lb;
+  std::getline(a, la), std::getline(b, lb);
+  EXPECT_EQ(lb, "index,file,predicted,class,probability,logit_0,logit_1,logit_2");
+  for (int i = 0; i < 5; ++i) {
+    std::getline(a, la), std::getline(b, lb);
+    const std::string file = "img" + std::to_string(i) + (i % 2 == 0 ? ".png" : ".pgm");
+    EXPECT_EQ(lb, std::to_string(i) + "," + file + la.substr(la.find(','))) << i;
+  }
+  // One image, inverted twice over: --invert of the inverted file is the original's row.
+  const uint8_t* px = all.pixels.data() + 64;
+  std::string inv(64, '\0');
+  for (int k = 0; k < 64; ++k) inv[k] = char(255 - px[k]);
+  test::spit(dir + "/inv.pgm", "P5 8 8 255\n" + inv);
+  Result one =
+      run("predict --device cpu --invert --model " + model_dir_ + "/model.safetensors --images " + dir + "/inv.pgm");
+  ASSERT_EQ(one.rc, 0) << one.out;
+  std::istringstream c(one.out);
+  std::string lc;
+  std::getline(c, lc), std::getline(c, lc);
+  std::istringstream a2(idx.out);
+  std::getline(a2, la), std::getline(a2, la), std::getline(a2, la);  // the IDX file's second image
+  EXPECT_EQ(lc.substr(lc.find(',')), la.substr(la.find(',')));
+  // A colour image, or one of another size: refused, naming the file.
+  test::spit(dir + "/big.pgm", "P5 9 8 255\n" + std::string(72, 'x'));
+  EXPECT_FAILS_WITH(run("predict --device cpu --model " + model_dir_ + "/model.safetensors --images " + dir), 2,
+                    "big.pgm: the image is 9x8 pixels (width x height) but the model takes 8x8");
 }
 
 // The GPU's progress lines (stdout is not a terminal here: one line a tenth of an epoch): the last

@@ -1,13 +1,15 @@
 // `barecnn predict`: the class, its name and probability, and the logits of each image of an IDX
-// file, as CSV.
+// file, a PNG or PGM file, or a folder of them, as CSV.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include "barecnn/error.h"
 #include "barecnn/evaluator.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/idx.h"
+#include "barecnn/image.h"
 #include "barecnn/model_io.h"
 #include "commands.h"
 
@@ -24,7 +26,7 @@ std::string csv_field(const std::string& s) {
 }
 
 int cmd_predict(const std::string& model_path, const std::string& images_path, const std::string& output,
-                const std::string& device_flag, int batch) {
+                const std::string& device_flag, int batch, bool invert) {
   Model m = load_model(model_path);
   if (!output.empty()) {
     std::string dir = output.find('/') == std::string::npos ? "." : output.substr(0, output.rfind('/'));
@@ -32,14 +34,16 @@ int cmd_predict(const std::string& model_path, const std::string& images_path, c
   }
   std::string why;
   Device dev = choose_device(device_flag, &why);
-  IdxImages im = read_idx_images(images_path);
-  if (im.rows * im.cols != int(dims_numel(m.meta.input)))
-    throw UsageError(fmt("--images ", images_path, ": the images are ", im.rows, "x", im.cols, " but ", model_path,
-                         " takes ", dims_str(m.meta.input)));
+  if (m.meta.input[0] != 1)
+    throw UsageError(fmt(model_path, " takes ", dims_str(m.meta.input), " inputs; predict reads grayscale images"));
+  std::vector<std::string> files;
+  IdxImages im = read_images(images_path, int(m.meta.input[1]), int(m.meta.input[2]), invert, &files);
+  std::error_code ec;
+  const bool one_file = !std::filesystem::is_directory(images_path, ec);  // (else a column names each file)
   EvalResult r =
       evaluate(*m.net, m.params, im, {}, m.meta.mean, m.meta.std, Loss::SoftmaxCrossEntropy, dev, batch, true);
   const int K = m.net->num_outputs();
-  std::string csv = "index,predicted,class,probability";
+  std::string csv = one_file ? "index,predicted,class,probability" : "index,file,predicted,class,probability";
   for (int k = 0; k < K; ++k) csv += ",logit_" + std::to_string(k);
   csv += "\n";
   char buf[32];
@@ -51,7 +55,8 @@ int cmd_predict(const std::string& model_path, const std::string& images_path, c
     for (int k = 1; k < K; ++k) zmax = std::max(zmax, double(z[k]));
     for (int k = 0; k < K; ++k) sum += std::exp(double(z[k]) - zmax);
     std::snprintf(buf, sizeof buf, ",%.6f", std::exp(double(z[p]) - zmax) / sum);
-    csv += std::to_string(i) + "," + std::to_string(p) + "," + csv_field(m.meta.class_names[p]) + buf;
+    csv += std::to_string(i) + (one_file ? "" : "," + csv_field(files[size_t(i)])) + "," + std::to_string(p) + "," +
+           csv_field(m.meta.class_names[p]) + buf;
     for (int k = 0; k < K; ++k) {
       std::snprintf(buf, sizeof buf, ",%.9g", z[k]);
       csv += buf;
@@ -73,22 +78,33 @@ Runner add_predict(CLI::App& app) {
   struct Opts {
     std::string model, images, output, device = "auto";
     int batch = 500;
+    bool invert = false;
   };
   auto o = std::make_shared<Opts>();
-  auto* predict = app.add_subcommand("predict", "class and logits for each image of an IDX file");
+  auto* predict = app.add_subcommand("predict", "class, probability and logits of each image (IDX, PNG or PGM)");
   predict->add_option("--model", o->model, "model.safetensors (or checkpoint.safetensors) written by train")
       ->required();
-  predict->add_option("--images", o->images, "IDX images file (.gz or plain)")->required();
-  predict->add_option("--output", o->output,
-                      "CSV file: index,predicted,class,probability,logit_0,... (default: stdout)");
+  predict
+      ->add_option("--images", o->images,
+                   "an IDX images file (.gz or plain), a PNG or PGM image, or a folder of PNG/PGM images; "
+                   "grayscale, of the model's input size")
+      ->required();
+  predict->add_flag("--invert", o->invert,
+                    "255 - pixel: for dark drawings on a light background (the data sets are light on dark)");
+  predict->add_option(
+      "--output", o->output,
+      "CSV file: index,[file,]predicted,class,probability,logit_0,... (default: stdout; file: for images "
+      "from a folder)");
   predict->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();
   predict->add_option("--batch", o->batch, "batch size")->capture_default_str();
   predict->footer(
-      "Example:\n  barecnn predict --model runs/latest/model.safetensors "
-      "--images /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --output predictions.csv");
+      "Examples:\n  barecnn predict --model runs/latest/model.safetensors "
+      "--images /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --output predictions.csv\n"
+      "  barecnn predict --model runs/latest/model.safetensors --images shirt.png\n"
+      "  barecnn predict --model runs/latest/model.safetensors --images photos/ --invert  # dark on light");
   return [o] {
     check_at_least(o->batch, 1, "--batch");
-    return cmd_predict(o->model, o->images, o->output, o->device, o->batch);
+    return cmd_predict(o->model, o->images, o->output, o->device, o->batch, o->invert);
   };
 }
 
