@@ -66,6 +66,7 @@ set(BARECNN_TRAIN_SOURCES
   ${_r}/host/train/evaluator.cpp
   ${_r}/host/train/progress.cpp
   ${_r}/host/train/trainer.cpp
+  ${_r}/host/train/run_setup.cpp
   ${_r}/host/train/run_spec.cpp
   ${_r}/host/train/model_io.cpp
   ${_r}/host/train/checkpoint.cpp

@@ -142,6 +142,11 @@ TEST_F(Cli, PredictReadsPngAndPgmImagesAsTheIdxFile) {
   Result png = run("predict --device cpu --model " + model_dir_ + "/model.safetensors --images " + dir);
   ASSERT_EQ(idx.rc, 0) << idx.out;
   ASSERT_EQ(png.rc, 0) << png.out;
+  // No --images: the test images of the model's own data.
+  Result own = run("predict --device cpu --model " + model_dir_ + "/model.safetensors");
+  ASSERT_EQ(own.rc, 0) << own.out;
+  EXPECT_NE(own.out.find("note: predicting the test images of the model's data"), std::string::npos) << own.out;
+  EXPECT_EQ(own.out.substr(own.out.find("index,")), idx.out);
   std::istringstream a(idx.out), b(png.out);
   std::string la, lb;
   std::getline(a, la), std::getline(b, lb);

@@ -36,10 +36,17 @@ int cmd_predict(const std::string& model_path, const std::string& images_path, c
   Device dev = choose_device(device_flag, &why);
   if (m.meta.input[0] != 1)
     throw UsageError(fmt(model_path, " takes ", dims_str(m.meta.input), " inputs; predict reads grayscale images"));
+  std::string path = images_path;
+  if (path.empty()) {  // the test images of the model's own data
+    if (m.meta.data.dir.empty())
+      throw UsageError(fmt(model_path, " does not record the data it was trained on; pass --images FILE|FOLDER"));
+    path = load_test_set(m.meta.data.dir).test_images_path;
+    std::fprintf(stderr, "note: predicting the test images of the model's data, %s\n", path.c_str());
+  }
   std::vector<std::string> files;
-  IdxImages im = read_images(images_path, int(m.meta.input[1]), int(m.meta.input[2]), invert, &files);
+  IdxImages im = read_images(path, int(m.meta.input[1]), int(m.meta.input[2]), invert, &files);
   std::error_code ec;
-  const bool one_file = !std::filesystem::is_directory(images_path, ec);  // (else a column names each file)
+  const bool one_file = !std::filesystem::is_directory(path, ec);  // (else a column names each file)
   EvalResult r =
       evaluate(*m.net, m.params, im, {}, m.meta.mean, m.meta.std, Loss::SoftmaxCrossEntropy, dev, batch, true);
   const int K = m.net->num_outputs();
@@ -84,11 +91,9 @@ Runner add_predict(CLI::App& app) {
   auto* predict = app.add_subcommand("predict", "class, probability and logits of each image (IDX, PNG or PGM)");
   predict->add_option("--model", o->model, "model.safetensors (or checkpoint.safetensors) written by train")
       ->required();
-  predict
-      ->add_option("--images", o->images,
-                   "an IDX images file (.gz or plain), a PNG or PGM image, or a folder of PNG/PGM images; "
-                   "grayscale, of the model's input size")
-      ->required();
+  predict->add_option("--images", o->images,
+                      "an IDX images file (.gz or plain), a PNG or PGM image, or a folder of PNG/PGM images; "
+                      "grayscale, of the model's input size (default: the test images of the model's data)");
   predict->add_flag("--invert", o->invert,
                     "255 - pixel: for dark drawings on a light background (the data sets are light on dark)");
   predict->add_option(

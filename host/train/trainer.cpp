@@ -1,6 +1,6 @@
 // The training run: set-up, the epoch loop, the outputs. The step itself is TrainStep (step.h),
 // evaluation is evaluator.h, the progress display progress.h, the files checkpoint.h, model_io.h
-// and report.h.
+// and report.h, the checks before a run and the stop signals run_setup.h.
 #include "barecnn/trainer.h"
 
 #include <omp.h>
@@ -22,6 +22,7 @@
 #include "barecnn/report.h"
 #include "barecnn/step.h"
 #include "progress.h"
+#include "run_setup.h"
 
 namespace barecnn {
 
@@ -37,74 +38,10 @@ std::string optim_str(const OptimConfig& o) {
   return fmt("sgd (lr ", o.lr, ", momentum ", o.momentum, ", weight decay ", o.weight_decay, ")");
 }
 
-// SIGINT and SIGTERM while a run trains: the first asks the run to stop after the current step
-// (the handler only records it); the handler then resets itself, so a second one ends the process
-// at once. The previous handlers come back when the run ends.
-class StopSignals {
- public:
-  StopSignals() {
-    received_ = 0;
-    struct sigaction sa {};
-    sa.sa_handler = [](int sig) { received_ = sig; };
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESETHAND | SA_RESTART;
-    sigaction(SIGINT, &sa, &old_int_);
-    sigaction(SIGTERM, &sa, &old_term_);
-  }
-  ~StopSignals() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-  int received() const { return received_; }
-
- private:
-  static volatile sig_atomic_t received_;
-  struct sigaction old_int_ {
-  }, old_term_{};
-};
-volatile sig_atomic_t StopSignals::received_ = 0;
-
 // The run stopped by a signal after a checkpoint; unwinds to train().
 struct Stopped {
   int signal;
 };
-
-// The files of a run found in `dir`.
-std::vector<std::string> run_files_in(const std::string& dir) {
-  std::vector<std::string> found;
-  for (const std::string& f : run_file_names())
-    if (file_exists(path_join(dir, f))) found.push_back(f);
-  return found;
-}
-
-// runs/N, N one more than the largest number among runs/'s folders; runs/latest becomes a link to
-// it (unless it is something other than a link, which stays as it is).
-std::string new_run_folder(std::string* latest_note) {
-  const fs::path root = "runs";
-  std::error_code ec;
-  long long n = 0;
-  if (fs::is_directory(root, ec))
-    for (const auto& e : fs::directory_iterator(root, ec)) {
-      const std::string name = e.path().filename().string();
-      if (!name.empty() && name.size() < 12 && std::all_of(name.begin(), name.end(), ::isdigit))
-        n = std::max(n, std::stoll(name));
-    }
-  const std::string name = std::to_string(n + 1);
-  const std::string dir = (root / name).string();
-  ensure_writable_dir(dir, "--out");
-  const fs::path latest = root / "latest", tmp = root / ".latest.tmp";
-  if (fs::is_symlink(latest, ec) || !fs::exists(latest, ec)) {
-    fs::remove(tmp, ec);
-    fs::create_directory_symlink(name, tmp, ec);
-    if (!ec) fs::rename(tmp, latest, ec);
-    *latest_note = ec ? "" : " (runs/latest links to it)";
-  } else {
-    *latest_note = " (runs/latest is not a link; left as it is)";
-  }
-  return dir;
-}
 
 // A point of the run the training can restart from: where the state was, and the state. The last
 // checkpoint in memory; a divergence is replayed from it.
@@ -126,7 +63,7 @@ class TrainingRun {
     Checkpoint ck;
     const bool resuming = !opt_.resume.empty();
     if (resuming) {
-      ck = read_resume_checkpoint();
+      ck = read_resume_checkpoint(opt_, spec_);
       spec_ = ck.spec;
       spec_.arch = ck.meta.arch;
       if (opt_.out.empty()) opt_.out = opt_.resume;
@@ -162,13 +99,13 @@ class TrainingRun {
           ck.device.c_str(), device_name(device));
     if (opt_.data_dir.empty()) opt_.data_dir = default_data_dir();
     data_ = load_dataset(opt_.data_dir, spec_.limit);
-    if (resuming) check_same_data(ck.meta.data);
+    if (resuming) check_same_data(ck.meta.data, data_, opt_);
     const Dims input{1, data_.train.rows, data_.train.cols};
     net_ = std::make_unique<Net>(spec_.arch, input);
     net_->set_gpu_fusion(opt_.fuse);
     // A net that does not end with one output per class is an arch mistake; where a label is
     // beyond the net's outputs the message says where (a stray label is a data mistake).
-    net_->check_classes(data_.classes, "the data in " + opt_.data_dir + first_label_beyond(net_->num_outputs()));
+    net_->check_classes(data_.classes, "the data in " + opt_.data_dir + first_label_beyond(data_, net_->num_outputs()));
     spec_.arch = net_->spec();
     if (data_.train.count < spec_.batch) {
       std::printf("note: --batch %d is larger than the %d training images; using batch %d\n", spec_.batch,
@@ -189,7 +126,7 @@ class TrainingRun {
       const double m = image_mean(data_.train);
       meta_.mean = float(m);
       meta_.std = float(image_std(data_.train, m));
-      meta_.class_names = class_names();
+      meta_.class_names = choose_class_names(opt_, data_, net_->num_outputs());
       meta_.data = {opt_.data_dir, data_.train_fingerprint, data_.test_fingerprint};
     }
     const size_t P = net_->num_params();
@@ -267,85 +204,6 @@ class TrainingRun {
   }
 
  private:
-  // The checkpoint of --resume, and the flags that would make it another run.
-  Checkpoint read_resume_checkpoint() {
-    const std::string path = path_join(opt_.resume, "checkpoint.safetensors");
-    if (!file_exists(path)) {
-      std::string what = file_exists(path_join(opt_.resume, "model.safetensors"))
-                             ? "; it holds a model but no checkpoint, so the run cannot continue"
-                             : "; pass the --out folder of the run to continue (it has one after the first epoch, "
-                               "or after a stop by Ctrl-C)";
-      throw UsageError(fmt("--resume ", opt_.resume, ": no checkpoint.safetensors in that folder", what));
-    }
-    Checkpoint ck = read_checkpoint(path);
-    if (ck.epochs_done > opt_.epochs || (ck.epochs_done == opt_.epochs && ck.step_in_epoch > 0))
-      throw UsageError(fmt("--resume ", opt_.resume, ": the run already has ", ck.epochs_done,
-                           " epochs; pass --epochs N with N > ", ck.epochs_done, " to train more"));
-    // epochs_done == epochs: the run was stopped after its last checkpoint; only the outputs
-    // (model, records) remain to be written.
-    RunSpec asked = spec_;
-    if (std::count(opt_.spec_flags_given.begin(), opt_.spec_flags_given.end(), "--arch")) {
-      try {
-        asked.arch = Net(asked.arch, ck.meta.input).spec();  // the canonical form, as saved
-      } catch (const UsageError&) {}
-    }
-    const std::vector<SpecSetting> saved = spec_settings([&] {
-      RunSpec s = ck.spec;
-      s.arch = ck.meta.arch;
-      return s;
-    }());
-    const std::vector<SpecSetting> given = spec_settings(asked);
-    std::string conflicts;
-    for (size_t i = 0; i < saved.size(); ++i)
-      if (!saved[i].flag.empty() &&
-          std::count(opt_.spec_flags_given.begin(), opt_.spec_flags_given.end(), saved[i].flag) &&
-          saved[i].value != given[i].value)
-        conflicts += fmt("\n  ", saved[i].flag, " ", given[i].value, " (the run's: ", saved[i].value, ")");
-    if (!conflicts.empty())
-      throw UsageError(fmt("--resume ", opt_.resume,
-                           " continues that run with its own settings, and these flags differ from them:", conflicts,
-                           "\nleave them out to continue the run, or start a new run in another --out folder"));
-    return ck;
-  }
-
-  // A resumed run trains on the data it started with, wherever that folder is now.
-  void check_same_data(const DataRecord& saved) {
-    if (!saved.train_fingerprint.empty() && saved.train_fingerprint != data_.train_fingerprint)
-      throw UsageError(fmt("--data ", opt_.data_dir, ": its training files are not those the run in ", opt_.resume,
-                           " trained on (fingerprint ", data_.train_fingerprint, ", the run's ",
-                           saved.train_fingerprint, ", from ", saved.dir,
-                           "); a resumed run continues on its own data"));
-    if (!saved.test_fingerprint.empty() && saved.test_fingerprint != data_.test_fingerprint)
-      throw UsageError(fmt("--data ", opt_.data_dir, ": its test files are not those of the run in ", opt_.resume,
-                           " (fingerprint ", data_.test_fingerprint, ", the run's ", saved.test_fingerprint, ", from ",
-                           saved.dir, "); a resumed run continues on its own data"));
-  }
-
-  // " (FILE has label 7 at index 17)" for the first label >= n, else "".
-  std::string first_label_beyond(int n) const {
-    for (const auto& [labels, path] : {std::pair{&data_.train_labels, &data_.train_labels_path},
-                                       std::pair{&data_.test_labels, &data_.test_labels_path}})
-      for (size_t i = 0; i < labels->size(); ++i)
-        if ((*labels)[i] >= n) return fmt(" (", *path, " has label ", int((*labels)[i]), " at index ", i, ")");
-    return "";
-  }
-
-  // --class-names, else those of a data set recognised by its fingerprints, else "0".."K-1".
-  std::vector<std::string> class_names() const {
-    const int K = net_->num_outputs();
-    if (!opt_.class_names.empty()) {
-      if (int(opt_.class_names.size()) != K)
-        throw UsageError(
-            fmt("--class-names: ", opt_.class_names.size(), " names given but the data has ", K, " classes"));
-      return opt_.class_names;
-    }
-    const KnownData* known = known_data(data_.train_fingerprint, data_.test_fingerprint);
-    if (known && int(known->class_names.size()) == K) return known->class_names;
-    std::vector<std::string> names;
-    for (int k = 0; k < K; ++k) names.push_back(std::to_string(k));
-    return names;
-  }
-
   // One epoch. The step's metrics are read back without waiting (after every step where that is
   // cheap, every kPollEvery steps on the GPU) for the progress display and to notice divergence.
   EpochMetrics train_epoch(int epoch) {
@@ -404,13 +262,7 @@ class TrainingRun {
       save_checkpoint(epoch, done, m, secs);
     }
     const int sig = signals_->received();
-    std::string cmd = fmt("barecnn train --resume ", opt_.out, " --epochs ", opt_.epochs);
-    if (opt_.device != "auto") cmd += " --device " + opt_.device;
-    if (opt_.threads > 0) cmd += fmt(" --threads ", opt_.threads);
-    if (opt_.checkpoint_every > 0) cmd += fmt(" --checkpoint-every ", opt_.checkpoint_every);
-    if (opt_.cuda_graph) cmd += " --cuda-graph on";
-    if (opt_.fuse) cmd += " --fuse on";
-    if (opt_.quiet) cmd += " --quiet";
+    const std::string cmd = resume_command(opt_);
     std::printf("stopped by %s in epoch %d after step %lld of %lld; the checkpoint is %s\ncontinue with: %s\n",
                 sig == SIGINT ? "SIGINT (Ctrl-C)" : "SIGTERM", epoch + 1, done, step_->steps_per_epoch(),
                 ckpt_path_.c_str(), cmd.c_str());
@@ -510,6 +362,8 @@ class TrainingRun {
     std::printf("  training : %d epochs x %lld steps of batch %d, %s, loss %s, seed %llu\n", opt_.epochs,
                 (long long)(data_.train.count / spec_.batch), spec_.batch, optim_str(spec_.optim).c_str(),
                 loss_name(spec_.loss).c_str(), (unsigned long long)spec_.seed);
+    if (device == Device::CUDA && opt_.threads > 0)
+      std::printf("note: --threads applies to the CPU; this run trains on the GPU\n");
     if (device == Device::CUDA)
       std::printf("  launches : %s%s\n",
                   opt_.cuda_graph ? "the step as one CUDA Graph (captured at the second step)"
