@@ -274,6 +274,13 @@ TEST_F(Cli, NamesInAnyCaseAndNotesForFlagsThatDoNotApply) {
   EXPECT_NE(r.out.find("note: --momentum applies to sgd only"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("note: --cuda-graph applies only on the GPU"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("adam (lr 0.001"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("warning: the net ends with softmax"), std::string::npos) << r.out;
+  // A softmax before the cross-entropy (which applies its own): trained, with a warning.
+  Result w = run("train --device cpu --quiet --epochs 1 --data " + data_ +
+                 " --arch \"conv(4,3) relu dense(3) softmax\" --out " + test::fresh_dir("cli_softmax"));
+  ASSERT_EQ(w.rc, 0) << w.out;
+  EXPECT_NE(w.out.find("warning: the net ends with softmax and --loss cross_entropy takes logits"), std::string::npos)
+      << w.out;
 }
 
 TEST_F(Cli, UnwritableOutputFolderIsCaughtBeforeTraining) {

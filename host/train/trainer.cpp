@@ -107,6 +107,13 @@ class TrainingRun {
     // beyond the net's outputs the message says where (a stray label is a data mistake).
     net_->check_classes(data_.classes, "the data in " + opt_.data_dir + first_label_beyond(data_, net_->num_outputs()));
     spec_.arch = net_->spec();
+    const Layer& last = net_->layer(net_->num_layers() - 1);
+    if (last.kind() == LayerKind::Softmax &&
+        (spec_.loss == Loss::SoftmaxCrossEntropy || spec_.loss == Loss::BinaryCrossEntropy))
+      std::printf(
+          "warning: the net ends with softmax and --loss %s takes logits (it applies its own %s), so it sees "
+          "squashed values and learns slowly; drop the last softmax (predict reports probabilities anyway)\n",
+          loss_name(spec_.loss).c_str(), spec_.loss == Loss::SoftmaxCrossEntropy ? "softmax" : "sigmoid");
     if (data_.train.count < spec_.batch) {
       std::printf("note: --batch %d is larger than the %d training images; using batch %d\n", spec_.batch,
                   data_.train.count, data_.train.count);
