@@ -37,32 +37,10 @@ namespace barecnn {
 namespace {
 
 using test::all_close;
+using test::conv_shape;
 
 constexpr double kRtol = 1e-5;
 double sum_atol(long long terms) { return 5e-7 * double(terms); }
-
-Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int stride, int pad) {
-  return make_conv2d_shape(N, C, H, W, K, kh, kw, stride, pad, "test conv");
-}
-
-// Different stride and padding along h and w (make_conv2d_shape takes one of each).
-Conv2dShape conv_shape_hw(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw) {
-  Conv2dShape s;
-  s.N = N;
-  s.C = C;
-  s.H = H;
-  s.W = W;
-  s.K = K;
-  s.kh = kh;
-  s.kw = kw;
-  s.sh = sh;
-  s.sw = sw;
-  s.ph = ph;
-  s.pw = pw;
-  s.OH = window_out_size(H, kh, sh, ph);
-  s.OW = window_out_size(W, kw, sw, pw);
-  return s;
-}
 
 const char* impl_name(gpu::ConvImpl impl) { return impl == gpu::ConvImpl::Simple ? "simple" : "fast"; }
 
@@ -207,7 +185,7 @@ TEST(Conv2dGpu, RectangularKernel3x5) {
 
 TEST(Conv2dGpu, DifferentStrideAndPaddingPerAxis) {
   BARECNN_REQUIRE_GPU();
-  check_conv(conv_shape_hw(3, 2, 11, 14, 3, 3, 4, 2, 3, 1, 2), 208);
+  check_conv(conv_shape(3, 2, 11, 14, 3, 3, 4, 2, 3, 1, 2), 208);
 }
 
 TEST(Conv2dGpu, LargeMapSeveralChannelGroups) {
