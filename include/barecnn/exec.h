@@ -26,6 +26,9 @@ struct Exec {
   Device device = Device::CPU;
   const GpuContext* gpu = nullptr;  // set exactly when device is CUDA
   float* workspace = nullptr;       // GPU scratch for the layers (NetState::workspace), or null
+  // Which conv2d kernels the GPU runs (gpu_ops.h); the CPU ignores it. ExecContext sets it from
+  // the environment (BARECNN_CONV_IMPL).
+  gpu::ConvImpl conv_impl = gpu::ConvImpl::Fast;
 
   static Exec cpu() { return {}; }
   static Exec cuda(const GpuContext& g) { return {Device::CUDA, &g, nullptr}; }
@@ -123,7 +126,9 @@ void optimizer_step(const Exec& ex, float* param, const float* grad, float* m, f
 
 }  // namespace op
 
-// An Exec with a GpuContext of its own on Device::CUDA (for callers that do not share one).
+// An Exec with a GpuContext of its own on Device::CUDA (for callers that do not share one). On
+// CUDA its conv_impl comes from the environment variable BARECNN_CONV_IMPL=simple|fast (unset:
+// fast); any other value is a UsageError.
 class ExecContext {
  public:
   explicit ExecContext(Device d);
