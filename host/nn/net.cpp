@@ -1,5 +1,6 @@
-// The sequential net: built from an arch spec, shapes inferred and checked at build time, with one
-// flat parameter buffer laid out layer by layer in torch.nn.Sequential order.
+// The sequential net: built from an arch spec, shapes inferred and checked at build time
+// (resolve_arch), with one flat parameter buffer laid out layer by layer in torch.nn.Sequential
+// order.
 #include "barecnn/net.h"
 
 #include <cmath>
@@ -14,58 +15,9 @@
 namespace barecnn {
 
 Net::Net(const std::string& spec, const Dims& input) : input_(input) {
-  if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1)
-    throw UsageError(fmt("input shape must be CxHxW with positive sizes, got ", dims_str(input)));
-  if (dims_numel(input) > size_t(INT32_MAX))
-    throw UsageError(fmt("input shape ", dims_str(input), " has more than ", INT32_MAX, " values per image"));
-  std::vector<LayerDesc> descs = parse_arch(spec);
-  Dims cur = input;
-  for (const LayerDesc& d : descs) {
-    int idx = int(layers_.size());
-    // A dense layer after an image gets a flatten first; it counts as a layer, as an explicit
-    // nn.Flatten would in PyTorch, so parameter names match torch.nn.Sequential.
-    if (d.kind == LayerKind::Dense && cur.size() == 3) {
-      layers_.push_back(make_flatten(idx++, cur));
-      cur = layers_.back()->out_dims();
-    }
-    std::unique_ptr<Layer> l;
-    switch (d.kind) {
-      case LayerKind::Conv:
-        l = make_conv2d(idx, cur, d.out, d.kh, d.kw, d.stride, d.pad);
-        break;
-      case LayerKind::MaxPool:
-        l = make_maxpool2d(idx, cur, d.kh, d.kw, d.stride);
-        break;
-      case LayerKind::AvgPool:
-        l = make_avgpool2d(idx, cur, d.kh, d.kw, d.stride);
-        break;
-      case LayerKind::L2Pool:
-        l = make_l2pool2d(idx, cur, d.kh, d.kw, d.stride);
-        break;
-      case LayerKind::Flatten:
-        l = make_flatten(idx, cur);
-        break;
-      case LayerKind::Dense:
-        l = make_dense(idx, cur, d.out);
-        break;
-      case LayerKind::Activation:
-        l = make_activation(idx, cur, d.act);
-        break;
-      case LayerKind::Softmax:
-        l = make_softmax(idx, cur);
-        break;
-    }
-    cur = l->out_dims();
-    layers_.push_back(std::move(l));
-  }
-  // The logits must be a flat vector per sample, one value per class.
-  if (cur.size() != 1) {
-    layers_.push_back(make_flatten(int(layers_.size()), cur));
-    cur = layers_.back()->out_dims();
-  }
-  std::string canon;
-  for (auto& l : layers_) canon += (canon.empty() ? "" : " ") + l->spec();
-  spec_ = canon;
+  const std::vector<ArchLayer> arch = resolve_arch(spec, input);
+  for (const ArchLayer& a : arch) layers_.push_back(make_layer(int(layers_.size()), a));
+  spec_ = arch_spec(arch);
 
   size_t off = 0;
   for (auto& l : layers_) {

@@ -1,9 +1,8 @@
-// Layer objects: each owns the description of its parameters, computes its output shape when the
-// net is built, and makes one op call per direction through the dispatch of exec.h (which picks
-// the CUDA launcher, the fast CPU op or the reference). A layer holds no per-batch buffers: its
-// saved state for backward (the max-pool argmax mask) lives in the NetState beside the
-// activations, so one Net can run several batch sizes (training, evaluation) without moving a
-// buffer that a captured CUDA Graph points at.
+// Layer objects: each holds its resolved geometry (arch.h), owns the description of its
+// parameters, and makes one op call per direction through the dispatch of exec.h (which picks the CUDA launcher, the
+// fast CPU op or the reference). A layer holds no per-batch buffers: its saved state for backward (the max-pool argmax
+// mask) lives in the NetState beside the activations, so one Net can run several batch sizes (training, evaluation)
+// without moving a buffer that a captured CUDA Graph points at.
 #pragma once
 
 #include <memory>
@@ -50,9 +49,11 @@ class Layer {
  public:
   virtual ~Layer() = default;
 
-  // The spec as written in the arch grammar: "conv(32,5,pad=2)", "relu", "maxpool(2)".
-  virtual std::string spec() const = 0;
-  virtual LayerKind kind() const = 0;
+  // The spec as written in the arch grammar: "conv(32,5,pad=2)", "relu", "maxpool(2)"
+  // (layer_desc_str of its parsed form).
+  std::string spec() const;
+  LayerKind kind() const { return desc_.kind; }
+  const LayerDesc& desc() const { return desc_; }
   virtual std::vector<ParamSpec> param_specs() const { return {}; }
   // Initializes this layer's parameters (host, flat, in param_specs order).
   // `relu_after`: the next nonlinearity is ReLU-like (He init), else Xavier.
@@ -83,20 +84,14 @@ class Layer {
   std::string label() const;
 
  protected:
-  Layer(int index, Dims in) : index_(index), in_(std::move(in)) {}
+  Layer(int index, const ArchLayer& a) : index_(index), desc_(a.desc), in_(a.in), out_(a.out) {}
   int index_;
+  LayerDesc desc_;
   Dims in_, out_;
 };
 
-// Constructors; each validates its geometry against the input dims and throws UsageError
-// naming the layer. `index` is the position in the net (torch.nn.Sequential index).
-std::unique_ptr<Layer> make_conv2d(int index, const Dims& in, int out_channels, int kh, int kw, int stride, int pad);
-std::unique_ptr<Layer> make_maxpool2d(int index, const Dims& in, int kh, int kw, int stride);
-std::unique_ptr<Layer> make_avgpool2d(int index, const Dims& in, int kh, int kw, int stride);
-std::unique_ptr<Layer> make_l2pool2d(int index, const Dims& in, int kh, int kw, int stride);
-std::unique_ptr<Layer> make_activation(int index, const Dims& in, Activation a);
-std::unique_ptr<Layer> make_softmax(int index, const Dims& in);
-std::unique_ptr<Layer> make_flatten(int index, const Dims& in);
-std::unique_ptr<Layer> make_dense(int index, const Dims& in, int units);
+// The layer of a resolved arch (resolve_arch in arch.h, which has checked its geometry);
+// `index` is its position in the net (torch.nn.Sequential index).
+std::unique_ptr<Layer> make_layer(int index, const ArchLayer& a);
 
 }  // namespace barecnn
