@@ -12,7 +12,7 @@
 //   permutation, optimizer
 // cpu:: has fast versions of the ops that dominate a CPU step (host/cpu/); the others are cheap
 // and run the reference in float. The GPU conv runs the kernels ex.conv_impl names (Simple or
-// Fast: gpu_ops.h).
+// Fast: gpu_ops.h); its workspace is GPU-only (the CPU ops need none).
 #include "barecnn/exec.h"
 
 #include <algorithm>
@@ -78,6 +78,9 @@ void conv2d_backward_input(const Exec& ex, double* dinp, const double* dout, con
   cpu_only(ex);
   BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is GPU-only");
   ref::conv2d_backward_input(dinp, dout, w, s);
+}
+size_t conv2d_backward_weight_workspace(Device device, const Conv2dShape& s) {
+  return device == Device::CUDA ? gpu::conv2d_backward_weight_workspace(s) : 0;  // the CPU ops need none
 }
 void conv2d_backward_weight(const Exec& ex, float* dw, float* db, const float* dout, const float* inp,
                             const Conv2dShape& s, const float* relu_out) {

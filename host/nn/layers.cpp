@@ -24,11 +24,11 @@ std::string Layer::label() const { return fmt("layer ", index_, " ", spec()); }
 namespace {
 
 // Forwards the four virtual entry points to one template per direction.
-#define BARECNN_LAYER_DISPATCH                                  \
-  void forward(const LayerCall<float>& c) override { fwd(c); }  \
-  void forward(const LayerCall<double>& c) override { fwd(c); } \
-  void backward(const LayerCall<float>& c) override { bwd(c); } \
-  void backward(const LayerCall<double>& c) override { bwd(c); }
+#define BARECNN_LAYER_DISPATCH                                        \
+  void forward(const LayerCall<float>& c) const override { fwd(c); }  \
+  void forward(const LayerCall<double>& c) const override { fwd(c); } \
+  void backward(const LayerCall<float>& c) const override { bwd(c); } \
+  void backward(const LayerCall<double>& c) const override { bwd(c); }
 
 // Xavier/Glorot uniform, or He normal for layers a ReLU-family activation follows.
 void init_weights(float* w, size_t n, int fan_in, int fan_out, Rng& rng, bool relu_after) {
@@ -53,7 +53,9 @@ class Conv2d final : public Layer {
     init_weights(p, size_t(K) * fan_in, fan_in, fan_out, rng, relu_after);
     std::fill(p + size_t(K) * fan_in, p + size_t(K) * fan_in + K, 0.f);
   }
-  size_t workspace_floats(int N) const override { return gpu::conv2d_backward_weight_workspace(shape(N)); }
+  size_t workspace_floats(int N, Device device) const override {
+    return op::conv2d_backward_weight_workspace(device, shape(N));
+  }
   bool can_fuse_relu(Device device) const override { return device == Device::CUDA; }
   BARECNN_LAYER_DISPATCH
 
@@ -63,14 +65,14 @@ class Conv2d final : public Layer {
                              label());
   }
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     Conv2dShape s = shape(c.N);
     const T* w = c.param;                     // (K, C, kh, kw)
     const T* b = c.param + s.weight_numel();  // (K)
     op::conv2d_forward(c.ex, c.out, c.in, w, b, s, c.fuse_relu);
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     Conv2dShape s = shape(c.N);
     T* dw = c.dparam;
     T* db = c.dparam + s.weight_numel();
@@ -93,7 +95,7 @@ class Pool2d final : public Layer {
     return make_pool2d_shape(N, in_[0], in_[1], in_[2], desc_.kh, desc_.kw, desc_.stride, label());
   }
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     Pool2dShape s = shape(c.N);
     switch (kind()) {
       case LayerKind::MaxPool:
@@ -107,7 +109,7 @@ class Pool2d final : public Layer {
     }
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     if (!c.din) return;
     Pool2dShape s = shape(c.N);
     switch (kind()) {
@@ -136,11 +138,11 @@ class ActivationLayer final : public Layer {
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     op::activation_forward(c.ex, c.out, c.in, 1LL * c.N * dims_numel(in_), desc_.act);
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     if (c.din) op::activation_backward(c.ex, c.din, c.dout, c.in, c.out, 1LL * c.N * dims_numel(in_), desc_.act);
   }
 };
@@ -154,11 +156,11 @@ class SoftmaxLayer final : public Layer {
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     op::softmax_forward(c.ex, c.out, c.in, c.N, in_[0]);
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     if (c.din) op::softmax_backward(c.ex, c.din, c.dout, c.out, c.N, in_[0]);
   }
 };
@@ -174,11 +176,11 @@ class Flatten final : public Layer {
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     op::copy(c.ex, c.out, c.in, size_t(c.N) * dims_numel(in_));
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     if (c.din) op::copy(c.ex, c.din, c.dout, size_t(c.N) * dims_numel(in_));
   }
 };
@@ -200,14 +202,14 @@ class Dense final : public Layer {
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     const int IN = in_[0], OUT = desc_.out;
     const T* w = c.param;                     // (OUT, IN)
     const T* b = c.param + size_t(OUT) * IN;  // (OUT)
     op::dense_forward(c.ex, c.out, c.in, w, b, c.N, IN, OUT);
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     const int IN = in_[0], OUT = desc_.out;
     T* dw = c.dparam;
     T* db = c.dparam + size_t(OUT) * IN;

@@ -98,13 +98,13 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   }
   size_t ws = 0;
   for (int i = 0; i < L; ++i) {
-    if (device == Device::CUDA) ws = std::max(ws, layers_[i]->workspace_floats(N));
+    ws = std::max(ws, layers_[i]->workspace_floats(N, device));
     const size_t saved = layers_[i]->saved_ints(N);
     BARECNN_ASSERT(saved <= size_t(INT32_MAX), layers_[i]->label(), ": ", saved, " saved values exceed int32");
     st.saved[i].reset({int(saved)}, device);
   }
-  BARECNN_ASSERT(ws <= size_t(INT32_MAX), "GPU workspace of ", ws, " floats");
-  if (device == Device::CUDA) st.workspace.reset({int(std::max<size_t>(ws, 1))}, device);
+  BARECNN_ASSERT(ws <= size_t(INT32_MAX), "a workspace of ", ws, " floats");
+  st.workspace.reset({int(ws)}, device);
 }
 
 template <typename T>
@@ -128,7 +128,7 @@ LayerCall<T> Net::layer_call(NetState<T>& st, const PlannedLayer& p, const T* pa
 }
 
 template <typename T>
-void Net::forward(NetState<T>& st, const T* params, const Exec& ex) {
+void Net::forward(NetState<T>& st, const T* params, const Exec& ex) const {
   for (const PlannedLayer& p : st.plan) {
     NvtxScope range(layers_[p.layer]->label() + (p.fused_relu ? " + relu forward" : " forward"));
     layers_[p.layer]->forward(layer_call<T>(st, p, params, nullptr, ex, false));
@@ -136,7 +136,7 @@ void Net::forward(NetState<T>& st, const T* params, const Exec& ex) {
 }
 
 template <typename T>
-void Net::backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad) {
+void Net::backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad) const {
   for (auto p = st.plan.rbegin(); p != st.plan.rend(); ++p) {
     NvtxScope range(layers_[p->layer]->label() + (p->fused_relu ? " + relu backward" : " backward"));
     layers_[p->layer]->backward(layer_call<T>(st, *p, params, grads, ex, need_input_grad));
@@ -187,10 +187,10 @@ std::string Net::summary() const {
 
 template void Net::prepare<float>(NetState<float>&, int, Device) const;
 template void Net::prepare<double>(NetState<double>&, int, Device) const;
-template void Net::forward<float>(NetState<float>&, const float*, const Exec&);
-template void Net::forward<double>(NetState<double>&, const double*, const Exec&);
-template void Net::backward<float>(NetState<float>&, const float*, float*, const Exec&, bool);
-template void Net::backward<double>(NetState<double>&, const double*, double*, const Exec&, bool);
+template void Net::forward<float>(NetState<float>&, const float*, const Exec&) const;
+template void Net::forward<double>(NetState<double>&, const double*, const Exec&) const;
+template void Net::backward<float>(NetState<float>&, const float*, float*, const Exec&, bool) const;
+template void Net::backward<double>(NetState<double>&, const double*, double*, const Exec&, bool) const;
 template LayerCall<float> Net::layer_call<float>(NetState<float>&, const PlannedLayer&, const float*, float*,
                                                  const Exec&, bool) const;
 template LayerCall<double> Net::layer_call<double>(NetState<double>&, const PlannedLayer&, const double*, double*,

@@ -58,7 +58,8 @@ class Layer {
   // Initializes this layer's parameters (host, flat, in param_specs order).
   // `relu_after`: the next nonlinearity is ReLU-like (He init), else Xavier.
   virtual void init_params(float* param, Rng& rng, bool relu_after) const {}
-  virtual size_t workspace_floats(int N) const { return 0; }
+  // Floats of scratch its calls need on `device` for a batch of N (LayerCall::ex.workspace).
+  virtual size_t workspace_floats(int N, Device device) const { return 0; }
   // Int32s that forward saves for backward for a batch of N (max pooling: its argmax mask).
   virtual size_t saved_ints(int N) const { return 0; }
   // Is the layer a ReLU-family activation (for the init rule)? Is it a nonlinearity at all?
@@ -71,10 +72,11 @@ class Layer {
   virtual bool can_fuse_relu(Device device) const { return false; }
   virtual bool is_plain_relu() const { return false; }
 
-  virtual void forward(const LayerCall<float>& c) = 0;
-  virtual void forward(const LayerCall<double>& c) = 0;
-  virtual void backward(const LayerCall<float>& c) = 0;
-  virtual void backward(const LayerCall<double>& c) = 0;
+  // A layer keeps no state between calls: everything a call reads or writes is in the LayerCall.
+  virtual void forward(const LayerCall<float>& c) const = 0;
+  virtual void forward(const LayerCall<double>& c) const = 0;
+  virtual void backward(const LayerCall<float>& c) const = 0;
+  virtual void backward(const LayerCall<double>& c) const = 0;
 
   const Dims& in_dims() const { return in_; }  // one sample: (C, H, W) or (F)
   const Dims& out_dims() const { return out_; }
