@@ -1,4 +1,4 @@
-// Layer objects: parameters' shapes and init, and one op call per direction.
+// Layer objects: parameters' shapes and init, the cost of a call, and one op call per direction.
 // The geometry was checked by resolve_arch (arch.cpp); which implementation runs (GPU, fast CPU,
 // reference) is decided by the op's dispatch (exec.h).
 #include <algorithm>
@@ -41,6 +41,18 @@ void init_weights(float* w, size_t n, int fan_in, int fan_out, Rng& rng, bool re
   }
 }
 
+// ---- the fewest bytes (LayerCost): element counts of the whole batch, 4 bytes each ----------------
+constexpr double kFloatBytes = 4;  // sizeof(float), and sizeof(int32_t) for the max-pool mask
+
+// Convolution and dense layers: input x, output y, weight W, bias b.
+//   forward : read x, W, b; write y.
+//   backward: read dy and x (for dW); write dW and db; with need_din also read W and write dx.
+void weighted_layer_bytes(LayerCost* c, double x, double y, double W, double b, bool need_din) {
+  c->forward.bytes = kFloatBytes * (x + W + b + y);
+  c->backward.bytes = kFloatBytes * (y + x + W + b);
+  if (need_din) c->backward.bytes += kFloatBytes * (W + x);
+}
+
 // ---- convolution -----------------------------------------------------------------------------
 class Conv2d final : public Layer {
  public:
@@ -57,6 +69,16 @@ class Conv2d final : public Layer {
     return op::conv2d_backward_weight_workspace(device, shape(N));
   }
   bool can_fuse_relu(Device device) const override { return device == Device::CUDA; }
+  LayerCost cost(int N, bool need_din) const override {
+    const Conv2dShape s = shape(N);
+    LayerCost c;
+    // One multiply-add per output element and weight tap: N*K*OH*OW * C*kh*kw.
+    c.forward.flops = 2.0 * double(s.out_numel()) * double(s.C) * s.kh * s.kw;
+    c.backward.flops = need_din ? 2 * c.forward.flops : c.forward.flops;
+    weighted_layer_bytes(&c, double(s.in_numel()), double(s.out_numel()), double(s.weight_numel()), double(s.K),
+                         need_din);
+    return c;
+  }
   BARECNN_LAYER_DISPATCH
 
  private:
@@ -87,6 +109,32 @@ class Pool2d final : public Layer {
   explicit Pool2d(int index, const ArchLayer& a) : Layer(index, a) {}
   size_t saved_ints(int N) const override {
     return kind() == LayerKind::MaxPool ? size_t(N) * size_t(dims_numel(out_)) : 0;
+  }
+  LayerCost cost(int N, bool need_din) const override {
+    const double x = double(N) * double(dims_numel(in_)), y = double(N) * double(dims_numel(out_));
+    LayerCost c;
+    c.forward.flops = y;
+    c.backward.flops = need_din ? x : 0;
+    switch (kind()) {
+      case LayerKind::MaxPool:
+        // An int32 argmax mask of the output's size: forward reads x, writes y and the mask;
+        // backward reads dy and the mask and writes dx (the mask names the winner; x is not needed).
+        c.forward.bytes = kFloatBytes * (x + y + y);
+        c.backward.bytes = kFloatBytes * (y + y + x);
+        break;
+      case LayerKind::AvgPool:
+        // Forward reads x and writes y; backward reads dy and writes dx.
+        c.forward.bytes = kFloatBytes * (x + y);
+        c.backward.bytes = kFloatBytes * (y + x);
+        break;
+      default:
+        // L2: as average pooling, but the backward also reads x and y (dx = dy * x / y).
+        c.forward.bytes = kFloatBytes * (x + y);
+        c.backward.bytes = kFloatBytes * (y + x + y + x);
+        break;
+    }
+    if (!need_din) c.backward.bytes = 0;  // no parameters: dx is all a pool's backward makes
+    return c;
   }
   BARECNN_LAYER_DISPATCH
 
@@ -124,6 +172,16 @@ class Pool2d final : public Layer {
   }
 };
 
+// Elementwise activations and softmax over n elements: forward reads x and writes y; backward
+// reads dy and one saved tensor (each activation's derivative follows from x alone or from y
+// alone: ReLU's from x, sigmoid's and softmax's from y) and writes dx.
+LayerCost elementwise_cost(double n, bool need_din) {
+  LayerCost c;
+  c.forward = {n, kFloatBytes * (n + n)};
+  if (need_din) c.backward = {n, kFloatBytes * (n + n + n)};
+  return c;
+}
+
 // ---- elementwise activations -------------------------------------------------------------------
 class ActivationLayer final : public Layer {
  public:
@@ -134,6 +192,9 @@ class ActivationLayer final : public Layer {
     return k == Act::Relu || k == Act::LeakyRelu || k == Act::Elu;
   }
   bool is_plain_relu() const override { return desc_.act.kind == Act::Relu; }
+  LayerCost cost(int N, bool need_din) const override {
+    return elementwise_cost(double(N) * double(dims_numel(in_)), need_din);
+  }
   BARECNN_LAYER_DISPATCH
 
  private:
@@ -152,6 +213,9 @@ class SoftmaxLayer final : public Layer {
  public:
   explicit SoftmaxLayer(int index, const ArchLayer& a) : Layer(index, a) {}
   bool is_activation() const override { return true; }
+  LayerCost cost(int N, bool need_din) const override {
+    return elementwise_cost(double(N) * double(dims_numel(in_)), need_din);
+  }
   BARECNN_LAYER_DISPATCH
 
  private:
@@ -172,6 +236,13 @@ class Flatten final : public Layer {
   // NCHW is already the flat (N, C*H*W) layout: the net passes the input on (Net::layer_call).
   bool is_view() const override { return true; }
   // When it runs, a copy: reads n and writes n each way; no arithmetic.
+  LayerCost cost(int N, bool need_din) const override {
+    const double n = double(N) * double(dims_numel(in_));
+    LayerCost c;
+    c.forward.bytes = kFloatBytes * (n + n);
+    if (need_din) c.backward.bytes = kFloatBytes * (n + n);
+    return c;
+  }
   BARECNN_LAYER_DISPATCH
 
  private:
@@ -197,6 +268,14 @@ class Dense final : public Layer {
     size_t nw = size_t(units) * in_[0];
     init_weights(p, nw, in_[0], units, rng, relu_after);
     std::fill(p + nw, p + nw + units, 0.f);
+  }
+  LayerCost cost(int N, bool need_din) const override {
+    const double IN = in_[0], OUT = desc_.out;
+    LayerCost c;
+    c.forward.flops = 2.0 * N * OUT * IN;  // one multiply-add per weight and sample
+    c.backward.flops = need_din ? 2 * c.forward.flops : c.forward.flops;
+    weighted_layer_bytes(&c, N * IN, N * OUT, OUT * IN, OUT, need_din);
+    return c;
   }
   BARECNN_LAYER_DISPATCH
 

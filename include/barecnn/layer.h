@@ -1,8 +1,10 @@
 // Layer objects: each holds its resolved geometry (arch.h), owns the description of its
-// parameters, and makes one op call per direction through the dispatch of exec.h (which picks the CUDA launcher, the
-// fast CPU op or the reference). A layer holds no per-batch buffers: its saved state for backward (the max-pool argmax
-// mask) lives in the NetState beside the activations, so one Net can run several batch sizes (training, evaluation)
-// without moving a buffer that a captured CUDA Graph points at.
+// parameters, says what a call costs, and makes one op call per direction through the dispatch
+// of exec.h (which picks the CUDA launcher, the fast CPU op or the reference). A layer holds no
+// per-batch buffers: its
+// saved state for backward (the max-pool argmax mask) lives in the NetState beside the
+// activations, so one Net can run several batch sizes (training, evaluation) without moving a
+// buffer that a captured CUDA Graph points at.
 #pragma once
 
 #include <memory>
@@ -45,6 +47,29 @@ struct LayerCall {
   const T* relu_out = nullptr;
 };
 
+// What one forward or one backward call of a layer costs over a batch: its arithmetic and the
+// fewest bytes it must move.
+//
+// FLOPs: convolution and dense count 2 per multiply-add; their backward computes the weight
+// gradient (as many FLOPs as the forward) and, with need_din, the input gradient (as many again).
+// The other layers count ~1 op per element they produce, enough to print a rate; flatten is a
+// copy and does none.
+//
+// Bytes: between DRAM and the chip, float32 tensors (int32 for the max-pool mask): each tensor the
+// math needs is read once and each result is written once, as though the chip held everything in
+// between. This is a lower bound: a kernel that reads dout twice (once for each gradient) or
+// re-reads its input tile moves more. So bytes / time is a lower bound of the bandwidth a kernel
+// really draws; a layer far below the measured peaks (peak.h) on both FLOP/s and bytes/s is limited
+// by something else (launch latency, too few blocks, poor access patterns). Each layer's cost()
+// (host/nn/layers.cpp) says which tensors it counts.
+struct OpCost {
+  double flops = 0;
+  double bytes = 0;
+};
+struct LayerCost {
+  OpCost forward, backward;
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -71,6 +96,10 @@ class Layer {
   // Can this layer apply a following plain ReLU in its own kernels on `device` (the GPU conv)?
   virtual bool can_fuse_relu(Device device) const { return false; }
   virtual bool is_plain_relu() const { return false; }
+  // The cost of one forward and one backward call over a batch of N (see LayerCost). `need_din`:
+  // the input gradient is computed (every layer but the first; nothing needs the gradient of the
+  // image).
+  virtual LayerCost cost(int N, bool need_din) const = 0;
 
   // A layer keeps no state between calls: everything a call reads or writes is in the LayerCall.
   virtual void forward(const LayerCall<float>& c) const = 0;
