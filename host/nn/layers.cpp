@@ -1,6 +1,6 @@
 // Layer objects: parameters' shapes and init, the cost of a call, and one op call per direction.
-// The geometry was checked by resolve_arch (arch.cpp); which implementation runs (GPU, fast CPU,
-// reference) is decided by the op's dispatch (exec.h).
+// resolve_arch (arch.cpp) checks the geometry before a layer is made; which implementation runs
+// (GPU, fast CPU, reference) is decided by the op's dispatch (exec.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

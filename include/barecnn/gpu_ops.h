@@ -23,13 +23,13 @@ namespace barecnn {
 
 namespace gpu {
 
-// Same ops, same argument order, on `stream`. All pointers are device pointers.
-//
-// Which conv2d kernels the three conv launchers run. Fast: the tiled kernels, each falling back to
-// Simple where its shape limits do not hold; Simple: one thread per output, the baseline. The
-// callers carry the choice (Exec::conv_impl; tests and the conv lab check both against the
+// Which kernels the three conv2d launchers below run. Fast: the tiled kernels, each falling back
+// to Simple where its shape limits do not hold; Simple: one thread per output, the baseline. The
+// callers carry the choice (Exec::conv_impl; the tests and the conv lab check both against the
 // reference).
 enum class ConvImpl : int { Simple, Fast };
+
+// Same ops, same argument order, on `stream`. All pointers are device pointers.
 //
 // Fused ReLU (opt-in, for a conv layer followed by relu). fuse_relu: out = relu(conv + bias),
 // bitwise conv2d_forward followed by activation_forward(Relu). relu_out (N, K, OH, OW), when not
