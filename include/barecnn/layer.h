@@ -78,7 +78,6 @@ class Layer {
   // (layer_desc_str of its parsed form).
   std::string spec() const;
   LayerKind kind() const { return desc_.kind; }
-  const LayerDesc& desc() const { return desc_; }
   virtual std::vector<ParamSpec> param_specs() const { return {}; }
   // Initializes this layer's parameters (host, flat, in param_specs order).
   // `relu_after`: the next nonlinearity is ReLU-like (He init), else Xavier.
