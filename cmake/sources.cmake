@@ -54,11 +54,14 @@ set(BARECNN_PLOT_SOURCES
   ${_r}/host/data/plots.cpp
   ${_r}/host/data/image.cpp)
 
-# nn: the arch parser, the layers and the net; then the gradient check and the training.
+# arch: the arch parser and the shape inference of a spec on an input. No CUDA.
+set(BARECNN_ARCH_SOURCES
+  ${_r}/host/nn/arch.cpp)
+
+# nn: the dispatch, the layers and the net; then the gradient check and the training.
 set(BARECNN_NET_SOURCES
   ${_r}/host/nn/exec.cpp
   ${_r}/host/nn/layers.cpp
-  ${_r}/host/nn/arch.cpp
   ${_r}/host/nn/net.cpp)
 set(BARECNN_TRAIN_SOURCES
   ${_r}/host/nn/gradcheck.cpp

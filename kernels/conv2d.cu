@@ -10,7 +10,8 @@
 //     two-stage reduction for the weight gradient. Its launcher checks the fast kernel's
 //     preconditions (grid limits, shared memory) and falls back to the simple kernel where they
 //     do not hold.
-// set_conv_impl() / BARECNN_CONV_IMPL=simple|fast picks the level, so the tests check both.
+// The launchers' ConvImpl argument (Simple or Fast; Exec::conv_impl, set from BARECNN_CONV_IMPL)
+// picks the level, so the tests check both.
 //
 // Fused ReLU: every kernel takes a template flag FUSE_RELU. When set, the forward
 // kernels store relu(conv + bias) and the backward kernels read dout * relu'(y) instead of dout,
@@ -22,10 +23,7 @@
 // Layouts, all NCHW float32: inp (N, C, H, W), weight (K, C, kh, kw) [OIHW], bias (K),
 // out (N, K, OH, OW). Every result is summed by one thread, or by one fixed reduction tree, in an
 // order that depends only on the shape: no atomics, so results are bitwise the same run to run.
-#include <atomic>
 #include <climits>
-#include <cstdlib>
-#include <cstring>
 
 #include "barecnn/activation.h"
 #include "barecnn/cuda_check.h"
@@ -523,19 +521,6 @@ void check_conv2d_shape(const Conv2dShape& s, const char* op) {
                  ": output size does not follow eq. (2.1) for ", s.str());
 }
 
-gpu::ConvImpl conv_impl_from_env() {
-  const char* v = std::getenv("BARECNN_CONV_IMPL");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "fast") == 0) return gpu::ConvImpl::Fast;
-  if (std::strcmp(v, "simple") == 0) return gpu::ConvImpl::Simple;
-  throw UsageError(fmt("BARECNN_CONV_IMPL=", v, ": expected 'simple' or 'fast' (or unset, which means fast)"));
-}
-
-// Read once, on first use; set_conv_impl overrides it.
-std::atomic<int>& conv_impl_state() {
-  static std::atomic<int> state{int(conv_impl_from_env())};
-  return state;
-}
-
 // The tiled forward kernels for one tile size. Returns false (nothing launched) where their
 // preconditions do not hold: N and ceil(K/KB) within grid.z/grid.y, shared memory <= 48 KB.
 template <int TILE, int KB, bool FUSE_RELU>
@@ -603,8 +588,8 @@ int wgrad_chunks(const Conv2dShape& s) {
 // (fuse_relu / relu_out) picks a whole instantiation; the unfused one has no ReLU code at all.
 template <bool FUSE_RELU>
 void conv2d_forward_impl(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
-                         cudaStream_t stream) {
-  if (gpu::conv_impl() == gpu::ConvImpl::Fast) {
+                         gpu::ConvImpl impl, cudaStream_t stream) {
+  if (impl == gpu::ConvImpl::Fast) {
     // 16x16 tiles waste threads on small maps (7x7 uses 49 of 256): 8x8 tiles there.
     const bool launched = (s.OH >= 16 && s.OW >= 16)
                               ? launch_forward_fast<16, 8, FUSE_RELU>(out, inp, weight, bias, s, stream)
@@ -619,8 +604,8 @@ void conv2d_forward_impl(float* out, const float* inp, const float* weight, cons
 
 template <bool FUSE_RELU>
 void conv2d_backward_input_impl(float* dinp, const float* dout, const float* relu_out, const float* weight,
-                                const Conv2dShape& s, cudaStream_t stream) {
-  if (gpu::conv_impl() == gpu::ConvImpl::Fast) {
+                                const Conv2dShape& s, gpu::ConvImpl impl, cudaStream_t stream) {
+  if (impl == gpu::ConvImpl::Fast) {
     const bool launched = (s.H >= 16 && s.W >= 16)
                               ? launch_backward_input_fast<16, 8, FUSE_RELU>(dinp, dout, relu_out, weight, s, stream)
                               : launch_backward_input_fast<8, 16, FUSE_RELU>(dinp, dout, relu_out, weight, s, stream);
@@ -634,10 +619,11 @@ void conv2d_backward_input_impl(float* dinp, const float* dout, const float* rel
 
 template <bool FUSE_RELU>
 void conv2d_backward_weight_impl(float* dweight, float* dbias, const float* dout, const float* relu_out,
-                                 const float* inp, const Conv2dShape& s, float* workspace, cudaStream_t stream) {
+                                 const float* inp, const Conv2dShape& s, float* workspace, gpu::ConvImpl impl,
+                                 cudaStream_t stream) {
   const long long wn = s.weight_numel();
   const long long total = wn + (dbias ? s.K : 0);
-  if (gpu::conv_impl() == gpu::ConvImpl::Fast && wgrad_fast_ok(s)) {
+  if (impl == gpu::ConvImpl::Fast && wgrad_fast_ok(s)) {
     BARECNN_ASSERT(workspace != nullptr, "conv2d_backward_weight: the workspace is null; it needs ",
                    gpu::conv2d_backward_weight_workspace(s), " floats (conv2d_backward_weight_workspace) for ",
                    s.str());
@@ -664,11 +650,8 @@ void conv2d_backward_weight_impl(float* dweight, float* dbias, const float* dout
 
 namespace gpu {
 
-void set_conv_impl(ConvImpl impl) { conv_impl_state().store(int(impl)); }
-ConvImpl conv_impl() { return ConvImpl(conv_impl_state().load()); }
-
 void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
-                    cudaStream_t stream, bool fuse_relu) {
+                    ConvImpl impl, cudaStream_t stream, bool fuse_relu) {
   // out (N, K, OH, OW) = conv, or relu(conv) when fuse_relu; inp (N, C, H, W); weight (K, C, kh, kw);
   // bias (K) or null
   NvtxRange range(fuse_relu ? "conv2d_forward+relu" : "conv2d_forward");
@@ -676,13 +659,13 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
   if (s.N == 0) return;
   BARECNN_ASSERT(out != nullptr && inp != nullptr && weight != nullptr, "conv2d_forward: null pointer for ", s.str());
   if (fuse_relu) {
-    conv2d_forward_impl<true>(out, inp, weight, bias, s, stream);
+    conv2d_forward_impl<true>(out, inp, weight, bias, s, impl, stream);
   } else {
-    conv2d_forward_impl<false>(out, inp, weight, bias, s, stream);
+    conv2d_forward_impl<false>(out, inp, weight, bias, s, impl, stream);
   }
 }
 
-void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
+void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s, ConvImpl impl,
                            cudaStream_t stream, const float* relu_out) {
   // dinp (N, C, H, W), overwritten; dout (N, K, OH, OW); weight (K, C, kh, kw);
   // relu_out (N, K, OH, OW) or null: the fused forward's output, whose ReLU dout passes back through
@@ -691,22 +674,22 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
   if (dinp == nullptr || s.N == 0) return;  // null gradient: not needed (e.g. the first layer)
   BARECNN_ASSERT(dout != nullptr && weight != nullptr, "conv2d_backward_input: null pointer for ", s.str());
   if (relu_out) {
-    conv2d_backward_input_impl<true>(dinp, dout, relu_out, weight, s, stream);
+    conv2d_backward_input_impl<true>(dinp, dout, relu_out, weight, s, impl, stream);
   } else {
-    conv2d_backward_input_impl<false>(dinp, dout, nullptr, weight, s, stream);
+    conv2d_backward_input_impl<false>(dinp, dout, nullptr, weight, s, impl, stream);
   }
 }
 
 size_t conv2d_backward_weight_workspace(const Conv2dShape& s) {
   check_conv2d_shape(s, "conv2d_backward_weight_workspace");
-  // The fast kernel's size whatever the current ConvImpl (and with or without the fused ReLU), so
-  // a buffer sized once stays valid.
+  // The fast kernel's size whatever the ConvImpl (and with or without the fused ReLU), so a buffer
+  // sized once stays valid.
   if (!wgrad_fast_ok(s)) return 0;
   return size_t(wgrad_chunks(s)) * size_t(s.weight_numel() + s.K);
 }
 
 void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
-                            float* workspace, cudaStream_t stream, const float* relu_out) {
+                            float* workspace, ConvImpl impl, cudaStream_t stream, const float* relu_out) {
   // dweight (K, C, kh, kw), overwritten; dbias (K) or null; dout (N, K, OH, OW); inp (N, C, H, W);
   // relu_out (N, K, OH, OW) or null: the fused forward's output, whose ReLU dout passes back through
   NvtxRange range(relu_out ? "conv2d_backward_weight+relu" : "conv2d_backward_weight");
@@ -714,9 +697,9 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
   BARECNN_ASSERT(dweight != nullptr, "conv2d_backward_weight: dweight is null for ", s.str());
   BARECNN_ASSERT(s.N == 0 || (dout != nullptr && inp != nullptr), "conv2d_backward_weight: null pointer for ", s.str());
   if (relu_out) {
-    conv2d_backward_weight_impl<true>(dweight, dbias, dout, relu_out, inp, s, workspace, stream);
+    conv2d_backward_weight_impl<true>(dweight, dbias, dout, relu_out, inp, s, workspace, impl, stream);
   } else {
-    conv2d_backward_weight_impl<false>(dweight, dbias, dout, nullptr, inp, s, workspace, stream);
+    conv2d_backward_weight_impl<false>(dweight, dbias, dout, nullptr, inp, s, workspace, impl, stream);
   }
 }
 

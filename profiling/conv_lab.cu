@@ -588,15 +588,15 @@ void cudnn_run(cudnnHandle_t h, Problem& P, Op op, const Choice& c, DeviceBuffer
   }
 }
 
-// One run of the op by barecnn (the ConvImpl set by the caller).
-void barecnn_run(Problem& P, Op op, cudaStream_t stream) {
+// One run of the op by barecnn, with the kernels of `impl`.
+void barecnn_run(Problem& P, Op op, gpu::ConvImpl impl, cudaStream_t stream) {
   if (op == Op::Forward)
-    gpu::conv2d_forward(P.y.data(), P.x.data(), P.w.data(), P.bias ? P.b.data() : nullptr, P.s, stream);
+    gpu::conv2d_forward(P.y.data(), P.x.data(), P.w.data(), P.bias ? P.b.data() : nullptr, P.s, impl, stream);
   else if (op == Op::BwdInput)
-    gpu::conv2d_backward_input(P.dx.data(), P.dy.data(), P.w.data(), P.s, stream);
+    gpu::conv2d_backward_input(P.dx.data(), P.dy.data(), P.w.data(), P.s, impl, stream);
   else
     gpu::conv2d_backward_weight(P.dw.data(), P.bias ? P.db.data() : nullptr, P.dy.data(), P.x.data(), P.s,
-                                P.wgrad_workspace.data(), stream);
+                                P.wgrad_workspace.data(), impl, stream);
 }
 
 // Fills the op's outputs with NaN (all bits set), so a run that leaves an entry unwritten shows
@@ -767,14 +767,12 @@ std::vector<Row> run_problem(cudnnHandle_t h, cudaStream_t stream, const ConvLay
       }
     }
     g_context = fmt(where, ", barecnn");
-    gpu::set_conv_impl(gpu::ConvImpl::Simple);
     poison_outputs(P, op, stream);
-    r.simple = time_calls(stream, o, [&] { barecnn_run(P, op, stream); });
+    r.simple = time_calls(stream, o, [&] { barecnn_run(P, op, gpu::ConvImpl::Simple, stream); });
     Result simple = read_outputs(P, op, stream);
     r.diff_simple = max_rel_diff(simple, results[0]);
-    gpu::set_conv_impl(gpu::ConvImpl::Fast);
     poison_outputs(P, op, stream);
-    r.fast = time_calls(stream, o, [&] { barecnn_run(P, op, stream); });
+    r.fast = time_calls(stream, o, [&] { barecnn_run(P, op, gpu::ConvImpl::Fast, stream); });
     Result fast = read_outputs(P, op, stream);
     r.diff_fast = max_rel_diff(fast, results[0]);
     r.diff_tf32 = max_rel_diff(fast, results[1]);

@@ -81,15 +81,15 @@ else
   row "smoke (2 small kernels)" "ok"
 fi
 
-step "GPU tests (10 executables in parallel, 150 s cap each)"
+step "GPU tests (11 executables in parallel, 150 s cap each)"
 declare -A TPIDS
-for t in test_gpu_conv test_gpu_pool $GPU_OPS test_gpu_train test_step test_bench; do
+for t in test_gpu_conv test_gpu_pool $GPU_OPS test_gpu_train test_step test_bench test_device_buffer; do
   filter='*'
-  [ "$t" = test_bench ] || [ "$t" = test_step ] && filter='*Gpu*'
+  [ "$t" = test_bench ] || [ "$t" = test_step ] || [ "$t" = test_device_buffer ] && filter='*Gpu*'
   timeout "$(cap 150)" "${RT[@]}" "$B/$t" --gtest_brief=1 --gtest_filter="$filter" > "$W/$t.log" 2>&1 &
   TPIDS[$t]=$!
 done
-for t in test_gpu_conv test_gpu_pool $GPU_OPS test_gpu_train test_step test_bench; do
+for t in test_gpu_conv test_gpu_pool $GPU_OPS test_gpu_train test_step test_bench test_device_buffer; do
   wait "${TPIDS[$t]}"
   gtest_row "$t" $?
 done

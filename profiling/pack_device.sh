@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=(barecnn test_gpu_conv test_gpu_pool test_gpu_activation test_gpu_dense test_gpu_loss test_gpu_optim
-         test_gpu_data test_gpu_train test_step test_bench)
+         test_gpu_data test_gpu_train test_step test_bench test_device_buffer)
 cmake --preset device >/dev/null
 help=$(cmake --build --preset device --target help)  # (not piped into grep -q: no SIGPIPE under pipefail)
 [[ "$help" == *$'\n'barecnn_conv_lab:* ]] && targets+=(barecnn_conv_lab)

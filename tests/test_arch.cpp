@@ -173,3 +173,18 @@ TEST(Arch, NearestSuggestsOnlyPlausibleNames) {
   EXPECT_EQ(nearest("--epoch", {"--epochs", "--batch"}), "--epochs");
   EXPECT_EQ(nearest("zzzzzzzz", {"relu", "conv"}), "");
 }
+
+TEST(Arch, ResolveGivesEveryLayerItsShapesWithoutANet) {
+  const std::vector<ArchLayer> a = resolve_arch("conv(4,3x5,stride=2,pad=1) l2pool(2x3,stride=1) dense(3)", {2, 9, 12});
+  ASSERT_EQ(a.size(), 4u);  // a flatten is inserted before the dense layer
+  // (9 - 3 + 2) / 2 + 1 = 5, (12 - 5 + 2) / 2 + 1 = 5; then 5 - 2 + 1 = 4, 5 - 3 + 1 = 3.
+  EXPECT_EQ(a[0].in, (Dims{2, 9, 12}));
+  EXPECT_EQ(a[0].out, (Dims{4, 5, 5}));
+  EXPECT_EQ(a[1].out, (Dims{4, 4, 3}));
+  EXPECT_EQ(a[2].desc.kind, LayerKind::Flatten);
+  EXPECT_EQ(a[2].out, (Dims{48}));
+  EXPECT_EQ(a[3].in, (Dims{48}));
+  EXPECT_EQ(a[3].out, (Dims{3}));
+  EXPECT_EQ(arch_spec(a), "conv(4,3x5,stride=2,pad=1) l2pool(2x3,stride=1) flatten dense(3)");
+  EXPECT_EQ(arch_spec(a), Net(arch_spec(a), {2, 9, 12}).spec());
+}

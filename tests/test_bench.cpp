@@ -1,19 +1,16 @@
-// `barecnn bench` and what it stands on: the device-memory bookkeeping (on made-up pointers, so it
-// runs without a GPU), the fewest-bytes model of each kind of layer on hand-computed cases, the
-// JSON that `bench --json` writes, and on a GPU the exact byte counts of real buffers and the
-// plausibility of the measured peaks.
+// `barecnn bench` and what it stands on: the cost (FLOPs and fewest bytes) of each kind of layer on
+// hand-computed cases, the JSON that `bench --json` writes, and on a GPU the plausibility of the
+// measured peaks. (The device-memory bookkeeping it reports is tested in test_device_buffer.cpp.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <nlohmann/json.hpp>
-#include <thread>
 #include <vector>
 
-#include "barecnn/device_buffer.h"
 #include "barecnn/fileutil.h"
+#include "barecnn/layer.h"
+#include "barecnn/net.h"
 #include "barecnn/peak.h"
-#include "barecnn/tensor.h"
 #include "test_gpu.h"
 #include "test_util.h"
 
@@ -22,134 +19,97 @@ using nlohmann::json;
 
 namespace {
 
-// A made-up device address; the counter only uses it as a key.
-const void* fake_ptr(uintptr_t v) { return reinterpret_cast<const void*>(v); }
-
 using Result = test::CommandResult;
 // The barecnn executable of this build with `args`.
 Result run(const std::string& args) { return test::run_command(std::string(BARECNN_EXE) + " " + args); }
 
 }  // namespace
 
-// ---- the device-memory bookkeeping --------------------------------------------------------------
-
-TEST(DeviceMemoryCounter, TracksCurrentAndHighWaterMark) {
-  DeviceMemoryCounter c;
-  EXPECT_EQ(c.stats().current, 0u);
-  EXPECT_EQ(c.stats().peak, 0u);
-  c.on_alloc(fake_ptr(0x1000), 100);
-  c.on_alloc(fake_ptr(0x2000), 50);
-  EXPECT_EQ(c.stats().current, 150u);
-  EXPECT_EQ(c.stats().peak, 150u);
-  c.on_free(fake_ptr(0x1000));  // the size comes from the books, not from the caller
-  EXPECT_EQ(c.stats().current, 50u);
-  EXPECT_EQ(c.stats().peak, 150u);
-  c.on_alloc(fake_ptr(0x3000), 70);  // 120 < 150: the mark stays
-  EXPECT_EQ(c.stats().current, 120u);
-  EXPECT_EQ(c.stats().peak, 150u);
-  c.reset_peak();  // a new mark at what is held now
-  EXPECT_EQ(c.stats().peak, 120u);
-  c.on_alloc(fake_ptr(0x1000), 9);  // an address may come back after its free
-  EXPECT_EQ(c.stats().current, 129u);
-  EXPECT_EQ(c.stats().peak, 129u);
-  c.on_free(fake_ptr(0x2000));
-  c.on_free(fake_ptr(0x3000));
-  c.on_free(fake_ptr(0x1000));
-  EXPECT_EQ(c.stats().current, 0u);
-  EXPECT_EQ(c.stats().peak, 129u);
-}
-
-TEST(DeviceMemoryCounter, UnknownNullAndDoubleFreesChangeNothing) {
-  DeviceMemoryCounter c;
-  c.on_alloc(fake_ptr(0x40), 64);
-  c.on_free(nullptr);
-  c.on_free(fake_ptr(0x80));
-  EXPECT_EQ(c.stats().current, 64u);
-  c.on_free(fake_ptr(0x40));
-  c.on_free(fake_ptr(0x40));  // must not go below zero (size_t would wrap)
-  EXPECT_EQ(c.stats().current, 0u);
-  EXPECT_EQ(c.stats().peak, 64u);
-}
-
-TEST(DeviceMemoryCounter, SameAddressTwiceWithoutFreeKeepsTheBooksRight) {
-  DeviceMemoryCounter c;
-  c.on_alloc(fake_ptr(0x10), 30);
-  c.on_alloc(fake_ptr(0x10), 20);  // cannot happen with a working cudaMalloc; counted once
-  EXPECT_EQ(c.stats().current, 20u);
-  EXPECT_EQ(c.stats().peak, 30u);
-  c.on_free(fake_ptr(0x10));
-  EXPECT_EQ(c.stats().current, 0u);
-}
-
-TEST(DeviceMemoryCounter, ThreadsAllocatingAtOnceLoseNoBytes) {
-  DeviceMemoryCounter c;
-  const int threads = 8, per_thread = 2000;
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([&c, t] {
-      for (int i = 0; i < per_thread; ++i) {
-        const void* p = fake_ptr(uintptr_t(t + 1) << 32 | uintptr_t(i + 1));
-        c.on_alloc(p, size_t(i % 7 + 1));
-        if (i % 2) c.on_free(p);  // every odd one is freed again
-      }
-    });
-  for (auto& th : pool) th.join();
-  // Still held: the even i, sizes (i % 7 + 1).
-  size_t held = 0;
-  for (int i = 0; i < per_thread; i += 2) held += size_t(i % 7 + 1);
-  EXPECT_EQ(c.stats().current, held * threads);
-  EXPECT_GE(c.stats().peak, held * threads);
-}
-
-// ---- the fewest bytes of each kind of layer (hand-computed; 4 bytes per float) -------------------
+// ---- the cost of each kind of layer (Layer::cost), hand-computed; 4 bytes per float -----------
 
 // conv(3,3,stride=2,pad=1) on N=3 inputs of 2x5x7: output 3 x 3x4 (eq. 2.1: (5-3+2)/2+1 = 3,
-// (7-3+2)/2+1 = 4). in = 3*2*5*7 = 210, out = 3*3*3*4 = 108, weight 3*2*3*3 = 54, bias 3.
-TEST(LayerBytes, Conv) {
-  LayerBytes b = weighted_layer_min_bytes(210, 108, 54, 3, true);
-  EXPECT_EQ(b.forward, 4.0 * (210 + 54 + 3 + 108));  // 1500: read x, W, b; write y
-  // read dy 108, x 210, W 54; write dW 54, db 3, dx 210
-  EXPECT_EQ(b.backward, 2556.0);
-  LayerBytes first = weighted_layer_min_bytes(210, 108, 54, 3, false);
-  EXPECT_EQ(first.forward, 1500.0);
-  EXPECT_EQ(first.backward, 4.0 * (108 + 210 + 54 + 3));  // no W read, no dx written
+// (7-3+2)/2+1 = 4). x = 3*2*5*7 = 210, y = 3*3*3*4 = 108, W = 3*2*3*3 = 54, b = 3.
+TEST(LayerCost, Conv) {
+  Net net("conv(3,3,stride=2,pad=1)", {2, 5, 7});
+  ASSERT_EQ(net.layer(0).out_dims(), (Dims{3, 3, 4}));
+  LayerCost c = net.layer(0).cost(3, true);
+  EXPECT_EQ(c.forward.bytes, 1500.0);   // read x 210, W 54, b 3; write y 108: 4 * 375
+  EXPECT_EQ(c.backward.bytes, 2556.0);  // read dy 108, x 210, W 54; write dW 54, db 3, dx 210: 4 * 639
+  // 108 outputs, each a sum over C*kh*kw = 18 taps: 1944 multiply-adds.
+  EXPECT_EQ(c.forward.flops, 3888.0);
+  EXPECT_EQ(c.backward.flops, 7776.0);  // dW and dx, as many each as the forward
+  LayerCost first = net.layer(0).cost(3, false);
+  EXPECT_EQ(first.forward.bytes, 1500.0);
+  EXPECT_EQ(first.backward.bytes, 1500.0);  // read dy, x; write dW, db: no W read, no dx written
+  EXPECT_EQ(first.backward.flops, 3888.0);  // dW only
 }
 
 // maxpool(2) on N=3 x 2x5x7: output 2x3 per plane (the last row and column are left out), so
-// in = 210, out = 3*2*2*3 = 36, and the int32 mask has 36 entries.
-TEST(LayerBytes, MaxPool) {
-  LayerBytes b = maxpool_min_bytes(210, 36, true);
-  EXPECT_EQ(b.forward, 4.0 * (210 + 36 + 36));   // 1128: read x; write y and the mask
-  EXPECT_EQ(b.backward, 4.0 * (36 + 36 + 210));  // read dy and the mask; write dx
-  EXPECT_EQ(maxpool_min_bytes(210, 36, false).backward, 0.0);
+// x = 210, y = 3*2*2*3 = 36, and the int32 mask has 36 entries.
+TEST(LayerCost, MaxPool) {
+  Net net("maxpool(2)", {2, 5, 7});
+  ASSERT_EQ(net.layer(0).out_dims(), (Dims{2, 2, 3}));
+  LayerCost c = net.layer(0).cost(3, true);
+  EXPECT_EQ(c.forward.bytes, 1128.0);   // read x 210; write y 36 and the mask 36
+  EXPECT_EQ(c.backward.bytes, 1128.0);  // read dy 36 and the mask 36; write dx 210
+  EXPECT_EQ(c.forward.flops, 36.0);     // one op per output
+  EXPECT_EQ(c.backward.flops, 210.0);   // one per input gradient
+  LayerCost first = net.layer(0).cost(3, false);
+  EXPECT_EQ(first.backward.bytes, 0.0);  // no parameters, no dx: nothing to do
+  EXPECT_EQ(first.backward.flops, 0.0);
 }
 
-TEST(LayerBytes, AvgAndL2Pool) {
-  EXPECT_EQ(avgpool_min_bytes(210, 36, true).forward, 984.0);   // 4 * (210 + 36)
-  EXPECT_EQ(avgpool_min_bytes(210, 36, true).backward, 984.0);  // read dy, write dx
-  EXPECT_EQ(l2pool_min_bytes(210, 36, true).forward, 984.0);
-  EXPECT_EQ(l2pool_min_bytes(210, 36, true).backward, 1968.0);  // also reads x and y
-  EXPECT_EQ(l2pool_min_bytes(210, 36, false).backward, 0.0);
+TEST(LayerCost, AvgAndL2Pool) {
+  Net avg("avgpool(2)", {2, 5, 7}), l2("l2pool(2)", {2, 5, 7});
+  EXPECT_EQ(avg.layer(0).cost(3, true).forward.bytes, 984.0);   // read x 210, write y 36
+  EXPECT_EQ(avg.layer(0).cost(3, true).backward.bytes, 984.0);  // read dy 36, write dx 210
+  EXPECT_EQ(l2.layer(0).cost(3, true).forward.bytes, 984.0);
+  EXPECT_EQ(l2.layer(0).cost(3, true).backward.bytes, 1968.0);  // also reads x 210 and y 36
+  EXPECT_EQ(l2.layer(0).cost(3, false).backward.bytes, 0.0);
+  EXPECT_EQ(avg.layer(0).cost(3, false).backward.bytes, 0.0);
 }
 
-// relu on 210 elements: read x, write y; backward read dy and x, write dx.
-TEST(LayerBytes, Relu) {
-  LayerBytes b = elementwise_min_bytes(210, true);
-  EXPECT_EQ(b.forward, 1680.0);
-  EXPECT_EQ(b.backward, 2520.0);
-  EXPECT_EQ(elementwise_min_bytes(210, false).backward, 0.0);
+// relu on 3 x 2x5x7 = 210 elements: read x, write y; backward read dy and x, write dx.
+TEST(LayerCost, Relu) {
+  Net net("relu", {2, 5, 7});
+  LayerCost c = net.layer(0).cost(3, true);
+  EXPECT_EQ(c.forward.bytes, 1680.0);
+  EXPECT_EQ(c.backward.bytes, 2520.0);
+  EXPECT_EQ(c.forward.flops, 210.0);
+  EXPECT_EQ(c.backward.flops, 210.0);
+  EXPECT_EQ(net.layer(0).cost(3, false).backward.bytes, 0.0);
 }
 
-// dense(5) on N=3 inputs of 7: in 21, out 15, weight 35, bias 5.
-TEST(LayerBytes, Dense) {
-  LayerBytes b = weighted_layer_min_bytes(21, 15, 35, 5, true);
-  EXPECT_EQ(b.forward, 304.0);   // 4 * (21 + 35 + 5 + 15)
-  EXPECT_EQ(b.backward, 528.0);  // 4 * (15 + 21 + 35 + 5 + 35 + 21)
+// softmax over 4 features of N=3 samples, 12 elements: read x, write y; backward read dy and y,
+// write dx.
+TEST(LayerCost, Softmax) {
+  Net net("dense(4) softmax", {1, 1, 6});  // flatten, dense(4), softmax
+  ASSERT_EQ(net.layer(2).spec(), "softmax");
+  LayerCost c = net.layer(2).cost(3, true);
+  EXPECT_EQ(c.forward.bytes, 96.0);
+  EXPECT_EQ(c.backward.bytes, 144.0);
 }
 
-TEST(LayerBytes, FlattenCopy) {
-  EXPECT_EQ(copy_min_bytes(210, true).forward, 1680.0);
-  EXPECT_EQ(copy_min_bytes(210, true).backward, 1680.0);
+// dense(5) on N=3 inputs of 7 (a 7x1x1 image, flattened first): x 21, y 15, W 35, b 5.
+TEST(LayerCost, Dense) {
+  Net net("dense(5)", {7, 1, 1});
+  ASSERT_EQ(net.layer(1).spec(), "dense(5)");
+  LayerCost c = net.layer(1).cost(3, true);
+  EXPECT_EQ(c.forward.bytes, 304.0);   // read x 21, W 35, b 5; write y 15: 4 * 76
+  EXPECT_EQ(c.backward.bytes, 528.0);  // read dy 15, x 21, W 35; write dW 35, db 5, dx 21: 4 * 132
+  EXPECT_EQ(c.forward.flops, 210.0);   // 3 samples x 35 weights, 2 FLOPs each
+  EXPECT_EQ(c.backward.flops, 420.0);  // dW and dx
+  EXPECT_EQ(net.layer(1).cost(3, false).backward.bytes, 304.0);  // read dy, x; write dW, db
+}
+
+// flatten (when it runs, as the last layer: a copy) of 3 x 2x5x7: reads and writes 210 each way.
+TEST(LayerCost, FlattenCopy) {
+  Net net("flatten", {2, 5, 7});
+  LayerCost c = net.layer(0).cost(3, true);
+  EXPECT_EQ(c.forward.bytes, 1680.0);
+  EXPECT_EQ(c.backward.bytes, 1680.0);
+  EXPECT_EQ(c.forward.flops + c.backward.flops, 0.0);
+  EXPECT_EQ(net.layer(0).cost(3, false).backward.bytes, 0.0);
 }
 
 // ---- barecnn bench --json ------------------------------------------------------------------------
@@ -254,31 +214,6 @@ TEST(BenchCli, BadJsonPathFailsBeforeBenchmarking) {
 }
 
 // ---- on a GPU ----------------------------------------------------------------------------------
-
-TEST(DeviceMemoryGpu, CountsEveryBufferExactly) {
-  BARECNN_REQUIRE_GPU();
-  const size_t base = device_memory_stats().current;
-  reset_device_memory_peak();
-  EXPECT_EQ(device_memory_stats().peak, base);
-  {
-    DeviceBuffer<float> a(1000);  // 4000 bytes
-    DeviceBuffer<double> b(301);  // 2408 bytes
-    EXPECT_EQ(device_memory_stats().current, base + 6408);
-    EXPECT_EQ(device_memory_stats().peak, base + 6408);
-    a.resize(10);  // frees 4000, takes 40
-    EXPECT_EQ(device_memory_stats().current, base + 2448);
-    EXPECT_EQ(device_memory_stats().peak, base + 6408);
-    a.resize(10);                              // same size: no new allocation
-    DeviceBuffer<double> moved(std::move(b));  // ownership moves, bytes do not
-    EXPECT_EQ(device_memory_stats().current, base + 2448);
-    Tensor t({3, 5, 7}, Device::CUDA);  // 420 bytes through the same path
-    EXPECT_EQ(device_memory_stats().current, base + 2868);
-    reset_device_memory_peak();
-    EXPECT_EQ(device_memory_stats().peak, base + 2868);
-  }
-  EXPECT_EQ(device_memory_stats().current, base);
-  EXPECT_EQ(device_memory_stats().peak, base + 2868);
-}
 
 // Positive, and below what the chip could do at its top clock: SMs x 128 FP32 lanes x 2 FLOPs x
 // clock (no NVIDIA SM has more than 128 FP32 lanes), and 2 transfers per memory clock x bus width.

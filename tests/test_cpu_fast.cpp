@@ -30,29 +30,12 @@
 using namespace barecnn;
 using barecnn::test::all_close;
 using barecnn::test::cast_vec;
+using barecnn::test::conv_shape;
 using barecnn::test::random_vec;
 
 namespace {
 
 constexpr double kAtol = 1e-4, kRtol = 1e-4;
-
-Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw) {
-  Conv2dShape s;
-  s.N = N;
-  s.C = C;
-  s.H = H;
-  s.W = W;
-  s.K = K;
-  s.kh = kh;
-  s.kw = kw;
-  s.sh = sh;
-  s.sw = sw;
-  s.ph = ph;
-  s.pw = pw;
-  s.OH = window_out_size(H, kh, sh, ph);
-  s.OW = window_out_size(W, kw, sw, pw);
-  return s;
-}
 
 std::vector<Conv2dShape> odd_conv_shapes() {
   return {

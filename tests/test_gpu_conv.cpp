@@ -37,40 +37,12 @@ namespace barecnn {
 namespace {
 
 using test::all_close;
+using test::conv_shape;
 
 constexpr double kRtol = 1e-5;
 double sum_atol(long long terms) { return 5e-7 * double(terms); }
 
-Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int stride, int pad) {
-  return make_conv2d_shape(N, C, H, W, K, kh, kw, stride, pad, "test conv");
-}
-
-// Different stride and padding along h and w (make_conv2d_shape takes one of each).
-Conv2dShape conv_shape_hw(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw) {
-  Conv2dShape s;
-  s.N = N;
-  s.C = C;
-  s.H = H;
-  s.W = W;
-  s.K = K;
-  s.kh = kh;
-  s.kw = kw;
-  s.sh = sh;
-  s.sw = sw;
-  s.ph = ph;
-  s.pw = pw;
-  s.OH = window_out_size(H, kh, sh, ph);
-  s.OW = window_out_size(W, kw, sw, pw);
-  return s;
-}
-
 const char* impl_name(gpu::ConvImpl impl) { return impl == gpu::ConvImpl::Simple ? "simple" : "fast"; }
-
-// Restores the process-wide implementation choice when a test ends.
-struct ImplGuard {
-  gpu::ConvImpl saved = gpu::conv_impl();
-  ~ImplGuard() { gpu::set_conv_impl(saved); }
-};
 
 // Random values in [-1, 1) as float, and the same values in double for the reference.
 struct Values {
@@ -107,7 +79,6 @@ struct ConvOutputs {
 
 // All three ops on the GPU with the given implementation, on a stream of their own.
 ConvOutputs run_gpu(const Conv2dShape& s, const ConvInputs& x, gpu::ConvImpl impl, bool with_bias) {
-  gpu::set_conv_impl(impl);
   GpuContext ctx;
   DeviceBuffer<float> inp = to_device(x.inp.f), weight = to_device(x.weight.f), bias = to_device(x.bias.f),
                       dout = to_device(x.dout.f);
@@ -117,10 +88,10 @@ ConvOutputs run_gpu(const Conv2dShape& s, const ConvInputs& x, gpu::ConvImpl imp
   // ctx's stream is blocking (ordered after the legacy default stream the uploads use); the
   // synchronize makes a failed upload show up here rather than in a kernel.
   CUDA_CHECK(cudaDeviceSynchronize());
-  gpu::conv2d_forward(out.data(), inp.data(), weight.data(), with_bias ? bias.data() : nullptr, s, ctx.stream());
-  gpu::conv2d_backward_input(dinp.data(), dout.data(), weight.data(), s, ctx.stream());
+  gpu::conv2d_forward(out.data(), inp.data(), weight.data(), with_bias ? bias.data() : nullptr, s, impl, ctx.stream());
+  gpu::conv2d_backward_input(dinp.data(), dout.data(), weight.data(), s, impl, ctx.stream());
   gpu::conv2d_backward_weight(dweight.data(), with_bias ? dbias.data() : nullptr, dout.data(), inp.data(), s,
-                              workspace.data(), ctx.stream());
+                              workspace.data(), impl, ctx.stream());
   ctx.sync();
   return {out.to_host(), dinp.to_host(), dweight.to_host(), with_bias ? dbias.to_host() : std::vector<float>()};
 }
@@ -128,7 +99,6 @@ ConvOutputs run_gpu(const Conv2dShape& s, const ConvInputs& x, gpu::ConvImpl imp
 // Both implementations against the reference, for one shape.
 void check_conv(const Conv2dShape& s, uint64_t seed, bool with_bias = true) {
   SCOPED_TRACE(s.str());
-  ImplGuard guard;
   const ConvInputs x = make_inputs(s, seed);
   std::vector<double> out(s.out_numel()), dinp(s.in_numel()), dweight(s.weight_numel()), dbias(s.K);
   ref::conv2d_forward<double>(out.data(), x.inp.d.data(), x.weight.d.data(), with_bias ? x.bias.d.data() : nullptr, s);
@@ -207,7 +177,7 @@ TEST(Conv2dGpu, RectangularKernel3x5) {
 
 TEST(Conv2dGpu, DifferentStrideAndPaddingPerAxis) {
   BARECNN_REQUIRE_GPU();
-  check_conv(conv_shape_hw(3, 2, 11, 14, 3, 3, 4, 2, 3, 1, 2), 208);
+  check_conv(conv_shape(3, 2, 11, 14, 3, 3, 4, 2, 3, 1, 2), 208);
 }
 
 TEST(Conv2dGpu, LargeMapSeveralChannelGroups) {
@@ -296,7 +266,6 @@ struct ReluChains {
 
 // Both chains on the GPU with the given implementation, on one stream.
 ReluChains run_relu_chains(const Conv2dShape& s, const ConvInputs& x, gpu::ConvImpl impl, bool with_bias) {
-  gpu::set_conv_impl(impl);
   GpuContext ctx;
   cudaStream_t st = ctx.stream();
   const Activation relu{Act::Relu, 0.f};
@@ -313,17 +282,17 @@ ReluChains run_relu_chains(const Conv2dShape& s, const ConvInputs& x, gpu::ConvI
                       u_dbias = nan_buffer(s.K);
   CUDA_CHECK(cudaDeviceSynchronize());  // the pageable uploads land before the stream starts
 
-  gpu::conv2d_forward(out.data(), inp.data(), weight.data(), b, s, st, /*fuse_relu=*/true);
-  gpu::conv2d_backward_input(dinp.data(), dout.data(), weight.data(), s, st, /*relu_out=*/out.data());
+  gpu::conv2d_forward(out.data(), inp.data(), weight.data(), b, s, impl, st, /*fuse_relu=*/true);
+  gpu::conv2d_backward_input(dinp.data(), dout.data(), weight.data(), s, impl, st, /*relu_out=*/out.data());
   gpu::conv2d_backward_weight(dweight.data(), with_bias ? dbias.data() : nullptr, dout.data(), inp.data(), s,
-                              workspace.data(), st, /*relu_out=*/out.data());
+                              workspace.data(), impl, st, /*relu_out=*/out.data());
 
-  gpu::conv2d_forward(pre.data(), inp.data(), weight.data(), b, s, st);
+  gpu::conv2d_forward(pre.data(), inp.data(), weight.data(), b, s, impl, st);
   gpu::activation_forward(u_out.data(), pre.data(), s.out_numel(), relu, st);
   gpu::activation_backward(g.data(), dout.data(), pre.data(), u_out.data(), s.out_numel(), relu, st);
-  gpu::conv2d_backward_input(u_dinp.data(), g.data(), weight.data(), s, st);
+  gpu::conv2d_backward_input(u_dinp.data(), g.data(), weight.data(), s, impl, st);
   gpu::conv2d_backward_weight(u_dweight.data(), with_bias ? u_dbias.data() : nullptr, g.data(), inp.data(), s,
-                              workspace.data(), st);
+                              workspace.data(), impl, st);
   ctx.sync();
 
   ReluChains r;
@@ -345,7 +314,6 @@ ReluChains run_relu_chains(const Conv2dShape& s, const ConvInputs& x, gpu::ConvI
 // tolerance of the double reference.
 void check_conv_relu(const Conv2dShape& s, uint64_t seed, bool with_bias = true) {
   SCOPED_TRACE(s.str());
-  ImplGuard guard;
   const ConvInputs x = make_inputs(s, seed);
   const long long fwd_terms = 1LL * s.C * s.kh * s.kw + 1;
   const long long dinp_terms = 1LL * s.K * s.kh * s.kw;
@@ -440,7 +408,6 @@ TEST(Conv2dReluGpu, FastPathFallsBack) {
 
 TEST(Conv2dGpu, WeightGradientIsBitwiseDeterministic) {
   BARECNN_REQUIRE_GPU();
-  ImplGuard guard;
   // Batch 257: the fast path cuts the (n, oh, ow) sum into many chunks.
   const Conv2dShape s = conv_shape(257, 3, 13, 11, 16, 3, 3, 1, 1);
   const ConvInputs x = make_inputs(s, 401);
@@ -458,12 +425,12 @@ TEST(Conv2dGpu, WeightGradientIsBitwiseDeterministic) {
 
 TEST(Conv2dGpu, FastWeightGradientNeedsItsWorkspace) {
   BARECNN_REQUIRE_GPU();
-  ImplGuard guard;
-  gpu::set_conv_impl(gpu::ConvImpl::Fast);
   const Conv2dShape s = conv_shape(2, 3, 9, 9, 4, 3, 3, 1, 1);
   ASSERT_GT(gpu::conv2d_backward_weight_workspace(s), 0u);
   DeviceBuffer<float> inp(s.in_numel()), dout(s.out_numel()), dweight(s.weight_numel());
-  EXPECT_THROW(gpu::conv2d_backward_weight(dweight.data(), nullptr, dout.data(), inp.data(), s, nullptr, 0), Error);
+  EXPECT_THROW(
+      gpu::conv2d_backward_weight(dweight.data(), nullptr, dout.data(), inp.data(), s, nullptr, gpu::ConvImpl::Fast, 0),
+      Error);
 }
 
 TEST(Conv2dGpu, RejectsAnOutputSizeThatDoesNotFollowTheGeometry) {
@@ -471,7 +438,9 @@ TEST(Conv2dGpu, RejectsAnOutputSizeThatDoesNotFollowTheGeometry) {
   Conv2dShape s = conv_shape(1, 1, 8, 8, 1, 3, 3, 1, 0);
   s.OW += 1;
   DeviceBuffer<float> inp(s.in_numel()), weight(s.weight_numel()), out(64);
-  EXPECT_THROW(gpu::conv2d_forward(out.data(), inp.data(), weight.data(), nullptr, s, 0), Error);
+  for (gpu::ConvImpl impl : {gpu::ConvImpl::Simple, gpu::ConvImpl::Fast})
+    EXPECT_THROW(gpu::conv2d_forward(out.data(), inp.data(), weight.data(), nullptr, s, impl, 0), Error)
+        << impl_name(impl);
 }
 
 }  // namespace

@@ -35,29 +35,10 @@ namespace barecnn {
 namespace {
 
 using test::all_close;
+using test::pool_shape;
 
 constexpr double kRtol = 1e-5;
 double sum_atol(long long terms) { return 5e-7 * double(terms); }
-
-Pool2dShape pool_shape(int N, int C, int H, int W, int kh, int kw, int stride) {
-  return make_pool2d_shape(N, C, H, W, kh, kw, stride, "test pool");
-}
-
-// Different strides along h and w (make_pool2d_shape takes one).
-Pool2dShape pool_shape_hw(int N, int C, int H, int W, int kh, int kw, int sh, int sw) {
-  Pool2dShape s;
-  s.N = N;
-  s.C = C;
-  s.H = H;
-  s.W = W;
-  s.kh = kh;
-  s.kw = kw;
-  s.sh = sh;
-  s.sw = sw;
-  s.OH = window_out_size(H, kh, sh, 0);
-  s.OW = window_out_size(W, kw, sw, 0);
-  return s;
-}
 
 template <typename T>
 DeviceBuffer<T> to_device(const std::vector<T>& host) {
@@ -159,8 +140,8 @@ TEST(Pool2dGpu, WindowEqualsInput) {
 
 TEST(Pool2dGpu, DifferentStridePerAxis) {
   BARECNN_REQUIRE_GPU();
-  check_pool(pool_shape_hw(3, 16, 9, 11, 2, 3, 1, 2), 18);
-  check_pool(pool_shape_hw(3, 3, 14, 10, 5, 1, 3, 1), 19);
+  check_pool(pool_shape(3, 16, 9, 11, 2, 3, 1, 2), 18);
+  check_pool(pool_shape(3, 3, 14, 10, 5, 1, 3, 1), 19);
 }
 
 TEST(Pool2dGpu, MaxPoolTiesPickTheFirstIndex) {

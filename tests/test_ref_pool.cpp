@@ -17,26 +17,11 @@ using namespace barecnn;
 using barecnn::test::all_close;
 using barecnn::test::cast_vec;
 using barecnn::test::gradcheck;
+using barecnn::test::pool_shape;
 using barecnn::test::random_vec;
 using barecnn::test::tie_free_vec;
 
 namespace {
-
-// A shape with independent strides per axis (make_pool2d_shape only makes square ones).
-Pool2dShape pool_shape(int N, int C, int H, int W, int kh, int kw, int sh, int sw) {
-  Pool2dShape s;
-  s.N = N;
-  s.C = C;
-  s.H = H;
-  s.W = W;
-  s.kh = kh;
-  s.kw = kw;
-  s.sh = sh;
-  s.sw = sw;
-  s.OH = window_out_size(H, kh, sh, 0);
-  s.OW = window_out_size(W, kw, sw, 0);
-  return s;
-}
 
 enum class Pool { Max, Avg, L2 };
 const char* pool_name(Pool p) { return p == Pool::Max ? "max" : p == Pool::Avg ? "avg" : "l2"; }

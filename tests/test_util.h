@@ -20,8 +20,24 @@
 #include "barecnn/error.h"
 #include "barecnn/gradcheck_criterion.h"
 #include "barecnn/rng.h"
+#include "barecnn/shape.h"
 
 namespace barecnn::test {
+
+// The shapes of the op tests (named "test conv" / "test pool" in messages), through the
+// geometry's validating constructors: one stride and padding for both axes, or one per axis.
+inline Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int stride, int pad) {
+  return make_conv2d_shape(N, C, H, W, K, kh, kw, stride, pad, "test conv");
+}
+inline Conv2dShape conv_shape(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw) {
+  return make_conv2d_shape(N, C, H, W, K, kh, kw, sh, sw, ph, pw, "test conv");
+}
+inline Pool2dShape pool_shape(int N, int C, int H, int W, int kh, int kw, int stride) {
+  return make_pool2d_shape(N, C, H, W, kh, kw, stride, "test pool");
+}
+inline Pool2dShape pool_shape(int N, int C, int H, int W, int kh, int kw, int sh, int sw) {
+  return make_pool2d_shape(N, C, H, W, kh, kw, sh, sw, "test pool");
+}
 
 // Under ThreadSanitizer (the emu-tsan preset: the GPU tests on the CUDA emulator) a kernel runs
 // about a hundred times slower than in a plain build. The few tests with the largest shapes use a

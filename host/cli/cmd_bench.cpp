@@ -1,7 +1,7 @@
 // `barecnn bench`: per-layer forward and backward times (like `caffe time`), each layer's FLOP/s
-// and bytes/s (on the GPU also as a fraction of the card's measured peaks: include/barecnn/peak.h),
-// the time of a forward+backward step, images/s, an epoch's estimate and peak device memory;
-// `--json FILE` writes the same figures for scripts.
+// and bytes/s from its cost (Layer::cost; on the GPU also as a fraction of the card's measured
+// peaks: include/barecnn/peak.h), the time of a forward+backward step, images/s, an epoch's
+// estimate and peak device memory; `--json FILE` writes the same figures for scripts.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -28,61 +28,6 @@ namespace {
 constexpr double kEpochImages = 60000;  // a Fashion-MNIST / MNIST training epoch
 
 bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
-
-// FLOPs of one layer's forward and backward over a batch of N. Convolution and dense: 2 per
-// multiply-add; the backward computes the weight gradient (as many FLOPs as the forward) and, with
-// need_din, the input gradient (as many again). Other layers: ~1 op per element they produce,
-// enough to print a rate; flatten is a copy and does none.
-struct LayerFlops {
-  double forward = 0, backward = 0;
-};
-LayerFlops layer_flops(const Layer& l, int N, bool need_din) {
-  LayerFlops f;
-  const Dims& o = l.out_dims();
-  switch (l.kind()) {
-    case LayerKind::Conv:
-    case LayerKind::Dense: {
-      const std::vector<ParamSpec> specs = l.param_specs();
-      const Dims& w = specs[0].dims;  // conv (K, C, kh, kw), dense (OUT, IN)
-      f.forward =
-          l.kind() == LayerKind::Conv ? 2.0 * N * o[0] * o[1] * o[2] * w[1] * w[2] * w[3] : 2.0 * N * w[0] * w[1];
-      f.backward = need_din ? 2 * f.forward : f.forward;
-      return f;
-    }
-    case LayerKind::Flatten:
-      return f;
-    default:
-      f.forward = double(N) * double(dims_numel(o));
-      f.backward = need_din ? double(N) * double(dims_numel(l.in_dims())) : 0;
-      return f;
-  }
-}
-
-// The fewest bytes one layer moves (peak.h says what is counted), by the kind of layer.
-LayerBytes layer_min_bytes(const Layer& l, int N, bool need_din) {
-  const double in = double(N) * double(dims_numel(l.in_dims()));
-  const double out = double(N) * double(dims_numel(l.out_dims()));
-  switch (l.kind()) {
-    case LayerKind::Conv:
-    case LayerKind::Dense: {  // (weight, bias)
-      auto specs = l.param_specs();
-      return weighted_layer_min_bytes(in, out, double(dims_numel(specs[0].dims)), double(dims_numel(specs[1].dims)),
-                                      need_din);
-    }
-    case LayerKind::MaxPool:
-      return maxpool_min_bytes(in, out, need_din);
-    case LayerKind::AvgPool:
-      return avgpool_min_bytes(in, out, need_din);
-    case LayerKind::L2Pool:
-      return l2pool_min_bytes(in, out, need_din);
-    case LayerKind::Flatten:
-      return copy_min_bytes(in, need_din);
-    case LayerKind::Activation:
-    case LayerKind::Softmax:
-      return elementwise_min_bytes(in, need_din);
-  }
-  return {};
-}
 
 // ---- the figures ---------------------------------------------------------------------------------
 
@@ -306,18 +251,17 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     // computes no input gradient).
     LayerCall<float> c = net.layer_call(st, *p, params.data(), grads.data(), ex, false);
     const bool need_din = c.din != nullptr;
-    LayerFlops fl = layer_flops(net.layer(i), batch, need_din);
-    LayerBytes by = layer_min_bytes(net.layer(i), batch, need_din);
+    LayerCost cost = net.layer(i).cost(batch, need_din);
     if (p->fused_relu) {  // --fuse on: this conv also does the ReLU after it (whose row shows 0 ms)
       f.note = "+ relu";
       const double outs = double(batch) * double(dims_numel(net.layer(i).out_dims()));
-      fl.forward += outs;                              // one max per output
-      by.backward += 4.0 * outs * (need_din ? 2 : 1);  // each gradient kernel reads the ReLU output
+      cost.forward.flops += outs;                              // one max per output
+      cost.backward.bytes += 4.0 * outs * (need_din ? 2 : 1);  // each gradient kernel reads the ReLU output
     }
-    f.fwd.flops = fl.forward;
-    f.bwd.flops = fl.backward;
-    f.fwd.bytes = by.forward;
-    f.bwd.bytes = by.backward;
+    f.fwd.flops = cost.forward.flops;
+    f.bwd.flops = cost.backward.flops;
+    f.fwd.bytes = cost.forward.bytes;
+    f.bwd.bytes = cost.backward.bytes;
     timer.start();
     for (int r = 0; r < reps; ++r) net.layer(i).forward(c);
     f.fwd.ms = timer.stop_ms() / reps;

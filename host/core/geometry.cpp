@@ -26,22 +26,29 @@ std::string Pool2dShape::str() const {
 }
 
 static std::string ksize(int kh, int kw) { return fmt(kh, "x", kw); }
+// One value when both axes have it ("2"), else both ("2x3").
+static std::string per_axis(int h, int w) { return h == w ? std::to_string(h) : fmt(h, "x", w); }
 
 Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw, int stride, int pad,
                               const std::string& layer) {
+  return make_conv2d_shape(N, C, H, W, K, kh, kw, stride, stride, pad, pad, layer);
+}
+
+Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw,
+                              const std::string& layer) {
   if (K < 1) throw UsageError(fmt(layer, ": the number of output channels must be >= 1, got ", K));
   if (kh < 1 || kw < 1) throw UsageError(fmt(layer, ": the kernel size must be >= 1, got ", ksize(kh, kw)));
-  if (stride < 1) throw UsageError(fmt(layer, ": the stride must be >= 1, got ", stride));
-  if (pad < 0) throw UsageError(fmt(layer, ": the padding must be >= 0, got ", pad));
+  if (sh < 1 || sw < 1) throw UsageError(fmt(layer, ": the stride must be >= 1, got ", per_axis(sh, sw)));
+  if (ph < 0 || pw < 0) throw UsageError(fmt(layer, ": the padding must be >= 0, got ", per_axis(ph, pw)));
   if (C < 1 || H < 1 || W < 1) throw UsageError(fmt(layer, ": empty input ", C, "x", H, "x", W));
   // 64-bit: a net of many padded layers can grow H past what H + 2 * pad holds in an int.
-  const long long PH = H + 2LL * pad, PW = W + 2LL * pad;
+  const long long PH = H + 2LL * ph, PW = W + 2LL * pw;
   if (PH < kh || PW < kw) {
-    if (pad == 0)
+    if (ph == 0 && pw == 0)
       throw UsageError(fmt(layer, ": input ", H, "x", W, " is smaller than the ", ksize(kh, kw),
                            " kernel; use a smaller kernel, add padding, or remove a pooling layer before it"));
-    throw UsageError(fmt(layer, ": input ", H, "x", W, " padded by ", pad, " is ", PH, "x", PW, ", smaller than the ",
-                         ksize(kh, kw), " kernel"));
+    throw UsageError(fmt(layer, ": input ", H, "x", W, " padded by ", per_axis(ph, pw), " is ", PH, "x", PW,
+                         ", smaller than the ", ksize(kh, kw), " kernel"));
   }
   Conv2dShape s;
   s.N = N;
@@ -51,11 +58,13 @@ Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw,
   s.K = K;
   s.kh = kh;
   s.kw = kw;
-  s.sh = s.sw = stride;
-  s.ph = s.pw = pad;
+  s.sh = sh;
+  s.sw = sw;
+  s.ph = ph;
+  s.pw = pw;
   // Eq. (2.1) in 64 bits. One image's output must fit the int sizes every layer keeps (Dims,
   // a flatten's width): past that the padding or the channel count is a typo, not a net.
-  const long long OH = (PH - kh) / stride + 1, OW = (PW - kw) / stride + 1;
+  const long long OH = (PH - kh) / sh + 1, OW = (PW - kw) / sw + 1;
   // (Checked factor by factor so that the product itself cannot overflow.)
   if (OH > INT_MAX || OW > INT_MAX || K * OH > INT_MAX || K * OH * OW > INT_MAX)
     throw UsageError(fmt(layer, ": output ", K, "x", OH, "x", OW, " is more than ", INT_MAX,
@@ -66,8 +75,12 @@ Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw,
 }
 
 Pool2dShape make_pool2d_shape(int N, int C, int H, int W, int kh, int kw, int stride, const std::string& layer) {
+  return make_pool2d_shape(N, C, H, W, kh, kw, stride, stride, layer);
+}
+
+Pool2dShape make_pool2d_shape(int N, int C, int H, int W, int kh, int kw, int sh, int sw, const std::string& layer) {
   if (kh < 1 || kw < 1) throw UsageError(fmt(layer, ": the pooling window must be >= 1, got ", ksize(kh, kw)));
-  if (stride < 1) throw UsageError(fmt(layer, ": the stride must be >= 1, got ", stride));
+  if (sh < 1 || sw < 1) throw UsageError(fmt(layer, ": the stride must be >= 1, got ", per_axis(sh, sw)));
   if (C < 1 || H < 1 || W < 1) throw UsageError(fmt(layer, ": empty input ", C, "x", H, "x", W));
   if (H < kh || W < kw)
     throw UsageError(fmt(layer, ": input ", H, "x", W, " is smaller than the ", ksize(kh, kw),
@@ -79,9 +92,10 @@ Pool2dShape make_pool2d_shape(int N, int C, int H, int W, int kh, int kw, int st
   s.W = W;
   s.kh = kh;
   s.kw = kw;
-  s.sh = s.sw = stride;
-  s.OH = window_out_size(H, kh, stride, 0);
-  s.OW = window_out_size(W, kw, stride, 0);
+  s.sh = sh;
+  s.sw = sw;
+  s.OH = window_out_size(H, kh, sh, 0);
+  s.OW = window_out_size(W, kw, sw, 0);
   return s;
 }
 

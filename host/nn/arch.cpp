@@ -1,10 +1,12 @@
-// The arch-spec parser: "conv(32,5,pad=2) relu maxpool(2) dense(128) relu dense(10)".
+// The arch-spec parser: "conv(32,5,pad=2) relu maxpool(2) dense(128) relu dense(10)", and the
+// shape inference of a parsed spec on an input.
 #include "barecnn/arch.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cfloat>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 
@@ -278,6 +280,87 @@ std::string layer_desc_str(const LayerDesc& d) {
       return activation_name(d.act);
   }
   return "?";
+}
+
+namespace {
+
+// "layer 3 conv(32,7)": how every message names a layer (Layer::label).
+std::string layer_label(int index, const LayerDesc& d) { return fmt("layer ", index, " ", layer_desc_str(d)); }
+
+// One layer's output dims for one sample of `in`, or a UsageError naming it.
+Dims infer_out(int index, const LayerDesc& d, const Dims& in) {
+  const std::string label = layer_label(index, d);
+  const bool image = d.kind == LayerKind::Conv || d.kind == LayerKind::MaxPool || d.kind == LayerKind::AvgPool ||
+                     d.kind == LayerKind::L2Pool;
+  if (image && in.size() != 3)
+    throw UsageError(fmt(label, ": needs a CxHxW input but gets a flat vector of ", dims_str(in),
+                         " values; put it before the first dense/flatten layer"));
+  switch (d.kind) {
+    case LayerKind::Conv: {
+      Conv2dShape s = make_conv2d_shape(1, in[0], in[1], in[2], d.out, d.kh, d.kw, d.stride, d.pad, label);
+      if (s.OH < 1 || s.OW < 1) throw UsageError(fmt(label, ": output size ", s.OH, "x", s.OW, " is not positive"));
+      return {d.out, s.OH, s.OW};
+    }
+    case LayerKind::MaxPool:
+    case LayerKind::AvgPool:
+    case LayerKind::L2Pool: {
+      Pool2dShape s = make_pool2d_shape(1, in[0], in[1], in[2], d.kh, d.kw, d.stride, label);
+      return {in[0], s.OH, s.OW};
+    }
+    case LayerKind::Flatten:
+      return {int(dims_numel(in))};
+    case LayerKind::Dense:
+      if (in.size() != 1)
+        throw UsageError(fmt(label, ": needs a flat input, gets ", dims_str(in),
+                             " (a flatten is inserted automatically before the first dense layer)"));
+      return {d.out};
+    case LayerKind::Softmax:
+      if (in.size() != 1)
+        throw UsageError(fmt(label, ": softmax works on a flat vector of features but gets ", dims_str(in),
+                             "; put it after a dense layer"));
+      return in;
+    case LayerKind::Activation:
+      return in;
+  }
+  return in;
+}
+
+LayerDesc flatten_desc() {
+  LayerDesc d;
+  d.kind = LayerKind::Flatten;
+  d.text = "flatten";
+  return d;
+}
+
+}  // namespace
+
+std::vector<ArchLayer> resolve_arch(const std::string& spec, const Dims& input) {
+  if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1)
+    throw UsageError(fmt("input shape must be CxHxW with positive sizes, got ", dims_str(input)));
+  if (dims_numel(input) > size_t(INT32_MAX))
+    throw UsageError(fmt("input shape ", dims_str(input), " has more than ", INT32_MAX, " values per image"));
+  std::vector<ArchLayer> layers;
+  Dims cur = input;
+  auto add = [&](const LayerDesc& d) {
+    Dims out = infer_out(int(layers.size()), d, cur);
+    layers.push_back({d, cur, out});
+    cur = std::move(out);
+  };
+  for (const LayerDesc& d : parse_arch(spec)) {
+    // A dense layer after an image gets a flatten first; it counts as a layer, as an explicit
+    // nn.Flatten would in PyTorch, so parameter names match torch.nn.Sequential.
+    if (d.kind == LayerKind::Dense && cur.size() == 3) add(flatten_desc());
+    add(d);
+  }
+  // The logits must be a flat vector per sample, one value per class.
+  if (cur.size() != 1) add(flatten_desc());
+  return layers;
+}
+
+std::string arch_spec(const std::vector<ArchLayer>& layers) {
+  std::string s;
+  for (const ArchLayer& l : layers) s += (s.empty() ? "" : " ") + layer_desc_str(l.desc);
+  return s;
 }
 
 }  // namespace barecnn

@@ -11,11 +11,14 @@
 //   loss, metrics, gather,    gpu::          ref:: (float)     -
 //   permutation, optimizer
 // cpu:: has fast versions of the ops that dominate a CPU step (host/cpu/); the others are cheap
-// and run the reference in float.
+// and run the reference in float. The GPU conv runs the kernels ex.conv_impl names (Simple or
+// Fast: gpu_ops.h); its workspace is GPU-only (the CPU ops need none).
 #include "barecnn/exec.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "barecnn/cpu_ops.h"
 #include "barecnn/cuda_check.h"
@@ -54,7 +57,7 @@ void cpu_only(const Exec& ex) {
 
 void conv2d_forward(const Exec& ex, float* out, const float* inp, const float* w, const float* b, const Conv2dShape& s,
                     bool fuse_relu) {
-  if (on_gpu(ex)) return gpu::conv2d_forward(out, inp, w, b, s, ex.gpu->stream(), fuse_relu);
+  if (on_gpu(ex)) return gpu::conv2d_forward(out, inp, w, b, s, ex.conv_impl, ex.gpu->stream(), fuse_relu);
   BARECNN_ASSERT(!fuse_relu, "the fused conv + ReLU is GPU-only");
   cpu::conv2d_forward(out, inp, w, b, s);
 }
@@ -66,7 +69,7 @@ void conv2d_forward(const Exec& ex, double* out, const double* inp, const double
 }
 void conv2d_backward_input(const Exec& ex, float* dinp, const float* dout, const float* w, const Conv2dShape& s,
                            const float* relu_out) {
-  if (on_gpu(ex)) return gpu::conv2d_backward_input(dinp, dout, w, s, ex.gpu->stream(), relu_out);
+  if (on_gpu(ex)) return gpu::conv2d_backward_input(dinp, dout, w, s, ex.conv_impl, ex.gpu->stream(), relu_out);
   BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is GPU-only");
   cpu::conv2d_backward_input(dinp, dout, w, s);
 }
@@ -76,9 +79,13 @@ void conv2d_backward_input(const Exec& ex, double* dinp, const double* dout, con
   BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is GPU-only");
   ref::conv2d_backward_input(dinp, dout, w, s);
 }
+size_t conv2d_backward_weight_workspace(Device device, const Conv2dShape& s) {
+  return device == Device::CUDA ? gpu::conv2d_backward_weight_workspace(s) : 0;  // the CPU ops need none
+}
 void conv2d_backward_weight(const Exec& ex, float* dw, float* db, const float* dout, const float* inp,
                             const Conv2dShape& s, const float* relu_out) {
-  if (on_gpu(ex)) return gpu::conv2d_backward_weight(dw, db, dout, inp, s, ex.workspace, ex.gpu->stream(), relu_out);
+  if (on_gpu(ex))
+    return gpu::conv2d_backward_weight(dw, db, dout, inp, s, ex.workspace, ex.conv_impl, ex.gpu->stream(), relu_out);
   BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is GPU-only");
   cpu::conv2d_backward_weight(dw, db, dout, inp, s);
 }
@@ -279,9 +286,22 @@ void optimizer_step(const Exec& ex, float* param, const float* grad, float* m, f
 
 // ---- contexts, the device choice, read-backs ----
 
+namespace {
+
+gpu::ConvImpl conv_impl_from_env() {
+  const char* v = std::getenv("BARECNN_CONV_IMPL");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "fast") == 0) return gpu::ConvImpl::Fast;
+  if (std::strcmp(v, "simple") == 0) return gpu::ConvImpl::Simple;
+  throw UsageError(fmt("BARECNN_CONV_IMPL=", v, ": expected 'simple' or 'fast' (or unset, which means fast)"));
+}
+
+}  // namespace
+
 ExecContext::ExecContext(Device d) {
   if (d == Device::CUDA) gpu_ = std::make_unique<GpuContext>();
   ex_ = Exec::on(d, gpu_.get());
+  // The one place the environment picks the GPU's conv kernels (a CPU run never reads it).
+  if (d == Device::CUDA) ex_.conv_impl = conv_impl_from_env();
 }
 
 ExecTimer::ExecTimer(const Exec& ex) : ex_(ex) {

@@ -33,7 +33,7 @@ namespace {
 
 // Mean loss of the batch for the given parameters and input, in double, on the CPU.
 struct Objective {
-  Net& net;
+  const Net& net;
   NetState<double>& st;
   const std::vector<int32_t>& labels;
   Loss loss;

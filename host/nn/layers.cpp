@@ -1,8 +1,9 @@
-// Layer objects: geometry, parameters' shapes and init, and one op call per direction. Which
-// implementation runs (GPU, fast CPU, reference) is decided by the op's dispatch (exec.h).
+// Layer objects: parameters' shapes and init, the cost of a call, and one op call per direction.
+// resolve_arch (arch.cpp) checks the geometry before a layer is made; which implementation runs
+// (GPU, fast CPU, reference) is decided by the op's dispatch (exec.h).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "barecnn/arch.h"
 #include "barecnn/error.h"
@@ -17,16 +18,17 @@ size_t Layer::num_params() const {
   return n;
 }
 
+std::string Layer::spec() const { return layer_desc_str(desc_); }
 std::string Layer::label() const { return fmt("layer ", index_, " ", spec()); }
 
 namespace {
 
 // Forwards the four virtual entry points to one template per direction.
-#define BARECNN_LAYER_DISPATCH                                  \
-  void forward(const LayerCall<float>& c) override { fwd(c); }  \
-  void forward(const LayerCall<double>& c) override { fwd(c); } \
-  void backward(const LayerCall<float>& c) override { bwd(c); } \
-  void backward(const LayerCall<double>& c) override { bwd(c); }
+#define BARECNN_LAYER_DISPATCH                                        \
+  void forward(const LayerCall<float>& c) const override { fwd(c); }  \
+  void forward(const LayerCall<double>& c) const override { fwd(c); } \
+  void backward(const LayerCall<float>& c) const override { bwd(c); } \
+  void backward(const LayerCall<double>& c) const override { bwd(c); }
 
 // Xavier/Glorot uniform, or He normal for layers a ReLU-family activation follows.
 void init_weights(float* w, size_t n, int fan_in, int fan_out, Rng& rng, bool relu_after) {
@@ -39,170 +41,190 @@ void init_weights(float* w, size_t n, int fan_in, int fan_out, Rng& rng, bool re
   }
 }
 
-std::string window_str(int kh, int kw) { return kh == kw ? std::to_string(kh) : fmt(kh, "x", kw); }
+// ---- the fewest bytes (LayerCost): element counts of the whole batch, 4 bytes each ----------------
+constexpr double kFloatBytes = 4;  // sizeof(float), and sizeof(int32_t) for the max-pool mask
 
-// Layers on images need a (C, H, W) input.
-void need_image(int index, const std::string& spec, const Dims& in) {
-  if (in.size() != 3)
-    throw UsageError(fmt("layer ", index, " ", spec, ": needs a CxHxW input but gets a flat vector of ", dims_str(in),
-                         " values; put it before the first dense/flatten layer"));
+// Convolution and dense layers: input x, output y, weight W, bias b.
+//   forward : read x, W, b; write y.
+//   backward: read dy and x (for dW); write dW and db; with need_din also read W and write dx.
+void weighted_layer_bytes(LayerCost* c, double x, double y, double W, double b, bool need_din) {
+  c->forward.bytes = kFloatBytes * (x + W + b + y);
+  c->backward.bytes = kFloatBytes * (y + x + W + b);
+  if (need_din) c->backward.bytes += kFloatBytes * (W + x);
 }
 
 // ---- convolution -----------------------------------------------------------------------------
 class Conv2d final : public Layer {
  public:
-  Conv2d(int index, const Dims& in, int K, int kh, int kw, int stride, int pad)
-      : Layer(index, in), K_(K), kh_(kh), kw_(kw), stride_(stride), pad_(pad) {
-    need_image(index, spec(), in);
-    Conv2dShape s = make_conv2d_shape(1, in[0], in[1], in[2], K, kh, kw, stride, pad, label());
-    if (s.OH < 1 || s.OW < 1) throw UsageError(fmt(label(), ": output size ", s.OH, "x", s.OW, " is not positive"));
-    out_ = {K, s.OH, s.OW};
+  explicit Conv2d(int index, const ArchLayer& a) : Layer(index, a) {}
+  std::vector<ParamSpec> param_specs() const override {
+    return {{"weight", {desc_.out, in_[0], desc_.kh, desc_.kw}}, {"bias", {desc_.out}}};
   }
-  LayerKind kind() const override { return LayerKind::Conv; }
-  std::string spec() const override {
-    std::string s = fmt("conv(", K_, ",", window_str(kh_, kw_));
-    if (stride_ != 1) s += fmt(",stride=", stride_);
-    if (pad_) s += fmt(",pad=", pad_);
-    return s + ")";
-  }
-  std::vector<ParamSpec> param_specs() const override { return {{"weight", {K_, in_[0], kh_, kw_}}, {"bias", {K_}}}; }
   void init_params(float* p, Rng& rng, bool relu_after) const override {
-    int fan_in = in_[0] * kh_ * kw_, fan_out = K_ * kh_ * kw_;
-    init_weights(p, size_t(K_) * fan_in, fan_in, fan_out, rng, relu_after);
-    std::fill(p + size_t(K_) * fan_in, p + size_t(K_) * fan_in + K_, 0.f);
+    const int K = desc_.out, fan_in = in_[0] * desc_.kh * desc_.kw, fan_out = K * desc_.kh * desc_.kw;
+    init_weights(p, size_t(K) * fan_in, fan_in, fan_out, rng, relu_after);
+    std::fill(p + size_t(K) * fan_in, p + size_t(K) * fan_in + K, 0.f);
   }
-  size_t workspace_floats(int N) const override { return gpu::conv2d_backward_weight_workspace(shape(N)); }
+  size_t workspace_floats(int N, Device device) const override {
+    return op::conv2d_backward_weight_workspace(device, shape(N));
+  }
   bool can_fuse_relu(Device device) const override { return device == Device::CUDA; }
+  LayerCost cost(int N, bool need_din) const override {
+    const Conv2dShape s = shape(N);
+    LayerCost c;
+    // One multiply-add per output element and weight tap: N*K*OH*OW * C*kh*kw.
+    c.forward.flops = 2.0 * double(s.out_numel()) * double(s.C) * s.kh * s.kw;
+    c.backward.flops = need_din ? 2 * c.forward.flops : c.forward.flops;
+    weighted_layer_bytes(&c, double(s.in_numel()), double(s.out_numel()), double(s.weight_numel()), double(s.K),
+                         need_din);
+    return c;
+  }
   BARECNN_LAYER_DISPATCH
 
  private:
   Conv2dShape shape(int N) const {
-    Conv2dShape s = make_conv2d_shape(N, in_[0], in_[1], in_[2], K_, kh_, kw_, stride_, pad_, label());
-    return s;
+    return make_conv2d_shape(N, in_[0], in_[1], in_[2], desc_.out, desc_.kh, desc_.kw, desc_.stride, desc_.pad,
+                             label());
   }
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     Conv2dShape s = shape(c.N);
     const T* w = c.param;                     // (K, C, kh, kw)
     const T* b = c.param + s.weight_numel();  // (K)
     op::conv2d_forward(c.ex, c.out, c.in, w, b, s, c.fuse_relu);
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     Conv2dShape s = shape(c.N);
     T* dw = c.dparam;
     T* db = c.dparam + s.weight_numel();
     op::conv2d_backward_weight(c.ex, dw, db, c.dout, c.in, s, c.relu_out);
     if (c.din) op::conv2d_backward_input(c.ex, c.din, c.dout, c.param, s, c.relu_out);
   }
-  int K_, kh_, kw_, stride_, pad_;
 };
 
 // ---- pooling ---------------------------------------------------------------------------------
-enum class PoolKind { Max, Avg, L2 };
-
 class Pool2d final : public Layer {
  public:
-  Pool2d(int index, const Dims& in, PoolKind kind, int kh, int kw, int stride)
-      : Layer(index, in), kind_(kind), kh_(kh), kw_(kw), stride_(stride) {
-    need_image(index, spec(), in);
-    Pool2dShape s = make_pool2d_shape(1, in[0], in[1], in[2], kh, kw, stride, label());
-    out_ = {in[0], s.OH, s.OW};
+  explicit Pool2d(int index, const ArchLayer& a) : Layer(index, a) {}
+  size_t saved_ints(int N) const override {
+    return kind() == LayerKind::MaxPool ? size_t(N) * size_t(dims_numel(out_)) : 0;
   }
-  LayerKind kind() const override {
-    return kind_ == PoolKind::Max   ? LayerKind::MaxPool
-           : kind_ == PoolKind::Avg ? LayerKind::AvgPool
-                                    : LayerKind::L2Pool;
+  LayerCost cost(int N, bool need_din) const override {
+    const double x = double(N) * double(dims_numel(in_)), y = double(N) * double(dims_numel(out_));
+    LayerCost c;
+    c.forward.flops = y;
+    c.backward.flops = need_din ? x : 0;
+    switch (kind()) {
+      case LayerKind::MaxPool:
+        // An int32 argmax mask of the output's size: forward reads x, writes y and the mask;
+        // backward reads dy and the mask and writes dx (the mask names the winner; x is not needed).
+        c.forward.bytes = kFloatBytes * (x + y + y);
+        c.backward.bytes = kFloatBytes * (y + y + x);
+        break;
+      case LayerKind::AvgPool:
+        // Forward reads x and writes y; backward reads dy and writes dx.
+        c.forward.bytes = kFloatBytes * (x + y);
+        c.backward.bytes = kFloatBytes * (y + x);
+        break;
+      default:
+        // L2: as average pooling, but the backward also reads x and y (dx = dy * x / y).
+        c.forward.bytes = kFloatBytes * (x + y);
+        c.backward.bytes = kFloatBytes * (y + x + y + x);
+        break;
+    }
+    if (!need_din) c.backward.bytes = 0;  // no parameters: dx is all a pool's backward makes
+    return c;
   }
-  std::string spec() const override {
-    const char* n = kind_ == PoolKind::Max ? "maxpool" : kind_ == PoolKind::Avg ? "avgpool" : "l2pool";
-    std::string s = fmt(n, "(", window_str(kh_, kw_));
-    if (!(kh_ == kw_ && stride_ == kh_)) s += fmt(",stride=", stride_);
-    return s + ")";
-  }
-  size_t saved_ints(int N) const override { return kind_ == PoolKind::Max ? size_t(N) * size_t(dims_numel(out_)) : 0; }
   BARECNN_LAYER_DISPATCH
 
  private:
-  Pool2dShape shape(int N) const { return make_pool2d_shape(N, in_[0], in_[1], in_[2], kh_, kw_, stride_, label()); }
+  Pool2dShape shape(int N) const {
+    return make_pool2d_shape(N, in_[0], in_[1], in_[2], desc_.kh, desc_.kw, desc_.stride, label());
+  }
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     Pool2dShape s = shape(c.N);
-    switch (kind_) {
-      case PoolKind::Max:
+    switch (kind()) {
+      case LayerKind::MaxPool:
         // The argmax mask (N, C, OH, OW) is this layer's saved state for backward (NetState::saved).
         BARECNN_ASSERT(c.saved != nullptr, label(), ": forward without its argmax mask buffer");
         return op::maxpool2d_forward(c.ex, c.out, c.saved, c.in, s);
-      case PoolKind::Avg:
+      case LayerKind::AvgPool:
         return op::avgpool2d_forward(c.ex, c.out, c.in, s);
-      case PoolKind::L2:
+      default:
         return op::l2pool2d_forward(c.ex, c.out, c.in, s);
     }
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     if (!c.din) return;
     Pool2dShape s = shape(c.N);
-    switch (kind_) {
-      case PoolKind::Max:
+    switch (kind()) {
+      case LayerKind::MaxPool:
         BARECNN_ASSERT(c.saved != nullptr, label(), ": backward without its argmax mask buffer");
         return op::maxpool2d_backward(c.ex, c.din, c.dout, c.saved, s);
-      case PoolKind::Avg:
+      case LayerKind::AvgPool:
         return op::avgpool2d_backward(c.ex, c.din, c.dout, s);
-      case PoolKind::L2:
+      default:
         return op::l2pool2d_backward(c.ex, c.din, c.dout, c.in, c.out, s);
     }
   }
-  PoolKind kind_;
-  int kh_, kw_, stride_;
 };
+
+// Elementwise activations and softmax over n elements: forward reads x and writes y; backward
+// reads dy and one saved tensor (each activation's derivative follows from x alone or from y
+// alone: ReLU's from x, sigmoid's and softmax's from y) and writes dx.
+LayerCost elementwise_cost(double n, bool need_din) {
+  LayerCost c;
+  c.forward = {n, kFloatBytes * (n + n)};
+  if (need_din) c.backward = {n, kFloatBytes * (n + n + n)};
+  return c;
+}
 
 // ---- elementwise activations -------------------------------------------------------------------
 class ActivationLayer final : public Layer {
  public:
-  ActivationLayer(int index, const Dims& in, Activation a) : Layer(index, in), a_(a) { out_ = in; }
-  LayerKind kind() const override { return LayerKind::Activation; }
-  std::string spec() const override { return activation_name(a_); }
+  explicit ActivationLayer(int index, const ArchLayer& a) : Layer(index, a) {}
   bool is_activation() const override { return true; }
   bool is_relu_like() const override {
-    return a_.kind == Act::Relu || a_.kind == Act::LeakyRelu || a_.kind == Act::Elu;
+    const Act k = desc_.act.kind;
+    return k == Act::Relu || k == Act::LeakyRelu || k == Act::Elu;
   }
-  bool is_plain_relu() const override { return a_.kind == Act::Relu; }
+  bool is_plain_relu() const override { return desc_.act.kind == Act::Relu; }
+  LayerCost cost(int N, bool need_din) const override {
+    return elementwise_cost(double(N) * double(dims_numel(in_)), need_din);
+  }
   BARECNN_LAYER_DISPATCH
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
-    op::activation_forward(c.ex, c.out, c.in, 1LL * c.N * dims_numel(in_), a_);
+  void fwd(const LayerCall<T>& c) const {
+    op::activation_forward(c.ex, c.out, c.in, 1LL * c.N * dims_numel(in_), desc_.act);
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
-    if (c.din) op::activation_backward(c.ex, c.din, c.dout, c.in, c.out, 1LL * c.N * dims_numel(in_), a_);
+  void bwd(const LayerCall<T>& c) const {
+    if (c.din) op::activation_backward(c.ex, c.din, c.dout, c.in, c.out, 1LL * c.N * dims_numel(in_), desc_.act);
   }
-  Activation a_;
 };
 
 // ---- softmax over the features of each sample ----------------------------------------------------
 class SoftmaxLayer final : public Layer {
  public:
-  SoftmaxLayer(int index, const Dims& in) : Layer(index, in) {
-    if (in.size() != 1)
-      throw UsageError(fmt(label(), ": softmax works on a flat vector of features but gets ", dims_str(in),
-                           "; put it after a dense layer"));
-    out_ = in;
-  }
-  LayerKind kind() const override { return LayerKind::Softmax; }
-  std::string spec() const override { return "softmax"; }
+  explicit SoftmaxLayer(int index, const ArchLayer& a) : Layer(index, a) {}
   bool is_activation() const override { return true; }
+  LayerCost cost(int N, bool need_din) const override {
+    return elementwise_cost(double(N) * double(dims_numel(in_)), need_din);
+  }
   BARECNN_LAYER_DISPATCH
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     op::softmax_forward(c.ex, c.out, c.in, c.N, in_[0]);
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     if (c.din) op::softmax_backward(c.ex, c.din, c.dout, c.out, c.N, in_[0]);
   }
 };
@@ -210,20 +232,26 @@ class SoftmaxLayer final : public Layer {
 // ---- flatten: (C, H, W) -> (C*H*W), a view (a copy only as the last layer) -------------------------
 class Flatten final : public Layer {
  public:
-  Flatten(int index, const Dims& in) : Layer(index, in) { out_ = {int(dims_numel(in))}; }
-  LayerKind kind() const override { return LayerKind::Flatten; }
-  std::string spec() const override { return "flatten"; }
+  explicit Flatten(int index, const ArchLayer& a) : Layer(index, a) {}
   // NCHW is already the flat (N, C*H*W) layout: the net passes the input on (Net::layer_call).
   bool is_view() const override { return true; }
+  // When it runs, a copy: reads n and writes n each way; no arithmetic.
+  LayerCost cost(int N, bool need_din) const override {
+    const double n = double(N) * double(dims_numel(in_));
+    LayerCost c;
+    c.forward.bytes = kFloatBytes * (n + n);
+    if (need_din) c.backward.bytes = kFloatBytes * (n + n);
+    return c;
+  }
   BARECNN_LAYER_DISPATCH
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
+  void fwd(const LayerCall<T>& c) const {
     op::copy(c.ex, c.out, c.in, size_t(c.N) * dims_numel(in_));
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
+  void bwd(const LayerCall<T>& c) const {
     if (c.din) op::copy(c.ex, c.din, c.dout, size_t(c.N) * dims_numel(in_));
   }
 };
@@ -231,63 +259,64 @@ class Flatten final : public Layer {
 // ---- dense (fully connected) -------------------------------------------------------------------
 class Dense final : public Layer {
  public:
-  Dense(int index, const Dims& in, int units) : Layer(index, in), units_(units) {
-    if (in.size() != 1)
-      throw UsageError(fmt(label(), ": needs a flat input, gets ", dims_str(in),
-                           " (a flatten is inserted "
-                           "automatically before the first dense layer)"));
-    out_ = {units};
+  explicit Dense(int index, const ArchLayer& a) : Layer(index, a) {}
+  std::vector<ParamSpec> param_specs() const override {
+    return {{"weight", {desc_.out, in_[0]}}, {"bias", {desc_.out}}};
   }
-  LayerKind kind() const override { return LayerKind::Dense; }
-  std::string spec() const override { return fmt("dense(", units_, ")"); }
-  std::vector<ParamSpec> param_specs() const override { return {{"weight", {units_, in_[0]}}, {"bias", {units_}}}; }
   void init_params(float* p, Rng& rng, bool relu_after) const override {
-    size_t nw = size_t(units_) * in_[0];
-    init_weights(p, nw, in_[0], units_, rng, relu_after);
-    std::fill(p + nw, p + nw + units_, 0.f);
+    const int units = desc_.out;
+    size_t nw = size_t(units) * in_[0];
+    init_weights(p, nw, in_[0], units, rng, relu_after);
+    std::fill(p + nw, p + nw + units, 0.f);
+  }
+  LayerCost cost(int N, bool need_din) const override {
+    const double IN = in_[0], OUT = desc_.out;
+    LayerCost c;
+    c.forward.flops = 2.0 * N * OUT * IN;  // one multiply-add per weight and sample
+    c.backward.flops = need_din ? 2 * c.forward.flops : c.forward.flops;
+    weighted_layer_bytes(&c, N * IN, N * OUT, OUT * IN, OUT, need_din);
+    return c;
   }
   BARECNN_LAYER_DISPATCH
 
  private:
   template <typename T>
-  void fwd(const LayerCall<T>& c) {
-    const int IN = in_[0], OUT = units_;
+  void fwd(const LayerCall<T>& c) const {
+    const int IN = in_[0], OUT = desc_.out;
     const T* w = c.param;                     // (OUT, IN)
     const T* b = c.param + size_t(OUT) * IN;  // (OUT)
     op::dense_forward(c.ex, c.out, c.in, w, b, c.N, IN, OUT);
   }
   template <typename T>
-  void bwd(const LayerCall<T>& c) {
-    const int IN = in_[0], OUT = units_;
+  void bwd(const LayerCall<T>& c) const {
+    const int IN = in_[0], OUT = desc_.out;
     T* dw = c.dparam;
     T* db = c.dparam + size_t(OUT) * IN;
     op::dense_backward_weight(c.ex, dw, db, c.dout, c.in, c.N, IN, OUT);
     if (c.din) op::dense_backward_input(c.ex, c.din, c.dout, c.param, c.N, IN, OUT);
   }
-  int units_;
 };
 
 }  // namespace
 
-std::unique_ptr<Layer> make_conv2d(int index, const Dims& in, int out_channels, int kh, int kw, int stride, int pad) {
-  return std::make_unique<Conv2d>(index, in, out_channels, kh, kw, stride, pad);
-}
-std::unique_ptr<Layer> make_maxpool2d(int index, const Dims& in, int kh, int kw, int stride) {
-  return std::make_unique<Pool2d>(index, in, PoolKind::Max, kh, kw, stride);
-}
-std::unique_ptr<Layer> make_avgpool2d(int index, const Dims& in, int kh, int kw, int stride) {
-  return std::make_unique<Pool2d>(index, in, PoolKind::Avg, kh, kw, stride);
-}
-std::unique_ptr<Layer> make_l2pool2d(int index, const Dims& in, int kh, int kw, int stride) {
-  return std::make_unique<Pool2d>(index, in, PoolKind::L2, kh, kw, stride);
-}
-std::unique_ptr<Layer> make_activation(int index, const Dims& in, Activation a) {
-  return std::make_unique<ActivationLayer>(index, in, a);
-}
-std::unique_ptr<Layer> make_softmax(int index, const Dims& in) { return std::make_unique<SoftmaxLayer>(index, in); }
-std::unique_ptr<Layer> make_flatten(int index, const Dims& in) { return std::make_unique<Flatten>(index, in); }
-std::unique_ptr<Layer> make_dense(int index, const Dims& in, int units) {
-  return std::make_unique<Dense>(index, in, units);
+std::unique_ptr<Layer> make_layer(int index, const ArchLayer& a) {
+  switch (a.desc.kind) {
+    case LayerKind::Conv:
+      return std::make_unique<Conv2d>(index, a);
+    case LayerKind::MaxPool:
+    case LayerKind::AvgPool:
+    case LayerKind::L2Pool:
+      return std::make_unique<Pool2d>(index, a);
+    case LayerKind::Activation:
+      return std::make_unique<ActivationLayer>(index, a);
+    case LayerKind::Softmax:
+      return std::make_unique<SoftmaxLayer>(index, a);
+    case LayerKind::Flatten:
+      return std::make_unique<Flatten>(index, a);
+    case LayerKind::Dense:
+      return std::make_unique<Dense>(index, a);
+  }
+  throw Error(fmt("internal: layer ", index, " of an unknown kind"));
 }
 
 }  // namespace barecnn

@@ -1,5 +1,6 @@
-// The sequential net: built from an arch spec, shapes inferred and checked at build time, with one
-// flat parameter buffer laid out layer by layer in torch.nn.Sequential order.
+// The sequential net: built from an arch spec, shapes inferred and checked at build time
+// (resolve_arch), with one flat parameter buffer laid out layer by layer in torch.nn.Sequential
+// order.
 #include "barecnn/net.h"
 
 #include <cmath>
@@ -14,58 +15,9 @@
 namespace barecnn {
 
 Net::Net(const std::string& spec, const Dims& input) : input_(input) {
-  if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1)
-    throw UsageError(fmt("input shape must be CxHxW with positive sizes, got ", dims_str(input)));
-  if (dims_numel(input) > size_t(INT32_MAX))
-    throw UsageError(fmt("input shape ", dims_str(input), " has more than ", INT32_MAX, " values per image"));
-  std::vector<LayerDesc> descs = parse_arch(spec);
-  Dims cur = input;
-  for (const LayerDesc& d : descs) {
-    int idx = int(layers_.size());
-    // A dense layer after an image gets a flatten first; it counts as a layer, as an explicit
-    // nn.Flatten would in PyTorch, so parameter names match torch.nn.Sequential.
-    if (d.kind == LayerKind::Dense && cur.size() == 3) {
-      layers_.push_back(make_flatten(idx++, cur));
-      cur = layers_.back()->out_dims();
-    }
-    std::unique_ptr<Layer> l;
-    switch (d.kind) {
-      case LayerKind::Conv:
-        l = make_conv2d(idx, cur, d.out, d.kh, d.kw, d.stride, d.pad);
-        break;
-      case LayerKind::MaxPool:
-        l = make_maxpool2d(idx, cur, d.kh, d.kw, d.stride);
-        break;
-      case LayerKind::AvgPool:
-        l = make_avgpool2d(idx, cur, d.kh, d.kw, d.stride);
-        break;
-      case LayerKind::L2Pool:
-        l = make_l2pool2d(idx, cur, d.kh, d.kw, d.stride);
-        break;
-      case LayerKind::Flatten:
-        l = make_flatten(idx, cur);
-        break;
-      case LayerKind::Dense:
-        l = make_dense(idx, cur, d.out);
-        break;
-      case LayerKind::Activation:
-        l = make_activation(idx, cur, d.act);
-        break;
-      case LayerKind::Softmax:
-        l = make_softmax(idx, cur);
-        break;
-    }
-    cur = l->out_dims();
-    layers_.push_back(std::move(l));
-  }
-  // The logits must be a flat vector per sample, one value per class.
-  if (cur.size() != 1) {
-    layers_.push_back(make_flatten(int(layers_.size()), cur));
-    cur = layers_.back()->out_dims();
-  }
-  std::string canon;
-  for (auto& l : layers_) canon += (canon.empty() ? "" : " ") + l->spec();
-  spec_ = canon;
+  const std::vector<ArchLayer> arch = resolve_arch(spec, input);
+  for (const ArchLayer& a : arch) layers_.push_back(make_layer(int(layers_.size()), a));
+  spec_ = arch_spec(arch);
 
   size_t off = 0;
   for (auto& l : layers_) {
@@ -146,13 +98,13 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   }
   size_t ws = 0;
   for (int i = 0; i < L; ++i) {
-    if (device == Device::CUDA) ws = std::max(ws, layers_[i]->workspace_floats(N));
+    ws = std::max(ws, layers_[i]->workspace_floats(N, device));
     const size_t saved = layers_[i]->saved_ints(N);
     BARECNN_ASSERT(saved <= size_t(INT32_MAX), layers_[i]->label(), ": ", saved, " saved values exceed int32");
     st.saved[i].reset({int(saved)}, device);
   }
-  BARECNN_ASSERT(ws <= size_t(INT32_MAX), "GPU workspace of ", ws, " floats");
-  if (device == Device::CUDA) st.workspace.reset({int(std::max<size_t>(ws, 1))}, device);
+  BARECNN_ASSERT(ws <= size_t(INT32_MAX), "a workspace of ", ws, " floats");
+  st.workspace.reset({int(ws)}, device);
 }
 
 template <typename T>
@@ -176,7 +128,7 @@ LayerCall<T> Net::layer_call(NetState<T>& st, const PlannedLayer& p, const T* pa
 }
 
 template <typename T>
-void Net::forward(NetState<T>& st, const T* params, const Exec& ex) {
+void Net::forward(NetState<T>& st, const T* params, const Exec& ex) const {
   for (const PlannedLayer& p : st.plan) {
     NvtxScope range(layers_[p.layer]->label() + (p.fused_relu ? " + relu forward" : " forward"));
     layers_[p.layer]->forward(layer_call<T>(st, p, params, nullptr, ex, false));
@@ -184,7 +136,7 @@ void Net::forward(NetState<T>& st, const T* params, const Exec& ex) {
 }
 
 template <typename T>
-void Net::backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad) {
+void Net::backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad) const {
   for (auto p = st.plan.rbegin(); p != st.plan.rend(); ++p) {
     NvtxScope range(layers_[p->layer]->label() + (p->fused_relu ? " + relu backward" : " backward"));
     layers_[p->layer]->backward(layer_call<T>(st, *p, params, grads, ex, need_input_grad));
@@ -235,10 +187,10 @@ std::string Net::summary() const {
 
 template void Net::prepare<float>(NetState<float>&, int, Device) const;
 template void Net::prepare<double>(NetState<double>&, int, Device) const;
-template void Net::forward<float>(NetState<float>&, const float*, const Exec&);
-template void Net::forward<double>(NetState<double>&, const double*, const Exec&);
-template void Net::backward<float>(NetState<float>&, const float*, float*, const Exec&, bool);
-template void Net::backward<double>(NetState<double>&, const double*, double*, const Exec&, bool);
+template void Net::forward<float>(NetState<float>&, const float*, const Exec&) const;
+template void Net::forward<double>(NetState<double>&, const double*, const Exec&) const;
+template void Net::backward<float>(NetState<float>&, const float*, float*, const Exec&, bool) const;
+template void Net::backward<double>(NetState<double>&, const double*, double*, const Exec&, bool) const;
 template LayerCall<float> Net::layer_call<float>(NetState<float>&, const PlannedLayer&, const float*, float*,
                                                  const Exec&, bool) const;
 template LayerCall<double> Net::layer_call<double>(NetState<double>&, const PlannedLayer&, const double*, double*,

@@ -1,6 +1,8 @@
 // The arch grammar (DESIGN.md): layers separated by spaces, e.g.
 //   conv(32,5,pad=2) relu maxpool(2) dense(128) relu dense(10)
-// and the presets `paper`, `lenet5`, `deep`.
+// and the presets `paper`, `lenet5`, `deep`; and the shape inference that turns a spec and an
+// input shape into the checked list of layers a Net is built from. No CUDA: the fuzzer of the
+// grammar links this alone (the barecnn_arch library).
 #pragma once
 
 #include <string>
@@ -8,6 +10,7 @@
 
 #include "barecnn/activation.h"
 #include "barecnn/names.h"
+#include "barecnn/shape.h"
 
 namespace barecnn {
 
@@ -31,7 +34,24 @@ std::vector<std::pair<std::string, std::string>> presets();
 // Parses a spec; throws UsageError naming the position and the token ("unknown layer 'conv2d'
 // at position 1; did you mean 'conv'?").
 std::vector<LayerDesc> parse_arch(const std::string& spec);
-// Canonical text of a layer ("conv(32,5,pad=2)").
+// Canonical text of a layer ("conv(32,5,pad=2)"): what Layer::spec() prints, and what the
+// canonical spec of a net (arch_spec, Net::spec) is made of.
 std::string layer_desc_str(const LayerDesc& d);
+
+// One layer of a net with its shapes: the parsed layer and one sample's input and output dims,
+// (C, H, W) or (F).
+struct ArchLayer {
+  LayerDesc desc;
+  Dims in, out;
+};
+// Shape inference: parses `spec` (an arch spec or a preset name) for one sample of `input` dims
+// (C, H, W), inserts a flatten before the first dense layer that follows an image (it counts as a
+// layer, as an explicit nn.Flatten would in PyTorch) and at the end when the logits would not be
+// flat, checks each layer's geometry against its input and computes its output. Throws
+// UsageError naming the layer ("layer 4 conv(32,7): input 5x5 is smaller than the 7x7 kernel").
+std::vector<ArchLayer> resolve_arch(const std::string& spec, const Dims& input);
+// The canonical spec of resolved layers: their layer_desc_str joined by spaces. It resolves to
+// the same layers again.
+std::string arch_spec(const std::vector<ArchLayer>& layers);
 
 }  // namespace barecnn

@@ -25,7 +25,10 @@ namespace barecnn {
 struct Exec {
   Device device = Device::CPU;
   const GpuContext* gpu = nullptr;  // set exactly when device is CUDA
-  float* workspace = nullptr;       // GPU scratch for the layers (NetState::workspace), or null
+  float* workspace = nullptr;       // scratch for the layers (NetState::workspace), or null
+  // Which conv2d kernels the GPU runs (gpu_ops.h); the CPU ignores it. ExecContext sets it from
+  // the environment (BARECNN_CONV_IMPL).
+  gpu::ConvImpl conv_impl = gpu::ConvImpl::Fast;
 
   static Exec cpu() { return {}; }
   static Exec cuda(const GpuContext& g) { return {Device::CUDA, &g, nullptr}; }
@@ -55,7 +58,9 @@ void conv2d_backward_input(const Exec& ex, float* dinp, const float* dout, const
                            const float* relu_out = nullptr);
 void conv2d_backward_input(const Exec& ex, double* dinp, const double* dout, const double* w, const Conv2dShape& s,
                            const double* relu_out = nullptr);
-// Uses ex.workspace on the GPU (Net sizes it: Layer::workspace_floats).
+// Uses ex.workspace on the GPU, of conv2d_backward_weight_workspace(ex.device, s) floats (Net
+// sizes it: Layer::workspace_floats).
+size_t conv2d_backward_weight_workspace(Device device, const Conv2dShape& s);
 void conv2d_backward_weight(const Exec& ex, float* dw, float* db, const float* dout, const float* inp,
                             const Conv2dShape& s, const float* relu_out = nullptr);
 void conv2d_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp,
@@ -123,7 +128,9 @@ void optimizer_step(const Exec& ex, float* param, const float* grad, float* m, f
 
 }  // namespace op
 
-// An Exec with a GpuContext of its own on Device::CUDA (for callers that do not share one).
+// An Exec with a GpuContext of its own on Device::CUDA (for callers that do not share one). On
+// CUDA its conv_impl comes from the environment variable BARECNN_CONV_IMPL=simple|fast (unset:
+// fast); any other value is a UsageError.
 class ExecContext {
  public:
   explicit ExecContext(Device d);

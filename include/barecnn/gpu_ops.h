@@ -23,6 +23,12 @@ namespace barecnn {
 
 namespace gpu {
 
+// Which kernels the three conv2d launchers below run. Fast: the tiled kernels, each falling back
+// to Simple where its shape limits do not hold; Simple: one thread per output, the baseline. The
+// callers carry the choice (Exec::conv_impl; the tests and the conv lab check both against the
+// reference).
+enum class ConvImpl : int { Simple, Fast };
+
 // Same ops, same argument order, on `stream`. All pointers are device pointers.
 //
 // Fused ReLU (opt-in, for a conv layer followed by relu). fuse_relu: out = relu(conv + bias),
@@ -31,22 +37,15 @@ namespace gpu {
 // of dout, bitwise what activation_backward(Relu) would have passed them (y > 0 exactly where the
 // pre-activation is > 0), so the fused chain gives the very gradients of the unfused one.
 void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
-                    cudaStream_t stream, bool fuse_relu = false);
-void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
+                    ConvImpl impl, cudaStream_t stream, bool fuse_relu = false);
+void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s, ConvImpl impl,
                            cudaStream_t stream, const float* relu_out = nullptr);
 // Deterministic: no floating-point atomics. `workspace` is scratch for the two-stage reduction,
 // of conv2d_backward_weight_workspace(s) floats (may be null when that is 0); the same size with
-// or without relu_out.
+// or without relu_out, and for either ConvImpl.
 void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
-                            float* workspace, cudaStream_t stream, const float* relu_out = nullptr);
+                            float* workspace, ConvImpl impl, cudaStream_t stream, const float* relu_out = nullptr);
 size_t conv2d_backward_weight_workspace(const Conv2dShape& s);
-// Which conv2d kernels the three launchers above run. Fast (default): the tiled kernels, each
-// falling back to Simple where its shape limits do not hold; Simple: one thread per output, the
-// baseline. The start value comes from the environment variable BARECNN_CONV_IMPL=simple|fast,
-// read once; tests call set_conv_impl to check both against the reference.
-enum class ConvImpl : int { Simple, Fast };
-void set_conv_impl(ConvImpl impl);
-ConvImpl conv_impl();
 
 void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2dShape& s, cudaStream_t stream);
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s, cudaStream_t stream);

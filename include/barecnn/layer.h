@@ -1,6 +1,7 @@
-// Layer objects: each owns the description of its parameters, computes its output shape when the
-// net is built, and makes one op call per direction through the dispatch of exec.h (which picks
-// the CUDA launcher, the fast CPU op or the reference). A layer holds no per-batch buffers: its
+// Layer objects: each holds its resolved geometry (arch.h), owns the description of its
+// parameters, says what a call costs, and makes one op call per direction through the dispatch
+// of exec.h (which picks the CUDA launcher, the fast CPU op or the reference). A layer holds no
+// per-batch buffers: its
 // saved state for backward (the max-pool argmax mask) lives in the NetState beside the
 // activations, so one Net can run several batch sizes (training, evaluation) without moving a
 // buffer that a captured CUDA Graph points at.
@@ -46,18 +47,43 @@ struct LayerCall {
   const T* relu_out = nullptr;
 };
 
+// What one forward or one backward call of a layer costs over a batch: its arithmetic and the
+// fewest bytes it must move.
+//
+// FLOPs: convolution and dense count 2 per multiply-add; their backward computes the weight
+// gradient (as many FLOPs as the forward) and, with need_din, the input gradient (as many again).
+// The other layers count ~1 op per element they produce, enough to print a rate; flatten is a
+// copy and does none.
+//
+// Bytes: between DRAM and the chip, float32 tensors (int32 for the max-pool mask): each tensor the
+// math needs is read once and each result is written once, as though the chip held everything in
+// between. This is a lower bound: a kernel that reads dout twice (once for each gradient) or
+// re-reads its input tile moves more. So bytes / time is a lower bound of the bandwidth a kernel
+// really draws; a layer far below the measured peaks (peak.h) on both FLOP/s and bytes/s is limited
+// by something else (launch latency, too few blocks, poor access patterns). Each layer's cost()
+// (host/nn/layers.cpp) says which tensors it counts.
+struct OpCost {
+  double flops = 0;
+  double bytes = 0;
+};
+struct LayerCost {
+  OpCost forward, backward;
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
 
-  // The spec as written in the arch grammar: "conv(32,5,pad=2)", "relu", "maxpool(2)".
-  virtual std::string spec() const = 0;
-  virtual LayerKind kind() const = 0;
+  // The spec as written in the arch grammar: "conv(32,5,pad=2)", "relu", "maxpool(2)"
+  // (layer_desc_str of its parsed form).
+  std::string spec() const;
+  LayerKind kind() const { return desc_.kind; }
   virtual std::vector<ParamSpec> param_specs() const { return {}; }
   // Initializes this layer's parameters (host, flat, in param_specs order).
   // `relu_after`: the next nonlinearity is ReLU-like (He init), else Xavier.
   virtual void init_params(float* param, Rng& rng, bool relu_after) const {}
-  virtual size_t workspace_floats(int N) const { return 0; }
+  // Floats of scratch its calls need on `device` for a batch of N (LayerCall::ex.workspace).
+  virtual size_t workspace_floats(int N, Device device) const { return 0; }
   // Int32s that forward saves for backward for a batch of N (max pooling: its argmax mask).
   virtual size_t saved_ints(int N) const { return 0; }
   // Is the layer a ReLU-family activation (for the init rule)? Is it a nonlinearity at all?
@@ -69,11 +95,16 @@ class Layer {
   // Can this layer apply a following plain ReLU in its own kernels on `device` (the GPU conv)?
   virtual bool can_fuse_relu(Device device) const { return false; }
   virtual bool is_plain_relu() const { return false; }
+  // The cost of one forward and one backward call over a batch of N (see LayerCost). `need_din`:
+  // the input gradient is computed (every layer but the first; nothing needs the gradient of the
+  // image).
+  virtual LayerCost cost(int N, bool need_din) const = 0;
 
-  virtual void forward(const LayerCall<float>& c) = 0;
-  virtual void forward(const LayerCall<double>& c) = 0;
-  virtual void backward(const LayerCall<float>& c) = 0;
-  virtual void backward(const LayerCall<double>& c) = 0;
+  // A layer keeps no state between calls: everything a call reads or writes is in the LayerCall.
+  virtual void forward(const LayerCall<float>& c) const = 0;
+  virtual void forward(const LayerCall<double>& c) const = 0;
+  virtual void backward(const LayerCall<float>& c) const = 0;
+  virtual void backward(const LayerCall<double>& c) const = 0;
 
   const Dims& in_dims() const { return in_; }  // one sample: (C, H, W) or (F)
   const Dims& out_dims() const { return out_; }
@@ -83,20 +114,14 @@ class Layer {
   std::string label() const;
 
  protected:
-  Layer(int index, Dims in) : index_(index), in_(std::move(in)) {}
+  Layer(int index, const ArchLayer& a) : index_(index), desc_(a.desc), in_(a.in), out_(a.out) {}
   int index_;
+  LayerDesc desc_;
   Dims in_, out_;
 };
 
-// Constructors; each validates its geometry against the input dims and throws UsageError
-// naming the layer. `index` is the position in the net (torch.nn.Sequential index).
-std::unique_ptr<Layer> make_conv2d(int index, const Dims& in, int out_channels, int kh, int kw, int stride, int pad);
-std::unique_ptr<Layer> make_maxpool2d(int index, const Dims& in, int kh, int kw, int stride);
-std::unique_ptr<Layer> make_avgpool2d(int index, const Dims& in, int kh, int kw, int stride);
-std::unique_ptr<Layer> make_l2pool2d(int index, const Dims& in, int kh, int kw, int stride);
-std::unique_ptr<Layer> make_activation(int index, const Dims& in, Activation a);
-std::unique_ptr<Layer> make_softmax(int index, const Dims& in);
-std::unique_ptr<Layer> make_flatten(int index, const Dims& in);
-std::unique_ptr<Layer> make_dense(int index, const Dims& in, int units);
+// The layer of a resolved arch (resolve_arch in arch.h, which has checked its geometry);
+// `index` is its position in the net (torch.nn.Sequential index).
+std::unique_ptr<Layer> make_layer(int index, const ArchLayer& a);
 
 }  // namespace barecnn

@@ -38,7 +38,7 @@ struct NetState {
   int N = 0;
   std::vector<BasicTensor<T>> act;   // act[i]: input of layer i; act[L]: the logits (N, K)
   std::vector<BasicTensor<T>> dact;  // dact[i]: d loss / d act[i]
-  Tensor workspace;                  // GPU scratch shared by the layers
+  Tensor workspace;                  // scratch shared by the layers (Layer::workspace_floats), or empty
   std::vector<TensorI> saved;        // saved[i]: layer i's state from forward (argmax mask), or empty
   // The layers that run, in order (Net::prepare); forward, backward, first_nonfinite and bench
   // walk it. A slot no entry uses holds an empty tensor.
@@ -90,11 +90,11 @@ class Net {
   void prepare(NetState<T>& st, int N, Device device) const;
   // st.act[0] must hold the input. Writes st.act[1..L].
   template <typename T>
-  void forward(NetState<T>& st, const T* params, const Exec& ex);
+  void forward(NetState<T>& st, const T* params, const Exec& ex) const;
   // st.dact[L] must hold d loss / d logits. Writes st.dact[L-1..1] (and dact[0] if
   // need_input_grad) and grads (num_params, overwritten).
   template <typename T>
-  void backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad);
+  void backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad) const;
   // The call that forward / backward make for a plan entry (grads may be null for forward only;
   // the input gradient of the net's input is skipped unless need_input_grad). Benchmarks time
   // single layers with it.

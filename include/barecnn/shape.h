@@ -82,8 +82,12 @@ BARECNN_HD void pool_out_range(int i, int k, int stride, int out_size, int* lo, 
 
 // Validating constructors. `layer` names the layer in messages, e.g. "layer 3 conv(32,7)".
 // They throw UsageError for impossible geometry ("input 6x6 is smaller than the 7x7 kernel").
+// One stride and padding for both axes (as the arch grammar has them), or one per axis.
 Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw, int stride, int pad,
                               const std::string& layer);
+Conv2dShape make_conv2d_shape(int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw,
+                              const std::string& layer);
 Pool2dShape make_pool2d_shape(int N, int C, int H, int W, int kh, int kw, int stride, const std::string& layer);
+Pool2dShape make_pool2d_shape(int N, int C, int H, int W, int kh, int kw, int sh, int sw, const std::string& layer);
 
 }  // namespace barecnn
