@@ -27,7 +27,7 @@ struct StepResult {
 };
 
 // One forward + loss + backward of `net` on a fixed batch, on `dev`.
-StepResult one_step(Net& net, const std::vector<float>& params, const std::vector<float>& x,
+StepResult one_step(const Net& net, const std::vector<float>& params, const std::vector<float>& x,
                     const std::vector<int32_t>& labels, Loss loss, Device dev) {
   const int N = int(labels.size()), K = net.num_outputs();
   const ExecContext ctx(dev);

@@ -58,7 +58,8 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // `steps` steps of epoch 0 from the initial state, on `dev`.
-StepState run_steps(Net& net, const Data& d, const StepSettings& s, Device dev, int steps, StepMetrics* m = nullptr) {
+StepState run_steps(const Net& net, const Data& d, const StepSettings& s, Device dev, int steps,
+                    StepMetrics* m = nullptr) {
   ExecContext ctx(dev);
   TrainStep step(net, ctx.exec(), d.images, d.labels, s);
   step.set_state(initial_state(net, 5));

@@ -8,8 +8,8 @@
 
 namespace barecnn {
 
-Evaluator::Evaluator(Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels, float mean,
-                     float std, Loss loss, int batch)
+Evaluator::Evaluator(const Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels,
+                     float mean, float std, Loss loss, int batch)
     : net_(net),
       ex_(ex),
       images_(images),
@@ -74,7 +74,7 @@ EvalResult Evaluator::run(const float* params, bool keep_logits) {
   return r;
 }
 
-EvalResult evaluate(Net& net, const std::vector<float>& params, const IdxImages& images,
+EvalResult evaluate(const Net& net, const std::vector<float>& params, const IdxImages& images,
                     const std::vector<uint8_t>& labels, float mean, float std, Loss loss, Device device, int batch,
                     bool keep_logits) {
   ExecContext ctx(device);

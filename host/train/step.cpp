@@ -6,7 +6,7 @@
 
 namespace barecnn {
 
-TrainStep::TrainStep(Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels,
+TrainStep::TrainStep(const Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels,
                      const StepSettings& settings)
     : net_(net), ex_(ex), settings_(settings), count_(images.count), P_(images.rows * images.cols), readback_(ex, 2) {
   const int B = settings_.batch;

@@ -24,13 +24,13 @@ struct EvalResult {
 class Evaluator {
  public:
   // `labels` may be empty (prediction only). `net` and `images` must outlive the evaluator.
-  Evaluator(Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels, float mean,
+  Evaluator(const Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels, float mean,
             float std, Loss loss, int batch);
   // params: flat, on ex.device.
   EvalResult run(const float* params, bool keep_logits);
 
  private:
-  Net& net_;
+  const Net& net_;
   Exec ex_;
   const IdxImages& images_;
   bool has_labels_;
@@ -44,7 +44,7 @@ class Evaluator {
 };
 
 // Evaluates `params` (host, flat) on images on `device`; labels may be empty (prediction only).
-EvalResult evaluate(Net& net, const std::vector<float>& params, const IdxImages& images,
+EvalResult evaluate(const Net& net, const std::vector<float>& params, const IdxImages& images,
                     const std::vector<uint8_t>& labels, float mean, float std, Loss loss, Device device, int batch,
                     bool keep_logits);
 

@@ -49,7 +49,7 @@ class TrainStep {
  public:
   // `images` (count of P pixels) and `labels` (count) are copied to ex.device once. `net` must
   // outlive the step; its buffers are prepared here for settings.batch.
-  TrainStep(Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels,
+  TrainStep(const Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels,
             const StepSettings& settings);
 
   void set_state(const StepState& s);
@@ -77,7 +77,7 @@ class TrainStep {
  private:
   void enqueue();  // the step's ops, in order, on ex_
 
-  Net& net_;
+  const Net& net_;
   Exec ex_;
   StepSettings settings_;
   int count_ = 0, P_ = 0;
