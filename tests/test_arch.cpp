@@ -93,8 +93,28 @@ TEST(Arch, UnknownLayerSuggestsTheNearestName) {
   EXPECT_NE(e.find("did you mean 'maxpool'"), std::string::npos) << e;
 }
 
+TEST(Arch, ErrorsNumberLayersAsTheTableAndPyTorchDoFromZero) {
+  // conv 0, relu 1, the inserted flatten 2, dense 3, then the bad layer 4.
+  std::string e = build_error("conv(4,3) relu dense(8) foo dense(10)");
+  EXPECT_NE(e.find("layer 4: unknown layer 'foo'"), std::string::npos) << e;
+  e = build_error("conv(4,3) relu flatten dense(8) dense(x)");  // an explicit flatten: nothing inserted
+  EXPECT_NE(e.find("layer 4 'dense(x)'"), std::string::npos) << e;
+  e = build_error("conv(4,3) relu(2) dense(10)");  // before any dense: the position as written
+  EXPECT_NE(e.find("layer 1 'relu(2)'"), std::string::npos) << e;
+  // The same numbers as the shape errors and the table.
+  Net n("conv(4,3) relu dense(8) relu dense(10)", {1, 8, 8});
+  EXPECT_EQ(n.layer(4).label(), "layer 4 relu");
+}
+
+TEST(Arch, NamesInAnyCasePresetsToo) {
+  EXPECT_EQ(Net("PAPER", {1, 28, 28}).spec(), Net("paper", {1, 28, 28}).spec());
+  EXPECT_EQ(Net("Conv(8,3) ReLU Dense(10)", {1, 8, 8}).spec(), "conv(8,3) relu flatten dense(10)");
+  std::string e = build_error("papr");
+  EXPECT_NE(e.find("did you mean 'paper'"), std::string::npos) << e;
+}
+
 TEST(Arch, MalformedArgumentsNameTheLayer) {
-  EXPECT_NE(build_error("conv(8) dense(10)").find("layer 1 'conv(8)'"), std::string::npos);
+  EXPECT_NE(build_error("conv(8) dense(10)").find("layer 0 'conv(8)'"), std::string::npos);
   EXPECT_NE(build_error("conv(8,3,strde=2) dense(10)").find("did you mean 'stride'"), std::string::npos);
   EXPECT_NE(build_error("conv(8,x) dense(10)").find("whole number"), std::string::npos);
   EXPECT_NE(build_error("conv(8,3 dense(10)").find("no closing ')'"), std::string::npos);

@@ -31,7 +31,7 @@ std::vector<std::pair<std::string, std::string>> presets() {
 
 std::string resolve_preset(const std::string& s) {
   for (auto& [name, spec] : presets())
-    if (s == name) return spec;
+    if (lower(s) == name) return spec;  // (any case, as layer names)
   return s;
 }
 
@@ -49,7 +49,8 @@ struct Token {
   std::vector<std::string> args;  // raw, trimmed
   bool has_parens = false;
   std::string text;
-  int position = 0;  // 1-based layer position in the spec
+  int position = 0;  // the layer's index in the net, from 0, counting the flatten inserted before
+                     // the first dense layer (as the layer table and torch.nn.Sequential do)
 };
 
 std::string trim(const std::string& s) {
@@ -59,18 +60,23 @@ std::string trim(const std::string& s) {
 
 std::vector<Token> tokenize(const std::string& spec) {
   std::vector<Token> out;
+  int inserted = 0;   // flattens the net will insert before this token: 1 after the first dense
+  bool flat = false;  // a flatten or dense came before: no flatten is inserted any more
   size_t i = 0, n = spec.size();
   auto is_space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
   while (i < n) {
     while (i < n && is_space(spec[i])) ++i;
     if (i >= n) break;
     Token t;
-    t.position = int(out.size()) + 1;
     size_t start = i;
     while (i < n && !is_space(spec[i]) && spec[i] != '(') {
-      if (spec[i] == ')') throw UsageError(fmt("--arch: unexpected ')' in layer ", t.position, " of \"", spec, "\""));
+      if (spec[i] == ')')
+        throw UsageError(fmt("--arch: unexpected ')' in layer ", int(out.size()) + inserted, " of \"", spec, "\""));
       t.name += char(std::tolower(static_cast<unsigned char>(spec[i++])));
     }
+    if (t.name == "dense" && !flat) inserted = 1;
+    if (t.name == "dense" || t.name == "flatten") flat = true;
+    t.position = int(out.size()) + inserted;
     size_t j = i;
     while (j < n && is_space(spec[j])) ++j;  // allow "conv (32,5)"
     if (j < n && spec[j] == '(') {
@@ -235,10 +241,13 @@ std::vector<LayerDesc> parse_arch(const std::string& spec_in) {
       if (pos.size() > 1) bad(t, fmt("expected ", n, "(alpha), got ", pos.size(), " arguments"));
       if (pos.size() == 1) d.act.alpha = parse_float(t, pos[0], "alpha");
     } else {
-      std::string near = nearest(n, layer_names());
+      std::vector<std::string> names = layer_names();
+      if (tokens.size() == 1 && !t.has_parens)  // (a lone word may be a misspelt preset)
+        for (auto& [preset, spec_of] : presets()) names.push_back(preset);
+      std::string near = nearest(n, names);
       std::string all;
       for (auto& l : layer_names()) all += (all.empty() ? "" : ", ") + l;
-      throw UsageError(fmt("--arch: unknown layer '", n, "' at position ", t.position,
+      throw UsageError(fmt("--arch: layer ", t.position, ": unknown layer '", n, "'",
                            near.empty() ? "" : "; did you mean '" + near + "'?", " (layers: ", all,
                            "; presets: paper, lenet5, deep)"));
     }
