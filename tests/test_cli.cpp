@@ -239,6 +239,7 @@ TEST_F(Cli, GradcheckCommand) {
   EXPECT_NE(r.out.find("gradcheck passed"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("input"), std::string::npos);
   EXPECT_FAILS_WITH(run("gradcheck --input 3x32"), 2, "--input");
+  EXPECT_FAILS_WITH(run("gradcheck --seed -3"), 2, "--seed must be an integer from 0");
 }
 
 TEST_F(Cli, BadFlags) {
@@ -268,7 +269,7 @@ TEST_F(Cli, BadFlags) {
 
 TEST_F(Cli, NamesInAnyCaseAndNotesForFlagsThatDoNotApply) {
   Result r =
-      run("train --device cpu --quiet --epochs 1 --data " + data_ + " --arch " + kArch +
+      run("train --device CPU --quiet --epochs 1 --data " + data_ + " --arch " + kArch +
           " --optimizer Adam --momentum 0.5 --loss Cross_Entropy --cuda-graph on --out " + test::fresh_dir("cli_case"));
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("note: --momentum applies to sgd only"), std::string::npos) << r.out;

@@ -39,7 +39,7 @@ int cmd_gradcheck(const std::string& arch, const std::string& input, const std::
 Runner add_gradcheck(CLI::App& app) {
   struct Opts {
     std::string arch = "paper", input = "1x28x28", loss = "cross_entropy";
-    uint64_t seed = 1;
+    std::string seed = "1";
     int batch = 2, samples = 24;
   };
   auto o = std::make_shared<Opts>();
@@ -53,7 +53,7 @@ Runner add_gradcheck(CLI::App& app) {
   gradcheck->footer(
       "Examples:\n  barecnn gradcheck --arch lenet5\n"
       "  barecnn gradcheck --arch \"conv(4,3,stride=2,pad=1) elu l2pool(2) dense(5)\" --input 3x11x9 --loss bce");
-  return [o] { return cmd_gradcheck(o->arch, o->input, o->loss, o->seed, o->batch, o->samples); };
+  return [o] { return cmd_gradcheck(o->arch, o->input, o->loss, parse_seed(o->seed), o->batch, o->samples); };
 }
 
 }  // namespace barecnn::cli

@@ -16,16 +16,6 @@ namespace barecnn::cli {
 
 namespace {
 
-// --seed: an integer in [0, 2^64 - 1], nothing else (CLI11 would wrap -1 around).
-uint64_t parse_seed(const std::string& s) {
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
-  if (s.empty() || !std::isdigit(static_cast<unsigned char>(s[0])) || *end != '\0' || errno == ERANGE)
-    throw UsageError(fmt("--seed must be an integer from 0 to 18446744073709551615, got '", s, "'"));
-  return v;
-}
-
 // "a,b,c" -> {"a", "b", "c"}; an empty name is an error.
 std::vector<std::string> parse_class_names(const std::string& s) {
   std::vector<std::string> names;
@@ -116,6 +106,7 @@ Runner add_train(CLI::App& app) {
     check_at_least(tc.opt.threads, 0, "--threads");
     check_at_least(tc.opt.checkpoint_every, 0, "--checkpoint-every");
     tc.spec.seed = parse_seed(o->seed);
+    tc.opt.device = lower(tc.opt.device);
     double lr = o->lr;
     if (tc.spec.optim.kind == Optim::Adam && train->count("--lr") == 0) lr = 0.001;  // Adam's usual step
     tc.spec.optim.lr = float(lr);

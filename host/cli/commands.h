@@ -4,7 +4,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <functional>
+#include <string>
 
 namespace barecnn::cli {
 
@@ -19,6 +21,8 @@ Runner add_info(CLI::App& app);
 
 // "--batch must be >= 1, got 0" unless `value` >= `min`.
 void check_at_least(long long value, long long min, const char* flag);
+// --seed: an integer from 0 to 2^64 - 1 and nothing else (CLI11 would wrap -1 around).
+uint64_t parse_seed(const std::string& value);
 // --flag on|off.
 bool parse_on_off(const std::string& value, const char* flag);
 

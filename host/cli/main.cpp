@@ -2,7 +2,10 @@
 // becomes one message on stderr and exit code 1 (runtime) or 2 (usage).
 #include <CLI/CLI.hpp>
 
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <new>
 #include <vector>
 
@@ -18,6 +21,15 @@ namespace barecnn::cli {
 
 void check_at_least(long long value, long long min, const char* flag) {
   if (value < min) throw UsageError(fmt(flag, " must be >= ", min, ", got ", value));
+}
+
+uint64_t parse_seed(const std::string& s) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (s.empty() || !std::isdigit(static_cast<unsigned char>(s[0])) || *end != '\0' || errno == ERANGE)
+    throw UsageError(fmt("--seed must be an integer from 0 to 18446744073709551615, got '", s, "'"));
+  return v;
 }
 
 bool parse_on_off(const std::string& value, const char* flag) {

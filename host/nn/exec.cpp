@@ -23,6 +23,7 @@
 #include "barecnn/cpu_ops.h"
 #include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
+#include "barecnn/names.h"
 #include "barecnn/rng.h"
 
 namespace barecnn {
@@ -324,7 +325,8 @@ double ExecTimer::stop_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count();
 }
 
-Device choose_device(const std::string& flag, std::string* why) {
+Device choose_device(const std::string& flag_in, std::string* why) {
+  const std::string flag = lower(flag_in);
   const GpuStatus& g = gpu_status();
   if (flag == "cpu") {
     *why = "--device cpu";
@@ -335,7 +337,7 @@ Device choose_device(const std::string& flag, std::string* why) {
     *why = fmt(g.name, ", sm_", g.cc_major, g.cc_minor, g.emulated ? "; the GPU code runs on the CPU (tests/emu)" : "");
     return Device::CUDA;
   }
-  if (flag != "auto") throw UsageError(fmt("--device: expected auto, cpu or cuda, got '", flag, "'"));
+  if (flag != "auto") throw UsageError(fmt("--device: expected auto, cpu or cuda, got '", flag_in, "'"));
   if (g.ok) {
     *why = fmt("--device auto found ", g.name, ", sm_", g.cc_major, g.cc_minor,
                g.emulated ? "; the GPU code runs on the CPU (tests/emu)" : "");
