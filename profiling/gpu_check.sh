@@ -133,7 +133,7 @@ EOF
 }
 train() {  # train() NAME ARGS...: 3 epochs of paper, batch 64, seed 1
   local name=$1; shift
-  timeout "$(cap 90)" "${RT[@]}" "$B/barecnn" train --device cuda --data "$DATA" --arch paper --epochs 3 --out "$W/$name" "$@" \
+  timeout "$(cap 90)" "${RT[@]}" "$B/barecnn" train --device cuda --data "$DATA" --arch paper --epochs 3 --overwrite --out "$W/$name" "$@" \
     > "$W/train-$name.log" 2>&1 || { echo "train $name failed:"; tail -5 "$W/train-$name.log"; }
 }
 step "training: paper net, 3 epochs, Fashion-MNIST (eager; again; with --cuda-graph on)"

@@ -120,7 +120,7 @@ echo "profiling: $BIN train --arch '$ARCH' --batch $BATCH --epochs $EPOCHS --lim
 timeout "$TIMEOUT" "$NSYS_BIN" profile --trace=cuda,nvtx --sample=none --cpuctxsw=none "${TRACE_ARGS[@]}" \
   --force-overwrite=true --output="$OUT/$name" \
   "${RT[@]}" "$BIN" train --device cuda --data "$DATA" --arch "$ARCH" --batch "$BATCH" --epochs "$EPOCHS" \
-  --limit "$LIMIT" --quiet --out "$OUT/$name-run" "${GRAPH_ARGS[@]}" "${EXTRA[@]}" \
+  --limit "$LIMIT" --quiet --overwrite --out "$OUT/$name-run" "${GRAPH_ARGS[@]}" "${EXTRA[@]}" \
   > "$OUT/$name.log" 2>&1
 rc=$?
 tail -5 "$OUT/$name.log"

@@ -79,7 +79,7 @@ bench() {
 barecnn() {
   local name=$1 arch=$2 batch=$3 seed=$4 graph=${5:-on} fuse=${6:-off}
   rt_run 90 "$B/barecnn" train --device cuda --data "$DATA" --arch "$arch" --batch "$batch" --epochs "$EPOCHS" \
-    --seed "$seed" --cuda-graph "$graph" --fuse "$fuse" --quiet --out "$W/runs/$name" > "$W/runs/$name.log" 2>&1
+    --seed "$seed" --cuda-graph "$graph" --fuse "$fuse" --quiet --overwrite --out "$W/runs/$name" > "$W/runs/$name.log" 2>&1
   echo "barecnn $name: $(tail -2 "$W/runs/$name.log" | head -1)"
 }
 # torch NAME MODE ARCH BATCH SEEDS
