@@ -297,6 +297,10 @@ TEST_F(Cli, BadArchSpecs) {
   EXPECT_FAILS_WITH(run(base + "\"conv(4,3) rleu dense(3)\""), 2, "did you mean 'relu'");
   EXPECT_FAILS_WITH(run(base + "\"conv(4,9) dense(3)\""), 2, "input 8x8 is smaller than the 9x9 kernel");
   EXPECT_FAILS_WITH(run(base + "\"conv(4,3) dense(10)\""), 2, "has 10 outputs but the data");
+  // Fewer outputs than classes is the net's mistake too (not the labels file's), and says where
+  // the first label beyond them is.
+  EXPECT_FAILS_WITH(run(base + "\"conv(4,3) dense(2)\""), 2, "--arch: the last layer (layer 2 dense(2)) has 2 outputs");
+  EXPECT_FAILS_WITH(run(base + "\"conv(4,3) dense(2)\""), 2, "has label 2 at index");
   EXPECT_FAILS_WITH(run(base + "\"conv(-1,3) dense(3)\""), 2, "output channels");
 }
 
@@ -472,6 +476,21 @@ TEST_F(Cli, CtrlCCheckpointsAndPrintsTheCommandThatContinues) {
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_EQ(load_model(part + "/model.safetensors").params, load_model(full + "/model.safetensors").params);
   EXPECT_EQ(nlohmann::json::parse(read_file(part + "/summary.json", "summary"))["completed"], true);
+}
+
+TEST_F(Cli, WithoutOutEachRunGetsItsOwnFolderAndLatestLinksToIt) {
+  std::string cwd = test::fresh_dir("cli_runs");
+  const std::string cmd = "cd " + cwd + " && " + std::string(BARECNN_EXE) + " train --device cpu --quiet --epochs 1 " +
+                          "--data " + data_ + " --arch " + kArch;
+  Result a = test::run_command(cmd), b = test::run_command(cmd);
+  ASSERT_EQ(a.rc, 0) << a.out;
+  ASSERT_EQ(b.rc, 0) << b.out;
+  EXPECT_NE(a.out.find("output   : runs/1 (runs/latest links to it)"), std::string::npos) << a.out;
+  EXPECT_NE(b.out.find("output   : runs/2 (runs/latest links to it)"), std::string::npos) << b.out;
+  EXPECT_TRUE(file_exists(cwd + "/runs/1/model.safetensors"));
+  EXPECT_EQ(std::filesystem::read_symlink(cwd + "/runs/latest"), "2");
+  // A folder that holds no checkpoint: --resume says what it found and when there is one.
+  EXPECT_FAILS_WITH(run("train --device cpu --resume " + data_), 2, "no checkpoint.safetensors in that folder");
 }
 
 TEST_F(Cli, EvalUsesTheModelsDataAndNeedsOnlyTheTestFiles) {
