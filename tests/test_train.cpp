@@ -36,6 +36,16 @@ TrainConfig config(const std::string& data, const std::string& out) {
   return c;
 }
 
+// Continues the run in `dir` on the CPU to `epochs` epochs in all, as `train --resume dir` does.
+TrainConfig resume_of(const std::string& dir, int epochs) {
+  TrainConfig c;
+  c.opt.resume = dir;
+  c.opt.epochs = epochs;
+  c.opt.device = "cpu";
+  c.opt.quiet = true;
+  return c;
+}
+
 std::vector<float> model_weights(const std::string& dir) {
   Model m = load_model(dir + "/model.safetensors");
   return m.params;
@@ -126,12 +136,7 @@ TEST_F(TrainCpu, ResumedRunEqualsUninterruptedRun) {
   cp.opt.out = part;
   cp.opt.epochs = 1;
   train(cp);
-  TrainConfig cr;
-  cr.opt.resume = part;
-  cr.opt.out = "";
-  cr.opt.epochs = 3;
-  cr.opt.device = "cpu";
-  cr.opt.quiet = true;
+  TrainConfig cr = resume_of(part, 3);
   train(cr);
   EXPECT_EQ(model_weights(full), model_weights(part));
   auto sf = summary(full), sp = summary(part);
@@ -161,12 +166,7 @@ TEST_F(TrainCpu, MidEpochCheckpointResumesBitwise) {
   EXPECT_EQ(summary(part)["epochs"].size(), 1u);
   ASSERT_TRUE(file_exists(part + "/model.safetensors"));
   EXPECT_NE(model_weights(part), ck.params);  // the model of epoch 1, not the state at step 25
-  TrainConfig cr;
-  cr.opt.resume = part;
-  cr.opt.out = "";
-  cr.opt.epochs = 2;
-  cr.opt.device = "cpu";
-  cr.opt.quiet = true;
+  TrainConfig cr = resume_of(part, 2);
   cr.opt.checkpoint_every = 5;
   train(cr);
   EXPECT_EQ(model_weights(full), model_weights(part));
@@ -184,12 +184,7 @@ TEST_F(TrainCpu, ResumeOfAFinishedRunRewritesItsOutputsOrSaysSo) {
   // Killed between the last checkpoint and the model file: resuming writes the outputs.
   std::filesystem::remove(out + "/model.safetensors");
   std::filesystem::remove(out + "/summary.json");
-  TrainConfig cr;
-  cr.opt.resume = out;
-  cr.opt.out = "";
-  cr.opt.epochs = 2;
-  cr.opt.quiet = true;
-  cr.opt.device = "cpu";
+  TrainConfig cr = resume_of(out, 2);
   train(cr);
   EXPECT_EQ(model_weights(out), w);
   EXPECT_EQ(summary(out)["epochs"].size(), 2u);
@@ -216,11 +211,7 @@ TEST_F(TrainCpu, DivergenceNamesTheLayerAndKeepsTheCheckpoint) {
   write_checkpoint(out + "/checkpoint.safetensors", ck);
   std::string model_before = read_file(out + "/model.safetensors", "model");
   std::string ckpt_before = read_file(out + "/checkpoint.safetensors", "checkpoint");
-  TrainConfig cr;
-  cr.opt.resume = out;
-  cr.opt.epochs = 2;
-  cr.opt.device = "cpu";
-  cr.opt.quiet = true;
+  TrainConfig cr = resume_of(out, 2);
   try {
     train(cr);
     FAIL() << "no error";
@@ -269,11 +260,7 @@ TEST_F(TrainCpu, SignalStopsAfterTheStepWithACheckpointAndResumesBitwise) {
   EXPECT_EQ(summary(part)["completed"], false);
   // eval and predict take the checkpoint as a model: the weights at the stop.
   EXPECT_EQ(load_model(part + "/checkpoint.safetensors").params, ck.params);
-  TrainConfig cr;
-  cr.opt.resume = part;
-  cr.opt.epochs = 2;
-  cr.opt.device = "cpu";
-  cr.opt.quiet = true;
+  TrainConfig cr = resume_of(part, 2);
   ASSERT_EQ(train(cr), 0);
   EXPECT_EQ(model_weights(full), model_weights(part));
   EXPECT_EQ(summary(part)["completed"], true);
@@ -401,11 +388,7 @@ TEST_F(TrainCpu, ResumesACheckpointFromBeforeTheDataWasRecorded) {
   ASSERT_NE(h.find(",\"lr\":0.05"), std::string::npos) << h;
   st.metadata["history"] = h.replace(h.find(",\"lr\":0.05"), 10, "");
   write_safetensors(part + "/checkpoint.safetensors", st);
-  TrainConfig cr;
-  cr.opt.resume = part;
-  cr.opt.epochs = 2;
-  cr.opt.device = "cpu";
-  cr.opt.quiet = true;
+  TrainConfig cr = resume_of(part, 2);
   ASSERT_EQ(train(cr), 0);
   EXPECT_EQ(model_weights(full), model_weights(part));
   EXPECT_EQ(summary(part)["epochs"][0]["lr"], 0.05);
