@@ -262,9 +262,21 @@ TEST_F(Cli, BadFlags) {
   EXPECT_FAILS_WITH(run(base + " --seed 99999999999999999999"), 2, "got '99999999999999999999'");
   EXPECT_FAILS_WITH(run(base + " --loss nll"), 2, "did you mean 'cross_entropy'?");
   EXPECT_FAILS_WITH(run(base + " --class-names a,,b"), 2, "--class-names: an empty name");
+  EXPECT_FAILS_WITH(run(base + " --threads 100000"), 2, "--threads must be from 0 to 1024, got 100000");
   // One message, on its first line: no blank line before it.
   Result r = run(base + " --lr -1");
   EXPECT_EQ(r.out.rfind("barecnn: error: ", 0), 0u) << r.out;
+}
+
+TEST_F(Cli, TheDeviceLineSaysWhyInOneParenthesis) {
+  Result r = run("train --device auto --quiet --epochs 1 --limit 64 --data " + data_ + " --arch " + kArch + " --out " +
+                 test::fresh_dir("cli_device_line"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const size_t at = r.out.find("  device   : ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  const std::string line = r.out.substr(at, r.out.find('\n', at) - at);
+  EXPECT_NE(line.find("(--device auto found "), std::string::npos) << line;
+  EXPECT_EQ(std::count(line.begin(), line.end(), '('), 1) << line;
 }
 
 TEST_F(Cli, NamesInAnyCaseAndNotesForFlagsThatDoNotApply) {

@@ -334,13 +334,14 @@ Device choose_device(const std::string& flag_in, std::string* why) {
   }
   if (flag == "cuda") {
     if (!g.ok) throw Error(fmt("--device cuda: no usable GPU: ", g.reason, ". Use --device cpu or --device auto"));
-    *why = fmt(g.name, ", sm_", g.cc_major, g.cc_minor, g.emulated ? "; the GPU code runs on the CPU (tests/emu)" : "");
+    *why = fmt(g.name, ", sm_", g.cc_major, g.cc_minor,
+               g.emulated ? "; the GPU code runs on the CPU through tests/emu" : "");
     return Device::CUDA;
   }
   if (flag != "auto") throw UsageError(fmt("--device: expected auto, cpu or cuda, got '", flag_in, "'"));
   if (g.ok) {
     *why = fmt("--device auto found ", g.name, ", sm_", g.cc_major, g.cc_minor,
-               g.emulated ? "; the GPU code runs on the CPU (tests/emu)" : "");
+               g.emulated ? "; the GPU code runs on the CPU through tests/emu" : "");
     return Device::CUDA;
   }
   *why = fmt("--device auto found no usable GPU: ", g.reason);
