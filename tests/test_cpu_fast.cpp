@@ -339,9 +339,37 @@ TEST(ActivationCpu, ReluFamilyMatchesReferenceExactly) {
     cpu::activation_forward(y.data(), x.data(), n, a);
     ref::activation_backward(d_ref.data(), dout.data(), x.data(), y_ref.data(), n, a);
     cpu::activation_backward(d.data(), dout.data(), x.data(), y.data(), n, a);
-    // The same float formula (x or slope*x; g or slope*g): equal bit for bit.
+    // The same float formulas as the reference (values; the signs of zeros: the test below).
     EXPECT_EQ(y, y_ref) << activation_name(a);
     EXPECT_EQ(d, d_ref) << activation_name(a);
+  }
+}
+
+// The vectorized select keeps the reference's conventions at the edges, bit for bit: +0 and -0
+// (the kink: x > 0 is false for both), subnormals, +-inf, NaN, and NaN gradients.
+TEST(ActivationCpu, ReluFamilyKeepsTheReferenceAtTheEdgesBitForBit) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float sub = std::numeric_limits<float>::denorm_min(), big = std::numeric_limits<float>::max();
+  std::vector<float> x = {0.f, -0.f, sub, -sub, 1e-38f, -1e-38f, inf, -inf, nan, -nan, big, -big, 1.f, -1.f};
+  std::vector<float> g = {1.f, -2.f, 3.f, -4.f, sub, -sub, 5.f, -6.f, 7.f, nan, inf, -inf, -0.f, 0.f};
+  // Repeated past a vector register's width, in every alignment, and a long run for the threads.
+  std::vector<float> xs, gs;
+  for (int r = 0; r < 4000; ++r)
+    for (size_t i = 0; i < x.size(); ++i) xs.push_back(x[(i + r) % x.size()]), gs.push_back(g[(i + 3 * r) % g.size()]);
+  const long long n = (long long)xs.size();
+  auto bits = [](const std::vector<float>& v) {
+    std::vector<uint32_t> b(v.size());
+    std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+    return b;
+  };
+  for (Activation a : {Activation{Act::Relu, 0.f}, Activation{Act::LeakyRelu, 0.1f}}) {
+    std::vector<float> y_ref(n), y(n), d_ref(n), d(n);
+    ref::activation_forward(y_ref.data(), xs.data(), n, a);
+    cpu::activation_forward(y.data(), xs.data(), n, a);
+    ref::activation_backward(d_ref.data(), gs.data(), xs.data(), y_ref.data(), n, a);
+    cpu::activation_backward(d.data(), gs.data(), xs.data(), y.data(), n, a);
+    EXPECT_EQ(bits(y), bits(y_ref)) << activation_name(a);
+    EXPECT_EQ(bits(d), bits(d_ref)) << activation_name(a);
   }
 }
 

@@ -1,7 +1,9 @@
 // Fast float CPU versions of the cheap-but-frequent ops: ReLU-family activations and max pooling.
 // The reference evaluates the activation table through a switch per element and routes every
 // max-pool gradient through a gather; here the common cases are straight loops the compiler
-// vectorizes (a select, not a branch), and everything else falls back to the reference.
+// vectorizes (a select, not a branch: that needs -fno-trapping-math, CMakeLists.txt; objdump shows
+// packed compares, cmpltps with andps or blendvps, with it and a scalar branch without), and
+// everything else falls back to the reference.
 #include <algorithm>
 
 #include "barecnn/cpu_ops.h"
@@ -12,8 +14,18 @@ namespace barecnn::cpu {
 static constexpr long long kMinParallel = 1LL << 15;
 
 void activation_forward(float* out, const float* inp, long long n, Activation a) {
-  if (a.kind == Act::Relu || a.kind == Act::LeakyRelu) {
-    const float slope = a.kind == Act::Relu ? 0.f : a.alpha;
+  // The reference's formulas exactly: ReLU is +0 (not 0 * x: -0, or NaN at -inf) where x <= 0,
+  // and a NaN stays NaN.
+  if (a.kind == Act::Relu) {
+#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
+    for (long long i = 0; i < n; ++i) {
+      float x = inp[i];
+      out[i] = x <= 0.f ? 0.f : x;
+    }
+    return;
+  }
+  if (a.kind == Act::LeakyRelu) {
+    const float slope = a.alpha;
 #pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
     for (long long i = 0; i < n; ++i) {
       float x = inp[i];

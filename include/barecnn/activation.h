@@ -48,7 +48,7 @@ BARECNN_HD T act_forward(Act kind, T x, T alpha) {
     case Act::Arctan:
       return atan(x);
     case Act::Relu:
-      return x > T(0) ? x : T(0);
+      return x <= T(0) ? T(0) : x;  // (+0 for -0; a NaN stays NaN, as torch.relu: never hidden)
     case Act::LeakyRelu:
       return x > T(0) ? x : alpha * x;
     case Act::Elu:
