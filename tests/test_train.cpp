@@ -11,6 +11,7 @@
 #include "barecnn/evaluator.h"
 #include "barecnn/error.h"
 #include "barecnn/fileutil.h"
+#include "barecnn/names.h"
 #include "barecnn/safetensors.h"
 #include "barecnn/trainer.h"
 #include "synthetic_data.h"
@@ -424,7 +425,8 @@ TEST(RunSpecTable, EverySettingRoundTripsAndBadTextIsNamed) {
   EXPECT_EQ(r.loss, s.loss);
   EXPECT_EQ(r.seed, s.seed);
   EXPECT_EQ(r.limit, s.limit);
-  for (float x : {1e-30f, 0.3f, 1.f / 3, 123456.7f, 1e30f}) EXPECT_EQ(std::strtof(float_text(x).c_str(), nullptr), x);
+  for (float x : {1e-30f, 0.3f, 1.f / 3, 123456.7f, 1e30f})
+    EXPECT_EQ(std::strtof(shortest_float(x).c_str(), nullptr), x);
   auto bad = m;
   bad["batch"] = "0";
   EXPECT_NE(test::usage_error_message([&] {

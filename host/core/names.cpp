@@ -18,7 +18,7 @@ namespace barecnn {
 // ---- activations ---------------------------------------------------------------------------------
 
 // Shortest decimal form that reads back as the same float ("0.01", not "0.0099999998").
-static std::string shortest_float(float v) {
+std::string shortest_float(float v) {
   char buf[32];
   for (int prec = 1; prec <= 9; ++prec) {
     std::snprintf(buf, sizeof buf, "%.*g", prec, double(v));

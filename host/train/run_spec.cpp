@@ -3,21 +3,12 @@
 
 #include <cerrno>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 
 #include "barecnn/error.h"
+#include "barecnn/names.h"
 
 namespace barecnn {
-
-std::string float_text(float x) {
-  char b[32];
-  for (int digits = 1; digits <= 9; ++digits) {
-    std::snprintf(b, sizeof b, "%.*g", digits, double(x));
-    if (std::strtof(b, nullptr) == x) break;
-  }
-  return b;
-}
 
 std::vector<SpecSetting> spec_settings(const RunSpec& s) {
   using K = SpecSetting;
@@ -26,12 +17,12 @@ std::vector<SpecSetting> spec_settings(const RunSpec& s) {
       {"arch", "--arch", s.arch, K::Text},
       {"batch", "--batch", std::to_string(s.batch), K::Integer},
       {"optimizer", "--optimizer", adam ? "adam" : "sgd", K::Text},
-      {"lr", "--lr", float_text(s.optim.lr), K::Number},
-      {"momentum", "--momentum", float_text(s.optim.momentum), K::Number},
-      {"weight_decay", "--weight-decay", float_text(s.optim.weight_decay), K::Number},
-      {"beta1", "", float_text(s.optim.beta1), K::Number},
-      {"beta2", "", float_text(s.optim.beta2), K::Number},
-      {"eps", "", float_text(s.optim.eps), K::Number},
+      {"lr", "--lr", shortest_float(s.optim.lr), K::Number},
+      {"momentum", "--momentum", shortest_float(s.optim.momentum), K::Number},
+      {"weight_decay", "--weight-decay", shortest_float(s.optim.weight_decay), K::Number},
+      {"beta1", "", shortest_float(s.optim.beta1), K::Number},
+      {"beta2", "", shortest_float(s.optim.beta2), K::Number},
+      {"eps", "", shortest_float(s.optim.eps), K::Number},
       {"loss", "--loss", loss_name(s.loss), K::Text},
       {"seed", "--seed", std::to_string(s.seed), K::Integer},
       {"limit", "--limit", std::to_string(s.limit), K::Integer},

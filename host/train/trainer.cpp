@@ -18,6 +18,7 @@
 #include "barecnn/evaluator.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/idx.h"
+#include "barecnn/names.h"
 #include "barecnn/nvtx.h"
 #include "barecnn/report.h"
 #include "barecnn/step.h"
@@ -147,7 +148,7 @@ class TrainingRun {
       start_seconds_ = ck.epoch_seconds;
       history_ = ck.history;
       for (EpochMetrics& e : history_)
-        if (e.lr == 0) e.lr = std::stod(float_text(spec_.optim.lr));  // (records from before the rate was recorded)
+        if (e.lr == 0) e.lr = epoch_lr();  // (records from before the rate was recorded)
       ckpt_is_ours_ = in_place;
     } else {
       restart_.state = {net_->init_params(spec_.seed), std::vector<float>(P, 0.f), std::vector<float>(P, 0.f), 0};
@@ -211,6 +212,10 @@ class TrainingRun {
   }
 
  private:
+  // The learning rate an epoch records: the float as its shortest decimal (0.01, not
+  // 0.009999999776).
+  double epoch_lr() const { return std::stod(shortest_float(spec_.optim.lr)); }
+
   // One epoch. The step's metrics are read back without waiting (after every step where that is
   // cheap, every kPollEvery steps on the GPU) for the progress display and to notice divergence.
   EpochMetrics train_epoch(int epoch) {
@@ -255,7 +260,7 @@ class TrainingRun {
     em.train_accuracy = m.correct / n;
     em.seconds = secs;
     em.images_per_second = n / std::max(secs, 1e-9);
-    em.lr = std::stod(float_text(spec_.optim.lr));  // (0.01, not 0.009999999776)
+    em.lr = epoch_lr();
     return em;
   }
 

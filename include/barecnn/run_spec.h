@@ -38,9 +38,6 @@ std::vector<SpecSetting> spec_settings(const RunSpec& s);
 // UsageError naming `file` and the key.
 RunSpec spec_from_settings(const std::map<std::string, std::string>& values, const std::string& file);
 
-// The shortest decimal text that reads back (strtof) to exactly `x`.
-std::string float_text(float x);
-
 // How this process runs the training; nothing here changes a number of the result.
 struct RunOptions {
   std::string data_dir;                  // empty: the checkpoint's data on resume, else default_data_dir()
