@@ -11,8 +11,6 @@ namespace barecnn {
 
 namespace {
 
-constexpr const char* kFormat = "barecnn-checkpoint-1";
-
 // Text that reads back to the same double (%.17g round-trips exactly).
 std::string d17(double x) {
   char b[40];
@@ -27,7 +25,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
   SafeTensors st;
   put_model_meta(st, c.meta);
   auto& md = st.metadata;
-  md["format"] = kFormat;
+  md["format"] = kCheckpointFormat;
   for (const SpecSetting& s : spec_settings(c.spec))
     if (s.key != "arch") md[s.key] = s.value;  // (the arch: the model's, canonical)
   md["device"] = c.device;
@@ -50,8 +48,9 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
 Checkpoint read_checkpoint(const std::string& path) {
   SafeTensors st = read_safetensors(path);
   auto fmt_it = st.metadata.find("format");
-  if (fmt_it == st.metadata.end() || fmt_it->second != kFormat)
-    throw UsageError(fmt(path, ": not a barecnn checkpoint (__metadata__ \"format\" should be \"", kFormat, "\")"));
+  if (fmt_it == st.metadata.end() || fmt_it->second != kCheckpointFormat)
+    throw UsageError(
+        fmt(path, ": not a barecnn checkpoint (__metadata__ \"format\" should be \"", kCheckpointFormat, "\")"));
   const auto& md = st.metadata;
   auto text = [&](const char* k) -> const std::string& {
     auto it = md.find(k);
@@ -80,7 +79,7 @@ Checkpoint read_checkpoint(const std::string& path) {
   c.history = parse_epochs_json(text("history"), path + ": __metadata__ \"history\"");
   Net net(c.meta.arch, c.meta.input);
   c.params = get_params(st, net, path);
-  for (const char* name : {"optimizer.m", "optimizer.v", "epoch_metrics"})
+  for (const char* name : kCheckpointStateTensors)
     if (!st.tensors.count(name)) throw UsageError(fmt(path, ": tensor \"", name, "\" is missing"));
   c.m = st.get_f32("optimizer.m");
   c.v = st.get_f32("optimizer.v");

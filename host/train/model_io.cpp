@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "barecnn/checkpoint.h"
 #include "barecnn/error.h"
 #include "barecnn/gradcheck.h"
 #include "barecnn/version.h"
@@ -48,7 +49,7 @@ double meta_number(const SafeTensors& st, const std::string& key, const std::str
   return v;
 }
 
-bool is_checkpoint(const SafeTensors& st) { return meta_or(st, "format", "") == "barecnn-checkpoint-1"; }
+bool is_checkpoint(const SafeTensors& st) { return meta_or(st, "format", "") == kCheckpointFormat; }
 
 }  // namespace
 
@@ -144,7 +145,8 @@ Model load_model(const std::string& path) {
     bool known = false;
     for (auto& e : m.net->params()) known |= e.name == name;
     // A checkpoint's optimizer state and partial-epoch sums are not the model's.
-    if (m.from_checkpoint) known |= name == "optimizer.m" || name == "optimizer.v" || name == "epoch_metrics";
+    if (m.from_checkpoint)
+      for (const char* state : kCheckpointStateTensors) known |= name == state;
     if (!known)
       throw UsageError(
           fmt(path, ": unexpected tensor \"", name, "\"; the net ", m.net->spec(), " has no such parameter"));

@@ -38,14 +38,13 @@ Checkpoint read_resume_checkpoint(const RunOptions& opt, const RunSpec& asked) {
                          " epochs; pass --epochs N with N > ", ck.epochs_done, " to train more"));
   // (epochs_done == epochs: the run was stopped after its last checkpoint; only the outputs
   // remain to be written.)
-  RunSpec flags = asked, saved = ck.spec;
-  saved.arch = ck.meta.arch;
+  RunSpec flags = asked;
   if (given(opt, "--arch")) {
     try {
       flags.arch = Net(flags.arch, ck.meta.input).spec();  // the canonical form, as saved
     } catch (const UsageError&) {}
   }
-  const std::vector<SpecSetting> theirs = spec_settings(saved), ours = spec_settings(flags);
+  const std::vector<SpecSetting> theirs = spec_settings(ck.spec), ours = spec_settings(flags);
   std::string conflicts;
   for (size_t i = 0; i < theirs.size(); ++i)
     if (!theirs[i].flag.empty() && given(opt, theirs[i].flag) && theirs[i].value != ours[i].value)

@@ -65,8 +65,7 @@ class TrainingRun {
     const bool resuming = !opt_.resume.empty();
     if (resuming) {
       ck = read_resume_checkpoint(opt_, spec_);
-      spec_ = ck.spec;
-      spec_.arch = ck.meta.arch;
+      spec_ = ck.spec;  // (its arch: the model's canonical spec, the metadata's "arch")
       if (opt_.out.empty()) opt_.out = opt_.resume;
       if (opt_.data_dir.empty()) opt_.data_dir = ck.meta.data.dir.empty() ? default_data_dir() : ck.meta.data.dir;
     }

@@ -13,6 +13,11 @@
 
 namespace barecnn {
 
+// __metadata__ "format" of a checkpoint, and the tensors it holds besides the model's (load_model
+// skips them, so a checkpoint serves as a model).
+inline constexpr const char* kCheckpointFormat = "barecnn-checkpoint-1";
+inline constexpr const char* kCheckpointStateTensors[] = {"optimizer.m", "optimizer.v", "epoch_metrics"};
+
 struct Checkpoint {
   RunSpec spec;
   ModelMeta meta;                                                   // with the data the run trains on
