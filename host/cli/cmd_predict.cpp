@@ -1,7 +1,5 @@
 // `barecnn predict`: the class, its name and probability, and the logits of each image of an IDX
 // file, a PNG or PGM file, or a folder of them, as CSV.
-#include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -11,6 +9,7 @@
 #include "barecnn/idx.h"
 #include "barecnn/image.h"
 #include "barecnn/model_io.h"
+#include "barecnn/ref_ops.h"
 #include "commands.h"
 
 namespace barecnn::cli {
@@ -53,19 +52,17 @@ int cmd_predict(const std::string& model_path, const std::string& images_path, c
   std::string csv = one_file ? "index,predicted,class,probability" : "index,file,predicted,class,probability";
   for (int k = 0; k < K; ++k) csv += ",logit_" + std::to_string(k);
   csv += "\n";
+  // The softmax of each row's logits, by the reference in double.
+  std::vector<double> z(r.logits.begin(), r.logits.end()), prob(z.size());
+  ref::softmax_forward(prob.data(), z.data(), int(r.count), K);
   char buf[32];
   for (long long i = 0; i < r.count; ++i) {
-    const float* z = &r.logits[size_t(i) * K];
     const int p = r.predicted[i];
-    // softmax(z)_p, by log-sum-exp in double
-    double zmax = z[0], sum = 0;
-    for (int k = 1; k < K; ++k) zmax = std::max(zmax, double(z[k]));
-    for (int k = 0; k < K; ++k) sum += std::exp(double(z[k]) - zmax);
-    std::snprintf(buf, sizeof buf, ",%.6f", std::exp(double(z[p]) - zmax) / sum);
+    std::snprintf(buf, sizeof buf, ",%.6f", prob[size_t(i) * K + p]);
     csv += std::to_string(i) + (one_file ? "" : "," + csv_field(files[size_t(i)])) + "," + std::to_string(p) + "," +
            csv_field(m.meta.class_names[p]) + buf;
     for (int k = 0; k < K; ++k) {
-      std::snprintf(buf, sizeof buf, ",%.9g", z[k]);
+      std::snprintf(buf, sizeof buf, ",%.9g", r.logits[size_t(i) * K + k]);
       csv += buf;
     }
     csv += "\n";
