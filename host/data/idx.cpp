@@ -543,15 +543,24 @@ const KnownData* known_data(const std::string& train_fingerprint, const std::str
   return nullptr;
 }
 
+bool first_label_at_least(const Dataset& d, int classes, std::string* file, size_t* index, int* label) {
+  for (const auto& [labels, path] :
+       {std::pair{&d.train_labels, &d.train_labels_path}, std::pair{&d.test_labels, &d.test_labels_path}})
+    for (size_t i = 0; i < labels->size(); ++i)
+      if (int((*labels)[i]) >= classes) {
+        *file = *path, *index = i, *label = (*labels)[i];
+        return true;
+      }
+  return false;
+}
+
 void check_labels(const Dataset& d, int classes) {
-  auto check = [classes](const std::vector<uint8_t>& labels, const std::string& path) {
-    for (size_t i = 0; i < labels.size(); ++i)
-      if (int(labels[i]) >= classes)
-        throw UsageError(fmt(path, ": label ", int(labels[i]), " at index ", i, " is outside the ", classes,
-                             " classes of the model (labels 0..", classes - 1, ")"));
-  };
-  check(d.train_labels, d.train_labels_path);
-  check(d.test_labels, d.test_labels_path);
+  std::string file;
+  size_t i = 0;
+  int label = 0;
+  if (first_label_at_least(d, classes, &file, &i, &label))
+    throw UsageError(fmt(file, ": label ", label, " at index ", i, " is outside the ", classes,
+                         " classes of the model (labels 0..", classes - 1, ")"));
 }
 
 double image_mean(const IdxImages& im) {

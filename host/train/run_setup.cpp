@@ -100,11 +100,11 @@ std::string new_run_folder(std::string* note) {
 }
 
 std::string first_label_beyond(const Dataset& d, int n) {
-  for (const auto& [labels, path] :
-       {std::pair{&d.train_labels, &d.train_labels_path}, std::pair{&d.test_labels, &d.test_labels_path}})
-    for (size_t i = 0; i < labels->size(); ++i)
-      if ((*labels)[i] >= n) return fmt(" (", *path, " has label ", int((*labels)[i]), " at index ", i, ")");
-  return "";
+  std::string file;
+  size_t i = 0;
+  int label = 0;
+  return first_label_at_least(d, n, &file, &i, &label) ? fmt(" (", file, " has label ", label, " at index ", i, ")")
+                                                       : "";
 }
 
 std::vector<std::string> choose_class_names(const RunOptions& opt, const Dataset& d, int classes) {

@@ -47,6 +47,8 @@ const char* default_data_dir();
 Dataset load_dataset(const std::string& dir, long long limit = 0);
 // Only the two t10k files (eval needs no more); `train` stays empty, `classes` is over the test labels.
 Dataset load_test_set(const std::string& dir);
+// The first label >= classes, training labels first: its file, index and value; false if none.
+bool first_label_at_least(const Dataset& d, int classes, std::string* file, size_t* index, int* label);
 // Throws UsageError naming the labels file if any label is >= classes.
 void check_labels(const Dataset& d, int classes);
 
