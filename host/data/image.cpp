@@ -12,18 +12,13 @@
 
 #include "barecnn/error.h"
 #include "barecnn/fileutil.h"
+#include "barecnn/names.h"
 
 namespace barecnn {
 
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string lower_ext(const fs::path& p) {
-  std::string e = p.extension().string();
-  for (char& c : e) c = char(std::tolower(static_cast<unsigned char>(c)));
-  return e;
-}
 
 // The first `n` bytes of a file (fewer if it is shorter).
 std::string file_head(const std::string& path, size_t n) {
@@ -133,7 +128,8 @@ IdxImages read_images(const std::string& path, int rows, int cols, bool invert, 
   std::vector<std::string> paths;
   if (fs::is_directory(path, ec)) {
     for (const auto& e : fs::directory_iterator(path, ec))
-      if (e.is_regular_file(ec) && (lower_ext(e.path()) == ".png" || lower_ext(e.path()) == ".pgm"))
+      if (const std::string ext = lower(e.path().extension().string());
+          e.is_regular_file(ec) && (ext == ".png" || ext == ".pgm"))
         paths.push_back(e.path().string());
     std::sort(paths.begin(), paths.end());
     if (paths.empty()) throw UsageError(fmt("--images ", path, ": a folder with no .png or .pgm files"));
