@@ -23,7 +23,8 @@ set(BARECNN_REF_SOURCES
 set(BARECNN_CPU_SOURCES
   ${_r}/host/cpu/conv2d.cpp
   ${_r}/host/cpu/dense.cpp
-  ${_r}/host/cpu/elementwise.cpp)
+  ${_r}/host/cpu/elementwise.cpp
+  ${_r}/host/cpu/flush.cpp)
 
 # cuda: the CUDA and cuBLAS checks, device memory, the GPU probe and context.
 set(BARECNN_CUDA_SOURCES

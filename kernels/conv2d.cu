@@ -73,7 +73,7 @@ __device__ __forceinline__ float conv_out_value(float v) {
 // Element i of the gradient a backward kernel consumes: dout[i], or when the ReLU is fused the
 // gradient the ReLU backward would have handed on, dout[i] * relu'(x[i]), the one product of
 // activation_backward_kernel. relu'(x) = (x > 0 ? 1 : 0) is read from y = relu(x) (relu_out):
-// y > 0 exactly where x > 0 (x <= 0 and NaN both give y = +0), and act_derivative(Relu) looks
+// y > 0 exactly where x > 0 (x <= 0 gives y = +0, NaN gives NaN), and act_derivative(Relu) looks
 // only at its first argument, so passing y there gives the same factor, hence the same float.
 template <bool FUSE_RELU>
 __device__ __forceinline__ float conv_grad_value(const float* dout, const float* relu_out, long long i) {

@@ -326,7 +326,15 @@ TEST(CpuIsa, SwitchWorksAndUnsupportedIsRefused) {
   }
 }
 
-// ---- elementwise: ReLU-family activations and max-pool backward ----
+// ---- elementwise: ReLU-family activations and max pooling ----
+
+// The bit patterns, so that -0 != +0 and NaN == NaN (of the same payload) in a comparison, and so
+// that a comparison does not itself flush a subnormal to zero (DAZ, FlushSubnormals below).
+static std::vector<uint32_t> bits(const std::vector<float>& v) {
+  std::vector<uint32_t> b(v.size());
+  std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+  return b;
+}
 
 TEST(ActivationCpu, ReluFamilyMatchesReferenceExactly) {
   // Tie-free inputs away from 0 (the kink). Odd n exercises the vector loop's remainder.
@@ -357,11 +365,6 @@ TEST(ActivationCpu, ReluFamilyKeepsTheReferenceAtTheEdgesBitForBit) {
   for (int r = 0; r < 4000; ++r)
     for (size_t i = 0; i < x.size(); ++i) xs.push_back(x[(i + r) % x.size()]), gs.push_back(g[(i + 3 * r) % g.size()]);
   const long long n = (long long)xs.size();
-  auto bits = [](const std::vector<float>& v) {
-    std::vector<uint32_t> b(v.size());
-    std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
-    return b;
-  };
   for (Activation a : {Activation{Act::Relu, 0.f}, Activation{Act::LeakyRelu, 0.1f}}) {
     std::vector<float> y_ref(n), y(n), d_ref(n), d(n);
     ref::activation_forward(y_ref.data(), xs.data(), n, a);
@@ -370,6 +373,35 @@ TEST(ActivationCpu, ReluFamilyKeepsTheReferenceAtTheEdgesBitForBit) {
     cpu::activation_backward(d.data(), gs.data(), xs.data(), y.data(), n, a);
     EXPECT_EQ(bits(y), bits(y_ref)) << activation_name(a);
     EXPECT_EQ(bits(d), bits(d_ref)) << activation_name(a);
+  }
+}
+
+// The vectorized max-pool forward makes the reference's choices, bit for bit, in values and in the
+// mask: a strict '>' in row-major order, so on a tie (+0 against -0, equal values) the first pixel
+// wins, a NaN in the first pixel stays (every comparison with it is false) and a later NaN is
+// skipped; +-inf and subnormals compare as numbers. Windows 2x2 stride 2 (the compiled fast path,
+// odd sizes leave a row and a column out), and the general path: overlapping, gapped, 1xk, kx1.
+TEST(Pool2dCpu, MaxPoolForwardMakesTheReferenceChoicesBitForBit) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float sub = std::numeric_limits<float>::denorm_min();
+  const std::vector<float> edge = {0.f, -0.f, sub, -sub, inf, -inf, nan, 1.f, 1.f, -1.f, -0.f, 0.f, -inf, 2.f};
+  struct Case {
+    int H, W, kh, kw, sh, sw;
+  };
+  for (Case c : {Case{28, 28, 2, 2, 2, 2}, Case{13, 11, 2, 2, 2, 2}, Case{7, 9, 3, 3, 2, 2}, Case{9, 8, 2, 3, 1, 2},
+                 Case{10, 10, 2, 2, 3, 3}, Case{6, 12, 1, 4, 1, 4}, Case{5, 5, 5, 1, 1, 1}}) {
+    Pool2dShape s = make_pool2d_shape(3, 5, c.H, c.W, c.kh, c.kw, c.sh, c.sw, "test");
+    const size_t n_in = size_t(s.in_numel()), n_out = size_t(s.out_numel());
+    // Random values with the edge values sprinkled in at a rate that puts several in most windows,
+    // and one plane of random values only.
+    std::vector<float> x = cast_vec<float>(random_vec(n_in, 51));
+    for (size_t i = 0; i < n_in - size_t(c.H * c.W); i += 1 + i % 3) x[i] = edge[(i * 7) % edge.size()];
+    std::vector<float> y_ref(n_out), y(n_out, 123.f);
+    std::vector<int32_t> m_ref(n_out), m(n_out, -1);
+    ref::maxpool2d_forward(y_ref.data(), m_ref.data(), x.data(), s);
+    cpu::maxpool2d_forward(y.data(), m.data(), x.data(), s);
+    EXPECT_EQ(bits(y), bits(y_ref)) << s.str();
+    EXPECT_EQ(m, m_ref) << s.str();
   }
 }
 
@@ -387,4 +419,69 @@ TEST(Pool2dCpu, MaxPoolBackwardMatchesReferenceExactly) {
     cpu::maxpool2d_backward(d.data(), dout.data(), mask.data(), s);
     EXPECT_EQ(d, d_ref) << "k " << k << " stride " << stride;
   }
+}
+
+// ---- the optimizer step ----
+
+// The threaded, vectorized step gives the reference's bits for every optimizer setting: the same
+// float operations per element in the same order. A long buffer (the threads split it, the vector
+// loop has a remainder) with subnormal, zero and large gradients among random ones, three steps.
+TEST(OptimizerCpu, StepIsTheReferenceBitForBit) {
+  const size_t n = 200003;
+  std::vector<float> p0 = cast_vec<float>(random_vec(n, 61)), grad = cast_vec<float>(random_vec(n, 62));
+  const float sub = std::numeric_limits<float>::denorm_min();
+  for (size_t i = 0; i < n; i += 97) grad[i] = (i / 97) % 3 == 0 ? sub : (i / 97) % 3 == 1 ? -0.f : 1e30f;
+  OptimConfig sgd, momentum, adam;
+  sgd.lr = 0.1f;
+  momentum.lr = 0.05f, momentum.momentum = 0.9f, momentum.weight_decay = 5e-4f;
+  adam.kind = Optim::Adam, adam.lr = 1e-3f, adam.weight_decay = 1e-4f;
+  for (const OptimConfig& cfg : {sgd, momentum, adam}) {
+    std::vector<float> p_ref = p0, p = p0, m_ref(n), m(n), v_ref(n), v(n);
+    for (long long t = 1; t <= 3; ++t) {
+      ref::optimizer_step(p_ref.data(), grad.data(), m_ref.data(), v_ref.data(), n, cfg, t);
+      const float bc1 = float(1.0 - std::pow(double(cfg.beta1), double(t)));
+      const float bc2 = float(1.0 - std::pow(double(cfg.beta2), double(t)));
+      cpu::optimizer_step(p.data(), grad.data(), m.data(), v.data(), n, cfg, bc1, bc2);
+    }
+    const std::string what = cfg.kind == Optim::Adam ? "adam" : cfg.momentum != 0.f ? "sgd+momentum" : "sgd";
+    EXPECT_EQ(bits(p), bits(p_ref)) << what;
+    EXPECT_EQ(bits(m), bits(m_ref)) << what;
+    EXPECT_EQ(bits(v), bits(v_ref)) << what;
+  }
+}
+
+// ---- subnormals ----
+
+// Inside the scope a subnormal operand reads as zero (DAZ) and a result below the normal range
+// becomes zero (FTZ), on the calling thread and on every OpenMP thread (the team exists before the
+// scope, so its threads do not inherit the modes); outside it both are kept. The results are
+// compared as bits: a float comparison on this thread would itself read a subnormal as zero.
+TEST(FlushSubnormalsCpu, FlushesOnEveryThreadInsideTheScopeOnly) {
+  const float sub = std::numeric_limits<float>::denorm_min(), tiny = std::numeric_limits<float>::min();
+  volatile float vs = sub, vt = tiny;  // read at run time, computed under each thread's modes
+  omp_set_num_threads(2);
+  auto results = [&] {
+    std::vector<float> r(2 * omp_get_max_threads(), -1.f);
+#pragma omp parallel
+    {
+      const int t = omp_get_thread_num();
+      r[2 * t] = vs + 0.f;        // DAZ: +0; else the subnormal
+      r[2 * t + 1] = vt * 0.25f;  // FTZ: +0; else the subnormal 2^-128
+    }
+    return bits(r);
+  };
+  const uint32_t sub_bits = 1u, quarter_bits = 1u << 21;  // denorm_min; FLT_MIN / 4 = 2^-128
+  const std::vector<uint32_t> kept = {sub_bits, quarter_bits, sub_bits, quarter_bits}, flushed(4, 0u);
+  ASSERT_FALSE(cpu::flushes_subnormals());
+  EXPECT_EQ(results(), kept) << "subnormals flushed outside the scope";
+  {
+    cpu::FlushSubnormals flush;
+    EXPECT_TRUE(cpu::flushes_subnormals());
+    EXPECT_EQ(results(), flushed) << "a subnormal survived inside the scope";
+    std::vector<float> y(64), x(64, sub);
+    cpu::activation_forward(y.data(), x.data(), 64, Activation{Act::LeakyRelu, 0.5f});
+    EXPECT_EQ(bits(y), std::vector<uint32_t>(64, 0u)) << "DAZ: a subnormal is not above zero";
+  }
+  EXPECT_FALSE(cpu::flushes_subnormals());
+  EXPECT_EQ(results(), kept) << "the modes were not restored";
 }

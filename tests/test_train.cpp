@@ -9,6 +9,7 @@
 
 #include "barecnn/checkpoint.h"
 #include "barecnn/evaluator.h"
+#include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/names.h"
@@ -109,6 +110,37 @@ TEST_F(TrainCpu, LossFallsAndTheTaskIsLearned) {
             "epoch,train_loss,train_accuracy,test_accuracy,test_loss,seconds,images_per_second,lr,loss");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
   EXPECT_NE(csv.find(",0.05,cross_entropy\n"), std::string::npos) << csv;
+}
+
+// Every thread a CPU training step runs on flushes subnormals (FTZ and DAZ) while the run
+// trains, and the modes are as before once train() returns (docs/MATH.md, "Subnormal numbers").
+TEST_F(TrainCpu, TrainsWithSubnormalsFlushedOnEveryThreadAndRestoresTheModes) {
+  ASSERT_FALSE(cpu::flushes_subnormals()) << "the test process starts without FTZ/DAZ";
+  long long before = 0;  // (this also starts the OpenMP threads before the run: they must be set, not born set)
+#pragma omp parallel num_threads(2) reduction(+ : before)
+  before += cpu::flushes_subnormals() ? 1 : 0;
+  ASSERT_EQ(before, 0);
+  std::string out = test::fresh_dir("train_flush");
+  TrainConfig c = config(data_, out);
+  c.opt.epochs = 1;
+  c.opt.threads = 2;
+  long long steps = 0, threads_seen = 0, flushing = 0;
+  train(c, [&](long long) {
+    ++steps;
+#pragma omp parallel num_threads(2) reduction(+ : threads_seen, flushing)
+    {
+      ++threads_seen;
+      flushing += cpu::flushes_subnormals() ? 1 : 0;
+    }
+  });
+  ASSERT_GT(steps, 0);
+  EXPECT_EQ(threads_seen, 2 * steps);
+  EXPECT_EQ(flushing, threads_seen) << "threads that did not flush subnormals during training";
+  EXPECT_FALSE(cpu::flushes_subnormals()) << "the modes are not restored after the run";
+  long long after = 0;
+#pragma omp parallel num_threads(2) reduction(+ : after)
+  after += cpu::flushes_subnormals() ? 1 : 0;
+  EXPECT_EQ(after, 0);
 }
 
 TEST_F(TrainCpu, SameSeedGivesIdenticalWeights) {

@@ -5,9 +5,12 @@
 // packed compares, cmpltps with andps or blendvps, with it and a scalar branch without), and
 // everything else falls back to the reference.
 #include <algorithm>
+#include <cmath>
 
 #include "barecnn/cpu_ops.h"
+#include "barecnn/error.h"
 #include "barecnn/ref_ops.h"
+#include "barecnn/shape.h"
 
 namespace barecnn::cpu {
 
@@ -51,8 +54,55 @@ void activation_backward(float* dinp, const float* dout, const float* inp, const
   ref::activation_backward(dinp, dout, inp, out, n, a);
 }
 
+// One output row of max pooling: the reference's scan (row-major, strict '>', so a tie or a NaN
+// after the first element keeps the earlier one) written as selects, so the compiler vectorizes
+// across the row instead of branching on every comparison of random data. KH, KW, SH, SW > 0 are
+// the window and stride known at compile time (the 2x2 stride-2 pool of every preset: strided
+// loads the compiler turns into shuffles); 0 means "read it from s" (every other pool: the same
+// selects, run-time loops). Bitwise the reference: the same comparisons on the same values.
+template <int KH, int KW, int SH, int SW>
+static void maxpool_row(float* out, int32_t* mask, const float* plane, int oh, const Pool2dShape& s) {
+  const int kh = KH ? KH : s.kh, kw = KW ? KW : s.kw, sh = SH ? SH : s.sh, sw = SW ? SW : s.sw;
+  const int W = s.W, h0 = oh * sh;
+#pragma omp simd
+  for (int ow = 0; ow < s.OW; ++ow) {
+    const int w0 = ow * sw;
+    const float* win = plane + h0 * W + w0;  // the window's top-left pixel
+    float best = win[0];
+    int32_t best_idx = h0 * W + w0;
+    for (int i = 0; i < kh; ++i) {
+      for (int j = 0; j < kw; ++j) {
+        const float v = win[i * W + j];
+        const bool gt = v > best;  // false for the first element itself: it stays
+        best = gt ? v : best;
+        best_idx = gt ? (h0 + i) * W + w0 + j : best_idx;
+      }
+    }
+    out[ow] = best;
+    mask[ow] = best_idx;
+  }
+}
+
 void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2dShape& s) {
-  ref::maxpool2d_forward(out, mask, inp, s);
+  // out (N, C, OH, OW); mask (N, C, OH, OW); inp (N, C, H, W). Checked as the reference checks.
+  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 && s.H >= s.kh &&
+                     s.W >= s.kw && s.OH == window_out_size(s.H, s.kh, s.sh, 0) &&
+                     s.OW == window_out_size(s.W, s.kw, s.sw, 0),
+                 "maxpool2d_forward: bad shape ", s.str());
+  const bool k2s2 = s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2;
+  const long long planes = 1LL * s.N * s.C, in_plane = 1LL * s.H * s.W, out_plane = 1LL * s.OH * s.OW;
+#pragma omp parallel for schedule(static) if (planes * in_plane >= kMinParallel)
+  for (long long p = 0; p < planes; ++p) {
+    const float* plane = inp + p * in_plane;  // (H, W)
+    for (int oh = 0; oh < s.OH; ++oh) {
+      float* o = out + p * out_plane + 1LL * oh * s.OW;
+      int32_t* m = mask + p * out_plane + 1LL * oh * s.OW;
+      if (k2s2)
+        maxpool_row<2, 2, 2, 2>(o, m, plane, oh, s);
+      else
+        maxpool_row<0, 0, 0, 0>(o, m, plane, oh, s);
+    }
+  }
 }
 
 // Non-overlapping windows (stride >= window): every input pixel lies in at most one window, so
@@ -72,6 +122,54 @@ void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, con
     const int32_t* m = mask + p * out_plane;  // (OH, OW)
     for (long long o = 0; o < out_plane; ++o) d[m[o]] = g[o];
   }
+}
+
+}  // namespace barecnn::cpu
+
+namespace barecnn::cpu {
+
+// The reference's optimizer step (host/reference/optim.cpp), the same float operations per element
+// in the same order (no fused multiply-add: this file is built for baseline x86-64), so bitwise
+// the reference; the momentum/no-momentum choice is made once outside the loop, and the loop is
+// split across threads and vectorized (elements are independent).
+void optimizer_step(float* param, const float* grad, float* m, float* v, size_t n, const OptimConfig& cfg, float bc1,
+                    float bc2) {
+  const long long len = (long long)n;
+  const float lr = cfg.lr, wd = cfg.weight_decay;
+  switch (cfg.kind) {
+    case Optim::SGD: {
+      const float mu = cfg.momentum;
+      if (mu == 0.f) {
+#pragma omp parallel for simd schedule(static) if (len >= kMinParallel)
+        for (long long i = 0; i < len; ++i) param[i] -= lr * (grad[i] + wd * param[i]);
+        return;
+      }
+      BARECNN_ASSERT(m != nullptr, "optimizer_step: SGD with momentum ", mu, " needs a momentum buffer");
+#pragma omp parallel for simd schedule(static) if (len >= kMinParallel)
+      for (long long i = 0; i < len; ++i) {
+        const float g = grad[i] + wd * param[i];
+        const float mi = mu * m[i] + g;
+        m[i] = mi;
+        param[i] -= lr * mi;
+      }
+      return;
+    }
+    case Optim::Adam: {
+      BARECNN_ASSERT(m != nullptr && v != nullptr, "optimizer_step: Adam needs both moment buffers");
+      const float b1 = cfg.beta1, b2 = cfg.beta2, eps = cfg.eps;
+#pragma omp parallel for simd schedule(static) if (len >= kMinParallel)
+      for (long long i = 0; i < len; ++i) {
+        const float g = grad[i] + wd * param[i];
+        const float mi = b1 * m[i] + (1.f - b1) * g;
+        const float vi = b2 * v[i] + (1.f - b2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        param[i] -= lr * (mi / bc1) / (std::sqrt(vi / bc2) + eps);
+      }
+      return;
+    }
+  }
+  BARECNN_ASSERT(false, "optimizer_step: unknown optimizer ", static_cast<int>(cfg.kind));
 }
 
 }  // namespace barecnn::cpu

@@ -8,8 +8,9 @@
 //   avgpool2d, l2pool2d       gpu::          ref:: (float)     ref::
 //   softmax                   gpu::          ref:: (float)     ref::
 //   copy                      cudaMemcpyAsync  std::copy       std::copy
+//   optimizer                 gpu::          cpu::             -
 //   loss, metrics, gather,    gpu::          ref:: (float)     -
-//   permutation, optimizer
+//   permutation
 // cpu:: has fast versions of the ops that dominate a CPU step (host/cpu/); the others are cheap
 // and run the reference in float. The GPU conv runs the kernels ex.conv_impl names (Simple or
 // Fast: gpu_ops.h); its workspace is GPU-only (the CPU ops need none).
@@ -280,7 +281,7 @@ void gather_normalize_batch(const Exec& ex, float* out, int32_t* out_labels, con
 void optimizer_step(const Exec& ex, float* param, const float* grad, float* m, float* v, size_t n,
                     const OptimConfig& cfg, const gpu::StepCounters* c) {
   if (on_gpu(ex)) return gpu::optimizer_step(param, grad, m, v, n, cfg, c, ex.gpu->stream());
-  ref::optimizer_step(param, grad, m, v, n, cfg, c->global_step);
+  cpu::optimizer_step(param, grad, m, v, n, cfg, c->bc1, c->bc2);
 }
 
 }  // namespace op
@@ -300,10 +301,15 @@ gpu::ConvImpl conv_impl_from_env() {
 
 ExecContext::ExecContext(Device d) {
   if (d == Device::CUDA) gpu_ = std::make_unique<GpuContext>();
+  if (d == Device::CPU) flush_ = std::make_unique<cpu::FlushSubnormals>();
   ex_ = Exec::on(d, gpu_.get());
   // The one place the environment picks the GPU's conv kernels (a CPU run never reads it).
   if (d == Device::CUDA) ex_.conv_impl = conv_impl_from_env();
 }
+
+ExecContext::~ExecContext() = default;
+ExecContext::ExecContext(ExecContext&&) noexcept = default;
+ExecContext& ExecContext::operator=(ExecContext&&) noexcept = default;
 
 ExecTimer::ExecTimer(const Exec& ex) : ex_(ex) {
   if (ex_.device == Device::CUDA) a_.create(true), b_.create(true);

@@ -162,7 +162,7 @@ std::string Net::first_nonfinite(const NetState<float>& st) const {
     else if (size_t n = count_nonfinite(st.dact[p->in].to_host()))
       return fmt(layers_[p->layer]->label(), ": its input gradient (backward) has ", n, " non-finite values of ",
                  st.dact[p->in].numel());
-  // A fused conv's pre-activation is not kept, and the fused ReLU maps NaN to 0.
+  // A fused conv's pre-activation is not kept: an infinity the ReLU zeroed is not seen.
   for (const PlannedLayer& p : st.plan)
     if (p.fused_relu) return "none outside the fused conv+ReLU layers (rerun with --fuse off to see inside them)";
   return "";

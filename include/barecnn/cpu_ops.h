@@ -13,9 +13,11 @@
 // summation order, fused multiply-add).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "barecnn/activation.h"
+#include "barecnn/optim.h"
 #include "barecnn/shape.h"
 
 namespace barecnn::cpu {
@@ -36,12 +38,36 @@ void dense_backward_input(float* dinp, const float* dout, const float* weight, i
 // dweight (OUT, IN), overwritten; dbias (OUT) or null
 void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN, int OUT);
 
-// ---- elementwise (host/cpu/elementwise.cpp): ReLU/leaky ReLU and non-overlapping max-pool
-// backward get straight loops; every other case calls the reference ----
+// ---- elementwise (host/cpu/elementwise.cpp): ReLU/leaky ReLU, the max-pool forward and the
+// non-overlapping max-pool backward get branch-free loops, bitwise the reference; every other case
+// calls the reference ----
 void activation_forward(float* out, const float* inp, long long n, Activation a);
 void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n, Activation a);
 void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2dShape& s);
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s);
+
+// The optimizer step over a flat parameter buffer, bitwise ref::optimizer_step; Adam's bias
+// corrections bc1 = 1 - beta1^t and bc2 = 1 - beta2^t come from the caller (the step counters),
+// computed as the reference computes them. SGD ignores them.
+void optimizer_step(float* param, const float* grad, float* m, float* v, size_t n, const OptimConfig& cfg, float bc1,
+                    float bc2);
+
+// Flush subnormal floats to zero (FTZ and DAZ) on the calling thread and every OpenMP thread while
+// the scope lives; the previous modes come back at its end. Training, evaluation, prediction and
+// the benchmark on the CPU run inside one, so a subnormal costs no more than a normal number
+// (docs/MATH.md, "Subnormal numbers"); the reference and the tests against it run without.
+class FlushSubnormals {
+ public:
+  FlushSubnormals();
+  ~FlushSubnormals();
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+
+ private:
+  unsigned saved_;  // the calling thread's MXCSR before
+};
+// Whether the calling thread flushes subnormals (both FTZ and DAZ on).
+bool flushes_subnormals();
 
 // Which instruction set the GEMM kernels use. The start value is the best the CPU supports
 // (AVX2+FMA where present, else baseline x86-64); tests and the lab switch it to check and time

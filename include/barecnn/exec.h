@@ -128,16 +128,26 @@ void optimizer_step(const Exec& ex, float* param, const float* grad, float* m, f
 
 }  // namespace op
 
+namespace cpu {
+class FlushSubnormals;
+}
+
 // An Exec with a GpuContext of its own on Device::CUDA (for callers that do not share one). On
 // CUDA its conv_impl comes from the environment variable BARECNN_CONV_IMPL=simple|fast (unset:
-// fast); any other value is a UsageError.
+// fast); any other value is a UsageError. On the CPU it flushes subnormals to zero on the calling
+// thread and the OpenMP threads while it lives (cpu::FlushSubnormals, cpu_ops.h): every command
+// that trains, evaluates, predicts or benchmarks on the CPU runs inside one.
 class ExecContext {
  public:
   explicit ExecContext(Device d);
+  ~ExecContext();
+  ExecContext(ExecContext&&) noexcept;
+  ExecContext& operator=(ExecContext&&) noexcept;
   const Exec& exec() const { return ex_; }
 
  private:
   std::unique_ptr<GpuContext> gpu_;
+  std::unique_ptr<cpu::FlushSubnormals> flush_;  // on the CPU
   Exec ex_;
 };
 
