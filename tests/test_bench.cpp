@@ -121,7 +121,7 @@ TEST(LayerCost, FlattenCopy) {
 TEST(BenchCli, JsonHasEveryLayerAndTheExpectedFigures) {
   std::string dir = test::fresh_dir("bench_json");
   std::string path = dir + "/bench.json";
-  Result r = run("bench --device cpu --arch paper --batch 2 --reps 1 --json " + path);
+  Result r = run("bench --device cpu --arch paper --batch 2 --reps 1 --fuse off --json " + path);
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("dense(128)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("GB/s"), std::string::npos) << r.out;
@@ -196,6 +196,21 @@ TEST(BenchCli, JsonHasEveryLayerAndTheExpectedFigures) {
   EXPECT_FALSE(t.contains("train_step_graph_ms"));
 }
 
+// On the CPU --fuse auto (the default) fuses each conv with the plain ReLU after it: the conv's row
+// says "+ relu" and carries both layers' cost, the ReLU's row says "in the conv" and takes no time.
+TEST(BenchCli, CpuFusesConvAndReluByDefault) {
+  std::string dir = test::fresh_dir("bench_fused");
+  std::string path = dir + "/bench.json";
+  Result r = run("bench --device cpu --arch \"conv(4,3) relu maxpool(2) dense(10)\" --batch 2 --reps 1 --json " + path);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  json j = json::parse(read_file(path, "bench json"));
+  ASSERT_EQ(j["layers"].size(), 5u) << j.dump(2);
+  EXPECT_EQ(j["layers"][0]["note"], "+ relu");
+  EXPECT_EQ(j["layers"][1]["note"], "in the conv");
+  EXPECT_EQ(j["layers"][1]["forward"]["ms"].get<double>() + j["layers"][1]["backward"]["ms"].get<double>(), 0.0);
+  EXPECT_GT(j["layers"][0]["forward"]["ms"].get<double>(), 0.0);
+  EXPECT_NE(r.out.find("(+ relu)"), std::string::npos) << r.out;
+}
 TEST(BenchCli, BadJsonPathFailsBeforeBenchmarking) {
   std::string dir = test::fresh_dir("bench_bad_json");
   test::spit(dir + "/file", "x");

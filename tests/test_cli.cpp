@@ -255,8 +255,8 @@ TEST_F(Cli, BadFlags) {
   EXPECT_FAILS_WITH(run(base + " --loss crossentropy"), 2, "--loss");
   EXPECT_FAILS_WITH(run(base + " --device tpu"), 2, "--device");
   EXPECT_FAILS_WITH(run(base + " --cuda-graph yes"), 2, "--cuda-graph: expected on or off, got 'yes'");
-  EXPECT_FAILS_WITH(run(base + " --fuse 1"), 2, "--fuse: expected on or off, got '1'");
-  EXPECT_FAILS_WITH(run("bench --device cpu --fuse maybe"), 2, "--fuse: expected on or off, got 'maybe'");
+  EXPECT_FAILS_WITH(run(base + " --fuse 1"), 2, "--fuse: expected auto, on or off, got '1'");
+  EXPECT_FAILS_WITH(run("bench --device cpu --fuse maybe"), 2, "--fuse: expected auto, on or off, got 'maybe'");
   EXPECT_FAILS_WITH(run(base + " --epochs 2 --epochs 3"), 2, "--epochs is given 2 times; give it once");
   EXPECT_FAILS_WITH(run(base + " --seed -1"), 2, "--seed must be an integer from 0 to 18446744073709551615, got '-1'");
   EXPECT_FAILS_WITH(run(base + " --seed 99999999999999999999"), 2, "got '99999999999999999999'");

@@ -108,9 +108,14 @@ Data make_data(size_t n, uint64_t seed, double scale) {
 }
 std::vector<float> nans(size_t n) { return std::vector<float>(n, std::numeric_limits<float>::quiet_NaN()); }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+// The bit patterns, so that -0 != +0 and NaN == NaN (of the same payload) in a comparison, and so
+// that a comparison does not itself flush a subnormal to zero (DAZ, FlushSubnormals below).
+std::vector<uint32_t> bits(const std::vector<float>& v) {
+  std::vector<uint32_t> b(v.size());
+  std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+  return b;
 }
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) { return bits(a) == bits(b); }
 
 std::string label(const Conv2dShape& s, cpu::CpuIsa isa) { return s.str() + " [" + cpu::cpu_isa_name(isa) + "]"; }
 std::string label(const DenseShape& d, cpu::CpuIsa isa) {
@@ -291,6 +296,49 @@ TEST(Conv2dCpu, EmptyBatchGivesZeroGradients) {
   EXPECT_TRUE(all_close(std::vector<double>(3, 0.0), ddb, 0, 0));
 }
 
+// The fused ReLU (forward with fuse_relu, the backward ops with relu_out) gives the bits of the
+// chain it replaces: conv, activation_forward(Relu), activation_backward(Relu), the unfused
+// backward ops. Every path of the ops (gather, scatter, pointwise, images side by side in
+// backward_weight) under every ISA, with the edges in the data: filter 0 all zero with a zero bias
+// (its outputs are exactly 0, the ReLU's kink), a NaN pixel in image 0 (NaN outputs, which the
+// ReLU keeps and whose gradient the mask zeroes), and -0, +-inf among the output gradients.
+TEST(Conv2dCpu, FusedReluIsTheUnfusedChainBitForBit) {
+  Restore restore;
+  std::vector<Conv2dShape> shapes = odd_conv_shapes();
+  for (const Conv2dShape& s : preset_conv_shapes()) shapes.push_back(s);
+  for (cpu::CpuIsa isa : isas()) {
+    cpu::set_cpu_isa(isa);
+    for (const Conv2dShape& s : shapes) {
+      if (s.N == 0) continue;
+      const size_t n_in = size_t(s.in_numel()), n_out = size_t(s.out_numel()), n_w = size_t(s.weight_numel());
+      std::vector<float> x = make_data(n_in, 71, 1.0).f, w = make_data(n_w, 72, 0.5).f, b = make_data(s.K, 73, 0.5).f;
+      std::fill(w.begin(), w.begin() + n_w / s.K, 0.f);
+      b[0] = 0.f;
+      x[n_in / size_t(s.N) / 2] = std::numeric_limits<float>::quiet_NaN();
+      std::vector<float> dout = make_data(n_out, 74, 1.0).f;
+      for (size_t i = 0; i < n_out; i += 11) dout[i] = i % 3 == 0 ? -0.f : i % 3 == 1 ? 1e30f : -1e30f;
+      dout[n_out / 2] = std::numeric_limits<float>::infinity();
+      // fused
+      std::vector<float> y(n_out), dx(n_in), dw(n_w), db(s.K);
+      cpu::conv2d_forward(y.data(), x.data(), w.data(), b.data(), s, /*fuse_relu=*/true);
+      cpu::conv2d_backward_weight(dw.data(), db.data(), dout.data(), x.data(), s, y.data());
+      cpu::conv2d_backward_input(dx.data(), dout.data(), w.data(), s, y.data());
+      // unfused
+      const Activation relu{Act::Relu, 0.f};
+      std::vector<float> pre(n_out), yu(n_out), g(n_out), dxu(n_in), dwu(n_w), dbu(s.K);
+      cpu::conv2d_forward(pre.data(), x.data(), w.data(), b.data(), s);
+      cpu::activation_forward(yu.data(), pre.data(), (long long)n_out, relu);
+      cpu::activation_backward(g.data(), dout.data(), pre.data(), yu.data(), (long long)n_out, relu);
+      cpu::conv2d_backward_weight(dwu.data(), dbu.data(), g.data(), x.data(), s);
+      cpu::conv2d_backward_input(dxu.data(), g.data(), w.data(), s);
+      EXPECT_EQ(bits(y), bits(yu)) << label(s, isa);
+      EXPECT_EQ(bits(dw), bits(dwu)) << label(s, isa);
+      EXPECT_EQ(bits(db), bits(dbu)) << label(s, isa);
+      EXPECT_EQ(bits(dx), bits(dxu)) << label(s, isa);
+    }
+  }
+}
+
 TEST(Conv2dCpu, BitwiseSameForAnyThreadCountAndRun) {
   Restore restore;
   for (cpu::CpuIsa isa : isas()) {
@@ -327,14 +375,6 @@ TEST(CpuIsa, SwitchWorksAndUnsupportedIsRefused) {
 }
 
 // ---- elementwise: ReLU-family activations and max pooling ----
-
-// The bit patterns, so that -0 != +0 and NaN == NaN (of the same payload) in a comparison, and so
-// that a comparison does not itself flush a subnormal to zero (DAZ, FlushSubnormals below).
-static std::vector<uint32_t> bits(const std::vector<float>& v) {
-  std::vector<uint32_t> b(v.size());
-  std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
-  return b;
-}
 
 TEST(ActivationCpu, ReluFamilyMatchesReferenceExactly) {
   // Tie-free inputs away from 0 (the kink). Odd n exercises the vector loop's remainder.

@@ -134,7 +134,7 @@ TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
     std::vector<int32_t> labels(k.N);
     for (auto& l : labels) l = int32_t(rng.next_u64() % net.num_outputs());
     StepResult plain = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CUDA);
-    net.set_gpu_fusion(true);
+    net.set_fusion(true);
     NetState<float> probe;
     net.prepare(probe, 1, Device::CUDA);
     EXPECT_EQ(std::count(probe.fused.begin(), probe.fused.end(), true), k.fused);
@@ -148,7 +148,7 @@ TEST(TrainStepGpu, FusedConvReluIsBitwiseTheSeparateLayers) {
         EXPECT_EQ(probe.planned(int(i) + 1), nullptr);
       }
     StepResult fused = one_step(net, params, x, labels, Loss::SoftmaxCrossEntropy, Device::CUDA);
-    net.set_gpu_fusion(false);
+    net.set_fusion(false);
     EXPECT_EQ(plain.loss, fused.loss);
     EXPECT_EQ(0, std::memcmp(plain.logits.data(), fused.logits.data(), plain.logits.size() * sizeof(float)));
     ASSERT_EQ(plain.grads.size(), fused.grads.size());

@@ -178,23 +178,39 @@ TEST(Net, EachStateKeepsItsOwnPoolingMask) {
   EXPECT_EQ(a.saved[0].numel(), 0u);                     // conv saves nothing
 }
 
-// Fusion is a GPU float feature: on the CPU (and in double) the flag changes nothing.
-TEST(Net, GpuFusionFlagLeavesTheCpuAlone) {
-  Net net("conv(3,3,pad=1) relu maxpool(2) dense(4)", {1, 6, 6});
+// Fusion on the CPU: each conv followed by a plain relu applies it (the ReLU layer leaves the plan
+// and its buffer is never written), and forward and backward give the bits of the unfused layers;
+// in double the flag changes nothing (the fused loops are float).
+TEST(Net, FusionOnTheCpuGivesTheUnfusedBits) {
+  Net net("conv(3,3,pad=1) relu maxpool(2) conv(4,3,pad=1) relu dense(4)", {1, 6, 6});
   std::vector<float> p = net.init_params(31);
-  NetState<float> st;
-  net.set_gpu_fusion(true);
-  net.prepare(st, 2, Device::CPU);
-  EXPECT_EQ(std::count(st.fused.begin(), st.fused.end(), true), 0);
-  auto x = test::tie_free_vec(st.act[0].numel(), 32);
-  for (size_t i = 0; i < x.size(); ++i) st.act[0].data()[i] = float(x[i]);
-  net.forward(st, p.data(), Exec::cpu());
-  std::vector<float> fused_on = st.act.back().to_host();
-  net.set_gpu_fusion(false);
-  net.prepare(st, 2, Device::CPU);
-  net.forward(st, p.data(), Exec::cpu());
-  EXPECT_EQ(fused_on, st.act.back().to_host());
-  EXPECT_NE(st.act[1].to_host(), st.act[2].to_host());  // the ReLU's input and output both written
+  auto run = [&](bool fused, std::vector<float>* grads, std::vector<float>* din, std::vector<float>* relu_in) {
+    NetState<float> st;
+    net.set_fusion(fused);
+    net.prepare(st, 2, Device::CPU);
+    EXPECT_EQ(std::count(st.fused.begin(), st.fused.end(), true), fused ? 2 : 0);
+    auto x = test::tie_free_vec(st.act[0].numel(), 32);
+    for (size_t i = 0; i < x.size(); ++i) st.act[0].data()[i] = float(x[i]);
+    net.forward(st, p.data(), Exec::cpu());
+    auto dl = test::random_vec(st.dact.back().numel(), 33);
+    for (size_t i = 0; i < dl.size(); ++i) st.dact.back().data()[i] = float(dl[i]);
+    grads->assign(net.num_params(), 0.f);
+    net.backward(st, p.data(), grads->data(), Exec::cpu(), true);
+    *din = st.dact[0].to_host();
+    *relu_in = st.act[1].to_host();  // the first ReLU's input: not written when fused
+    return st.act.back().to_host();
+  };
+  std::vector<float> g_on, g_off, d_on, d_off, r_on, r_off;
+  const std::vector<float> y_on = run(true, &g_on, &d_on, &r_on), y_off = run(false, &g_off, &d_off, &r_off);
+  EXPECT_EQ(y_on, y_off);
+  EXPECT_EQ(g_on, g_off);
+  EXPECT_EQ(d_on, d_off);
+  EXPECT_TRUE(r_on.empty()) << "a fused conv's own output slot holds a buffer";
+  EXPECT_FALSE(r_off.empty());
+  NetState<double> sd;
+  net.set_fusion(true);
+  net.prepare(sd, 2, Device::CPU);
+  EXPECT_EQ(std::count(sd.fused.begin(), sd.fused.end(), true), 0);
 }
 
 // flatten is a view: the dense layer after it reads the conv's buffers (nothing is copied and the

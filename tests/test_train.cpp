@@ -143,15 +143,20 @@ TEST_F(TrainCpu, TrainsWithSubnormalsFlushedOnEveryThreadAndRestoresTheModes) {
   EXPECT_EQ(after, 0);
 }
 
+// The same seed gives the same weights, with the conv+ReLU fused (the CPU's default, --fuse auto)
+// or not (--fuse off): the fused loops give the unfused chain's bits.
 TEST_F(TrainCpu, SameSeedGivesIdenticalWeights) {
   std::string a = test::fresh_dir("train_seed_a"), b = test::fresh_dir("train_seed_b"),
               c = test::fresh_dir("train_seed_c");
   TrainConfig ca = config(data_, a), cb = config(data_, b), cc = config(data_, c);
   ca.opt.epochs = cb.opt.epochs = cc.opt.epochs = 1;
+  cb.opt.fuse = false;
   cc.spec.seed = 8;
   train(ca);
   train(cb);
   train(cc);
+  EXPECT_EQ(summary(a)["fuse"], true);
+  EXPECT_EQ(summary(b)["fuse"], false);
   EXPECT_EQ(model_weights(a), model_weights(b));
   EXPECT_NE(model_weights(a), model_weights(c));
 }

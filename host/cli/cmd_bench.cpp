@@ -184,7 +184,7 @@ nlohmann::ordered_json report_json(const BenchReport& r) {
 }
 
 int bench_main(const std::string& arch, int batch, const std::string& device_flag, int reps, const std::string& input,
-               bool fuse, const std::string& json_path) {
+               std::optional<bool> fuse, const std::string& json_path) {
   check_at_least(batch, 1, "--batch");
   check_at_least(reps, 1, "--reps");
   if (!json_path.empty()) {  // fail before the benchmark, not after it
@@ -197,7 +197,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   BenchReport rep;
   Device dev = choose_device(device_flag, &rep.why);
   Net net(arch, parse_input_dims(input, "--input"));
-  net.set_gpu_fusion(fuse);
+  net.set_fusion(fuse_for(fuse, dev));
   const int L = net.num_layers();
   rep.arch = net.spec();
   rep.input = input;
@@ -340,7 +340,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
 
 Runner add_bench(CLI::App& app) {
   struct Opts {
-    std::string arch = "paper", device = "auto", input = "1x28x28", json, fuse = "off";
+    std::string arch = "paper", device = "auto", input = "1x28x28", json, fuse = "auto";
     int batch = 64, reps = 20;
   };
   auto o = std::make_shared<Opts>();
@@ -351,14 +351,14 @@ Runner add_bench(CLI::App& app) {
   bench->add_option("--reps", o->reps, "timed repetitions")->capture_default_str();
   bench->add_option("--input", o->input, "input shape CxHxW")->capture_default_str();
   bench->add_option("--json", o->json, "also write the figures (per layer, totals, peaks) as JSON to this file");
-  bench->add_option("--fuse", o->fuse, "on: each conv applies the ReLU after it (GPU), as train --fuse on")
+  bench
+      ->add_option("--fuse", o->fuse,
+                   "on: each conv applies the ReLU after it, as train --fuse on; auto: on for the CPU, off for the GPU")
       ->capture_default_str();
   bench->footer(
       "Examples:\n  barecnn bench --arch paper --batch 256\n"
       "  barecnn bench --arch deep --batch 1024 --json bench-deep.json");
-  return [o] {
-    return bench_main(o->arch, o->batch, o->device, o->reps, o->input, parse_on_off(o->fuse, "--fuse"), o->json);
-  };
+  return [o] { return bench_main(o->arch, o->batch, o->device, o->reps, o->input, parse_fuse(o->fuse), o->json); };
 }
 
 }  // namespace barecnn::cli

@@ -35,7 +35,7 @@ std::vector<std::string> parse_class_names(const std::string& s) {
 Runner add_train(CLI::App& app) {
   struct Opts {
     TrainConfig tc;
-    std::string optimizer = "sgd", loss = "cross_entropy", cuda_graph = "off", fuse = "off", seed = "1", class_names;
+    std::string optimizer = "sgd", loss = "cross_entropy", cuda_graph = "off", fuse = "auto", seed = "1", class_names;
     double lr = 0.01, momentum = 0.9, wd = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -74,8 +74,9 @@ Runner add_train(CLI::App& app) {
       ->capture_default_str();
   train
       ->add_option("--fuse", o->fuse,
-                   "on: on the GPU each conv applies the ReLU that follows it in its own kernels, forward "
-                   "and backward (same results), off: every layer on its own")
+                   "on: each conv applies the ReLU that follows it in its own kernels (GPU) or loops (CPU), "
+                   "forward and backward (the same results to the bit), off: every layer on its own, auto: on "
+                   "for the CPU, off for the GPU")
       ->capture_default_str();
   train->footer(
       "Examples:\n"
@@ -115,7 +116,7 @@ Runner add_train(CLI::App& app) {
     tc.spec.optim.weight_decay = float(o->wd);
     tc.spec.loss = parse_loss(o->loss);
     tc.opt.cuda_graph = parse_on_off(o->cuda_graph, "--cuda-graph");
-    tc.opt.fuse = parse_on_off(o->fuse, "--fuse");
+    tc.opt.fuse = parse_fuse(o->fuse);
     if (!o->class_names.empty()) tc.opt.class_names = parse_class_names(o->class_names);
     if (tc.spec.optim.kind == Optim::Adam && train->count("--momentum") > 0)
       std::printf("note: --momentum applies to sgd only; adam has its own (beta1 0.9, beta2 0.999)\n");

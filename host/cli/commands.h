@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 namespace barecnn::cli {
@@ -25,5 +26,7 @@ void check_at_least(long long value, long long min, const char* flag);
 uint64_t parse_seed(const std::string& value);
 // --flag on|off.
 bool parse_on_off(const std::string& value, const char* flag);
+// --fuse auto|on|off: unset for auto (exec.h, fuse_for).
+std::optional<bool> parse_fuse(const std::string& value);
 
 }  // namespace barecnn::cli

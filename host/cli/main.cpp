@@ -37,6 +37,12 @@ bool parse_on_off(const std::string& value, const char* flag) {
   return value == "on";
 }
 
+std::optional<bool> parse_fuse(const std::string& value) {
+  if (value == "auto") return std::nullopt;
+  if (value != "on" && value != "off") throw UsageError(fmt("--fuse: expected auto, on or off, got '", value, "'"));
+  return value == "on";
+}
+
 }  // namespace barecnn::cli
 
 namespace {

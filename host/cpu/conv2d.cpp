@@ -156,7 +156,32 @@ static const float* image_columns(const float* inp_n, const Conv2dShape& s, bool
   return buf;
 }
 
-void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s) {
+// ---- the fused ReLU (Net's execution plan: a conv followed by a plain relu, --fuse) ----
+// Forward: the ReLU of host/cpu/elementwise.cpp on the block just computed, while it is in cache.
+// Backward: dout is read as the ReLU backward would have handed it on, relu_out > 0 ? dout : 0 *
+// dout (relu_out = relu(x) > 0 exactly where x > 0: x <= 0 gives +0, NaN gives NaN), the same
+// float as activation_backward's. So the fused ops give the unfused chain's bits.
+
+// rows x cols block with rows `ld` apart: x = relu(x), in place.
+static void relu_block(float* x, int rows, int cols, long ld) {
+  for (int r = 0; r < rows; r++) {
+    float* row = x + r * ld;
+#pragma omp simd
+    for (int i = 0; i < cols; i++) row[i] = row[i] <= 0.f ? 0.f : row[i];
+  }
+}
+
+// dout_n (len) as the conv's gradient: itself, or with relu_out_n the masked copy in `buf`.
+static const float* conv_grad(const float* dout_n, const float* relu_out_n, long long len, std::vector<float>& buf) {
+  if (!relu_out_n) return dout_n;
+  float* g = scratch(buf, size_t(len));
+#pragma omp simd
+  for (long long i = 0; i < len; i++) g[i] = relu_out_n[i] > 0.f ? dout_n[i] : 0.f * dout_n[i];
+  return g;
+}
+
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
+                    bool fuse_relu) {
   // out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
   check_conv2d_shape(s, "cpu::conv2d_forward");
   const int P = s.OH * s.OW, CKK = s.C * s.kh * s.kw;
@@ -172,6 +197,7 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
     float* o = out + (long long)n * s.K * P + p0;                                             // (K, np) inside (K, P)
     // the sum of out[n,k,:] starts from bias[k], as in the reference
     sgemm_nn(s.K, np, CKK, weight, CKK, 1, col, ldcol, o, P, bias, false);
+    if (fuse_relu) relu_block(o, s.K, np, P);
   }
 }
 
@@ -211,7 +237,8 @@ static void col2im_add(float* dinp, const float* dcol, const Conv2dShape& s, int
 //           are (image, block of input channels), whose rows of dcol and pixels of dinp are their
 //           own. Its GEMM has C*kh*kw rows instead of C, so it wins when C is small (the first
 //           layer: C = 1), and it does no wasted work for stride > 1.
-void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s) {
+void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
+                           const float* relu_out) {
   // dinp (N, C, H, W), overwritten; dout (N, K, OH, OW); weight (K, C, kh, kw)
   check_conv2d_shape(s, "cpu::conv2d_backward_input");
   const int Q = s.H * s.W, P = s.OH * s.OW, KK = s.kh * s.kw, KKK = s.K * KK, CKK = s.C * KK;
@@ -226,12 +253,13 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
     const int nb = ceil_div(s.C, cb);
 #pragma omp parallel for schedule(dynamic) if (parallel)
     for (int item = 0; item < s.N * nb; item++) {
-      static thread_local std::vector<float> colbuf;
+      static thread_local std::vector<float> colbuf, gradbuf;
       int n = item / nb, c0 = item % nb * cb, nc = std::min(cb, s.C - c0);
       float* dcol = scratch(colbuf, (size_t)nc * KK * P);  // (nc*kh*kw, P)
+      const long long KP = (long long)s.K * P;
+      const float* g = conv_grad(dout + n * KP, relu_out ? relu_out + n * KP : nullptr, KP, gradbuf);  // (K, P)
       // A (r, k) = weight[k, c0*KK + r]: W^T, rows 1 apart, columns CKK apart
-      sgemm_nn(nc * KK, P, s.K, weight + (long long)c0 * KK, 1, CKK, dout + (long long)n * s.K * P, P, dcol, P, nullptr,
-               false);
+      sgemm_nn(nc * KK, P, s.K, weight + (long long)c0 * KK, 1, CKK, g, P, dcol, P, nullptr, false);
       float* d = dinp + ((long long)n * s.C + c0) * Q;  // (nc, H, W)
       std::fill(d, d + (long long)nc * Q, 0.f);
       col2im_add(d, dcol, s, nc);
@@ -247,10 +275,11 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
   const int qb = pixel_block(Q, KKK, s.N), nb = ceil_div(Q, qb);
 #pragma omp parallel for schedule(dynamic) if (parallel)
   for (int item = 0; item < s.N * nb; item++) {
-    static thread_local std::vector<float> colbuf, planebuf;
+    static thread_local std::vector<float> colbuf, planebuf, gradbuf;
     int n = item / nb, q0 = item % nb * qb, q1 = std::min(Q, q0 + qb), nq = q1 - q0;
-    const float* dout_n = dout + (long long)n * s.K * P;  // (K, OH, OW)
-    const float* dcol;                                    // (KKK, nq), leading dimension ldcol
+    const long long KP = (long long)s.K * P;
+    const float* dout_n = conv_grad(dout + n * KP, relu_out ? relu_out + n * KP : nullptr, KP, gradbuf);  // (K, OH, OW)
+    const float* dcol;  // (KKK, nq), leading dimension ldcol
     long ldcol;
     if (pointwise) {
       dcol = dout_n + q0, ldcol = P;
@@ -274,7 +303,8 @@ static constexpr int kMaxGroups = 16;
 static constexpr int kCatPixels = 2048;
 static constexpr long long kMaxColFloats = 1LL << 20;
 
-void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s) {
+void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
+                            const float* relu_out) {
   // dweight (K, C, kh, kw), overwritten; dbias (K) or null; dout (N, K, OH, OW); inp (N, C, H, W)
   check_conv2d_shape(s, "cpu::conv2d_backward_weight");
   const int P = s.OH * s.OW, CKK = s.C * s.kh * s.kw;
@@ -300,7 +330,7 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
   {
 #pragma omp for schedule(dynamic)
     for (int g = 0; g < ngroups; g++) {
-      static thread_local std::vector<float> colbuf, planebuf, doutbuf;
+      static thread_local std::vector<float> colbuf, planebuf, doutbuf, gradbuf;
       float* pg = partial + g * WN;  // (K, CKK)
       bool first = true;
       const int n_end = std::min(s.N, g * G + G);
@@ -312,9 +342,10 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
           float* dcat = scratch(doutbuf, (size_t)s.K * width);
           float* col = scratch(colbuf, (size_t)CKK * width);
           for (int m = 0; m < nc; m++) {
+            const long long KP = (long long)s.K * P, off = (n0 + m) * KP;
+            const float* g = conv_grad(dout + off, relu_out ? relu_out + off : nullptr, KP, gradbuf);  // (K, P)
             for (int k = 0; k < s.K; k++)
-              std::memcpy(dcat + (long long)k * width + m * P, dout + ((long long)(n0 + m) * s.K + k) * P,
-                          sizeof(float) * P);
+              std::memcpy(dcat + (long long)k * width + m * P, g + (long long)k * P, sizeof(float) * P);
             im2col(col + m * P, width, inp + (long long)(n0 + m) * s.C * s.H * s.W, s, 0, P, planebuf);
           }
           sgemm_nt(s.K, CKK, width, dcat, width, col, width, pg, CKK, !first);
@@ -322,7 +353,9 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
           continue;
         }
         const float* inp_n = inp + (long long)n0 * s.C * s.H * s.W;  // (C, H, W)
-        const float* dout_n = dout + (long long)n0 * s.K * P;        // (K, P)
+        const long long KP = (long long)s.K * P;
+        const float* dout_n =
+            conv_grad(dout + n0 * KP, relu_out ? relu_out + n0 * KP : nullptr, KP, gradbuf);  // (K, P)
         for (int p0 = 0; p0 < P; p0 += seg) {
           int p1 = std::min(P, p0 + seg), np = p1 - p0;
           long ldcol;
@@ -344,8 +377,12 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
     if (dbias) {
 #pragma omp for schedule(static)
       for (int k = 0; k < s.K; k++) {
+        static thread_local std::vector<float> gradbuf;
         float acc = 0.f;
-        for (int n = 0; n < s.N; n++) acc += sum_lanes(dout + ((long long)n * s.K + k) * P, P);
+        for (int n = 0; n < s.N; n++) {
+          const long long off = ((long long)n * s.K + k) * P;
+          acc += sum_lanes(conv_grad(dout + off, relu_out ? relu_out + off : nullptr, P, gradbuf), P);
+        }
         dbias[k] = acc;
       }
     }

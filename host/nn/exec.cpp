@@ -60,25 +60,23 @@ void cpu_only(const Exec& ex) {
 void conv2d_forward(const Exec& ex, float* out, const float* inp, const float* w, const float* b, const Conv2dShape& s,
                     bool fuse_relu) {
   if (on_gpu(ex)) return gpu::conv2d_forward(out, inp, w, b, s, ex.conv_impl, ex.gpu->stream(), fuse_relu);
-  BARECNN_ASSERT(!fuse_relu, "the fused conv + ReLU is GPU-only");
-  cpu::conv2d_forward(out, inp, w, b, s);
+  cpu::conv2d_forward(out, inp, w, b, s, fuse_relu);
 }
 void conv2d_forward(const Exec& ex, double* out, const double* inp, const double* w, const double* b,
                     const Conv2dShape& s, bool fuse_relu) {
   cpu_only(ex);
-  BARECNN_ASSERT(!fuse_relu, "the fused conv + ReLU is GPU-only");
+  BARECNN_ASSERT(!fuse_relu, "the fused conv + ReLU is float-only");
   ref::conv2d_forward(out, inp, w, b, s);
 }
 void conv2d_backward_input(const Exec& ex, float* dinp, const float* dout, const float* w, const Conv2dShape& s,
                            const float* relu_out) {
   if (on_gpu(ex)) return gpu::conv2d_backward_input(dinp, dout, w, s, ex.conv_impl, ex.gpu->stream(), relu_out);
-  BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is GPU-only");
-  cpu::conv2d_backward_input(dinp, dout, w, s);
+  cpu::conv2d_backward_input(dinp, dout, w, s, relu_out);
 }
 void conv2d_backward_input(const Exec& ex, double* dinp, const double* dout, const double* w, const Conv2dShape& s,
                            const double* relu_out) {
   cpu_only(ex);
-  BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is GPU-only");
+  BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is float-only");
   ref::conv2d_backward_input(dinp, dout, w, s);
 }
 size_t conv2d_backward_weight_workspace(Device device, const Conv2dShape& s) {
@@ -88,13 +86,12 @@ void conv2d_backward_weight(const Exec& ex, float* dw, float* db, const float* d
                             const Conv2dShape& s, const float* relu_out) {
   if (on_gpu(ex))
     return gpu::conv2d_backward_weight(dw, db, dout, inp, s, ex.workspace, ex.conv_impl, ex.gpu->stream(), relu_out);
-  BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is GPU-only");
-  cpu::conv2d_backward_weight(dw, db, dout, inp, s);
+  cpu::conv2d_backward_weight(dw, db, dout, inp, s, relu_out);
 }
 void conv2d_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp,
                             const Conv2dShape& s, const double* relu_out) {
   cpu_only(ex);
-  BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is GPU-only");
+  BARECNN_ASSERT(!relu_out, "the fused conv + ReLU is float-only");
   ref::conv2d_backward_weight(dw, db, dout, inp, s);
 }
 

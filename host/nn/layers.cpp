@@ -68,7 +68,7 @@ class Conv2d final : public Layer {
   size_t workspace_floats(int N, Device device) const override {
     return op::conv2d_backward_weight_workspace(device, shape(N));
   }
-  bool can_fuse_relu(Device device) const override { return device == Device::CUDA; }
+  bool can_fuse_relu(Device) const override { return true; }
   LayerCost cost(int N, bool need_din) const override {
     const Conv2dShape s = shape(N);
     LayerCost c;

@@ -60,7 +60,7 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   const int L = int(layers_.size());
   // Which convs apply their ReLU themselves (decided anew on every call: the flag may change).
   std::vector<bool> fused(L, false);
-  if (std::is_same_v<T, float> && gpu_fusion_)  // (the fused kernels are float)
+  if (std::is_same_v<T, float> && fusion_)  // (the fused kernels are float)
     for (int i = 0; i + 1 < L; ++i) fused[i] = layers_[i]->can_fuse_relu(device) && layers_[i + 1]->is_plain_relu();
   if (st.N == N && st.device == device && int(st.act.size()) == L + 1 && st.fused == fused) return;
 

@@ -77,9 +77,9 @@ std::string summary_json(const RunReport& r) {
   j["class_names"] = r.class_names;
   j["barecnn_version"] = barecnn_version();
   j["barecnn_commit"] = barecnn_commit();
+  j["fuse"] = r.fuse;
   if (r.peak_device_bytes >= 0) {
     j["cuda_graph"] = r.cuda_graph;
-    j["fuse"] = r.fuse;
     j["peak_device_bytes"] = r.peak_device_bytes;
   }
   j["epochs"] = epochs_array(r.epochs);

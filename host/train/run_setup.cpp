@@ -127,7 +127,7 @@ std::string resume_command(const RunOptions& opt) {
   if (opt.threads > 0) cmd += fmt(" --threads ", opt.threads);
   if (opt.checkpoint_every > 0) cmd += fmt(" --checkpoint-every ", opt.checkpoint_every);
   if (opt.cuda_graph) cmd += " --cuda-graph on";
-  if (opt.fuse) cmd += " --fuse on";
+  if (opt.fuse) cmd += *opt.fuse ? " --fuse on" : " --fuse off";
   if (opt.quiet) cmd += " --quiet";
   return cmd;
 }

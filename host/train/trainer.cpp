@@ -102,7 +102,7 @@ class TrainingRun {
     if (resuming) check_same_data(ck.meta.data, data_, opt_);
     const Dims input{1, data_.train.rows, data_.train.cols};
     net_ = std::make_unique<Net>(spec_.arch, input);
-    net_->set_gpu_fusion(opt_.fuse);
+    net_->set_fusion(fuse_for(opt_.fuse, device));
     // A net that does not end with one output per class is an arch mistake; where a label is
     // beyond the net's outputs the message says where (a stray label is a data mistake).
     net_->check_classes(data_.classes, "the data in " + opt_.data_dir + first_label_beyond(data_, net_->num_outputs()));
@@ -335,10 +335,10 @@ class TrainingRun {
     r.device = device_name(ctx_->exec().device);
     r.epochs_asked = opt_.epochs;
     r.completed = int(history_.size()) >= opt_.epochs;
+    r.fuse = net_->fusion();
     if (ctx_->exec().device == Device::CUDA) {
       r.device += fmt(" (", gpu_status().name, ")");
       r.cuda_graph = opt_.cuda_graph;
-      r.fuse = opt_.fuse;
       r.peak_device_bytes = (long long)device_memory_stats().peak;
     }
     r.test_accuracy = last_eval_.accuracy;
@@ -379,12 +379,11 @@ class TrainingRun {
       std::printf("  launches : %s%s\n",
                   opt_.cuda_graph ? "the step as one CUDA Graph (captured at the second step)"
                                   : "kernel by kernel (--cuda-graph on: one CUDA Graph)",
-                  opt_.fuse ? "; each conv does the ReLU after it (--fuse on)" : "");
-    else if (opt_.cuda_graph || opt_.fuse)
-      std::printf("note: %s only on the GPU; the CPU runs the step layer by layer\n",
-                  opt_.cuda_graph && opt_.fuse ? "--cuda-graph and --fuse apply"
-                  : opt_.cuda_graph            ? "--cuda-graph applies"
-                                               : "--fuse applies");
+                  net_->fusion() ? "; each conv does the ReLU after it (--fuse on)" : "");
+    else if (opt_.cuda_graph)
+      std::printf("note: --cuda-graph applies only on the GPU; the CPU runs the step layer by layer\n");
+    if (device == Device::CPU && net_->fusion())
+      std::printf("  fusion   : a conv followed by relu applies it in its own loops (--fuse off: layer by layer)\n");
     std::printf("  output   : %s%s\n", opt_.out.c_str(), latest_note.c_str());
     if (ck && ck->epochs_done == opt_.epochs)
       std::printf("  resume   : %s has all %d epochs; writing its outputs\n", opt_.resume.c_str(), ck->epochs_done);

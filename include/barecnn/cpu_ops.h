@@ -23,12 +23,18 @@
 namespace barecnn::cpu {
 
 // ---- convolution ----
+// With the ReLU after the conv fused (as gpu::conv2d_*): forward with fuse_relu writes relu(conv);
+// the backward ops with relu_out (= that output) read dout as the ReLU backward would have handed
+// it on. Bitwise the unfused chain of conv and activation ops.
 // out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
-void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s);
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
+                    bool fuse_relu = false);
 // dinp (N, C, H, W), overwritten, from dout (N, K, OH, OW)
-void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s);
+void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
+                           const float* relu_out = nullptr);
 // dweight (K, C, kh, kw), overwritten; dbias (K) or null; from dout and inp
-void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s);
+void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
+                            const float* relu_out = nullptr);
 
 // ---- dense: out = inp W^T + b, W (OUT, IN) ----
 // out (N, OUT); inp (N, IN); weight (OUT, IN); bias (OUT) or null

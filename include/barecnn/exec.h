@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "barecnn/gpu.h"
@@ -166,6 +167,11 @@ class ExecTimer {
 
 // Picks the device from --device "auto" | "cpu" | "cuda"; `why` says why (the commands print it).
 Device choose_device(const std::string& flag, std::string* why);
+
+// Whether a net on `device` fuses each conv with the plain ReLU after it (Net::set_fusion), from
+// --fuse on|off, or unset (auto): on for the CPU, whose fused loops give the unfused chain's bits
+// and save a pass over the activations; off for the GPU, whose fused kernels are opt-in.
+inline bool fuse_for(const std::optional<bool>& flag, Device device) { return flag.value_or(device == Device::CPU); }
 
 // A few values of a buffer on ex.device, read back without blocking the work. Each value read is
 // tagged with what the caller passed when it was asked for (the training step: how many steps it

@@ -40,7 +40,7 @@ struct LayerCall {
   const T* param = nullptr;  // this layer's slice of the flat parameter buffer
   T* dparam = nullptr;       // its slice of the flat gradient buffer
   int32_t* saved = nullptr;  // saved_ints(N) int32s kept from forward for backward (argmax mask)
-  // GPU conv + ReLU fused (Net::set_gpu_fusion): forward writes relu(conv) into `out` (the ReLU
+  // Conv + ReLU fused (Net::set_fusion): forward writes relu(conv) into `out` (the ReLU
   // layer's output); backward reads `dout` as the ReLU's output gradient and masks it with
   // relu_out (= that output), so the ReLU layer itself does not run.
   bool fuse_relu = false;
@@ -92,7 +92,7 @@ class Layer {
   // Is the output the input's memory read with other dims (flatten)? Then the net hands the input
   // on to the next layer instead of running this one (except as the last layer).
   virtual bool is_view() const { return false; }
-  // Can this layer apply a following plain ReLU in its own kernels on `device` (the GPU conv)?
+  // Can this layer apply a following plain ReLU in its own kernels on `device` (the conv, on both)?
   virtual bool can_fuse_relu(Device device) const { return false; }
   virtual bool is_plain_relu() const { return false; }
   // The cost of one forward and one backward call over a batch of N (see LayerCost). `need_din`:

@@ -43,8 +43,8 @@ struct NetState {
   // The layers that run, in order (Net::prepare); forward, backward, first_nonfinite and bench
   // walk it. A slot no entry uses holds an empty tensor.
   std::vector<PlannedLayer> plan;
-  // fused[i]: layer i (a conv) applies layer i+1 (a ReLU) itself (GPU float only, with
-  // Net::set_gpu_fusion(true)).
+  // fused[i]: layer i (a conv) applies layer i+1 (a ReLU) itself (float only, with
+  // Net::set_fusion(true)).
   std::vector<bool> fused;
   // The plan entry of layer i, or null when it does not run.
   const PlannedLayer* planned(int i) const {
@@ -78,11 +78,12 @@ class Net {
   // ReLU-family activation follows, Xavier otherwise; biases zero.
   std::vector<float> init_params(uint64_t seed) const;
 
-  // GPU float only: fuse each conv with a plain ReLU right after it (the ReLU runs in the conv's
-  // kernels, forward and backward; the results are bitwise those of the separate layers). Takes
-  // effect at the next prepare(). Off by default.
-  void set_gpu_fusion(bool on) { gpu_fusion_ = on; }
-  bool gpu_fusion() const { return gpu_fusion_; }
+  // Float only, either device: fuse each conv with a plain ReLU right after it (the ReLU runs in
+  // the conv's kernels or CPU loops, forward and backward; the results are bitwise those of the
+  // separate layers). Takes effect at the next prepare(). Off by default (the commands turn it on
+  // for the CPU: --fuse auto).
+  void set_fusion(bool on) { fusion_ = on; }
+  bool fusion() const { return fusion_; }
 
   // Plans the run (which layers run, on which buffers) and allocates (or reuses) the activations
   // for a batch of N on `device`.
@@ -117,7 +118,7 @@ class Net {
   std::vector<ParamEntry> params_;
   std::vector<size_t> layer_offset_;  // start of each layer's slice in the flat buffer
   size_t num_params_ = 0;
-  bool gpu_fusion_ = false;
+  bool fusion_ = false;
 };
 
 }  // namespace barecnn

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,7 +50,7 @@ struct RunOptions {
   long long checkpoint_every = 0;        // steps between mid-epoch checkpoints (0: end of epoch only)
   bool quiet = false;                    // no progress display
   bool cuda_graph = false;               // GPU: replay the training step as a captured CUDA Graph
-  bool fuse = false;                     // GPU: each conv applies the plain ReLU after it (Net::set_gpu_fusion)
+  std::optional<bool> fuse;              // each conv applies the plain ReLU after it; unset: auto (fuse_for)
   bool overwrite = false;                // clear another run's files out of `out` first
   std::vector<std::string> class_names;  // --class-names (empty: recognised data, else "0".."K-1")
   // The RunSpec flags the command line set ("--lr", ...): a resume checks each against the
