@@ -82,6 +82,8 @@ std::string cpu_model_name() {
   return "cpu";
 }
 
+std::string threads_str(int n) { return std::to_string(n) + (n == 1 ? " thread" : " threads"); }
+
 // "1234.5" or, when the peak is known, "1234.5 ( 3.2%)".
 std::string rate_cell(double per_s, double unit, std::optional<double> peak) {
   char buf[64];
@@ -97,10 +99,9 @@ void print_report(const BenchReport& r) {
               r.device.c_str(), r.device_name.c_str(), r.why.c_str(), r.reps);
   if (r.peak_flops && r.peak_bytes_per_s) {
     if (r.device == "cpu")
-      std::printf(
-          "  measured peaks: %.1f GFLOP/s FP32 FMA (%s, %d threads), %.1f GB/s memory copy (read + write, %d "
-          "threads)\n",
-          *r.peak_flops / 1e9, r.peak_isa.c_str(), r.peak_threads, *r.peak_bytes_per_s / 1e9, r.peak_threads);
+      std::printf("  measured peaks: %.1f GFLOP/s FP32 FMA (%s, %s), %.1f GB/s memory copy (read + write, %s)\n",
+                  *r.peak_flops / 1e9, r.peak_isa.c_str(), threads_str(r.peak_threads).c_str(),
+                  *r.peak_bytes_per_s / 1e9, threads_str(r.peak_threads).c_str());
     else
       std::printf("  measured peaks: %.1f TFLOP/s FP32 FMA (no tensor cores), %.0f GB/s DRAM (read + write)\n",
                   *r.peak_flops / 1e12, *r.peak_bytes_per_s / 1e9);

@@ -33,12 +33,12 @@ const char* peak_isa();
 // FP32 arithmetic peak of `threads` OpenMP threads in FLOP/s, measured: each thread runs 12
 // independent FMA chains in vector registers of peak_isa() (2 FLOPs per lane per FMA; with sse2 a
 // multiply and an add count as 2), enough to cover the FMA latency on every core type; best of
-// 5 timed runs after a warm-up. Measured on the first call per thread count, then cached.
+// 10 timed runs after a warm-up. Measured on the first call per thread count, then cached.
 double measure_peak_fp32_flops(int threads);
 
 // Memory bandwidth of `threads` OpenMP threads in bytes/s, measured: each thread copies its slice
 // between two buffers (memcpy) of 4x the last-level cache each, at least 128 MiB (at most an
-// eighth of the free memory each); every byte read and every byte written counts. Best of 5
+// eighth of the free memory each); every byte read and every byte written counts. Best of 10
 // timed runs after a warm-up. Measured on the first call per thread count, then cached. This is
 // the DRAM's rate: a layer whose tensors stay in the caches (the ReLU after `paper`'s conv at
 // batch 64: 6 MiB in, 6 MiB out) can be reported above 100% of it.
