@@ -19,12 +19,13 @@ set(BARECNN_REF_SOURCES
   ${_r}/host/reference/optim.cpp
   ${_r}/host/reference/data.cpp)
 
-# cpu: the fast float CPU versions of the heavy ops. No CUDA.
+# cpu: the fast float CPU versions of the heavy ops, and the CPU's peak probe. No CUDA.
 set(BARECNN_CPU_SOURCES
   ${_r}/host/cpu/conv2d.cpp
   ${_r}/host/cpu/dense.cpp
   ${_r}/host/cpu/elementwise.cpp
-  ${_r}/host/cpu/flush.cpp)
+  ${_r}/host/cpu/flush.cpp
+  ${_r}/host/cpu/peak.cpp)
 
 # cuda: the CUDA and cuBLAS checks, device memory, the GPU probe and context.
 set(BARECNN_CUDA_SOURCES

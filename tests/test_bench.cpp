@@ -1,9 +1,11 @@
 // `barecnn bench` and what it stands on: the cost (FLOPs and fewest bytes) of each kind of layer on
-// hand-computed cases, the JSON that `bench --json` writes, and on a GPU the plausibility of the
-// measured peaks. (The device-memory bookkeeping it reports is tested in test_device_buffer.cpp.)
+// hand-computed cases, the JSON that `bench --json` writes, the CPU's peak probe (its ISA, finite
+// cached values) and on a GPU the plausibility of the measured peaks. (The device-memory bookkeeping it reports is
+// tested in test_device_buffer.cpp.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -133,8 +135,21 @@ TEST(BenchCli, JsonHasEveryLayerAndTheExpectedFigures) {
   EXPECT_EQ(j["reps"], 1);
   EXPECT_EQ(j["input"], "1x28x28");
   EXPECT_EQ(j["arch"], "conv(32,5,pad=2) relu maxpool(2) flatten dense(128) relu dense(10)");
-  EXPECT_TRUE(j["peaks"].is_null());  // not measured on the CPU
   EXPECT_TRUE(j["peak_device_memory_bytes"].is_null());
+  // The CPU's measured peaks, on the threads the ops get, and every rate as a fraction of them.
+  ASSERT_TRUE(j["peaks"].is_object()) << j.dump(2);
+  const double pf = j["peaks"]["fp32_flops_per_s"].get<double>(), pb = j["peaks"]["bytes_per_s"].get<double>();
+  EXPECT_TRUE(std::isfinite(pf) && pf > 0) << pf;
+  EXPECT_TRUE(std::isfinite(pb) && pb > 0) << pb;
+  EXPECT_EQ(j["peaks"]["isa"], cpu::peak_isa());
+  EXPECT_GE(j["peaks"]["threads"].get<int>(), 1);
+  EXPECT_NE(r.out.find("measured peaks:"), std::string::npos) << r.out;
+  const int threads = j["peaks"]["threads"].get<int>();
+  EXPECT_NE(r.out.find(std::string("GFLOP/s FP32 FMA (") + cpu::peak_isa() + ", " + std::to_string(threads) +
+                       (threads == 1 ? " thread)" : " threads)")),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("fwd GFLOP/s (peak)"), std::string::npos) << r.out;
 
   const std::vector<std::string> specs = {"conv(32,5,pad=2)", "relu", "maxpool(2)", "flatten",
                                           "dense(128)",       "relu", "dense(10)"};
@@ -154,10 +169,15 @@ TEST(BenchCli, JsonHasEveryLayerAndTheExpectedFigures) {
     for (const char* dir : {"forward", "backward"}) {
       EXPECT_GT(l[dir]["ms"].get<double>(), 0) << specs[i] << " " << dir;
       EXPECT_GT(l[dir]["bytes"].get<double>(), 0) << specs[i] << " " << dir;
-      EXPECT_FALSE(l[dir].contains("flops_fraction_of_peak"));  // CPU: rates only
       EXPECT_NEAR(l[dir]["bytes_per_s"].get<double>(),
                   l[dir]["bytes"].get<double>() / (l[dir]["ms"].get<double>() * 1e-3),
                   1e-9 * l[dir]["bytes_per_s"].get<double>());
+      EXPECT_NEAR(l[dir]["flops_fraction_of_peak"].get<double>(), l[dir]["flops_per_s"].get<double>() / pf,
+                  1e-9 * (1 + l[dir]["flops_fraction_of_peak"].get<double>()))
+          << specs[i] << " " << dir;
+      EXPECT_NEAR(l[dir]["bytes_fraction_of_peak"].get<double>(), l[dir]["bytes_per_s"].get<double>() / pb,
+                  1e-9 * (1 + l[dir]["bytes_fraction_of_peak"].get<double>()))
+          << specs[i] << " " << dir;
     }
     fwd_bytes += l["forward"]["bytes"].get<double>();
     fwd_ms += l["forward"]["ms"].get<double>();
@@ -194,6 +214,34 @@ TEST(BenchCli, JsonHasEveryLayerAndTheExpectedFigures) {
   EXPECT_NEAR(t["train_images_per_s"].get<double>(), 2 / (train_step * 1e-3), 1e-9 * 2 / (train_step * 1e-3));
   EXPECT_NEAR(t["epoch_s"].get<double>(), 60000.0 / 2 * train_step * 1e-3, 1e-9 * t["epoch_s"].get<double>());
   EXPECT_FALSE(t.contains("train_step_graph_ms"));
+  EXPECT_NEAR(t["forward"]["flops_fraction_of_peak"].get<double>(), t["forward"]["flops_per_s"].get<double>() / pf,
+              1e-9 * (1 + t["forward"]["flops_fraction_of_peak"].get<double>()));
+}
+
+// ---- the CPU's peak probe ------------------------------------------------------------------------
+
+// The probe runs on the widest vector ISA the CPU reports; its figures are finite, positive,
+// cached per thread count, and below what that ISA could do at 10 GHz with two FMA pipes of full
+// width per core (AVX-512: 16 lanes, AVX2: 8, SSE2: 4; 2 FLOPs each). A loop the compiler dropped
+// or a miscounted FLOP lands above the bound.
+TEST(PeakCpu, UsesTheWidestIsaAndGivesCachedFiniteFigures) {
+  __builtin_cpu_init();
+  const std::string want = __builtin_cpu_supports("avx512f")                                 ? "avx512f"
+                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "avx2+fma"
+                                                                                             : "sse2";
+  EXPECT_EQ(cpu::peak_isa(), want);
+  const int lanes = want == "avx512f" ? 16 : want == "avx2+fma" ? 8 : 4;
+  for (int threads : {1, 2}) {
+    const double flops = cpu::measure_peak_fp32_flops(threads);
+    EXPECT_TRUE(std::isfinite(flops) && flops > 0) << threads << " threads: " << flops;
+    EXPECT_LT(flops, threads * 2.0 * lanes * 2.0 * 10e9) << threads << " threads";
+    const double bw = cpu::measure_peak_bandwidth(threads);
+    EXPECT_TRUE(std::isfinite(bw) && bw > 0) << threads << " threads: " << bw;
+    EXPECT_EQ(cpu::measure_peak_fp32_flops(threads), flops);  // cached: the same number, not a new run
+    EXPECT_EQ(cpu::measure_peak_bandwidth(threads), bw);
+    std::printf("%d threads, %s: %.1f GFLOP/s FP32, %.1f GB/s\n", threads, want.c_str(), flops / 1e9, bw / 1e9);
+  }
+  EXPECT_THROW(cpu::measure_peak_fp32_flops(0), Error);
 }
 
 // On the CPU --fuse auto (the default) fuses each conv with the plain ReLU after it: the conv's row

@@ -1,7 +1,9 @@
 // `barecnn bench`: per-layer forward and backward times (like `caffe time`), each layer's FLOP/s
-// and bytes/s from its cost (Layer::cost; on the GPU also as a fraction of the card's measured
-// peaks: include/barecnn/peak.h), the time of a forward+backward step, images/s, an epoch's
-// estimate and peak device memory; `--json FILE` writes the same figures for scripts.
+// and bytes/s from its cost (Layer::cost) and as a fraction of the machine's measured peaks (the
+// card's or the CPU's: include/barecnn/peak.h), the time of a forward+backward step, images/s, an
+// epoch's estimate and peak device memory; `--json FILE` writes the same figures for scripts.
+#include <omp.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -48,8 +50,11 @@ struct BenchReport {
   int batch = 0, reps = 0;
   std::vector<LayerFigures> layers;
   double step_ms = 0;  // forward + backward of the whole net, timed as one
-  // The card's measured peaks (CUDA only).
+  // The machine's measured peaks: the card's, or on the CPU those of peak_threads threads with
+  // the vector ISA peak_isa.
   std::optional<double> peak_flops, peak_bytes_per_s;
+  std::string peak_isa;
+  int peak_threads = 0;
   // Bytes held in DeviceBuffers at the most during warm-up and timing (CUDA only).
   std::optional<size_t> peak_device_bytes;
   // ---- the training step the trainer runs (TrainStep: gather, forward, loss + logits gradient
@@ -77,6 +82,8 @@ std::string cpu_model_name() {
   return "cpu";
 }
 
+std::string threads_str(int n) { return std::to_string(n) + (n == 1 ? " thread" : " threads"); }
+
 // "1234.5" or, when the peak is known, "1234.5 ( 3.2%)".
 std::string rate_cell(double per_s, double unit, std::optional<double> peak) {
   char buf[64];
@@ -90,9 +97,15 @@ std::string rate_cell(double per_s, double unit, std::optional<double> peak) {
 void print_report(const BenchReport& r) {
   std::printf("bench: %s, batch %d, input %s, device %s: %s (%s), %d reps\n", r.arch.c_str(), r.batch, r.input.c_str(),
               r.device.c_str(), r.device_name.c_str(), r.why.c_str(), r.reps);
-  if (r.peak_flops && r.peak_bytes_per_s)
-    std::printf("  measured peaks: %.1f TFLOP/s FP32 FMA (no tensor cores), %.0f GB/s DRAM (read + write)\n",
-                *r.peak_flops / 1e12, *r.peak_bytes_per_s / 1e9);
+  if (r.peak_flops && r.peak_bytes_per_s) {
+    if (r.device == "cpu")
+      std::printf("  measured peaks: %.1f GFLOP/s FP32 FMA (%s, %s), %.1f GB/s memory copy (read + write, %s)\n",
+                  *r.peak_flops / 1e9, r.peak_isa.c_str(), threads_str(r.peak_threads).c_str(),
+                  *r.peak_bytes_per_s / 1e9, threads_str(r.peak_threads).c_str());
+    else
+      std::printf("  measured peaks: %.1f TFLOP/s FP32 FMA (no tensor cores), %.0f GB/s DRAM (read + write)\n",
+                  *r.peak_flops / 1e12, *r.peak_bytes_per_s / 1e9);
+  }
   const bool pk = r.peak_flops.has_value();
   const int w = pk ? 18 : 9;
   std::printf("  %-5s %-22s %9s %9s  %*s %*s  %*s %*s\n", "layer", "spec", "fwd ms", "bwd ms", w,
@@ -160,12 +173,20 @@ nlohmann::ordered_json report_json(const BenchReport& r) {
   json j{{"arch", r.arch},  {"input", r.input},   {"batch", r.batch},
          {"reps", r.reps},  {"device", r.device}, {"device_name", r.device_name},
          {"layers", layers}};
-  j["peaks"] = r.peak_flops ? json{{"fp32_flops_per_s", *r.peak_flops},
-                                   {"bytes_per_s", *r.peak_bytes_per_s},
-                                   {"measured",
-                                    "FP32 FMA on the CUDA cores (no tensor cores); DRAM copy, "
-                                    "bytes read + written"}}
-                            : json(nullptr);
+  if (!r.peak_flops) {
+    j["peaks"] = nullptr;
+  } else if (r.device == "cpu") {
+    j["peaks"] = json{{"fp32_flops_per_s", *r.peak_flops},
+                      {"bytes_per_s", *r.peak_bytes_per_s},
+                      {"isa", r.peak_isa},
+                      {"threads", r.peak_threads},
+                      {"measured", fmt("FP32 FMA in ", r.peak_isa, " vector registers on ", r.peak_threads,
+                                       " threads; memory copy on as many threads, bytes read + written")}};
+  } else {
+    j["peaks"] = json{{"fp32_flops_per_s", *r.peak_flops},
+                      {"bytes_per_s", *r.peak_bytes_per_s},
+                      {"measured", "FP32 FMA on the CUDA cores (no tensor cores); DRAM copy, bytes read + written"}};
+  }
   const double epoch_ms = r.epoch_step_ms();
   json totals{{"forward", phase_json(fsum, r)},        {"backward", phase_json(bsum, r)},
               {"forward_backward_step_ms", r.step_ms}, {"images_per_s", rate(r.batch, r.step_ms)},
@@ -206,10 +227,16 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   rep.device = device_name(dev);
   rep.device_name = dev == Device::CUDA ? gpu_status().name : cpu_model_name();
 
+  // Before the net allocates anything: the bandwidth test wants the free memory.
   if (dev == Device::CUDA) {
-    // Before the net allocates anything: the bandwidth test wants the free memory.
     rep.peak_flops = gpu::measure_peak_fp32_flops();
     rep.peak_bytes_per_s = gpu::measure_peak_bandwidth();
+  } else {
+    // As many threads as the CPU ops get (OpenMP's default, --threads elsewhere, OMP_NUM_THREADS).
+    rep.peak_threads = omp_get_max_threads();
+    rep.peak_isa = cpu::peak_isa();
+    rep.peak_flops = cpu::measure_peak_fp32_flops(rep.peak_threads);
+    rep.peak_bytes_per_s = cpu::measure_peak_bandwidth(rep.peak_threads);
   }
   const ExecContext ctx(dev);
   const Exec& ex = ctx.exec();

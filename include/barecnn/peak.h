@@ -1,6 +1,6 @@
-// The roofline a kernel is held to: the card's measured peaks (kernels/peak.cu). `barecnn bench`
-// divides a layer's FLOPs and fewest bytes (Layer::cost, layer.h) by its time and reports the
-// result as a fraction of these peaks.
+// The roofline a kernel is held to: the machine's measured peaks, the card's (kernels/peak.cu) or
+// the CPU's (host/cpu/peak.cpp). `barecnn bench` divides a layer's FLOPs and fewest bytes
+// (Layer::cost, layer.h) by its time and reports the result as a fraction of these peaks.
 #pragma once
 
 namespace barecnn {
@@ -21,5 +21,29 @@ double measure_peak_fp32_flops();
 double measure_peak_bandwidth();
 
 }  // namespace gpu
+
+namespace cpu {
+
+// The widest vector ISA of this CPU, chosen at run time from its feature bits (the binary is built
+// for baseline x86-64): "avx512f" (16 floats, FMA), "avx2+fma" (8 floats, FMA) or "sse2"
+// (4 floats, a multiply and an add instead of an FMA). measure_peak_fp32_flops runs on it. (The
+// GEMMs of sgemm.h have their own ISA switch, cpu_isa() in cpu_ops.h.)
+const char* peak_isa();
+
+// FP32 arithmetic peak of `threads` OpenMP threads in FLOP/s, measured: each thread runs 12
+// independent FMA chains in vector registers of peak_isa() (2 FLOPs per lane per FMA; with sse2 a
+// multiply and an add count as 2), enough to cover the FMA latency on every core type; best of
+// 10 timed runs after a warm-up. Measured on the first call per thread count, then cached.
+double measure_peak_fp32_flops(int threads);
+
+// Memory bandwidth of `threads` OpenMP threads in bytes/s, measured: each thread copies its slice
+// between two buffers (memcpy) of 4x the last-level cache each, at least 128 MiB (at most an
+// eighth of the free memory each); every byte read and every byte written counts. Best of 10
+// timed runs after a warm-up. Measured on the first call per thread count, then cached. This is
+// the DRAM's rate: a layer whose tensors stay in the caches (the ReLU after `paper`'s conv at
+// batch 64: 6 MiB in, 6 MiB out) can be reported above 100% of it.
+double measure_peak_bandwidth(int threads);
+
+}  // namespace cpu
 
 }  // namespace barecnn
