@@ -324,8 +324,15 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
   if (!pointwise && seg == P)
     cat = int(std::max(1LL, std::min<long long>({ceil_div(kCatPixels, P), G, kMaxColFloats / ((long long)CKK * P)})));
   // partial (ngroups, K, CKK): group g's sum; with one group it is dweight itself.
-  static thread_local std::vector<float> partbuf;
+  // bsum (N, K): each image's bias gradient, the sum of its dout row, taken while the row is in
+  // cache from the GEMM; the bias adds them up in image order at the end.
+  static thread_local std::vector<float> partbuf, bsumbuf;
   float* partial = ngroups == 1 ? dweight : scratch(partbuf, (size_t)ngroups * WN);
+  float* bsum = dbias ? scratch(bsumbuf, (size_t)s.N * s.K) : nullptr;
+  auto bias_sums = [&](int n, const float* g) {  // g (K, P): image n's gradient
+    if (bsum)
+      for (int k = 0; k < s.K; k++) bsum[(long long)n * s.K + k] = sum_lanes(g + (long long)k * P, P);
+  };
 #pragma omp parallel if (parallel)
   {
 #pragma omp for schedule(dynamic)
@@ -344,6 +351,7 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
           for (int m = 0; m < nc; m++) {
             const long long KP = (long long)s.K * P, off = (n0 + m) * KP;
             const float* g = conv_grad(dout + off, relu_out ? relu_out + off : nullptr, KP, gradbuf);  // (K, P)
+            bias_sums(n0 + m, g);
             for (int k = 0; k < s.K; k++)
               std::memcpy(dcat + (long long)k * width + m * P, g + (long long)k * P, sizeof(float) * P);
             im2col(col + m * P, width, inp + (long long)(n0 + m) * s.C * s.H * s.W, s, 0, P, planebuf);
@@ -356,6 +364,7 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
         const long long KP = (long long)s.K * P;
         const float* dout_n =
             conv_grad(dout + n0 * KP, relu_out ? relu_out + n0 * KP : nullptr, KP, gradbuf);  // (K, P)
+        bias_sums(n0, dout_n);
         for (int p0 = 0; p0 < P; p0 += seg) {
           int p1 = std::min(P, p0 + seg), np = p1 - p0;
           long ldcol;
@@ -377,12 +386,8 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
     if (dbias) {
 #pragma omp for schedule(static)
       for (int k = 0; k < s.K; k++) {
-        static thread_local std::vector<float> gradbuf;
         float acc = 0.f;
-        for (int n = 0; n < s.N; n++) {
-          const long long off = ((long long)n * s.K + k) * P;
-          acc += sum_lanes(conv_grad(dout + off, relu_out ? relu_out + off : nullptr, P, gradbuf), P);
-        }
+        for (int n = 0; n < s.N; n++) acc += bsum[(long long)n * s.K + k];
         dbias[k] = acc;
       }
     }
