@@ -61,8 +61,8 @@ Runner add_train(CLI::App& app) {
       ->capture_default_str();
   train
       ->add_option("--warmup-epochs", o->warmup_epochs,
-                   "raise the rate linearly, step by step, from --lr/steps to the schedule's over the first N "
-                   "epochs (0: none; less than --epochs)")
+                   "raise the rate linearly, step by step, over the first N epochs: with S steps per epoch, step k "
+                   "of the first N x S runs at k/(N x S) of the schedule's rate (0: none; less than --epochs)")
       ->capture_default_str();
   train->add_option("--momentum", o->momentum, "SGD momentum (0: plain gradient descent)")->capture_default_str();
   train->add_option("--weight-decay", o->wd, "L2 weight decay")->capture_default_str();
