@@ -258,6 +258,26 @@ TEST_F(Cli, BadFlags) {
   EXPECT_FAILS_WITH(run(base + " --fuse 1"), 2, "--fuse: expected auto, on or off, got '1'");
   EXPECT_FAILS_WITH(run("bench --device cpu --fuse maybe"), 2, "--fuse: expected auto, on or off, got 'maybe'");
   EXPECT_FAILS_WITH(run(base + " --epochs 2 --epochs 3"), 2, "--epochs is given 2 times; give it once");
+  // --lr-schedule / --warmup-epochs: the flag, what it expects, what it found.
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule step:3,x:0.1"), 2,
+                    "--lr-schedule: expected constant, step:E1,E2,...:GAMMA");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule step:3,x:0.1"), 2,
+                    "a milestone should be a whole number of epochs >= 1, found 'x' in 'step:3,x:0.1'");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule step::0.1"), 2, "no milestone epochs before ':0.1' in 'step::0.1'");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule step:3"), 2, "step needs its milestones and GAMMA");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule linear"), 2, "unknown schedule 'linear' in 'linear'");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule step:3:0"), 2, "GAMMA should be a number > 0, found '0'");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule step:3:-0.5"), 2, "GAMMA should be a number > 0, found '-0.5'");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule step:5,3:0.1"), 2, "the milestones should increase, found 3 after 5");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule step:3,3:0.1"), 2, "the milestones should increase, found 3 after 3");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule cosine:0"), 2, "cosine:E takes a whole number of epochs >= 1");
+  EXPECT_FAILS_WITH(run(base + " --lr-schedule constant:2"), 2, "constant takes no arguments");
+  EXPECT_FAILS_WITH(run(base + " --epochs 3 --warmup-epochs -1"), 2,
+                    "--warmup-epochs: expected a whole number of epochs from 0 to 2 (less than --epochs 3), got -1");
+  EXPECT_FAILS_WITH(run(base + " --epochs 3 --warmup-epochs 3"), 2,
+                    "--warmup-epochs: expected a whole number of epochs from 0 to 2 (less than --epochs 3), got 3");
+  EXPECT_FAILS_WITH(run(base + " --epochs 4 --lr-schedule cosine:3"), 2,
+                    "the rate schedule cosine:3 reaches 0 after epoch 3");
   EXPECT_FAILS_WITH(run(base + " --seed -1"), 2, "--seed must be an integer from 0 to 18446744073709551615, got '-1'");
   EXPECT_FAILS_WITH(run(base + " --seed 99999999999999999999"), 2, "got '99999999999999999999'");
   EXPECT_FAILS_WITH(run(base + " --loss nll"), 2, "did you mean 'cross_entropy'?");

@@ -97,7 +97,7 @@ TEST(DataGpu, GatherOfTheCountersBatchMatchesExplicitIndices) {
   OptimConfig cfg;
   for (int batch = 3; batch <= 4; ++batch) {  // 5*7 = 35 <= 40: both batches in range
     SCOPED_TRACE(fmt("batch ", batch));
-    gpu::begin_step(d_c.data(), cfg, ctx.stream());
+    gpu::begin_step(d_c.data(), cfg, 1, ctx.stream());
     gpu::gather_normalize_batch(d_out.data(), d_lab.data(), d_images.data(), d_labels.data(), d_perm.data(), d_c.data(),
                                 B, P, 0.25f, 0.5f, ctx.stream());
     std::vector<float> want(size_t(B) * P);

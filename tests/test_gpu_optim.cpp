@@ -125,7 +125,7 @@ TEST(OptimGpu, DeviceStepCountersGiveTheHostStepResults) {
       d_g.copy_from_host(random_floats(n, 4500 + step).data(), n);
       CUDA_CHECK(cudaDeviceSynchronize());
       gpu::optimizer_step(a_p.data(), d_g.data(), a_m.data(), a_v.data(), n, cfg, step, ctx.stream());
-      gpu::begin_step(d_c.data(), cfg, ctx.stream());
+      gpu::begin_step(d_c.data(), cfg, 1, ctx.stream());
       gpu::optimizer_step(b_p.data(), d_g.data(), b_m.data(), b_v.data(), n, cfg, d_c.data(), ctx.stream());
       std::vector<float> pa = download(ctx, a_p), pb = download(ctx, b_p);
       EXPECT_EQ(0, std::memcmp(pa.data(), pb.data(), n * sizeof(float)));

@@ -265,6 +265,31 @@ TEST_F(TrainGpu, CudaGraphGivesTheEagerWeightsBitwise) {
   EXPECT_EQ(read_file(eager_sgd + "/model.safetensors", "eager"), read_file(part + "/model.safetensors", "resumed"));
 }
 
+// With a rate schedule (a warmup epoch, then halved after epoch 1) the graph's replays read each
+// step's rate from the device counters: the eager run's weights and records, bitwise.
+TEST_F(TrainGpu, ScheduledCudaGraphRunGivesTheEagerWeightsBitwise) {
+  BARECNN_REQUIRE_GPU();
+  std::string eager = test::fresh_dir("gpu_sched_eager"), graph = test::fresh_dir("gpu_sched_graph");
+  TrainConfig ce = config(eager);
+  ce.spec.optim.schedule.kind = LrScheduleKind::Step;
+  ce.spec.optim.schedule.num_milestones = 1;
+  ce.spec.optim.schedule.milestones[0] = 1;
+  ce.spec.optim.schedule.gamma = 0.5f;
+  ce.spec.optim.schedule.warmup_epochs = 1;
+  TrainConfig cg = ce;
+  cg.opt.out = graph;
+  cg.opt.cuda_graph = true;
+  train(ce);
+  train(cg);
+  EXPECT_EQ(read_file(eager + "/model.safetensors", "eager"), read_file(graph + "/model.safetensors", "graph"));
+  auto se = nlohmann::json::parse(read_file(eager + "/summary.json", "summary"));
+  auto sg = nlohmann::json::parse(read_file(graph + "/summary.json", "summary"));
+  EXPECT_EQ(se["epochs"][1]["train_loss"], sg["epochs"][1]["train_loss"]);
+  EXPECT_EQ(sg["lr_schedule"], "step:1:0.5");
+  EXPECT_EQ(sg["epochs"][0]["lr"], 0.05);
+  EXPECT_EQ(sg["epochs"][1]["lr"], 0.025);
+}
+
 // A whole run with --fuse on (and the graph): the weights of the plain run, bitwise.
 TEST_F(TrainGpu, FusedRunGivesThePlainWeightsBitwise) {
   BARECNN_REQUIRE_GPU();

@@ -3,10 +3,12 @@
 // and its CUDA Graph replays the eager step bitwise.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+#include "barecnn/error.h"
 #include "barecnn/exec.h"
 #include "barecnn/rng.h"
 #include "barecnn/step.h"
@@ -48,6 +50,15 @@ StepSettings settings(Optim kind) {
   return s;
 }
 
+// settings(kind) with a rate that changes every step: cosine over 2 epochs after 1 warmup epoch.
+StepSettings scheduled_settings(Optim kind) {
+  StepSettings s = settings(kind);
+  s.optim.schedule.kind = LrScheduleKind::Cosine;
+  s.optim.schedule.epochs = 2;
+  s.optim.schedule.warmup_epochs = 1;
+  return s;
+}
+
 StepState initial_state(const Net& net, uint64_t seed) {
   const size_t n = net.num_params();
   return {net.init_params(seed), std::vector<float>(n, 0.f), std::vector<float>(n, 0.f), 0};
@@ -73,45 +84,54 @@ StepState run_steps(const Net& net, const Data& d, const StepSettings& s, Device
 
 // The step is, on the CPU, exactly: the batch of the epoch's permutation, gathered and
 // normalized; forward; loss with its gradient; backward; the optimizer with t = the step count.
+// With a schedule (a warmup: a new rate every step) the optimizer takes the rate of step t,
+// lr_at(cfg, t, steps per epoch).
 TEST(TrainStepCpu, IsTheOpsOfOneStepInOrder) {
-  for (Optim kind : {Optim::SGD, Optim::Adam}) {
-    SCOPED_TRACE(kind == Optim::SGD ? "sgd" : "adam");
-    Data d = random_images(40, 3);
-    Net net(kArch, {1, 11, 10});
-    const StepSettings s = settings(kind);
-    StepMetrics m;
-    const StepState got = run_steps(net, d, s, Device::CPU, 3, &m);
+  for (bool scheduled : {false, true})
+    for (Optim kind : {Optim::SGD, Optim::Adam}) {
+      SCOPED_TRACE(kind == Optim::SGD ? "sgd" : "adam");
+      SCOPED_TRACE(scheduled ? "cosine:2 after 1 warmup epoch" : "constant");
+      Data d = random_images(40, 3);
+      Net net(kArch, {1, 11, 10});
+      const StepSettings s = scheduled ? scheduled_settings(kind) : settings(kind);
+      StepMetrics m;
+      const StepState got = run_steps(net, d, s, Device::CPU, 3, &m);
 
-    // The same by hand.
-    const Exec ex = Exec::cpu();
-    const int B = s.batch, K = net.num_outputs(), P = 110;
-    StepState want = initial_state(net, 5);
-    std::vector<int32_t> perm = ref::epoch_permutation(40, 9, 0);
-    NetState<float> st;
-    net.prepare(st, B, Device::CPU);
-    std::vector<float> grads(net.num_params()), loss(B);
-    std::vector<int32_t> labels(B), correct(B);
-    double loss_sum = 0, correct_sum = 0;
-    for (int t = 1; t <= 3; ++t) {
-      ref::gather_normalize(st.act[0].data(), labels.data(), d.images.pixels.data(), d.labels.data(),
-                            perm.data() + (t - 1) * B, B, P, s.mean, s.std);
-      net.forward(st, want.params.data(), ex);
-      ref::loss_forward_backward<float>(loss.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
-                                        labels.data(), B, K, s.loss, 1.f / B);
-      double l = 0, c = 0;
-      for (int b = 0; b < B; ++b) l += loss[b], c += correct[b];
-      loss_sum += l, correct_sum += c;
-      net.backward(st, want.params.data(), grads.data(), ex, false);
-      ref::optimizer_step(want.params.data(), grads.data(), want.m.data(), want.v.data(), grads.size(), s.optim, t);
+      // The same by hand.
+      const Exec ex = Exec::cpu();
+      const int B = s.batch, K = net.num_outputs(), P = 110;
+      StepState want = initial_state(net, 5);
+      std::vector<int32_t> perm = ref::epoch_permutation(40, 9, 0);
+      NetState<float> st;
+      net.prepare(st, B, Device::CPU);
+      std::vector<float> grads(net.num_params()), loss(B);
+      std::vector<int32_t> labels(B), correct(B);
+      double loss_sum = 0, correct_sum = 0;
+      for (int t = 1; t <= 3; ++t) {
+        ref::gather_normalize(st.act[0].data(), labels.data(), d.images.pixels.data(), d.labels.data(),
+                              perm.data() + (t - 1) * B, B, P, s.mean, s.std);
+        net.forward(st, want.params.data(), ex);
+        ref::loss_forward_backward<float>(loss.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
+                                          labels.data(), B, K, s.loss, 1.f / B);
+        double l = 0, c = 0;
+        for (int b = 0; b < B; ++b) l += loss[b], c += correct[b];
+        loss_sum += l, correct_sum += c;
+        net.backward(st, want.params.data(), grads.data(), ex, false);
+        OptimConfig at = s.optim;
+        at.lr = lr_at(s.optim, t, 40 / B);
+        if (scheduled) {
+          EXPECT_EQ(at.lr, float(double(s.optim.lr) * t / 6));  // the warmup: t / 6 of the rate
+        }
+        ref::optimizer_step(want.params.data(), grads.data(), want.m.data(), want.v.data(), grads.size(), at, t);
+      }
+      EXPECT_TRUE(bitwise_equal(got.params, want.params));
+      EXPECT_TRUE(bitwise_equal(got.m, want.m));
+      EXPECT_TRUE(bitwise_equal(got.v, want.v));
+      EXPECT_EQ(got.global_step, 3);
+      EXPECT_EQ(m.loss_sum, loss_sum);
+      EXPECT_EQ(m.correct, correct_sum);
+      EXPECT_EQ(m.steps, 3);
     }
-    EXPECT_TRUE(bitwise_equal(got.params, want.params));
-    EXPECT_TRUE(bitwise_equal(got.m, want.m));
-    EXPECT_TRUE(bitwise_equal(got.v, want.v));
-    EXPECT_EQ(got.global_step, 3);
-    EXPECT_EQ(m.loss_sum, loss_sum);
-    EXPECT_EQ(m.correct, correct_sum);
-    EXPECT_EQ(m.steps, 3);
-  }
 }
 
 // Stopped after 2 steps and continued from its state in a new step object: the uninterrupted
@@ -191,6 +211,62 @@ TEST(TrainStepGpu, GraphReplaysTheEagerStepBitwise) {
   EXPECT_TRUE(bitwise_equal(eager.m, graph.m));
   EXPECT_EQ(me.loss_sum, mg.loss_sum);
   EXPECT_EQ(me.correct, mg.correct);
+}
+
+// The same with a rate schedule: the rate of each step is read from the counters on the device,
+// so the replays use each step's own rate (a rate baked into the captured kernel would be the
+// second step's), and the run differs from the constant rate's.
+TEST(TrainStepGpu, GraphWithAScheduleReplaysTheEagerStepBitwise) {
+  BARECNN_REQUIRE_GPU();
+  Data d = random_images(40, 7);
+  Net net(kArch, {1, 11, 10});
+  StepSettings s = scheduled_settings(Optim::SGD);
+  StepMetrics me, mg;
+  const StepState eager = run_steps(net, d, s, Device::CUDA, 5, &me);
+  s.cuda_graph = true;
+  const StepState graph = run_steps(net, d, s, Device::CUDA, 5, &mg);
+  EXPECT_TRUE(bitwise_equal(eager.params, graph.params));
+  EXPECT_TRUE(bitwise_equal(eager.m, graph.m));
+  EXPECT_EQ(me.loss_sum, mg.loss_sum);
+  const StepState constant = run_steps(net, d, settings(Optim::SGD), Device::CUDA, 5);
+  EXPECT_FALSE(bitwise_equal(eager.params, constant.params));
+}
+
+// begin_step's rates on the GPU are the CPU's, bit for bit, step after step (the same lr_at), for
+// every kind of schedule, across epochs (7 steps each) and past a resume's counters.
+TEST(TrainStepGpu, RateSequenceIsTheCpus) {
+  BARECNN_REQUIRE_GPU();
+  ExecContext gctx(Device::CUDA);
+  const Exec cpu = Exec::cpu(), gpu = gctx.exec();
+  for (int which = 0; which < 4; ++which) {
+    OptimConfig cfg;
+    cfg.lr = 0.1f;
+    LrSchedule& sc = cfg.schedule;
+    if (which == 1)
+      sc.kind = LrScheduleKind::Step, sc.num_milestones = 2, sc.milestones[0] = 2, sc.milestones[1] = 3,
+      sc.gamma = 0.3f, sc.warmup_epochs = 1;
+    if (which == 2) sc.kind = LrScheduleKind::Cosine, sc.epochs = 5;
+    if (which == 3) sc.kind = LrScheduleKind::Cosine, sc.epochs = 5, sc.warmup_epochs = 2;
+    SCOPED_TRACE(fmt("schedule ", which));
+    gpu::StepCounters hc;
+    hc.global_step = 3;  // as after a resume
+    BasicTensor<gpu::StepCounters> dc;
+    dc.reset({1}, Device::CUDA);
+    dc.copy_from_host({hc});
+    std::vector<float> rates;
+    for (long long t = 4; t <= 35; ++t) {
+      op::begin_step(cpu, &hc, cfg, 7);
+      op::begin_step(gpu, dc.data(), cfg, 7);
+      gpu.sync();
+      const gpu::StepCounters g = dc.to_host()[0];
+      ASSERT_EQ(g.global_step, t);
+      EXPECT_EQ(hc.lr, lr_at(cfg, t, 7)) << t;
+      EXPECT_EQ(std::memcmp(&g.lr, &hc.lr, sizeof(float)), 0) << t << ": gpu " << g.lr << ", cpu " << hc.lr;
+      rates.push_back(hc.lr);
+    }
+    // (not a constant sequence, except the constant schedule)
+    EXPECT_EQ(std::count(rates.begin(), rates.end(), rates[0]) == long(rates.size()), which == 0);
+  }
 }
 
 // poll_metrics never waits: on the GPU it hands over a copy only once it has arrived, and what it

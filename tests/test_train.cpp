@@ -479,6 +479,154 @@ TEST(RunSpecTable, EverySettingRoundTripsAndBadTextIsNamed) {
             std::string::npos);
 }
 
+// lr_at (optim.h) against hand-computed rates, at the boundaries of the schedules and the warmup
+// (10 steps per epoch; step t is the t-th of the run, 1-based).
+TEST(LrSchedule, RatesAtTheBoundaries) {
+  auto cfg = [](const char* text, int warmup, float lr) {
+    OptimConfig c;
+    c.lr = lr;
+    parse_lr_schedule(text, &c.schedule);
+    c.schedule.warmup_epochs = warmup;
+    return c;
+  };
+  // constant: the rate itself, every step
+  OptimConfig c = cfg("constant", 0, 0.05f);
+  for (long long t : {1, 2, 10, 11, 1000000}) EXPECT_EQ(lr_at(c, t, 10), 0.05f) << t;
+  // step:2,4:0.5 — epochs 1-2 at 0.8, epochs 3-4 (steps 21-40) at 0.4, from epoch 5 (step 41) 0.2
+  c = cfg("step:2,4:0.5", 0, 0.8f);
+  EXPECT_EQ(lr_at(c, 1, 10), 0.8f);
+  EXPECT_EQ(lr_at(c, 20, 10), 0.8f);
+  EXPECT_EQ(lr_at(c, 21, 10), 0.4f);
+  EXPECT_EQ(lr_at(c, 40, 10), 0.4f);
+  EXPECT_EQ(lr_at(c, 41, 10), 0.2f);
+  EXPECT_EQ(lr_at(c, 500, 10), 0.2f);
+  // cosine over 4 epochs = 40 steps: lr (1 + cos(pi k / 40)) / 2 with k = t - 1
+  c = cfg("cosine:4", 0, 1.f);
+  EXPECT_EQ(lr_at(c, 1, 10), 1.f);
+  EXPECT_FLOAT_EQ(lr_at(c, 11, 10), 0.8535533905932737f);  // k = 10: (1 + cos(pi/4)) / 2
+  EXPECT_EQ(lr_at(c, 21, 10), 0.5f);                       // k = 20: cos(pi/2) ~ 6e-17
+  EXPECT_FLOAT_EQ(lr_at(c, 31, 10), 0.1464466094067262f);  // k = 30
+  EXPECT_FLOAT_EQ(lr_at(c, 40, 10), 0.0015413331334360f);  // k = 39, the last step of the run
+  EXPECT_EQ(lr_at(c, 41, 10), 0.f);                        // past the end
+  // warmup over 2 epochs (20 steps): the schedule's rate times t / 20, then the schedule
+  c = cfg("constant", 2, 1.f);
+  EXPECT_EQ(lr_at(c, 1, 10), 0.05f);
+  EXPECT_EQ(lr_at(c, 10, 10), 0.5f);
+  EXPECT_EQ(lr_at(c, 20, 10), 1.f);
+  EXPECT_EQ(lr_at(c, 21, 10), 1.f);
+  // warmup with a step schedule whose first milestone is inside it: epoch 2 ramps toward 0.5
+  c = cfg("step:1:0.5", 2, 1.f);
+  EXPECT_EQ(lr_at(c, 10, 10), 0.5f);    // 1 * 10/20
+  EXPECT_EQ(lr_at(c, 15, 10), 0.375f);  // 0.5 * 15/20
+  EXPECT_EQ(lr_at(c, 21, 10), 0.5f);
+  // cosine after 1 warmup epoch, over 3 epochs: it anneals over the 20 steps after the warmup
+  c = cfg("cosine:3", 1, 1.f);
+  EXPECT_EQ(lr_at(c, 5, 10), 0.5f);  // warmup: 1 * 5/10
+  EXPECT_EQ(lr_at(c, 10, 10), 1.f);
+  EXPECT_EQ(lr_at(c, 11, 10), 1.f);   // k = 0
+  EXPECT_EQ(lr_at(c, 21, 10), 0.5f);  // k = 10 of 20
+  EXPECT_EQ(lr_at(c, 31, 10), 0.f);
+}
+
+TEST(LrSchedule, TextRoundTripsAndOldCheckpointsReadAsConstant) {
+  RunSpec s;
+  parse_lr_schedule("step:30,60,90:0.1", &s.optim.schedule);
+  s.optim.schedule.warmup_epochs = 2;
+  std::map<std::string, std::string> m;
+  for (const SpecSetting& x : spec_settings(s)) m[x.key] = x.value;
+  EXPECT_EQ(m["lr_schedule"], "step:30,60,90:0.1");
+  EXPECT_EQ(m["warmup_epochs"], "2");
+  RunSpec r = spec_from_settings(m, "f");
+  EXPECT_EQ(lr_schedule_str(r.optim.schedule), "step:30,60,90:0.1");
+  EXPECT_EQ(r.optim.schedule.num_milestones, 3);
+  EXPECT_EQ(r.optim.schedule.milestones[2], 90);
+  EXPECT_EQ(r.optim.schedule.gamma, 0.1f);
+  EXPECT_EQ(r.optim.schedule.warmup_epochs, 2);
+  m["lr_schedule"] = "cosine:7";
+  EXPECT_EQ(spec_from_settings(m, "f").optim.schedule.epochs, 7);
+  m["lr_schedule"] = "cosine:x";
+  EXPECT_NE(test::usage_error_message([&] {
+              spec_from_settings(m, "ck");
+            }).find("ck: the run's setting \"lr_schedule\" should be constant, step:E1,E2,...:GAMMA or cosine:E"),
+            std::string::npos);
+  m.erase("lr_schedule");
+  m.erase("warmup_epochs");
+  r = spec_from_settings(m, "f");
+  EXPECT_EQ(r.optim.schedule.kind, LrScheduleKind::Constant);
+  EXPECT_EQ(r.optim.schedule.warmup_epochs, 0);
+}
+
+// A step schedule trains to other weights than the constant rate, and the records show its rate.
+TEST_F(TrainCpu, StepScheduleDecaysTheRateAndRecordsIt) {
+  std::string con = test::fresh_dir("train_sched_const"), dec = test::fresh_dir("train_sched_step");
+  TrainConfig cc = config(data_, con), cd = config(data_, dec);
+  cc.opt.epochs = cd.opt.epochs = 3;
+  parse_lr_schedule("step:1,2:0.5", &cd.spec.optim.schedule);
+  train(cc);
+  train(cd);
+  // Epoch 1 runs at the same rate: the first epoch's figures are equal, the weights after 3 not.
+  auto sc = summary(con), sd = summary(dec);
+  EXPECT_EQ(sc["epochs"][0]["train_loss"].get<double>(), sd["epochs"][0]["train_loss"].get<double>());
+  EXPECT_NE(model_weights(con), model_weights(dec));
+  EXPECT_EQ(sd["lr_schedule"], "step:1,2:0.5");
+  EXPECT_EQ(sd["warmup_epochs"], 0);
+  EXPECT_EQ(sc["lr_schedule"], "constant");
+  EXPECT_EQ(sd["epochs"][0]["lr"], 0.05);
+  EXPECT_EQ(sd["epochs"][1]["lr"], 0.025);
+  EXPECT_EQ(sd["epochs"][2]["lr"], 0.0125);
+  std::string csv = read_file(dec + "/metrics.csv", "metrics");
+  EXPECT_NE(csv.find(",0.05,cross_entropy\n"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",0.025,cross_entropy\n"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",0.0125,cross_entropy\n"), std::string::npos) << csv;
+  // The warmup: epoch 1's last step is at the full rate, the weights differ again.
+  std::string warm = test::fresh_dir("train_sched_warm");
+  TrainConfig cw = cd;
+  cw.opt.out = warm;
+  cw.spec.optim.schedule.warmup_epochs = 1;
+  train(cw);
+  EXPECT_NE(model_weights(warm), model_weights(dec));
+  EXPECT_EQ(summary(warm)["epochs"][0]["lr"], 0.05);
+  EXPECT_EQ(summary(warm)["warmup_epochs"], 1);
+}
+
+// Cosine with a warmup, stopped mid-epoch and resumed: bitwise the uninterrupted run; a resume
+// with another schedule, or past the cosine's end, is refused.
+TEST_F(TrainCpu, ScheduledRunResumesMidEpochBitwise) {
+  std::string full = test::fresh_dir("train_sched_full"), part = test::fresh_dir("train_sched_part");
+  TrainConfig cf = config(data_, full);
+  cf.opt.epochs = 3;
+  cf.opt.checkpoint_every = 5;
+  parse_lr_schedule("cosine", &cf.spec.optim.schedule);
+  cf.spec.optim.schedule.warmup_epochs = 1;
+  train(cf);
+  EXPECT_EQ(summary(full)["lr_schedule"], "cosine:3");  // the run's epochs, fixed at its start
+  TrainConfig cp = cf;
+  cp.opt.out = part;
+  EXPECT_THROW(train(cp, test::stop_after(27)), Error);  // epoch 2, step 9; checkpoint at step 25
+  EXPECT_EQ(read_checkpoint(part + "/checkpoint.safetensors").global_step, 25);
+  TrainConfig other = config(data_, part);
+  other.opt.resume = part;
+  other.opt.epochs = 3;
+  other.opt.spec_flags_given = {"--lr-schedule", "--warmup-epochs"};
+  parse_lr_schedule("step:2:0.1", &other.spec.optim.schedule);
+  other.spec.optim.schedule.warmup_epochs = 1;
+  std::string m = test::usage_error_message([&] { train(other); });
+  EXPECT_NE(m.find("--lr-schedule step:2:0.1 (the run's: cosine:3)"), std::string::npos) << m;
+  EXPECT_EQ(m.find("--warmup-epochs"), std::string::npos) << m;
+  m = test::usage_error_message([&] { train(resume_of(part, 4)); });
+  EXPECT_NE(m.find("--epochs 4: the rate schedule cosine:3 reaches 0 after epoch 3"), std::string::npos) << m;
+  TrainConfig cr = resume_of(part, 3);
+  cr.opt.checkpoint_every = 5;
+  train(cr);
+  EXPECT_EQ(model_weights(full), model_weights(part));
+  auto sf = summary(full), sp = summary(part);
+  for (int e = 0; e < 3; ++e) {
+    EXPECT_EQ(sf["epochs"][e]["train_loss"].get<double>(), sp["epochs"][e]["train_loss"].get<double>()) << e;
+    EXPECT_EQ(sf["epochs"][e]["lr"].get<double>(), sp["epochs"][e]["lr"].get<double>()) << e;
+  }
+  EXPECT_GT(sf["epochs"][1]["lr"].get<double>(), sf["epochs"][2]["lr"].get<double>());
+}
+
 TEST_F(TrainCpu, ModelFileHasTorchNamesAndMetadata) {
   std::string out = test::fresh_dir("train_model");
   TrainConfig c = config(data_, out);

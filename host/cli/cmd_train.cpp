@@ -36,6 +36,8 @@ Runner add_train(CLI::App& app) {
   struct Opts {
     TrainConfig tc;
     std::string optimizer = "sgd", loss = "cross_entropy", cuda_graph = "off", fuse = "auto", seed = "1", class_names;
+    std::string lr_schedule = "constant";
+    int warmup_epochs = 0;
     double lr = 0.01, momentum = 0.9, wd = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -51,6 +53,17 @@ Runner add_train(CLI::App& app) {
       ->capture_default_str();
   train->add_option("--batch", spec.batch, "batch size")->capture_default_str();
   train->add_option("--lr", o->lr, "learning rate (default 0.01 for sgd, 0.001 for adam)")->capture_default_str();
+  train
+      ->add_option("--lr-schedule", o->lr_schedule,
+                   "the rate over the run: constant; step:E1,E2,...:GAMMA (times GAMMA after epoch E1, again after "
+                   "E2, ...: epoch E1+1 is the first at the lower rate); cosine (per step from --lr down to 0 at the "
+                   "end of --epochs; cosine:E over E epochs)")
+      ->capture_default_str();
+  train
+      ->add_option("--warmup-epochs", o->warmup_epochs,
+                   "raise the rate linearly, step by step, over the first N epochs: with S steps per epoch, step k "
+                   "of the first N x S runs at k/(N x S) of the schedule's rate (0: none; less than --epochs)")
+      ->capture_default_str();
   train->add_option("--momentum", o->momentum, "SGD momentum (0: plain gradient descent)")->capture_default_str();
   train->add_option("--weight-decay", o->wd, "L2 weight decay")->capture_default_str();
   train->add_option("--optimizer", o->optimizer, "sgd or adam")->capture_default_str();
@@ -82,6 +95,7 @@ Runner add_train(CLI::App& app) {
       "Examples:\n"
       "  barecnn train                                     # paper net, 3 epochs, Fashion-MNIST\n"
       "  barecnn train --arch deep --optimizer adam --lr 0.001 --epochs 10 --out runs/deep\n"
+      "  barecnn train --epochs 30 --lr 0.1 --lr-schedule step:15,25:0.1 --warmup-epochs 1\n"
       "  barecnn train --device cpu --limit 5000 --epochs 1 # a quick CPU run\n"
       "  barecnn train --arch \"conv(16,3,pad=1) relu maxpool(2) dense(10)\" --loss mse\n"
       "  barecnn train --resume runs/deep --epochs 20      # continue a run\n"
@@ -115,6 +129,11 @@ Runner add_train(CLI::App& app) {
     tc.spec.optim.momentum = tc.spec.optim.kind == Optim::SGD ? float(o->momentum) : 0.f;
     tc.spec.optim.weight_decay = float(o->wd);
     tc.spec.loss = parse_loss(o->loss);
+    parse_lr_schedule(o->lr_schedule, &tc.spec.optim.schedule);
+    if (o->warmup_epochs < 0 || o->warmup_epochs >= tc.opt.epochs)
+      throw UsageError(fmt("--warmup-epochs: expected a whole number of epochs from 0 to ", tc.opt.epochs - 1,
+                           " (less than --epochs ", tc.opt.epochs, "), got ", o->warmup_epochs));
+    tc.spec.optim.schedule.warmup_epochs = o->warmup_epochs;
     tc.opt.cuda_graph = parse_on_off(o->cuda_graph, "--cuda-graph");
     tc.opt.fuse = parse_fuse(o->fuse);
     if (!o->class_names.empty()) tc.opt.class_names = parse_class_names(o->class_names);

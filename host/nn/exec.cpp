@@ -258,13 +258,14 @@ void gather_normalize(const Exec& ex, float* out, int32_t* out_labels, const uin
   ref::gather_normalize(out, out_labels, images, labels, idx, B, P, mean, std);
 }
 
-void begin_step(const Exec& ex, gpu::StepCounters* c, const OptimConfig& cfg) {
-  if (on_gpu(ex)) return gpu::begin_step(c, cfg, ex.gpu->stream());
+void begin_step(const Exec& ex, gpu::StepCounters* c, const OptimConfig& cfg, long long steps_per_epoch) {
+  if (on_gpu(ex)) return gpu::begin_step(c, cfg, steps_per_epoch, ex.gpu->stream());
   // What the one-thread kernel does (the CPU optimizer computes Adam's corrections itself).
   c->batch = c->next_batch++;
   const long long t = ++c->global_step;
   c->bc1 = float(1.0 - std::pow(double(cfg.beta1), double(t)));
   c->bc2 = float(1.0 - std::pow(double(cfg.beta2), double(t)));
+  c->lr = lr_at(cfg, t, steps_per_epoch);
 }
 
 void gather_normalize_batch(const Exec& ex, float* out, int32_t* out_labels, const uint8_t* images,
@@ -278,7 +279,9 @@ void gather_normalize_batch(const Exec& ex, float* out, int32_t* out_labels, con
 void optimizer_step(const Exec& ex, float* param, const float* grad, float* m, float* v, size_t n,
                     const OptimConfig& cfg, const gpu::StepCounters* c) {
   if (on_gpu(ex)) return gpu::optimizer_step(param, grad, m, v, n, cfg, c, ex.gpu->stream());
-  cpu::optimizer_step(param, grad, m, v, n, cfg, c->bc1, c->bc2);
+  OptimConfig at = cfg;
+  at.lr = c->lr;  // the step's rate (begin_step)
+  cpu::optimizer_step(param, grad, m, v, n, at, c->bc1, c->bc2);
 }
 
 }  // namespace op

@@ -10,6 +10,83 @@
 
 namespace barecnn {
 
+namespace {
+
+const char* kScheduleForms = "constant, step:E1,E2,...:GAMMA (e.g. step:30,60:0.1) or cosine[:E]";
+
+// A whole decimal integer >= 1 (no sign, no spaces), or -1.
+long long whole(const std::string& t) {
+  if (t.empty() || t.size() > 9 || t.find_first_not_of("0123456789") != std::string::npos) return -1;
+  const long long v = std::stoll(t);
+  return v >= 1 ? v : -1;
+}
+
+}  // namespace
+
+void parse_lr_schedule(const std::string& text, LrSchedule* out) {
+  auto fail = [&](const std::string& what) {
+    return UsageError(fmt("--lr-schedule: expected ", kScheduleForms, "; ", what, " in '", text, "'"));
+  };
+  LrSchedule s;
+  s.warmup_epochs = out->warmup_epochs;
+  const size_t c1 = text.find(':');
+  const std::string name = lower(text.substr(0, c1));
+  if (name == "constant") {
+    if (c1 != std::string::npos) throw fail("constant takes no arguments, found '" + text.substr(c1) + "'");
+    s.kind = LrScheduleKind::Constant;
+  } else if (name == "cosine") {
+    s.kind = LrScheduleKind::Cosine;
+    if (c1 != std::string::npos) {
+      const std::string e = text.substr(c1 + 1);
+      s.epochs = int(whole(e));
+      if (s.epochs < 1) throw fail("cosine:E takes a whole number of epochs >= 1, found '" + e + "'");
+    }
+  } else if (name == "step") {
+    s.kind = LrScheduleKind::Step;
+    const size_t c2 = c1 == std::string::npos ? std::string::npos : text.find(':', c1 + 1);
+    if (c2 == std::string::npos) throw fail("step needs its milestones and GAMMA, as step:E1,E2,...:GAMMA");
+    const std::string list = text.substr(c1 + 1, c2 - c1 - 1), g = text.substr(c2 + 1);
+    if (list.empty()) throw fail("no milestone epochs before ':" + g + "'");
+    size_t start = 0;
+    while (true) {
+      const size_t comma = list.find(',', start);
+      const std::string m = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      const long long e = whole(m);
+      if (e < 1) throw fail("a milestone should be a whole number of epochs >= 1, found '" + m + "'");
+      if (s.num_milestones > 0 && e <= s.milestones[s.num_milestones - 1])
+        throw fail(fmt("the milestones should increase, found ", e, " after ", s.milestones[s.num_milestones - 1]));
+      if (s.num_milestones == LrSchedule::kMaxMilestones)
+        throw fail(fmt("at most ", LrSchedule::kMaxMilestones, " milestones"));
+      s.milestones[s.num_milestones++] = int(e);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    char* end = nullptr;
+    const float gamma = std::strtof(g.c_str(), &end);
+    if (g.empty() || *end != '\0' || !std::isfinite(gamma) || !(gamma > 0))
+      throw fail("GAMMA should be a number > 0, found '" + g + "'");
+    s.gamma = gamma;
+  } else {
+    throw fail("unknown schedule '" + text.substr(0, c1) + "'");
+  }
+  *out = s;
+}
+
+std::string lr_schedule_str(const LrSchedule& s) {
+  switch (s.kind) {
+    case LrScheduleKind::Constant:
+      return "constant";
+    case LrScheduleKind::Cosine:
+      return s.epochs > 0 ? fmt("cosine:", s.epochs) : "cosine";
+    case LrScheduleKind::Step: {
+      std::string t = "step:";
+      for (int j = 0; j < s.num_milestones; ++j) t += (j ? "," : "") + std::to_string(s.milestones[j]);
+      return t + ":" + shortest_float(s.gamma);
+    }
+  }
+  return "?";
+}
+
 std::vector<SpecSetting> spec_settings(const RunSpec& s) {
   using K = SpecSetting;
   const bool adam = s.optim.kind == Optim::Adam;
@@ -23,6 +100,8 @@ std::vector<SpecSetting> spec_settings(const RunSpec& s) {
       {"beta1", "", shortest_float(s.optim.beta1), K::Number},
       {"beta2", "", shortest_float(s.optim.beta2), K::Number},
       {"eps", "", shortest_float(s.optim.eps), K::Number},
+      {"lr_schedule", "--lr-schedule", lr_schedule_str(s.optim.schedule), K::Text},
+      {"warmup_epochs", "--warmup-epochs", std::to_string(s.optim.schedule.warmup_epochs), K::Integer},
       {"loss", "--loss", loss_name(s.loss), K::Text},
       {"seed", "--seed", std::to_string(s.seed), K::Integer},
       {"limit", "--limit", std::to_string(s.limit), K::Integer},
@@ -65,6 +144,15 @@ RunSpec spec_from_settings(const std::map<std::string, std::string>& values, con
   s.optim.beta1 = number("beta1");
   s.optim.beta2 = number("beta2");
   s.optim.eps = number("eps");
+  // (checkpoints from before schedules have neither key: the constant rate, no warmup)
+  if (values.count("lr_schedule")) {
+    try {
+      parse_lr_schedule(text("lr_schedule"), &s.optim.schedule);
+    } catch (const UsageError&) {
+      throw bad("lr_schedule", "constant, step:E1,E2,...:GAMMA or cosine:E");
+    }
+  }
+  if (values.count("warmup_epochs")) s.optim.schedule.warmup_epochs = int(integer("warmup_epochs", 0));
   try {
     s.loss = parse_loss(text("loss"));
   } catch (const UsageError&) {

@@ -57,7 +57,7 @@ void TrainStep::begin_epoch(uint64_t seed, long long epoch, long long next_batch
 void TrainStep::enqueue() {
   const int B = settings_.batch, K = net_.num_outputs();
   const OptimConfig& opt = settings_.optim;
-  op::begin_step(ex_, counters_.data(), opt);
+  op::begin_step(ex_, counters_.data(), opt, steps_per_epoch());
   op::gather_normalize_batch(ex_, st_.act[0].data(), labels_.data(), images_.data(), labels8_.data(), perm_.data(),
                              counters_.data(), B, P_, settings_.mean, settings_.std);
   net_.forward(st_, params_.data(), ex_);

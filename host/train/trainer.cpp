@@ -34,9 +34,13 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::string optim_str(const OptimConfig& o) {
+  std::string lr = fmt("lr ", o.lr);
+  if (o.schedule.kind != LrScheduleKind::Constant) lr += " " + lr_schedule_str(o.schedule);
+  const int w = o.schedule.warmup_epochs;
+  if (w > 0) lr += fmt(" after ", w, " warmup epoch", w == 1 ? "" : "s");
   if (o.kind == Optim::Adam)
-    return fmt("adam (lr ", o.lr, ", betas ", o.beta1, "/", o.beta2, ", weight decay ", o.weight_decay, ")");
-  return fmt("sgd (lr ", o.lr, ", momentum ", o.momentum, ", weight decay ", o.weight_decay, ")");
+    return fmt("adam (", lr, ", betas ", o.beta1, "/", o.beta2, ", weight decay ", o.weight_decay, ")");
+  return fmt("sgd (", lr, ", momentum ", o.momentum, ", weight decay ", o.weight_decay, ")");
 }
 
 // The run stopped by a signal after a checkpoint; unwinds to train().
@@ -63,6 +67,11 @@ class TrainingRun {
   void setup() {
     Checkpoint ck;
     const bool resuming = !opt_.resume.empty();
+    LrSchedule& sched = spec_.optim.schedule;
+    if (sched.kind == LrScheduleKind::Cosine && sched.epochs == 0) sched.epochs = opt_.epochs;  // over this run
+    if (!resuming && (sched.warmup_epochs < 0 || sched.warmup_epochs >= opt_.epochs))
+      throw UsageError(fmt("--warmup-epochs: expected a whole number of epochs from 0 to ", opt_.epochs - 1,
+                           " (less than --epochs ", opt_.epochs, "), got ", sched.warmup_epochs));
     if (resuming) {
       ck = read_resume_checkpoint(opt_, spec_);
       spec_ = ck.spec;  // (its arch: the model's canonical spec, the metadata's "arch")
@@ -70,6 +79,12 @@ class TrainingRun {
       if (opt_.data_dir.empty()) opt_.data_dir = ck.meta.data.dir.empty() ? default_data_dir() : ck.meta.data.dir;
     }
     if (opt_.epochs < 1) throw UsageError(fmt("--epochs must be >= 1, got ", opt_.epochs));
+    const LrSchedule& runs = spec_.optim.schedule;
+    if (runs.kind == LrScheduleKind::Cosine && opt_.epochs > runs.epochs)
+      throw UsageError(fmt("--epochs ", opt_.epochs, ": the rate schedule ", lr_schedule_str(runs),
+                           " reaches 0 after epoch ", runs.epochs, "; train at most ", runs.epochs,
+                           " epochs in all (a resumed run keeps its schedule), or give --lr-schedule cosine:",
+                           opt_.epochs, " to a new run"));
     if (spec_.batch < 1) throw UsageError(fmt("--batch must be >= 1, got ", spec_.batch));
     if (!(spec_.optim.lr > 0) || !std::isfinite(spec_.optim.lr))
       throw UsageError(fmt("--lr must be a positive finite number, got ", spec_.optim.lr));
@@ -147,7 +162,7 @@ class TrainingRun {
       start_seconds_ = ck.epoch_seconds;
       history_ = ck.history;
       for (EpochMetrics& e : history_)
-        if (e.lr == 0) e.lr = epoch_lr();  // (records from before the rate was recorded)
+        if (e.lr == 0) e.lr = epoch_lr(e.epoch - 1);  // (records from before the rate was recorded)
       ckpt_is_ours_ = in_place;
     } else {
       restart_.state = {net_->init_params(spec_.seed), std::vector<float>(P, 0.f), std::vector<float>(P, 0.f), 0};
@@ -211,9 +226,12 @@ class TrainingRun {
   }
 
  private:
-  // The learning rate an epoch records: the float as its shortest decimal (0.01, not
-  // 0.009999999776).
-  double epoch_lr() const { return std::stod(shortest_float(spec_.optim.lr)); }
+  // The learning rate epoch `epoch` (0-based) records: the rate of its last step (lr_at, the
+  // value the optimizer used), the float as its shortest decimal (0.01, not 0.009999999776).
+  double epoch_lr(int epoch) const {
+    const long long spe = data_.train.count / spec_.batch;  // (TrainStep::steps_per_epoch)
+    return std::stod(shortest_float(lr_at(spec_.optim, (epoch + 1) * spe, spe)));
+  }
 
   // One epoch. The step's metrics are read back without waiting (after every step where that is
   // cheap, every kPollEvery steps on the GPU) for the progress display and to notice divergence.
@@ -259,7 +277,7 @@ class TrainingRun {
     em.train_accuracy = m.correct / n;
     em.seconds = secs;
     em.images_per_second = n / std::max(secs, 1e-9);
-    em.lr = epoch_lr();
+    em.lr = epoch_lr(epoch);
     return em;
   }
 

@@ -119,8 +119,9 @@ void epoch_permutation(const Exec& ex, int32_t* idx, int n, uint64_t seed, long 
 void gather_normalize(const Exec& ex, float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
                       const int32_t* idx, int B, int P, float mean, float std);
 // The step counters (gpu::StepCounters, on ex.device): begin_step advances them; the gather reads
-// batch c->batch of `perm`; the optimizer reads Adam's t and bias corrections from them.
-void begin_step(const Exec& ex, gpu::StepCounters* c, const OptimConfig& cfg);
+// batch c->batch of `perm`; the optimizer reads the step's learning rate (lr_at, optim.h) and
+// Adam's bias corrections from them, not cfg.lr.
+void begin_step(const Exec& ex, gpu::StepCounters* c, const OptimConfig& cfg, long long steps_per_epoch);
 void gather_normalize_batch(const Exec& ex, float* out, int32_t* out_labels, const uint8_t* images,
                             const uint8_t* labels, const int32_t* perm, const gpu::StepCounters* c, int B, int P,
                             float mean, float std);

@@ -83,21 +83,24 @@ void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, co
 // ---- the training step's counters, in device memory ----
 // A CUDA Graph replays its kernels with the arguments they were captured with, so what changes
 // from one step to the next (which batch of the permutation, Adam's step count t and its bias
-// corrections) lives in device memory and is advanced by a kernel inside the step. The training
-// loop uses these on the GPU with or without a graph, so both run the very same kernels.
+// corrections, the step's learning rate) lives in device memory and is advanced by a kernel inside the step. The
+// training loop uses these on the GPU with or without a graph, so both run the very same kernels.
 struct StepCounters {
   long long next_batch = 0;    // batch of the epoch's permutation that the next step trains on
   long long batch = 0;         // the batch of the step in flight (set by begin_step)
   long long global_step = 0;   // optimizer steps so far (Adam's t after begin_step)
   float bc1 = 1.f, bc2 = 1.f;  // Adam: 1 - beta1^t, 1 - beta2^t (in double, rounded once)
+  float lr = 0.f;              // the learning rate of step t: lr_at(cfg, t, steps_per_epoch) (optim.h)
 };
-// One thread: batch = next_batch++, ++global_step, and the bias corrections for the new t.
-void begin_step(StepCounters* c, const OptimConfig& cfg, cudaStream_t stream);
+// One thread: batch = next_batch++, ++global_step, the bias corrections and the learning rate for
+// the new t (cfg and steps_per_epoch do not change between steps: a captured graph may hold them).
+void begin_step(StepCounters* c, const OptimConfig& cfg, long long steps_per_epoch, cudaStream_t stream);
 // gather_normalize of batch c->batch: idx = perm + c->batch * B.
 void gather_normalize_batch(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
                             const int32_t* perm, const StepCounters* c, int B, int P, float mean, float std,
                             cudaStream_t stream);
-// optimizer_step with t and the bias corrections read from c (after begin_step).
+// optimizer_step with the learning rate and Adam's bias corrections read from c (after begin_step);
+// cfg.lr is not used.
 void optimizer_step(float* param, const float* grad, float* m, float* v, size_t n, const OptimConfig& cfg,
                     const StepCounters* c, cudaStream_t stream);
 // idx (n) = the epoch's permutation of 0..n-1, identical to ref::epoch_permutation (see rng.h).

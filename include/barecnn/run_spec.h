@@ -17,7 +17,7 @@ namespace barecnn {
 struct RunSpec {
   std::string arch = "paper";  // the canonical spec once the net is built
   int batch = 64;
-  OptimConfig optim;  // (the CLI's defaults: sgd, lr 0.01, momentum 0.9)
+  OptimConfig optim;  // (the CLI's defaults: sgd, lr 0.01, momentum 0.9); with the rate schedule
   Loss loss = Loss::SoftmaxCrossEntropy;
   uint64_t seed = 1;
   long long limit = 0;  // first N training images (0: all)
@@ -38,6 +38,13 @@ std::vector<SpecSetting> spec_settings(const RunSpec& s);
 // Back from the table's keys (the checkpoint's metadata); a missing or malformed value is a
 // UsageError naming `file` and the key.
 RunSpec spec_from_settings(const std::map<std::string, std::string>& values, const std::string& file);
+
+// --lr-schedule: "constant", "step:E1,E2,...:GAMMA" (increasing epochs >= 1, GAMMA > 0) or
+// "cosine[:E]" (E >= 1: the epochs it anneals over; without: 0, the run's epochs). Anything else is a
+// UsageError naming the flag, what it expects and what it found. The warmup is left as it is.
+void parse_lr_schedule(const std::string& text, LrSchedule* s);
+// The schedule as that text (the shortest that reads back; without the warmup).
+std::string lr_schedule_str(const LrSchedule& s);
 
 // How this process runs the training; nothing here changes a number of the result.
 struct RunOptions {
