@@ -157,26 +157,23 @@ static const float* image_columns(const float* inp_n, const Conv2dShape& s, bool
 }
 
 // ---- the fused ReLU (Net's execution plan: a conv followed by a plain relu, --fuse) ----
-// Forward: the ReLU of host/cpu/elementwise.cpp on the block just computed, while it is in cache.
-// Backward: dout is read as the ReLU backward would have handed it on, relu_out > 0 ? dout : 0 *
-// dout (relu_out = relu(x) > 0 exactly where x > 0: x <= 0 gives +0, NaN gives NaN), the same
-// float as activation_backward's. So the fused ops give the unfused chain's bits.
+// The very activation ops of the unfused chain (host/cpu/elementwise.cpp), run on one image's
+// block while it is in cache (inside the OpenMP loops they stay on the calling thread: no nested
+// parallelism). Forward: relu on the block just computed. Backward: dout as the ReLU backward
+// hands it on, read from relu_out = relu(x) in place of x (relu(x) > 0 exactly where x > 0: x <= 0
+// gives +0, NaN gives NaN). So the fused ops give the unfused chain's bits.
+static constexpr Activation kRelu{Act::Relu, 0.f};
 
 // rows x cols block with rows `ld` apart: x = relu(x), in place.
 static void relu_block(float* x, int rows, int cols, long ld) {
-  for (int r = 0; r < rows; r++) {
-    float* row = x + r * ld;
-#pragma omp simd
-    for (int i = 0; i < cols; i++) row[i] = row[i] <= 0.f ? 0.f : row[i];
-  }
+  for (int r = 0; r < rows; r++) activation_forward(x + r * ld, x + r * ld, cols, kRelu);
 }
 
 // dout_n (len) as the conv's gradient: itself, or with relu_out_n the masked copy in `buf`.
 static const float* conv_grad(const float* dout_n, const float* relu_out_n, long long len, std::vector<float>& buf) {
   if (!relu_out_n) return dout_n;
   float* g = scratch(buf, size_t(len));
-#pragma omp simd
-  for (long long i = 0; i < len; i++) g[i] = relu_out_n[i] > 0.f ? dout_n[i] : 0.f * dout_n[i];
+  activation_backward(g, dout_n, relu_out_n, relu_out_n, len, kRelu);
   return g;
 }
 
