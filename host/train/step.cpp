@@ -48,6 +48,7 @@ void TrainStep::begin_epoch(uint64_t seed, long long epoch, long long next_batch
   c.next_batch = next_batch;
   c.batch = next_batch;
   c.global_step = global_step_;
+  c.seed = seed;
   counters_.copy_from_host({c});
   acc_.copy_from_host({so_far.loss_sum, so_far.correct});
   steps_in_epoch_ = next_batch;

@@ -91,6 +91,7 @@ struct StepCounters {
   long long global_step = 0;   // optimizer steps so far (Adam's t after begin_step)
   float bc1 = 1.f, bc2 = 1.f;  // Adam: 1 - beta1^t, 1 - beta2^t (in double, rounded once)
   float lr = 0.f;              // the learning rate of step t: lr_at(cfg, t, steps_per_epoch) (optim.h)
+  uint64_t seed = 0;           // the run's seed: with global_step, the key of the step's draws (rng.h)
 };
 // One thread: batch = next_batch++, ++global_step, the bias corrections and the learning rate for
 // the new t (cfg and steps_per_epoch do not change between steps: a captured graph may hold them).

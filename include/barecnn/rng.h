@@ -22,6 +22,21 @@ BARECNN_HD uint64_t permutation_key(uint64_t seed, long long epoch, int i) {
                static_cast<uint64_t>(i));
 }
 
+// The random draws of a training step (dropout masks, augmentation), keyed by (seed, step, stream,
+// i): `step` is the optimizer step (1-based, StepCounters::global_step after begin_step), `stream`
+// separates the users (kDrawAugment, or a dropout layer's index), `i` numbers the draws of one
+// user in one step. No state: any device draws any value in any order, a resumed run draws what
+// the uninterrupted run drew, and a gradient check fixes a mask by fixing the step.
+constexpr uint64_t kDrawAugment = 0xA06D3E17ULL;  // the stream of the gather's augmentation
+BARECNN_HD uint64_t step_draw(uint64_t seed, long long step, uint64_t stream, uint64_t i) {
+  return mix64(mix64(seed ^ 0xD12A4BULL) + mix64(static_cast<uint64_t>(step)) * 0x100000001B3ULL +
+               mix64(stream + 0x5157ULL) * 0x9E3779B1ULL + i);
+}
+// Dropout with rate p keeps an element when the top 24 bits of its draw are >= this threshold,
+// round(p * 2^24): integer compares, so every device keeps the same elements.
+inline uint32_t dropout_threshold(double p) { return uint32_t(p * 16777216.0 + 0.5); }
+BARECNN_HD bool dropout_keep(uint64_t draw, uint32_t threshold) { return uint32_t(draw >> 40) >= threshold; }
+
 // A small sequential generator for host-side draws (weight init, test data).
 class Rng {
  public:
