@@ -17,7 +17,8 @@ set(BARECNN_REF_SOURCES
   ${_r}/host/reference/dense.cpp
   ${_r}/host/reference/loss.cpp
   ${_r}/host/reference/optim.cpp
-  ${_r}/host/reference/data.cpp)
+  ${_r}/host/reference/data.cpp
+  ${_r}/host/reference/norm.cpp)
 
 # cpu: the fast float CPU versions of the heavy ops, and the CPU's peak probe. No CUDA.
 set(BARECNN_CPU_SOURCES
@@ -43,6 +44,7 @@ set(BARECNN_KERNEL_SOURCES
   ${_r}/kernels/loss.cu
   ${_r}/kernels/optim.cu
   ${_r}/kernels/data.cu
+  ${_r}/kernels/norm.cu
   ${_r}/kernels/peak.cu)
 
 # io: IDX, safetensors, atomic files (the parsers the fuzzers test), the charts (cairo) and
@@ -91,6 +93,6 @@ set(BARECNN_CLI_SOURCES
 # Headers that include no CUDA header (checked by the test Build.ReferenceCompilesWithoutCuda).
 set(BARECNN_CUDA_FREE_HEADERS
   activation.h arch.h cpu_ops.h error.h fileutil.h gradcheck_criterion.h idx.h loss.h names.h optim.h peak.h plots.h
-  image.h ref_ops.h rng.h run_spec.h safetensors.h shape.h version.h)
+  image.h norm.h ref_ops.h rng.h run_spec.h safetensors.h shape.h version.h)
 
 unset(_r)

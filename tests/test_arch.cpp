@@ -208,3 +208,65 @@ TEST(Arch, ResolveGivesEveryLayerItsShapesWithoutANet) {
   EXPECT_EQ(arch_spec(a), "conv(4,3x5,stride=2,pad=1) l2pool(2x3,stride=1) flatten dense(3)");
   EXPECT_EQ(arch_spec(a), Net(arch_spec(a), {2, 9, 12}).spec());
 }
+
+TEST(Arch, BatchNormAndDropoutLayers) {
+  Net net("conv(4,3) batchnorm relu dropout(0.25) dense(6) batchnorm dropout dense(10)", {1, 8, 8});
+  EXPECT_EQ(net.spec(), "conv(4,3) batchnorm relu dropout(0.25) flatten dense(6) batchnorm dropout(0.5) dense(10)");
+  // the canonical spec builds the same net again
+  EXPECT_EQ(Net(net.spec(), {1, 8, 8}).spec(), net.spec());
+  EXPECT_EQ(net.layer(1).out_dims(), (Dims{4, 6, 6}));  // shape-preserving
+  EXPECT_EQ(net.layer(6).out_dims(), (Dims{6}));
+  // PyTorch's names: weight and bias are parameters; the running statistics and the count are
+  // buffers, after every parameter in the flat buffer.
+  std::vector<std::string> params, buffers;
+  for (auto& p : net.params()) params.push_back(p.name);
+  for (auto& b : net.buffers()) buffers.push_back(b.name + ":" + b.file_dtype);
+  EXPECT_EQ(params, (std::vector<std::string>{"0.weight", "0.bias", "1.weight", "1.bias", "5.weight", "5.bias",
+                                              "6.weight", "6.bias", "8.weight", "8.bias"}));
+  EXPECT_EQ(buffers,
+            (std::vector<std::string>{"1.running_mean:F32", "1.running_var:F32", "1.num_batches_tracked:I64",
+                                      "6.running_mean:F32", "6.running_var:F32", "6.num_batches_tracked:I64"}));
+  EXPECT_EQ(net.num_buffers(), size_t((2 * 4 + 1) + (2 * 6 + 1)));
+  EXPECT_EQ(net.buffers()[0].offset, net.num_params());
+  EXPECT_EQ(net.state_size(), net.num_params() + net.num_buffers());
+  // init: gamma 1, beta 0, running mean 0, running variance 1, count 0
+  const std::vector<float> p = net.init_params(3);
+  ASSERT_EQ(p.size(), net.state_size());
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_EQ(p[net.params()[2].offset + c], 1.f);
+    EXPECT_EQ(p[net.params()[3].offset + c], 0.f);
+    EXPECT_EQ(p[net.buffers()[0].offset + c], 0.f);
+    EXPECT_EQ(p[net.buffers()[1].offset + c], 1.f);
+  }
+  EXPECT_EQ(p[net.buffers()[2].offset], 0.f);
+}
+
+TEST(Arch, BatchNormAndDropoutArgumentsAreChecked) {
+  EXPECT_NE(build_error("conv(4,3) dropout(1) dense(10)")
+                .find("layer 1 'dropout(1)': the dropout probability p must "
+                      "be in [0, 1)"),
+            std::string::npos)
+      << build_error("conv(4,3) dropout(1) dense(10)");
+  EXPECT_NE(build_error("dropout(-0.1) dense(10)").find("must be in [0, 1)"), std::string::npos);
+  EXPECT_NE(build_error("dropout(x) dense(10)").find("must be a finite number, got 'x'"), std::string::npos);
+  EXPECT_NE(build_error("dropout(0.1,0.2) dense(10)").find("expected dropout(p), got 2 arguments"), std::string::npos);
+  EXPECT_NE(build_error("batchnorm(3) dense(10)").find("'batchnorm' takes no arguments"), std::string::npos);
+  EXPECT_NE(build_error("batchnrom dense(10)").find("did you mean 'batchnorm'?"), std::string::npos);
+  EXPECT_EQ(build_error("dropout(0) batchnorm() dense(10)"), "");
+}
+
+TEST(Arch, BatchNormRefusesToTrainOnOneValuePerFeature) {
+  Net net("dense(5) batchnorm dense(10)", {1, 4, 4});
+  EXPECT_NO_THROW(net.check_train_batch(2));
+  try {
+    net.check_train_batch(1);
+    FAIL() << "no error";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 2 batchnorm: training normalizes each feature over the batch, which "
+                                         "needs at least 2 values; --batch 1 gives 1"),
+              std::string::npos)
+        << e.what();
+  }
+  // after an image, one sample has H*W values per channel: batch 1 trains
+  EXPECT_NO_THROW(Net("conv(2,3) batchnorm dense(10)", {1, 5, 5}).check_train_batch(1));
+}

@@ -567,7 +567,10 @@ TEST_F(Cli, PyTorchLoadsTheModelAndPredictsTheSame) {
       kArch,
       "\"conv(3,3,stride=2,pad=1) elu l2pool(2,stride=1) conv(4,2x1) leaky_relu(0.2) avgpool(2x3,stride=1) dense(5) "
       "tanh dense(3)\"",
-      "\"conv(5,3) sigmoid maxpool(3,stride=2) dense(8) softplus dense(3) softmax\""};
+      "\"conv(5,3) sigmoid maxpool(3,stride=2) dense(8) softplus dense(3) softmax\"",
+      // batchnorm (BatchNorm2d and BatchNorm1d, in eval(): the running statistics) and dropout
+      // (nn.Dropout: the identity in eval())
+      "\"conv(4,3,pad=1) batchnorm relu maxpool(2) dropout(0.25) dense(8) batchnorm relu dropout(0.5) dense(3)\""};
   for (size_t i = 0; i < archs.size(); ++i) {
     std::string out = test::fresh_dir("cli_torch" + std::to_string(i));
     Result t = run("train --device cpu --quiet --epochs 1 --batch 32 --data " + data_ + " --arch " + archs[i] +

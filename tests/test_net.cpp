@@ -252,3 +252,114 @@ TEST(Net, FlattenIsAViewExceptAsTheLastLayer) {
   last.backward(s2, p.data(), grads.data(), Exec::cpu(), true);
   EXPECT_EQ(s2.dact[1].to_host(), s2.dact[2].to_host());
 }
+
+// ---- batch normalization and dropout in a net ------------------------------------------------------
+
+TEST(NetGradcheck, BatchNormAndDropoutInTrainingMode) {
+  // batchnorm after a conv (per channel) and after a dense layer (per feature); dropout after an
+  // image and after a vector; the gradient check runs in training mode with one fixed mask.
+  for (uint64_t seed : {1, 2}) {
+    GradcheckOptions o =
+        opts("conv(4,3,pad=1) batchnorm relu maxpool(2) dropout(0.3) dense(8) batchnorm tanh dropout(0.5) dense(3)",
+             {2, 6, 6});
+    o.seed = seed;
+    o.batch = 4;
+    EXPECT_TRUE(passes(o)) << "seed " << seed;
+  }
+}
+
+TEST(Net, TrainingAndEvaluationModes) {
+  Net net("conv(3,3) batchnorm relu dropout(0.5) dense(4) batchnorm dense(3)", {1, 6, 6});
+  std::vector<float> p = net.init_params(2);
+  const size_t P = net.num_params();
+  NetState<float> st;
+  net.prepare(st, 5, Device::CPU);
+  auto x = test::random_vec(st.act[0].numel(), 3, -2, 4);
+  for (size_t i = 0; i < x.size(); ++i) st.act[0].data()[i] = float(x[i]);
+  gpu::StepCounters c;
+  c.seed = 9, c.global_step = 4;
+
+  // Evaluation: the initial running statistics (mean 0, variance 1): y = x / sqrt(1 + eps);
+  // dropout passes its input on; no buffer changes.
+  const std::vector<float> before = p;
+  net.forward(st, p.data(), Exec::cpu());
+  EXPECT_EQ(p, before);
+  const std::vector<float> conv = st.act[1].to_host(), bn = st.act[2].to_host();
+  for (size_t i = 0; i < conv.size(); ++i) EXPECT_FLOAT_EQ(bn[i], conv[i] / std::sqrt(1.f + 1e-5f));
+  EXPECT_EQ(st.act[4].to_host(), st.act[3].to_host());
+
+  // Training without buffers to update: the batch's statistics; dropout zeroes about half.
+  net.forward(st, p.data(), Exec::cpu(), RunMode<float>::train(nullptr, &c));
+  EXPECT_EQ(p, before);
+  const std::vector<float> bnt = st.act[2].to_host();
+  for (int ch = 0; ch < 3; ++ch) {  // per channel: mean 0 (beta), variance ~1 (gamma^2)
+    double s = 0, q = 0;
+    int n = 0;
+    for (int i = 0; i < 5; ++i)
+      for (int j = 0; j < 16; ++j, ++n) s += bnt[(i * 3 + ch) * 16 + j];
+    for (int i = 0; i < 5; ++i)
+      for (int j = 0; j < 16; ++j) q += std::pow(bnt[(i * 3 + ch) * 16 + j] - s / n, 2);
+    EXPECT_NEAR(s / n, 0, 1e-5);
+    EXPECT_NEAR(q / n, 1, 1e-3);
+  }
+  const std::vector<float> relu = st.act[3].to_host(), drop = st.act[4].to_host();
+  int zeroed = 0, nonzero = 0;
+  for (size_t i = 0; i < relu.size(); ++i)
+    if (relu[i] != 0) {
+      ++nonzero;
+      if (drop[i] == 0)
+        ++zeroed;
+      else
+        EXPECT_EQ(drop[i], relu[i] * 2.f);
+    }
+  EXPECT_GT(zeroed, nonzero / 4);
+  EXPECT_LT(zeroed, nonzero * 3 / 4);
+
+  // Training with the buffers: the running statistics move, the count goes to 1, the
+  // parameters do not change.
+  net.forward(st, p.data(), Exec::cpu(), RunMode<float>::train(p.data() + P, &c));
+  for (size_t i = 0; i < P; ++i) ASSERT_EQ(p[i], before[i]);
+  const ParamEntry& rm = net.buffers()[0];
+  const ParamEntry& count = net.buffers()[2];
+  EXPECT_EQ(rm.name, "1.running_mean");
+  double moved = 0;
+  for (size_t i = 0; i < rm.numel(); ++i) moved += std::fabs(p[rm.offset + i]);
+  EXPECT_GT(moved, 0);
+  EXPECT_EQ(p[count.offset], 1.f);
+  EXPECT_EQ(p[net.buffers()[5].offset], 1.f);  // the second batchnorm's count
+
+  // Backward after a training forward: dropout's gradient uses the forward's mask.
+  std::vector<float> g(P);
+  for (size_t i = 0; i < st.dact.back().numel(); ++i) st.dact.back().data()[i] = 0.1f * float(i % 7) - 0.3f;
+  net.backward(st, p.data(), g.data(), Exec::cpu(), true);
+  const std::vector<float> d3 = st.dact[3].to_host(), d4 = st.dact[4].to_host();
+  for (size_t i = 0; i < d3.size(); ++i)
+    if (relu[i] != 0) EXPECT_EQ(d3[i], drop[i] == 0 ? 0.f : d4[i] * 2.f);
+}
+
+TEST(Net, FloatNetMatchesDoubleNetInTraining) {
+  Net net("conv(4,3,pad=1) batchnorm relu maxpool(2) dropout(0.2) dense(8) batchnorm sigmoid dense(3)", {2, 10, 10});
+  std::vector<float> pf = net.init_params(5);
+  std::vector<double> pd(pf.begin(), pf.end());
+  NetState<float> sf;
+  NetState<double> sd;
+  net.prepare(sf, 6, Device::CPU);
+  net.prepare(sd, 6, Device::CPU);
+  auto x = test::tie_free_vec(sf.act[0].numel(), 21);
+  std::copy(x.begin(), x.end(), sd.act[0].data());
+  for (size_t i = 0; i < x.size(); ++i) sf.act[0].data()[i] = float(x[i]);
+  gpu::StepCounters c;
+  c.seed = 3, c.global_step = 8;
+  net.forward(sf, pf.data(), Exec::cpu(), RunMode<float>::train(pf.data() + net.num_params(), &c));
+  net.forward(sd, pd.data(), Exec::cpu(), RunMode<double>::train(pd.data() + net.num_params(), &c));
+  EXPECT_TRUE(test::all_close(sd.act.back().to_host(), sf.act.back().to_host(), 1e-5, 1e-4));
+  EXPECT_TRUE(test::all_close(pd, pf, 1e-6, 1e-5));  // the running statistics too
+  auto g = test::random_vec(sf.dact.back().numel(), 22);
+  for (size_t i = 0; i < g.size(); ++i) sf.dact.back().data()[i] = float(g[i]), sd.dact.back().data()[i] = g[i];
+  std::vector<float> gf(net.num_params());
+  std::vector<double> gd(net.num_params());
+  net.backward(sf, pf.data(), gf.data(), Exec::cpu(), true);
+  net.backward(sd, pd.data(), gd.data(), Exec::cpu(), true);
+  EXPECT_TRUE(test::all_close(gd, gf, 1e-4, 1e-3));
+  EXPECT_TRUE(test::all_close(sd.dact[0].to_host(), sf.dact[0].to_host(), 1e-5, 1e-3));
+}

@@ -10,7 +10,8 @@
 read_safetensors() reads the file's layout with the standard library (an 8-byte little-endian
 header length, a JSON header, the raw tensors); build() makes the torch.nn.Sequential of a
 canonical barecnn arch spec (the model's __metadata__ "arch"), one module per barecnn layer, so
-the parameter names "<layer>.weight" / "<layer>.bias" are those of the file. Also a command:
+the parameter names "<layer>.weight" / "<layer>.bias" (and batchnorm's buffers "<layer>.running_mean",
+".running_var", ".num_batches_tracked") are those of the file. Also a command:
 `python3 tools/barecnn_torch.py MODEL.safetensors` prints the Sequential.
 """
 import json
@@ -84,6 +85,10 @@ def build(spec, input_chw):
         elif name == "dense":
             mods.append(nn.Linear(shape[0], int(pos[0])))
             shape = (int(pos[0]),)
+        elif name == "batchnorm":  # per channel after an image, per feature after a vector
+            mods.append(nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0]))
+        elif name == "dropout":
+            mods.append(nn.Dropout(float(pos[0]) if pos else 0.5))
         else:
             a = float(pos[0]) if pos else None
             mods.append({"relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh(), "softplus": nn.Softplus(),

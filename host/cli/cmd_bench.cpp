@@ -240,8 +240,14 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   }
   const ExecContext ctx(dev);
   const Exec& ex = ctx.exec();
-  Tensor params({int(net.num_params())}, dev), grads({int(net.num_params())}, dev);  // (P)
+  Tensor params({int(net.state_size())}, dev), grads({int(net.num_params())}, dev);  // (P + buffers), (P)
   params.copy_from_host(net.init_params(1));
+  // Forward passes in training mode (batchnorm on the batch, dropout drawing masks), as in a step.
+  gpu::StepCounters host_counters;
+  host_counters.seed = 1, host_counters.global_step = 1;
+  BasicTensor<gpu::StepCounters> counters({1}, dev);
+  counters.copy_from_host({host_counters});
+  const RunMode<float> mode = RunMode<float>::train(params.data() + net.num_params(), counters.data());
   NetState<float> st;
   net.prepare(st, batch, dev);
   std::vector<float> x(st.act[0].numel());
@@ -256,7 +262,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   reset_device_memory_peak();
   // Warm-up (allocations, cuBLAS heuristics, clocks).
   for (int r = 0; r < 3; ++r) {
-    net.forward(st, params.data(), ex);
+    net.forward(st, params.data(), ex, mode);
     net.backward(st, params.data(), grads.data(), ex, false);
   }
   ex.sync();
@@ -301,7 +307,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   // ---- forward + backward of the whole net ----
   timer.start();
   for (int r = 0; r < reps; ++r) {
-    net.forward(st, params.data(), ex);
+    net.forward(st, params.data(), ex, mode);
     net.backward(st, params.data(), grads.data(), ex, false);
   }
   rep.step_ms = timer.stop_ms() / reps;

@@ -100,8 +100,12 @@ void SafeTensors::put_f32(const std::string& name, const std::vector<int64_t>& s
 void SafeTensors::put_f64(const std::string& name, const std::vector<int64_t>& shape, const double* data) {
   put_raw(*this, name, shape, data, "F64", 8);
 }
+void SafeTensors::put_i64(const std::string& name, const std::vector<int64_t>& shape, const int64_t* data) {
+  put_raw(*this, name, shape, data, "I64", 8);
+}
 std::vector<float> SafeTensors::get_f32(const std::string& name) const { return get_as<float>(*this, name, "F32"); }
 std::vector<double> SafeTensors::get_f64(const std::string& name) const { return get_as<double>(*this, name, "F64"); }
+std::vector<int64_t> SafeTensors::get_i64(const std::string& name) const { return get_as<int64_t>(*this, name, "I64"); }
 
 void write_safetensors(const std::string& path, const SafeTensors& st) {
   json header = json::object();

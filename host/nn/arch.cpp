@@ -38,9 +38,9 @@ std::string resolve_preset(const std::string& s) {
 namespace {
 
 const std::vector<std::string>& layer_names() {
-  static const std::vector<std::string> names = {"conv",    "maxpool",    "avgpool",     "l2pool",  "flatten", "dense",
-                                                 "softmax", "identity",   "binary_step", "sigmoid", "tanh",    "arctan",
-                                                 "relu",    "leaky_relu", "elu",         "softplus"};
+  static const std::vector<std::string> names = {
+      "conv",    "maxpool", "avgpool", "l2pool", "flatten",    "dense", "softmax",  "identity",  "binary_step",
+      "sigmoid", "tanh",    "arctan",  "relu",   "leaky_relu", "elu",   "softplus", "batchnorm", "dropout"};
   return names;
 }
 
@@ -233,6 +233,20 @@ std::vector<LayerDesc> parse_arch(const std::string& spec_in) {
                      : n == "relu"        ? Act::Relu
                                           : Act::Softplus;
       }
+    } else if (n == "batchnorm") {
+      if (t.has_parens && !t.args.empty())
+        bad(t, "'batchnorm' takes no arguments (momentum 0.1 and eps 1e-5, as PyTorch's defaults)");
+      d.kind = LayerKind::BatchNorm;
+    } else if (n == "dropout") {
+      d.kind = LayerKind::Dropout;
+      d.p = 0.5f;  // (PyTorch's default)
+      split_args(t, {}, &pos, &kv);
+      if (pos.size() > 1) bad(t, fmt("expected dropout(p), got ", pos.size(), " arguments"));
+      if (pos.size() == 1) {
+        d.p = parse_float(t, pos[0], "the dropout probability p");
+        if (!(d.p >= 0.f && d.p < 1.f))
+          bad(t, fmt("the dropout probability p must be in [0, 1) (0 keeps everything), got ", pos[0]));
+      }
     } else if (n == "leaky_relu" || n == "elu") {
       d.kind = LayerKind::Activation;
       d.act.kind = n == "elu" ? Act::Elu : Act::LeakyRelu;
@@ -252,7 +266,7 @@ std::vector<LayerDesc> parse_arch(const std::string& spec_in) {
                            "; presets: paper, lenet5, deep)"));
     }
     if (t.has_parens && d.kind != LayerKind::Conv && d.kind != LayerKind::Dense && d.kind != LayerKind::MaxPool &&
-        d.kind != LayerKind::AvgPool && d.kind != LayerKind::L2Pool &&
+        d.kind != LayerKind::AvgPool && d.kind != LayerKind::L2Pool && d.kind != LayerKind::Dropout &&
         !(d.kind == LayerKind::Activation && (d.act.kind == Act::LeakyRelu || d.act.kind == Act::Elu)) &&
         !t.args.empty())
       bad(t, "takes no arguments");
@@ -287,6 +301,10 @@ std::string layer_desc_str(const LayerDesc& d) {
       return "softmax";
     case LayerKind::Activation:
       return activation_name(d.act);
+    case LayerKind::BatchNorm:
+      return "batchnorm";
+    case LayerKind::Dropout:
+      return fmt("dropout(", shortest_float(d.p), ")");
   }
   return "?";
 }
@@ -329,6 +347,8 @@ Dims infer_out(int index, const LayerDesc& d, const Dims& in) {
                              "; put it after a dense layer"));
       return in;
     case LayerKind::Activation:
+    case LayerKind::BatchNorm:  // per channel of an image (BatchNorm2d), per feature of a vector (BatchNorm1d)
+    case LayerKind::Dropout:
       return in;
   }
   return in;

@@ -11,6 +11,7 @@
 //   optimizer                 gpu::          cpu::             -
 //   loss, metrics, gather,    gpu::          ref:: (float)     -
 //   permutation
+//   batchnorm, dropout        gpu::          ref:: (float)     ref::
 // cpu:: has fast versions of the ops that dominate a CPU step (host/cpu/); the others are cheap
 // and run the reference in float. The GPU conv runs the kernels ex.conv_impl names (Simple or
 // Fast: gpu_ops.h); its workspace is GPU-only (the CPU ops need none).
@@ -20,6 +21,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "barecnn/cpu_ops.h"
 #include "barecnn/cuda_check.h"
@@ -183,6 +185,98 @@ void softmax_backward(const Exec& ex, float* dinp, const float* dout, const floa
 void softmax_backward(const Exec& ex, double* dinp, const double* dout, const double* out, int N, int K) {
   cpu_only(ex);
   ref::softmax_backward(dinp, dout, out, N, K);
+}
+
+// ---- batch normalization and dropout: the GPU's kernels for float there, else the reference ----
+
+namespace {
+template <typename T>
+bool norm_on_gpu(const Exec& ex) {
+  if constexpr (std::is_same_v<T, float>) return on_gpu(ex);
+  cpu_only(ex);
+  return false;
+}
+template <typename T>
+void bn_train(const Exec& ex, T* y, T* mean, T* invstd, T* running, const T* x, const T* gamma, const T* beta, int N,
+              int C, int S) {
+  if constexpr (std::is_same_v<T, float>)
+    if (norm_on_gpu<T>(ex))
+      return gpu::batchnorm_forward_train(y, mean, invstd, running, x, gamma, beta, N, C, S, ex.gpu->stream());
+  cpu_only(ex);
+  ref::batchnorm_forward_train(y, mean, invstd, running, x, gamma, beta, N, C, S);
+}
+template <typename T>
+void bn_eval(const Exec& ex, T* y, const T* x, const T* gamma, const T* beta, const T* running, int N, int C, int S) {
+  if constexpr (std::is_same_v<T, float>)
+    if (norm_on_gpu<T>(ex)) return gpu::batchnorm_forward_eval(y, x, gamma, beta, running, N, C, S, ex.gpu->stream());
+  cpu_only(ex);
+  ref::batchnorm_forward_eval(y, x, gamma, beta, running, N, C, S);
+}
+template <typename T>
+void bn_backward(const Exec& ex, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                 const T* invstd, int N, int C, int S) {
+  if constexpr (std::is_same_v<T, float>)
+    if (norm_on_gpu<T>(ex))
+      return gpu::batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, N, C, S, ex.gpu->stream());
+  cpu_only(ex);
+  ref::batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, N, C, S);
+}
+template <typename T>
+void dropout(const Exec& ex, bool forward, T* out, const T* in, long long n, float p, const gpu::StepCounters* c,
+             int layer) {
+  BARECNN_ASSERT(c != nullptr, "dropout: no step counters (the mask's seed and step)");
+  if constexpr (std::is_same_v<T, float>)
+    if (norm_on_gpu<T>(ex))
+      return forward ? gpu::dropout_forward(out, in, n, p, c, layer, ex.gpu->stream())
+                     : gpu::dropout_backward(out, in, n, p, c, layer, ex.gpu->stream());
+  cpu_only(ex);
+  // (the counters are in host memory here)
+  if (forward)
+    ref::dropout_forward(out, in, n, p, c->seed, c->global_step, layer);
+  else
+    ref::dropout_backward(out, in, n, p, c->seed, c->global_step, layer);
+}
+}  // namespace
+
+void batchnorm_forward_train(const Exec& ex, float* y, float* mean, float* invstd, float* running, const float* x,
+                             const float* gamma, const float* beta, int N, int C, int S) {
+  bn_train(ex, y, mean, invstd, running, x, gamma, beta, N, C, S);
+}
+void batchnorm_forward_train(const Exec& ex, double* y, double* mean, double* invstd, double* running, const double* x,
+                             const double* gamma, const double* beta, int N, int C, int S) {
+  bn_train(ex, y, mean, invstd, running, x, gamma, beta, N, C, S);
+}
+void batchnorm_forward_eval(const Exec& ex, float* y, const float* x, const float* gamma, const float* beta,
+                            const float* running, int N, int C, int S) {
+  bn_eval(ex, y, x, gamma, beta, running, N, C, S);
+}
+void batchnorm_forward_eval(const Exec& ex, double* y, const double* x, const double* gamma, const double* beta,
+                            const double* running, int N, int C, int S) {
+  bn_eval(ex, y, x, gamma, beta, running, N, C, S);
+}
+void batchnorm_backward(const Exec& ex, float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                        const float* gamma, const float* mean, const float* invstd, int N, int C, int S) {
+  bn_backward(ex, dx, dgamma, dbeta, dy, x, gamma, mean, invstd, N, C, S);
+}
+void batchnorm_backward(const Exec& ex, double* dx, double* dgamma, double* dbeta, const double* dy, const double* x,
+                        const double* gamma, const double* mean, const double* invstd, int N, int C, int S) {
+  bn_backward(ex, dx, dgamma, dbeta, dy, x, gamma, mean, invstd, N, C, S);
+}
+void dropout_forward(const Exec& ex, float* y, const float* x, long long n, float p, const gpu::StepCounters* c,
+                     int layer) {
+  dropout(ex, true, y, x, n, p, c, layer);
+}
+void dropout_forward(const Exec& ex, double* y, const double* x, long long n, float p, const gpu::StepCounters* c,
+                     int layer) {
+  dropout(ex, true, y, x, n, p, c, layer);
+}
+void dropout_backward(const Exec& ex, float* dx, const float* dy, long long n, float p, const gpu::StepCounters* c,
+                      int layer) {
+  dropout(ex, false, dx, dy, n, p, c, layer);
+}
+void dropout_backward(const Exec& ex, double* dx, const double* dy, long long n, float p, const gpu::StepCounters* c,
+                      int layer) {
+  dropout(ex, false, dx, dy, n, p, c, layer);
 }
 
 // ---- dense ----

@@ -38,10 +38,13 @@ struct Objective {
   const std::vector<int32_t>& labels;
   Loss loss;
   int K;
+  const gpu::StepCounters* counters;  // dropout's fixed mask
 
   double operator()(const std::vector<double>& params, const std::vector<double>& x) {
     std::copy(x.begin(), x.end(), st.act[0].data());
-    net.forward(st, params.data(), Exec::cpu());
+    // Training mode (batchnorm on the batch's statistics, dropout with one fixed mask); the
+    // running statistics are not updated.
+    net.forward(st, params.data(), Exec::cpu(), RunMode<double>::train(nullptr, counters));
     std::vector<double> l(st.N);
     ref::loss_forward_backward<double>(l.data(), nullptr, nullptr, st.act.back().data(), labels.data(), st.N, K, loss,
                                        1.0 / st.N);
@@ -68,13 +71,17 @@ GradcheckResult run_gradcheck(const GradcheckOptions& opt) {
       for (size_t i = 0; i < e.numel(); ++i) params[e.offset + i] = rng.uniform(-0.1, 0.1);
 
   NetState<double> st;
+  net.check_train_batch(N);
   net.prepare(st, N, Device::CPU);
   std::vector<double> x(st.act[0].numel());
   for (auto& v : x) v = rng.uniform(-1, 1);
   std::vector<int32_t> labels(N);
   for (auto& l : labels) l = int32_t(rng.next_u64() % K);
 
-  Objective f{net, st, labels, opt.loss, K};
+  gpu::StepCounters counters;  // the step whose dropout mask every evaluation uses
+  counters.seed = opt.seed;
+  counters.global_step = 1;
+  Objective f{net, st, labels, opt.loss, K, &counters};
   res.loss = f(params, x);
 
   // Analytic gradients: forward (done above), loss gradient, backward with the input gradient.

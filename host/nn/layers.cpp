@@ -297,6 +297,91 @@ class Dense final : public Layer {
   }
 };
 
+// ---- batch normalization: per channel of an image (BatchNorm2d), per feature of a vector (1d) ----
+class BatchNorm final : public Layer {
+ public:
+  explicit BatchNorm(int index, const ArchLayer& a) : Layer(index, a) {}
+  std::vector<ParamSpec> param_specs() const override { return {{"weight", {C()}}, {"bias", {C()}}}; }
+  void init_params(float* p, Rng&, bool) const override {
+    std::fill(p, p + C(), 1.f);            // gamma
+    std::fill(p + C(), p + 2 * C(), 0.f);  // beta
+  }
+  // The order of batchnorm_buffer_count (norm.h); num_batches_tracked is int64 in torch's files.
+  std::vector<ParamSpec> buffer_specs() const override {
+    return {{"running_mean", {C()}}, {"running_var", {C()}}, {"num_batches_tracked", {}, "I64"}};
+  }
+  void init_buffers(float* b) const override {
+    std::fill(b, b + C(), 0.f);
+    std::fill(b + C(), b + 2 * C(), 1.f);
+    b[2 * C()] = 0.f;
+  }
+  size_t saved_values(int) const override { return 2 * size_t(C()); }  // mean, 1/std
+  void check_train_batch(int N) const override {
+    if (1LL * N * S() < 2)
+      throw UsageError(fmt(label(), ": training normalizes each ", in_.size() == 1 ? "feature" : "channel",
+                           " over the batch, which needs at least 2 values; --batch ", N, " gives ", 1LL * N * S(),
+                           " (use --batch 2 or more)"));
+  }
+  // Forward: two passes over x for the statistics, one to write y. Backward: one pass for the
+  // sums, one to write dx. Per element a few FLOPs.
+  LayerCost cost(int N, bool need_din) const override {
+    const double n = double(N) * double(dims_numel(in_));
+    LayerCost c;
+    c.forward = {4 * n, kFloatBytes * (n + n)};
+    c.backward = {need_din ? 8 * n : 3 * n, kFloatBytes * (need_din ? 4 * n : 2 * n)};
+    return c;
+  }
+  BARECNN_LAYER_DISPATCH
+
+ private:
+  int C() const { return in_[0]; }
+  int S() const { return in_.size() == 3 ? in_[1] * in_[2] : 1; }
+  template <typename T>
+  void fwd(const LayerCall<T>& c) const {
+    const T* gamma = c.param;
+    const T* beta = c.param + C();
+    if (c.training) {
+      BARECNN_ASSERT(c.saved_values != nullptr, label(), ": a training forward without its saved-statistics buffer");
+      check_train_batch(c.N);
+      return op::batchnorm_forward_train(c.ex, c.out, c.saved_values, c.saved_values + C(), c.update_buffers, c.in,
+                                         gamma, beta, c.N, C(), S());
+    }
+    BARECNN_ASSERT(c.buffers != nullptr, label(), ": an evaluation forward without the running statistics");
+    op::batchnorm_forward_eval(c.ex, c.out, c.in, gamma, beta, c.buffers, c.N, C(), S());
+  }
+  template <typename T>
+  void bwd(const LayerCall<T>& c) const {
+    BARECNN_ASSERT(c.training && c.saved_values != nullptr, label(), ": backward needs a training forward before it");
+    op::batchnorm_backward(c.ex, c.din, c.dparam, c.dparam + C(), c.dout, c.in, c.param, c.saved_values,
+                           c.saved_values + C(), c.N, C(), S());
+  }
+};
+
+// ---- dropout: inverted dropout in training, the identity in evaluation ---------------------------
+class Dropout final : public Layer {
+ public:
+  explicit Dropout(int index, const ArchLayer& a) : Layer(index, a) {}
+  // Each way: read one tensor, write one (the mask is drawn again, not stored).
+  LayerCost cost(int N, bool need_din) const override {
+    return elementwise_cost(double(N) * double(dims_numel(in_)), need_din);
+  }
+  BARECNN_LAYER_DISPATCH
+
+ private:
+  template <typename T>
+  void fwd(const LayerCall<T>& c) const {
+    const long long n = 1LL * c.N * dims_numel(in_);
+    if (!c.training) return op::copy(c.ex, c.out, c.in, size_t(n));
+    op::dropout_forward(c.ex, c.out, c.in, n, desc_.p, c.counters, index_);
+  }
+  template <typename T>
+  void bwd(const LayerCall<T>& c) const {
+    if (!c.din) return;
+    BARECNN_ASSERT(c.training, label(), ": backward needs a training forward before it");
+    op::dropout_backward(c.ex, c.din, c.dout, 1LL * c.N * dims_numel(in_), desc_.p, c.counters, index_);
+  }
+};
+
 }  // namespace
 
 std::unique_ptr<Layer> make_layer(int index, const ArchLayer& a) {
@@ -315,6 +400,10 @@ std::unique_ptr<Layer> make_layer(int index, const ArchLayer& a) {
       return std::make_unique<Flatten>(index, a);
     case LayerKind::Dense:
       return std::make_unique<Dense>(index, a);
+    case LayerKind::BatchNorm:
+      return std::make_unique<BatchNorm>(index, a);
+    case LayerKind::Dropout:
+      return std::make_unique<Dropout>(index, a);
   }
   throw Error(fmt("internal: layer ", index, " of an unknown kind"));
 }

@@ -28,6 +28,18 @@ Net::Net(const std::string& spec, const Dims& input) : input_(input) {
     }
   }
   num_params_ = off;
+  for (auto& l : layers_) {
+    buffer_offset_.push_back(off);
+    for (auto& b : l->buffer_specs()) {
+      buffers_.push_back({fmt(l->index(), ".", b.name), l->index(), off, b.dims, b.file_dtype});
+      off += dims_numel(b.dims);
+    }
+  }
+  num_buffers_ = off - num_params_;
+}
+
+void Net::check_train_batch(int N) const {
+  for (auto& l : layers_) l->check_train_batch(N);
 }
 
 int Net::num_outputs() const { return layers_.back()->out_dims()[0]; }
@@ -39,7 +51,8 @@ void Net::check_classes(int classes, const std::string& data_desc) const {
 }
 
 std::vector<float> Net::init_params(uint64_t seed) const {
-  std::vector<float> p(num_params_);
+  std::vector<float> p(state_size());
+  for (size_t i = 0; i < layers_.size(); ++i) layers_[i]->init_buffers(p.data() + buffer_offset_[i]);
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (layers_[i]->num_params() == 0) continue;
     // The first nonlinearity after this layer decides the init rule.
@@ -82,6 +95,7 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   st.act.resize(L + 1);
   st.dact.resize(L + 1);
   st.saved.resize(L);
+  st.saved_values.resize(L);
   auto batch_dims = [N](const Dims& d) {
     Dims b{N};
     b.insert(b.end(), d.begin(), d.end());
@@ -102,6 +116,7 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
     const size_t saved = layers_[i]->saved_ints(N);
     BARECNN_ASSERT(saved <= size_t(INT32_MAX), layers_[i]->label(), ": ", saved, " saved values exceed int32");
     st.saved[i].reset({int(saved)}, device);
+    st.saved_values[i].reset({int(layers_[i]->saved_values(N))}, device);
   }
   BARECNN_ASSERT(ws <= size_t(INT32_MAX), "a workspace of ", ws, " floats");
   st.workspace.reset({int(ws)}, device);
@@ -124,11 +139,17 @@ LayerCall<T> Net::layer_call(NetState<T>& st, const PlannedLayer& p, const T* pa
   c.saved = st.saved[p.layer].numel() ? st.saved[p.layer].data() : nullptr;
   c.fuse_relu = p.fused_relu;  // this conv does the ReLU of the next layer too
   c.relu_out = p.fused_relu ? st.act[p.out].data() : nullptr;
+  c.training = st.mode.training;
+  c.buffers = params + buffer_offset_[p.layer];
+  c.update_buffers = st.mode.buffers ? st.mode.buffers + (buffer_offset_[p.layer] - num_params_) : nullptr;
+  c.saved_values = st.saved_values[p.layer].numel() ? st.saved_values[p.layer].data() : nullptr;
+  c.counters = st.mode.counters;
   return c;
 }
 
 template <typename T>
-void Net::forward(NetState<T>& st, const T* params, const Exec& ex) const {
+void Net::forward(NetState<T>& st, const T* params, const Exec& ex, const RunMode<T>& mode) const {
+  st.mode = mode;
   for (const PlannedLayer& p : st.plan) {
     NvtxScope range(layers_[p.layer]->label() + (p.fused_relu ? " + relu forward" : " forward"));
     layers_[p.layer]->forward(layer_call<T>(st, p, params, nullptr, ex, false));
@@ -187,8 +208,8 @@ std::string Net::summary() const {
 
 template void Net::prepare<float>(NetState<float>&, int, Device) const;
 template void Net::prepare<double>(NetState<double>&, int, Device) const;
-template void Net::forward<float>(NetState<float>&, const float*, const Exec&) const;
-template void Net::forward<double>(NetState<double>&, const double*, const Exec&) const;
+template void Net::forward<float>(NetState<float>&, const float*, const Exec&, const RunMode<float>&) const;
+template void Net::forward<double>(NetState<double>&, const double*, const Exec&, const RunMode<double>&) const;
 template void Net::backward<float>(NetState<float>&, const float*, float*, const Exec&, bool) const;
 template void Net::backward<double>(NetState<double>&, const double*, double*, const Exec&, bool) const;
 template LayerCall<float> Net::layer_call<float>(NetState<float>&, const PlannedLayer&, const float*, float*,

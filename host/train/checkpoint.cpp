@@ -36,7 +36,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
   md["epoch_seconds"] = d17(c.epoch_seconds);
   md["history"] = epochs_json(c.history);
   put_params(st, net, c.params);
-  const std::vector<int64_t> flat{int64_t(c.params.size())};
+  const std::vector<int64_t> flat{int64_t(net.num_params())};
   st.put_f32("optimizer.m", flat, c.m.data());
   st.put_f32("optimizer.v", flat, c.v.data());
   // The partial epoch's sums, exact in double.
@@ -83,9 +83,9 @@ Checkpoint read_checkpoint(const std::string& path) {
     if (!st.tensors.count(name)) throw UsageError(fmt(path, ": tensor \"", name, "\" is missing"));
   c.m = st.get_f32("optimizer.m");
   c.v = st.get_f32("optimizer.v");
-  if (c.m.size() != c.params.size() || c.v.size() != c.params.size())
+  if (c.m.size() != net.num_params() || c.v.size() != net.num_params())
     throw UsageError(
-        fmt(path, ": optimizer state has ", c.m.size(), "/", c.v.size(), " values, expected ", c.params.size()));
+        fmt(path, ": optimizer state has ", c.m.size(), "/", c.v.size(), " values, expected ", net.num_params()));
   std::vector<double> sums = st.get_f64("epoch_metrics");
   if (sums.size() != 2) throw UsageError(fmt(path, ": tensor \"epoch_metrics\" should hold 2 values"));
   c.epoch_loss_sum = sums[0];

@@ -96,24 +96,47 @@ ModelMeta get_model_meta(const SafeTensors& st, const std::string& path) {
   return m;
 }
 
+// Every tensor of the flat buffer: the parameters, then the buffers (batchnorm's running
+// statistics; its num_batches_tracked, a count held in a float, is an int64 in torch's files).
+static std::vector<ParamEntry> all_entries(const Net& net) {
+  std::vector<ParamEntry> all = net.params();
+  all.insert(all.end(), net.buffers().begin(), net.buffers().end());
+  return all;
+}
+
 void put_params(SafeTensors& st, const Net& net, const std::vector<float>& params) {
-  for (auto& e : net.params()) st.put_f32(e.name, to_shape(e.dims), params.data() + e.offset);
+  BARECNN_ASSERT(params.size() == net.state_size(), "put_params: ", params.size(), " values for a net of ",
+                 net.state_size());
+  for (auto& e : all_entries(net)) {
+    if (e.file_dtype == "I64") {
+      std::vector<int64_t> v(e.numel());
+      for (size_t i = 0; i < v.size(); ++i) v[i] = int64_t(params[e.offset + i]);
+      st.put_i64(e.name, to_shape(e.dims), v.data());
+    } else {
+      st.put_f32(e.name, to_shape(e.dims), params.data() + e.offset);
+    }
+  }
 }
 
 std::vector<float> get_params(const SafeTensors& st, const Net& net, const std::string& path) {
-  std::vector<float> p(net.num_params());
-  for (auto& e : net.params()) {
+  std::vector<float> p(net.state_size());
+  for (auto& e : all_entries(net)) {
     auto it = st.tensors.find(e.name);
     if (it == st.tensors.end())
       throw UsageError(fmt(path, ": tensor \"", e.name, "\" is missing; the net ", net.spec(), " needs it with shape ",
                            dims_str(e.dims)));
     const SafeTensor& t = it->second;
-    if (t.dtype != "F32")
-      throw UsageError(fmt(path, ": tensor \"", e.name, "\" has dtype ", t.dtype, ", expected F32"));
+    if (t.dtype != e.file_dtype)
+      throw UsageError(fmt(path, ": tensor \"", e.name, "\" has dtype ", t.dtype, ", expected ", e.file_dtype));
     if (t.shape != to_shape(e.dims)) {
       Dims d(t.shape.begin(), t.shape.end());
       throw UsageError(fmt(path, ": tensor \"", e.name, "\" has shape ", dims_str(d), " but layer ", e.layer, " of ",
                            net.spec(), " needs ", dims_str(e.dims)));
+    }
+    if (e.file_dtype == "I64") {
+      const std::vector<int64_t> v = st.get_i64(e.name);
+      for (size_t i = 0; i < v.size(); ++i) p[e.offset + i] = float(v[i]);
+      continue;
     }
     std::vector<float> v = st.get_f32(e.name);
     std::copy(v.begin(), v.end(), p.begin() + e.offset);
@@ -143,7 +166,7 @@ Model load_model(const std::string& path) {
                          m.meta.classes));
   for (auto& [name, t] : st.tensors) {
     bool known = false;
-    for (auto& e : m.net->params()) known |= e.name == name;
+    for (auto& e : all_entries(*m.net)) known |= e.name == name;
     // A checkpoint's optimizer state and partial-epoch sums are not the model's.
     if (m.from_checkpoint)
       for (const char* state : kCheckpointStateTensors) known |= name == state;

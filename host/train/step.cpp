@@ -13,9 +13,11 @@ TrainStep::TrainStep(const Net& net, const Exec& ex, const IdxImages& images, co
   BARECNN_ASSERT(B >= 1 && B <= count_, "batch ", B, " for ", count_, " images");
   BARECNN_ASSERT(size_t(P_) == dims_numel(net.input_dims()), "images of ", P_, " pixels for a net taking ",
                  dims_str(net.input_dims()));
+  net.check_train_batch(B);
   const Device d = ex_.device;
   const int n = int(net.num_params());
-  for (Tensor* t : {&params_, &grads_, &m_, &v_}) t->reset({n}, d);
+  for (Tensor* t : {&grads_, &m_, &v_}) t->reset({n}, d);
+  params_.reset({int(net.state_size())}, d);  // the trainable parameters, then the buffers
   params_.zero(), m_.zero(), v_.zero(), grads_.zero();
   net_.prepare(st_, B, d);
   loss_.reset({B}, d);
@@ -32,8 +34,8 @@ TrainStep::TrainStep(const Net& net, const Exec& ex, const IdxImages& images, co
 
 void TrainStep::set_state(const StepState& s) {
   const size_t n = net_.num_params();
-  BARECNN_ASSERT(s.params.size() == n && s.m.size() == n && s.v.size() == n, "a state of ", s.params.size(),
-                 " parameters for a net of ", n);
+  BARECNN_ASSERT(s.params.size() == net_.state_size() && s.m.size() == n && s.v.size() == n, "a state of ",
+                 s.params.size(), " values and ", s.m.size(), " moments for a net of ", net_.state_size(), " and ", n);
   params_.copy_from_host(s.params);
   m_.copy_from_host(s.m);
   v_.copy_from_host(s.v);
@@ -61,13 +63,14 @@ void TrainStep::enqueue() {
   op::begin_step(ex_, counters_.data(), opt, steps_per_epoch());
   op::gather_normalize_batch(ex_, st_.act[0].data(), labels_.data(), images_.data(), labels8_.data(), perm_.data(),
                              counters_.data(), B, P_, settings_.mean, settings_.std);
-  net_.forward(st_, params_.data(), ex_);
+  net_.forward(st_, params_.data(), ex_, RunMode<float>::train(params_.data() + net_.num_params(), counters_.data()));
   op::loss_forward_backward(ex_, loss_.data(), st_.dact.back().data(), correct_.data(), st_.act.back().data(),
                             labels_.data(), B, K, settings_.loss, 1.f / B);
   op::accumulate_metrics(ex_, acc_.data(), loss_.data(), correct_.data(), B);
   net_.backward(st_, params_.data(), grads_.data(), ex_, false);
   // (data-parallel training all-reduces grads_ here)
-  op::optimizer_step(ex_, params_.data(), grads_.data(), m_.data(), v_.data(), params_.numel(), opt, counters_.data());
+  op::optimizer_step(ex_, params_.data(), grads_.data(), m_.data(), v_.data(), net_.num_params(), opt,
+                     counters_.data());
 }
 
 // With cuda_graph: the first step runs eagerly (it loads every kernel and lets cuBLAS settle), the

@@ -157,8 +157,9 @@ class TrainingRun {
                   ck.step_in_epoch,
                   {ck.epoch_loss_sum, ck.epoch_correct, ck.step_in_epoch},
                   {ck.params, ck.m, ck.v, ck.global_step}};
-      if (ck.params.size() != P || ck.m.size() != P || ck.v.size() != P)
-        throw UsageError(fmt("--resume: the checkpoint holds ", ck.params.size(), " parameters, the net has ", P));
+      if (ck.params.size() != net_->state_size() || ck.m.size() != P || ck.v.size() != P)
+        throw UsageError(
+            fmt("--resume: the checkpoint holds ", ck.params.size(), " values, the net has ", net_->state_size()));
       start_seconds_ = ck.epoch_seconds;
       history_ = ck.history;
       for (EpochMetrics& e : history_)

@@ -14,7 +14,7 @@
 
 namespace barecnn {
 
-enum class LayerKind { Conv, MaxPool, AvgPool, L2Pool, Flatten, Dense, Activation, Softmax };
+enum class LayerKind { Conv, MaxPool, AvgPool, L2Pool, Flatten, Dense, Activation, Softmax, BatchNorm, Dropout };
 
 // One parsed layer, before shapes are known.
 struct LayerDesc {
@@ -25,6 +25,7 @@ struct LayerDesc {
   int stride = 1;      // conv default 1; pools default = window size (as PyTorch)
   int pad = 0;
   Activation act;  // for Activation
+  float p = 0;     // dropout: the probability of dropping an element, in [0, 1)
 };
 
 // Expands a preset name or returns the spec unchanged.

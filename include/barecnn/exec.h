@@ -104,6 +104,30 @@ void dense_backward_weight(const Exec& ex, float* dw, float* db, const float* do
 void dense_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp, int N, int IN,
                            int OUT);
 
+// batch normalization (x, y (N, C, S); gamma, beta, mean, invstd (C); running: running_mean,
+// running_var, num_batches_tracked (2C + 1), norm.h) and dropout (n values; the mask's seed and
+// step read from c, on ex.device): as ref_ops.h.
+void batchnorm_forward_train(const Exec& ex, float* y, float* mean, float* invstd, float* running, const float* x,
+                             const float* gamma, const float* beta, int N, int C, int S);
+void batchnorm_forward_train(const Exec& ex, double* y, double* mean, double* invstd, double* running, const double* x,
+                             const double* gamma, const double* beta, int N, int C, int S);
+void batchnorm_forward_eval(const Exec& ex, float* y, const float* x, const float* gamma, const float* beta,
+                            const float* running, int N, int C, int S);
+void batchnorm_forward_eval(const Exec& ex, double* y, const double* x, const double* gamma, const double* beta,
+                            const double* running, int N, int C, int S);
+void batchnorm_backward(const Exec& ex, float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                        const float* gamma, const float* mean, const float* invstd, int N, int C, int S);
+void batchnorm_backward(const Exec& ex, double* dx, double* dgamma, double* dbeta, const double* dy, const double* x,
+                        const double* gamma, const double* mean, const double* invstd, int N, int C, int S);
+void dropout_forward(const Exec& ex, float* y, const float* x, long long n, float p, const gpu::StepCounters* c,
+                     int layer);
+void dropout_forward(const Exec& ex, double* y, const double* x, long long n, float p, const gpu::StepCounters* c,
+                     int layer);
+void dropout_backward(const Exec& ex, float* dx, const float* dy, long long n, float p, const gpu::StepCounters* c,
+                      int layer);
+void dropout_backward(const Exec& ex, double* dx, const double* dy, long long n, float p, const gpu::StepCounters* c,
+                      int layer);
+
 // dst (n) = src (n), both on ex.device.
 void copy(const Exec& ex, float* dst, const float* src, size_t n);
 void copy(const Exec& ex, double* dst, const double* src, size_t n);

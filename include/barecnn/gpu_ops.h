@@ -93,6 +93,19 @@ struct StepCounters {
   float lr = 0.f;              // the learning rate of step t: lr_at(cfg, t, steps_per_epoch) (optim.h)
   uint64_t seed = 0;           // the run's seed: with global_step, the key of the step's draws (rng.h)
 };
+// ---- batch normalization and dropout (kernels/norm.cu; as ref:: in ref_ops.h) ----
+void batchnorm_forward_train(float* y, float* mean, float* invstd, float* running, const float* x, const float* gamma,
+                             const float* beta, int N, int C, int S, cudaStream_t stream);
+void batchnorm_forward_eval(float* y, const float* x, const float* gamma, const float* beta, const float* running,
+                            int N, int C, int S, cudaStream_t stream);
+void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const float* gamma,
+                        const float* mean, const float* invstd, int N, int C, int S, cudaStream_t stream);
+// The mask's seed and step are read from c (device memory), as ref::dropout_* takes them.
+void dropout_forward(float* y, const float* x, long long n, float p, const StepCounters* c, int layer,
+                     cudaStream_t stream);
+void dropout_backward(float* dx, const float* dy, long long n, float p, const StepCounters* c, int layer,
+                      cudaStream_t stream);
+
 // One thread: batch = next_batch++, ++global_step, the bias corrections and the learning rate for
 // the new t (cfg and steps_per_epoch do not change between steps: a captured graph may hold them).
 void begin_step(StepCounters* c, const OptimConfig& cfg, long long steps_per_epoch, cudaStream_t stream);

@@ -22,8 +22,9 @@ namespace barecnn {
 
 // One parameter tensor of a layer, e.g. {"weight", {32, 1, 5, 5}}.
 struct ParamSpec {
-  std::string name;  // "weight" or "bias"
-  Dims dims;
+  std::string name;                // "weight" or "bias"; buffers: "running_mean", ...
+  Dims dims;                       // {} for a scalar (num_batches_tracked)
+  std::string file_dtype = "F32";  // how model files store it (held as float in memory)
 };
 
 // Everything one forward or backward call of a layer needs. Pointers are on ex.device.
@@ -45,6 +46,13 @@ struct LayerCall {
   // relu_out (= that output), so the ReLU layer itself does not run.
   bool fuse_relu = false;
   const T* relu_out = nullptr;
+  // Training or evaluation (RunMode, net.h): batchnorm normalizes with the batch's or the running
+  // statistics; dropout draws a mask or passes its input on.
+  bool training = false;
+  const T* buffers = nullptr;                   // this layer's buffers (batchnorm: running statistics)
+  T* update_buffers = nullptr;                  // training: the same buffers to update, or null (gradient checks)
+  T* saved_values = nullptr;                    // saved_values(N) values kept from forward (batchnorm: mean, 1/std)
+  const gpu::StepCounters* counters = nullptr;  // training: the step's seed and index (dropout's mask)
 };
 
 // What one forward or one backward call of a layer costs over a batch: its arithmetic and the
@@ -86,6 +94,16 @@ class Layer {
   virtual size_t workspace_floats(int N, Device device) const { return 0; }
   // Int32s that forward saves for backward for a batch of N (max pooling: its argmax mask).
   virtual size_t saved_ints(int N) const { return 0; }
+  // Values (of the net's type) that a training forward saves for backward (batchnorm: the batch's
+  // mean and 1/std per channel).
+  virtual size_t saved_values(int N) const { return 0; }
+  // Buffers: state that is saved with the model but not trained (batchnorm's running statistics,
+  // torch's register_buffer), their initial values, and how a file stores them ("F32", "I64").
+  virtual std::vector<ParamSpec> buffer_specs() const { return {}; }
+  virtual void init_buffers(float* buffers) const {}
+  // Throws UsageError naming the layer if it cannot train on batches of N (batchnorm needs two
+  // values per channel).
+  virtual void check_train_batch(int N) const {}
   // Is the layer a ReLU-family activation (for the init rule)? Is it a nonlinearity at all?
   virtual bool is_relu_like() const { return false; }
   virtual bool is_activation() const { return false; }

@@ -60,6 +60,31 @@ void softmax_forward(T* out, const T* inp, int N, int K);
 template <typename T>
 void softmax_backward(T* dinp, const T* dout, const T* out, int N, int K);
 
+// ---- batch normalization (docs/MATH.md, "Batch normalization"; constants in norm.h) ----
+// x, y (N, C, S): C channels of S values per sample; per channel M = N*S values (M >= 2 to train).
+// Training: the batch's mean[c] and invstd[c] = 1/sqrt(var + eps) (C each, kept for backward),
+// y = (x - mean) * invstd * gamma + beta; `running` (running_mean (C), running_var (C) with the
+// unbiased variance, num_batches_tracked (1)) is updated when not null.
+template <typename T>
+void batchnorm_forward_train(T* y, T* mean, T* invstd, T* running, const T* x, const T* gamma, const T* beta, int N,
+                             int C, int S);
+// Evaluation: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta.
+template <typename T>
+void batchnorm_forward_eval(T* y, const T* x, const T* gamma, const T* beta, const T* running, int N, int C, int S);
+// After a training forward: dgamma = sum dy * xhat, dbeta = sum dy (C each, overwritten), and dx
+// (N, C, S, or null) = gamma * invstd * (dy - dbeta / M - xhat * dgamma / M).
+template <typename T>
+void batchnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                        const T* invstd, int N, int C, int S);
+
+// ---- inverted dropout (training; evaluation is the identity), docs/MATH.md "Dropout" ----
+// y[i] = x[i] * dropout_scale(p) where dropout_keeps(seed, step, layer, i, dropout_threshold(p)),
+// else 0; the backward applies the same mask and factor to dy. n values (N * F).
+template <typename T>
+void dropout_forward(T* y, const T* x, long long n, float p, uint64_t seed, long long step, int layer);
+template <typename T>
+void dropout_backward(T* dx, const T* dy, long long n, float p, uint64_t seed, long long step, int layer);
+
 // ---- dense: out = inp W^T + b, W (OUT, IN) as torch.nn.Linear ----
 // out (N, OUT); inp (N, IN); weight (OUT, IN); bias (OUT) or null
 template <typename T>

@@ -23,9 +23,11 @@ struct SafeTensors {
 
   void put_f32(const std::string& name, const std::vector<int64_t>& shape, const float* data);
   void put_f64(const std::string& name, const std::vector<int64_t>& shape, const double* data);
+  void put_i64(const std::string& name, const std::vector<int64_t>& shape, const int64_t* data);
   // The tensor's values as float/double; throws naming the tensor if the dtype differs.
   std::vector<float> get_f32(const std::string& name) const;
   std::vector<double> get_f64(const std::string& name) const;
+  std::vector<int64_t> get_i64(const std::string& name) const;
 };
 
 size_t dtype_size(const std::string& dtype);  // 0 when unknown

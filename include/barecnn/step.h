@@ -35,7 +35,7 @@ struct StepSettings {
 
 // What the step trains, as the host sees it (checkpoints, the divergence replay).
 struct StepState {
-  std::vector<float> params, m, v;  // flat, in the net's layout
+  std::vector<float> params, m, v;  // flat, in the net's layout: params of Net::state_size(), m and v of num_params()
   long long global_step = 0;        // optimizer steps so far
 };
 
@@ -82,7 +82,8 @@ class TrainStep {
   StepSettings settings_;
   int count_ = 0, P_ = 0;
   NetState<float> st_;
-  Tensor params_, grads_, m_, v_;            // (num_params)
+  Tensor params_;                            // (state_size) the parameters, then the buffers
+  Tensor grads_, m_, v_;                     // (num_params)
   Tensor loss_;                              // (batch) per-sample loss
   TensorI correct_, labels_;                 // (batch)
   BasicTensor<uint8_t> images_, labels8_;    // (count, P), (count): the resident data set
