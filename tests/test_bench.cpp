@@ -82,6 +82,21 @@ TEST(LayerCost, Relu) {
   EXPECT_EQ(net.layer(0).cost(3, false).backward.bytes, 0.0);
 }
 
+// batchnorm over 2x5x7 (N=3: 210 elements): forward reads x and writes y, 5 FLOPs each; backward
+// reads dy and x, and with need_din writes dx. dropout: an elementwise layer (the mask is drawn
+// again, not stored).
+TEST(LayerCost, BatchNormAndDropout) {
+  Net net("batchnorm dropout(0.5)", {2, 5, 7});
+  LayerCost c = net.layer(0).cost(3, true);
+  EXPECT_EQ(c.forward.bytes, 1680.0);
+  EXPECT_EQ(c.forward.flops, 1050.0);
+  EXPECT_EQ(c.backward.bytes, 2520.0);
+  EXPECT_EQ(net.layer(0).cost(3, false).backward.bytes, 1680.0);  // dgamma, dbeta still need dy and x
+  LayerCost d = net.layer(1).cost(3, true);
+  EXPECT_EQ(d.forward.bytes, 1680.0);
+  EXPECT_EQ(d.backward.bytes, 2520.0);
+}
+
 // softmax over 4 features of N=3 samples, 12 elements: read x, write y; backward read dy and y,
 // write dx.
 TEST(LayerCost, Softmax) {
@@ -259,6 +274,24 @@ TEST(BenchCli, CpuFusesConvAndReluByDefault) {
   EXPECT_GT(j["layers"][0]["forward"]["ms"].get<double>(), 0.0);
   EXPECT_NE(r.out.find("(+ relu)"), std::string::npos) << r.out;
 }
+// batchnorm and dropout get rows of their own, timed in training mode.
+TEST(BenchCli, BatchNormAndDropoutRows) {
+  std::string dir = test::fresh_dir("bench_bn");
+  std::string path = dir + "/bench.json";
+  Result r =
+      run("bench --device cpu --arch \"conv(4,3) batchnorm relu dropout(0.3) dense(10)\" --batch 4 --reps 2 --json " +
+          path);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  json j = json::parse(read_file(path, "bench json"));
+  ASSERT_EQ(j["layers"].size(), 6u) << j.dump(2);
+  EXPECT_EQ(j["layers"][1]["spec"], "batchnorm");
+  EXPECT_EQ(j["layers"][3]["spec"], "dropout(0.3)");
+  for (int i : {1, 3}) {
+    EXPECT_GT(j["layers"][i]["forward"]["ms"].get<double>(), 0.0) << i;
+    EXPECT_GT(j["layers"][i]["forward"]["flops"].get<double>(), 0.0) << i;
+  }
+}
+
 TEST(BenchCli, BadJsonPathFailsBeforeBenchmarking) {
   std::string dir = test::fresh_dir("bench_bad_json");
   test::spit(dir + "/file", "x");

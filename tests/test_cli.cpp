@@ -238,6 +238,17 @@ TEST_F(Cli, GradcheckCommand) {
   EXPECT_EQ(r.rc, 0) << r.out;
   EXPECT_NE(r.out.find("gradcheck passed"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("input"), std::string::npos);
+  // batchnorm and dropout: checked in training mode (the batch's statistics, one fixed mask)
+  Result bn =
+      run("gradcheck --arch \"conv(3,3,pad=1) batchnorm relu dropout(0.4) dense(6) batchnorm tanh dense(4)\" "
+          "--input 1x6x6 --batch 3");
+  EXPECT_EQ(bn.rc, 0) << bn.out;
+  EXPECT_NE(bn.out.find("gradcheck passed"), std::string::npos) << bn.out;
+  EXPECT_NE(bn.out.find("1.weight"), std::string::npos) << bn.out;  // batchnorm's gamma is checked
+  EXPECT_FAILS_WITH(run("gradcheck --arch \"dense(6) batchnorm dense(4)\" --input 1x4x4 --batch 1"), 2,
+                    "layer 2 batchnorm: training normalizes each feature over the batch");
+  EXPECT_FAILS_WITH(run("gradcheck --arch \"dropout(1.5) dense(4)\" --input 1x4x4"), 2,
+                    "layer 0 'dropout(1.5)': the dropout probability p must be in [0, 1)");
   EXPECT_FAILS_WITH(run("gradcheck --input 3x32"), 2, "--input");
   EXPECT_FAILS_WITH(run("gradcheck --seed -3"), 2, "--seed must be an integer from 0");
 }

@@ -22,6 +22,10 @@ namespace {
 constexpr const char* kArch =
     "conv(4,3,pad=1) relu maxpool(2) conv(5,3,stride=2) tanh avgpool(2,stride=1) dense(7) relu dense(3)";
 
+// With batchnorm (per channel and per feature) and dropout (after an image and a vector).
+constexpr const char* kArchBn =
+    "conv(4,3,pad=1) batchnorm relu maxpool(2) dropout(0.3) dense(7) batchnorm relu dropout(0.5) dense(3)";
+
 struct Data {
   IdxImages images;
   std::vector<uint8_t> labels;
@@ -162,6 +166,66 @@ TEST(TrainStepCpu, ResumesBitwiseFromItsState) {
   EXPECT_TRUE(bitwise_equal(resumed.v, full.v));
 }
 
+// With batchnorm and dropout, the step is the same ops with the forward in training mode: the
+// batch's statistics, the running statistics updated in the parameter buffer's tail (and left
+// alone by the optimizer), dropout's mask keyed by (the run's seed, step t, layer). And it
+// resumes bitwise: the running statistics are in the state, the masks a function of the step.
+TEST(TrainStepCpu, BatchNormAndDropoutTrainInTrainingModeAndResumeBitwise) {
+  Data d = random_images(40, 13);
+  Net net(kArchBn, {1, 11, 10});
+  const StepSettings s = settings(Optim::SGD);
+  const StepState got = run_steps(net, d, s, Device::CPU, 3);
+
+  const Exec ex = Exec::cpu();
+  const int B = s.batch, K = net.num_outputs(), P = 110;
+  StepState want = initial_state(net, 5);
+  std::vector<int32_t> perm = ref::epoch_permutation(40, 9, 0);
+  NetState<float> st;
+  net.prepare(st, B, Device::CPU);
+  std::vector<float> grads(net.num_params()), loss(B);
+  std::vector<int32_t> labels(B), correct(B);
+  for (int t = 1; t <= 3; ++t) {
+    ref::gather_normalize(st.act[0].data(), labels.data(), d.images.pixels.data(), d.labels.data(),
+                          perm.data() + (t - 1) * B, B, P, s.mean, s.std);
+    gpu::StepCounters c;
+    c.seed = 9, c.global_step = t;
+    net.forward(st, want.params.data(), ex, RunMode<float>::train(want.params.data() + net.num_params(), &c));
+    ref::loss_forward_backward<float>(loss.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
+                                      labels.data(), B, K, s.loss, 1.f / B);
+    net.backward(st, want.params.data(), grads.data(), ex, false);
+    ref::optimizer_step(want.params.data(), grads.data(), want.m.data(), want.v.data(), grads.size(), s.optim, t);
+  }
+  EXPECT_TRUE(bitwise_equal(got.params, want.params));
+  EXPECT_TRUE(bitwise_equal(got.m, want.m));
+  EXPECT_EQ(got.params[net.buffers()[2].offset], 3.f);  // 1.num_batches_tracked
+  // Another seed draws other masks.
+  {
+    ExecContext ctx(Device::CPU);
+    TrainStep other(net, ctx.exec(), d.images, d.labels, s);
+    other.set_state(initial_state(net, 5));
+    other.begin_epoch(10, 0, 0, {});
+    for (int i = 0; i < 3; ++i) other.run();
+    EXPECT_FALSE(bitwise_equal(other.state().params, got.params));
+  }
+  // Stopped after 2 steps, resumed in a new step object: the uninterrupted run's state.
+  const StepState full = run_steps(net, d, s, Device::CPU, 5);
+  ExecContext ctx(Device::CPU);
+  StepState half;
+  {
+    TrainStep a(net, ctx.exec(), d.images, d.labels, s);
+    a.set_state(initial_state(net, 5));
+    a.begin_epoch(9, 0, 0, {});
+    a.run(), a.run();
+    half = a.state();
+  }
+  TrainStep b(net, ctx.exec(), d.images, d.labels, s);
+  b.set_state(half);
+  b.begin_epoch(9, 0, 2, {});
+  for (int i = 0; i < 3; ++i) b.run();
+  EXPECT_TRUE(bitwise_equal(b.state().params, full.params));
+  EXPECT_TRUE(bitwise_equal(b.state().m, full.m));
+}
+
 // A non-finite loss shows in the metrics and the first non-finite layer is named.
 TEST(TrainStepCpu, NamesTheFirstNonFiniteLayer) {
   Data d = random_images(24, 5);
@@ -230,6 +294,27 @@ TEST(TrainStepGpu, GraphWithAScheduleReplaysTheEagerStepBitwise) {
   const StepState eager = expect_graph_replays_eager(net, d, scheduled_settings(Optim::SGD));
   const StepState constant = run_steps(net, d, settings(Optim::SGD), Device::CUDA, 5);
   EXPECT_FALSE(bitwise_equal(eager.params, constant.params));
+}
+
+// With batchnorm and dropout on the GPU: the CPU's weights, running statistics and metrics after
+// a few steps (the same masks: dropout's draws are integer math on both devices), within the
+// tolerances of MatchesCpuOverSeveralSteps; and the captured graph replays the eager steps bitwise
+// (the masks of each step drawn from the counters on the device).
+TEST(TrainStepGpu, BatchNormAndDropoutMatchCpuAndReplayBitwise) {
+  BARECNN_REQUIRE_GPU();
+  Data d = random_images(40, 14);
+  Net net(kArchBn, {1, 11, 10});
+  StepMetrics mc, mg;
+  // SGD: a conv or dense bias right before a batchnorm has a gradient of exactly 0 in exact
+  // arithmetic, so its float gradient is rounding noise, different on each device; Adam would
+  // scale that noise up to steps of the full rate (lr * m / sqrt(v)), SGD keeps it tiny.
+  const StepState c = run_steps(net, d, settings(Optim::SGD), Device::CPU, 4, &mc);
+  const StepState g = run_steps(net, d, settings(Optim::SGD), Device::CUDA, 4, &mg);
+  EXPECT_TRUE(test::all_close(c.params, g.params, 1e-4, 1e-3));
+  EXPECT_EQ(g.params[net.buffers()[2].offset], 4.f);
+  EXPECT_NEAR(mg.loss_sum, mc.loss_sum, 1e-4 * std::fabs(mc.loss_sum));
+  EXPECT_EQ(mg.correct, mc.correct);
+  expect_graph_replays_eager(net, d, settings(Optim::Adam));
 }
 
 // begin_step's rates on the GPU are the CPU's, bit for bit, step after step (the same lr_at), for

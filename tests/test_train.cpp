@@ -649,3 +649,55 @@ TEST_F(TrainCpu, ModelFileHasTorchNamesAndMetadata) {
                           Device::CPU, 64, false);
   EXPECT_DOUBLE_EQ(r.accuracy, summary(out)["test_accuracy"].get<double>());
 }
+
+// A net with batchnorm and dropout: it learns the task (the test evaluation in eval mode: the
+// running statistics, no dropout); the model file holds the running statistics and
+// num_batches_tracked (int64, the number of training steps) under torch's names; eval gives the
+// run's test accuracy; an interrupted run resumes mid-epoch bitwise (the running statistics are in
+// the checkpoint, the masks a function of the step).
+TEST_F(TrainCpu, BatchNormAndDropoutLearnSaveAndResumeBitwise) {
+  const char* arch =
+      "conv(4,3,pad=1) batchnorm relu maxpool(2) dropout(0.2) dense(16) batchnorm relu dropout(0.3) dense(3)";
+  std::string full = test::fresh_dir("train_bn_full"), part = test::fresh_dir("train_bn_part");
+  TrainConfig cf = config(data_, full);
+  cf.spec.arch = arch;
+  cf.opt.epochs = 2;
+  cf.opt.checkpoint_every = 5;
+  train(cf);
+  auto s = summary(full);
+  EXPECT_GT(s["test_accuracy"].get<double>(), 0.9) << s.dump(1);
+
+  SafeTensors st = read_safetensors(full + "/model.safetensors");
+  for (const char* name : {"1.running_mean", "1.running_var", "7.running_mean", "7.running_var"}) {
+    ASSERT_TRUE(st.tensors.count(name)) << name;
+    EXPECT_EQ(st.tensors[name].dtype, "F32");
+  }
+  ASSERT_TRUE(st.tensors.count("1.num_batches_tracked"));
+  EXPECT_EQ(st.tensors["1.num_batches_tracked"].dtype, "I64");
+  EXPECT_TRUE(st.tensors["1.num_batches_tracked"].shape.empty());            // a scalar, as torch saves it
+  EXPECT_EQ(st.get_i64("7.num_batches_tracked"), std::vector<int64_t>{36});  // 2 epochs of 18 steps
+  const std::vector<float> var = st.get_f32("1.running_var");
+  EXPECT_NE(var, std::vector<float>(4, 1.f));  // moved from the initial 1
+
+  Model m = load_model(full + "/model.safetensors");
+  Dataset d = load_dataset(data_);
+  EvalResult r = evaluate(*m.net, m.params, d.test, d.test_labels, m.meta.mean, m.meta.std, Loss::SoftmaxCrossEntropy,
+                          Device::CPU, 64, false);
+  EXPECT_DOUBLE_EQ(r.accuracy, s["test_accuracy"].get<double>());
+
+  TrainConfig cp = cf;
+  cp.opt.out = part;
+  EXPECT_THROW(train(cp, test::stop_after(27)), Error);
+  TrainConfig cr = resume_of(part, 2);
+  cr.opt.checkpoint_every = 5;
+  train(cr);
+  EXPECT_EQ(model_weights(full), model_weights(part));
+
+  // batch 1 cannot train a batchnorm over features: refused before anything is written
+  std::string one = test::fresh_dir("train_bn_batch1");
+  TrainConfig c1 = config(data_, one);
+  c1.spec.arch = arch;
+  c1.spec.batch = 1;
+  EXPECT_THROW(train(c1), UsageError);
+  EXPECT_FALSE(file_exists(one + "/summary.json"));
+}

@@ -322,13 +322,14 @@ class BatchNorm final : public Layer {
                            " over the batch, which needs at least 2 values; --batch ", N, " gives ", 1LL * N * S(),
                            " (use --batch 2 or more)"));
   }
-  // Forward: two passes over x for the statistics, one to write y. Backward: one pass for the
-  // sums, one to write dx. Per element a few FLOPs.
+  // Forward: reads x, writes y (the statistics' passes re-read x from cache at best); per
+  // element a sum, a centred square (2) and the affine map (3): 5 FLOPs. Backward: reads dy and
+  // x for the sums (dgamma, dbeta: 3 FLOPs each element) and, with need_din, writes dx (5 more).
   LayerCost cost(int N, bool need_din) const override {
     const double n = double(N) * double(dims_numel(in_));
     LayerCost c;
-    c.forward = {4 * n, kFloatBytes * (n + n)};
-    c.backward = {need_din ? 8 * n : 3 * n, kFloatBytes * (need_din ? 4 * n : 2 * n)};
+    c.forward = {5 * n, kFloatBytes * (n + n)};
+    c.backward = {need_din ? 8 * n : 3 * n, kFloatBytes * (need_din ? 3 * n : 2 * n)};
     return c;
   }
   BARECNN_LAYER_DISPATCH

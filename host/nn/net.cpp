@@ -203,6 +203,10 @@ std::string Net::summary() const {
   }
   std::snprintf(line, sizeof line, "  total parameters: %zu\n", num_params_);
   os << line;
+  if (num_buffers_) {
+    std::snprintf(line, sizeof line, "  buffers (batchnorm's running statistics, not trained): %zu\n", num_buffers_);
+    os << line;
+  }
   return os.str();
 }
 

@@ -134,6 +134,7 @@ class TrainingRun {
                   data_.train.count, data_.train.count);
       spec_.batch = data_.train.count;
     }
+    net_->check_train_batch(spec_.batch);  // (batchnorm over features needs two samples)
     if (resuming) {
       meta_ = ck.meta;
       meta_.data.dir = opt_.data_dir;  // (where the same data is now)
