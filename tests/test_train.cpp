@@ -685,6 +685,24 @@ TEST_F(TrainCpu, BatchNormAndDropoutLearnSaveAndResumeBitwise) {
                           Device::CPU, 64, false);
   EXPECT_DOUBLE_EQ(r.accuracy, s["test_accuracy"].get<double>());
 
+  // A file without the running statistics (as from before batchnorm, with a batchnorm arch
+  // written in by hand) or with the count as a float: refused, naming the tensor.
+  SafeTensors no_var = st;
+  no_var.tensors.erase("1.running_var");
+  write_safetensors(full + "/no_var.safetensors", no_var);
+  EXPECT_NE(test::usage_error_message([&] {
+              load_model(full + "/no_var.safetensors");
+            }).find("tensor \"1.running_var\" is missing; the net"),
+            std::string::npos);
+  SafeTensors f32_count = st;
+  const float count = 1.f;
+  f32_count.put_f32("1.num_batches_tracked", {}, &count);
+  write_safetensors(full + "/f32_count.safetensors", f32_count);
+  EXPECT_NE(test::usage_error_message([&] {
+              load_model(full + "/f32_count.safetensors");
+            }).find("tensor \"1.num_batches_tracked\" has dtype F32, expected I64"),
+            std::string::npos);
+
   TrainConfig cp = cf;
   cp.opt.out = part;
   EXPECT_THROW(train(cp, test::stop_after(27)), Error);

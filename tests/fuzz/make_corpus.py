@@ -145,6 +145,9 @@ arch = {
                    "identity binary_step dense(3) softmax",
     "spaces-and-case": "  CONV (8, 3 , pad = 1)\tRelu\nMaxPool(2)   dense( 10 )  ",
     "no-dense": "conv(2,3) relu",
+    "batchnorm-dropout": "conv(4,3,pad=1) batchnorm relu maxpool(2) dropout(0.25) dense(16) batchnorm relu dropout "
+                         "dense(10)",
+    "err-dropout-p-one": "conv(4,3) dropout(1.0) dense(10)",
     "err-unknown-layer": "conv2d(3,3) relu dense(10)",
     "err-missing-paren": "conv(32,5 relu dense(10)",
     "err-stray-paren": "relu) dense(10)",
