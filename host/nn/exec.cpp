@@ -190,17 +190,13 @@ void softmax_backward(const Exec& ex, double* dinp, const double* dout, const do
 // ---- batch normalization and dropout: the GPU's kernels for float there, else the reference ----
 
 namespace {
-template <typename T>
-bool norm_on_gpu(const Exec& ex) {
-  if constexpr (std::is_same_v<T, float>) return on_gpu(ex);
-  cpu_only(ex);
-  return false;
-}
+// Each: float on the GPU runs the kernels; otherwise (float on the CPU, double) the reference, on
+// the CPU only.
 template <typename T>
 void bn_train(const Exec& ex, T* y, T* mean, T* invstd, T* running, const T* x, const T* gamma, const T* beta, int N,
               int C, int S) {
   if constexpr (std::is_same_v<T, float>)
-    if (norm_on_gpu<T>(ex))
+    if (on_gpu(ex))
       return gpu::batchnorm_forward_train(y, mean, invstd, running, x, gamma, beta, N, C, S, ex.gpu->stream());
   cpu_only(ex);
   ref::batchnorm_forward_train(y, mean, invstd, running, x, gamma, beta, N, C, S);
@@ -208,7 +204,7 @@ void bn_train(const Exec& ex, T* y, T* mean, T* invstd, T* running, const T* x, 
 template <typename T>
 void bn_eval(const Exec& ex, T* y, const T* x, const T* gamma, const T* beta, const T* running, int N, int C, int S) {
   if constexpr (std::is_same_v<T, float>)
-    if (norm_on_gpu<T>(ex)) return gpu::batchnorm_forward_eval(y, x, gamma, beta, running, N, C, S, ex.gpu->stream());
+    if (on_gpu(ex)) return gpu::batchnorm_forward_eval(y, x, gamma, beta, running, N, C, S, ex.gpu->stream());
   cpu_only(ex);
   ref::batchnorm_forward_eval(y, x, gamma, beta, running, N, C, S);
 }
@@ -216,7 +212,7 @@ template <typename T>
 void bn_backward(const Exec& ex, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
                  const T* invstd, int N, int C, int S) {
   if constexpr (std::is_same_v<T, float>)
-    if (norm_on_gpu<T>(ex))
+    if (on_gpu(ex))
       return gpu::batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, N, C, S, ex.gpu->stream());
   cpu_only(ex);
   ref::batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, N, C, S);
@@ -226,7 +222,7 @@ void dropout(const Exec& ex, bool forward, T* out, const T* in, long long n, flo
              int layer) {
   BARECNN_ASSERT(c != nullptr, "dropout: no step counters (the mask's seed and step)");
   if constexpr (std::is_same_v<T, float>)
-    if (norm_on_gpu<T>(ex))
+    if (on_gpu(ex))
       return forward ? gpu::dropout_forward(out, in, n, p, c, layer, ex.gpu->stream())
                      : gpu::dropout_backward(out, in, n, p, c, layer, ex.gpu->stream());
   cpu_only(ex);
