@@ -87,29 +87,49 @@ TEST(NetGradcheck, DetectsAWrongGradient) {
   EXPECT_TRUE(bad.tensors[1].pass);
 }
 
-TEST(Net, FloatNetMatchesDoubleNet) {
-  Net net("conv(4,3,pad=1) relu maxpool(2) conv(3,3) tanh avgpool(2) dense(8) sigmoid dense(3)", {2, 14, 14});
-  std::vector<float> pf = net.init_params(5);
+// The float net (the fast CPU ops) against the double reference net on the same inputs and
+// parameters: the logits, the gradients and the input gradient; in training mode also the
+// running statistics it updates (dropout draws the same masks: the same seed and step).
+static void expect_float_net_matches_double(const std::string& arch, const Dims& input, int N, uint64_t seed,
+                                            bool training) {
+  Net net(arch, input);
+  std::vector<float> pf = net.init_params(seed);
   std::vector<double> pd(pf.begin(), pf.end());
   NetState<float> sf;
   NetState<double> sd;
-  net.prepare(sf, 5, Device::CPU);
-  net.prepare(sd, 5, Device::CPU);
-  auto x = test::tie_free_vec(sf.act[0].numel(), 11);
+  net.prepare(sf, N, Device::CPU);
+  net.prepare(sd, N, Device::CPU);
+  auto x = test::tie_free_vec(sf.act[0].numel(), seed + 6);
   std::copy(x.begin(), x.end(), sd.act[0].data());
   for (size_t i = 0; i < x.size(); ++i) sf.act[0].data()[i] = float(x[i]);
-  net.forward(sf, pf.data(), Exec::cpu());
-  net.forward(sd, pd.data(), Exec::cpu());
+  gpu::StepCounters c;
+  c.seed = seed, c.global_step = 8;
+  const size_t P = net.num_params();
+  net.forward(sf, pf.data(), Exec::cpu(), training ? RunMode<float>::train(pf.data() + P, &c) : RunMode<float>::eval());
+  net.forward(sd, pd.data(), Exec::cpu(),
+              training ? RunMode<double>::train(pd.data() + P, &c) : RunMode<double>::eval());
   EXPECT_TRUE(test::all_close(sd.act.back().to_host(), sf.act.back().to_host(), 1e-5, 1e-4));
+  EXPECT_TRUE(test::all_close(pd, pf, 1e-6, 1e-5));  // (in training: the running statistics moved alike)
   // and the gradients
-  auto g = test::random_vec(sf.dact.back().numel(), 12);
+  auto g = test::random_vec(sf.dact.back().numel(), seed + 7);
   for (size_t i = 0; i < g.size(); ++i) sf.dact.back().data()[i] = float(g[i]), sd.dact.back().data()[i] = g[i];
-  std::vector<float> gf(net.num_params());
-  std::vector<double> gd(net.num_params());
+  std::vector<float> gf(P);
+  std::vector<double> gd(P);
   net.backward(sf, pf.data(), gf.data(), Exec::cpu(), true);
   net.backward(sd, pd.data(), gd.data(), Exec::cpu(), true);
   EXPECT_TRUE(test::all_close(gd, gf, 1e-4, 1e-3));
   EXPECT_TRUE(test::all_close(sd.dact[0].to_host(), sf.dact[0].to_host(), 1e-5, 1e-3));
+}
+
+TEST(Net, FloatNetMatchesDoubleNet) {
+  expect_float_net_matches_double("conv(4,3,pad=1) relu maxpool(2) conv(3,3) tanh avgpool(2) dense(8) sigmoid dense(3)",
+                                  {2, 14, 14}, 5, 5, false);
+}
+
+TEST(Net, FloatNetMatchesDoubleNetInTraining) {
+  expect_float_net_matches_double(
+      "conv(4,3,pad=1) batchnorm relu maxpool(2) dropout(0.2) dense(8) batchnorm sigmoid dense(3)", {2, 10, 10}, 6, 5,
+      true);
 }
 
 TEST(Net, FirstNonFiniteNamesTheLayer) {
@@ -335,31 +355,4 @@ TEST(Net, TrainingAndEvaluationModes) {
   const std::vector<float> d3 = st.dact[3].to_host(), d4 = st.dact[4].to_host();
   for (size_t i = 0; i < d3.size(); ++i)
     if (relu[i] != 0) EXPECT_EQ(d3[i], drop[i] == 0 ? 0.f : d4[i] * 2.f);
-}
-
-TEST(Net, FloatNetMatchesDoubleNetInTraining) {
-  Net net("conv(4,3,pad=1) batchnorm relu maxpool(2) dropout(0.2) dense(8) batchnorm sigmoid dense(3)", {2, 10, 10});
-  std::vector<float> pf = net.init_params(5);
-  std::vector<double> pd(pf.begin(), pf.end());
-  NetState<float> sf;
-  NetState<double> sd;
-  net.prepare(sf, 6, Device::CPU);
-  net.prepare(sd, 6, Device::CPU);
-  auto x = test::tie_free_vec(sf.act[0].numel(), 21);
-  std::copy(x.begin(), x.end(), sd.act[0].data());
-  for (size_t i = 0; i < x.size(); ++i) sf.act[0].data()[i] = float(x[i]);
-  gpu::StepCounters c;
-  c.seed = 3, c.global_step = 8;
-  net.forward(sf, pf.data(), Exec::cpu(), RunMode<float>::train(pf.data() + net.num_params(), &c));
-  net.forward(sd, pd.data(), Exec::cpu(), RunMode<double>::train(pd.data() + net.num_params(), &c));
-  EXPECT_TRUE(test::all_close(sd.act.back().to_host(), sf.act.back().to_host(), 1e-5, 1e-4));
-  EXPECT_TRUE(test::all_close(pd, pf, 1e-6, 1e-5));  // the running statistics too
-  auto g = test::random_vec(sf.dact.back().numel(), 22);
-  for (size_t i = 0; i < g.size(); ++i) sf.dact.back().data()[i] = float(g[i]), sd.dact.back().data()[i] = g[i];
-  std::vector<float> gf(net.num_params());
-  std::vector<double> gd(net.num_params());
-  net.backward(sf, pf.data(), gf.data(), Exec::cpu(), true);
-  net.backward(sd, pd.data(), gd.data(), Exec::cpu(), true);
-  EXPECT_TRUE(test::all_close(gd, gf, 1e-4, 1e-3));
-  EXPECT_TRUE(test::all_close(sd.dact[0].to_host(), sf.dact[0].to_host(), 1e-5, 1e-3));
 }

@@ -84,6 +84,25 @@ StepState run_steps(const Net& net, const Data& d, const StepSettings& s, Device
   return step.state();
 }
 
+// Five CPU steps of epoch 0 as run_steps, but stopped after 2 and continued from the state in a
+// new step object (as a resume does).
+StepState resumed_steps(const Net& net, const Data& d, const StepSettings& s) {
+  ExecContext ctx(Device::CPU);
+  StepState half;
+  {
+    TrainStep a(net, ctx.exec(), d.images, d.labels, s);
+    a.set_state(initial_state(net, 5));
+    a.begin_epoch(9, 0, 0, {});
+    a.run(), a.run();
+    half = a.state();
+  }
+  TrainStep b(net, ctx.exec(), d.images, d.labels, s);
+  b.set_state(half);
+  b.begin_epoch(9, 0, 2, {});
+  for (int i = 0; i < 3; ++i) b.run();
+  return b.state();
+}
+
 }  // namespace
 
 // The step is, on the CPU, exactly: the batch of the epoch's permutation, gathered and
@@ -147,20 +166,7 @@ TEST(TrainStepCpu, ResumesBitwiseFromItsState) {
   const StepState full = run_steps(net, d, s, Device::CPU, 5);
   EXPECT_TRUE(bitwise_equal(full.params, run_steps(net, d, s, Device::CPU, 5).params));
 
-  ExecContext ctx(Device::CPU);
-  StepState half;
-  {
-    TrainStep a(net, ctx.exec(), d.images, d.labels, s);
-    a.set_state(initial_state(net, 5));
-    a.begin_epoch(9, 0, 0, {});
-    a.run(), a.run();
-    half = a.state();
-  }
-  TrainStep b(net, ctx.exec(), d.images, d.labels, s);
-  b.set_state(half);
-  b.begin_epoch(9, 0, 2, {});
-  for (int i = 0; i < 3; ++i) b.run();
-  const StepState resumed = b.state();
+  const StepState resumed = resumed_steps(net, d, s);
   EXPECT_EQ(resumed.global_step, 5);
   EXPECT_TRUE(bitwise_equal(resumed.params, full.params));
   EXPECT_TRUE(bitwise_equal(resumed.v, full.v));
@@ -209,21 +215,9 @@ TEST(TrainStepCpu, BatchNormAndDropoutTrainInTrainingModeAndResumeBitwise) {
   }
   // Stopped after 2 steps, resumed in a new step object: the uninterrupted run's state.
   const StepState full = run_steps(net, d, s, Device::CPU, 5);
-  ExecContext ctx(Device::CPU);
-  StepState half;
-  {
-    TrainStep a(net, ctx.exec(), d.images, d.labels, s);
-    a.set_state(initial_state(net, 5));
-    a.begin_epoch(9, 0, 0, {});
-    a.run(), a.run();
-    half = a.state();
-  }
-  TrainStep b(net, ctx.exec(), d.images, d.labels, s);
-  b.set_state(half);
-  b.begin_epoch(9, 0, 2, {});
-  for (int i = 0; i < 3; ++i) b.run();
-  EXPECT_TRUE(bitwise_equal(b.state().params, full.params));
-  EXPECT_TRUE(bitwise_equal(b.state().m, full.m));
+  const StepState resumed = resumed_steps(net, d, s);
+  EXPECT_TRUE(bitwise_equal(resumed.params, full.params));
+  EXPECT_TRUE(bitwise_equal(resumed.m, full.m));
 }
 
 // A non-finite loss shows in the metrics and the first non-finite layer is named.

@@ -90,20 +90,25 @@ void batchnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
   }
 }
 
+// out[i] = in[i] * dropout_scale(p) where the mask keeps element i, else 0: the forward (in = x)
+// and the backward (in = dy) are the same map.
 template <typename T>
-void dropout_forward(T* y, const T* x, long long n, float p, uint64_t seed, long long step, int layer) {
-  BARECNN_ASSERT(n >= 0 && p >= 0.f && p < 1.f, "dropout_forward: n=", n, " p=", p);
+static void dropout_map(const char* op, T* out, const T* in, long long n, float p, uint64_t seed, long long step,
+                        int layer) {
+  BARECNN_ASSERT(n >= 0 && p >= 0.f && p < 1.f, op, ": n=", n, " p=", p);
   const uint32_t threshold = dropout_threshold(p);
   const T scale = T(dropout_scale(p));
-  for (long long i = 0; i < n; ++i) y[i] = dropout_keeps(seed, step, layer, i, threshold) ? x[i] * scale : T(0);
+  for (long long i = 0; i < n; ++i) out[i] = dropout_keeps(seed, step, layer, i, threshold) ? in[i] * scale : T(0);
+}
+
+template <typename T>
+void dropout_forward(T* y, const T* x, long long n, float p, uint64_t seed, long long step, int layer) {
+  dropout_map("dropout_forward", y, x, n, p, seed, step, layer);
 }
 
 template <typename T>
 void dropout_backward(T* dx, const T* dy, long long n, float p, uint64_t seed, long long step, int layer) {
-  BARECNN_ASSERT(n >= 0 && p >= 0.f && p < 1.f, "dropout_backward: n=", n, " p=", p);
-  const uint32_t threshold = dropout_threshold(p);
-  const T scale = T(dropout_scale(p));
-  for (long long i = 0; i < n; ++i) dx[i] = dropout_keeps(seed, step, layer, i, threshold) ? dy[i] * scale : T(0);
+  dropout_map("dropout_backward", dx, dy, n, p, seed, step, layer);
 }
 
 #define BARECNN_INSTANTIATE(T)                                                                                      \
