@@ -1,7 +1,8 @@
 // CUDA side of the data pipeline: the batch gather + normalize kernel (the first op of every
-// training step, reading the uint8 dataset resident on the GPU) and the epoch's shuffled order.
-// CPU references: host/reference/data.cpp (gather_normalize) and host/core/rng.cpp
-// (ref::epoch_permutation). Thrust is used in this file only.
+// training step, reading the uint8 dataset resident on the GPU), its augmenting variant, and the
+// epoch's shuffled order. CPU references: host/reference/data.cpp (gather_normalize,
+// gather_normalize_augment) and host/core/rng.cpp (ref::epoch_permutation). Thrust is used in this
+// file only.
 #include <thrust/execution_policy.h>
 #ifdef BARECNN_EMU
 #include <thrust/system/cpp/execution_policy.h>
@@ -12,6 +13,7 @@
 
 #include <cstdint>
 
+#include "barecnn/augment.h"
 #include "barecnn/cuda_check.h"
 #include "barecnn/device_buffer.h"
 #include "barecnn/gpu_ops.h"
@@ -44,6 +46,35 @@ __global__ void gather_normalize_kernel(float* out, int32_t* out_labels, const u
     const int p = int(j % P);
     const long long row = idx[b];
     out[j] = (float(images[row * P + p]) / 255.f - mean) / std;
+    if (out_labels && p == 0) out_labels[b] = labels[row];
+  }
+}
+
+// The training step's gather with augmentation (augment.h), the twin of ref::gather_normalize_augment.
+// Block 256, grid-stride loop over the B*H*W output pixels as gather_normalize_kernel: thread j
+// computes pixel (y, x) of sample b from source pixel augment_source(y, x, H, W, d_b) of row
+// idx[b] (or a raw 0 in the padding) with the same float operations. d_b is the transform of
+// sample b, augment_draw(step_draw(seed, step, kDrawAugment, b), aug), with seed and step read from
+// the counters in device memory (a captured graph's replays draw each step's own). Every thread
+// recomputes its sample's draw (four splitmix rounds, integer only) rather than sharing it: no
+// shared memory, no barrier, and the gather stays a memory-bound pass.
+__global__ void gather_augment_kernel(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
+                                      const int32_t* perm, const gpu::StepCounters* c, int B, int H, int W, Augment aug,
+                                      float mean, float std) {
+  const int32_t* idx = perm + c->batch * B;
+  const uint64_t seed = c->seed;
+  const long long step = c->global_step;
+  const int P = H * W;
+  const long long total = (long long)B * P;
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < total; j += stride) {
+    const int b = int(j / P);
+    const int p = int(j % P);
+    const long long row = idx[b];
+    const AugmentDraw d = augment_draw(step_draw(seed, step, kDrawAugment, uint64_t(b)), aug);
+    const int src = augment_source(p / W, p % W, H, W, d);
+    const uint8_t px = src < 0 ? uint8_t(0) : images[row * P + src];
+    out[j] = (float(px) / 255.f - mean) / std;
     if (out_labels && p == 0) out_labels[b] = labels[row];
   }
 }
@@ -87,13 +118,25 @@ void gather_normalize(float* out, int32_t* out_labels, const uint8_t* images, co
   launch_gather_normalize(out, out_labels, images, labels, idx, nullptr, B, P, mean, std, stream);
 }
 
-// The same with idx = perm + c->batch * B, read on the device (the caller keeps the batch in range).
+// The same with idx = perm + c->batch * B, read on the device (the caller keeps the batch in range);
+// images (num_images, H, W). Augmentation off: exactly the plain gather's kernel.
 void gather_normalize_batch(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
-                            const int32_t* perm, const StepCounters* c, int B, int P, float mean, float std,
-                            cudaStream_t stream) {
+                            const int32_t* perm, const StepCounters* c, int B, int H, int W, const Augment& aug,
+                            float mean, float std, cudaStream_t stream) {
   NvtxRange range("gather_normalize");
   BARECNN_ASSERT(c != nullptr, "gather_normalize_batch: no step counters");
-  launch_gather_normalize(out, out_labels, images, labels, perm, &c->batch, B, P, mean, std, stream);
+  BARECNN_ASSERT(H >= 1 && W >= 1, "gather_normalize_batch: images of ", H, "x", W);
+  if (!aug.on())
+    return launch_gather_normalize(out, out_labels, images, labels, perm, &c->batch, B, H * W, mean, std, stream);
+  BARECNN_ASSERT(B >= 0 && aug.pad >= 0, "gather_normalize_batch: B = ", B, ", pad = ", aug.pad);
+  BARECNN_ASSERT(std != 0.f, "gather_normalize_batch: std must be nonzero");
+  BARECNN_ASSERT(out_labels == nullptr || labels != nullptr, "gather_normalize_batch: labels wanted but none given");
+  if (B == 0) return;
+  BARECNN_ASSERT(out != nullptr && images != nullptr && perm != nullptr, "gather_normalize_batch: null pointer");
+  const long long total = (long long)B * H * W;
+  BARECNN_LAUNCH(gather_augment_kernel, grid_for(total, kGatherBlock), kGatherBlock, 0, stream, out, out_labels, images,
+                 labels, perm, c, B, H, W, aug, mean, std);
+  CUDA_CHECK_LAUNCH("gather_normalize_batch (augment)", fmt("B=", B, " H=", H, " W=", W, " pad=", aug.pad));
 }
 
 // idx (n) = the permutation of 0..n-1 that sorts the samples by (permutation_key(seed, epoch, i), i)

@@ -214,6 +214,10 @@ TEST_F(Cli, InfoAndHelp) {
   EXPECT_EQ(h.rc, 0);
   EXPECT_NE(h.out.find("Examples"), std::string::npos) << h.out;
   EXPECT_NE(h.out.find("--checkpoint-every"), std::string::npos);
+  EXPECT_NE(h.out.find("--augment"), std::string::npos);
+  EXPECT_NE(h.out.find("RandomHorizontalFlip"), std::string::npos) << h.out;
+  EXPECT_NE(h.out.find("Flips suit clothes (Fashion-MNIST"), std::string::npos) << h.out;
+  EXPECT_NE(h.out.find("not digits (MNIST"), std::string::npos) << h.out;
 }
 
 TEST_F(Cli, NoCommandListsTheCommandsAndVersionAnswers) {
@@ -289,6 +293,19 @@ TEST_F(Cli, BadFlags) {
                     "--warmup-epochs: expected a whole number of epochs from 0 to 2 (less than --epochs 3), got 3");
   EXPECT_FAILS_WITH(run(base + " --epochs 4 --lr-schedule cosine:3"), 2,
                     "the rate schedule cosine:3 reaches 0 after epoch 3");
+  // --augment: the flag, what it expects, what it found; a crop beyond half the 8x8 images.
+  EXPECT_FAILS_WITH(run(base + " --augment crop:0"), 2,
+                    "--augment: expected none, or crop:P (P a whole number of pixels >= 1), flip, or both as "
+                    "crop:P,flip; the padding P of crop:P should be a whole number of pixels >= 1, found '0' in "
+                    "'crop:0'");
+  EXPECT_FAILS_WITH(run(base + " --augment crop:x"), 2, "found 'x' in 'crop:x'");
+  EXPECT_FAILS_WITH(run(base + " --augment flop"), 2, "--augment: expected none, or crop:P");
+  EXPECT_FAILS_WITH(run(base + " --augment flop"), 2, "unknown augmentation 'flop' in 'flop'");
+  EXPECT_FAILS_WITH(run(base + " --augment ''"), 2, "--augment: expected none, or crop:P");
+  EXPECT_FAILS_WITH(run(base + " --augment crop:2,flip,flip"), 2, "flip twice in 'crop:2,flip,flip'");
+  EXPECT_FAILS_WITH(run(base + " --augment crop:99"), 2,
+                    "--augment crop:99: the padding P of crop:P should be from 1 to 4 (at most half of the 8x8 "
+                    "images), found 99");
   EXPECT_FAILS_WITH(run(base + " --seed -1"), 2, "--seed must be an integer from 0 to 18446744073709551615, got '-1'");
   EXPECT_FAILS_WITH(run(base + " --seed 99999999999999999999"), 2, "got '99999999999999999999'");
   EXPECT_FAILS_WITH(run(base + " --loss nll"), 2, "did you mean 'cross_entropy'?");
@@ -297,6 +314,24 @@ TEST_F(Cli, BadFlags) {
   // One message, on its first line: no blank line before it.
   Result r = run(base + " --lr -1");
   EXPECT_EQ(r.out.rfind("barecnn: error: ", 0), 0u) << r.out;
+}
+
+// --augment crop:2,flip trains through the command line: the banner and summary.json name it, and
+// the weights differ from the run without it (the suite's model, the same flags otherwise).
+TEST_F(Cli, AugmentedRunNamesItsSettingAndTrainsOtherWeights) {
+  const std::string out = test::fresh_dir("cli_augment");
+  Result r = run("train --device cpu --data " + data_ + " --arch " + kArch +
+                 " --epochs 2 --batch 32 --lr 0.05 --augment crop:2,flip --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find(", seed 1, augment crop:2,flip\n"), std::string::npos) << r.out;
+  auto s = nlohmann::json::parse(read_file(out + "/summary.json", "summary"));
+  EXPECT_EQ(s["augment"], "crop:2,flip");
+  EXPECT_NE(load_model(out + "/model.safetensors").params, load_model(model_dir_ + "/model.safetensors").params);
+  auto plain = nlohmann::json::parse(read_file(model_dir_ + "/summary.json", "summary"));
+  EXPECT_EQ(plain["augment"], "none");
+  // The resume of another setting is refused, naming the flag and both values.
+  EXPECT_FAILS_WITH(run("train --device cpu --epochs 3 --resume " + out + " --augment crop:1,flip"), 2,
+                    "--augment crop:1,flip (the run's: crop:2,flip)");
 }
 
 TEST_F(Cli, TheDeviceLineSaysWhyInOneParenthesis) {

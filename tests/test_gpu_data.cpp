@@ -81,7 +81,7 @@ TEST(DataGpu, GatherNormalizeIsExact) {
 TEST(DataGpu, GatherOfTheCountersBatchMatchesExplicitIndices) {
   BARECNN_REQUIRE_GPU();
   GpuContext ctx;
-  const int num = 40, P = 29, B = 7;
+  const int num = 40, H = 29, W = 1, P = H * W, B = 7;
   Rng r(5100);
   std::vector<uint8_t> images(size_t(num) * P), labels(num);
   for (auto& px : images) px = uint8_t(r.next_u64() & 0xff);
@@ -99,7 +99,7 @@ TEST(DataGpu, GatherOfTheCountersBatchMatchesExplicitIndices) {
     SCOPED_TRACE(fmt("batch ", batch));
     gpu::begin_step(d_c.data(), cfg, 1, ctx.stream());
     gpu::gather_normalize_batch(d_out.data(), d_lab.data(), d_images.data(), d_labels.data(), d_perm.data(), d_c.data(),
-                                B, P, 0.25f, 0.5f, ctx.stream());
+                                B, H, W, Augment{}, 0.25f, 0.5f, ctx.stream());
     std::vector<float> want(size_t(B) * P);
     std::vector<int32_t> want_lab(B);
     ref::gather_normalize<float>(want.data(), want_lab.data(), images.data(), labels.data(), perm.data() + batch * B, B,
@@ -108,6 +108,67 @@ TEST(DataGpu, GatherOfTheCountersBatchMatchesExplicitIndices) {
     EXPECT_EQ(0, std::memcmp(want.data(), got.data(), got.size() * sizeof(float)));
     EXPECT_EQ(want_lab, download(ctx, d_lab));
   }
+}
+
+// The augmenting gather (augment.h) against ref::gather_normalize_augment, bit for bit: the same
+// shared index helper and draws, the same float operations. Several settings, image sizes that do
+// not divide the block size, two consecutive steps of the counters (each its own draws), a seed
+// of 64 bits; then the counters' seed and step changed on the device alone change the batch.
+TEST(AugmentGpu, GatherMatchesTheReferenceBitwise) {
+  BARECNN_REQUIRE_GPU();
+  GpuContext ctx;
+  for (auto [H, W] : {std::pair{11, 10}, std::pair{7, 13}, std::pair{28, 28}})
+    for (Augment aug : {Augment{2, false}, Augment{0, true}, Augment{3, true}, Augment{}}) {
+      SCOPED_TRACE(fmt(H, "x", W, " pad ", aug.pad, aug.flip ? " flip" : ""));
+      const int num = 60, P = H * W, B = 19;  // batches 1 and 2: rows perm[19 .. 57)
+      Rng r(5200 + H);
+      std::vector<uint8_t> images(size_t(num) * P), labels(num);
+      for (auto& px : images) px = uint8_t(r.next_u64() & 0xff);
+      for (auto& c : labels) c = uint8_t(r.next_u64() % 10);
+      std::vector<int32_t> perm = ref::epoch_permutation(num, 3, 1);  // (num)
+      DeviceBuffer<uint8_t> d_images = upload(images), d_labels = upload(labels);
+      DeviceBuffer<int32_t> d_perm = upload(perm), d_lab = upload(std::vector<int32_t>(B, -1));
+      DeviceBuffer<float> d_out = upload(std::vector<float>(size_t(B) * P, kNaN));
+      DeviceBuffer<gpu::StepCounters> d_c(1);
+      gpu::StepCounters c;
+      c.next_batch = 1;
+      c.global_step = 41;
+      c.seed = 0xFEDCBA9876543210ULL;
+      d_c.copy_from_host(&c, 1);
+      OptimConfig cfg;
+      for (int batch = 1; batch <= 2; ++batch) {
+        SCOPED_TRACE(fmt("batch ", batch));
+        gpu::begin_step(d_c.data(), cfg, 1, ctx.stream());
+        gpu::gather_normalize_batch(d_out.data(), d_lab.data(), d_images.data(), d_labels.data(), d_perm.data(),
+                                    d_c.data(), B, H, W, aug, 0.2860f, 0.3530f, ctx.stream());
+        std::vector<float> want(size_t(B) * P);
+        std::vector<int32_t> want_lab(B);
+        ref::gather_normalize_augment<float>(want.data(), want_lab.data(), images.data(), labels.data(),
+                                             perm.data() + batch * B, B, H, W, 0.2860f, 0.3530f, aug, c.seed,
+                                             41 + batch);
+        std::vector<float> got = download(ctx, d_out);
+        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), got.size() * sizeof(float)));
+        EXPECT_EQ(want_lab, download(ctx, d_lab));
+        if (!aug.on()) {  // off: the plain gather
+          std::vector<float> plain(size_t(B) * P);
+          ref::gather_normalize<float>(plain.data(), nullptr, images.data(), nullptr, perm.data() + batch * B, B, P,
+                                       0.2860f, 0.3530f);
+          EXPECT_EQ(0, std::memcmp(plain.data(), got.data(), got.size() * sizeof(float)));
+        }
+      }
+      if (!aug.on()) continue;
+      // Only the counters' seed changes (on the device, as a new run's begin_epoch would): other draws.
+      const std::vector<float> before = download(ctx, d_out);
+      gpu::StepCounters c2 = download(ctx, d_c)[0];
+      c2.seed ^= 1;
+      c2.next_batch = 2;  // the same batch again
+      c2.global_step = 41 + 1;
+      d_c.copy_from_host(&c2, 1);
+      gpu::begin_step(d_c.data(), cfg, 1, ctx.stream());
+      gpu::gather_normalize_batch(d_out.data(), d_lab.data(), d_images.data(), d_labels.data(), d_perm.data(),
+                                  d_c.data(), B, H, W, aug, 0.2860f, 0.3530f, ctx.stream());
+      EXPECT_NE(before, download(ctx, d_out));
+    }
 }
 
 TEST(DataGpu, EpochPermutationMatchesReference) {

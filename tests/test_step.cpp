@@ -84,22 +84,22 @@ StepState run_steps(const Net& net, const Data& d, const StepSettings& s, Device
   return step.state();
 }
 
-// Five CPU steps of epoch 0 as run_steps, but stopped after 2 and continued from the state in a
-// new step object (as a resume does).
-StepState resumed_steps(const Net& net, const Data& d, const StepSettings& s) {
+// `steps` CPU steps of epoch 0 as run_steps, but stopped after `stop` and continued from the
+// state in a new step object (as a resume does).
+StepState resumed_steps(const Net& net, const Data& d, const StepSettings& s, int stop = 2, int steps = 5) {
   ExecContext ctx(Device::CPU);
   StepState half;
   {
     TrainStep a(net, ctx.exec(), d.images, d.labels, s);
     a.set_state(initial_state(net, 5));
     a.begin_epoch(9, 0, 0, {});
-    a.run(), a.run();
+    for (int i = 0; i < stop; ++i) a.run();
     half = a.state();
   }
   TrainStep b(net, ctx.exec(), d.images, d.labels, s);
   b.set_state(half);
-  b.begin_epoch(9, 0, 2, {});
-  for (int i = 0; i < 3; ++i) b.run();
+  b.begin_epoch(9, 0, stop, {});
+  for (int i = stop; i < steps; ++i) b.run();
   return b.state();
 }
 
@@ -108,15 +108,18 @@ StepState resumed_steps(const Net& net, const Data& d, const StepSettings& s) {
 // The step is, on the CPU, exactly: the batch of the epoch's permutation, gathered and
 // normalized; forward; loss with its gradient; backward; the optimizer with t = the step count.
 // With a schedule (a warmup: a new rate every step) the optimizer takes the rate of step t,
-// lr_at(cfg, t, steps per epoch).
+// lr_at(cfg, t, steps per epoch). With augmentation the gather crops and flips with the draws of
+// (the epoch's seed, step t).
 TEST(TrainStepCpu, IsTheOpsOfOneStepInOrder) {
   for (bool scheduled : {false, true})
     for (Optim kind : {Optim::SGD, Optim::Adam}) {
-      SCOPED_TRACE(kind == Optim::SGD ? "sgd" : "adam");
+      const bool augmented = kind == Optim::SGD;  // (two of the four)
+      SCOPED_TRACE(kind == Optim::SGD ? "sgd, augment crop:2,flip" : "adam");
       SCOPED_TRACE(scheduled ? "cosine:2 after 1 warmup epoch" : "constant");
       Data d = random_images(40, 3);
       Net net(kArch, {1, 11, 10});
-      const StepSettings s = scheduled ? scheduled_settings(kind) : settings(kind);
+      StepSettings s = scheduled ? scheduled_settings(kind) : settings(kind);
+      if (augmented) s.augment = {2, true};
       StepMetrics m;
       const StepState got = run_steps(net, d, s, Device::CPU, 3, &m);
 
@@ -131,8 +134,12 @@ TEST(TrainStepCpu, IsTheOpsOfOneStepInOrder) {
       std::vector<int32_t> labels(B), correct(B);
       double loss_sum = 0, correct_sum = 0;
       for (int t = 1; t <= 3; ++t) {
-        ref::gather_normalize(st.act[0].data(), labels.data(), d.images.pixels.data(), d.labels.data(),
-                              perm.data() + (t - 1) * B, B, P, s.mean, s.std);
+        if (augmented)
+          ref::gather_normalize_augment(st.act[0].data(), labels.data(), d.images.pixels.data(), d.labels.data(),
+                                        perm.data() + (t - 1) * B, B, 11, 10, s.mean, s.std, s.augment, 9, t);
+        else
+          ref::gather_normalize(st.act[0].data(), labels.data(), d.images.pixels.data(), d.labels.data(),
+                                perm.data() + (t - 1) * B, B, P, s.mean, s.std);
         net.forward(st, want.params.data(), ex);
         ref::loss_forward_backward<float>(loss.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
                                           labels.data(), B, K, s.loss, 1.f / B);
@@ -218,6 +225,23 @@ TEST(TrainStepCpu, BatchNormAndDropoutTrainInTrainingModeAndResumeBitwise) {
   const StepState resumed = resumed_steps(net, d, s);
   EXPECT_TRUE(bitwise_equal(resumed.params, full.params));
   EXPECT_TRUE(bitwise_equal(resumed.m, full.m));
+}
+
+// Augmentation changes the run (and off is the default: the settings above train unaugmented);
+// an augmented run resumes bitwise from its state (the draws are keyed by the step, not by a
+// generator's state); a pad that does not fit the images is refused.
+TEST(TrainStepCpu, AugmentedRunDiffersAndResumesBitwise) {
+  Data d = random_images(40, 4);
+  Net net(kArch, {1, 11, 10});
+  StepSettings s = settings(Optim::SGD);
+  const StepState plain = run_steps(net, d, s, Device::CPU, 4);
+  s.augment = {1, true};
+  const StepState full = run_steps(net, d, s, Device::CPU, 4);
+  EXPECT_FALSE(bitwise_equal(plain.params, full.params));
+  EXPECT_TRUE(bitwise_equal(resumed_steps(net, d, s, 1, 4).params, full.params));
+  ExecContext ctx(Device::CPU);
+  s.augment = {6, false};  // 2 * 6 > 10 columns
+  EXPECT_THROW(TrainStep(net, ctx.exec(), d.images, d.labels, s), Error);
 }
 
 // A non-finite loss shows in the metrics and the first non-finite layer is named.
@@ -309,6 +333,25 @@ TEST(TrainStepGpu, BatchNormAndDropoutMatchCpuAndReplayBitwise) {
   EXPECT_NEAR(mg.loss_sum, mc.loss_sum, 1e-4 * std::fabs(mc.loss_sum));
   EXPECT_EQ(mg.correct, mc.correct);
   expect_graph_replays_eager(net, d, settings(Optim::Adam));
+}
+
+// With augmentation: each replay reads its own step and seed from the counters, so the graph's
+// replays crop and flip as the eager steps do (draws baked into the capture would repeat the
+// second step's); the run differs from the unaugmented one; and it matches the CPU's run, whose
+// gather is the same bits (tests/test_gpu_data.cpp AugmentGpu), within the step tolerances.
+TEST(TrainStepGpu, GraphWithAugmentationReplaysTheEagerStepBitwise) {
+  BARECNN_REQUIRE_GPU();
+  Data d = random_images(40, 7);
+  Net net(kArch, {1, 11, 10});
+  StepSettings s = settings(Optim::Adam);
+  s.augment = {2, true};
+  const StepState eager = expect_graph_replays_eager(net, d, s);
+  EXPECT_FALSE(bitwise_equal(eager.params, run_steps(net, d, settings(Optim::Adam), Device::CUDA, 5).params));
+  StepMetrics mc, mg;
+  const StepState c = run_steps(net, d, s, Device::CPU, 4, &mc);
+  const StepState g = run_steps(net, d, s, Device::CUDA, 4, &mg);
+  EXPECT_TRUE(test::all_close(c.params, g.params, 1e-4, 1e-3));
+  EXPECT_EQ(mg.correct, mc.correct);
 }
 
 // begin_step's rates on the GPU are the CPU's, bit for bit, step after step (the same lr_at), for

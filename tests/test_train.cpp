@@ -91,6 +91,7 @@ TEST_F(TrainCpu, LossFallsAndTheTaskIsLearned) {
   EXPECT_EQ(s["momentum"], 0.9);
   EXPECT_EQ(s["weight_decay"], 0);
   EXPECT_EQ(s["loss"], "cross_entropy");
+  EXPECT_EQ(s["augment"], "none");
   EXPECT_EQ(s["completed"], true);
   EXPECT_EQ(s["epochs_asked"], 3);
   EXPECT_EQ(s["epochs_done"], 3);
@@ -625,6 +626,116 @@ TEST_F(TrainCpu, ScheduledRunResumesMidEpochBitwise) {
     EXPECT_EQ(sf["epochs"][e]["lr"].get<double>(), sp["epochs"][e]["lr"].get<double>()) << e;
   }
   EXPECT_GT(sf["epochs"][1]["lr"].get<double>(), sf["epochs"][2]["lr"].get<double>());
+}
+
+// --augment's text: the forms it takes, the canonical text it writes (which reads back to the same
+// setting), what it refuses and why; checkpoints from before augmentation read as none.
+TEST(AugmentSpec, TextRoundTripsAndOldCheckpointsReadAsNone) {
+  auto parsed = [](const std::string& t) {
+    Augment a{9, true};
+    parse_augment(t, &a);
+    return augment_str(a);
+  };
+  EXPECT_EQ(parsed("none"), "none");
+  EXPECT_EQ(parsed("None"), "none");
+  EXPECT_EQ(parsed("crop:4"), "crop:4");
+  EXPECT_EQ(parsed("flip"), "flip");
+  EXPECT_EQ(parsed("crop:2,flip"), "crop:2,flip");
+  EXPECT_EQ(parsed("flip,crop:2"), "crop:2,flip");
+  Augment a;
+  parse_augment("crop:3,flip", &a);
+  EXPECT_EQ(a.pad, 3);
+  EXPECT_TRUE(a.flip);
+  auto error = [](const std::string& t) {
+    return test::usage_error_message([&] {
+      Augment x;
+      parse_augment(t, &x);
+    });
+  };
+  for (const char* bad : {"", "crop:0", "crop:x", "crop:-1", "crop", "crop:", "flop", "flip,", ",flip", "flip:1",
+                          "flip,flip", "crop:1,crop:2", "none,flip", "crop:2 flip"}) {
+    const std::string m = error(bad);
+    EXPECT_EQ(m.rfind("--augment: expected none, or crop:P", 0), 0u) << bad << ": " << m;
+    EXPECT_NE(m.find(std::string("'") + bad + "'"), std::string::npos) << bad << ": " << m;
+  }
+  EXPECT_NE(error("").find("found nothing"), std::string::npos);
+  EXPECT_NE(error("crop:0").find("should be a whole number of pixels >= 1, found '0'"), std::string::npos);
+  EXPECT_NE(error("crop:x").find("found 'x'"), std::string::npos);
+  EXPECT_NE(error("flop").find("unknown augmentation 'flop'"), std::string::npos);
+  // The pad must fit the images: at most half of the shorter side.
+  EXPECT_NO_THROW(check_augment_fits(Augment{14, true}, 28, 28));
+  EXPECT_NO_THROW(check_augment_fits(Augment{}, 1, 1));
+  const std::string m = test::usage_error_message([] { check_augment_fits(Augment{99, false}, 28, 28); });
+  EXPECT_NE(m.find("--augment crop:99: the padding P of crop:P should be from 1 to 14 (at most half of the 28x28 "
+                   "images), found 99"),
+            std::string::npos)
+      << m;
+  // Saved and read back; a checkpoint without the key (older than --augment) reads as none.
+  RunSpec s;
+  s.augment = {2, true};
+  std::map<std::string, std::string> kv;
+  for (const SpecSetting& x : spec_settings(s)) kv[x.key] = x.value;
+  EXPECT_EQ(kv["augment"], "crop:2,flip");
+  RunSpec r = spec_from_settings(kv, "f");
+  EXPECT_EQ(r.augment.pad, 2);
+  EXPECT_TRUE(r.augment.flip);
+  kv["augment"] = "crop:zero";
+  EXPECT_NE(test::usage_error_message([&] {
+              spec_from_settings(kv, "ck");
+            }).find("ck: the run's setting \"augment\" should be none, crop:P, flip or crop:P,flip"),
+            std::string::npos);
+  kv.erase("augment");
+  EXPECT_FALSE(spec_from_settings(kv, "f").augment.on());
+}
+
+// A run with --augment crop:2,flip trains (and learns the task), to other weights than without;
+// stopped mid-epoch and resumed it ends bitwise where the uninterrupted run does; a resume with
+// another --augment is refused; the same setting written another way is not a conflict; a pad
+// beyond half the 8x8 images is refused before training.
+TEST_F(TrainCpu, AugmentedRunDiffersResumesBitwiseAndKeepsItsSetting) {
+  std::string plain = test::fresh_dir("train_aug_plain"), full = test::fresh_dir("train_aug_full"),
+              part = test::fresh_dir("train_aug_part");
+  TrainConfig cp = config(data_, plain);
+  cp.opt.epochs = 2;
+  train(cp);
+  TrainConfig cf = cp;
+  cf.opt.out = full;
+  cf.opt.checkpoint_every = 5;
+  parse_augment("crop:2,flip", &cf.spec.augment);
+  ASSERT_EQ(train(cf), 0);
+  auto sf = summary(full);
+  EXPECT_EQ(sf["augment"], "crop:2,flip");
+  EXPECT_EQ(summary(plain)["augment"], "none");
+  EXPECT_NE(model_weights(full), model_weights(plain));
+  EXPECT_NE(sf["epochs"][0]["train_loss"].get<double>(), summary(plain)["epochs"][0]["train_loss"].get<double>());
+  EXPECT_LT(sf["epochs"][1]["train_loss"].get<double>(), 1.0);  // (3 classes: chance is ln 3 = 1.1)
+  EXPECT_EQ(read_checkpoint(full + "/checkpoint.safetensors").spec.augment.pad, 2);
+
+  TrainConfig cs = cf;
+  cs.opt.out = part;
+  EXPECT_THROW(train(cs, test::stop_after(24)), Error);  // epoch 2 (18 steps each), checkpoint at step 20
+  EXPECT_EQ(read_checkpoint(part + "/checkpoint.safetensors").global_step, 20);
+  TrainConfig other = config(data_, part);
+  other.opt.resume = part;
+  other.opt.epochs = 2;
+  other.opt.spec_flags_given = {"--augment"};
+  const std::string m = test::usage_error_message([&] { train(other); });  // (its augment: none)
+  EXPECT_NE(m.find("--augment none (the run's: crop:2,flip)"), std::string::npos) << m;
+  parse_augment("flip", &other.spec.augment);
+  EXPECT_NE(test::usage_error_message([&] { train(other); }).find("--augment flip (the run's: crop:2,flip)"),
+            std::string::npos);
+  parse_augment("flip,crop:2", &other.spec.augment);  // the same setting: the run continues
+  ASSERT_EQ(train(other), 0);
+  EXPECT_EQ(model_weights(full), model_weights(part));
+  EXPECT_EQ(summary(part)["augment"], "crop:2,flip");
+
+  TrainConfig wide = config(data_, test::fresh_dir("train_aug_wide"));
+  wide.spec.augment = {5, false};
+  const std::string w = test::usage_error_message([&] { train(wide); });
+  EXPECT_NE(w.find("--augment crop:5: the padding P of crop:P should be from 1 to 4 (at most half of the 8x8 images)"),
+            std::string::npos)
+      << w;
+  EXPECT_FALSE(file_exists(wide.opt.out + "/checkpoint.safetensors"));
 }
 
 TEST_F(TrainCpu, ModelFileHasTorchNamesAndMetadata) {

@@ -36,7 +36,7 @@ Runner add_train(CLI::App& app) {
   struct Opts {
     TrainConfig tc;
     std::string optimizer = "sgd", loss = "cross_entropy", cuda_graph = "off", fuse = "auto", seed = "1", class_names;
-    std::string lr_schedule = "constant";
+    std::string lr_schedule = "constant", augment = "none";
     int warmup_epochs = 0;
     double lr = 0.01, momentum = 0.9, wd = 0;
   };
@@ -70,6 +70,15 @@ Runner add_train(CLI::App& app) {
   train->add_option("--loss", o->loss, "cross_entropy, bce, mse, msle, l2, l1, mae, mape")->capture_default_str();
   train->add_option("--seed", o->seed, "random seed (init and data order), 0 to 2^64-1")->capture_default_str();
   train->add_option("--limit", spec.limit, "train on the first N training images (0: all)")->capture_default_str();
+  train
+      ->add_option("--augment", o->augment,
+                   "augment each training sample in the step's gather: crop:P pads the image with P black pixels "
+                   "on each side and crops a random window of the image's size (a shift of up to P pixels each "
+                   "way, P from 1 to half the image side), flip mirrors it left-right with probability 1/2, "
+                   "crop:P,flip does both (torchvision's RandomCrop(size, padding=P) then "
+                   "RandomHorizontalFlip()); none: off. Flips suit clothes (Fashion-MNIST: a mirrored shirt is a "
+                   "shirt) but not digits (MNIST: a mirrored 2 is not a 2); evaluation never augments")
+      ->capture_default_str();
   train->add_option("--class-names", o->class_names,
                     "the classes' names, comma-separated, in label order (default: Fashion-MNIST's when the data "
                     "is Fashion-MNIST, else 0, 1, ...)");
@@ -97,6 +106,7 @@ Runner add_train(CLI::App& app) {
       "  barecnn train --arch deep --optimizer adam --lr 0.001 --epochs 10 --out runs/deep\n"
       "  barecnn train --epochs 30 --lr 0.1 --lr-schedule step:15,25:0.1 --warmup-epochs 1\n"
       "  barecnn train --device cpu --limit 5000 --epochs 1 # a quick CPU run\n"
+      "  barecnn train --arch deep --epochs 20 --augment crop:2,flip # augmented Fashion-MNIST\n"
       "  barecnn train --arch \"conv(16,3,pad=1) relu maxpool(2) dense(10)\" --loss mse\n"
       "  barecnn train --resume runs/deep --epochs 20      # continue a run\n"
       "Ctrl-C (or SIGTERM) stops after the current step with a checkpoint there and prints the command\n"
@@ -130,6 +140,7 @@ Runner add_train(CLI::App& app) {
     tc.spec.optim.weight_decay = float(o->wd);
     tc.spec.loss = parse_loss(o->loss);
     parse_lr_schedule(o->lr_schedule, &tc.spec.optim.schedule);
+    parse_augment(o->augment, &tc.spec.augment);
     if (o->warmup_epochs < 0 || o->warmup_epochs >= tc.opt.epochs)
       throw UsageError(fmt("--warmup-epochs: expected a whole number of epochs from 0 to ", tc.opt.epochs - 1,
                            " (less than --epochs ", tc.opt.epochs, "), got ", o->warmup_epochs));

@@ -359,11 +359,14 @@ void begin_step(const Exec& ex, gpu::StepCounters* c, const OptimConfig& cfg, lo
 }
 
 void gather_normalize_batch(const Exec& ex, float* out, int32_t* out_labels, const uint8_t* images,
-                            const uint8_t* labels, const int32_t* perm, const gpu::StepCounters* c, int B, int P,
-                            float mean, float std) {
+                            const uint8_t* labels, const int32_t* perm, const gpu::StepCounters* c, int B, int H, int W,
+                            const Augment& aug, float mean, float std) {
   if (on_gpu(ex))
-    return gpu::gather_normalize_batch(out, out_labels, images, labels, perm, c, B, P, mean, std, ex.gpu->stream());
-  ref::gather_normalize(out, out_labels, images, labels, perm + c->batch * B, B, P, mean, std);
+    return gpu::gather_normalize_batch(out, out_labels, images, labels, perm, c, B, H, W, aug, mean, std,
+                                       ex.gpu->stream());
+  const int32_t* idx = perm + c->batch * B;
+  if (!aug.on()) return ref::gather_normalize(out, out_labels, images, labels, idx, B, H * W, mean, std);
+  ref::gather_normalize_augment(out, out_labels, images, labels, idx, B, H, W, mean, std, aug, c->seed, c->global_step);
 }
 
 void optimizer_step(const Exec& ex, float* param, const float* grad, float* m, float* v, size_t n,

@@ -1,6 +1,7 @@
 // The RunSpec table: one place that lists a run's settings with their keys, flags and text.
 #include "barecnn/run_spec.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -87,6 +88,64 @@ std::string lr_schedule_str(const LrSchedule& s) {
   return "?";
 }
 
+void parse_augment(const std::string& text, Augment* out) {
+  auto fail = [&](const std::string& what) {
+    return UsageError(
+        fmt("--augment: expected none, or crop:P (P a whole number of pixels >= 1), flip, or both "
+            "as crop:P,flip; ",
+            what, " in '", text, "'"));
+  };
+  if (text.empty()) throw fail("found nothing");
+  if (lower(text) == "none") {
+    *out = Augment{};
+    return;
+  }
+  Augment a;
+  bool crop = false;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const size_t colon = item.find(':');
+    const std::string name = lower(item.substr(0, colon));
+    if (item.empty()) throw fail("an empty item");
+    if (name == "flip") {
+      if (colon != std::string::npos) throw fail("flip takes no arguments, found '" + item + "'");
+      if (a.flip) throw fail("flip twice");
+      a.flip = true;
+    } else if (name == "crop") {
+      if (crop) throw fail("crop twice");
+      if (colon == std::string::npos) throw fail("crop needs its padding, as crop:P (e.g. crop:4)");
+      const std::string p = item.substr(colon + 1);
+      const long long v = whole(p);
+      if (v < 1) throw fail("the padding P of crop:P should be a whole number of pixels >= 1, found '" + p + "'");
+      a.pad = int(v);
+      crop = true;
+    } else if (name == "none") {
+      throw fail("none goes alone");
+    } else {
+      throw fail("unknown augmentation '" + item + "'");
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  *out = a;
+}
+
+std::string augment_str(const Augment& a) {
+  if (!a.on()) return "none";
+  std::string t = a.pad > 0 ? fmt("crop:", a.pad) : "";
+  if (a.flip) t += t.empty() ? "flip" : ",flip";
+  return t;
+}
+
+void check_augment_fits(const Augment& a, int rows, int cols) {
+  const int most = std::min(rows, cols) / 2;
+  if (a.pad > most)
+    throw UsageError(fmt("--augment ", augment_str(a), ": the padding P of crop:P should be from 1 to ", most,
+                         " (at most half of the ", rows, "x", cols, " images), found ", a.pad));
+}
+
 std::vector<SpecSetting> spec_settings(const RunSpec& s) {
   using K = SpecSetting;
   const bool adam = s.optim.kind == Optim::Adam;
@@ -105,6 +164,7 @@ std::vector<SpecSetting> spec_settings(const RunSpec& s) {
       {"loss", "--loss", loss_name(s.loss), K::Text},
       {"seed", "--seed", std::to_string(s.seed), K::Integer},
       {"limit", "--limit", std::to_string(s.limit), K::Integer},
+      {"augment", "--augment", augment_str(s.augment), K::Text},
   };
 }
 
@@ -164,6 +224,14 @@ RunSpec spec_from_settings(const std::map<std::string, std::string>& values, con
   s.seed = std::strtoull(seed.c_str(), &end, 10);
   if (seed.empty() || seed[0] == '-' || *end != '\0' || errno == ERANGE) throw bad("seed", "an integer >= 0");
   s.limit = integer("limit", 0);
+  // (checkpoints from before augmentation have no key: none)
+  if (values.count("augment")) {
+    try {
+      parse_augment(text("augment"), &s.augment);
+    } catch (const UsageError&) {
+      throw bad("augment", "none, crop:P, flip or crop:P,flip");
+    }
+  }
   return s;
 }
 

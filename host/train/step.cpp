@@ -1,6 +1,8 @@
 // The training step (include/barecnn/step.h): enqueue() is the whole step, top to bottom.
 #include "barecnn/step.h"
 
+#include <algorithm>
+
 #include "barecnn/error.h"
 #include "barecnn/nvtx.h"
 
@@ -8,12 +10,21 @@ namespace barecnn {
 
 TrainStep::TrainStep(const Net& net, const Exec& ex, const IdxImages& images, const std::vector<uint8_t>& labels,
                      const StepSettings& settings)
-    : net_(net), ex_(ex), settings_(settings), count_(images.count), P_(images.rows * images.cols), readback_(ex, 2) {
+    : net_(net),
+      ex_(ex),
+      settings_(settings),
+      count_(images.count),
+      H_(images.rows),
+      W_(images.cols),
+      P_(images.rows * images.cols),
+      readback_(ex, 2) {
   const int B = settings_.batch;
   BARECNN_ASSERT(B >= 1 && B <= count_, "batch ", B, " for ", count_, " images");
   BARECNN_ASSERT(size_t(P_) == dims_numel(net.input_dims()), "images of ", P_, " pixels for a net taking ",
                  dims_str(net.input_dims()));
   net.check_train_batch(B);
+  const Augment& a = settings_.augment;
+  BARECNN_ASSERT(a.pad >= 0 && 2 * a.pad <= std::min(H_, W_), "augment pad ", a.pad, " for images of ", H_, "x", W_);
   const Device d = ex_.device;
   const int n = int(net.num_params());
   for (Tensor* t : {&grads_, &m_, &v_}) t->reset({n}, d);
@@ -62,7 +73,7 @@ void TrainStep::enqueue() {
   const OptimConfig& opt = settings_.optim;
   op::begin_step(ex_, counters_.data(), opt, steps_per_epoch());
   op::gather_normalize_batch(ex_, st_.act[0].data(), labels_.data(), images_.data(), labels8_.data(), perm_.data(),
-                             counters_.data(), B, P_, settings_.mean, settings_.std);
+                             counters_.data(), B, H_, W_, settings_.augment, settings_.mean, settings_.std);
   net_.forward(st_, params_.data(), ex_, RunMode<float>::train(params_.data() + net_.num_params(), counters_.data()));
   op::loss_forward_backward(ex_, loss_.data(), st_.dact.back().data(), correct_.data(), st_.act.back().data(),
                             labels_.data(), B, K, settings_.loss, 1.f / B);

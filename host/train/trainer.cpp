@@ -115,6 +115,7 @@ class TrainingRun {
     if (opt_.data_dir.empty()) opt_.data_dir = default_data_dir();
     data_ = load_dataset(opt_.data_dir, spec_.limit);
     if (resuming) check_same_data(ck.meta.data, data_, opt_);
+    check_augment_fits(spec_.augment, data_.train.rows, data_.train.cols);
     const Dims input{1, data_.train.rows, data_.train.cols};
     net_ = std::make_unique<Net>(spec_.arch, input);
     net_->set_fusion(fuse_for(opt_.fuse, device));
@@ -184,6 +185,7 @@ class TrainingRun {
     ss.mean = meta_.mean;
     ss.std = meta_.std;
     ss.cuda_graph = opt_.cuda_graph;
+    ss.augment = spec_.augment;
     step_ = std::make_unique<TrainStep>(*net_, ctx_->exec(), data_.train, data_.train_labels, ss);
     step_->set_state(restart_.state);
     ckpt_path_ = path_join(opt_.out, "checkpoint.safetensors");
@@ -390,9 +392,9 @@ class TrainingRun {
                 data_.train.cols, data_.classes);
     std::printf("  normalize: (x/255 - %.4f) / %.4f\n", meta_.mean, meta_.std);
     std::printf("  net      : %s\n%s", net_->spec().c_str(), net_->summary().c_str());
-    std::printf("  training : %d epochs x %lld steps of batch %d, %s, loss %s, seed %llu\n", opt_.epochs,
+    std::printf("  training : %d epochs x %lld steps of batch %d, %s, loss %s, seed %llu, augment %s\n", opt_.epochs,
                 (long long)(data_.train.count / spec_.batch), spec_.batch, optim_str(spec_.optim).c_str(),
-                loss_name(spec_.loss).c_str(), (unsigned long long)spec_.seed);
+                loss_name(spec_.loss).c_str(), (unsigned long long)spec_.seed, augment_str(spec_.augment).c_str());
     if (device == Device::CUDA && opt_.threads > 0)
       std::printf("note: --threads applies to the CPU; this run trains on the GPU\n");
     if (device == Device::CUDA)

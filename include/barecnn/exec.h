@@ -146,9 +146,11 @@ void gather_normalize(const Exec& ex, float* out, int32_t* out_labels, const uin
 // batch c->batch of `perm`; the optimizer reads the step's learning rate (lr_at, optim.h) and
 // Adam's bias corrections from them, not cfg.lr.
 void begin_step(const Exec& ex, gpu::StepCounters* c, const OptimConfig& cfg, long long steps_per_epoch);
+// images (num_images, H, W); with aug on, each sample is cropped and flipped by the draws of the
+// counters' (seed, global_step) (ref::gather_normalize_augment); off: the plain gather.
 void gather_normalize_batch(const Exec& ex, float* out, int32_t* out_labels, const uint8_t* images,
-                            const uint8_t* labels, const int32_t* perm, const gpu::StepCounters* c, int B, int P,
-                            float mean, float std);
+                            const uint8_t* labels, const int32_t* perm, const gpu::StepCounters* c, int B, int H, int W,
+                            const Augment& aug, float mean, float std);
 void optimizer_step(const Exec& ex, float* param, const float* grad, float* m, float* v, size_t n,
                     const OptimConfig& cfg, const gpu::StepCounters* c);
 

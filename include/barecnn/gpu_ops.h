@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "barecnn/activation.h"
+#include "barecnn/augment.h"
 #include "barecnn/loss.h"
 #include "barecnn/optim.h"
 #include "barecnn/shape.h"
@@ -109,10 +110,12 @@ void dropout_backward(float* dx, const float* dy, long long n, float p, const St
 // One thread: batch = next_batch++, ++global_step, the bias corrections and the learning rate for
 // the new t (cfg and steps_per_epoch do not change between steps: a captured graph may hold them).
 void begin_step(StepCounters* c, const OptimConfig& cfg, long long steps_per_epoch, cudaStream_t stream);
-// gather_normalize of batch c->batch: idx = perm + c->batch * B.
+// gather_normalize of batch c->batch: idx = perm + c->batch * B; images (num_images, H, W). With
+// aug on, ref::gather_normalize_augment with the seed and step (global_step) read from c, so each
+// replay of a captured graph draws the transforms of its own step; off: gather_normalize itself.
 void gather_normalize_batch(float* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
-                            const int32_t* perm, const StepCounters* c, int B, int P, float mean, float std,
-                            cudaStream_t stream);
+                            const int32_t* perm, const StepCounters* c, int B, int H, int W, const Augment& aug,
+                            float mean, float std, cudaStream_t stream);
 // optimizer_step with the learning rate and Adam's bias corrections read from c (after begin_step);
 // cfg.lr is not used.
 void optimizer_step(float* param, const float* grad, float* m, float* v, size_t n, const OptimConfig& cfg,

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "barecnn/activation.h"
+#include "barecnn/augment.h"
 #include "barecnn/loss.h"
 #include "barecnn/optim.h"
 #include "barecnn/shape.h"
@@ -113,6 +114,13 @@ void optimizer_step(T* param, const T* grad, T* m, T* v, size_t n, const OptimCo
 template <typename T>
 void gather_normalize(T* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels, const int32_t* idx,
                       int B, int P, float mean, float std);
+// The training step's gather with augmentation (augment.h): out (B, H*W) as gather_normalize, with
+// sample b cropped and flipped by augment_draw(step_draw(seed, step, kDrawAugment, b), aug), where
+// step is the optimizer step in flight (StepCounters::global_step after begin_step).
+template <typename T>
+void gather_normalize_augment(T* out, int32_t* out_labels, const uint8_t* images, const uint8_t* labels,
+                              const int32_t* idx, int B, int H, int W, float mean, float std, const Augment& aug,
+                              uint64_t seed, long long step);
 
 }  // namespace ref
 

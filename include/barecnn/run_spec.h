@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "barecnn/augment.h"
 #include "barecnn/loss.h"
 #include "barecnn/optim.h"
 
@@ -21,6 +22,7 @@ struct RunSpec {
   Loss loss = Loss::SoftmaxCrossEntropy;
   uint64_t seed = 1;
   long long limit = 0;  // first N training images (0: all)
+  Augment augment;      // the training step's crop and flip (off: none)
 };
 
 // One setting of a RunSpec: its key in the checkpoint's metadata and in summary.json, the flag
@@ -45,6 +47,17 @@ RunSpec spec_from_settings(const std::map<std::string, std::string>& values, con
 void parse_lr_schedule(const std::string& text, LrSchedule* s);
 // The schedule as that text (the shortest that reads back; without the warmup).
 std::string lr_schedule_str(const LrSchedule& s);
+
+// --augment: "none", or a comma-separated list of "crop:P" (P a whole number >= 1: zero padding of
+// P pixels, then a random crop of the image's size) and "flip" (a random horizontal flip), each at
+// most once, in any order. Anything else is a UsageError naming the flag, what it expects and what
+// it found. Whether P fits the images (2P <= rows and cols) is checked once the data is loaded
+// (check_augment_fits).
+void parse_augment(const std::string& text, Augment* out);
+// The setting as canonical text that reads back to it: "none", "crop:P", "flip" or "crop:P,flip".
+std::string augment_str(const Augment& a);
+// A UsageError naming --augment unless the crop's padding is at most half the images' rows and cols.
+void check_augment_fits(const Augment& a, int rows, int cols);
 
 // How this process runs the training; nothing here changes a number of the result.
 struct RunOptions {

@@ -1,7 +1,8 @@
 // One training step, written once for both devices (host/train/step.cpp):
 //
 //   begin_step (the step counters: which batch, Adam's t)
-//   gather + normalize the batch of the epoch's permutation      (the data set is resident)
+//   gather + normalize the batch of the epoch's permutation      (the data set is resident;
+//     with settings.augment, each sample randomly cropped and flipped on the way)
 //   forward                                                      (Net, through exec.h)
 //   loss, d loss / d logits and correct counts, in one op
 //   metrics: the epoch's loss sum and correct count, on the device
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "barecnn/augment.h"
 #include "barecnn/exec.h"
 #include "barecnn/idx.h"
 #include "barecnn/loss.h"
@@ -31,6 +33,7 @@ struct StepSettings {
   OptimConfig optim;
   float mean = 0, std = 1;  // input normalization: (x/255 - mean) / std
   bool cuda_graph = false;  // replay the step as one captured CUDA Graph (where the device can)
+  Augment augment;          // crop and flip each sample in the gather (augment.h); off by default
 };
 
 // What the step trains, as the host sees it (checkpoints, the divergence replay).
@@ -80,7 +83,7 @@ class TrainStep {
   const Net& net_;
   Exec ex_;
   StepSettings settings_;
-  int count_ = 0, P_ = 0;
+  int count_ = 0, H_ = 0, W_ = 0, P_ = 0;
   NetState<float> st_;
   Tensor params_;                            // (state_size) the parameters, then the buffers
   Tensor grads_, m_, v_;                     // (num_params)

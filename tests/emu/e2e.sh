@@ -7,6 +7,9 @@
 #      tests (tests/test_gpu_train.cpp);
 #   3. eval and predict of the cuda model on --device cuda agree with --device cpu;
 #   4. 1 epoch, then --resume to 2 epochs, gives the uninterrupted model bitwise.
+#   5. --augment crop:2,flip: --cuda-graph on gives the eager run's model bitwise (each replay draws
+#      its own step's crops and flips), --device cpu the same weights within the tolerances of 2.,
+#      and the model differs from the unaugmented run's.
 # One line per check (PASS/FAIL and what differed), a summary; exit 1 if any check failed.
 #
 # Usage: tests/emu/e2e.sh <build-dir> [work-dir]   (work-dir default: <build-dir>/e2e)
@@ -51,7 +54,7 @@ LOGIT_ATOL=1e-5 LOGIT_RTOL=1e-4 LOSS_RTOL=1e-5
 mkdir -p "$WORK"
 WORK="$(cd "$WORK" && pwd)"
 # Only the folders this script writes; a stale model must never stand in for a failed run.
-for d in eager eager2 graph fuse cpu part eval predict logs data; do rm -rf "${WORK:?}/$d"; done
+for d in eager eager2 graph fuse cpu part aug-eager aug-graph aug-cpu eval predict logs data; do rm -rf "${WORK:?}/$d"; done
 mkdir -p "$WORK/logs" "$WORK/eval" "$WORK/predict"
 
 # The data the runs use: DATA itself, or its training files and its first TEST_IMAGES test images.
@@ -206,6 +209,31 @@ if need "model resumed = eager" eager resume; then
 fi
 if need "metrics resumed = eager" eager resume; then
   compare "metrics resumed = eager" metrics "$WORK/eager/summary.json" "$WORK/part/summary.json" 0 0
+fi
+
+# 5. Augmented: graph = eager bitwise, cpu ~ cuda, and not the unaugmented model.
+AUG=(--augment crop:2,flip)
+run aug-eager "$BIN" train --device cuda "${COMMON[@]}" --epochs 2 "${AUG[@]}" --cuda-graph off --out "$WORK/aug-eager"
+run aug-graph "$BIN" train --device cuda "${COMMON[@]}" --epochs 2 "${AUG[@]}" --cuda-graph on --out "$WORK/aug-graph"
+run aug-cpu "$BIN" train --device cpu "${COMMON[@]}" --epochs 2 "${AUG[@]}" --out "$WORK/aug-cpu"
+if need "augment in effect" aug-eager aug-graph aug-cpu eager &&
+   summary_has "augment in effect" aug-eager augment '"crop:2,flip"' &&
+   summary_has "augment in effect" aug-cpu augment '"crop:2,flip"' && summary_has "augment in effect" eager augment '"none"'; then
+  if cmp -s "$WORK/eager/model.safetensors" "$WORK/aug-eager/model.safetensors"; then
+    fail "augment in effect" "aug-eager's model is the unaugmented eager model"
+  else
+    pass "augment in effect" "summary.json: augment crop:2,flip; the model differs from eager's"
+  fi
+fi
+if need "augmented graph = eager" aug-eager aug-graph; then
+  same_file "augmented graph = eager" "$WORK/aug-eager/model.safetensors" "$WORK/aug-graph/model.safetensors"
+  compare "augmented metrics graph = eager" metrics "$WORK/aug-eager/summary.json" "$WORK/aug-graph/summary.json" 0 0
+fi
+if need "augmented cpu ~ cuda" aug-cpu aug-eager; then
+  compare "augmented weights cpu ~ cuda" weights "$WORK/aug-cpu/model.safetensors" "$WORK/aug-eager/model.safetensors" \
+    $TRAIN_ATOL $TRAIN_RTOL
+  compare "augmented metrics cpu ~ cuda" metrics "$WORK/aug-cpu/summary.json" "$WORK/aug-eager/summary.json" \
+    $TRAIN_ATOL $TRAIN_RTOL
 fi
 
 echo "e2e: $PASSED passed, ${#FAILED[@]} failed, $((SECONDS - START)) s; logs and outputs in $WORK"
