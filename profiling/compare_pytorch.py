@@ -7,11 +7,19 @@ accuracy (mean and standard deviation over the seeds) and peak memory.
         --limit 12000 --threads 2 --seeds 1,2 --json /tmp/torch-cpu-paper.json
     python3 profiling/compare_pytorch.py --device cuda --mode compile --arch deep --epochs 3 \
         --seeds 1,2,3 --data data-local/fashion-mnist --json torch-deep-compile.json
+    python3 profiling/compare_pytorch.py --device cuda --epochs 5 --seeds 1,2,3 --lr 0.05 \
+        --arch "conv(32,3,pad=1) batchnorm relu maxpool(2) dropout(0.25) dense(128) relu dense(10)" \
+        --weight-decay 5e-4 --lr-schedule cosine --warmup-epochs 1 --augment crop:2,flip --json torch-bn.json
 
 What is the same as `barecnn train`:
   - the net: torch.nn.Sequential with the layers of the barecnn arch spec (presets paper, lenet5,
     deep, or any spec of the grammar in DESIGN.md), a Flatten before the first dense layer that
-    follows a 4-D tensor, softmax cross-entropy on the logits;
+    follows a 4-D tensor, softmax cross-entropy on the logits; `batchnorm` is nn.BatchNorm2d after a
+    4-D tensor and nn.BatchNorm1d after a flat one (momentum 0.1, eps 1e-5, weight 1, bias 0, as
+    barecnn's), `dropout(p)` is nn.Dropout(p) (p 0.5 by default); training runs in model.train()
+    (batch statistics, dropout on), the test evaluation in model.eval() (running statistics, no
+    dropout). Dropout's masks come from torch's generator (seeded with the run's seed), not
+    barecnn's counter hash: the same distribution, other draws;
   - the initialization (--init barecnn, the default): He normal before ReLU-like nonlinearities,
     Xavier uniform otherwise, zero biases (docs/MATH.md); the numbers come from torch's generator,
     so only the distributions are the same. --init torch keeps PyTorch's default init;
@@ -20,7 +28,24 @@ What is the same as `barecnn train`:
     as (x/255 - mean)/std with the mean/std of the training images used, one batch at a time from
     a uint8 copy, as barecnn's gather_normalize does;
   - the schedule: a new permutation each epoch, batches of --batch, drop_last (barecnn's epoch has
-    floor(n/batch) steps); SGD (momentum 0.9, lr 0.01) or Adam, float32;
+    floor(n/batch) steps); SGD (momentum 0.9, lr 0.01) or Adam, float32; --weight-decay W is
+    torch.optim's weight_decay (W * theta added to every parameter's gradient, biases and
+    batchnorm's weight and bias included, as barecnn's; not AdamW's decoupled decay);
+  - the rate of every step (--lr-schedule constant|step:E1,E2,...:GAMMA|cosine[:E],
+    --warmup-epochs N): lr_at() below is barecnn's lr_at (include/barecnn/optim.h, docs/MATH.md
+    "Learning-rate schedules") line for line, in double from the float32 --lr and GAMMA, rounded
+    to float32 once, with the same floor(n/batch) steps per epoch; it is written into the
+    optimizer's param groups before every step (no torch lr_scheduler). `cosine` anneals over
+    --epochs and is recorded as cosine:EPOCHS; --warmup-epochs must be less than --epochs and a
+    cosine:E must cover --epochs, as barecnn refuses otherwise. The constant schedule without
+    warmup trains at --lr itself, as before these flags;
+  - the augmentation (--augment none|crop:P|flip|crop:P,flip): torchvision's
+    RandomCrop((H, W), padding=P) then RandomHorizontalFlip() per sample, on the raw uint8 pixels
+    before the normalization (so a padding pixel becomes (0 - mean)/std, like barecnn's), with
+    plain tensor indexing (no torchvision). The shifts dy, dx (uniform in -P..P) and the flips
+    (probability 1/2) of a whole epoch are drawn at its start, before the clock, from a CPU
+    torch.Generator seeded with seed + 1000003 (not the permutation's generator, so the batches
+    are those of --augment none): barecnn's distribution, not its draws. Evaluation never augments;
   - on CUDA the whole data set stays on the GPU (uint8), indexed by the epoch's permutation, and
     the loss/accuracy sums stay on the device until the end of the epoch (no host sync inside).
 
@@ -46,9 +71,13 @@ JSON (--json FILE; field names are stable, schema_version 1):
   arch (as given: preset name or spec), spec (the arch spec), batch, epochs (count), seeds [..],
   optimizer, lr, momentum (null for adam), init ("barecnn": barecnn's He/Xavier init with zero
   biases, the default; "torch": PyTorch's own), limit, train_images, steps_per_epoch, images_per_epoch,
+  weight_decay (0 when off), lr_schedule (the --lr-schedule text as barecnn's summary.json writes it:
+  "constant", "step:E1,...:GAMMA", "cosine:E" with its epochs), warmup_epochs (0 when off),
+  augment (the --augment text, "none" when off),
   tf32_matmul, tf32_cudnn, float32_matmul_precision, cudnn_benchmark (null where not applicable),
   runs: one per seed, each {seed, epochs: [{epoch, seconds, images_per_second, train_loss,
-        train_accuracy, test_accuracy}], epoch_seconds [..], fastest_epoch_seconds,
+        train_accuracy, test_accuracy, lr (the rate of the epoch's last step, as barecnn's
+        "lr")}], epoch_seconds [..], fastest_epoch_seconds,
         images_per_second (at the fastest epoch), test_accuracy (after the last epoch),
         peak_memory_bytes (of that run), peak_train_memory_bytes (CUDA: the training steps only,
         without the test-set evaluation at batch 1000; else null)},
@@ -192,9 +221,13 @@ def build_net(spec, in_shape, nn):
             mods.append(nn.Softplus())
         elif name == "identity":
             mods.append(nn.Identity())
+        elif name == "batchnorm":  # per channel after an image, per feature after a vector
+            mods.append(nn.BatchNorm2d(c) if flat is None else nn.BatchNorm1d(flat))
+        elif name == "dropout":
+            mods.append(nn.Dropout(pos[0] if pos else 0.5))
         else:
-            fail(f"--arch: layer '{name}' has no PyTorch equivalent here "
-                 f"(conv, maxpool, avgpool, l2pool, flatten, dense, relu, tanh, sigmoid, leaky_relu, elu, softplus, identity)")
+            fail(f"--arch: layer '{name}' has no PyTorch equivalent here (conv, maxpool, avgpool, l2pool, flatten, "
+                 f"dense, relu, tanh, sigmoid, leaky_relu, elu, softplus, identity, batchnorm, dropout)")
     return nn.Sequential(*mods)
 
 
@@ -202,7 +235,9 @@ def init_like_barecnn(model, torch, nn):
     """barecnn's initialization (docs/MATH.md, Net::init_params) in place: the weights of a conv or
     dense layer whose next nonlinearity is ReLU, leaky ReLU or ELU are He normal N(0, 2/fan_in),
     others Xavier uniform U(-a, a), a = sqrt(6/(fan_in + fan_out)); biases 0. Drawn from torch's
-    generator (so not barecnn's numbers, only its distributions)."""
+    generator (so not barecnn's numbers, only its distributions). A batchnorm or dropout between
+    the layer and its nonlinearity is looked past (neither is one); batchnorm keeps torch's weight 1
+    and bias 0, which are barecnn's."""
     mods = list(model)
     acts = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Identity)
     with torch.no_grad():
@@ -220,6 +255,161 @@ def init_like_barecnn(model, torch, nn):
                 m.weight.uniform_(-a, a)
             if m.bias is not None:
                 m.bias.zero_()
+
+
+# ---- rate schedule and augmentation ------------------------------------------------------------
+
+def f32(x):
+    """x rounded to float32 (as a Python float)."""
+    return float(np.float32(x))
+
+
+def parse_lr_schedule(text, epochs):
+    """{"kind": "constant"|"step"|"cosine", "milestones": [..], "gamma": float32, "epochs": E} of an
+    --lr-schedule text, with barecnn's rules (host/train/run_spec.cpp parse_lr_schedule; a bare
+    cosine takes E = epochs)."""
+    forms = "constant, step:E1,E2,...:GAMMA (e.g. step:30,60:0.1) or cosine[:E]"
+
+    def bad(what):
+        fail(f"--lr-schedule: expected {forms}; {what} in '{text}'")
+
+    def whole(t):
+        return int(t) if re.fullmatch(r"[0-9]{1,9}", t) and int(t) >= 1 else -1
+
+    name, colon, rest = text.partition(":")
+    name = name.lower()
+    if name == "constant":
+        if colon:
+            bad(f"constant takes no arguments, found ':{rest}'")
+        return {"kind": "constant", "milestones": [], "gamma": f32(0.1), "epochs": 0}
+    if name == "cosine":
+        e = epochs
+        if colon:
+            e = whole(rest)
+            if e < 1:
+                bad(f"cosine:E takes a whole number of epochs >= 1, found '{rest}'")
+        return {"kind": "cosine", "milestones": [], "gamma": f32(0.1), "epochs": e}
+    if name == "step":
+        if ":" not in rest:
+            bad("step needs its milestones and GAMMA, as step:E1,E2,...:GAMMA")
+        lst, _, g = rest.partition(":")
+        if not lst:
+            bad(f"no milestone epochs before ':{g}'")
+        ms = []
+        for m in lst.split(","):
+            e = whole(m)
+            if e < 1:
+                bad(f"a milestone should be a whole number of epochs >= 1, found '{m}'")
+            if ms and e <= ms[-1]:
+                bad(f"the milestones should increase, found {e} after {ms[-1]}")
+            if len(ms) == 16:
+                bad("at most 16 milestones")
+            ms.append(e)
+        try:
+            gamma = f32(float(g))
+        except ValueError:
+            gamma = float("nan")
+        if not (math.isfinite(gamma) and gamma > 0):
+            bad(f"GAMMA should be a number > 0, found '{g}'")
+        return {"kind": "step", "milestones": ms, "gamma": gamma, "epochs": 0}
+    bad(f"unknown schedule '{name}'")
+
+
+def lr_schedule_str(sched):
+    """The schedule's text as barecnn's lr_schedule_str writes it (summary.json "lr_schedule")."""
+    if sched["kind"] == "step":
+        g = sched["gamma"]
+        for prec in range(1, 10):  # barecnn's shortest_float: the first %.*g that reads back as the float32
+            text = "%.*g" % (prec, g)
+            if f32(float(text)) == g:
+                break
+        return "step:" + ",".join(str(m) for m in sched["milestones"]) + ":" + text
+    if sched["kind"] == "cosine":
+        return f"cosine:{sched['epochs']}"
+    return "constant"
+
+
+def lr_at(lr, sched, warmup_epochs, t, spe):
+    """barecnn's lr_at (include/barecnn/optim.h): the rate of optimizer step t (1-based) with spe
+    steps per epoch, in double from the float32 base rate, rounded to float32 once. The constant
+    schedule without warmup is the base rate itself (here the --lr as given)."""
+    if sched["kind"] == "constant" and warmup_epochs <= 0:
+        return lr
+    spe = max(spe, 1)
+    i = t - 1 if t > 0 else 0
+    W = max(warmup_epochs, 0) * spe
+    r = f32(lr)
+    if sched["kind"] == "step":
+        done = i // spe  # epochs done before step t
+        for m in sched["milestones"]:
+            if m <= done:
+                r *= sched["gamma"]
+    elif sched["kind"] == "cosine":
+        S = sched["epochs"] * spe - W
+        k = i - W if i > W else 0
+        r = 0.0 if k >= S else r * (1.0 + math.cos(3.14159265358979323846 * k / S)) * 0.5
+    if i < W:
+        r = r * (i + 1) / W
+    return f32(r)
+
+
+def parse_augment(text):
+    """(pad, flip) of an --augment text, with barecnn's rules (run_spec.cpp parse_augment)."""
+    def bad(what):
+        fail(f"--augment: expected none, or crop:P (P a whole number of pixels >= 1), flip, or both as "
+             f"crop:P,flip; {what} in '{text}'")
+
+    if not text:
+        bad("found nothing")
+    if text.lower() == "none":
+        return 0, False
+    pad, flip = 0, False
+    for item in text.split(","):
+        name, colon, arg = item.partition(":")
+        name = name.lower()
+        if not item:
+            bad("an empty item")
+        if name == "flip":
+            if colon:
+                bad(f"flip takes no arguments, found '{item}'")
+            if flip:
+                bad("flip twice")
+            flip = True
+        elif name == "crop":
+            if pad:
+                bad("crop twice")
+            if not colon:
+                bad("crop needs its padding, as crop:P (e.g. crop:4)")
+            if not re.fullmatch(r"[0-9]{1,9}", arg) or int(arg) < 1:
+                bad(f"the padding P of crop:P should be a whole number of pixels >= 1, found '{arg}'")
+            pad = int(arg)
+        elif name == "none":
+            bad("none goes alone")
+        else:
+            bad(f"unknown augmentation '{item}'")
+    return pad, flip
+
+
+def augment_str(pad, flip):
+    """The --augment text as barecnn's summary.json writes it."""
+    parts = ([f"crop:{pad}"] if pad else []) + (["flip"] if flip else [])
+    return ",".join(parts) or "none"
+
+
+def augment_batch(xb, off_y, off_x, flips, pad, torch):
+    """RandomCrop((H, W), padding=pad) then RandomHorizontalFlip() of a uint8 batch (N, C, H, W):
+    sample j's output pixel (y, x) is the zero-padded input's (off_y[j] + y, off_x[j] + x'), with
+    x' = W - 1 - x where flips[j] else x, and off = pad + d for a shift d in -pad..pad (docs/MATH.md
+    "Data augmentation"). off_y, off_x (int64) and flips (bool) are (N,) tensors on xb's device."""
+    N, C, H, W = xb.shape
+    src = torch.nn.functional.pad(xb, (pad, pad, pad, pad)) if pad else xb  # zeros: raw black pixels
+    ys = torch.arange(H, device=xb.device)
+    xs = torch.arange(W, device=xb.device)
+    xs = torch.where(flips[:, None], xs.flip(0)[None, :], xs[None, :])  # (N, W)
+    rows = (off_y[:, None] + ys[None, :])[:, :, None]  # (N, H, 1)
+    cols = (off_x[:, None] + xs)[:, None, :]  # (N, 1, W)
+    n = torch.arange(N, device=xb.device)[:, None, None]
+    return src[n, :, rows, cols].permute(0, 3, 1, 2).contiguous()  # advanced indices first: (N, H, W, C)
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -272,6 +462,14 @@ def main():
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    ap.add_argument("--weight-decay", type=float, default=0.0,
+                    help="L2 weight decay added to the gradient (torch.optim's weight_decay, as barecnn's)")
+    ap.add_argument("--lr-schedule", default="constant",
+                    help="constant (default), step:E1,E2,...:GAMMA or cosine[:E]: barecnn's per-step rates")
+    ap.add_argument("--warmup-epochs", type=int, default=0,
+                    help="linear warmup of the rate over the first N epochs, per step (0 to --epochs - 1)")
+    ap.add_argument("--augment", default="none",
+                    help="none (default), crop:P, flip or crop:P,flip: RandomCrop(padding=P), RandomHorizontalFlip")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     ap.add_argument("--limit", type=int, default=0, help="train on the first N training images")
     ap.add_argument("--seeds", help="comma-separated seeds, one run each (default: 1)")
@@ -288,6 +486,17 @@ def main():
     if a.seeds is not None and a.seed is not None:
         fail("--seed and --seeds: give one of them")
     seeds = parse_seeds(a.seeds) if a.seeds is not None else [a.seed if a.seed is not None else 1]
+    if not (a.weight_decay >= 0 and math.isfinite(a.weight_decay)):
+        fail(f"--weight-decay must be a finite number >= 0, got {a.weight_decay}")
+    sched = parse_lr_schedule(a.lr_schedule, a.epochs)
+    if a.warmup_epochs < 0 or a.warmup_epochs >= a.epochs:
+        fail(f"--warmup-epochs: expected a whole number of epochs from 0 to {a.epochs - 1} "
+             f"(less than --epochs {a.epochs}), got {a.warmup_epochs}")
+    if sched["kind"] == "cosine" and a.epochs > sched["epochs"]:
+        fail(f"--epochs {a.epochs}: the rate schedule {lr_schedule_str(sched)} reaches 0 after epoch "
+             f"{sched['epochs']}; train at most {sched['epochs']} epochs, or give --lr-schedule cosine:{a.epochs}")
+    aug_pad, aug_flip = parse_augment(a.augment)
+    augmenting = aug_pad > 0 or aug_flip
 
     try:
         import torch
@@ -335,6 +544,9 @@ def main():
     TY = torch.from_numpy(te_y.astype(np.int64)).to(dev)  # (10000,)
     dataset_bytes = sum(t.numel() * t.element_size() for t in (X, Y, TX, TY))
     in_shape = (1, tr_x.shape[1], tr_x.shape[2])
+    if aug_pad > min(in_shape[1], in_shape[2]) // 2:
+        fail(f"--augment crop:{aug_pad}: the padding must be at most {min(in_shape[1], in_shape[2]) // 2} "
+             f"(half the shorter side of the {in_shape[1]}x{in_shape[2]} images)")
 
     def norm(xb):
         return (xb.float() / 255.0 - mean) / std
@@ -366,6 +578,9 @@ def main():
     print(f"pytorch {torch.__version__} on {a.device} ({a.mode}, {threads} threads), arch {a.arch}: {spec}")
     print(f"  {n} training images, batch {B}, {steps} steps/epoch, {a.optimizer} lr {a.lr}"
           + (f" momentum {a.momentum}" if a.optimizer == "sgd" else "") + f", seeds {seeds}")
+    print(f"  weight decay {a.weight_decay}, lr schedule {lr_schedule_str(sched)}"
+          + (f" after {a.warmup_epochs} warmup epoch{'s' if a.warmup_epochs != 1 else ''}" if a.warmup_epochs else "")
+          + f", augment {augment_str(aug_pad, aug_flip)}")
     if dev.type == "cuda":
         print(f"  {torch.cuda.get_device_name(0)}; TF32 matmul {tf32_matmul}, TF32 cuDNN {tf32_cudnn}, "
               f"cudnn.benchmark {torch.backends.cudnn.benchmark}")
@@ -380,20 +595,31 @@ def main():
         fresh = build_net(spec, in_shape, nn)
         if a.init == "barecnn":
             init_like_barecnn(fresh, torch, nn)
-        with torch.no_grad():
-            for p, q in zip(model.parameters(), fresh.parameters()):
+        with torch.no_grad():  # the parameters and batchnorm's running statistics and count
+            for p, q in zip(list(model.parameters()) + list(model.buffers()),
+                            list(fresh.parameters()) + list(fresh.buffers())):
                 p.copy_(q)
         del fresh
         if a.optimizer == "sgd":
-            opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=a.momentum)
+            opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
         else:
-            opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+            opt = torch.optim.Adam(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
         gen = torch.Generator(device="cpu")
         gen.manual_seed(seed)
+        aug_gen = torch.Generator(device="cpu")
+        aug_gen.manual_seed(seed + 1000003)
+        t = 0  # optimizer steps done in this run
         epochs = []
         train_peak = eval_peak = 0  # CUDA: the peaks of the training steps and of the evaluations
         for epoch in range(1, a.epochs + 1):
             perm = torch.randperm(n, generator=gen).to(dev)  # the copy happens before the clock starts
+            if augmenting:  # the epoch's transforms, drawn and copied before the clock too
+                m = steps * B
+                zero = torch.full((m,), aug_pad, dtype=torch.int64)
+                off_y = torch.randint(0, 2 * aug_pad + 1, (m,), generator=aug_gen).to(dev) if aug_pad else zero.to(dev)
+                off_x = torch.randint(0, 2 * aug_pad + 1, (m,), generator=aug_gen).to(dev) if aug_pad else zero.to(dev)
+                flips = (torch.randint(0, 2, (m,), generator=aug_gen) == 1).to(dev) if aug_flip \
+                    else torch.zeros(m, dtype=torch.bool, device=dev)
             loss_sum = torch.zeros((), device=dev)
             correct = torch.zeros((), dtype=torch.int64, device=dev)
             sync()
@@ -402,7 +628,15 @@ def main():
             t0 = time.perf_counter()
             for s in range(steps):
                 idx = perm[s * B:(s + 1) * B]
-                xb, yb = norm(X[idx]), Y[idx]
+                xb, yb = X[idx], Y[idx]
+                if augmenting:
+                    part = slice(s * B, (s + 1) * B)
+                    xb = augment_batch(xb, off_y[part], off_x[part], flips[part], aug_pad, torch)
+                xb = norm(xb)
+                t += 1
+                rate = lr_at(a.lr, sched, a.warmup_epochs, t, steps)
+                for group in opt.param_groups:
+                    group["lr"] = rate
                 if mark_step is not None:
                     mark_step()
                 logits = fwd(xb)
@@ -424,11 +658,11 @@ def main():
                 reserved_peak = max(reserved_peak, int(torch.cuda.max_memory_reserved()))
             e = {"epoch": epoch, "seconds": secs, "images_per_second": steps * B / secs,
                  "train_loss": loss_sum.item() / steps, "train_accuracy": correct.item() / (steps * B),
-                 "test_accuracy": test_accuracy}
+                 "test_accuracy": test_accuracy, "lr": rate}
             epochs.append(e)
             print(f"  seed {seed} epoch {epoch}: {secs:.2f} s, {e['images_per_second']:.0f} img/s, "
                   f"train loss {e['train_loss']:.4f}, train acc {e['train_accuracy']:.4f}, "
-                  f"test acc {e['test_accuracy']:.4f}")
+                  f"test acc {e['test_accuracy']:.4f}, lr {rate:.6g}")
         if dev.type == "cuda":
             peak = max(train_peak, eval_peak)
         else:
@@ -461,6 +695,8 @@ def main():
         "arch": a.arch, "spec": spec, "batch": B, "epochs": a.epochs, "seeds": seeds,
         "optimizer": a.optimizer, "lr": a.lr, "momentum": a.momentum if a.optimizer == "sgd" else None,
         "init": a.init, "limit": a.limit, "train_images": n, "steps_per_epoch": steps, "images_per_epoch": steps * B,
+        "weight_decay": a.weight_decay, "lr_schedule": lr_schedule_str(sched), "warmup_epochs": a.warmup_epochs,
+        "augment": augment_str(aug_pad, aug_flip),
         "tf32_matmul": tf32_matmul, "tf32_cudnn": tf32_cudnn, "float32_matmul_precision": f32_precision,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if dev.type == "cuda" else None,
         "runs": runs,
