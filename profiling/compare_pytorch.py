@@ -13,7 +13,7 @@ accuracy (mean and standard deviation over the seeds) and peak memory.
 
 What is the same as `barecnn train`:
   - the net: torch.nn.Sequential with the layers of the barecnn arch spec (presets paper, lenet5,
-    deep, or any spec of the grammar in DESIGN.md), a Flatten before the first dense layer that
+    deep, fashion, or any spec of the grammar in DESIGN.md), a Flatten before the first dense layer that
     follows a 4-D tensor, softmax cross-entropy on the logits; `batchnorm` is nn.BatchNorm2d after a
     4-D tensor and nn.BatchNorm1d after a flat one (momentum 0.1, eps 1e-5, weight 1, bias 0, as
     barecnn's), `dropout(p)` is nn.Dropout(p) (p 0.5 by default); training runs in model.train()
@@ -117,6 +117,9 @@ PRESETS = {
     "lenet5": "conv(6,5,pad=2) tanh avgpool(2) conv(16,5) tanh avgpool(2) dense(120) tanh dense(84) tanh dense(10)",
     "deep": "conv(32,3,pad=1) relu conv(32,3,pad=1) relu maxpool(2) conv(64,3,pad=1) relu conv(64,3,pad=1) relu "
             "maxpool(2) dense(256) relu dense(10)",
+    "fashion": "conv(32,3,pad=1) batchnorm relu conv(32,3,pad=1) batchnorm relu maxpool(2) dropout(0.25) "
+               "conv(64,3,pad=1) batchnorm relu conv(64,3,pad=1) batchnorm relu maxpool(2) dropout(0.25) "
+               "dense(256) batchnorm relu dropout(0.5) dense(10)",
 }
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 
@@ -456,7 +459,8 @@ def main():
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--mode", choices=["eager", "compile"], default="eager",
                     help='eager, or torch.compile(mode="reduce-overhead") (PyTorch >= 2)')
-    ap.add_argument("--arch", default="paper", help="preset (paper, lenet5, deep) or an arch spec")
+    ap.add_argument("--arch", default="paper", help="preset (paper, lenet5, deep, fashion) or an arch spec; "
+                    "fashion's training recipe is not applied here: pass its flags")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.01)

@@ -56,6 +56,30 @@ TEST(Arch, LeNetAndDeepPresetsBuild) {
   EXPECT_EQ(deep.layer(9).out_dims(), (Dims{64, 7, 7}));
 }
 
+TEST(Arch, FashionPresetIsDeepWithBatchNormAndDropoutAndBringsItsRecipe) {
+  Net f("Fashion", {1, 28, 28});  // (any case)
+  EXPECT_EQ(f.num_outputs(), 10);
+  EXPECT_EQ(f.layer(14).out_dims(), (Dims{64, 7, 7}));
+  EXPECT_EQ(f.layer(17).spec(), "dense(256)");
+  // deep's parameters, plus each batchnorm's weight and bias (32 + 32 + 64 + 64 + 256 channels);
+  // the buffers are running mean and variance per channel and one count per batchnorm.
+  Net deep("deep", {1, 28, 28});
+  EXPECT_EQ(f.num_params(), deep.num_params() + 2 * (32 + 32 + 64 + 64 + 256));
+  EXPECT_EQ(f.num_buffers(), size_t(2 * (32 + 32 + 64 + 64 + 256) + 5));
+  int dropouts = 0;
+  for (int i = 0; i < f.num_layers(); ++i) dropouts += f.layer(i).spec().rfind("dropout(", 0) == 0;
+  EXPECT_EQ(dropouts, 3);
+  // The recipe: the flags of profiling/RESULTS.md's 94% run; none for the other presets.
+  auto recipe = preset_recipe("FASHION");
+  std::string text;
+  for (auto& [flag, value] : recipe) text += " " + flag + " " + value;
+  EXPECT_EQ(text,
+            " --epochs 30 --batch 64 --optimizer sgd --lr 0.05 --momentum 0.9 --weight-decay 5e-4 --lr-schedule "
+            "cosine --warmup-epochs 1 --augment crop:2,flip");
+  for (const char* p : {"paper", "lenet5", "deep", "conv(4,3) dense(10)"}) EXPECT_TRUE(preset_recipe(p).empty()) << p;
+  EXPECT_EQ(preset_names(), "paper, lenet5, deep, fashion");
+}
+
 TEST(Arch, ExplicitFlattenIsNotDoubled) {
   Net a("conv(2,3) flatten dense(4)", {1, 5, 5});
   Net b("conv(2,3) dense(4)", {1, 5, 5});

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "barecnn/arch.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/idx.h"
 #include "barecnn/safetensors.h"
@@ -206,6 +207,7 @@ TEST_F(Cli, InfoAndHelp) {
   EXPECT_EQ(r.rc, 0);
   EXPECT_NE(r.out.find("CUDA architectures compiled in"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("paper"), std::string::npos);
+  EXPECT_NE(r.out.find("train --arch fashion brings its recipe: --epochs 30 "), std::string::npos) << r.out;
   if (gpu_status().emulated) {  // the CUDA emulator build says so, and that its timings mean nothing
     EXPECT_NE(r.out.find("GPU 0: barecnn CUDA emulator, compute capability 9.0"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("through the CUDA emulator in tests/emu"), std::string::npos) << r.out;
@@ -332,6 +334,65 @@ TEST_F(Cli, AugmentedRunNamesItsSettingAndTrainsOtherWeights) {
   // The resume of another setting is refused, naming the flag and both values.
   EXPECT_FAILS_WITH(run("train --device cpu --epochs 3 --resume " + out + " --augment crop:1,flip"), 2,
                     "--augment crop:1,flip (the run's: crop:2,flip)");
+}
+
+TEST_F(Cli, FashionPresetTrainsWithItsRecipeWhereTheCommandLineIsSilent) {
+  // Each recipe flag is one of train's own (a renamed flag would break the recipe).
+  Result h = run("train --help");
+  for (auto& [flag, value] : preset_recipe("fashion"))
+    EXPECT_NE(h.out.find("  " + flag + " "), std::string::npos) << flag << " is not in:\n" << h.out;
+  // The preset ends with dense(10): 8x8 images of 10 classes.
+  const std::string data10 = test::fresh_dir("cli_fashion_data");
+  for (const char* part : {"train", "t10k"}) {
+    IdxImages im;
+    std::vector<uint8_t> labels;
+    test::make_bars(&im, &labels, 100, 7);
+    for (size_t i = 0; i < labels.size(); ++i) labels[i] = uint8_t(i % 10);
+    const std::string prefix = data10 + "/" + part;
+    write_idx_images(prefix + "-images-idx3-ubyte", im, false);
+    write_idx_labels(prefix + "-labels-idx1-ubyte", labels, false);
+  }
+  // The recipe, but 2 epochs (the cosine spans them; the 1-epoch warmup stays).
+  const std::string out = test::fresh_dir("cli_fashion");
+  Result r = run("train --device cpu --quiet --arch fashion --epochs 2 --data " + data10 + " --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("recipe: --arch fashion trains with --batch 64 --optimizer sgd --lr 0.05"), std::string::npos)
+      << r.out;
+  auto s = nlohmann::json::parse(read_file(out + "/summary.json", "summary"));
+  EXPECT_EQ(s["batch"], 64);
+  EXPECT_EQ(s["optimizer"], "sgd");
+  EXPECT_FLOAT_EQ(s["lr"].get<float>(), 0.05f);
+  EXPECT_FLOAT_EQ(s["momentum"].get<float>(), 0.9f);
+  EXPECT_FLOAT_EQ(s["weight_decay"].get<float>(), 5e-4f);
+  EXPECT_EQ(s["lr_schedule"], "cosine:2");
+  EXPECT_EQ(s["warmup_epochs"], 1);
+  EXPECT_EQ(s["augment"], "crop:2,flip");
+  EXPECT_EQ(s["epochs_asked"], 2);
+  // A flag given replaces the recipe's value; another optimizer keeps its own rate and momentum;
+  // one epoch has no room for the warmup, and the message says so.
+  const std::string out2 = test::fresh_dir("cli_fashion_own");
+  Result o =
+      run("train --device cpu --quiet --arch fashion --epochs 1 --limit 96 --batch 32 --optimizer adam "
+          "--augment none --data " +
+          data10 + " --out " + out2);
+  ASSERT_EQ(o.rc, 0) << o.out;
+  EXPECT_NE(o.out.find("(no warmup: it needs --epochs 2 or more)"), std::string::npos) << o.out;
+  EXPECT_EQ(o.out.find("--lr 0.05"), std::string::npos) << o.out;
+  auto s2 = nlohmann::json::parse(read_file(out2 + "/summary.json", "summary"));
+  EXPECT_EQ(s2["batch"], 32);
+  EXPECT_EQ(s2["optimizer"], "adam");
+  EXPECT_FLOAT_EQ(s2["lr"].get<float>(), 0.001f);
+  EXPECT_EQ(s2["augment"], "none");
+  EXPECT_EQ(s2["warmup_epochs"], 0);
+  EXPECT_EQ(s2["lr_schedule"], "cosine:1");
+  // Any other arch has no recipe: train's own defaults.
+  Result p = run("train --device cpu --quiet --epochs 1 --limit 64 --data " + data_ + " --arch " + kArch + " --out " +
+                 test::fresh_dir("cli_fashion_none"));
+  ASSERT_EQ(p.rc, 0) << p.out;
+  EXPECT_EQ(p.out.find("recipe:"), std::string::npos) << p.out;
+  EXPECT_NE(p.out.find("sgd (lr 0.01, momentum 0.9, weight decay 0), loss cross_entropy, seed 1, augment none"),
+            std::string::npos)
+      << p.out;
 }
 
 TEST_F(Cli, TheDeviceLineSaysWhyInOneParenthesis) {

@@ -39,7 +39,13 @@ int cmd_info() {
                   ? "present"
                   : "missing: sudo apt-get install dataset-fashion-mnist");
   std::printf("  presets:\n");
-  for (auto& [name, spec] : presets()) std::printf("    %-7s %s\n", name.c_str(), spec.c_str());
+  for (auto& [name, spec] : presets()) {
+    std::printf("    %-7s %s\n", name.c_str(), spec.c_str());
+    std::string recipe;
+    for (auto& [flag, value] : preset_recipe(name)) recipe += " " + flag + " " + value;
+    if (!recipe.empty())
+      std::printf("            train --arch %s brings its recipe:%s\n", name.c_str(), recipe.c_str());
+  }
   std::printf("  losses:");
   int n = 0;
   const char* const* names = loss_names(&n);

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "barecnn/arch.h"
 #include "barecnn/error.h"
 #include "barecnn/loss.h"
 #include "barecnn/names.h"
@@ -47,7 +48,10 @@ Runner add_train(CLI::App& app) {
   train->add_option("--data", opt.data_dir,
                     "folder with the four IDX files (default: Fashion-MNIST from the Debian package; with --resume: "
                     "the run's data)");
-  train->add_option("--arch", spec.arch, "arch spec or preset (paper, lenet5, deep)")->capture_default_str();
+  train
+      ->add_option("--arch", spec.arch,
+                   fmt("arch spec or preset (", preset_names(), "; fashion brings its training recipe: see README)"))
+      ->capture_default_str();
   train->add_option("--device", opt.device, "auto, cpu or cuda")->capture_default_str();
   train->add_option("--epochs", opt.epochs, "epochs in all (with --resume: including those already done)")
       ->capture_default_str();
@@ -107,11 +111,34 @@ Runner add_train(CLI::App& app) {
       "  barecnn train --epochs 30 --lr 0.1 --lr-schedule step:15,25:0.1 --warmup-epochs 1\n"
       "  barecnn train --device cpu --limit 5000 --epochs 1 # a quick CPU run\n"
       "  barecnn train --arch deep --epochs 20 --augment crop:2,flip # augmented Fashion-MNIST\n"
+      "  barecnn train --arch fashion                      # its recipe: 94% on Fashion-MNIST in 30 epochs\n"
       "  barecnn train --arch \"conv(16,3,pad=1) relu maxpool(2) dense(10)\" --loss mse\n"
       "  barecnn train --resume runs/deep --epochs 20      # continue a run\n"
       "Ctrl-C (or SIGTERM) stops after the current step with a checkpoint there and prints the command\n"
       "that continues the run; a second Ctrl-C stops at once.");
   return [o, train] {
+    // A preset's recipe (arch.h preset_recipe): each of its flags that the command line does not
+    // give takes the recipe's value, as if it had been typed. A resumed run keeps its own settings;
+    // the rate and momentum are the recipe optimizer's, so another --optimizer leaves them alone.
+    if (o->tc.opt.resume.empty()) {
+      std::string taken;
+      const bool own_optimizer = train->count("--optimizer") > 0;
+      for (auto& [flag, value] : preset_recipe(o->tc.spec.arch)) {
+        if (train->count(flag) > 0) continue;
+        if ((flag == "--lr" || flag == "--momentum") && own_optimizer) continue;
+        if (flag == "--warmup-epochs" && std::atoi(value.c_str()) >= o->tc.opt.epochs) {  // (--epochs comes first)
+          taken += fmt(" (no warmup: it needs --epochs ", std::atoi(value.c_str()) + 1, " or more)");
+          continue;
+        }
+        CLI::Option* option = train->get_option(flag);
+        option->add_result(value);
+        option->run_callback();  // (converts the text into the option's variable, as the parser does)
+        taken += " " + flag + " " + value;
+      }
+      if (!taken.empty())
+        std::printf("recipe: --arch %s trains with%s (a flag on the command line replaces its value)\n",
+                    lower(o->tc.spec.arch).c_str(), taken.c_str());
+    }
     TrainConfig tc = o->tc;
     if (!std::isfinite(o->lr) || o->lr <= 0)
       throw UsageError(fmt("--lr must be a positive finite number, got ", o->lr));

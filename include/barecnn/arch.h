@@ -1,6 +1,6 @@
 // The arch grammar (DESIGN.md): layers separated by spaces, e.g.
 //   conv(32,5,pad=2) relu maxpool(2) dense(128) relu dense(10)
-// and the presets `paper`, `lenet5`, `deep`; and the shape inference that turns a spec and an
+// and the presets `paper`, `lenet5`, `deep`, `fashion`; and the shape inference that turns a spec and an
 // input shape into the checked list of layers a Net is built from. No CUDA: the fuzzer of the
 // grammar links this alone (the barecnn_arch library).
 #pragma once
@@ -32,6 +32,12 @@ struct LayerDesc {
 std::string resolve_preset(const std::string& spec_or_preset);
 // The preset names with their specs.
 std::vector<std::pair<std::string, std::string>> presets();
+// "paper, lenet5, deep, fashion": the names of presets(), for messages.
+std::string preset_names();
+// The training flags a preset was tuned with, as (flag, value) pairs of `barecnn train`, e.g.
+// fashion's optimizer, rate schedule, augmentation and epochs; empty for a preset without one
+// (and for anything else). `train --arch PRESET` takes each one its command line does not give.
+std::vector<std::pair<std::string, std::string>> preset_recipe(const std::string& preset);
 // Parses a spec; throws UsageError naming the position and the token ("unknown layer 'conv2d'
 // at position 1; did you mean 'conv'?").
 std::vector<LayerDesc> parse_arch(const std::string& spec);

@@ -139,6 +139,7 @@ arch = {
     "preset-paper": "paper",
     "preset-lenet5": "lenet5",
     "preset-deep": "deep",
+    "preset-fashion": "fashion",
     "paper-spelled-out": "conv(32,5,pad=2) relu maxpool(2) dense(128) relu dense(10)",
     "strides-and-windows": "conv(4,3x2,stride=2,pad=1) leaky_relu(0.1) maxpool(2x3,stride=1) l2pool(2) dense(10)",
     "activations": "conv(3,3) elu(0.5) avgpool(2) flatten sigmoid dense(7) tanh dense(5) softplus arctan "
