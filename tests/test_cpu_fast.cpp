@@ -15,15 +15,19 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
+#include "barecnn/norm.h"
 #include "barecnn/ref_ops.h"
+#include "barecnn/rng.h"
 #include "barecnn/shape.h"
 #include "test_util.h"
 
@@ -414,6 +418,52 @@ TEST(ActivationCpu, ReluFamilyKeepsTheReferenceAtTheEdgesBitForBit) {
     EXPECT_EQ(bits(y), bits(y_ref)) << activation_name(a);
     EXPECT_EQ(bits(d), bits(d_ref)) << activation_name(a);
   }
+}
+
+// The threaded, branch-free dropout is the reference's map bit for bit: the same mask (the draw of
+// (seed, step, layer, element)), in * scale where kept and +0 where dropped, whatever the input is
+// (+0, -0, subnormals, +-inf, NaN), for any number of threads; over n that is no multiple of a
+// vector's width, several rates (0: keeps all), seeds, steps and layers.
+TEST(DropoutCpu, MaskAndValuesAreTheReferenceBitForBit) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float sub = std::numeric_limits<float>::denorm_min(), big = std::numeric_limits<float>::max();
+  const std::vector<float> edge = {0.f, -0.f, sub, -sub, inf, -inf, nan, -nan, big, -big, 1.f, -1.f, 0.3f};
+  Rng r(5);
+  std::vector<float> x(100003);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = i % 7 == 0 ? edge[(i / 7) % edge.size()] : float(r.uniform(-3, 3));
+  const long long n = (long long)x.size();
+  for (float p : {0.f, 0.25f, 0.5f, 0.9f})
+    for (auto [seed, step, layer] : {std::tuple{1ULL, 1LL, 7}, std::tuple{0xFFFFFFFFFFFFFFFFULL, 123456LL, 0}}) {
+      std::vector<float> want(n), got(n);
+      ref::dropout_forward(want.data(), x.data(), n, p, seed, step, layer);
+      for (int threads : {1, 2, 3}) {
+        omp_set_num_threads(threads);
+        std::fill(got.begin(), got.end(), 42.f);
+        cpu::dropout_map(got.data(), x.data(), n, p, seed, step, layer);
+        EXPECT_EQ(bits(got), bits(want)) << "p " << p << " seed " << seed << " threads " << threads;
+      }
+      omp_set_num_threads(omp_get_num_procs());
+      // A short call (one thread) and an offset start: the same values.
+      cpu::dropout_map(got.data(), x.data(), 13, p, seed, step, layer);
+      const std::vector<uint32_t> gb = bits(got), wb = bits(want);
+      EXPECT_TRUE(std::equal(gb.begin(), gb.begin() + 13, wb.begin())) << "p " << p;
+      // The backward is the same map of dy: the reference's backward agrees.
+      std::vector<float> back(n);
+      ref::dropout_backward(back.data(), x.data(), n, p, seed, step, layer);
+      EXPECT_EQ(bits(back), bits(want));
+      // Something was dropped, and kept values were scaled (the test can tell a wrong mask).
+      if (p > 0) {
+        long long dropped = 0, nonzero = 0;
+        for (long long i = 0; i < n; ++i) {
+          nonzero += x[i] != 0.f;
+          dropped += want[i] == 0.f && x[i] != 0.f;
+          if (want[i] != 0.f && std::isfinite(x[i])) {
+            EXPECT_EQ(want[i], x[i] * dropout_scale(p)) << i;
+          }
+        }
+        EXPECT_NEAR(double(dropped) / nonzero, p, 0.01) << p;
+      }
+    }
 }
 
 // The vectorized max-pool forward makes the reference's choices, bit for bit, in values and in the

@@ -9,6 +9,7 @@
 
 #include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
+#include "barecnn/norm.h"
 #include "barecnn/ref_ops.h"
 #include "barecnn/shape.h"
 
@@ -37,6 +38,19 @@ void activation_forward(float* out, const float* inp, long long n, Activation a)
     return;
   }
   ref::activation_forward(out, inp, n, a);
+}
+
+void dropout_map(float* out, const float* in, long long n, float p, uint64_t seed, long long step, int layer) {
+  BARECNN_ASSERT(n >= 0 && p >= 0.f && p < 1.f, "cpu::dropout_map: n=", n, " p=", p);
+  const uint32_t threshold = dropout_threshold(p);
+  const float scale = dropout_scale(p);
+  // Every element's product is taken and the mask selects it or +0: a branch on the mask would
+  // mispredict on a random p of the elements. The elements are independent: any split is exact.
+#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
+  for (long long i = 0; i < n; ++i) {
+    const float kept = in[i] * scale;
+    out[i] = dropout_keeps(seed, step, layer, i, threshold) ? kept : 0.f;
+  }
 }
 
 void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n,

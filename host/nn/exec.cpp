@@ -187,7 +187,8 @@ void softmax_backward(const Exec& ex, double* dinp, const double* dout, const do
   ref::softmax_backward(dinp, dout, out, N, K);
 }
 
-// ---- batch normalization and dropout: the GPU's kernels for float there, else the reference ----
+// ---- batch normalization and dropout: the GPU's kernels for float there, else the reference
+// (dropout in float on the CPU: cpu::dropout_map, the reference's values threaded) ----
 
 namespace {
 // Each: float on the GPU runs the kernels; otherwise (float on the CPU, double) the reference, on
@@ -227,6 +228,7 @@ void dropout(const Exec& ex, bool forward, T* out, const T* in, long long n, flo
                      : gpu::dropout_backward(out, in, n, p, c, layer, ex.gpu->stream());
   cpu_only(ex);
   // (the counters are in host memory here)
+  if constexpr (std::is_same_v<T, float>) return cpu::dropout_map(out, in, n, p, c->seed, c->global_step, layer);
   if (forward)
     ref::dropout_forward(out, in, n, p, c->seed, c->global_step, layer);
   else

@@ -51,6 +51,10 @@ void activation_forward(float* out, const float* inp, long long n, Activation a)
 void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n, Activation a);
 void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2dShape& s);
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s);
+// Dropout's map, forward (in = x) and backward (in = dy) alike: ref::dropout_forward's values bit
+// for bit (in * dropout_scale(p) where dropout_keeps, else +0), threaded and without a branch on
+// the random mask.
+void dropout_map(float* out, const float* in, long long n, float p, uint64_t seed, long long step, int layer);
 
 // The optimizer step over a flat parameter buffer, bitwise ref::optimizer_step; Adam's bias
 // corrections bc1 = 1 - beta1^t and bc2 = 1 - beta2^t come from the caller (the step counters),
