@@ -26,6 +26,7 @@ set(BARECNN_CPU_SOURCES
   ${_r}/host/cpu/dense.cpp
   ${_r}/host/cpu/elementwise.cpp
   ${_r}/host/cpu/flush.cpp
+  ${_r}/host/cpu/norm.cpp
   ${_r}/host/cpu/peak.cpp)
 
 # cuda: the CUDA and cuBLAS checks, device memory, the GPU probe and context.

@@ -187,12 +187,11 @@ void softmax_backward(const Exec& ex, double* dinp, const double* dout, const do
   ref::softmax_backward(dinp, dout, out, N, K);
 }
 
-// ---- batch normalization and dropout: the GPU's kernels for float there, else the reference
-// (dropout in float on the CPU: cpu::dropout_map, the reference's values threaded) ----
+// ---- batch normalization and dropout: float on the GPU runs the kernels, float on the CPU the
+// fast versions of host/cpu (the evaluation's batch norm: the reference, a plain map), double the
+// reference ----
 
 namespace {
-// Each: float on the GPU runs the kernels; otherwise (float on the CPU, double) the reference, on
-// the CPU only.
 template <typename T>
 void bn_train(const Exec& ex, T* y, T* mean, T* invstd, T* running, const T* x, const T* gamma, const T* beta, int N,
               int C, int S) {
@@ -200,6 +199,8 @@ void bn_train(const Exec& ex, T* y, T* mean, T* invstd, T* running, const T* x, 
     if (on_gpu(ex))
       return gpu::batchnorm_forward_train(y, mean, invstd, running, x, gamma, beta, N, C, S, ex.gpu->stream());
   cpu_only(ex);
+  if constexpr (std::is_same_v<T, float>)
+    return cpu::batchnorm_forward_train(y, mean, invstd, running, x, gamma, beta, N, C, S);
   ref::batchnorm_forward_train(y, mean, invstd, running, x, gamma, beta, N, C, S);
 }
 template <typename T>
@@ -216,6 +217,8 @@ void bn_backward(const Exec& ex, T* dx, T* dgamma, T* dbeta, const T* dy, const 
     if (on_gpu(ex))
       return gpu::batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, N, C, S, ex.gpu->stream());
   cpu_only(ex);
+  if constexpr (std::is_same_v<T, float>)
+    return cpu::batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, N, C, S);
   ref::batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, N, C, S);
 }
 template <typename T>

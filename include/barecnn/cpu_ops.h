@@ -51,6 +51,15 @@ void activation_forward(float* out, const float* inp, long long n, Activation a)
 void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n, Activation a);
 void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2dShape& s);
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s);
+// ---- batch normalization (host/cpu/norm.cpp): ref::batchnorm_forward_train and
+// ref::batchnorm_backward with each channel's double sums in 8 interleaved lanes (vectorized, no
+// add waiting on the one before); the floats are the reference's except where a double sum lies
+// within double rounding of a float boundary; rows of S < 8 values: the reference itself ----
+void batchnorm_forward_train(float* y, float* mean, float* invstd, float* running, const float* x, const float* gamma,
+                             const float* beta, int N, int C, int S);
+void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const float* gamma,
+                        const float* mean, const float* invstd, int N, int C, int S);
+
 // Dropout's map, forward (in = x) and backward (in = dy) alike: ref::dropout_forward's values bit
 // for bit (in * dropout_scale(p) where dropout_keeps, else +0), threaded and without a branch on
 // the random mask.
