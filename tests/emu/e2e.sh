@@ -3,13 +3,17 @@
 # real GPU): trains the paper net on 2048 Fashion-MNIST images for 2 epochs at batch 64 and checks
 #   1. --cuda-graph on, and --cuda-graph on --fuse on, give the eager run's model bitwise (and its
 #      metrics exactly), and so does a second eager run;
-#   2. --device cpu gives the same weights and metrics within the tolerances of the CPU/GPU parity
-#      tests (tests/test_gpu_train.cpp);
+#   2. after one epoch (32 steps), --device cpu gives the GPU code's weights and metrics within the
+#      tolerances of the CPU/GPU parity tests (tests/test_gpu_train.cpp); not after two: training
+#      is chaotic, and the rounding differences between the CPU's GEMMs and the emulator's cuBLAS
+#      (OpenBLAS, whose kernels depend on the machine) can grow past any per-step tolerance in the
+#      second epoch (seen on a Zen 5 machine, where OpenBLAS takes its Haswell kernels: epoch 1
+#      agreed to 4e-7, epoch 2's train loss differed by 3e-4);
 #   3. eval and predict of the cuda model on --device cuda agree with --device cpu;
 #   4. 1 epoch, then --resume to 2 epochs, gives the uninterrupted model bitwise.
-#   5. --augment crop:2,flip: --cuda-graph on gives the eager run's model bitwise (each replay draws
-#      its own step's crops and flips), --device cpu the same weights within the tolerances of 2.,
-#      and the model differs from the unaugmented run's.
+#   5. --augment crop:2,flip, one epoch: --cuda-graph on gives the eager run's model bitwise (each
+#      replay draws its own step's crops and flips), --device cpu the same weights within the
+#      tolerances of 2., and the model differs from the unaugmented one-epoch run's.
 # One line per check (PASS/FAIL and what differed), a summary; exit 1 if any check failed.
 #
 # Usage: tests/emu/e2e.sh <build-dir> [work-dir]   (work-dir default: <build-dir>/e2e)
@@ -168,15 +172,6 @@ for r in graph fuse eager2; do
   if need "metrics $r = eager" eager $r; then compare "metrics $r = eager" metrics "$WORK/eager/summary.json" "$WORK/$r/summary.json" 0 0; fi
 done
 
-# 2. The CPU against the GPU code.
-run cpu "$BIN" train --device cpu "${COMMON[@]}" --epochs 2 --out "$WORK/cpu"
-if need "weights cpu ~ cuda" cpu eager; then
-  compare "weights cpu ~ cuda" weights "$WORK/cpu/model.safetensors" "$WORK/eager/model.safetensors" $TRAIN_ATOL $TRAIN_RTOL
-fi
-if need "metrics cpu ~ cuda" cpu eager; then
-  compare "metrics cpu ~ cuda" metrics "$WORK/cpu/summary.json" "$WORK/eager/summary.json" $TRAIN_ATOL $TRAIN_RTOL
-fi
-
 # 3. eval and predict of the cuda model on both devices.
 if [ -n "${OK[eager]:-}" ]; then
   for dev in cuda cpu; do
@@ -197,6 +192,16 @@ fi
 
 # 4. Interrupted after epoch 1 (its checkpoint), resumed to 2 epochs: the uninterrupted model.
 run part "$BIN" train --device cuda "${COMMON[@]}" --epochs 1 --out "$WORK/part"
+
+# 2. The CPU against the GPU code, over the first epoch (part's model, before it is resumed).
+run cpu "$BIN" train --device cpu "${COMMON[@]}" --epochs 1 --out "$WORK/cpu"
+if need "weights cpu ~ cuda" cpu part; then
+  compare "weights cpu ~ cuda" weights "$WORK/cpu/model.safetensors" "$WORK/part/model.safetensors" $TRAIN_ATOL $TRAIN_RTOL
+fi
+if need "metrics cpu ~ cuda" cpu part; then
+  compare "metrics cpu ~ cuda" metrics "$WORK/cpu/summary.json" "$WORK/part/summary.json" $TRAIN_ATOL $TRAIN_RTOL
+fi
+
 if [ -n "${OK[part]:-}" ]; then
   if [ -f "$WORK/part/checkpoint.safetensors" ]; then
     run resume "$BIN" train --device cuda --resume "$WORK/part" --epochs 2
@@ -211,18 +216,18 @@ if need "metrics resumed = eager" eager resume; then
   compare "metrics resumed = eager" metrics "$WORK/eager/summary.json" "$WORK/part/summary.json" 0 0
 fi
 
-# 5. Augmented: graph = eager bitwise, cpu ~ cuda, and not the unaugmented model.
+# 5. Augmented, one epoch (as 2.): graph = eager bitwise, cpu ~ cuda, and not the unaugmented model.
 AUG=(--augment crop:2,flip)
-run aug-eager "$BIN" train --device cuda "${COMMON[@]}" --epochs 2 "${AUG[@]}" --cuda-graph off --out "$WORK/aug-eager"
-run aug-graph "$BIN" train --device cuda "${COMMON[@]}" --epochs 2 "${AUG[@]}" --cuda-graph on --out "$WORK/aug-graph"
-run aug-cpu "$BIN" train --device cpu "${COMMON[@]}" --epochs 2 "${AUG[@]}" --out "$WORK/aug-cpu"
-if need "augment in effect" aug-eager aug-graph aug-cpu eager &&
+run aug-eager "$BIN" train --device cuda "${COMMON[@]}" --epochs 1 "${AUG[@]}" --cuda-graph off --out "$WORK/aug-eager"
+run aug-graph "$BIN" train --device cuda "${COMMON[@]}" --epochs 1 "${AUG[@]}" --cuda-graph on --out "$WORK/aug-graph"
+run aug-cpu "$BIN" train --device cpu "${COMMON[@]}" --epochs 1 "${AUG[@]}" --out "$WORK/aug-cpu"
+if need "augment in effect" aug-eager aug-graph aug-cpu cpu &&
    summary_has "augment in effect" aug-eager augment '"crop:2,flip"' &&
-   summary_has "augment in effect" aug-cpu augment '"crop:2,flip"' && summary_has "augment in effect" eager augment '"none"'; then
-  if cmp -s "$WORK/eager/model.safetensors" "$WORK/aug-eager/model.safetensors"; then
-    fail "augment in effect" "aug-eager's model is the unaugmented eager model"
+   summary_has "augment in effect" aug-cpu augment '"crop:2,flip"' && summary_has "augment in effect" cpu augment '"none"'; then
+  if cmp -s "$WORK/cpu/model.safetensors" "$WORK/aug-cpu/model.safetensors"; then
+    fail "augment in effect" "aug-cpu's model is the unaugmented one-epoch cpu model"
   else
-    pass "augment in effect" "summary.json: augment crop:2,flip; the model differs from eager's"
+    pass "augment in effect" "summary.json: augment crop:2,flip; the model differs from the unaugmented run's"
   fi
 fi
 if need "augmented graph = eager" aug-eager aug-graph; then
