@@ -5,7 +5,7 @@
 // SGD, which gives an epoch estimate.
 //
 //   build-x/profiling/barecnn_cpu_lab [--batch 64] [--reps 15] [--ref-reps 3] [--threads N]
-//                                     [--isa avx2|generic] [--no-ref] [--step-only] [--clock wall|cpu]
+//                                     [--isa avx512|avx2|generic] [--no-ref] [--step-only] [--clock wall|cpu]
 //                                     [--elementwise ref|fast|both]
 //
 // The machine is shared with other builds: every number is the median of several repetitions
@@ -359,9 +359,10 @@ Options parse(int argc, char** argv) {
       if (c != "wall" && c != "cpu") throw UsageError("cpu_lab: --clock must be wall or cpu, got " + c);
       o.cpu_clock = c == "cpu";
     } else
-      throw UsageError("cpu_lab: unknown option " + a +
-                       " (options: --batch N --reps N --ref-reps N --threads N --isa avx2|generic --no-ref --step-only "
-                       "--clock wall|cpu --elementwise ref|fast|both)");
+      throw UsageError(
+          "cpu_lab: unknown option " + a +
+          " (options: --batch N --reps N --ref-reps N --threads N --isa avx512|avx2|generic --no-ref --step-only "
+          "--clock wall|cpu --elementwise ref|fast|both)");
   }
   if (o.batch < 1 || o.reps < 1 || o.ref_reps < 1)
     throw UsageError("cpu_lab: --batch, --reps, --ref-reps must be >= 1");
@@ -379,8 +380,10 @@ int main(int argc, char** argv) {
       cpu::set_cpu_isa(cpu::CpuIsa::Generic);
     else if (o.isa == "avx2")
       cpu::set_cpu_isa(cpu::CpuIsa::Avx2);
+    else if (o.isa == "avx512")
+      cpu::set_cpu_isa(cpu::CpuIsa::Avx512);
     else if (!o.isa.empty())
-      throw UsageError("cpu_lab: --isa must be avx2 or generic, got " + o.isa);
+      throw UsageError("cpu_lab: --isa must be avx512, avx2 or generic, got " + o.isa);
     std::printf("barecnn cpu lab: batch %d, %d threads, isa %s, median of %d (cpu) / %d (ref) runs, %s clock\n",
                 o.batch, omp_get_max_threads(), cpu::cpu_isa_name(cpu::cpu_isa()), o.reps, o.ref_reps,
                 o.cpu_clock ? "process CPU" : "wall");

@@ -3,7 +3,7 @@
 // with the same operands, transposes and leading dimensions. OpenBLAS is a yardstick only: it is
 // linked into this one executable (built where CMake finds it).
 //
-//   build-x/profiling/barecnn_gemm_lab [--batch 64] [--reps 41] [--threads 2] [--isa avx2|generic]
+//   build-x/profiling/barecnn_gemm_lab [--batch 64] [--reps 41] [--threads 2] [--isa avx512|avx2|generic]
 //                                      [--shape paper,deep.conv2,...] [--min-sample-ms 0.3]
 //   OPENBLAS_CORETYPE=Haswell build-x/profiling/barecnn_gemm_lab ...   (OpenBLAS's AVX2 kernels)
 //
@@ -353,7 +353,7 @@ Options parse(int argc, char** argv) {
       o.min_sample_ms = std::atof(value().c_str());
     else
       throw UsageError("gemm_lab: unknown option " + a +
-                       " (options: --batch N --reps N --threads N --isa avx2|generic --shape NET|NET.LAYER,... "
+                       " (options: --batch N --reps N --threads N --isa avx512|avx2|generic --shape NET|NET.LAYER,... "
                        "--min-sample-ms X)");
   }
   if (o.batch < 1 || o.reps < 1 || o.threads < 1 || !(o.min_sample_ms > 0))
@@ -370,8 +370,10 @@ int main(int argc, char** argv) {
       cpu::set_cpu_isa(cpu::CpuIsa::Generic);
     else if (o.isa == "avx2")
       cpu::set_cpu_isa(cpu::CpuIsa::Avx2);
+    else if (o.isa == "avx512")
+      cpu::set_cpu_isa(cpu::CpuIsa::Avx512);
     else if (!o.isa.empty())
-      throw UsageError("gemm_lab: --isa must be avx2 or generic, got " + o.isa);
+      throw UsageError("gemm_lab: --isa must be avx512, avx2 or generic, got " + o.isa);
     openblas_set_num_threads(1);
     const char* coretype = std::getenv("OPENBLAS_CORETYPE");
     std::printf(

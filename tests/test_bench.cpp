@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "barecnn/cpu_ops.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/layer.h"
 #include "barecnn/net.h"
@@ -157,6 +158,10 @@ TEST(BenchCli, JsonHasEveryLayerAndTheExpectedFigures) {
   EXPECT_TRUE(std::isfinite(pf) && pf > 0) << pf;
   EXPECT_TRUE(std::isfinite(pb) && pb > 0) << pb;
   EXPECT_EQ(j["peaks"]["isa"], cpu::peak_isa());
+  EXPECT_EQ(j["peaks"]["gemm_isa"], cpu::cpu_isa_name(cpu::cpu_isa()));
+  EXPECT_NE(r.out.find(std::string("GEMM kernels (conv, dense): ") + cpu::cpu_isa_name(cpu::cpu_isa()) + "\n"),
+            std::string::npos)
+      << r.out;
   EXPECT_GE(j["peaks"]["threads"].get<int>(), 1);
   EXPECT_NE(r.out.find("measured peaks:"), std::string::npos) << r.out;
   const int threads = j["peaks"]["threads"].get<int>();

@@ -87,6 +87,7 @@ std::vector<DenseShape> preset_dense_shapes() {
 std::vector<cpu::CpuIsa> isas() {
   std::vector<cpu::CpuIsa> v = {cpu::CpuIsa::Generic};
   if (cpu::cpu_isa_supported(cpu::CpuIsa::Avx2)) v.push_back(cpu::CpuIsa::Avx2);
+  if (cpu::cpu_isa_supported(cpu::CpuIsa::Avx512)) v.push_back(cpu::CpuIsa::Avx512);
   return v;
 }
 // Restores the start ISA and thread count after a test.
@@ -370,11 +371,68 @@ TEST(CpuIsa, SwitchWorksAndUnsupportedIsRefused) {
   EXPECT_TRUE(cpu::cpu_isa_supported(cpu::CpuIsa::Generic));
   cpu::set_cpu_isa(cpu::CpuIsa::Generic);
   EXPECT_EQ(cpu::cpu_isa(), cpu::CpuIsa::Generic);
-  if (cpu::cpu_isa_supported(cpu::CpuIsa::Avx2)) {
-    cpu::set_cpu_isa(cpu::CpuIsa::Avx2);
-    EXPECT_EQ(cpu::cpu_isa(), cpu::CpuIsa::Avx2);
-  } else {
-    EXPECT_THROW(cpu::set_cpu_isa(cpu::CpuIsa::Avx2), Error);
+  for (cpu::CpuIsa isa : {cpu::CpuIsa::Avx2, cpu::CpuIsa::Avx512}) {
+    if (cpu::cpu_isa_supported(isa)) {
+      cpu::set_cpu_isa(isa);
+      EXPECT_EQ(cpu::cpu_isa(), isa);
+    } else {
+      EXPECT_THROW(cpu::set_cpu_isa(isa), Error) << cpu::cpu_isa_name(isa);
+    }
+  }
+  // AVX-512 implies AVX2 here (its build of sgemm_nt is the AVX2 one).
+  if (cpu::cpu_isa_supported(cpu::CpuIsa::Avx512)) {
+    EXPECT_TRUE(cpu::cpu_isa_supported(cpu::CpuIsa::Avx2));
+  }
+}
+
+// AVX-512's sgemm_nn (16-float vectors, 8-16 rows a tile) makes each output's FMA chain the AVX2
+// kernel makes (6 or 4 rows of two 8-float vectors): the conv and dense ops give the same bits
+// under both, forward and backward, on odd and preset shapes. On a CPU without AVX-512 this checks
+// that Avx512 is refused (CpuIsa above) and nothing else.
+TEST(CpuIsa, Avx512GivesTheBitsOfAvx2) {
+  if (!cpu::cpu_isa_supported(cpu::CpuIsa::Avx512)) {
+    EXPECT_THROW(cpu::set_cpu_isa(cpu::CpuIsa::Avx512), Error);
+    return;
+  }
+  Restore restore;
+  std::vector<Conv2dShape> convs = odd_conv_shapes();
+  for (const Conv2dShape& s : preset_conv_shapes()) convs.push_back(s);
+  for (const Conv2dShape& s : convs) {
+    const Data x = make_data(s.in_numel(), 1, 1.0), w = make_data(s.weight_numel(), 2, 0.5), b = make_data(s.K, 3, 0.5),
+               g = make_data(s.out_numel(), 4, 1.0);
+    std::vector<float> out[2], dinp[2], dw[2], db[2];
+    for (int t = 0; t < 2; t++) {
+      cpu::set_cpu_isa(t == 0 ? cpu::CpuIsa::Avx2 : cpu::CpuIsa::Avx512);
+      out[t] = nans(s.out_numel()), dinp[t] = nans(s.in_numel()), dw[t] = nans(s.weight_numel()), db[t] = nans(s.K);
+      cpu::conv2d_forward(out[t].data(), x.f.data(), w.f.data(), b.f.data(), s);
+      cpu::conv2d_backward_input(dinp[t].data(), g.f.data(), w.f.data(), s);
+      cpu::conv2d_backward_weight(dw[t].data(), db[t].data(), g.f.data(), x.f.data(), s);
+    }
+    EXPECT_TRUE(same_bits(out[0], out[1])) << "forward " << s.str();
+    EXPECT_TRUE(same_bits(dinp[0], dinp[1])) << "backward_input " << s.str();
+    EXPECT_TRUE(same_bits(dw[0], dw[1])) << "backward_weight " << s.str();
+    EXPECT_TRUE(same_bits(db[0], db[1])) << "backward bias " << s.str();
+  }
+  std::vector<DenseShape> denses = odd_dense_shapes();
+  for (const DenseShape& d : preset_dense_shapes()) denses.push_back(d);
+  for (const DenseShape& d : denses) {
+    const Data x = make_data(size_t(d.N) * d.IN, 5, 1.0), w = make_data(size_t(d.OUT) * d.IN, 6, 0.5),
+               b = make_data(d.OUT, 7, 0.5), g = make_data(size_t(d.N) * d.OUT, 8, 1.0);
+    std::vector<float> out[2], dinp[2], dw[2], db[2];
+    for (int t = 0; t < 2; t++) {
+      cpu::set_cpu_isa(t == 0 ? cpu::CpuIsa::Avx2 : cpu::CpuIsa::Avx512);
+      out[t] = nans(size_t(d.N) * d.OUT), dinp[t] = nans(size_t(d.N) * d.IN), dw[t] = nans(size_t(d.OUT) * d.IN),
+      db[t] = nans(d.OUT);
+      cpu::dense_forward(out[t].data(), x.f.data(), w.f.data(), b.f.data(), d.N, d.IN, d.OUT);
+      cpu::dense_backward_input(dinp[t].data(), g.f.data(), w.f.data(), d.N, d.IN, d.OUT);
+      cpu::dense_backward_weight(dw[t].data(), db[t].data(), g.f.data(), x.f.data(), d.N, d.IN, d.OUT);
+    }
+    const std::string label =
+        "N=" + std::to_string(d.N) + " IN=" + std::to_string(d.IN) + " OUT=" + std::to_string(d.OUT);
+    EXPECT_TRUE(same_bits(out[0], out[1])) << "forward " << label;
+    EXPECT_TRUE(same_bits(dinp[0], dinp[1])) << "backward_input " << label;
+    EXPECT_TRUE(same_bits(dw[0], dw[1])) << "backward_weight " << label;
+    EXPECT_TRUE(same_bits(db[0], db[1])) << "backward bias " << label;
   }
 }
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "barecnn/cpu_ops.h"
 #include "barecnn/cuda_check.h"
 #include "barecnn/device_buffer.h"
 #include "barecnn/error.h"
@@ -54,6 +55,7 @@ struct BenchReport {
   // the vector ISA peak_isa.
   std::optional<double> peak_flops, peak_bytes_per_s;
   std::string peak_isa;
+  std::string gemm_isa;  // CPU: the instruction set of the GEMM kernels (cpu::cpu_isa_name)
   int peak_threads = 0;
   // Bytes held in DeviceBuffers at the most during warm-up and timing (CUDA only).
   std::optional<size_t> peak_device_bytes;
@@ -98,13 +100,15 @@ void print_report(const BenchReport& r) {
   std::printf("bench: %s, batch %d, input %s, device %s: %s (%s), %d reps\n", r.arch.c_str(), r.batch, r.input.c_str(),
               r.device.c_str(), r.device_name.c_str(), r.why.c_str(), r.reps);
   if (r.peak_flops && r.peak_bytes_per_s) {
-    if (r.device == "cpu")
+    if (r.device == "cpu") {
       std::printf("  measured peaks: %.1f GFLOP/s FP32 FMA (%s, %s), %.1f GB/s memory copy (read + write, %s)\n",
                   *r.peak_flops / 1e9, r.peak_isa.c_str(), threads_str(r.peak_threads).c_str(),
                   *r.peak_bytes_per_s / 1e9, threads_str(r.peak_threads).c_str());
-    else
+      std::printf("  GEMM kernels (conv, dense): %s\n", r.gemm_isa.c_str());
+    } else {
       std::printf("  measured peaks: %.1f TFLOP/s FP32 FMA (no tensor cores), %.0f GB/s DRAM (read + write)\n",
                   *r.peak_flops / 1e12, *r.peak_bytes_per_s / 1e9);
+    }
   }
   const bool pk = r.peak_flops.has_value();
   const int w = pk ? 18 : 9;
@@ -179,6 +183,7 @@ nlohmann::ordered_json report_json(const BenchReport& r) {
     j["peaks"] = json{{"fp32_flops_per_s", *r.peak_flops},
                       {"bytes_per_s", *r.peak_bytes_per_s},
                       {"isa", r.peak_isa},
+                      {"gemm_isa", r.gemm_isa},
                       {"threads", r.peak_threads},
                       {"measured", fmt("FP32 FMA in ", r.peak_isa, " vector registers on ", r.peak_threads,
                                        " threads; memory copy on as many threads, bytes read + written")}};
@@ -235,6 +240,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     // As many threads as the CPU ops get (OpenMP's default, --threads elsewhere, OMP_NUM_THREADS).
     rep.peak_threads = omp_get_max_threads();
     rep.peak_isa = cpu::peak_isa();
+    rep.gemm_isa = cpu::cpu_isa_name(cpu::cpu_isa());
     rep.peak_flops = cpu::measure_peak_fp32_flops(rep.peak_threads);
     rep.peak_bytes_per_s = cpu::measure_peak_bandwidth(rep.peak_threads);
   }

@@ -76,7 +76,10 @@ void dense_backward_weight(float* dweight, float* dbias, const float* dout, cons
 
 // ---- ISA switch (see sgemm.h) ----
 
-bool cpu_isa_supported(CpuIsa isa) { return isa == CpuIsa::Generic || cpu_has_avx2_fma(); }
+bool cpu_isa_supported(CpuIsa isa) {
+  return isa == CpuIsa::Generic || (isa == CpuIsa::Avx2 && cpu_has_avx2_fma()) ||
+         (isa == CpuIsa::Avx512 && cpu_has_avx512f());
+}
 
 void set_cpu_isa(CpuIsa isa) {
   if (!cpu_isa_supported(isa))
@@ -86,6 +89,8 @@ void set_cpu_isa(CpuIsa isa) {
 
 CpuIsa cpu_isa() { return CpuIsa(isa_state().load()); }
 
-const char* cpu_isa_name(CpuIsa isa) { return isa == CpuIsa::Avx2 ? "avx2+fma" : "generic"; }
+const char* cpu_isa_name(CpuIsa isa) {
+  return isa == CpuIsa::Avx512 ? "avx512f+fma" : isa == CpuIsa::Avx2 ? "avx2+fma" : "generic";
+}
 
 }  // namespace barecnn::cpu

@@ -20,11 +20,14 @@
 // across OpenMP threads, so results are bitwise the same for any thread count.
 //
 // ISA: the kernels are written once with GCC vector extensions, templated on the vector type, and
-// compiled twice: for AVX2+FMA (8-float vectors; always_inline templates inlined into
-// target("avx2,fma") entry points) and for baseline x86-64 (4-float SSE2 vectors, smaller tiles,
-// mul+add). The choice is made once at run time from the CPU's feature bits, so the binary runs
-// on any x86-64 (no -march=native). The two ISAs round differently (FMA), so results are bitwise
-// reproducible per machine and ISA, not across ISAs.
+// compiled for AVX2+FMA (8-float vectors; always_inline templates inlined into target("avx2,fma")
+// entry points), for baseline x86-64 (4-float SSE2 vectors, smaller tiles, mul+add), and sgemm_nn
+// also for AVX-512 (16-float vectors, up to 16 rows a tile in its 32 registers; sgemm_nt keeps its
+// AVX2 kernel there, whose 8 lanes are part of its summation order). The choice is made once at run
+// time from the CPU's feature bits, so the binary runs on any x86-64 (no -march=native). Generic
+// rounds differently (no FMA); AVX-512 and AVX2 give the same bits: each C element of sgemm_nn is
+// the same FMA chain (ascending k, the same K blocks) whatever the tile width, and sgemm_nt is the
+// same code. So results are bitwise reproducible per machine with or without AVX-512.
 #pragma once
 
 #include <algorithm>
@@ -47,6 +50,7 @@ namespace barecnn::cpu::detail {
 // One AVX register (8 floats) for the AVX2 build, one SSE register (4 floats) for the baseline
 // build and the helper loops outside the GEMMs: GCC's vector extensions keep an 8-float vector in
 // registers only where AVX is enabled, and spill it to the stack everywhere else.
+typedef float v16f __attribute__((vector_size(64)));
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 template <typename V>
@@ -134,8 +138,9 @@ template <int MR>
 
 // The micro-kernel: C (MR, NR) = start + sum_k a[k] (MR) x b[k] (NR), one FMA chain per element
 // in ascending k, starting from C (load_c), else from row_init[i] (row_init non-null), else 0.
-// MR * NR/lanes accumulators + NR/lanes B vectors + 1 broadcast must fit the 16 vector registers:
-// MR <= 6 with AVX (2 vectors per row), MR = 2 with SSE (4 per row).
+// MR * NR/lanes accumulators + NR/lanes B vectors + 1 broadcast must fit the vector registers:
+// MR <= 6 with AVX (16 registers, 2 vectors per row), MR = 2 with SSE (16, 4 per row), MR <= 16
+// with AVX-512 (32 registers, 1 vector per row).
 template <int MR, typename V>
 [[gnu::always_inline]] inline void micro_nn(int kc, const float* a, const float* b, float* C, long ldc, bool load_c,
                                             const float* row_init) {
@@ -145,7 +150,9 @@ template <int MR, typename V>
   for (int i = 0; i < MR; i++) {
     const float s = row_init ? row_init[i] : 0.f;
     V start;
-    if constexpr (L == 8)
+    if constexpr (L == 16)
+      start = V{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+    else if constexpr (L == 8)
       start = V{s, s, s, s, s, s, s, s};
     else
       start = V{s, s, s, s};
@@ -160,7 +167,9 @@ template <int MR, typename V>
     for (int i = 0; i < MR; i++) {
       const float s = a[i];
       V ai;
-      if constexpr (L == 8)
+      if constexpr (L == 16)
+        ai = V{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+      else if constexpr (L == 8)
         ai = V{s, s, s, s, s, s, s, s};
       else
         ai = V{s, s, s, s};
@@ -232,6 +241,21 @@ template <int MR, typename V>
     sgemm_nn_impl<6, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
   else
     sgemm_nn_impl<4, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+}
+
+// AVX-512: MR = 16, 12 or 8 rows per micro-tile (one 16-float vector per row), whichever pads M
+// least, ties to the larger: 32 and 64 channels take 16, 120 takes 12, 6 takes 8. A function of M
+// only; the rows of a tile do not change any element's chain.
+[[gnu::always_inline]] inline void sgemm_nn_pick512(int M, int N, int K, const float* A, long rsa, long csa,
+                                                    const float* B, long ldb, float* C, long ldc, const float* row_init,
+                                                    bool accumulate) {
+  const int pad16 = (M + 15) / 16 * 16, pad12 = (M + 11) / 12 * 12, pad8 = (M + 7) / 8 * 8;
+  if (pad16 <= pad12 && pad16 <= pad8)
+    sgemm_nn_impl<16, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+  else if (pad12 <= pad8)
+    sgemm_nn_impl<12, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+  else
+    sgemm_nn_impl<8, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
 }
 
 // ---- sgemm_nt: dot-product form ------------------------------------------------------------------
@@ -339,6 +363,11 @@ template <typename V>
                                                       const float* row_init, bool accumulate) {
   sgemm_nn_pick(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
 }
+[[gnu::target("avx512f,avx2,fma")]] inline void sgemm_nn_avx512(int M, int N, int K, const float* A, long rsa, long csa,
+                                                                const float* B, long ldb, float* C, long ldc,
+                                                                const float* row_init, bool accumulate) {
+  sgemm_nn_pick512(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+}
 // Baseline x86-64: 4-float SSE vectors, 2 x 16 tiles (8 accumulators + 4 B vectors + 1 broadcast).
 inline void sgemm_nn_generic(int M, int N, int K, const float* A, long rsa, long csa, const float* B, long ldb,
                              float* C, long ldc, const float* row_init, bool accumulate) {
@@ -357,10 +386,17 @@ inline bool cpu_has_avx2_fma() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+inline bool cpu_has_avx512f() {
+  __builtin_cpu_init();
+  return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
+}
 
-// The ISA in use, as an int (CpuIsa); chosen on first use, changed by set_cpu_isa.
+// The ISA in use, as an int (CpuIsa); chosen on first use (the widest the CPU has), changed by
+// set_cpu_isa.
 inline std::atomic<int>& isa_state() {
-  static std::atomic<int> isa{int(cpu_has_avx2_fma() ? CpuIsa::Avx2 : CpuIsa::Generic)};
+  static std::atomic<int> isa{int(cpu_has_avx512f()    ? CpuIsa::Avx512
+                                  : cpu_has_avx2_fma() ? CpuIsa::Avx2
+                                                       : CpuIsa::Generic)};
   return isa;
 }
 
@@ -375,7 +411,10 @@ inline void sgemm_nn(int M, int N, int K, const float* A, long rsa, long csa, co
       for (int i = 0; i < M; i++) std::fill(C + i * ldc, C + i * ldc + N, row_init ? row_init[i] : 0.f);
     return;
   }
-  if (isa_state().load(std::memory_order_relaxed) == int(CpuIsa::Avx2))
+  const int isa = isa_state().load(std::memory_order_relaxed);
+  if (isa == int(CpuIsa::Avx512))
+    sgemm_nn_avx512(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+  else if (isa == int(CpuIsa::Avx2))
     sgemm_nn_avx2(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
   else
     sgemm_nn_generic(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
@@ -390,7 +429,7 @@ inline void sgemm_nt(int M, int N, int K, const float* A, long lda, const float*
       for (int i = 0; i < M; i++) std::fill(C + i * ldc, C + i * ldc + N, 0.f);
     return;
   }
-  if (isa_state().load(std::memory_order_relaxed) == int(CpuIsa::Avx2))
+  if (isa_state().load(std::memory_order_relaxed) != int(CpuIsa::Generic))  // (AVX-512: the AVX2 kernel)
     sgemm_nt_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   else
     sgemm_nt_generic(M, N, K, A, lda, B, ldb, C, ldc, accumulate);

@@ -89,12 +89,13 @@ class FlushSubnormals {
 bool flushes_subnormals();
 
 // Which instruction set the GEMM kernels use. The start value is the best the CPU supports
-// (AVX2+FMA where present, else baseline x86-64); tests and the lab switch it to check and time
-// both. set_cpu_isa(Avx2) on a CPU without AVX2+FMA throws barecnn::Error.
-enum class CpuIsa : int { Generic, Avx2 };
+// (AVX-512F, else AVX2+FMA, else baseline x86-64); tests and the lab switch it to check and time
+// each. Avx512 runs sgemm_nn with 16-float vectors and gives the bits of Avx2 (sgemm.h). Setting
+// an ISA the CPU lacks throws barecnn::Error.
+enum class CpuIsa : int { Generic, Avx2, Avx512 };
 void set_cpu_isa(CpuIsa isa);
 CpuIsa cpu_isa();
 bool cpu_isa_supported(CpuIsa isa);
-const char* cpu_isa_name(CpuIsa isa);  // "generic" / "avx2+fma"
+const char* cpu_isa_name(CpuIsa isa);  // "generic" / "avx2+fma" / "avx512f+fma"
 
 }  // namespace barecnn::cpu
