@@ -2,7 +2,7 @@
 // shapes (batch 1/3/65, channels 1/3/17, kernels 1x1/3x3/5x5/2x3, strides 1/2/3, paddings 0/1/2,
 // sizes that do not divide the GEMM tiles, shapes that cross every cache block of sgemm.h) and on
 // the layers of the preset nets; then bitwise determinism across thread counts and runs.
-// Every check runs once per instruction set the CPU supports (generic x86-64, AVX2+FMA).
+// Every check runs once per instruction set the CPU supports (generic x86-64, AVX2+FMA, AVX-512F).
 //
 // Tolerance. Each op gets its own inputs, scaled so that its reduction of L terms has terms of
 // size <= 1/sqrt(L) (as with fan-in initialized weights): outputs are O(1). The inputs are rounded
@@ -29,6 +29,7 @@
 #include "barecnn/ref_ops.h"
 #include "barecnn/rng.h"
 #include "barecnn/shape.h"
+#include "../host/cpu/sgemm.h"
 #include "test_util.h"
 
 using namespace barecnn;
@@ -379,14 +380,15 @@ TEST(CpuIsa, SwitchWorksAndUnsupportedIsRefused) {
       EXPECT_THROW(cpu::set_cpu_isa(isa), Error) << cpu::cpu_isa_name(isa);
     }
   }
-  // AVX-512 implies AVX2 here (its build of sgemm_nt is the AVX2 one).
+  // AVX-512 implies AVX2 here (its kernels are checked against the AVX2 ones).
   if (cpu::cpu_isa_supported(cpu::CpuIsa::Avx512)) {
     EXPECT_TRUE(cpu::cpu_isa_supported(cpu::CpuIsa::Avx2));
   }
 }
 
-// AVX-512's sgemm_nn (16-float vectors, 8-16 rows a tile) makes each output's FMA chain the AVX2
-// kernel makes (6 or 4 rows of two 8-float vectors): the conv and dense ops give the same bits
+// AVX-512's kernels make each output's chain of operations the AVX2 kernels make (sgemm_nn: 32-column
+// tiles of 4-12 rows against 16-column tiles of 4 or 6; sgemm_nt: two rows of A per 16-float
+// vector, each half the 8 lanes of one AVX2 accumulator): the conv and dense ops give the same bits
 // under both, forward and backward, on odd and preset shapes. On a CPU without AVX-512 this checks
 // that Avx512 is refused (CpuIsa above) and nothing else.
 TEST(CpuIsa, Avx512GivesTheBitsOfAvx2) {
@@ -433,6 +435,74 @@ TEST(CpuIsa, Avx512GivesTheBitsOfAvx2) {
     EXPECT_TRUE(same_bits(dinp[0], dinp[1])) << "backward_input " << label;
     EXPECT_TRUE(same_bits(dw[0], dw[1])) << "backward_weight " << label;
     EXPECT_TRUE(same_bits(db[0], db[1])) << "backward bias " << label;
+  }
+}
+
+// The two GEMMs themselves, on every kind of edge of both builds' tiles: rows 1-17 (partial row
+// tiles and row pairs), columns 1-65 (partial 16- and 32-column tiles, partial 8-row B tiles),
+// reductions 1-600 (tails of 8 lanes, several K blocks), and shapes past the M, N and K blocks;
+// A row-major and transposed, with a row start, accumulating. Each result is the double reference
+// within tolerance under AVX2, and the AVX2 bits under AVX-512.
+TEST(CpuIsa, Avx512GemmsGiveTheBitsOfAvx2OnEveryEdge) {
+  if (!cpu::cpu_isa_supported(cpu::CpuIsa::Avx512)) {
+    EXPECT_THROW(cpu::set_cpu_isa(cpu::CpuIsa::Avx512), Error);
+    return;
+  }
+  Restore restore;
+  std::vector<std::tuple<int, int, int>> shapes;
+  for (int M : {1, 2, 3, 5, 6, 7, 8, 9, 12, 13, 17})
+    for (int N : {1, 5, 8, 12, 16, 17, 31, 33, 65})
+      for (int K : {1, 7, 8, 9, 25, 600}) shapes.emplace_back(M, N, K);
+  shapes.emplace_back(100, 40, 300);  // M past sgemm_nn's MC (96), K past KC (256)
+  shapes.emplace_back(70, 13, 1100);  // sgemm_nt: K cut into blocks (M >= 64)
+  shapes.emplace_back(9, 1100, 20);   // N past sgemm_nn's NC (1024)
+  uint64_t seed = 100;
+  for (auto [M, N, K] : shapes) {
+    const double scale = 1.0 / std::sqrt(double(K));
+    const Data a = make_data(size_t(M) * K, seed++, 1.0), b = make_data(size_t(K) * N, seed++, scale),
+               bt = make_data(size_t(N) * K, seed++, scale), c0 = make_data(size_t(M) * N, seed++, 1.0),
+               init = make_data(M, seed++, 1.0);
+    // The double references: A B (+ init or C), A B^T (+ C).
+    std::vector<double> nn(size_t(M) * N), nt(size_t(M) * N);
+    for (int i = 0; i < M; i++)
+      for (int j = 0; j < N; j++) {
+        double t = 0, u = 0;
+        for (int k = 0; k < K; k++) {
+          t += a.d[size_t(i) * K + k] * b.d[size_t(k) * N + j];
+          u += a.d[size_t(i) * K + k] * bt.d[size_t(j) * K + k];
+        }
+        nn[size_t(i) * N + j] = t, nt[size_t(i) * N + j] = u;
+      }
+    std::vector<double> nn_init = nn, nn_acc = nn, nt_acc = nt;
+    for (int i = 0; i < M; i++)
+      for (int j = 0; j < N; j++) {
+        nn_init[size_t(i) * N + j] += init.d[i];
+        nn_acc[size_t(i) * N + j] += c0.d[size_t(i) * N + j];
+        nt_acc[size_t(i) * N + j] += c0.d[size_t(i) * N + j];
+      }
+    // A transposed: A^T stored row-major (K, M), read with rsa = 1, csa = M.
+    std::vector<float> at(size_t(K) * M);
+    for (int i = 0; i < M; i++)
+      for (int k = 0; k < K; k++) at[size_t(k) * M + i] = a.f[size_t(i) * K + k];
+    const std::string label = std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
+    std::vector<float> out[2][5];
+    for (int t = 0; t < 2; t++) {
+      cpu::set_cpu_isa(t == 0 ? cpu::CpuIsa::Avx2 : cpu::CpuIsa::Avx512);
+      auto& o = out[t];
+      for (auto& v : o) v = nans(size_t(M) * N);
+      o[3] = c0.f, o[4] = c0.f;
+      cpu::detail::sgemm_nn(M, N, K, a.f.data(), K, 1, b.f.data(), N, o[0].data(), N, init.f.data(), false);
+      cpu::detail::sgemm_nn(M, N, K, at.data(), 1, M, b.f.data(), N, o[1].data(), N, nullptr, false);
+      cpu::detail::sgemm_nt(M, N, K, a.f.data(), K, bt.f.data(), K, o[2].data(), N, false);
+      cpu::detail::sgemm_nn(M, N, K, a.f.data(), K, 1, b.f.data(), N, o[3].data(), N, nullptr, true);
+      cpu::detail::sgemm_nt(M, N, K, a.f.data(), K, bt.f.data(), K, o[4].data(), N, true);
+    }
+    const std::vector<double>* ref[5] = {&nn_init, &nn, &nt, &nn_acc, &nt_acc};
+    const char* name[5] = {"nn +init", "nn A^T", "nt", "nn +=", "nt +="};
+    for (int v = 0; v < 5; v++) {
+      EXPECT_TRUE(all_close(*ref[v], out[0][v], kAtol, kRtol)) << name[v] << " " << label << " [avx2]";
+      EXPECT_TRUE(same_bits(out[0][v], out[1][v])) << name[v] << " " << label << " [avx512 vs avx2]";
+    }
   }
 }
 

@@ -21,13 +21,14 @@
 //
 // ISA: the kernels are written once with GCC vector extensions, templated on the vector type, and
 // compiled for AVX2+FMA (8-float vectors; always_inline templates inlined into target("avx2,fma")
-// entry points), for baseline x86-64 (4-float SSE2 vectors, smaller tiles, mul+add), and sgemm_nn
-// also for AVX-512 (16-float vectors, up to 16 rows a tile in its 32 registers; sgemm_nt keeps its
-// AVX2 kernel there, whose 8 lanes are part of its summation order). The choice is made once at run
-// time from the CPU's feature bits, so the binary runs on any x86-64 (no -march=native). Generic
-// rounds differently (no FMA); AVX-512 and AVX2 give the same bits: each C element of sgemm_nn is
-// the same FMA chain (ascending k, the same K blocks) whatever the tile width, and sgemm_nt is the
-// same code. So results are bitwise reproducible per machine with or without AVX-512.
+// entry points), for baseline x86-64 (4-float SSE2 vectors, smaller tiles, mul+add), and for
+// AVX-512 (16-float vectors in 32 registers: sgemm_nn on 32-column tiles, sgemm_nt with two rows of
+// A per vector, each half holding the 8 lanes of one AVX2 accumulator). The choice is made once at
+// run time from the CPU's feature bits, so the binary runs on any x86-64 (no -march=native).
+// Generic rounds differently (no FMA); AVX-512 and AVX2 give the same bits: each C element of
+// sgemm_nn is the same FMA chain (ascending k; the tile's size changes which elements are
+// computed together, not how), and each of sgemm_nt's is the same 8 lane chains summed in the same
+// tree. So results are bitwise reproducible per machine with or without AVX-512.
 #pragma once
 
 #include <algorithm>
@@ -92,8 +93,9 @@ inline float* scratch(std::vector<float>& buf, size_t n) {
 
 // ---- sgemm_nn: packed, register-tiled ------------------------------------------------------------
 
-constexpr int kNR = 16;    // columns per micro-tile: two 8-float vectors
-constexpr int kKC = 256;   // K block: an NR-wide B panel (KC x NR = 16 KiB) stays in L1
+// Columns per micro-tile (NR): 16 with SSE and AVX2 (two 8-float vectors), 32 with AVX-512 (two
+// 16-float vectors, so that each broadcast of A feeds two FMAs).
+constexpr int kKC = 256;   // K block: an NR-wide B panel (KC x NR = 16 or 32 KiB) stays in L1
 constexpr int kMC = 96;    // M block: the packed A block (MC x KC = 96 KiB) stays in L2
 constexpr int kNC = 1024;  // N block: the packed B block (KC x NC = 1 MiB) stays in L2/L3
 
@@ -121,16 +123,17 @@ template <int MR>
 
 // Packs rows [0, kc) x cols [0, nc) of row-major B into ceil(nc/NR) panels of [k*NR + jj];
 // columns past nc are zero.
+template <int NR>
 [[gnu::always_inline]] inline void pack_b(float* dst, const float* B, long ldb, int kc, int nc) {
-  for (int j0 = 0; j0 < nc; j0 += kNR, dst += kNR * kc) {
-    int nr = std::min(kNR, nc - j0);
-    if (nr == kNR) {
-      for (int k = 0; k < kc; k++) std::memcpy(dst + k * kNR, B + k * ldb + j0, kNR * sizeof(float));
+  for (int j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
+    int nr = std::min(NR, nc - j0);
+    if (nr == NR) {
+      for (int k = 0; k < kc; k++) std::memcpy(dst + k * NR, B + k * ldb + j0, NR * sizeof(float));
     } else {
       for (int k = 0; k < kc; k++) {
         int jj = 0;
-        for (; jj < nr; jj++) dst[k * kNR + jj] = B[k * ldb + j0 + jj];
-        for (; jj < kNR; jj++) dst[k * kNR + jj] = 0.f;
+        for (; jj < nr; jj++) dst[k * NR + jj] = B[k * ldb + j0 + jj];
+        for (; jj < NR; jj++) dst[k * NR + jj] = 0.f;
       }
     }
   }
@@ -141,10 +144,10 @@ template <int MR>
 // MR * NR/lanes accumulators + NR/lanes B vectors + 1 broadcast must fit the vector registers:
 // MR <= 6 with AVX (16 registers, 2 vectors per row), MR = 2 with SSE (16, 4 per row), MR <= 16
 // with AVX-512 (32 registers, 1 vector per row).
-template <int MR, typename V>
+template <int MR, int NR, typename V>
 [[gnu::always_inline]] inline void micro_nn(int kc, const float* a, const float* b, float* C, long ldc, bool load_c,
                                             const float* row_init) {
-  constexpr int L = kLanes<V>, NV = kNR / L;
+  constexpr int L = kLanes<V>, NV = NR / L;
   V acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; i++) {
@@ -159,7 +162,7 @@ template <int MR, typename V>
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) acc[i][v] = load_c ? loadv<V>(C + i * ldc + v * L) : start;
   }
-  for (int k = 0; k < kc; k++, a += MR, b += kNR) {
+  for (int k = 0; k < kc; k++, a += MR, b += NR) {
     V bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) bv[v] = loadv<V>(b + v * L);
@@ -183,7 +186,7 @@ template <int MR, typename V>
     for (int v = 0; v < NV; v++) storev<V>(C + i * ldc + v * L, acc[i][v]);
 }
 
-template <int MR, typename V>
+template <int MR, int NR, typename V>
 [[gnu::always_inline]] inline void sgemm_nn_impl(int M, int N, int K, const float* A, long rsa, long csa,
                                                  const float* B, long ldb, float* C, long ldc, const float* row_init,
                                                  bool accumulate) {
@@ -199,30 +202,30 @@ template <int MR, typename V>
     for (int pc = 0; pc < K; pc += kc_step) {
       int kc = std::min(kc_step, K - pc);
       bool load_c = accumulate || pc > 0;  // later K blocks continue the chain held in C
-      pack_b(bpack, B + pc * ldb + jc, ldb, kc, nc);
+      pack_b<NR>(bpack, B + pc * ldb + jc, ldb, kc, nc);
       for (int ic = 0; ic < M; ic += MC) {
         int mc = std::min(MC, M - ic);
         pack_a<MR>(apack, A + ic * rsa + pc * csa, rsa, csa, mc, kc);
-        for (int jr = 0; jr < nc; jr += kNR) {
-          int nr = std::min(kNR, nc - jr);
+        for (int jr = 0; jr < nc; jr += NR) {
+          int nr = std::min(NR, nc - jr);
           const float* bp = bpack + jr * kc;
           for (int ir = 0; ir < mc; ir += MR) {
             int mr = std::min(MR, mc - ir);
             const float* ap = apack + ir * kc;
             float* c = C + (ic + ir) * ldc + jc + jr;
             const float* init = (!load_c && row_init) ? row_init + ic + ir : nullptr;
-            if (mr == MR && nr == kNR) {
-              micro_nn<MR, V>(kc, ap, bp, c, ldc, load_c, init);
+            if (mr == MR && nr == NR) {
+              micro_nn<MR, NR, V>(kc, ap, bp, c, ldc, load_c, init);
             } else {
               // Edge tile: run the same kernel on a full tile in a local buffer (the zero rows and
               // columns of the packed panels touch only the lanes that are dropped).
-              alignas(64) float t[MR * kNR];
+              alignas(64) float t[MR * NR];
               for (int i = 0; i < MR; i++)
-                for (int j = 0; j < kNR; j++)
-                  t[i * kNR + j] = i >= mr || j >= nr ? 0.f : load_c ? c[i * ldc + j] : init ? init[i] : 0.f;
-              micro_nn<MR, V>(kc, ap, bp, t, kNR, true, nullptr);
+                for (int j = 0; j < NR; j++)
+                  t[i * NR + j] = i >= mr || j >= nr ? 0.f : load_c ? c[i * ldc + j] : init ? init[i] : 0.f;
+              micro_nn<MR, NR, V>(kc, ap, bp, t, NR, true, nullptr);
               for (int i = 0; i < mr; i++)
-                for (int j = 0; j < nr; j++) c[i * ldc + j] = t[i * kNR + j];
+                for (int j = 0; j < nr; j++) c[i * ldc + j] = t[i * NR + j];
             }
           }
         }
@@ -238,24 +241,29 @@ template <int MR, typename V>
                                                  bool accumulate) {
   int pad4 = (M + 3) / 4 * 4, pad6 = (M + 5) / 6 * 6;
   if (pad6 <= pad4)
-    sgemm_nn_impl<6, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_impl<6, 16, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
   else
-    sgemm_nn_impl<4, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_impl<4, 16, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
 }
 
-// AVX-512: MR = 16, 12 or 8 rows per micro-tile (one 16-float vector per row), whichever pads M
-// least, ties to the larger: 32 and 64 channels take 16, 120 takes 12, 6 takes 8. A function of M
-// only; the rows of a tile do not change any element's chain.
+// AVX-512: 32-column tiles (two 16-float vectors per row, so each broadcast of A feeds two FMAs),
+// MR = 8, 12, 6 or 4 rows (16, 24, 12 or 8 of the 32 registers hold accumulators): whichever pads
+// M least, ties to the earlier in that list (8 measured fastest; a short row tile takes the slow
+// edge path on every tile). 32, 64, 120 and 288 rows take 8; 84 takes 12; 6 takes 6. A function of
+// M only; neither the rows nor the columns of a tile change any element's chain.
 [[gnu::always_inline]] inline void sgemm_nn_pick512(int M, int N, int K, const float* A, long rsa, long csa,
                                                     const float* B, long ldb, float* C, long ldc, const float* row_init,
                                                     bool accumulate) {
-  const int pad16 = (M + 15) / 16 * 16, pad12 = (M + 11) / 12 * 12, pad8 = (M + 7) / 8 * 8;
-  if (pad16 <= pad12 && pad16 <= pad8)
-    sgemm_nn_impl<16, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
-  else if (pad12 <= pad8)
-    sgemm_nn_impl<12, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+  const int pad8 = (M + 7) / 8 * 8, pad12 = (M + 11) / 12 * 12, pad6 = (M + 5) / 6 * 6, pad4 = (M + 3) / 4 * 4;
+  const int best = std::min(std::min(pad8, pad12), std::min(pad6, pad4));
+  if (pad8 == best)
+    sgemm_nn_impl<8, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+  else if (pad12 == best)
+    sgemm_nn_impl<12, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+  else if (pad6 == best)
+    sgemm_nn_impl<6, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
   else
-    sgemm_nn_impl<8, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_impl<4, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
 }
 
 // ---- sgemm_nt: dot-product form ------------------------------------------------------------------
@@ -328,7 +336,86 @@ template <int MR, typename V>
   }
 }
 
-template <typename V>
+// The AVX-512 form of micro_nt<., ., v8f>: the same 8-lane partial sums, bit for bit, with two
+// rows of A in each 16-float vector: lanes 0-7 hold the sums of (i, j), lanes 8-15 those of
+// (i + 1, j). A tile is MP such row pairs x NR rows of B, so one 8-float load of B, broadcast to
+// both halves, feeds MP FMAs of 16 lanes. mr <= 2 MP rows are real; a pair's missing second row
+// repeats its first (computed, not stored).
+[[gnu::always_inline]] inline v16f cat8(const v8f& lo, const v8f& hi) {
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+template <int MP, int NR>
+[[gnu::always_inline]] inline void micro_nt512(int mr, int kc, const float* A, long lda, const float* B, long ldb,
+                                               float* accv, long ldv, bool first) {
+  constexpr int L = 8;
+  const float* ar[2 * MP];
+#pragma GCC unroll 16
+  for (int r = 0; r < 2 * MP; r++) ar[r] = A + (r < mr ? r : r - 1) * lda;
+  v16f acc[MP][NR];
+#pragma GCC unroll 8
+  for (int p = 0; p < MP; p++) {
+    const int r1 = 2 * p + 1 < mr ? 2 * p + 1 : 2 * p;
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; j++)
+      acc[p][j] = first ? v16f{} : cat8(loadv<v8f>(accv + 2 * p * ldv + j * L), loadv<v8f>(accv + r1 * ldv + j * L));
+  }
+  int k = 0;
+  for (; k + L <= kc; k += L) {
+    v16f a[MP];
+#pragma GCC unroll 8
+    for (int p = 0; p < MP; p++) a[p] = cat8(loadv<v8f>(ar[2 * p] + k), loadv<v8f>(ar[2 * p + 1] + k));
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; j++) {
+      const v8f b8 = loadv<v8f>(B + j * ldb + k);
+      const v16f b = cat8(b8, b8);
+#pragma GCC unroll 8
+      for (int p = 0; p < MP; p++) acc[p][j] += a[p] * b;
+    }
+  }
+  if (k < kc) {  // the tail, zero-padded to 8 lanes as in micro_nt
+    alignas(64) float at[2 * MP][L] = {}, bt[NR][L] = {};
+    for (int r = 0; r < 2 * MP; r++)
+      for (int kk = k; kk < kc; kk++) at[r][kk - k] = ar[r][kk];
+    for (int j = 0; j < NR; j++)
+      for (int kk = k; kk < kc; kk++) bt[j][kk - k] = B[j * ldb + kk];
+    for (int p = 0; p < MP; p++)
+      for (int j = 0; j < NR; j++) {
+        const v8f b8 = loadv<v8f>(bt[j]);
+        acc[p][j] += cat8(loadv<v8f>(at[2 * p]), loadv<v8f>(at[2 * p + 1])) * cat8(b8, b8);
+      }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < MP; p++)
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; j++) {
+      const v16f v = acc[p][j];
+      storev<v8f>(accv + 2 * p * ldv + j * L, __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7));
+      if (2 * p + 1 < mr)
+        storev<v8f>(accv + (2 * p + 1) * ldv + j * L, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+    }
+}
+template <int MP, int NR>
+[[gnu::always_inline]] inline void micro_nt512_cols(int mr, int nr, int kc, const float* A, long lda, const float* B,
+                                                    long ldb, float* accv, long ldv, bool first) {
+  if constexpr (NR > 0) {
+    if (nr == NR) return micro_nt512<MP, NR>(mr, kc, A, lda, B, ldb, accv, ldv, first);
+    micro_nt512_cols<MP, NR - 1>(mr, nr, kc, A, lda, B, ldb, accv, ldv, first);
+  }
+}
+template <int MP, int NR>
+[[gnu::always_inline]] inline void micro_nt512_tile(int mr, int nr, int kc, const float* A, long lda, const float* B,
+                                                    long ldb, float* accv, long ldv, bool first) {
+  if constexpr (MP > 0) {
+    if ((mr + 1) / 2 == MP) return micro_nt512_cols<MP, NR>(mr, nr, kc, A, lda, B, ldb, accv, ldv, first);
+    micro_nt512_tile<MP - 1, NR>(mr, nr, kc, A, lda, B, ldb, accv, ldv, first);
+  }
+}
+// AVX-512 tile: kMP512 row pairs x kNR512 rows of B = 24 accumulators + 3 A vectors + 1 B vector
+// (2 x 12 and 4 x 6 measured the same on a Zen 5).
+constexpr int kMP512 = 3, kNR512 = 8;
+
+// Paired512: the tiles of micro_nt512 (V = v8f: the lanes, and so the bits, of the AVX2 build).
+template <typename V, bool Paired512 = false>
 [[gnu::always_inline]] inline void sgemm_nt_impl(int M, int N, int K, const float* A, long lda, const float* B,
                                                  long ldb, float* C, long ldc, bool accumulate) {
   constexpr int L = kLanes<V>;
@@ -341,11 +428,20 @@ template <typename V>
   for (int pc = 0; pc < K; pc += kc_step) {
     int kc = std::min(kc_step, K - pc);
     // j outer, i inner: the NRT rows of B are reused from L1 across all of A's rows.
-    for (int j0 = 0; j0 < N; j0 += kNRT) {
-      int nr = std::min(kNRT, N - j0);
-      for (int i0 = 0; i0 < M; i0 += kMRT) {
-        micro_nt_tile<kMRT, V>(std::min(kMRT, M - i0), nr, kc, A + i0 * lda + pc, lda, B + j0 * ldb + pc, ldb,
-                               accv + i0 * ldv + j0 * L, ldv, pc == 0);
+    if constexpr (Paired512) {
+      for (int j0 = 0; j0 < N; j0 += kNR512) {
+        int nr = std::min(kNR512, N - j0);
+        for (int i0 = 0; i0 < M; i0 += 2 * kMP512)
+          micro_nt512_tile<kMP512, kNR512>(std::min(2 * kMP512, M - i0), nr, kc, A + i0 * lda + pc, lda,
+                                           B + j0 * ldb + pc, ldb, accv + i0 * ldv + j0 * L, ldv, pc == 0);
+      }
+    } else {
+      for (int j0 = 0; j0 < N; j0 += kNRT) {
+        int nr = std::min(kNRT, N - j0);
+        for (int i0 = 0; i0 < M; i0 += kMRT) {
+          micro_nt_tile<kMRT, V>(std::min(kMRT, M - i0), nr, kc, A + i0 * lda + pc, lda, B + j0 * ldb + pc, ldb,
+                                 accv + i0 * ldv + j0 * L, ldv, pc == 0);
+        }
       }
     }
   }
@@ -371,11 +467,16 @@ template <typename V>
 // Baseline x86-64: 4-float SSE vectors, 2 x 16 tiles (8 accumulators + 4 B vectors + 1 broadcast).
 inline void sgemm_nn_generic(int M, int N, int K, const float* A, long rsa, long csa, const float* B, long ldb,
                              float* C, long ldc, const float* row_init, bool accumulate) {
-  sgemm_nn_impl<2, v4f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+  sgemm_nn_impl<2, 16, v4f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
 }
 [[gnu::target("avx2,fma")]] inline void sgemm_nt_avx2(int M, int N, int K, const float* A, long lda, const float* B,
                                                       long ldb, float* C, long ldc, bool accumulate) {
   sgemm_nt_impl<v8f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+[[gnu::target("avx512f,avx2,fma")]] inline void sgemm_nt_avx512(int M, int N, int K, const float* A, long lda,
+                                                                const float* B, long ldb, float* C, long ldc,
+                                                                bool accumulate) {
+  sgemm_nt_impl<v8f, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 inline void sgemm_nt_generic(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C,
                              long ldc, bool accumulate) {
@@ -429,7 +530,10 @@ inline void sgemm_nt(int M, int N, int K, const float* A, long lda, const float*
       for (int i = 0; i < M; i++) std::fill(C + i * ldc, C + i * ldc + N, 0.f);
     return;
   }
-  if (isa_state().load(std::memory_order_relaxed) != int(CpuIsa::Generic))  // (AVX-512: the AVX2 kernel)
+  const int isa = isa_state().load(std::memory_order_relaxed);
+  if (isa == int(CpuIsa::Avx512))
+    sgemm_nt_avx512(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  else if (isa == int(CpuIsa::Avx2))
     sgemm_nt_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   else
     sgemm_nt_generic(M, N, K, A, lda, B, ldb, C, ldc, accumulate);

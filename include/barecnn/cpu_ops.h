@@ -90,7 +90,7 @@ bool flushes_subnormals();
 
 // Which instruction set the GEMM kernels use. The start value is the best the CPU supports
 // (AVX-512F, else AVX2+FMA, else baseline x86-64); tests and the lab switch it to check and time
-// each. Avx512 runs sgemm_nn with 16-float vectors and gives the bits of Avx2 (sgemm.h). Setting
+// each. Avx512 runs both GEMMs with 16-float vectors and gives the bits of Avx2 (sgemm.h). Setting
 // an ISA the CPU lacks throws barecnn::Error.
 enum class CpuIsa : int { Generic, Avx2, Avx512 };
 void set_cpu_isa(CpuIsa isa);
