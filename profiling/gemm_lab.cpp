@@ -106,6 +106,17 @@ int pixel_block(int pixels, long long rows, int N) {
   return int(std::min<long long>(pb, pixels));
 }
 
+// conv2d.cpp's wide_row_block: result rows per item of the stride-1 "wide rows" GEMMs.
+int wide_row_block(int Ho, int Wp, int Cs, int M, int kh, int N) {
+  constexpr long long kL2Floats = 64 * 1024;
+  long long rb = Ho;
+  while (rb > 4 && ((long long)Cs * (rb + kh - 1) * Wp > kL2Floats || (long long)M * rb * Wp > kL2Floats))
+    rb = (rb + 1) / 2;
+  int want = N > 0 ? ceil_div(8, N) : 1;
+  if (want > 1) rb = std::min<long long>(rb, std::max(1, ceil_div(Ho, want)));
+  return int(std::max(1LL, rb));
+}
+
 struct ConvLayer {
   std::string net, name;
   int C, H, W, K, k, pad;
@@ -118,12 +129,26 @@ std::vector<Op> conv_ops(const ConvLayer& L, int N) {
   const bool pointwise = s.kh == 1 && s.kw == 1 && s.ph == 0 && s.pw == 0;
   const std::string layer = L.name + " " + std::to_string(L.C) + "x" + std::to_string(L.H) + "x" + std::to_string(L.W);
   std::vector<Op> ops;
-  {  // forward: out_n (K, np) = W (K, CKK) col (CKK, np) + bias, per (image, pixel block)
-    Op op{L.net, layer, "forward", {}};
-    const int pb = pixel_block(P, CKK, N), nb = ceil_div(P, pb);
+  // The stride-1 GEMMs over padded "wide" rows (conv2d.cpp): per (image, block of rb result rows),
+  // ncols = (rb - 1) * Wp + Wo columns; B's rows are pointers into padded planes there, a
+  // row-major (rows, ncols) matrix here (the same packing work), C a (M, ncols) buffer.
+  auto wide_calls = [&](Op& op, int M, int R, int Ho, int Wo, int Cs, bool bias) {
+    const int Wp = Wo + s.kw - 1, rb = wide_row_block(Ho, Wp, Cs, M, s.kh, N), nb = ceil_div(Ho, rb);
     for (int item = 0; item < N * nb; item++) {
-      int p0 = item % nb * pb, np = std::min(P, p0 + pb) - p0;
-      op.calls.push_back({false, s.K, np, CKK, CKK, 1, pointwise ? P : np, P, false, true});
+      const int y0 = item % nb * rb, rows = std::min(Ho, y0 + rb) - y0, ncols = (rows - 1) * Wp + Wo;
+      op.calls.push_back({false, M, ncols, R, R, 1, ncols, ncols, false, bias});
+    }
+  };
+  {  // forward: out_n (K, P) = W (K, CKK) col (CKK, P) + bias
+    Op op{L.net, layer, "forward", {}};
+    if (pointwise) {
+      const int pb = pixel_block(P, CKK, N), nb = ceil_div(P, pb);
+      for (int item = 0; item < N * nb; item++) {
+        int p0 = item % nb * pb, np = std::min(P, p0 + pb) - p0;
+        op.calls.push_back({false, s.K, np, CKK, CKK, 1, P, P, false, true});
+      }
+    } else {
+      wide_calls(op, s.K, CKK, s.OH, s.OW, s.C, true);
     }
     ops.push_back(op);
   }
@@ -139,12 +164,14 @@ std::vector<Op> conv_ops(const ConvLayer& L, int N) {
         int c0 = item % nb * cb, nc = std::min(cb, s.C - c0);
         op.calls.push_back({false, nc * KK, P, s.K, 1, CKK, P, P, false, false});  // W^T (nc*KK, K) dout_n (K, P)
       }
-    } else {
+    } else if (pointwise) {
       const int qb = pixel_block(Q, KKK, N), nb = ceil_div(Q, qb);
       for (int item = 0; item < N * nb; item++) {
         int q0 = item % nb * qb, nq = std::min(Q, q0 + qb) - q0;
-        op.calls.push_back({false, s.C, nq, KKK, KKK, 1, pointwise ? P : nq, Q, false, false});  // Wt dcol
+        op.calls.push_back({false, s.C, nq, KKK, KKK, 1, P, Q, false, false});  // Wt dout_n
       }
+    } else {
+      wide_calls(op, s.C, KKK, s.H, s.W, s.K, false);  // Wt dcol
     }
     ops.push_back(op);
   }

@@ -44,7 +44,7 @@ constexpr double kAtol = 1e-4, kRtol = 1e-4;
 
 std::vector<Conv2dShape> odd_conv_shapes() {
   return {
-      conv_shape(1, 1, 7, 9, 3, 3, 3, 1, 1, 1, 1),    conv_shape(3, 3, 11, 13, 17, 5, 5, 2, 2, 2, 2),
+      conv_shape(1, 1, 7, 9, 3, 3, 3, 1, 1, 1, 1), conv_shape(3, 3, 11, 13, 17, 5, 5, 2, 2, 2, 2),
       conv_shape(65, 3, 9, 8, 5, 2, 3, 3, 1, 0, 1),    // 2x3 kernel, stride (3,1), pad (0,1)
       conv_shape(2, 17, 10, 7, 7, 1, 1, 1, 1, 0, 0),   // 1x1: the pointwise path (no im2col)
       conv_shape(3, 17, 9, 9, 3, 1, 1, 2, 2, 0, 0),    // 1x1 with stride 2: im2col
@@ -55,6 +55,10 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       conv_shape(8, 1, 36, 36, 4, 3, 3, 1, 1, 1, 1),   // 1296 pixels > NC=1024
       conv_shape(2, 64, 28, 28, 5, 3, 3, 1, 1, 1, 1),  // im2col over 256 KiB: pixel blocks
       conv_shape(19, 2, 6, 5, 3, 3, 3, 2, 1, 1, 2),    // 19 images: 9 groups of 2 + 1 in backward_weight
+      // stride 1 through padded "wide" rows (forward; gather backward-input where C >= K):
+      conv_shape(1, 9, 13, 11, 4, 3, 2, 1, 1, 3, 0),    // pad 3 > kh - 1, batch 1: 8 row blocks
+      conv_shape(3, 5, 6, 20, 5, 1, 4, 1, 1, 0, 3),     // 1x4 kernel, pad (0, 3): dout padded by (0, 0)
+      conv_shape(2, 40, 40, 40, 40, 3, 3, 1, 1, 1, 1),  // planes over 256 KiB: several row blocks
   };
 }
 

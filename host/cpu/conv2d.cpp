@@ -16,7 +16,11 @@
 //   backward_weight  dW (K, CKK)    = sum_n dout_n (K, P) col_n (CKK, P)^T               sgemm_nt
 //                    db (K)         = sum_n sum_p dout_n[k, p]
 //
-// Threads: forward and gather backward-input split the output into (image, pixel block) items;
+// Stride 1 (every preset), forward and gather backward-input: col_n and dcol_n are never copied
+// out; the GEMM reads each row straight from zero-padded image rows (the "wide rows" below).
+// Other strides, and backward-weight: im2col copies.
+//
+// Threads: forward and gather backward-input split the output into (image, row or pixel block) items;
 // scatter backward-input into (image, channel block) items. Backward-weight reduces over the
 // batch, so the batch is cut into at most kMaxGroups groups of images (a function of N only);
 // each group's partial dW is summed by one thread, and the partials are added in group order.
@@ -126,21 +130,6 @@ static void im2col(float* col, long ldcol, const float* inp, const Conv2dShape& 
   }
 }
 
-// dcol (K*kh*kw, q1 - q0) = the gather matrix of input pixels q0..q1-1 of one image, stride 1,
-// from dout (K, OH, OW): row (k,i,j), column (h,w) holds dout[k, h + ph - i, w + pw - j], or 0
-// outside dout. Each channel of dout is padded once so that this is plane[h + kh-1-i][w + kw-1-j].
-static void dout2col(float* dcol, const float* dout, const Conv2dShape& s, int q0, int q1, std::vector<float>& plane) {
-  const int nq = q1 - q0, Hp = s.H + s.kh - 1, Wp = s.W + s.kw - 1;
-  float* pl = scratch(plane, (size_t)Hp * Wp);  // (Hp, Wp)
-  for (int k = 0; k < s.K; k++) {
-    pad_plane(pl, dout + (long long)k * s.OH * s.OW, s.OH, s.OW, s.kh - 1 - s.ph, s.kw - 1 - s.pw, Hp, Wp);
-    for (int i = 0; i < s.kh; i++)
-      for (int j = 0; j < s.kw; j++)
-        copy_windows(dcol + ((long long)(k * s.kh + i) * s.kw + j) * nq, pl, Wp, s.W, q0, q1, s.kh - 1 - i,
-                     s.kw - 1 - j);
-  }
-}
-
 // The (C*kh*kw, p1 - p0) column block of one image for output pixels [p0, p1): a 1x1 stride-1
 // unpadded convolution reads the image itself (leading dimension P), any other one an im2col copy.
 static const float* image_columns(const float* inp_n, const Conv2dShape& s, bool pointwise, int p0, int p1,
@@ -195,13 +184,86 @@ static const float* conv_grad(const float* dout_n, const float* relu_out_n, long
   return g;
 }
 
+// ---- stride 1: windows read in place from padded rows ("wide" rows) ----
+// A stride-1 correlation needs no im2col copy. Over a map zero-padded to width Wp = Wo + kw - 1
+// (Wo: the result's width), the window of tap (i, j) over the result pixels of rows y0..y1-1 is
+// one run of the padded rows, plane + (y0 + i)*Wp + j, if each result row is computed Wp wide
+// instead of Wo (its last kw - 1 values read across the row's end; they are computed and dropped).
+// So the GEMM's B rows are pointers into the padded planes (sgemm_nn's brows), its C the wide rows
+// in a buffer, and the copy out drops the extra columns (and applies a fused ReLU). Each result
+// element is the same chain of FMAs over the same values as through im2col: the same bits.
+// Used by the forward (the input padded by (ph, pw)) and the gather form of backward-input (dout
+// padded by (kh-1-ph, kw-1-pw), the taps flipped).
+
+// Result rows per item: the block's padded planes (Cs channels, rows + kh - 1 rows of Wp) and its
+// wide result (M, rows x Wp) stay in L2, and at least 8 items in all when the batch is small.
+// Depends on the shape only.
+static int wide_row_block(int Ho, int Wp, int Cs, int M, int kh, int N) {
+  constexpr long long kL2Floats = 64 * 1024;  // 256 KiB
+  long long rb = Ho;
+  while (rb > 4 && ((long long)Cs * (rb + kh - 1) * Wp > kL2Floats || (long long)M * rb * Wp > kL2Floats))
+    rb = (rb + 1) / 2;
+  int want = N > 0 ? ceil_div(8, N) : 1;
+  if (want > 1) rb = std::min<long long>(rb, std::max(1, ceil_div(Ho, want)));
+  return int(std::max(1LL, rb));
+}
+
+struct WideBuffers {
+  std::vector<float> plane, wide;
+  std::vector<const float*> rows;
+};
+
+// out (M, Ho, Wo) rows [y0, y1) = row_init + A (M, Cs*kh*kw) x the windows of src (Cs, Hs, Ws)
+// padded by (top, left): tap (c, i, j) reads padded row y + i', column x + j', where (i', j') =
+// (i, j), or (kh-1-i, kw-1-j) when `flip`. A(m, r) = A[m*rsa + r*csa]. relu: out = relu(out).
+static void wide_rows(float* out, const float* A, long rsa, long csa, int M, const float* src, int Cs, int Hs, int Ws,
+                      int top, int left, int kh, int kw, bool flip, int Ho, int Wo, int y0, int y1,
+                      const float* row_init, bool relu, WideBuffers& b) {
+  const int Wp = Wo + kw - 1, rb = y1 - y0, Rb = rb + kh - 1, KK = kh * kw;
+  const long long plane_n = (long long)Rb * Wp;
+  float* pl = scratch(b.plane, size_t(Cs * plane_n));  // (Cs, Rb, Wp): padded rows y0 .. y1 + kh - 2
+  for (int c = 0; c < Cs; c++)
+    pad_plane(pl + c * plane_n, src + (long long)c * Hs * Ws, Hs, Ws, top - y0, left, Rb, Wp);
+  b.rows.resize(size_t(Cs) * KK);
+  for (int c = 0; c < Cs; c++)
+    for (int i = 0; i < kh; i++)
+      for (int j = 0; j < kw; j++)
+        b.rows[(c * kh + i) * kw + j] = pl + c * plane_n + (flip ? kh - 1 - i : i) * Wp + (flip ? kw - 1 - j : j);
+  const int ncols = (rb - 1) * Wp + Wo;  // the last row needs only its Wo columns
+  float* wide = scratch(b.wide, size_t(M) * ncols);
+  sgemm_nn(M, ncols, Cs * KK, A, rsa, csa, nullptr, 0, wide, ncols, row_init, false, b.rows.data());
+  const long long HWo = (long long)Ho * Wo;
+  for (int m = 0; m < M; m++)
+    for (int r = 0; r < rb; r++) {
+      const float* w = wide + (long long)m * ncols + (long long)r * Wp;
+      float* o = out + m * HWo + (long long)(y0 + r) * Wo;
+      if (relu) {
+#pragma omp simd
+        for (int x = 0; x < Wo; x++) o[x] = w[x] <= 0.f ? 0.f : w[x];  // relu_block's
+      } else {
+        std::memcpy(o, w, sizeof(float) * Wo);
+      }
+    }
+}
+
 void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
                     bool fuse_relu) {
   // out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
   check_conv2d_shape(s, "cpu::conv2d_forward");
   const int P = s.OH * s.OW, CKK = s.C * s.kh * s.kw;
-  const int pb = pixel_block(P, CKK, s.N), nb = ceil_div(P, pb);
   const bool pointwise = is_pointwise(s);
+  if (s.sh == 1 && s.sw == 1 && !pointwise) {
+    const int rb = wide_row_block(s.OH, s.OW + s.kw - 1, s.C, s.K, s.kh, s.N), nb = ceil_div(s.OH, rb);
+#pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
+    for (int item = 0; item < s.N * nb; item++) {
+      static thread_local WideBuffers bufs;
+      const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.OH, y0 + rb);
+      wide_rows(out + (long long)n * s.K * P, weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W,
+                s.ph, s.pw, s.kh, s.kw, false, s.OH, s.OW, y0, y1, bias, fuse_relu, bufs);
+    }
+    return;
+  }
+  const int pb = pixel_block(P, CKK, s.N), nb = ceil_div(P, pb);
 #pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
   for (int item = 0; item < s.N * nb; item++) {
     static thread_local std::vector<float> colbuf, planebuf;
@@ -287,24 +349,30 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
   for (int k = 0; k < s.K; k++)
     for (int c = 0; c < s.C; c++)
       for (int t = 0; t < KK; t++) wt[((long long)c * s.K + k) * KK + t] = weight[((long long)k * s.C + c) * KK + t];
-  const int qb = pixel_block(Q, KKK, s.N), nb = ceil_div(Q, qb);
+  const long long KP = (long long)s.K * P;
+  if (pointwise) {  // dcol_n is dout_n itself
+    const int qb = pixel_block(Q, KKK, s.N), nb = ceil_div(Q, qb);
+#pragma omp parallel for schedule(dynamic) if (parallel)
+    for (int item = 0; item < s.N * nb; item++) {
+      static thread_local std::vector<float> gradbuf;
+      int n = item / nb, q0 = item % nb * qb, q1 = std::min(Q, q0 + qb), nq = q1 - q0;
+      const float* dout_n = conv_grad(dout + n * KP, relu_out ? relu_out + n * KP : nullptr, KP, gradbuf);  // (K, P)
+      float* d = dinp + (long long)n * s.C * Q + q0;  // (C, nq) inside (C, Q)
+      sgemm_nn(s.C, nq, KKK, wt, KKK, 1, dout_n + q0, P, d, Q, nullptr, false);
+    }
+    return;
+  }
+  // dinp_n rows [y0, y1) = wt x the flipped windows of dout_n padded by (kh-1-ph, kw-1-pw): dcol_n's
+  // column (h, w), row (k, i, j) is dout[k, h + ph - i, w + pw - j] (wide rows above).
+  const int rb = wide_row_block(s.H, s.W + s.kw - 1, s.K, s.C, s.kh, s.N), nb = ceil_div(s.H, rb);
 #pragma omp parallel for schedule(dynamic) if (parallel)
   for (int item = 0; item < s.N * nb; item++) {
-    static thread_local std::vector<float> colbuf, planebuf, gradbuf;
-    int n = item / nb, q0 = item % nb * qb, q1 = std::min(Q, q0 + qb), nq = q1 - q0;
-    const long long KP = (long long)s.K * P;
+    static thread_local WideBuffers bufs;
+    static thread_local std::vector<float> gradbuf;
+    const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.H, y0 + rb);
     const float* dout_n = conv_grad(dout + n * KP, relu_out ? relu_out + n * KP : nullptr, KP, gradbuf);  // (K, OH, OW)
-    const float* dcol;  // (KKK, nq), leading dimension ldcol
-    long ldcol;
-    if (pointwise) {
-      dcol = dout_n + q0, ldcol = P;
-    } else {
-      float* buf = scratch(colbuf, (size_t)KKK * nq);
-      dout2col(buf, dout_n, s, q0, q1, planebuf);
-      dcol = buf, ldcol = nq;
-    }
-    float* d = dinp + (long long)n * s.C * Q + q0;  // (C, nq) inside (C, Q)
-    sgemm_nn(s.C, nq, KKK, wt, KKK, 1, dcol, ldcol, d, Q, nullptr, false);
+    wide_rows(dinp + (long long)n * s.C * Q, wt, KKK, 1, s.C, dout_n, s.K, s.OH, s.OW, s.kh - 1 - s.ph, s.kw - 1 - s.pw,
+              s.kh, s.kw, true, s.H, s.W, y0, y1, nullptr, false, bufs);
   }
 }
 

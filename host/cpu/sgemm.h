@@ -123,16 +123,21 @@ template <int MR>
 
 // Packs rows [0, kc) x cols [0, nc) of row-major B into ceil(nc/NR) panels of [k*NR + jj];
 // columns past nc are zero.
+// Row k of B is B + k*ldb, or brows[k] where brows is non-null (a B whose rows lie anywhere: the
+// windows of padded image rows, conv2d.cpp); col0 is added to either.
 template <int NR>
-[[gnu::always_inline]] inline void pack_b(float* dst, const float* B, long ldb, int kc, int nc) {
+[[gnu::always_inline]] inline void pack_b(float* dst, const float* B, long ldb, const float* const* brows, long col0,
+                                          int kc, int nc) {
   for (int j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
     int nr = std::min(NR, nc - j0);
     if (nr == NR) {
-      for (int k = 0; k < kc; k++) std::memcpy(dst + k * NR, B + k * ldb + j0, NR * sizeof(float));
+      for (int k = 0; k < kc; k++)
+        std::memcpy(dst + k * NR, (brows ? brows[k] : B + k * ldb) + col0 + j0, NR * sizeof(float));
     } else {
       for (int k = 0; k < kc; k++) {
+        const float* row = (brows ? brows[k] : B + k * ldb) + col0 + j0;
         int jj = 0;
-        for (; jj < nr; jj++) dst[k * NR + jj] = B[k * ldb + j0 + jj];
+        for (; jj < nr; jj++) dst[k * NR + jj] = row[jj];
         for (; jj < NR; jj++) dst[k * NR + jj] = 0.f;
       }
     }
@@ -189,7 +194,7 @@ template <int MR, int NR, typename V>
 template <int MR, int NR, typename V>
 [[gnu::always_inline]] inline void sgemm_nn_impl(int M, int N, int K, const float* A, long rsa, long csa,
                                                  const float* B, long ldb, float* C, long ldc, const float* row_init,
-                                                 bool accumulate) {
+                                                 bool accumulate, const float* const* brows) {
   static thread_local std::vector<float> abuf, bbuf;
   constexpr int MC = kMC / MR * MR;
   float* apack = scratch(abuf, size_t(MC) * kKC);   // (MC/MR panels, KC, MR)
@@ -202,7 +207,10 @@ template <int MR, int NR, typename V>
     for (int pc = 0; pc < K; pc += kc_step) {
       int kc = std::min(kc_step, K - pc);
       bool load_c = accumulate || pc > 0;  // later K blocks continue the chain held in C
-      pack_b<NR>(bpack, B + pc * ldb + jc, ldb, kc, nc);
+      if (brows)
+        pack_b<NR>(bpack, nullptr, 0, brows + pc, jc, kc, nc);
+      else
+        pack_b<NR>(bpack, B + pc * ldb, ldb, nullptr, jc, kc, nc);
       for (int ic = 0; ic < M; ic += MC) {
         int mc = std::min(MC, M - ic);
         pack_a<MR>(apack, A + ic * rsa + pc * csa, rsa, csa, mc, kc);
@@ -238,12 +246,12 @@ template <int MR, int NR, typename V>
 // accumulators): 32 and 64 channels take 4, 6 and 120 take 6. A function of M only.
 [[gnu::always_inline]] inline void sgemm_nn_pick(int M, int N, int K, const float* A, long rsa, long csa,
                                                  const float* B, long ldb, float* C, long ldc, const float* row_init,
-                                                 bool accumulate) {
+                                                 bool accumulate, const float* const* brows) {
   int pad4 = (M + 3) / 4 * 4, pad6 = (M + 5) / 6 * 6;
   if (pad6 <= pad4)
-    sgemm_nn_impl<6, 16, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_impl<6, 16, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
   else
-    sgemm_nn_impl<4, 16, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_impl<4, 16, v8f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 
 // AVX-512: 32-column tiles (two 16-float vectors per row, so each broadcast of A feeds two FMAs),
@@ -253,17 +261,17 @@ template <int MR, int NR, typename V>
 // M only; neither the rows nor the columns of a tile change any element's chain.
 [[gnu::always_inline]] inline void sgemm_nn_pick512(int M, int N, int K, const float* A, long rsa, long csa,
                                                     const float* B, long ldb, float* C, long ldc, const float* row_init,
-                                                    bool accumulate) {
+                                                    bool accumulate, const float* const* brows) {
   const int pad8 = (M + 7) / 8 * 8, pad12 = (M + 11) / 12 * 12, pad6 = (M + 5) / 6 * 6, pad4 = (M + 3) / 4 * 4;
   const int best = std::min(std::min(pad8, pad12), std::min(pad6, pad4));
   if (pad8 == best)
-    sgemm_nn_impl<8, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_impl<8, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
   else if (pad12 == best)
-    sgemm_nn_impl<12, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_impl<12, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
   else if (pad6 == best)
-    sgemm_nn_impl<6, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_impl<6, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
   else
-    sgemm_nn_impl<4, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_impl<4, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 
 // ---- sgemm_nt: dot-product form ------------------------------------------------------------------
@@ -456,18 +464,20 @@ template <typename V, bool Paired512 = false>
 
 [[gnu::target("avx2,fma")]] inline void sgemm_nn_avx2(int M, int N, int K, const float* A, long rsa, long csa,
                                                       const float* B, long ldb, float* C, long ldc,
-                                                      const float* row_init, bool accumulate) {
-  sgemm_nn_pick(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+                                                      const float* row_init, bool accumulate,
+                                                      const float* const* brows) {
+  sgemm_nn_pick(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 [[gnu::target("avx512f,avx2,fma")]] inline void sgemm_nn_avx512(int M, int N, int K, const float* A, long rsa, long csa,
                                                                 const float* B, long ldb, float* C, long ldc,
-                                                                const float* row_init, bool accumulate) {
-  sgemm_nn_pick512(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+                                                                const float* row_init, bool accumulate,
+                                                                const float* const* brows) {
+  sgemm_nn_pick512(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 // Baseline x86-64: 4-float SSE vectors, 2 x 16 tiles (8 accumulators + 4 B vectors + 1 broadcast).
 inline void sgemm_nn_generic(int M, int N, int K, const float* A, long rsa, long csa, const float* B, long ldb,
-                             float* C, long ldc, const float* row_init, bool accumulate) {
-  sgemm_nn_impl<2, 16, v4f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+                             float* C, long ldc, const float* row_init, bool accumulate, const float* const* brows) {
+  sgemm_nn_impl<2, 16, v4f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 [[gnu::target("avx2,fma")]] inline void sgemm_nt_avx2(int M, int N, int K, const float* A, long lda, const float* B,
                                                       long ldb, float* C, long ldc, bool accumulate) {
@@ -504,8 +514,10 @@ inline std::atomic<int>& isa_state() {
 // C (M, N) = start + A (M, K) B (K, N), the chain of each element starting from C when
 // `accumulate`, else from row_init[i] (M values, e.g. a bias per output channel) when non-null,
 // else from 0. A(i, k) = A[i*rsa + k*csa]; B, C row-major with leading dimensions ldb, ldc.
+// brows (optional): B's rows by pointer, B(k, j) = brows[k][j] (B and ldb unused); the same chain
+// of operations per element either way.
 inline void sgemm_nn(int M, int N, int K, const float* A, long rsa, long csa, const float* B, long ldb, float* C,
-                     long ldc, const float* row_init, bool accumulate) {
+                     long ldc, const float* row_init, bool accumulate, const float* const* brows = nullptr) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -514,11 +526,11 @@ inline void sgemm_nn(int M, int N, int K, const float* A, long rsa, long csa, co
   }
   const int isa = isa_state().load(std::memory_order_relaxed);
   if (isa == int(CpuIsa::Avx512))
-    sgemm_nn_avx512(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_avx512(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
   else if (isa == int(CpuIsa::Avx2))
-    sgemm_nn_avx2(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_avx2(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
   else
-    sgemm_nn_generic(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+    sgemm_nn_generic(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 
 // C (M, N) (+)= A (M, K) B (N, K)^T, all row-major (leading dimensions lda, ldb, ldc).
