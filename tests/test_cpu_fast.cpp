@@ -517,7 +517,8 @@ TEST(ActivationCpu, ReluFamilyMatchesReferenceExactly) {
   const long long n = 100003;
   std::vector<float> x = cast_vec<float>(test::tie_free_vec(n, 31, -3, 3));
   std::vector<float> dout = cast_vec<float>(random_vec(n, 32));
-  for (Activation a : {Activation{Act::Relu, 0.f}, Activation{Act::LeakyRelu, 0.05f}, Activation{Act::Tanh, 0.f}}) {
+  // (tanh's forward is cpu's own approximation: TanhIsWithinTwoUlpsAndKeepsTheEdges below)
+  for (Activation a : {Activation{Act::Relu, 0.f}, Activation{Act::LeakyRelu, 0.05f}, Activation{Act::Sigmoid, 0.f}}) {
     std::vector<float> y_ref(n), y(n), d_ref(n), d(n, 123.f);
     ref::activation_forward(y_ref.data(), x.data(), n, a);
     cpu::activation_forward(y.data(), x.data(), n, a);
@@ -548,6 +549,56 @@ TEST(ActivationCpu, ReluFamilyKeepsTheReferenceAtTheEdgesBitForBit) {
     ref::activation_backward(d_ref.data(), gs.data(), xs.data(), y_ref.data(), n, a);
     cpu::activation_backward(d.data(), gs.data(), xs.data(), y.data(), n, a);
     EXPECT_EQ(bits(y), bits(y_ref)) << activation_name(a);
+    EXPECT_EQ(bits(d), bits(d_ref)) << activation_name(a);
+  }
+}
+
+// cpu's tanh is its own approximation (elementwise.cpp), not glibc's: within 1.5 ulp of tanh
+// rounded from double on every 389th float in [0, 10] (and the negatives: odd exactly), on a random
+// run through the threads, and the conventions at the edges: +-0 -> +-0 (sign kept), subnormals
+// -> themselves, +-inf -> +-1, NaN -> NaN. The backward of tanh and sigmoid is the reference's
+// expression from y: bitwise.
+TEST(ActivationCpu, TanhIsWithinTwoUlpsAndKeepsTheEdges) {
+  const Activation th{Act::Tanh, 0.f};
+  std::vector<float> xs;
+  for (uint32_t b = 0; b < 0x41200000u; b += 389) {
+    float x;
+    std::memcpy(&x, &b, sizeof x);
+    xs.push_back(x), xs.push_back(-x);
+  }
+  const long long n = (long long)xs.size();
+  std::vector<float> y(n);
+  cpu::activation_forward(y.data(), xs.data(), n, th);
+  double worst = 0;
+  float worst_x = 0;
+  for (long long i = 0; i < n; ++i) {
+    const double t = std::tanh(double(xs[i]));
+    const float tf = float(t);
+    const double ulp =
+        std::fabs(tf) >= 1.f ? 5.960464477539063e-08 : std::nextafter(std::fabs(tf), 2.f) - std::fabs(tf);
+    const double err = std::fabs(double(y[i]) - t) / ulp;
+    if (err > worst) worst = err, worst_x = xs[i];
+    if (i % 2 == 1) {
+      ASSERT_EQ(bits({y[i]}), bits({-y[i - 1]})) << "not odd at " << xs[i];
+    }
+  }
+  EXPECT_LE(worst, 1.5) << "worst at x = " << worst_x;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float sub = std::numeric_limits<float>::denorm_min();
+  const float below1 = std::nextafter(1.f, 0.f);  // tanh(9) rounded; from 9.01 on tanh rounds to 1
+  const std::vector<float> x = {0.f, -0.f, sub, -sub, 1e-39f, -1e-39f, inf, -inf, nan, 9.f, -9.f, 9.5f, -9.5f, 1e30f};
+  const std::vector<float> want = {0.f,  -0.f, sub,    -sub,    1e-39f, -1e-39f, 1.f,
+                                   -1.f, nan,  below1, -below1, 1.f,    -1.f,    1.f};
+  std::vector<float> e(x.size());
+  cpu::activation_forward(e.data(), x.data(), (long long)x.size(), th);
+  EXPECT_EQ(bits(e), bits(want));
+  // Backward, through the threads, against the reference from the same y.
+  const Data g = make_data(size_t(n), 9, 1.0);
+  for (Activation a : {th, Activation{Act::Sigmoid, 0.f}}) {
+    std::vector<float> yy(n), d(n), d_ref(n);
+    ref::activation_forward(yy.data(), xs.data(), n, a);
+    cpu::activation_backward(d.data(), g.f.data(), xs.data(), yy.data(), n, a);
+    ref::activation_backward(d_ref.data(), g.f.data(), xs.data(), yy.data(), n, a);
     EXPECT_EQ(bits(d), bits(d_ref)) << activation_name(a);
   }
 }
