@@ -760,6 +760,29 @@ TEST(Pool2dCpu, MaxPoolBackwardMatchesReferenceExactly) {
   }
 }
 
+// Average pooling, both directions, bitwise the reference (its sums in its order): the presets'
+// 2x2 stride 2 (the compile-time row), 3x3 stride 3, stride > window (pixels in no window get
+// +0), overlapping windows (the reference's backward), odd sizes, large batches for the threads;
+// dout with -0 and subnormals (a one-term sum from +0 turns -0 into +0).
+TEST(Pool2dCpu, AvgPoolIsTheReferenceBitForBit) {
+  const float sub = std::numeric_limits<float>::denorm_min();
+  for (auto [k, stride, N] :
+       {std::tuple{2, 2, 40}, std::tuple{3, 3, 5}, std::tuple{2, 3, 5}, std::tuple{3, 2, 5}, std::tuple{1, 1, 3}}) {
+    Pool2dShape s = make_pool2d_shape(N, 3, 13, 11, k, k, stride, "test");
+    std::vector<float> x = cast_vec<float>(random_vec(size_t(s.in_numel()), 43));
+    std::vector<float> dout = cast_vec<float>(random_vec(size_t(s.out_numel()), 44));
+    for (size_t i = 0; i < dout.size(); i += 7) dout[i] = i % 2 ? -0.f : -sub;
+    std::vector<float> y_ref(size_t(s.out_numel())), y(size_t(s.out_numel()), std::nanf(""));
+    ref::avgpool2d_forward(y_ref.data(), x.data(), s);
+    cpu::avgpool2d_forward(y.data(), x.data(), s);
+    EXPECT_EQ(bits(y), bits(y_ref)) << "forward k " << k << " stride " << stride;
+    std::vector<float> d_ref(size_t(s.in_numel())), d(size_t(s.in_numel()), std::nanf(""));
+    ref::avgpool2d_backward(d_ref.data(), dout.data(), s);
+    cpu::avgpool2d_backward(d.data(), dout.data(), s);
+    EXPECT_EQ(bits(d), bits(d_ref)) << "backward k " << k << " stride " << stride;
+  }
+}
+
 // ---- the optimizer step ----
 
 // The threaded, vectorized step gives the reference's bits for every optimizer setting: the same

@@ -201,6 +201,81 @@ void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, con
   }
 }
 
+// ---- average pooling: the reference's sums in its order (window rows, then columns, from +0), as
+// loops the compiler vectorizes across a row; bitwise the reference. KH..SW as in maxpool_row. ----
+template <int KH, int KW, int SH, int SW>
+static void avgpool_row(float* out, const float* plane, int oh, const Pool2dShape& s, float scale) {
+  const int kh = KH ? KH : s.kh, kw = KW ? KW : s.kw, sh = SH ? SH : s.sh, sw = SW ? SW : s.sw;
+  const float* base = plane + 1LL * oh * sh * s.W;
+#pragma omp simd
+  for (int ow = 0; ow < s.OW; ++ow) {
+    float acc = 0.f;
+    for (int i = 0; i < kh; ++i)
+      for (int j = 0; j < kw; ++j) acc += base[1LL * i * s.W + ow * sw + j];
+    out[ow] = acc * scale;
+  }
+}
+
+static void check_avgpool_shape(const Pool2dShape& s, const char* op) {
+  BARECNN_ASSERT(s.N >= 0 && s.C >= 1 && s.kh >= 1 && s.kw >= 1 && s.sh >= 1 && s.sw >= 1 && s.H >= s.kh &&
+                     s.W >= s.kw && s.OH == window_out_size(s.H, s.kh, s.sh, 0) &&
+                     s.OW == window_out_size(s.W, s.kw, s.sw, 0),
+                 op, ": bad shape ", s.str());
+}
+
+void avgpool2d_forward(float* out, const float* inp, const Pool2dShape& s) {
+  // out (N, C, OH, OW); inp (N, C, H, W)
+  check_avgpool_shape(s, "avgpool2d_forward");
+  const float scale = 1.f / float(s.kh * s.kw);
+  const bool k2s2 = s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2;
+  const long long planes = 1LL * s.N * s.C, in_plane = 1LL * s.H * s.W, out_plane = 1LL * s.OH * s.OW;
+#pragma omp parallel for schedule(static) if (planes * in_plane >= kMinParallel)
+  for (long long p = 0; p < planes; ++p)
+    for (int oh = 0; oh < s.OH; ++oh) {
+      float* o = out + p * out_plane + 1LL * oh * s.OW;
+      if (k2s2)
+        avgpool_row<2, 2, 2, 2>(o, inp + p * in_plane, oh, s, scale);
+      else
+        avgpool_row<0, 0, 0, 0>(o, inp + p * in_plane, oh, s, scale);
+    }
+}
+
+// Non-overlapping windows: each input pixel sums the dout of at most one window, (+0 + g) * scale
+// as the reference's one-term sum gives it (so -0 becomes +0), +0 outside every window.
+// Overlapping windows use the reference.
+void avgpool2d_backward(float* dinp, const float* dout, const Pool2dShape& s) {
+  check_avgpool_shape(s, "avgpool2d_backward");
+  if (s.sh < s.kh || s.sw < s.kw) {
+    ref::avgpool2d_backward(dinp, dout, s);
+    return;
+  }
+  const float scale = 1.f / float(s.kh * s.kw);
+  const long long planes = 1LL * s.N * s.C, in_plane = 1LL * s.H * s.W, out_plane = 1LL * s.OH * s.OW;
+#pragma omp parallel for schedule(static) if (planes * in_plane >= kMinParallel)
+  for (long long p = 0; p < planes; ++p) {
+    for (int h = 0; h < s.H; ++h) {
+      float* d = dinp + p * in_plane + 1LL * h * s.W;  // (W)
+      const int oh = h / s.sh;
+      if (oh >= s.OH || h - oh * s.sh >= s.kh) {  // a row no window covers
+        std::fill(d, d + s.W, 0.f);
+        continue;
+      }
+      const float* g = dout + p * out_plane + 1LL * oh * s.OW;  // (OW)
+      if (s.sw == 2 && s.kw == 2) {
+        const int covered = 2 * s.OW;
+#pragma omp simd
+        for (int w = 0; w < covered; ++w) d[w] = (0.f + g[w >> 1]) * scale;
+        std::fill(d + covered, d + s.W, 0.f);
+      } else {
+        for (int w = 0; w < s.W; ++w) {
+          const int ow = w / s.sw;
+          d[w] = ow < s.OW && w - ow * s.sw < s.kw ? (0.f + g[ow]) * scale : 0.f;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace barecnn::cpu
 
 namespace barecnn::cpu {

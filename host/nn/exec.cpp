@@ -4,14 +4,14 @@
 //   conv2d (3 directions)     gpu::          cpu::             ref::
 //   dense (3 directions)      gpu:: (cuBLAS) cpu::             ref::
 //   activation                gpu::          cpu::             ref::
-//   maxpool2d                 gpu::          cpu::             ref::
-//   avgpool2d, l2pool2d       gpu::          ref:: (float)     ref::
+//   maxpool2d, avgpool2d      gpu::          cpu::             ref::
+//   l2pool2d                  gpu::          ref:: (float)     ref::
 //   softmax                   gpu::          ref:: (float)     ref::
 //   copy                      cudaMemcpyAsync  std::copy       std::copy
 //   optimizer                 gpu::          cpu::             -
 //   loss, metrics, gather,    gpu::          ref:: (float)     -
 //   permutation
-//   batchnorm, dropout        gpu::          ref:: (float)     ref::
+//   batchnorm, dropout        gpu::          cpu::             ref::
 // cpu:: has fast versions of the ops that dominate a CPU step (host/cpu/); the others are cheap
 // and run the reference in float. The GPU conv runs the kernels ex.conv_impl names (Simple or
 // Fast: gpu_ops.h); its workspace is GPU-only (the CPU ops need none).
@@ -117,7 +117,7 @@ void maxpool2d_backward(const Exec& ex, double* dinp, const double* dout, const 
 }
 void avgpool2d_forward(const Exec& ex, float* out, const float* inp, const Pool2dShape& s) {
   if (on_gpu(ex)) return gpu::avgpool2d_forward(out, inp, s, ex.gpu->stream());
-  ref::avgpool2d_forward(out, inp, s);
+  cpu::avgpool2d_forward(out, inp, s);
 }
 void avgpool2d_forward(const Exec& ex, double* out, const double* inp, const Pool2dShape& s) {
   cpu_only(ex);
@@ -125,7 +125,7 @@ void avgpool2d_forward(const Exec& ex, double* out, const double* inp, const Poo
 }
 void avgpool2d_backward(const Exec& ex, float* dinp, const float* dout, const Pool2dShape& s) {
   if (on_gpu(ex)) return gpu::avgpool2d_backward(dinp, dout, s, ex.gpu->stream());
-  ref::avgpool2d_backward(dinp, dout, s);
+  cpu::avgpool2d_backward(dinp, dout, s);
 }
 void avgpool2d_backward(const Exec& ex, double* dinp, const double* dout, const Pool2dShape& s) {
   cpu_only(ex);

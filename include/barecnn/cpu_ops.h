@@ -44,13 +44,16 @@ void dense_backward_input(float* dinp, const float* dout, const float* weight, i
 // dweight (OUT, IN), overwritten; dbias (OUT) or null
 void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN, int OUT);
 
-// ---- elementwise (host/cpu/elementwise.cpp): ReLU/leaky ReLU, the max-pool forward and the
-// non-overlapping max-pool backward get branch-free loops, bitwise the reference; every other case
-// calls the reference ----
+// ---- elementwise (host/cpu/elementwise.cpp): ReLU/leaky ReLU, the tanh and sigmoid backward, the
+// max- and average-pool forward and their non-overlapping backward get branch-free loops, bitwise
+// the reference; tanh's forward is cpu's own vectorized approximation (<= 1.4 ulp, not bitwise
+// glibc's); every other case calls the reference ----
 void activation_forward(float* out, const float* inp, long long n, Activation a);
 void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n, Activation a);
 void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2dShape& s);
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s);
+void avgpool2d_forward(float* out, const float* inp, const Pool2dShape& s);
+void avgpool2d_backward(float* dinp, const float* dout, const Pool2dShape& s);
 // ---- batch normalization (host/cpu/norm.cpp): ref::batchnorm_forward_train and
 // ref::batchnorm_backward with each channel's double sums in 8 interleaved lanes (vectorized, no
 // add waiting on the one before); the floats are the reference's except where a double sum lies
