@@ -391,7 +391,7 @@ TEST(CpuIsa, SwitchWorksAndUnsupportedIsRefused) {
 }
 
 // AVX-512's kernels make each output's chain of operations the AVX2 kernels make (sgemm_nn: 32-column
-// tiles of 4-12 rows against 16-column tiles of 4 or 6; sgemm_nt: two rows of A per 16-float
+// tiles of 6-12 rows against 16-column tiles of 4 or 6; sgemm_nt: two rows of A per 16-float
 // vector, each half the 8 lanes of one AVX2 accumulator): the conv and dense ops give the same bits
 // under both, forward and backward, on odd and preset shapes. On a CPU without AVX-512 this checks
 // that Avx512 is refused (CpuIsa above) and nothing else.

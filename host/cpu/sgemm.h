@@ -255,23 +255,23 @@ template <int MR, int NR, typename V>
 }
 
 // AVX-512: 32-column tiles (two 16-float vectors per row, so each broadcast of A feeds two FMAs),
-// MR = 8, 12, 6 or 4 rows (16, 24, 12 or 8 of the 32 registers hold accumulators): whichever pads
-// M least, ties to the earlier in that list (8 measured fastest; a short row tile takes the slow
-// edge path on every tile). 32, 64, 120 and 288 rows take 8; 84 takes 12; 6 takes 6. A function of
-// M only; neither the rows nor the columns of a tile change any element's chain.
+// MR = 8, 12 or 6 rows (16, 24 or 12 of the 32 registers hold accumulators): whichever pads M
+// least, ties to the earlier in that list (8 measured fastest; a short row tile takes the slow
+// edge path on every tile). 32, 64, 120 and 288 rows take 8; 84 takes 12; 6 and 1-4 take 6.
+// (A 4-row tile was also tried: lenet5's dense(84) backward ran 0.26 ms with it, 0.023 ms
+// without, in `bench`; the cause was not found.) A function of M only; neither the rows nor the
+// columns of a tile change any element's chain.
 [[gnu::always_inline]] inline void sgemm_nn_pick512(int M, int N, int K, const float* A, long rsa, long csa,
                                                     const float* B, long ldb, float* C, long ldc, const float* row_init,
                                                     bool accumulate, const float* const* brows) {
-  const int pad8 = (M + 7) / 8 * 8, pad12 = (M + 11) / 12 * 12, pad6 = (M + 5) / 6 * 6, pad4 = (M + 3) / 4 * 4;
-  const int best = std::min(std::min(pad8, pad12), std::min(pad6, pad4));
+  const int pad8 = (M + 7) / 8 * 8, pad12 = (M + 11) / 12 * 12, pad6 = (M + 5) / 6 * 6;
+  const int best = std::min(pad8, std::min(pad12, pad6));
   if (pad8 == best)
     sgemm_nn_impl<8, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
   else if (pad12 == best)
     sgemm_nn_impl<12, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
-  else if (pad6 == best)
-    sgemm_nn_impl<6, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
   else
-    sgemm_nn_impl<4, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
+    sgemm_nn_impl<6, 32, v16f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 
 // ---- sgemm_nt: dot-product form ------------------------------------------------------------------
