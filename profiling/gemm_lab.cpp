@@ -38,7 +38,6 @@
 #include <tuple>
 #include <vector>
 
-#include "../host/cpu/sgemm.h"
 #include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
 #include "barecnn/rng.h"
@@ -52,8 +51,9 @@ char* openblas_get_config(void);
 }
 
 using namespace barecnn;
-using cpu::detail::sgemm_nn;
-using cpu::detail::sgemm_nt;
+// The library's compiled kernels (cpu_ops.h: a copy compiled here from sgemm.h could differ).
+using cpu::detail::gemm_nn;
+using cpu::detail::gemm_nt;
 
 namespace {
 
@@ -255,10 +255,10 @@ struct Operands {
 
 void run_ours(const Call& c, Operands& o) {
   if (c.nt)
-    sgemm_nt(c.M, c.N, c.K, o.a.data(), c.rsa, o.b.data(), c.ldb, o.c.data(), c.ldc, c.accumulate);
+    gemm_nt(c.M, c.N, c.K, o.a.data(), c.rsa, o.b.data(), c.ldb, o.c.data(), c.ldc, c.accumulate);
   else
-    sgemm_nn(c.M, c.N, c.K, o.a.data(), c.rsa, c.csa, o.b.data(), c.ldb, o.c.data(), c.ldc,
-             c.row_init ? o.bias.data() : nullptr, c.accumulate);
+    gemm_nn(c.M, c.N, c.K, o.a.data(), c.rsa, c.csa, o.b.data(), c.ldb, o.c.data(), c.ldc,
+            c.row_init ? o.bias.data() : nullptr, c.accumulate);
 }
 
 // The same product through cblas_sgemm (row-major). A bias start is a fill of C, then beta = 1:

@@ -29,7 +29,6 @@
 #include "barecnn/ref_ops.h"
 #include "barecnn/rng.h"
 #include "barecnn/shape.h"
-#include "../host/cpu/sgemm.h"
 #include "test_util.h"
 
 using namespace barecnn;
@@ -44,7 +43,8 @@ constexpr double kAtol = 1e-4, kRtol = 1e-4;
 
 std::vector<Conv2dShape> odd_conv_shapes() {
   return {
-      conv_shape(1, 1, 7, 9, 3, 3, 3, 1, 1, 1, 1), conv_shape(3, 3, 11, 13, 17, 5, 5, 2, 2, 2, 2),
+      conv_shape(1, 1, 7, 9, 3, 3, 3, 1, 1, 1, 1),
+      conv_shape(3, 3, 11, 13, 17, 5, 5, 2, 2, 2, 2),
       conv_shape(65, 3, 9, 8, 5, 2, 3, 3, 1, 0, 1),    // 2x3 kernel, stride (3,1), pad (0,1)
       conv_shape(2, 17, 10, 7, 7, 1, 1, 1, 1, 0, 0),   // 1x1: the pointwise path (no im2col)
       conv_shape(3, 17, 9, 9, 3, 1, 1, 2, 2, 0, 0),    // 1x1 with stride 2: im2col
@@ -59,6 +59,9 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       conv_shape(1, 9, 13, 11, 4, 3, 2, 1, 1, 3, 0),    // pad 3 > kh - 1, batch 1: 8 row blocks
       conv_shape(3, 5, 6, 20, 5, 1, 4, 1, 1, 0, 3),     // 1x4 kernel, pad (0, 3): dout padded by (0, 0)
       conv_shape(2, 40, 40, 40, 40, 3, 3, 1, 1, 1, 1),  // planes over 256 KiB: several row blocks
+      // backward_weight: 3 images side by side (585 columns), cut into K blocks of 296 that
+      // straddle the images (col built block by block):
+      conv_shape(40, 2, 13, 15, 64, 3, 3, 1, 1, 1, 1),
   };
 }
 
@@ -495,11 +498,11 @@ TEST(CpuIsa, Avx512GemmsGiveTheBitsOfAvx2OnEveryEdge) {
       auto& o = out[t];
       for (auto& v : o) v = nans(size_t(M) * N);
       o[3] = c0.f, o[4] = c0.f;
-      cpu::detail::sgemm_nn(M, N, K, a.f.data(), K, 1, b.f.data(), N, o[0].data(), N, init.f.data(), false);
-      cpu::detail::sgemm_nn(M, N, K, at.data(), 1, M, b.f.data(), N, o[1].data(), N, nullptr, false);
-      cpu::detail::sgemm_nt(M, N, K, a.f.data(), K, bt.f.data(), K, o[2].data(), N, false);
-      cpu::detail::sgemm_nn(M, N, K, a.f.data(), K, 1, b.f.data(), N, o[3].data(), N, nullptr, true);
-      cpu::detail::sgemm_nt(M, N, K, a.f.data(), K, bt.f.data(), K, o[4].data(), N, true);
+      cpu::detail::gemm_nn(M, N, K, a.f.data(), K, 1, b.f.data(), N, o[0].data(), N, init.f.data(), false);
+      cpu::detail::gemm_nn(M, N, K, at.data(), 1, M, b.f.data(), N, o[1].data(), N, nullptr, false);
+      cpu::detail::gemm_nt(M, N, K, a.f.data(), K, bt.f.data(), K, o[2].data(), N, false);
+      cpu::detail::gemm_nn(M, N, K, a.f.data(), K, 1, b.f.data(), N, o[3].data(), N, nullptr, true);
+      cpu::detail::gemm_nt(M, N, K, a.f.data(), K, bt.f.data(), K, o[4].data(), N, true);
     }
     const std::vector<double>* ref[5] = {&nn_init, &nn, &nt, &nn_acc, &nt_acc};
     const char* name[5] = {"nn +init", "nn A^T", "nt", "nn +=", "nt +="};

@@ -74,6 +74,17 @@ void dense_backward_weight(float* dweight, float* dbias, const float* dout, cons
   }
 }
 
+namespace detail {
+void gemm_nn(int M, int N, int K, const float* A, long rsa, long csa, const float* B, long ldb, float* C, long ldc,
+             const float* row_init, bool accumulate) {
+  sgemm_nn(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate);
+}
+void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+             bool accumulate) {
+  sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+}  // namespace detail
+
 // ---- ISA switch (see sgemm.h) ----
 
 bool cpu_isa_supported(CpuIsa isa) {

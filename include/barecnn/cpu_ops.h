@@ -101,4 +101,15 @@ CpuIsa cpu_isa();
 bool cpu_isa_supported(CpuIsa isa);
 const char* cpu_isa_name(CpuIsa isa);  // "generic" / "avx2+fma" / "avx512f+fma"
 
+// The two single-threaded GEMMs of host/cpu/sgemm.h as the library compiled them, for the tests:
+// a test that included sgemm.h itself would compile its own copies of the kernels' inline
+// functions with the test's flags, and the linker may then hand the library either copy (a
+// sanitizer build's test copy rounds differently). Arguments as sgemm_nn / sgemm_nt there.
+namespace detail {
+void gemm_nn(int M, int N, int K, const float* A, long rsa, long csa, const float* B, long ldb, float* C, long ldc,
+             const float* row_init, bool accumulate);
+void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+             bool accumulate);
+}  // namespace detail
+
 }  // namespace barecnn::cpu
