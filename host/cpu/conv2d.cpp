@@ -25,6 +25,8 @@
 // batch, so the batch is cut into at most kMaxGroups groups of images (a function of N only);
 // each group's partial dW is summed by one thread, and the partials are added in group order.
 // No result depends on the number of threads.
+#include <immintrin.h>
+
 #include <cstring>
 #include <vector>
 
@@ -95,6 +97,26 @@ static void copy_windows(float* dst, const float* plane, int Wp, int width, int 
   }
 }
 
+// The same copies with 16-float AVX-512 vectors, the run's tail by a masked load and store (lanes
+// past the run are neither read nor written): a run of 28 floats is 2 vector copies, not 7. Used
+// where the GEMMs run AVX-512 (cpu_isa()); the same values either way.
+[[gnu::target("avx512f")]] static void copy_windows_avx512(float* dst, const float* plane, int Wp, int width, int p0,
+                                                           int p1, int di, int dj) {
+  int y = p0 / width, x = p0 % width;
+  for (int p = p0; p < p1; y++, x = 0) {
+    const int len = std::min(width - x, p1 - p);
+    const float* src = plane + (long long)(y + di) * Wp + x + dj;
+    float* d = dst + (p - p0);
+    int i = 0;
+    for (; i + 16 <= len; i += 16) _mm512_storeu_ps(d + i, _mm512_loadu_ps(src + i));
+    if (i < len) {
+      const __mmask16 m = __mmask16((1u << (len - i)) - 1);
+      _mm512_mask_storeu_ps(d + i, m, _mm512_maskz_loadu_ps(m, src + i));
+    }
+    p += len;
+  }
+}
+
 // col (C*kh*kw, p1 - p0) [rows ldcol apart] = the im2col columns p0..p1-1 of one image inp (C, H, W):
 // col[(c,i,j), p] = inp[c, oh*sh - ph + i, ow*sw - pw + j] (0 in the padding), p = oh*OW + ow.
 // Stride 1 (all the presets): each channel is zero-padded once into `plane`, then every row of
@@ -104,11 +126,13 @@ static void im2col(float* col, long ldcol, const float* inp, const Conv2dShape& 
   if (s.sh == 1 && s.sw == 1) {
     const int Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
     float* pl = scratch(plane, (size_t)Hp * Wp);  // (Hp, Wp)
+    const bool avx512 = cpu_isa() == CpuIsa::Avx512;
     for (int c = 0; c < s.C; c++) {
       pad_plane(pl, inp + (long long)c * s.H * s.W, s.H, s.W, s.ph, s.pw, Hp, Wp);
       for (int i = 0; i < s.kh; i++)
         for (int j = 0; j < s.kw; j++)
-          copy_windows(col + ((long long)(c * s.kh + i) * s.kw + j) * ldcol, pl, Wp, s.OW, p0, p1, i, j);
+          (avx512 ? copy_windows_avx512 : copy_windows)(col + ((long long)(c * s.kh + i) * s.kw + j) * ldcol, pl, Wp,
+                                                        s.OW, p0, p1, i, j);
     }
     return;
   }
@@ -236,7 +260,7 @@ static void wide_rows(float* out, const float* A, long rsa, long csa, int M, con
 #pragma omp simd
         for (int x = 0; x < Wo; x++) o[x] = w[x] <= 0.f ? 0.f : w[x];  // relu_block's
       } else {
-        std::memcpy(o, w, sizeof(float) * Wo);
+        copy_run(o, w, Wo);
       }
     }
 }
@@ -381,6 +405,27 @@ static constexpr int kMaxGroups = 16;
 static constexpr int kCatPixels = 2048;
 static constexpr long long kMaxColFloats = 1LL << 20;
 
+// The columns [pc, pc + kc) of the im2col matrix of consecutive images laid side by side (column
+// m*P + p is image m's pixel p), as sgemm_nt's NtBlockFn: a (CKK, kc) block in colbuf, each
+// image's part by im2col over its pixel range.
+struct ColBlocks {
+  const float* inp;  // the first image (C, H, W); the next ones follow
+  const Conv2dShape* s;
+  std::vector<float>*colbuf, *planebuf;
+  static const float* fill(void* ctx, int pc, int kc, long* ldb) {
+    const ColBlocks& b = *static_cast<ColBlocks*>(ctx);
+    const Conv2dShape& s = *b.s;
+    const int P = s.OH * s.OW;
+    float* col = scratch(*b.colbuf, (size_t)s.C * s.kh * s.kw * kc);
+    for (int m = pc / P; m * P < pc + kc; m++) {
+      const int p0 = std::max(pc, m * P) - m * P, p1 = std::min(pc + kc, (m + 1) * P) - m * P;
+      im2col(col + (m * P + p0 - pc), kc, b.inp + (long long)m * s.C * s.H * s.W, s, p0, p1, *b.planebuf);
+    }
+    *ldb = kc;
+    return col;
+  }
+};
+
 void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
                             const float* relu_out) {
   // dweight (K, C, kh, kw), overwritten; dbias (K) or null; dout (N, K, OH, OW); inp (N, C, H, W)
@@ -422,19 +467,20 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
       for (int n0 = g * G; n0 < n_end; n0 += cat) {
         const int nc = std::min(cat, n_end - n0);
         if (nc > 1) {
-          // nc images side by side: dcat (K, nc*P) and col (CKK, nc*P)
+          // nc images side by side: dcat (K, nc*P) and col (CKK, nc*P). col is built one K block
+          // of the GEMM at a time (ColBlocks), each just before the GEMM reads it, so that it is
+          // still in L2: the same values and the same GEMM as with the whole col built first.
           const int width = nc * P;
           float* dcat = scratch(doutbuf, (size_t)s.K * width);
-          float* col = scratch(colbuf, (size_t)CKK * width);
           for (int m = 0; m < nc; m++) {
             const long long KP = (long long)s.K * P, off = (n0 + m) * KP;
             const float* g = conv_grad(dout + off, relu_out ? relu_out + off : nullptr, KP, gradbuf);  // (K, P)
             bias_sums(n0 + m, g);
             for (int k = 0; k < s.K; k++)
               std::memcpy(dcat + (long long)k * width + m * P, g + (long long)k * P, sizeof(float) * P);
-            im2col(col + m * P, width, inp + (long long)(n0 + m) * s.C * s.H * s.W, s, 0, P, planebuf);
           }
-          sgemm_nt(s.K, CKK, width, dcat, width, col, width, pg, CKK, !first);
+          ColBlocks cb{inp + (long long)n0 * s.C * s.H * s.W, &s, &colbuf, &planebuf};
+          sgemm_nt(s.K, CKK, width, dcat, width, nullptr, 0, pg, CKK, !first, ColBlocks::fill, &cb);
           first = false;
           continue;
         }

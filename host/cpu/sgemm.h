@@ -423,31 +423,44 @@ template <int MP, int NR>
 constexpr int kMP512 = 3, kNR512 = 8;
 
 // Paired512: the tiles of micro_nt512 (V = v8f: the lanes, and so the bits, of the AVX2 build).
+// B handed over one K block at a time (sgemm_nt_blocks): fill(ctx, pc, kc, &ldb) returns B's
+// columns [pc, pc + kc) of all N rows, row j at ret + j*ldb, valid until the next call.
+using NtBlockFn = const float* (*)(void* ctx, int pc, int kc, long* ldb);
+
+// The K blocks: equal, multiples of 8, each at most max(512, what keeps A's block in L2). A
+// function of (M, K) only.
+inline int nt_block_step(int M, int K) {
+  const int kc_max = int(std::max(512L, kL2BlockFloats / M / 8 * 8));
+  const int nblocks = (K + kc_max - 1) / kc_max;
+  return ((K + nblocks - 1) / nblocks + 7) / 8 * 8;
+}
+
 template <typename V, bool Paired512 = false>
 [[gnu::always_inline]] inline void sgemm_nt_impl(int M, int N, int K, const float* A, long lda, const float* B,
-                                                 long ldb, float* C, long ldc, bool accumulate) {
+                                                 long ldb, float* C, long ldc, bool accumulate, NtBlockFn fill,
+                                                 void* ctx) {
   constexpr int L = kLanes<V>;
   static thread_local std::vector<float> buf;
   float* accv = scratch(buf, size_t(M) * N * L);  // (M, N, L) lane partial sums
   const long ldv = long(N) * L;
-  const int kc_max = int(std::max(512L, kL2BlockFloats / M / 8 * 8));
-  const int nblocks = (K + kc_max - 1) / kc_max;
-  const int kc_step = ((K + nblocks - 1) / nblocks + 7) / 8 * 8;
+  const int kc_step = nt_block_step(M, K);
   for (int pc = 0; pc < K; pc += kc_step) {
     int kc = std::min(kc_step, K - pc);
+    long ldbk = ldb;
+    const float* Bk = fill ? fill(ctx, pc, kc, &ldbk) : B + pc;  // B's columns [pc, pc + kc)
     // j outer, i inner: the NRT rows of B are reused from L1 across all of A's rows.
     if constexpr (Paired512) {
       for (int j0 = 0; j0 < N; j0 += kNR512) {
         int nr = std::min(kNR512, N - j0);
         for (int i0 = 0; i0 < M; i0 += 2 * kMP512)
-          micro_nt512_tile<kMP512, kNR512>(std::min(2 * kMP512, M - i0), nr, kc, A + i0 * lda + pc, lda,
-                                           B + j0 * ldb + pc, ldb, accv + i0 * ldv + j0 * L, ldv, pc == 0);
+          micro_nt512_tile<kMP512, kNR512>(std::min(2 * kMP512, M - i0), nr, kc, A + i0 * lda + pc, lda, Bk + j0 * ldbk,
+                                           ldbk, accv + i0 * ldv + j0 * L, ldv, pc == 0);
       }
     } else {
       for (int j0 = 0; j0 < N; j0 += kNRT) {
         int nr = std::min(kNRT, N - j0);
         for (int i0 = 0; i0 < M; i0 += kMRT) {
-          micro_nt_tile<kMRT, V>(std::min(kMRT, M - i0), nr, kc, A + i0 * lda + pc, lda, B + j0 * ldb + pc, ldb,
+          micro_nt_tile<kMRT, V>(std::min(kMRT, M - i0), nr, kc, A + i0 * lda + pc, lda, Bk + j0 * ldbk, ldbk,
                                  accv + i0 * ldv + j0 * L, ldv, pc == 0);
         }
       }
@@ -480,17 +493,18 @@ inline void sgemm_nn_generic(int M, int N, int K, const float* A, long rsa, long
   sgemm_nn_impl<2, 16, v4f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 [[gnu::target("avx2,fma")]] inline void sgemm_nt_avx2(int M, int N, int K, const float* A, long lda, const float* B,
-                                                      long ldb, float* C, long ldc, bool accumulate) {
-  sgemm_nt_impl<v8f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+                                                      long ldb, float* C, long ldc, bool accumulate, NtBlockFn fill,
+                                                      void* ctx) {
+  sgemm_nt_impl<v8f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
 }
 [[gnu::target("avx512f,avx2,fma")]] inline void sgemm_nt_avx512(int M, int N, int K, const float* A, long lda,
                                                                 const float* B, long ldb, float* C, long ldc,
-                                                                bool accumulate) {
-  sgemm_nt_impl<v8f, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+                                                                bool accumulate, NtBlockFn fill, void* ctx) {
+  sgemm_nt_impl<v8f, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
 }
 inline void sgemm_nt_generic(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C,
-                             long ldc, bool accumulate) {
-  sgemm_nt_impl<v4f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+                             long ldc, bool accumulate, NtBlockFn fill, void* ctx) {
+  sgemm_nt_impl<v4f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
 }
 
 inline bool cpu_has_avx2_fma() {
@@ -534,8 +548,11 @@ inline void sgemm_nn(int M, int N, int K, const float* A, long rsa, long csa, co
 }
 
 // C (M, N) (+)= A (M, K) B (N, K)^T, all row-major (leading dimensions lda, ldb, ldc).
+// fill (optional): B comes one K block at a time from fill(ctx, ...) (NtBlockFn; B and ldb
+// unused), so the caller can build each block just before it is used; the same operations either
+// way.
 inline void sgemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
-                     bool accumulate) {
+                     bool accumulate, NtBlockFn fill = nullptr, void* ctx = nullptr) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -544,11 +561,11 @@ inline void sgemm_nt(int M, int N, int K, const float* A, long lda, const float*
   }
   const int isa = isa_state().load(std::memory_order_relaxed);
   if (isa == int(CpuIsa::Avx512))
-    sgemm_nt_avx512(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    sgemm_nt_avx512(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
   else if (isa == int(CpuIsa::Avx2))
-    sgemm_nt_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    sgemm_nt_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
   else
-    sgemm_nt_generic(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    sgemm_nt_generic(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
 }
 
 // Sum of x[0..n) as 4 interleaved partial sums (x[4q + lane]) in a fixed tree, then the tail:
