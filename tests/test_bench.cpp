@@ -269,14 +269,24 @@ TEST(PeakCpu, UsesTheWidestIsaAndGivesCachedFiniteFigures) {
 TEST(BenchCli, CpuFusesConvAndReluByDefault) {
   std::string dir = test::fresh_dir("bench_fused");
   std::string path = dir + "/bench.json";
-  Result r = run("bench --device cpu --arch \"conv(4,3) relu maxpool(2) dense(10)\" --batch 2 --reps 1 --json " + path);
+  // conv 0 applies the relu and the max pooling after it; conv 4 its relu (an average pooling is
+  // not fused).
+  Result r =
+      run("bench --device cpu --arch \"conv(4,3) relu maxpool(2) conv(3,3,pad=1) relu avgpool(2) dense(10)\" "
+          "--batch 2 --reps 1 --json " +
+          path);
   ASSERT_EQ(r.rc, 0) << r.out;
   json j = json::parse(read_file(path, "bench json"));
-  ASSERT_EQ(j["layers"].size(), 5u) << j.dump(2);
-  EXPECT_EQ(j["layers"][0]["note"], "+ relu");
-  EXPECT_EQ(j["layers"][1]["note"], "in the conv");
-  EXPECT_EQ(j["layers"][1]["forward"]["ms"].get<double>() + j["layers"][1]["backward"]["ms"].get<double>(), 0.0);
+  ASSERT_EQ(j["layers"].size(), 8u) << j.dump(2);
+  EXPECT_EQ(j["layers"][0]["note"], "+ relu + maxpool");
+  EXPECT_EQ(j["layers"][3]["note"], "+ relu");
+  for (int i : {1, 2, 4}) {
+    EXPECT_EQ(j["layers"][i]["note"], "in the conv") << i;
+    EXPECT_EQ(j["layers"][i]["forward"]["ms"].get<double>() + j["layers"][i]["backward"]["ms"].get<double>(), 0.0) << i;
+  }
+  EXPECT_EQ(j["layers"][5]["note"], "");
   EXPECT_GT(j["layers"][0]["forward"]["ms"].get<double>(), 0.0);
+  EXPECT_NE(r.out.find("(+ relu + maxpool)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("(+ relu)"), std::string::npos) << r.out;
 }
 // batchnorm and dropout get rows of their own, timed in training mode.

@@ -352,6 +352,73 @@ TEST(Conv2dCpu, FusedReluIsTheUnfusedChainBitForBit) {
   }
 }
 
+// The fused conv + ReLU + max pooling (conv2d_forward_relu_maxpool and its two backward ops) gives
+// the bits of the chain it replaces: conv, ReLU, maxpool2d_forward, maxpool2d_backward, the ReLU's
+// backward, the conv's backward ops, in values, in the mask and in every gradient. Every stride-1
+// shape of the conv tests (row blocks of odd heights, which the fused op rounds to whole pooling
+// rows; batch 1 to 65) under every ISA, with three pools: 2x2 stride 2, 3x3 stride 3 and 2x2
+// stride 3 (pixels in no window); odd sizes leave rows and columns out. The edges as above: a
+// filter of zeros (ties at +0 in every window: the first wins; pooled 0: the ReLU's mask), a NaN
+// pixel, and -0 (the max-pool backward's +0 + -0), +-inf, huge values among the pooled gradients.
+TEST(Conv2dCpu, FusedReluMaxPoolIsTheUnfusedChainBitForBit) {
+  Restore restore;
+  std::vector<Conv2dShape> shapes = odd_conv_shapes();
+  for (const Conv2dShape& s : preset_conv_shapes()) shapes.push_back(s);
+  const Activation relu{Act::Relu, 0.f};
+  int checked = 0;
+  for (cpu::CpuIsa isa : isas()) {
+    cpu::set_cpu_isa(isa);
+    for (const Conv2dShape& s : shapes) {
+      for (auto [k, stride] : {std::pair{2, 2}, std::pair{3, 3}, std::pair{2, 3}}) {
+        if (s.N == 0 || s.OH < k || s.OW < k) continue;
+        const Pool2dShape ps = make_pool2d_shape(s.N, s.K, s.OH, s.OW, k, k, stride, "test");
+        const bool stride1 = s.sh == 1 && s.sw == 1, pointwise = s.kh == 1 && s.kw == 1 && s.ph == 0 && s.pw == 0;
+        ASSERT_EQ(cpu::conv2d_fuses_maxpool(s, ps), stride1 && !pointwise) << label(s, isa);
+        if (!cpu::conv2d_fuses_maxpool(s, ps)) continue;
+        const size_t n_in = size_t(s.in_numel()), n_out = size_t(s.out_numel()), n_w = size_t(s.weight_numel());
+        const size_t n_pool = size_t(ps.out_numel());
+        std::vector<float> x = make_data(n_in, 81, 1.0).f, w = make_data(n_w, 82, 0.5).f, b = make_data(s.K, 83, 0.5).f;
+        std::fill(w.begin(), w.begin() + n_w / s.K, 0.f);
+        b[0] = 0.f;
+        x[n_in / size_t(s.N) / 2] = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> dp = make_data(n_pool, 84, 1.0).f;
+        for (size_t i = 0; i < n_pool; i += 5) dp[i] = i % 3 == 0 ? -0.f : i % 3 == 1 ? 1e30f : -1e30f;
+        dp[n_pool / 2] = -std::numeric_limits<float>::infinity();
+        // fused
+        std::vector<float> yp(n_pool, 7.f), dx(n_in, 7.f), dw(n_w, 7.f), db(s.K, 7.f);
+        std::vector<int32_t> m(n_pool, -1);
+        cpu::conv2d_forward_relu_maxpool(yp.data(), m.data(), x.data(), w.data(), b.data(), s, ps);
+        cpu::conv2d_backward_weight_relu_maxpool(dw.data(), db.data(), dp.data(), yp.data(), m.data(), x.data(), s, ps);
+        cpu::conv2d_backward_input_relu_maxpool(dx.data(), dp.data(), yp.data(), m.data(), w.data(), s, ps);
+        // unfused
+        std::vector<float> pre(n_out), y(n_out), ypu(n_pool), dy(n_out), g(n_out), dxu(n_in), dwu(n_w), dbu(s.K);
+        std::vector<int32_t> mu(n_pool);
+        cpu::conv2d_forward(pre.data(), x.data(), w.data(), b.data(), s);
+        cpu::activation_forward(y.data(), pre.data(), (long long)n_out, relu);
+        cpu::maxpool2d_forward(ypu.data(), mu.data(), y.data(), ps);
+        cpu::maxpool2d_backward(dy.data(), dp.data(), mu.data(), ps);
+        cpu::activation_backward(g.data(), dy.data(), pre.data(), y.data(), (long long)n_out, relu);
+        cpu::conv2d_backward_weight(dwu.data(), dbu.data(), g.data(), x.data(), s);
+        cpu::conv2d_backward_input(dxu.data(), g.data(), w.data(), s);
+        const std::string what = label(s, isa) + " pool " + ps.str();
+        EXPECT_EQ(bits(yp), bits(ypu)) << what;
+        EXPECT_EQ(m, mu) << what;
+        EXPECT_EQ(bits(dw), bits(dwu)) << what;
+        EXPECT_EQ(bits(db), bits(dbu)) << what;
+        EXPECT_EQ(bits(dx), bits(dxu)) << what;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GE(checked, 30);
+  // Strides other than 1, overlapping windows and a pool of another conv's output are refused.
+  const Conv2dShape s = conv_shape(2, 3, 12, 12, 4, 3, 3, 1, 1, 1, 1);
+  EXPECT_TRUE(cpu::conv2d_fuses_maxpool(s, make_pool2d_shape(2, 4, 12, 12, 2, 2, 2, "test")));
+  EXPECT_FALSE(cpu::conv2d_fuses_maxpool(s, make_pool2d_shape(2, 4, 12, 12, 3, 3, 2, "test")));
+  EXPECT_FALSE(cpu::conv2d_fuses_maxpool(s, make_pool2d_shape(2, 5, 12, 12, 2, 2, 2, "test")));
+  EXPECT_FALSE(cpu::conv2d_fuses_maxpool(s, make_pool2d_shape(2, 4, 10, 12, 2, 2, 2, "test")));
+}
+
 TEST(Conv2dCpu, BitwiseSameForAnyThreadCountAndRun) {
   Restore restore;
   for (cpu::CpuIsa isa : isas()) {
@@ -749,17 +816,18 @@ TEST(Pool2dCpu, MaxPoolForwardMakesTheReferenceChoicesBitForBit) {
 
 TEST(Pool2dCpu, MaxPoolBackwardMatchesReferenceExactly) {
   // Non-overlapping (the scatter path), stride > window (pixels in no window must get 0), and
-  // overlapping windows (the reference fallback).
+  // overlapping windows (the reference fallback); bit for bit, with -0 and subnormals in dout.
   for (auto [k, stride] : {std::pair{2, 2}, std::pair{2, 3}, std::pair{3, 2}}) {
     Pool2dShape s = make_pool2d_shape(5, 3, 13, 11, k, k, stride, "test");
     std::vector<float> x = cast_vec<float>(test::tie_free_vec(size_t(s.in_numel()), 41));
     std::vector<float> out(size_t(s.out_numel())), dout = cast_vec<float>(random_vec(size_t(s.out_numel()), 42));
+    for (size_t i = 0; i < dout.size(); i += 5) dout[i] = i % 2 ? -0.f : -std::numeric_limits<float>::denorm_min();
     std::vector<int32_t> mask(size_t(s.out_numel()));
     cpu::maxpool2d_forward(out.data(), mask.data(), x.data(), s);
     std::vector<float> d_ref(size_t(s.in_numel())), d(size_t(s.in_numel()), std::nanf(""));
     ref::maxpool2d_backward(d_ref.data(), dout.data(), mask.data(), s);
     cpu::maxpool2d_backward(d.data(), dout.data(), mask.data(), s);
-    EXPECT_EQ(d, d_ref) << "k " << k << " stride " << stride;
+    EXPECT_EQ(bits(d), bits(d_ref)) << "k " << k << " stride " << stride;  // -0 too: +0 + -0 is +0
   }
 }
 

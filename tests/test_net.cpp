@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "barecnn/gradcheck.h"
 #include "barecnn/net.h"
@@ -199,8 +201,9 @@ TEST(Net, EachStateKeepsItsOwnPoolingMask) {
 }
 
 // Fusion on the CPU: each conv followed by a plain relu applies it (the ReLU layer leaves the plan
-// and its buffer is never written), and forward and backward give the bits of the unfused layers;
-// in double the flag changes nothing (the fused loops are float).
+// and its buffer is never written), a max pooling right after that ReLU too (its layer leaves the
+// plan; the conv writes the pool's output and mask), and forward and backward give the bits of the
+// unfused layers; in double the flag changes nothing (the fused loops are float).
 TEST(Net, FusionOnTheCpuGivesTheUnfusedBits) {
   Net net("conv(3,3,pad=1) relu maxpool(2) conv(4,3,pad=1) relu dense(4)", {1, 6, 6});
   std::vector<float> p = net.init_params(31);
@@ -209,6 +212,16 @@ TEST(Net, FusionOnTheCpuGivesTheUnfusedBits) {
     net.set_fusion(fused);
     net.prepare(st, 2, Device::CPU);
     EXPECT_EQ(std::count(st.fused.begin(), st.fused.end(), true), fused ? 2 : 0);
+    EXPECT_EQ(std::count(st.fused_pool.begin(), st.fused_pool.end(), true), fused ? 1 : 0);
+    if (fused) {  // the plan: conv 0 writes the pool's output (slot 3); the relu and the pool do not run
+      EXPECT_EQ(st.planned(0)->out, 3);
+      EXPECT_TRUE(st.planned(0)->fused_pool);
+      EXPECT_EQ(st.planned(1), nullptr);
+      EXPECT_EQ(st.planned(2), nullptr);
+      EXPECT_EQ(st.act[2].numel() + st.dact[2].numel(), 0u);  // the pool's input: never written
+      EXPECT_EQ(st.planned(3)->out, 5);
+      EXPECT_FALSE(st.planned(3)->fused_pool);
+    }
     auto x = test::tie_free_vec(st.act[0].numel(), 32);
     for (size_t i = 0; i < x.size(); ++i) st.act[0].data()[i] = float(x[i]);
     net.forward(st, p.data(), Exec::cpu());
@@ -231,6 +244,56 @@ TEST(Net, FusionOnTheCpuGivesTheUnfusedBits) {
   net.set_fusion(true);
   net.prepare(sd, 2, Device::CPU);
   EXPECT_EQ(std::count(sd.fused.begin(), sd.fused.end(), true), 0);
+  EXPECT_EQ(std::count(sd.fused_pool.begin(), sd.fused_pool.end(), true), 0);
+}
+
+static std::vector<uint32_t> float_bits(const std::vector<float>& v) {
+  std::vector<uint32_t> b(v.size());
+  if (!v.empty()) std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+  return b;
+}
+
+// Which pools the CPU plan fuses: a max pooling right after a fused conv + ReLU whose windows do not
+// overlap (2x2 stride 2, 3x3, gapped 2 stride 3; odd sizes), not an overlapping one, not after a
+// stride-2 conv or a leaky ReLU, not an average pooling; and every net gives the unfused bits
+// (logits, the mask's effect on the gradients, the input gradient), batch 3.
+TEST(Net, MaxPoolFusionOnTheCpuGivesTheUnfusedBits) {
+  struct Case {
+    std::string arch;
+    Dims input;
+    int fused_pools;
+  };
+  for (const Case& k :
+       {Case{"conv(5,3,pad=1) relu maxpool(2) conv(6,3) relu maxpool(3) dense(3)", {2, 13, 11}, 2},
+        Case{"conv(4,5,pad=2) relu maxpool(2,stride=3) dense(3)", {1, 9, 10}, 1},
+        Case{"conv(4,3) relu maxpool(3,stride=2) dense(3)", {1, 9, 9}, 0},
+        Case{"conv(4,3,stride=2,pad=1) relu maxpool(2) dense(3)", {1, 9, 9}, 0},
+        Case{"conv(4,3,pad=1) leaky_relu(0.1) maxpool(2) conv(3,1) relu maxpool(2) dense(3)", {1, 8, 8}, 0},
+        Case{"conv(4,3,pad=1) relu avgpool(2) dense(3)", {1, 8, 8}, 0}}) {
+    SCOPED_TRACE(k.arch);
+    Net net(k.arch, k.input);
+    std::vector<float> p = net.init_params(41);
+    auto run = [&](bool fused, std::vector<float>* grads, std::vector<float>* din) {
+      NetState<float> st;
+      net.set_fusion(fused);
+      net.prepare(st, 3, Device::CPU);
+      EXPECT_EQ(std::count(st.fused_pool.begin(), st.fused_pool.end(), true), fused ? k.fused_pools : 0);
+      auto x = test::tie_free_vec(st.act[0].numel(), 42);
+      for (size_t i = 0; i < x.size(); ++i) st.act[0].data()[i] = float(x[i]);
+      net.forward(st, p.data(), Exec::cpu());
+      auto dl = test::random_vec(st.dact.back().numel(), 43);
+      for (size_t i = 0; i < dl.size(); ++i) st.dact.back().data()[i] = float(dl[i]);
+      grads->assign(net.num_params(), 0.f);
+      net.backward(st, p.data(), grads->data(), Exec::cpu(), true);
+      *din = st.dact[0].to_host();
+      return st.act.back().to_host();
+    };
+    std::vector<float> g_on, g_off, d_on, d_off;
+    const std::vector<float> y_on = run(true, &g_on, &d_on), y_off = run(false, &g_off, &d_off);
+    EXPECT_EQ(float_bits(y_on), float_bits(y_off));
+    EXPECT_EQ(float_bits(g_on), float_bits(g_off));
+    EXPECT_EQ(float_bits(d_on), float_bits(d_off));
+  }
 }
 
 // flatten is a view: the dense layer after it reads the conv's buffers (nothing is copied and the

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -41,7 +42,7 @@ struct PhaseFigures {  // one direction (forward or backward) of one layer
 struct LayerFigures {
   int index = 0;
   std::string spec;
-  std::string note;  // "a view" (flatten: no work), "+ relu" / "in the conv" (--fuse on)
+  std::string note;  // "a view" (flatten: no work), "+ relu" / "+ relu + maxpool" / "in the conv" (--fuse on)
   Dims out;          // one sample's output dims
   PhaseFigures fwd, bwd;
 };
@@ -112,13 +113,15 @@ void print_report(const BenchReport& r) {
   }
   const bool pk = r.peak_flops.has_value();
   const int w = pk ? 18 : 9;
-  std::printf("  %-5s %-22s %9s %9s  %*s %*s  %*s %*s\n", "layer", "spec", "fwd ms", "bwd ms", w,
+  auto spec_cell = [](const LayerFigures& l) { return l.note.empty() ? l.spec : l.spec + " (" + l.note + ")"; };
+  int ws = 22;  // the spec column: as wide as its longest cell
+  for (const LayerFigures& l : r.layers) ws = std::max(ws, int(spec_cell(l).size()));
+  std::printf("  %-5s %-*s %9s %9s  %*s %*s  %*s %*s\n", "layer", ws, "spec", "fwd ms", "bwd ms", w,
               pk ? "fwd GFLOP/s (peak)" : "fwd GFLOP/s", w, pk ? "fwd GB/s (peak)" : "fwd GB/s", w,
               pk ? "bwd GFLOP/s (peak)" : "bwd GFLOP/s", w, pk ? "bwd GB/s (peak)" : "bwd GB/s");
   double fwd_ms = 0, bwd_ms = 0;
   for (const LayerFigures& l : r.layers) {
-    const std::string spec = l.note.empty() ? l.spec : l.spec + " (" + l.note + ")";
-    std::printf("  %-5d %-22s %9.4f %9.4f  %*s %*s  %*s %*s\n", l.index, spec.c_str(), l.fwd.ms, l.bwd.ms, w,
+    std::printf("  %-5d %-*s %9.4f %9.4f  %*s %*s  %*s %*s\n", l.index, ws, spec_cell(l).c_str(), l.fwd.ms, l.bwd.ms, w,
                 rate_cell(rate(l.fwd.flops, l.fwd.ms), 1e9, r.peak_flops).c_str(), w,
                 rate_cell(rate(l.fwd.bytes, l.fwd.ms), 1e9, r.peak_bytes_per_s).c_str(), w,
                 rate_cell(rate(l.bwd.flops, l.bwd.ms), 1e9, r.peak_flops).c_str(), w,
@@ -281,8 +284,8 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     f.spec = net.layer(i).spec();
     f.out = net.layer(i).out_dims();
     const PlannedLayer* p = st.planned(i);
-    if (!p) {  // not in the plan: a ReLU the conv before it applies (--fuse on), or a view
-      f.note = i > 0 && st.fused[i - 1] ? "in the conv" : "a view";
+    if (!p) {  // not in the plan: a ReLU or max pooling the conv before it applies (--fuse on), or a view
+      f.note = (i > 0 && st.fused[i - 1]) || (i > 1 && st.fused_pool[i - 2]) ? "in the conv" : "a view";
       rep.layers.push_back(f);
       continue;
     }
@@ -291,7 +294,16 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     LayerCall<float> c = net.layer_call(st, *p, params.data(), grads.data(), ex, false);
     const bool need_din = c.din != nullptr;
     LayerCost cost = net.layer(i).cost(batch, need_din);
-    if (p->fused_relu) {  // --fuse on: this conv also does the ReLU after it (whose row shows 0 ms)
+    if (p->fused_pool) {  // --fuse on, CPU: the conv also does the ReLU and the max pooling after it
+      f.note = "+ relu + maxpool";
+      const double outs = double(batch) * double(dims_numel(net.layer(i).out_dims()));
+      const double pooled = double(batch) * double(dims_numel(net.layer(i + 2).out_dims()));
+      cost.forward.flops += 2 * outs;  // one max for the ReLU, one comparison for the pool, per conv output
+      // The conv's output is neither written nor read back: forward writes the pooled values and
+      // the mask; each gradient op reads the pooled gradient, values and mask instead of dy.
+      cost.forward.bytes += 4.0 * (2 * pooled - outs);
+      cost.backward.bytes += 4.0 * (3 * pooled * (need_din ? 2 : 1) - outs);
+    } else if (p->fused_relu) {  // --fuse on: this conv also does the ReLU after it (whose row shows 0 ms)
       f.note = "+ relu";
       const double outs = double(batch) * double(dims_numel(net.layer(i).out_dims()));
       cost.forward.flops += outs;                              // one max per output
@@ -392,7 +404,8 @@ Runner add_bench(CLI::App& app) {
   bench->add_option("--json", o->json, "also write the figures (per layer, totals, peaks) as JSON to this file");
   bench
       ->add_option("--fuse", o->fuse,
-                   "on: each conv applies the ReLU after it, as train --fuse on; auto: on for the CPU, off for the GPU")
+                   "on: each conv applies the ReLU after it (and on the CPU a max pooling after that), as train "
+                   "--fuse on; auto: on for the CPU, off for the GPU")
       ->capture_default_str();
   bench->footer(
       "Examples:\n  barecnn bench --arch paper --batch 256\n"

@@ -101,8 +101,8 @@ Runner add_train(CLI::App& app) {
   train
       ->add_option("--fuse", o->fuse,
                    "on: each conv applies the ReLU that follows it in its own kernels (GPU) or loops (CPU), "
-                   "forward and backward (the same results to the bit), off: every layer on its own, auto: on "
-                   "for the CPU, off for the GPU")
+                   "and on the CPU a max pooling after that ReLU too, forward and backward (the same results to "
+                   "the bit), off: every layer on its own, auto: on for the CPU, off for the GPU")
       ->capture_default_str();
   train->footer(
       "Examples:\n"

@@ -191,17 +191,48 @@ static void relu_block(float* x, int rows, int cols, long ld) {
   }
 }
 
-// dout_n (len) as the conv's gradient: itself, or with relu_out_n the masked copy in `buf`.
-static const float* conv_grad(const float* dout_n, const float* relu_out_n, long long len, std::vector<float>& buf) {
-  if (!relu_out_n) return dout_n;
-  float* g = scratch(buf, size_t(len));
+// The gradient w.r.t. the conv's own output, one image (K, OH, OW) at a time, from what the
+// backward ops are handed:
+//   plain           dout itself;
+//   + relu          dout as the ReLU backward hands it on: masked with relu_out = relu(conv);
+//   + relu + pool   dout and relu_out are the pooled output's gradient and the pooled values
+//                   (N, K, POH, POW), mask the pool's argmax: the max-pool backward's scatter of
+//                   +0 + dout (its one-term sum) into a zeroed image, masked as the ReLU masks it,
+//                   reading the pooled value, which is the winning relu(conv) itself. Pixels no
+//                   window chose get +0 either way (+0 from the scatter, 0 * +0 from the mask).
+struct OutGrad {
+  const float* dout = nullptr;
+  const float* relu_out = nullptr;
+  const int32_t* mask = nullptr;  // with a fused max pooling
+  const Pool2dShape* pool = nullptr;
+  const float* image(int n, const Conv2dShape& s, std::vector<float>& buf) const {
+    const long long P = (long long)s.OH * s.OW, KP = s.K * P;
+    if (!relu_out) return dout + n * KP;
+    float* g = scratch(buf, size_t(KP));
+    if (!pool) {
+      const float *d_n = dout + n * KP, *y_n = relu_out + n * KP;
 #pragma omp simd
-  for (long long i = 0; i < len; i++) {
-    const float d = dout_n[i];
-    g[i] = relu_out_n[i] > 0.f ? d : 0.f * d;  // activation_backward's, slope 0 (-0 and NaN as it gives them)
+      for (long long i = 0; i < KP; i++) {
+        const float d = d_n[i];
+        g[i] = y_n[i] > 0.f ? d : 0.f * d;  // activation_backward's, slope 0 (-0 and NaN as it gives them)
+      }
+      return g;
+    }
+    const long long PP = (long long)pool->OH * pool->OW;
+    std::fill(g, g + KP, 0.f);
+    for (int k = 0; k < s.K; k++) {
+      const long long off = ((long long)n * s.K + k) * PP;
+      const float *dp = dout + off, *y = relu_out + off;
+      const int32_t* m = mask + off;
+      float* gk = g + k * P;
+      for (long long o = 0; o < PP; o++) {
+        const float d = 0.f + dp[o];  // maxpool2d_backward's value
+        gk[m[o]] = y[o] > 0.f ? d : 0.f * d;
+      }
+    }
+    return g;
   }
-  return g;
-}
+};
 
 // ---- stride 1: windows read in place from padded rows ("wide" rows) ----
 // A stride-1 correlation needs no im2col copy. Over a map zero-padded to width Wp = Wo + kw - 1
@@ -235,9 +266,11 @@ struct WideBuffers {
 // out (M, Ho, Wo) rows [y0, y1) = row_init + A (M, Cs*kh*kw) x the windows of src (Cs, Hs, Ws)
 // padded by (top, left): tap (c, i, j) reads padded row y + i', column x + j', where (i', j') =
 // (i, j), or (kh-1-i, kw-1-j) when `flip`. A(m, r) = A[m*rsa + r*csa]. relu: out = relu(out).
-static void wide_rows(float* out, const float* A, long rsa, long csa, int M, const float* src, int Cs, int Hs, int Ws,
-                      int top, int left, int kh, int kw, bool flip, int Ho, int Wo, int y0, int y1,
-                      const float* row_init, bool relu, WideBuffers& b) {
+// `out` holds rows out_y0.. of each of its M planes, out_plane floats apart (the whole result:
+// out_y0 = 0, out_plane = Ho*Wo; a block's tile: out_y0 = y0).
+static void wide_rows(float* out, long long out_plane, int out_y0, const float* A, long rsa, long csa, int M,
+                      const float* src, int Cs, int Hs, int Ws, int top, int left, int kh, int kw, bool flip, int Ho,
+                      int Wo, int y0, int y1, const float* row_init, bool relu, WideBuffers& b) {
   const int Wp = Wo + kw - 1, rb = y1 - y0, Rb = rb + kh - 1, KK = kh * kw;
   const long long plane_n = (long long)Rb * Wp;
   float* pl = scratch(b.plane, size_t(Cs * plane_n));  // (Cs, Rb, Wp): padded rows y0 .. y1 + kh - 2
@@ -251,11 +284,10 @@ static void wide_rows(float* out, const float* A, long rsa, long csa, int M, con
   const int ncols = (rb - 1) * Wp + Wo;  // the last row needs only its Wo columns
   float* wide = scratch(b.wide, size_t(M) * ncols);
   sgemm_nn(M, ncols, Cs * KK, A, rsa, csa, nullptr, 0, wide, ncols, row_init, false, b.rows.data());
-  const long long HWo = (long long)Ho * Wo;
   for (int m = 0; m < M; m++)
     for (int r = 0; r < rb; r++) {
       const float* w = wide + (long long)m * ncols + (long long)r * Wp;
-      float* o = out + m * HWo + (long long)(y0 + r) * Wo;
+      float* o = out + m * out_plane + (long long)(y0 - out_y0 + r) * Wo;
       if (relu) {
 #pragma omp simd
         for (int x = 0; x < Wo; x++) o[x] = w[x] <= 0.f ? 0.f : w[x];  // relu_block's
@@ -277,8 +309,8 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
     for (int item = 0; item < s.N * nb; item++) {
       static thread_local WideBuffers bufs;
       const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.OH, y0 + rb);
-      wide_rows(out + (long long)n * s.K * P, weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W,
-                s.ph, s.pw, s.kh, s.kw, false, s.OH, s.OW, y0, y1, bias, fuse_relu, bufs);
+      wide_rows(out + (long long)n * s.K * P, P, 0, weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H,
+                s.W, s.ph, s.pw, s.kh, s.kw, false, s.OH, s.OW, y0, y1, bias, fuse_relu, bufs);
     }
     return;
   }
@@ -294,6 +326,47 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
     // the sum of out[n,k,:] starts from bias[k], as in the reference
     sgemm_nn(s.K, np, CKK, weight, CKK, 1, col, ldcol, o, P, bias, false);
     if (fuse_relu) relu_block(o, s.K, np, P);
+  }
+}
+
+// Whether the conv's output can be pooled block by block (conv2d_forward_relu_maxpool): the wide
+// rows' path (stride 1, not 1x1 unpadded), and windows that do not overlap (each output pixel
+// lies in at most one: the backward's scatter), over this conv's output.
+bool conv2d_fuses_maxpool(const Conv2dShape& s, const Pool2dShape& ps) {
+  return s.sh == 1 && s.sw == 1 && !is_pointwise(s) && ps.N == s.N && ps.C == s.K && ps.H == s.OH && ps.W == s.OW &&
+         ps.kh >= 1 && ps.kw >= 1 && ps.sh >= ps.kh && ps.sw >= ps.kw && ps.OH >= 1 && ps.OW >= 1 &&
+         ps.OH == window_out_size(ps.H, ps.kh, ps.sh, 0) && ps.OW == window_out_size(ps.W, ps.kw, ps.sw, 0);
+}
+
+// The forward's items as conv2d_forward's, with blocks of whole pooling rows: rb a multiple of the
+// pool's stride, so every window lies inside one block (kh <= sh). Each block's relu(conv) goes to
+// a tile in cache, the pool reads it there (detail::maxpool_plane_rows: maxpool2d_forward's own
+// rows) and only the pooled values and the mask are written. Rows past the last window are
+// computed and dropped, as the unfused pool never reads them. Each conv value is the same chain of
+// FMAs as in conv2d_forward (the GEMM's sums do not depend on how the columns are blocked).
+void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp, const float* weight, const float* bias,
+                                 const Conv2dShape& s, const Pool2dShape& ps) {
+  // pooled, mask (N, K, POH, POW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
+  check_conv2d_shape(s, "cpu::conv2d_forward_relu_maxpool");
+  BARECNN_ASSERT(conv2d_fuses_maxpool(s, ps), "cpu::conv2d_forward_relu_maxpool: conv ", s.str(), " with pool ",
+                 ps.str());
+  const int PP = ps.OH * ps.OW, CKK = s.C * s.kh * s.kw;
+  int rb = wide_row_block(s.OH, s.OW + s.kw - 1, s.C, s.K, s.kh, s.N);
+  rb = std::min(ceil_div(rb, ps.sh) * ps.sh, ceil_div(s.OH, ps.sh) * ps.sh);
+  const int nb = ceil_div(s.OH, rb);
+#pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
+  for (int item = 0; item < s.N * nb; item++) {
+    static thread_local WideBuffers bufs;
+    static thread_local std::vector<float> tilebuf;
+    const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.OH, y0 + rb);
+    float* tile = scratch(tilebuf, size_t(s.K) * rb * s.OW);  // (K, rb, OW): relu(conv) rows y0..y1-1
+    wide_rows(tile, (long long)rb * s.OW, y0, weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W,
+              s.ph, s.pw, s.kh, s.kw, false, s.OH, s.OW, y0, y1, bias, true, bufs);
+    const int oh0 = y0 / ps.sh, oh1 = std::min(ps.OH, ceil_div(y1, ps.sh));  // the windows starting in the block
+    for (int k = 0; k < s.K; k++) {
+      const long long off = ((long long)n * s.K + k) * PP;
+      detail::maxpool_plane_rows(pooled + off, mask + off, tile + (long long)k * rb * s.OW, y0, oh0, oh1, ps);
+    }
   }
 }
 
@@ -333,10 +406,8 @@ static void col2im_add(float* dinp, const float* dcol, const Conv2dShape& s, int
 //           are (image, block of input channels), whose rows of dcol and pixels of dinp are their
 //           own. Its GEMM has C*kh*kw rows instead of C, so it wins when C is small (the first
 //           layer: C = 1), and it does no wasted work for stride > 1.
-void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
-                           const float* relu_out) {
-  // dinp (N, C, H, W), overwritten; dout (N, K, OH, OW); weight (K, C, kh, kw)
-  check_conv2d_shape(s, "cpu::conv2d_backward_input");
+static void backward_input(float* dinp, const OutGrad& og, const float* weight, const Conv2dShape& s) {
+  // dinp (N, C, H, W), overwritten; the conv's gradient (N, K, OH, OW) from og; weight (K, C, kh, kw)
   const int Q = s.H * s.W, P = s.OH * s.OW, KK = s.kh * s.kw, KKK = s.K * KK, CKK = s.C * KK;
   const bool parallel = conv2d_macs(s) >= kMinParallelWork;
   const bool pointwise = is_pointwise(s);
@@ -352,8 +423,7 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
       static thread_local std::vector<float> colbuf, gradbuf;
       int n = item / nb, c0 = item % nb * cb, nc = std::min(cb, s.C - c0);
       float* dcol = scratch(colbuf, (size_t)nc * KK * P);  // (nc*kh*kw, P)
-      const long long KP = (long long)s.K * P;
-      const float* g = conv_grad(dout + n * KP, relu_out ? relu_out + n * KP : nullptr, KP, gradbuf);  // (K, P)
+      const float* g = og.image(n, s, gradbuf);            // (K, P)
       // A (r, k) = weight[k, c0*KK + r]: W^T, rows 1 apart, columns CKK apart
       sgemm_nn(nc * KK, P, s.K, weight + (long long)c0 * KK, 1, CKK, g, P, dcol, P, nullptr, false);
       float* d = dinp + ((long long)n * s.C + c0) * Q;  // (nc, H, W)
@@ -368,14 +438,13 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
   for (int k = 0; k < s.K; k++)
     for (int c = 0; c < s.C; c++)
       for (int t = 0; t < KK; t++) wt[((long long)c * s.K + k) * KK + t] = weight[((long long)k * s.C + c) * KK + t];
-  const long long KP = (long long)s.K * P;
   if (pointwise) {  // dcol_n is dout_n itself
     const int qb = pixel_block(Q, KKK, s.N), nb = ceil_div(Q, qb);
 #pragma omp parallel for schedule(dynamic) if (parallel)
     for (int item = 0; item < s.N * nb; item++) {
       static thread_local std::vector<float> gradbuf;
       int n = item / nb, q0 = item % nb * qb, q1 = std::min(Q, q0 + qb), nq = q1 - q0;
-      const float* dout_n = conv_grad(dout + n * KP, relu_out ? relu_out + n * KP : nullptr, KP, gradbuf);  // (K, P)
+      const float* dout_n = og.image(n, s, gradbuf);  // (K, P)
       float* d = dinp + (long long)n * s.C * Q + q0;  // (C, nq) inside (C, Q)
       sgemm_nn(s.C, nq, KKK, wt, KKK, 1, dout_n + q0, P, d, Q, nullptr, false);
     }
@@ -389,9 +458,9 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
     static thread_local WideBuffers bufs;
     static thread_local std::vector<float> gradbuf;
     const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.H, y0 + rb);
-    const float* dout_n = conv_grad(dout + n * KP, relu_out ? relu_out + n * KP : nullptr, KP, gradbuf);  // (K, OH, OW)
-    wide_rows(dinp + (long long)n * s.C * Q, wt, KKK, 1, s.C, dout_n, s.K, s.OH, s.OW, s.kh - 1 - s.ph, s.kw - 1 - s.pw,
-              s.kh, s.kw, true, s.H, s.W, y0, y1, nullptr, false, bufs);
+    const float* dout_n = og.image(n, s, gradbuf);  // (K, OH, OW)
+    wide_rows(dinp + (long long)n * s.C * Q, Q, 0, wt, KKK, 1, s.C, dout_n, s.K, s.OH, s.OW, s.kh - 1 - s.ph,
+              s.kw - 1 - s.pw, s.kh, s.kw, true, s.H, s.W, y0, y1, nullptr, false, bufs);
   }
 }
 
@@ -426,10 +495,9 @@ struct ColBlocks {
   }
 };
 
-void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
-                            const float* relu_out) {
-  // dweight (K, C, kh, kw), overwritten; dbias (K) or null; dout (N, K, OH, OW); inp (N, C, H, W)
-  check_conv2d_shape(s, "cpu::conv2d_backward_weight");
+static void backward_weight(float* dweight, float* dbias, const OutGrad& og, const float* inp, const Conv2dShape& s) {
+  // dweight (K, C, kh, kw), overwritten; dbias (K) or null; the conv's gradient (N, K, OH, OW)
+  // from og; inp (N, C, H, W)
   const int P = s.OH * s.OW, CKK = s.C * s.kh * s.kw;
   const long long WN = (long long)s.K * CKK;
   const bool parallel = conv2d_macs(s) >= kMinParallelWork;
@@ -473,8 +541,7 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
           const int width = nc * P;
           float* dcat = scratch(doutbuf, (size_t)s.K * width);
           for (int m = 0; m < nc; m++) {
-            const long long KP = (long long)s.K * P, off = (n0 + m) * KP;
-            const float* g = conv_grad(dout + off, relu_out ? relu_out + off : nullptr, KP, gradbuf);  // (K, P)
+            const float* g = og.image(n0 + m, s, gradbuf);  // (K, P)
             bias_sums(n0 + m, g);
             for (int k = 0; k < s.K; k++)
               std::memcpy(dcat + (long long)k * width + m * P, g + (long long)k * P, sizeof(float) * P);
@@ -485,9 +552,7 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
           continue;
         }
         const float* inp_n = inp + (long long)n0 * s.C * s.H * s.W;  // (C, H, W)
-        const long long KP = (long long)s.K * P;
-        const float* dout_n =
-            conv_grad(dout + n0 * KP, relu_out ? relu_out + n0 * KP : nullptr, KP, gradbuf);  // (K, P)
+        const float* dout_n = og.image(n0, s, gradbuf);              // (K, P)
         bias_sums(n0, dout_n);
         for (int p0 = 0; p0 < P; p0 += seg) {
           int p1 = std::min(P, p0 + seg), np = p1 - p0;
@@ -516,6 +581,39 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
       }
     }
   }
+}
+
+}  // namespace barecnn::cpu
+
+namespace barecnn::cpu {
+
+void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
+                           const float* relu_out) {
+  check_conv2d_shape(s, "cpu::conv2d_backward_input");
+  backward_input(dinp, OutGrad{dout, relu_out}, weight, s);
+}
+
+void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
+                            const float* relu_out) {
+  check_conv2d_shape(s, "cpu::conv2d_backward_weight");
+  backward_weight(dweight, dbias, OutGrad{dout, relu_out}, inp, s);
+}
+
+void conv2d_backward_input_relu_maxpool(float* dinp, const float* dpooled, const float* pooled, const int32_t* mask,
+                                        const float* weight, const Conv2dShape& s, const Pool2dShape& ps) {
+  check_conv2d_shape(s, "cpu::conv2d_backward_input_relu_maxpool");
+  BARECNN_ASSERT(conv2d_fuses_maxpool(s, ps), "cpu::conv2d_backward_input_relu_maxpool: conv ", s.str(), " with pool ",
+                 ps.str());
+  backward_input(dinp, OutGrad{dpooled, pooled, mask, &ps}, weight, s);
+}
+
+void conv2d_backward_weight_relu_maxpool(float* dweight, float* dbias, const float* dpooled, const float* pooled,
+                                         const int32_t* mask, const float* inp, const Conv2dShape& s,
+                                         const Pool2dShape& ps) {
+  check_conv2d_shape(s, "cpu::conv2d_backward_weight_relu_maxpool");
+  BARECNN_ASSERT(conv2d_fuses_maxpool(s, ps), "cpu::conv2d_backward_weight_relu_maxpool: conv ", s.str(), " with pool ",
+                 ps.str());
+  backward_weight(dweight, dbias, OutGrad{dpooled, pooled, mask, &ps}, inp, s);
 }
 
 }  // namespace barecnn::cpu

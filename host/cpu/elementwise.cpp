@@ -137,14 +137,15 @@ void activation_backward(float* dinp, const float* dout, const float* inp, const
 // the window and stride known at compile time (the 2x2 stride-2 pool of every preset: strided
 // loads the compiler turns into shuffles); 0 means "read it from s" (every other pool: the same
 // selects, run-time loops). Bitwise the reference: the same comparisons on the same values.
+// `rows` holds the plane's rows from `row0` on.
 template <int KH, int KW, int SH, int SW>
-static void maxpool_row(float* out, int32_t* mask, const float* plane, int oh, const Pool2dShape& s) {
+static void maxpool_row(float* out, int32_t* mask, const float* rows, int row0, int oh, const Pool2dShape& s) {
   const int kh = KH ? KH : s.kh, kw = KW ? KW : s.kw, sh = SH ? SH : s.sh, sw = SW ? SW : s.sw;
   const int W = s.W, h0 = oh * sh;
 #pragma omp simd
   for (int ow = 0; ow < s.OW; ++ow) {
     const int w0 = ow * sw;
-    const float* win = plane + h0 * W + w0;  // the window's top-left pixel
+    const float* win = rows + (h0 - row0) * W + w0;  // the window's top-left pixel
     float best = win[0];
     int32_t best_idx = h0 * W + w0;
     for (int i = 0; i < kh; ++i) {
@@ -166,25 +167,28 @@ void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2d
                      s.W >= s.kw && s.OH == window_out_size(s.H, s.kh, s.sh, 0) &&
                      s.OW == window_out_size(s.W, s.kw, s.sw, 0),
                  "maxpool2d_forward: bad shape ", s.str());
-  const bool k2s2 = s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2;
   const long long planes = 1LL * s.N * s.C, in_plane = 1LL * s.H * s.W, out_plane = 1LL * s.OH * s.OW;
 #pragma omp parallel for schedule(static) if (planes * in_plane >= kMinParallel)
-  for (long long p = 0; p < planes; ++p) {
-    const float* plane = inp + p * in_plane;  // (H, W)
-    for (int oh = 0; oh < s.OH; ++oh) {
-      float* o = out + p * out_plane + 1LL * oh * s.OW;
-      int32_t* m = mask + p * out_plane + 1LL * oh * s.OW;
-      if (k2s2)
-        maxpool_row<2, 2, 2, 2>(o, m, plane, oh, s);
-      else
-        maxpool_row<0, 0, 0, 0>(o, m, plane, oh, s);
-    }
+  for (long long p = 0; p < planes; ++p)
+    detail::maxpool_plane_rows(out + p * out_plane, mask + p * out_plane, inp + p * in_plane, 0, 0, s.OH, s);
+}
+
+void detail::maxpool_plane_rows(float* out, int32_t* mask, const float* rows, int row0, int oh0, int oh1,
+                                const Pool2dShape& s) {
+  const bool k2s2 = s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2;
+  for (int oh = oh0; oh < oh1; ++oh) {
+    float* o = out + 1LL * oh * s.OW;
+    int32_t* m = mask + 1LL * oh * s.OW;
+    if (k2s2)
+      maxpool_row<2, 2, 2, 2>(o, m, rows, row0, oh, s);
+    else
+      maxpool_row<0, 0, 0, 0>(o, m, rows, row0, oh, s);
   }
 }
 
 // Non-overlapping windows (stride >= window): every input pixel lies in at most one window, so
-// the gradient is a scatter of dout through the mask into a zeroed plane, with no sums at all —
-// the same values as the reference's gather, bit for bit. Overlapping windows use the reference.
+// the gradient is a scatter of dout through the mask into a zeroed plane: +0 + g, the reference's
+// one-term sum (-0 becomes +0), bit for bit. Overlapping windows use the reference.
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s) {
   if (s.sh < s.kh || s.sw < s.kw) {
     ref::maxpool2d_backward(dinp, dout, mask, s);
@@ -197,7 +201,7 @@ void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, con
     std::fill(d, d + in_plane, 0.f);
     const float* g = dout + p * out_plane;    // (OH, OW)
     const int32_t* m = mask + p * out_plane;  // (OH, OW)
-    for (long long o = 0; o < out_plane; ++o) d[m[o]] = g[o];
+    for (long long o = 0; o < out_plane; ++o) d[m[o]] = 0.f + g[o];
   }
 }
 

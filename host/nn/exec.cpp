@@ -97,6 +97,44 @@ void conv2d_backward_weight(const Exec& ex, double* dw, double* db, const double
   ref::conv2d_backward_weight(dw, db, dout, inp, s);
 }
 
+// conv + ReLU + max pooling: the CPU's float ops only.
+static void fused_pool_cpu_only(const Exec& ex, bool is_float) {
+  if (ex.device != Device::CPU || !is_float)
+    throw Error("internal: the fused conv + ReLU + max-pool runs on the CPU in float only");
+}
+bool conv2d_fuses_relu_maxpool(Device device, const Conv2dShape& s, const Pool2dShape& ps) {
+  return device == Device::CPU && cpu::conv2d_fuses_maxpool(s, ps);
+}
+void conv2d_forward_relu_maxpool(const Exec& ex, float* pooled, int32_t* mask, const float* inp, const float* w,
+                                 const float* b, const Conv2dShape& s, const Pool2dShape& ps) {
+  fused_pool_cpu_only(ex, true);
+  cpu::conv2d_forward_relu_maxpool(pooled, mask, inp, w, b, s, ps);
+}
+void conv2d_forward_relu_maxpool(const Exec& ex, double*, int32_t*, const double*, const double*, const double*,
+                                 const Conv2dShape&, const Pool2dShape&) {
+  fused_pool_cpu_only(ex, false);
+}
+void conv2d_backward_input_relu_maxpool(const Exec& ex, float* dinp, const float* dpooled, const float* pooled,
+                                        const int32_t* mask, const float* w, const Conv2dShape& s,
+                                        const Pool2dShape& ps) {
+  fused_pool_cpu_only(ex, true);
+  cpu::conv2d_backward_input_relu_maxpool(dinp, dpooled, pooled, mask, w, s, ps);
+}
+void conv2d_backward_input_relu_maxpool(const Exec& ex, double*, const double*, const double*, const int32_t*,
+                                        const double*, const Conv2dShape&, const Pool2dShape&) {
+  fused_pool_cpu_only(ex, false);
+}
+void conv2d_backward_weight_relu_maxpool(const Exec& ex, float* dw, float* db, const float* dpooled,
+                                         const float* pooled, const int32_t* mask, const float* inp,
+                                         const Conv2dShape& s, const Pool2dShape& ps) {
+  fused_pool_cpu_only(ex, true);
+  cpu::conv2d_backward_weight_relu_maxpool(dw, db, dpooled, pooled, mask, inp, s, ps);
+}
+void conv2d_backward_weight_relu_maxpool(const Exec& ex, double*, double*, const double*, const double*, const int32_t*,
+                                         const double*, const Conv2dShape&, const Pool2dShape&) {
+  fused_pool_cpu_only(ex, false);
+}
+
 // ---- pooling ----
 
 void maxpool2d_forward(const Exec& ex, float* out, int32_t* mask, const float* inp, const Pool2dShape& s) {

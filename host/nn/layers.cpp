@@ -69,6 +69,9 @@ class Conv2d final : public Layer {
     return op::conv2d_backward_weight_workspace(device, shape(N));
   }
   bool can_fuse_relu(Device) const override { return true; }
+  bool can_fuse_relu_maxpool(Device device, const Pool2dShape& ps) const override {
+    return op::conv2d_fuses_relu_maxpool(device, shape(ps.N), ps);
+  }
   LayerCost cost(int N, bool need_din) const override {
     const Conv2dShape s = shape(N);
     LayerCost c;
@@ -91,6 +94,7 @@ class Conv2d final : public Layer {
     Conv2dShape s = shape(c.N);
     const T* w = c.param;                     // (K, C, kh, kw)
     const T* b = c.param + s.weight_numel();  // (K)
+    if (c.fuse_maxpool) return op::conv2d_forward_relu_maxpool(c.ex, c.out, c.pool_mask, c.in, w, b, s, c.pool);
     op::conv2d_forward(c.ex, c.out, c.in, w, b, s, c.fuse_relu);
   }
   template <typename T>
@@ -98,6 +102,12 @@ class Conv2d final : public Layer {
     Conv2dShape s = shape(c.N);
     T* dw = c.dparam;
     T* db = c.dparam + s.weight_numel();
+    if (c.fuse_maxpool) {
+      op::conv2d_backward_weight_relu_maxpool(c.ex, dw, db, c.dout, c.relu_out, c.pool_mask, c.in, s, c.pool);
+      if (c.din)
+        op::conv2d_backward_input_relu_maxpool(c.ex, c.din, c.dout, c.relu_out, c.pool_mask, c.param, s, c.pool);
+      return;
+    }
     op::conv2d_backward_weight(c.ex, dw, db, c.dout, c.in, s, c.relu_out);
     if (c.din) op::conv2d_backward_input(c.ex, c.din, c.dout, c.param, s, c.relu_out);
   }
@@ -109,6 +119,10 @@ class Pool2d final : public Layer {
   explicit Pool2d(int index, const ArchLayer& a) : Layer(index, a) {}
   size_t saved_ints(int N) const override {
     return kind() == LayerKind::MaxPool ? size_t(N) * size_t(dims_numel(out_)) : 0;
+  }
+  std::optional<Pool2dShape> max_pool_shape(int N) const override {
+    if (kind() != LayerKind::MaxPool) return std::nullopt;
+    return shape(N);
   }
   LayerCost cost(int N, bool need_din) const override {
     const double x = double(N) * double(dims_numel(in_)), y = double(N) * double(dims_numel(out_));

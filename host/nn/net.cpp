@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <type_traits>
 
@@ -75,21 +76,30 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   std::vector<bool> fused(L, false);
   if (std::is_same_v<T, float> && fusion_)  // (the fused kernels are float)
     for (int i = 0; i + 1 < L; ++i) fused[i] = layers_[i]->can_fuse_relu(device) && layers_[i + 1]->is_plain_relu();
-  if (st.N == N && st.device == device && int(st.act.size()) == L + 1 && st.fused == fused) return;
+  // Which of them pool as well (the CPU's fused ops, where the shapes allow).
+  std::vector<bool> fused_pool(L, false);
+  for (int i = 0; i + 2 < L; ++i)
+    if (fused[i])
+      if (std::optional<Pool2dShape> ps = layers_[i + 2]->max_pool_shape(N))
+        fused_pool[i] = layers_[i]->can_fuse_relu_maxpool(device, *ps);
+  if (st.N == N && st.device == device && int(st.act.size()) == L + 1 && st.fused == fused &&
+      st.fused_pool == fused_pool)
+    return;
 
   // The plan. A view (flatten) that is not the last layer does not run: the layer after it reads
-  // its input. A ReLU that the conv before it applies does not run either.
+  // its input. A ReLU (and a max pooling) that the conv before it applies does not run either.
   auto skipped_view = [&](int i) { return i + 1 < L && layers_[i]->is_view(); };
   std::vector<PlannedLayer> plan;
   for (int i = 0; i < L; ++i) {
-    if ((i > 0 && fused[i - 1]) || skipped_view(i)) continue;
+    if ((i > 0 && fused[i - 1]) || (i > 1 && fused_pool[i - 2]) || skipped_view(i)) continue;
     int in = i;
     while (in > 0 && skipped_view(in - 1)) --in;
-    plan.push_back({i, in, fused[i] ? i + 2 : i + 1, fused[i]});
+    plan.push_back({i, in, fused_pool[i] ? i + 3 : fused[i] ? i + 2 : i + 1, fused[i], fused_pool[i]});
   }
 
   st.plan = plan;
   st.fused = fused;
+  st.fused_pool = fused_pool;
   st.N = N;
   st.device = device;
   st.act.resize(L + 1);
@@ -139,6 +149,11 @@ LayerCall<T> Net::layer_call(NetState<T>& st, const PlannedLayer& p, const T* pa
   c.saved = st.saved[p.layer].numel() ? st.saved[p.layer].data() : nullptr;
   c.fuse_relu = p.fused_relu;  // this conv does the ReLU of the next layer too
   c.relu_out = p.fused_relu ? st.act[p.out].data() : nullptr;
+  if (p.fused_pool) {  // the pool's output is act[p.out]; its mask is the pool layer's saved state
+    c.fuse_maxpool = true;
+    c.pool = *layers_[p.layer + 2]->max_pool_shape(st.N);
+    c.pool_mask = st.saved[p.layer + 2].data();
+  }
   c.training = st.mode.training;
   c.buffers = params + buffer_offset_[p.layer];
   c.update_buffers = st.mode.buffers ? st.mode.buffers + (buffer_offset_[p.layer] - num_params_) : nullptr;
@@ -147,11 +162,16 @@ LayerCall<T> Net::layer_call(NetState<T>& st, const PlannedLayer& p, const T* pa
   return c;
 }
 
+// " + relu", " + relu + maxpool" or nothing: what a planned layer applies besides its own.
+static const char* fused_suffix(const PlannedLayer& p) {
+  return p.fused_pool ? " + relu + maxpool" : p.fused_relu ? " + relu" : "";
+}
+
 template <typename T>
 void Net::forward(NetState<T>& st, const T* params, const Exec& ex, const RunMode<T>& mode) const {
   st.mode = mode;
   for (const PlannedLayer& p : st.plan) {
-    NvtxScope range(layers_[p.layer]->label() + (p.fused_relu ? " + relu forward" : " forward"));
+    NvtxScope range(layers_[p.layer]->label() + fused_suffix(p) + " forward");
     layers_[p.layer]->forward(layer_call<T>(st, p, params, nullptr, ex, false));
   }
 }
@@ -159,7 +179,7 @@ void Net::forward(NetState<T>& st, const T* params, const Exec& ex, const RunMod
 template <typename T>
 void Net::backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad) const {
   for (auto p = st.plan.rbegin(); p != st.plan.rend(); ++p) {
-    NvtxScope range(layers_[p->layer]->label() + (p->fused_relu ? " + relu backward" : " backward"));
+    NvtxScope range(layers_[p->layer]->label() + fused_suffix(*p) + " backward");
     layers_[p->layer]->backward(layer_call<T>(st, *p, params, grads, ex, need_input_grad));
   }
 }
@@ -183,7 +203,8 @@ std::string Net::first_nonfinite(const NetState<float>& st) const {
     else if (size_t n = count_nonfinite(st.dact[p->in].to_host()))
       return fmt(layers_[p->layer]->label(), ": its input gradient (backward) has ", n, " non-finite values of ",
                  st.dact[p->in].numel());
-  // A fused conv's pre-activation is not kept: an infinity the ReLU zeroed is not seen.
+  // A fused conv's pre-activation is not kept: an infinity the ReLU zeroed (or the pool dropped)
+  // is not seen.
   for (const PlannedLayer& p : st.plan)
     if (p.fused_relu) return "none outside the fused conv+ReLU layers (rerun with --fuse off to see inside them)";
   return "";

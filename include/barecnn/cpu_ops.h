@@ -36,6 +36,22 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
 void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
                             const float* relu_out = nullptr);
 
+// With the ReLU and a max pooling after it fused as well (Net's plan, --fuse on, the CPU): the
+// conv's output is pooled block by block while it is in cache and never written. ps: the pool
+// over the conv's output (N, K, OH, OW) -> (N, K, POH, POW). Forward writes the pooled values and
+// the argmax mask (the max-pool's own, bit for bit); the backward ops take the pooled output's
+// gradient with them and rebuild the conv's gradient one image at a time: the max-pool backward's
+// scatter and the ReLU's mask (pooled > 0 exactly where the winning relu(conv) is). Bitwise the
+// unfused chain conv, relu, maxpool. Only where conv2d_fuses_maxpool(s, ps).
+bool conv2d_fuses_maxpool(const Conv2dShape& s, const Pool2dShape& ps);
+void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp, const float* weight, const float* bias,
+                                 const Conv2dShape& s, const Pool2dShape& ps);
+void conv2d_backward_input_relu_maxpool(float* dinp, const float* dpooled, const float* pooled, const int32_t* mask,
+                                        const float* weight, const Conv2dShape& s, const Pool2dShape& ps);
+void conv2d_backward_weight_relu_maxpool(float* dweight, float* dbias, const float* dpooled, const float* pooled,
+                                         const int32_t* mask, const float* inp, const Conv2dShape& s,
+                                         const Pool2dShape& ps);
+
 // ---- dense: out = inp W^T + b, W (OUT, IN) ----
 // out (N, OUT); inp (N, IN); weight (OUT, IN); bias (OUT) or null
 void dense_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IN, int OUT);
@@ -110,6 +126,11 @@ void gemm_nn(int M, int N, int K, const float* A, long rsa, long csa, const floa
              const float* row_init, bool accumulate);
 void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
              bool accumulate);
+// Max pooling of one plane's output rows [oh0, oh1) (out and mask point at the plane's row 0),
+// from the plane's input rows starting at row `row0` (rows: row row0's first pixel; the windows of
+// those output rows lie inside it). The mask holds plane indices h*W + w. maxpool2d_forward runs
+// it on whole planes, the fused conv on the rows of a block.
+void maxpool_plane_rows(float* out, int32_t* mask, const float* rows, int row0, int oh0, int oh1, const Pool2dShape& s);
 }  // namespace detail
 
 }  // namespace barecnn::cpu

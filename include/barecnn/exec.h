@@ -67,6 +67,28 @@ void conv2d_backward_weight(const Exec& ex, float* dw, float* db, const float* d
 void conv2d_backward_weight(const Exec& ex, double* dw, double* db, const double* dout, const double* inp,
                             const Conv2dShape& s, const double* relu_out = nullptr);
 
+// conv + ReLU + max pooling in one (cpu_ops.h: the CPU's fused ops; Net plans them only there,
+// for float, where cpu::conv2d_fuses_maxpool): forward writes the pooled output and the pool's
+// mask; the backward ops take the pooled output's gradient, the pooled values and the mask. Any
+// other device or type throws. conv2d_fuses_relu_maxpool: whether `device` has them for s and ps.
+bool conv2d_fuses_relu_maxpool(Device device, const Conv2dShape& s, const Pool2dShape& ps);
+void conv2d_forward_relu_maxpool(const Exec& ex, float* pooled, int32_t* mask, const float* inp, const float* w,
+                                 const float* b, const Conv2dShape& s, const Pool2dShape& ps);
+void conv2d_forward_relu_maxpool(const Exec& ex, double* pooled, int32_t* mask, const double* inp, const double* w,
+                                 const double* b, const Conv2dShape& s, const Pool2dShape& ps);
+void conv2d_backward_input_relu_maxpool(const Exec& ex, float* dinp, const float* dpooled, const float* pooled,
+                                        const int32_t* mask, const float* w, const Conv2dShape& s,
+                                        const Pool2dShape& ps);
+void conv2d_backward_input_relu_maxpool(const Exec& ex, double* dinp, const double* dpooled, const double* pooled,
+                                        const int32_t* mask, const double* w, const Conv2dShape& s,
+                                        const Pool2dShape& ps);
+void conv2d_backward_weight_relu_maxpool(const Exec& ex, float* dw, float* db, const float* dpooled,
+                                         const float* pooled, const int32_t* mask, const float* inp,
+                                         const Conv2dShape& s, const Pool2dShape& ps);
+void conv2d_backward_weight_relu_maxpool(const Exec& ex, double* dw, double* db, const double* dpooled,
+                                         const double* pooled, const int32_t* mask, const double* inp,
+                                         const Conv2dShape& s, const Pool2dShape& ps);
+
 void maxpool2d_forward(const Exec& ex, float* out, int32_t* mask, const float* inp, const Pool2dShape& s);
 void maxpool2d_forward(const Exec& ex, double* out, int32_t* mask, const double* inp, const Pool2dShape& s);
 void maxpool2d_backward(const Exec& ex, float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s);

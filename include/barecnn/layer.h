@@ -8,6 +8,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,12 @@ struct LayerCall {
   // relu_out (= that output), so the ReLU layer itself does not run.
   bool fuse_relu = false;
   const T* relu_out = nullptr;
+  // Conv + ReLU + max pooling fused (the CPU, float): forward writes the pool's output into `out`
+  // and its argmax mask into pool_mask (the pool layer's saved state); backward reads `dout` as
+  // the pool's output gradient, with relu_out = the pooled output and the mask.
+  bool fuse_maxpool = false;
+  Pool2dShape pool;
+  int32_t* pool_mask = nullptr;
   // Training or evaluation (RunMode, net.h): batchnorm normalizes with the batch's or the running
   // statistics; dropout draws a mask or passes its input on.
   bool training = false;
@@ -113,6 +120,11 @@ class Layer {
   // Can this layer apply a following plain ReLU in its own kernels on `device` (the conv, on both)?
   virtual bool can_fuse_relu(Device device) const { return false; }
   virtual bool is_plain_relu() const { return false; }
+  // Can this layer (a conv whose ReLU it applies) also do the max pooling `ps` after that ReLU on
+  // `device` (the CPU's fused ops, where their shape allows)? A max-pool layer's shape for a batch
+  // of N, or nothing for any other layer.
+  virtual bool can_fuse_relu_maxpool(Device device, const Pool2dShape& ps) const { return false; }
+  virtual std::optional<Pool2dShape> max_pool_shape(int N) const { return std::nullopt; }
   // The cost of one forward and one backward call over a batch of N (see LayerCost). `need_din`:
   // the input gradient is computed (every layer but the first; nothing needs the gradient of the
   // image).

@@ -40,12 +40,14 @@ struct RunMode {
 
 // One entry of a net's execution plan: a layer that runs, and the slots of NetState::act / dact
 // it reads and writes. Layers that do not run have no entry: a flatten before another layer (a
-// view: the next layer reads its input), and a ReLU that the conv before it applies (--fuse on).
+// view: the next layer reads its input), and a ReLU that the conv before it applies (--fuse on),
+// and on the CPU a max pooling after that ReLU, which the conv applies as well.
 struct PlannedLayer {
   int layer = 0;            // index in the net
   int in = 0;               // act[in] its input, dact[in] its input gradient
   int out = 0;              // act[out] its output, dact[out] its output gradient
   bool fused_relu = false;  // the conv also applies the ReLU layer+1: out = layer + 2
+  bool fused_pool = false;  // ... and the max pooling layer+2: out = layer + 3
 };
 
 // Activations and their gradients for one batch, on one device, and the plan that uses them.
@@ -65,6 +67,8 @@ struct NetState {
   // fused[i]: layer i (a conv) applies layer i+1 (a ReLU) itself (float only, with
   // Net::set_fusion(true)).
   std::vector<bool> fused;
+  // fused_pool[i]: layer i (a conv, fused[i]) applies layer i+2 (a max pooling) too (the CPU).
+  std::vector<bool> fused_pool;
   // The plan entry of layer i, or null when it does not run.
   const PlannedLayer* planned(int i) const {
     for (const PlannedLayer& p : plan)
