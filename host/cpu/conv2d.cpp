@@ -219,14 +219,26 @@ struct OutGrad {
       return g;
     }
     const long long PP = (long long)pool->OH * pool->OW;
-    std::fill(g, g + KP, 0.f);
+    std::memset(g, 0, sizeof(float) * size_t(KP));
     for (int k = 0; k < s.K; k++) {
       const long long off = ((long long)n * s.K + k) * PP;
       const float *dp = dout + off, *y = relu_out + off;
       const int32_t* m = mask + off;
       float* gk = g + k * P;
-      for (long long o = 0; o < PP; o++) {
-        const float d = 0.f + dp[o];  // maxpool2d_backward's value
+      // d = +0 + dp (maxpool2d_backward's value), then y > 0 ? d : 0 * d as d * (1 or 0) (d * 1 is d,
+      // d * 0 is 0 * d, exactly), four at a time with SSE: written as scalar code, the compiler
+      // branches on y (skipping the multiply by 0), a misprediction on random data.
+      long long o = 0;
+      const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.f);
+      for (; o + 4 <= PP; o += 4) {
+        const __m128 d = _mm_add_ps(zero, _mm_loadu_ps(dp + o));
+        const __m128 keep = _mm_and_ps(_mm_cmpgt_ps(_mm_loadu_ps(y + o), zero), one);  // NaN: not > 0
+        alignas(16) float v[4];
+        _mm_store_ps(v, _mm_mul_ps(d, keep));
+        for (int l = 0; l < 4; l++) gk[m[o + l]] = v[l];
+      }
+      for (; o < PP; o++) {
+        const float d = 0.f + dp[o];
         gk[m[o]] = y[o] > 0.f ? d : 0.f * d;
       }
     }
@@ -268,9 +280,11 @@ struct WideBuffers {
 // (i, j), or (kh-1-i, kw-1-j) when `flip`. A(m, r) = A[m*rsa + r*csa]. relu: out = relu(out).
 // `out` holds rows out_y0.. of each of its M planes, out_plane floats apart (the whole result:
 // out_y0 = 0, out_plane = Ho*Wo; a block's tile: out_y0 = y0).
-static void wide_rows(float* out, long long out_plane, int out_y0, const float* A, long rsa, long csa, int M,
-                      const float* src, int Cs, int Hs, int Ws, int top, int left, int kh, int kw, bool flip, int Ho,
-                      int Wo, int y0, int y1, const float* row_init, bool relu, WideBuffers& b) {
+// wide_gemm: the GEMM alone; returns the wide result (M, ncols), result row r of plane m at
+// m*ncols + r*(Wo + kw - 1), each Wo values long (then kw - 1 dropped ones).
+static const float* wide_gemm(const float* A, long rsa, long csa, int M, const float* src, int Cs, int Hs, int Ws,
+                              int top, int left, int kh, int kw, bool flip, int Wo, int y0, int y1,
+                              const float* row_init, WideBuffers& b, int* ncols_out) {
   const int Wp = Wo + kw - 1, rb = y1 - y0, Rb = rb + kh - 1, KK = kh * kw;
   const long long plane_n = (long long)Rb * Wp;
   float* pl = scratch(b.plane, size_t(Cs * plane_n));  // (Cs, Rb, Wp): padded rows y0 .. y1 + kh - 2
@@ -284,17 +298,86 @@ static void wide_rows(float* out, long long out_plane, int out_y0, const float* 
   const int ncols = (rb - 1) * Wp + Wo;  // the last row needs only its Wo columns
   float* wide = scratch(b.wide, size_t(M) * ncols);
   sgemm_nn(M, ncols, Cs * KK, A, rsa, csa, nullptr, 0, wide, ncols, row_init, false, b.rows.data());
+  *ncols_out = ncols;
+  return wide;
+}
+
+// The copy out of a wide result row: o[0..n) = w[0..n), or relu(w) (relu_block's v <= 0 ? +0 : v).
+static void copy_out_row(float* o, const float* w, int n, bool relu) {
+  if (relu) {
+#pragma omp simd
+    for (int x = 0; x < n; x++) o[x] = w[x] <= 0.f ? 0.f : w[x];
+  } else {
+    copy_run(o, w, n);
+  }
+}
+
+// relu(v) in each lane: +0 where v <= 0, v elsewhere (NaN is not <= 0: kept), as copy_out_row.
+[[gnu::target("avx512f")]] static inline __m512 relu16(__m512 v) {
+  return _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LE_OQ), _mm512_setzero_ps());
+}
+
+// The same with 16-float AVX-512 vectors, the tail masked (where the GEMMs run AVX-512).
+[[gnu::target("avx512f")]] static void copy_out_row_avx512(float* o, const float* w, int n, bool relu) {
+  for (int x = 0; x < n; x += 16) {
+    const __mmask16 m = n - x >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - x)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(m, w + x);
+    _mm512_mask_storeu_ps(o + x, m, relu ? relu16(v) : v);
+  }
+}
+
+static void wide_rows(float* out, long long out_plane, int out_y0, const float* A, long rsa, long csa, int M,
+                      const float* src, int Cs, int Hs, int Ws, int top, int left, int kh, int kw, bool flip, int Wo,
+                      int y0, int y1, const float* row_init, bool relu, WideBuffers& b) {
+  int ncols;
+  const float* wide =
+      wide_gemm(A, rsa, csa, M, src, Cs, Hs, Ws, top, left, kh, kw, flip, Wo, y0, y1, row_init, b, &ncols);
+  const int Wp = Wo + kw - 1, rb = y1 - y0;
+  const bool avx512 = cpu_isa() == CpuIsa::Avx512;
   for (int m = 0; m < M; m++)
     for (int r = 0; r < rb; r++) {
       const float* w = wide + (long long)m * ncols + (long long)r * Wp;
       float* o = out + m * out_plane + (long long)(y0 - out_y0 + r) * Wo;
-      if (relu) {
-#pragma omp simd
-        for (int x = 0; x < Wo; x++) o[x] = w[x] <= 0.f ? 0.f : w[x];  // relu_block's
-      } else {
-        copy_run(o, w, Wo);
-      }
+      (avx512 ? copy_out_row_avx512 : copy_out_row)(o, w, Wo, relu);
     }
+}
+
+// relu + 2x2 stride-2 max pooling of one plane's wide result rows, straight from the GEMM's buffer
+// (no copy out): pooled rows [oh0, oh1) of out / mask (pointing at the plane's row 0), from `wide`
+// holding result rows y0.. of the plane, Wp apart, W valid values each. Sixteen windows at a
+// time: the two rows' 32 values split into the windows' left and right columns, each value
+// relu'd as copy_out_row does it, then maxpool_row's scan (top-left, top-right, bottom-left,
+// bottom-right; strict '>', which is false for NaN on either side: the same choices).
+[[gnu::target("avx512f")]] static void relu_maxpool_2x2_wide_avx512(float* out, int32_t* mask, const float* wide,
+                                                                    int Wp, int y0, int W, int POW, int oh0, int oh1) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int oh = oh0; oh < oh1; oh++) {
+    const float* r0 = wide + (long long)(2 * oh - y0) * Wp;
+    const float* r1 = r0 + Wp;
+    for (int ow = 0; ow < POW; ow += 16) {
+      const int n = std::min(16, POW - ow), n2 = 2 * n;  // windows, and values of a row they read
+      const __mmask16 lo = n2 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n2) - 1);
+      const __mmask16 hi = n2 >= 32 ? __mmask16(0xFFFF) : n2 > 16 ? __mmask16((1u << (n2 - 16)) - 1) : __mmask16(0);
+      const __mmask16 m = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      const __m512 a0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * ow), a1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * ow + 16);
+      const __m512 b0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * ow), b1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * ow + 16);
+      const __m512 v[4] = {relu16(_mm512_permutex2var_ps(a0, even, a1)), relu16(_mm512_permutex2var_ps(a0, odd, a1)),
+                           relu16(_mm512_permutex2var_ps(b0, even, b1)), relu16(_mm512_permutex2var_ps(b0, odd, b1))};
+      // plane index of each window's top-left pixel: (2 oh) W + 2 (ow + lane)
+      const __m512i base = _mm512_add_epi32(_mm512_set1_epi32(2 * oh * W + 2 * ow), even);
+      const int step[4] = {0, 1, W, W + 1};
+      __m512 best = v[0];
+      __m512i idx = base;
+      for (int t = 1; t < 4; t++) {
+        const __mmask16 gt = _mm512_cmp_ps_mask(v[t], best, _CMP_GT_OQ);
+        best = _mm512_mask_mov_ps(best, gt, v[t]);
+        idx = _mm512_mask_mov_epi32(idx, gt, _mm512_add_epi32(base, _mm512_set1_epi32(step[t])));
+      }
+      _mm512_mask_storeu_ps(out + (long long)oh * POW + ow, m, best);
+      _mm512_mask_storeu_epi32(mask + (long long)oh * POW + ow, m, idx);
+    }
+  }
 }
 
 void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
@@ -310,7 +393,7 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
       static thread_local WideBuffers bufs;
       const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.OH, y0 + rb);
       wide_rows(out + (long long)n * s.K * P, P, 0, weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H,
-                s.W, s.ph, s.pw, s.kh, s.kw, false, s.OH, s.OW, y0, y1, bias, fuse_relu, bufs);
+                s.W, s.ph, s.pw, s.kh, s.kw, false, s.OW, y0, y1, bias, fuse_relu, bufs);
     }
     return;
   }
@@ -339,9 +422,11 @@ bool conv2d_fuses_maxpool(const Conv2dShape& s, const Pool2dShape& ps) {
 }
 
 // The forward's items as conv2d_forward's, with blocks of whole pooling rows: rb a multiple of the
-// pool's stride, so every window lies inside one block (kh <= sh). Each block's relu(conv) goes to
-// a tile in cache, the pool reads it there (detail::maxpool_plane_rows: maxpool2d_forward's own
-// rows) and only the pooled values and the mask are written. Rows past the last window are
+// pool's stride, so every window lies inside one block (kh <= sh). Each block's relu(conv) is
+// pooled while it is in cache: for 2x2 stride 2 under AVX-512 straight from the GEMM's wide rows
+// (relu_maxpool_2x2_wide_avx512), else through a tile that the pool reads
+// (detail::maxpool_plane_rows: maxpool2d_forward's own rows); only the pooled values and the mask
+// are written. Rows past the last window are
 // computed and dropped, as the unfused pool never reads them. Each conv value is the same chain of
 // FMAs as in conv2d_forward (the GEMM's sums do not depend on how the columns are blocked).
 void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp, const float* weight, const float* bias,
@@ -354,15 +439,29 @@ void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp,
   int rb = wide_row_block(s.OH, s.OW + s.kw - 1, s.C, s.K, s.kh, s.N);
   rb = std::min(ceil_div(rb, ps.sh) * ps.sh, ceil_div(s.OH, ps.sh) * ps.sh);
   const int nb = ceil_div(s.OH, rb);
+  // 2x2 stride 2 (every preset) where the GEMMs run AVX-512: pooled straight from the GEMM's
+  // buffer; otherwise through a tile and maxpool2d_forward's own rows.
+  const bool direct = cpu_isa() == CpuIsa::Avx512 && ps.kh == 2 && ps.kw == 2 && ps.sh == 2 && ps.sw == 2;
 #pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
   for (int item = 0; item < s.N * nb; item++) {
     static thread_local WideBuffers bufs;
     static thread_local std::vector<float> tilebuf;
     const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.OH, y0 + rb);
+    const int oh0 = y0 / ps.sh, oh1 = std::min(ps.OH, ceil_div(y1, ps.sh));  // the windows starting in the block
+    if (direct) {
+      int ncols;
+      const float* wide = wide_gemm(weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W, s.ph,
+                                    s.pw, s.kh, s.kw, false, s.OW, y0, y1, bias, bufs, &ncols);
+      for (int k = 0; k < s.K; k++) {
+        const long long off = ((long long)n * s.K + k) * PP;
+        relu_maxpool_2x2_wide_avx512(pooled + off, mask + off, wide + (long long)k * ncols, s.OW + s.kw - 1, y0, s.OW,
+                                     ps.OW, oh0, oh1);
+      }
+      continue;
+    }
     float* tile = scratch(tilebuf, size_t(s.K) * rb * s.OW);  // (K, rb, OW): relu(conv) rows y0..y1-1
     wide_rows(tile, (long long)rb * s.OW, y0, weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W,
-              s.ph, s.pw, s.kh, s.kw, false, s.OH, s.OW, y0, y1, bias, true, bufs);
-    const int oh0 = y0 / ps.sh, oh1 = std::min(ps.OH, ceil_div(y1, ps.sh));  // the windows starting in the block
+              s.ph, s.pw, s.kh, s.kw, false, s.OW, y0, y1, bias, true, bufs);
     for (int k = 0; k < s.K; k++) {
       const long long off = ((long long)n * s.K + k) * PP;
       detail::maxpool_plane_rows(pooled + off, mask + off, tile + (long long)k * rb * s.OW, y0, oh0, oh1, ps);
@@ -460,7 +559,7 @@ static void backward_input(float* dinp, const OutGrad& og, const float* weight, 
     const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.H, y0 + rb);
     const float* dout_n = og.image(n, s, gradbuf);  // (K, OH, OW)
     wide_rows(dinp + (long long)n * s.C * Q, Q, 0, wt, KKK, 1, s.C, dout_n, s.K, s.OH, s.OW, s.kh - 1 - s.ph,
-              s.kw - 1 - s.pw, s.kh, s.kw, true, s.H, s.W, y0, y1, nullptr, false, bufs);
+              s.kw - 1 - s.pw, s.kh, s.kw, true, s.W, y0, y1, nullptr, false, bufs);
   }
 }
 
@@ -521,8 +620,12 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
   float* partial = ngroups == 1 ? dweight : scratch(partbuf, (size_t)ngroups * WN);
   float* bsum = dbias ? scratch(bsumbuf, (size_t)s.N * s.K) : nullptr;
   auto bias_sums = [&](int n, const float* g) {  // g (K, P): image n's gradient
-    if (bsum)
-      for (int k = 0; k < s.K; k++) bsum[(long long)n * s.K + k] = sum_lanes(g + (long long)k * P, P);
+    if (bsum) {
+      float* bn = bsum + (long long)n * s.K;
+      int k = 0;
+      for (; k + 4 <= s.K; k += 4) sum_lanes_4rows(g + (long long)k * P, P, P, bn + k);
+      for (; k < s.K; k++) bn[k] = sum_lanes(g + (long long)k * P, P);
+    }
   };
 #pragma omp parallel if (parallel)
   {

@@ -579,6 +579,20 @@ inline float sum_lanes(const float* x, long n) {
   return t;
 }
 
+// sum_lanes of the four rows x + r*ld (r = 0..3) at once, each into out[r] with sum_lanes' bits:
+// four independent chains of vector adds overlap where one chain waits on each add before it.
+inline void sum_lanes_4rows(const float* x, long ld, long n, float* out) {
+  v4f acc[4] = {};
+  long i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int r = 0; r < 4; r++) acc[r] += loadv<v4f>(x + r * ld + i);
+  for (int r = 0; r < 4; r++) {
+    float t = hsumv(acc[r]);
+    for (long j = i; j < n; j++) t += x[r * ld + j];
+    out[r] = t;
+  }
+}
+
 // Below this many multiply-adds an op runs on one thread: waking the OpenMP team costs more than
 // it saves.
 constexpr long long kMinParallelWork = 1LL << 17;
