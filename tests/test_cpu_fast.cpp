@@ -62,6 +62,11 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       // backward_weight: 3 images side by side (585 columns), cut into K blocks of 296 that
       // straddle the images (col built block by block):
       conv_shape(40, 2, 13, 15, 64, 3, 3, 1, 1, 1, 1),
+      // one input channel (the direct AVX-512 loops): a 2x3 kernel, 9 channels (not a multiple of
+      // the loops' 4 or 2), 9 rows (not of 4), 19 columns (a 16-pixel vector and a tail of 3);
+      // 5x5 over 40 columns (three vectors, two of pooled windows):
+      conv_shape(3, 1, 10, 19, 9, 2, 3, 1, 1, 0, 1),
+      conv_shape(2, 1, 37, 40, 5, 5, 5, 1, 1, 2, 2),
   };
 }
 

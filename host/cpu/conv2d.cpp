@@ -342,16 +342,36 @@ static void wide_rows(float* out, long long out_plane, int out_y0, const float* 
     }
 }
 
-// relu + 2x2 stride-2 max pooling of one plane's wide result rows, straight from the GEMM's buffer
-// (no copy out): pooled rows [oh0, oh1) of out / mask (pointing at the plane's row 0), from `wide`
-// holding result rows y0.. of the plane, Wp apart, W valid values each. Sixteen windows at a
-// time: the two rows' 32 values split into the windows' left and right columns, each value
-// relu'd as copy_out_row does it, then maxpool_row's scan (top-left, top-right, bottom-left,
-// bottom-right; strict '>', which is false for NaN on either side: the same choices).
-[[gnu::target("avx512f")]] static void relu_maxpool_2x2_wide_avx512(float* out, int32_t* mask, const float* wide,
-                                                                    int Wp, int y0, int W, int POW, int oh0, int oh1) {
+// Sixteen 2x2 windows: relu and max pooling of the 32 values t0, t1 of a row and the 32 below
+// them, b0, b1 (window l covers values 2l and 2l + 1 of each): each value relu'd as copy_out_row
+// does it, then maxpool_row's scan (top-left, top-right, bottom-left, bottom-right; strict '>',
+// false for NaN on either side: the same choices). The windows' top-left plane index is
+// corner + 2l (W: the plane's width); lanes outside m are not written.
+[[gnu::target("avx512f")]] static inline void relu_maxpool_16_avx512(float* out, int32_t* mask, __mmask16 m, __m512 t0,
+                                                                     __m512 t1, __m512 b0, __m512 b1, int corner,
+                                                                     int W) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512 v[4] = {relu16(_mm512_permutex2var_ps(t0, even, t1)), relu16(_mm512_permutex2var_ps(t0, odd, t1)),
+                       relu16(_mm512_permutex2var_ps(b0, even, b1)), relu16(_mm512_permutex2var_ps(b0, odd, b1))};
+  const __m512i base = _mm512_add_epi32(_mm512_set1_epi32(corner), even);
+  const int step[4] = {0, 1, W, W + 1};
+  __m512 best = v[0];
+  __m512i idx = base;
+  for (int t = 1; t < 4; t++) {
+    const __mmask16 gt = _mm512_cmp_ps_mask(v[t], best, _CMP_GT_OQ);
+    best = _mm512_mask_mov_ps(best, gt, v[t]);
+    idx = _mm512_mask_mov_epi32(idx, gt, _mm512_add_epi32(base, _mm512_set1_epi32(step[t])));
+  }
+  _mm512_mask_storeu_ps(out, m, best);
+  _mm512_mask_storeu_epi32(mask, m, idx);
+}
+
+// relu + 2x2 stride-2 max pooling of one plane's wide result rows, straight from the GEMM's buffer
+// (no copy out): pooled rows [oh0, oh1) of out / mask (pointing at the plane's row 0), from `wide`
+// holding result rows y0.. of the plane, Wp apart, W valid values each; sixteen windows at a time.
+[[gnu::target("avx512f")]] static void relu_maxpool_2x2_wide_avx512(float* out, int32_t* mask, const float* wide,
+                                                                    int Wp, int y0, int W, int POW, int oh0, int oh1) {
   for (int oh = oh0; oh < oh1; oh++) {
     const float* r0 = wide + (long long)(2 * oh - y0) * Wp;
     const float* r1 = r0 + Wp;
@@ -362,22 +382,144 @@ static void wide_rows(float* out, long long out_plane, int out_y0, const float* 
       const __mmask16 m = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
       const __m512 a0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * ow), a1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * ow + 16);
       const __m512 b0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * ow), b1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * ow + 16);
-      const __m512 v[4] = {relu16(_mm512_permutex2var_ps(a0, even, a1)), relu16(_mm512_permutex2var_ps(a0, odd, a1)),
-                           relu16(_mm512_permutex2var_ps(b0, even, b1)), relu16(_mm512_permutex2var_ps(b0, odd, b1))};
-      // plane index of each window's top-left pixel: (2 oh) W + 2 (ow + lane)
-      const __m512i base = _mm512_add_epi32(_mm512_set1_epi32(2 * oh * W + 2 * ow), even);
-      const int step[4] = {0, 1, W, W + 1};
-      __m512 best = v[0];
-      __m512i idx = base;
-      for (int t = 1; t < 4; t++) {
-        const __mmask16 gt = _mm512_cmp_ps_mask(v[t], best, _CMP_GT_OQ);
-        best = _mm512_mask_mov_ps(best, gt, v[t]);
-        idx = _mm512_mask_mov_epi32(idx, gt, _mm512_add_epi32(base, _mm512_set1_epi32(step[t])));
-      }
-      _mm512_mask_storeu_ps(out + (long long)oh * POW + ow, m, best);
-      _mm512_mask_storeu_epi32(mask + (long long)oh * POW + ow, m, idx);
+      relu_maxpool_16_avx512(out + (long long)oh * POW + ow, mask + (long long)oh * POW + ow, m, a0, a1, b0, b1,
+                             2 * oh * W + 2 * ow, W);
     }
   }
+}
+
+// ---- one input channel (the first conv of every preset): direct AVX-512 loops ----
+// With C = 1 the GEMM's reduction is only kh*kw terms long (9 or 25), and the wide rows' result,
+// written to a buffer and read back around each short sum, costs as much as the sums. These loops
+// keep each sum in a register: an output vector (16 pixels of a row) is one chain of FMAs started
+// from the bias, over the taps (i, j) in ascending order: the GEMM's chain for each element (the
+// same bits). Eight channels at a time (two channels x four vectors for the pool) so that the
+// chains overlap. The taps read the block's zero-padded rows as the wide rows do; lanes past a
+// row's end compute on what follows it and are never stored.
+static bool direct_c1(const Conv2dShape& s) {
+  return cpu_isa() == CpuIsa::Avx512 && s.C == 1 && s.sh == 1 && s.sw == 1 && (s.kw == 3 || s.kw == 5);
+}
+
+// acc[q][r] = bias[k + q] + sum over taps (i, j) of w[k + q][i][j] * pos[r][i*Wp + j .. + 16).
+// Per kernel row i: the Q*KW weights broadcast into registers once, then for each of the R
+// positions its KW input vectors, each feeding Q chains: a load or a broadcast per ~2 FMAs.
+template <int KW, int Q, int R>
+[[gnu::target("avx512f,fma")]] static inline void c1_chains(__m512 (&acc)[Q][R], const float* const (&pos)[R], long Wp,
+                                                            int kh, const float* w, const float* bias, int k) {
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; q++) {
+    const __m512 b = _mm512_set1_ps(bias ? bias[k + q] : 0.f);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) acc[q][r] = b;
+  }
+  for (int i = 0; i < kh; i++) {
+    __m512 wv[Q][KW];
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; q++)
+#pragma GCC unroll 8
+      for (int j = 0; j < KW; j++) wv[q][j] = _mm512_set1_ps(w[((long long)(k + q) * kh + i) * KW + j]);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+      __m512 in[KW];
+#pragma GCC unroll 8
+      for (int j = 0; j < KW; j++) {
+        in[j] = _mm512_loadu_ps(pos[r] + i * Wp + j);
+        asm("" : "+v"(in[j]));  // one load into a register: not folded into each of the Q FMAs that read it
+      }
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; q++)
+#pragma GCC unroll 8
+        for (int j = 0; j < KW; j++) acc[q][r] = _mm512_fmadd_ps(wv[q][j], in[j], acc[q][r]);
+    }
+  }
+}
+
+static inline __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+
+// The block's input rows, zero-padded: padded rows y0 .. y1 + kh - 2 of the one channel, Wp =
+// OW + kw - 1 apart, and 64 zeros after them for the reads past the last row's end.
+static const float* c1_plane(std::vector<float>& buf, const float* inp_n, const Conv2dShape& s, int y0, int y1) {
+  const int Wp = s.OW + s.kw - 1, Rb = y1 - y0 + s.kh - 1;
+  float* pl = scratch(buf, size_t(Rb) * Wp + 64);
+  pad_plane(pl, inp_n, s.H, s.W, s.ph - y0, s.pw, Rb, Wp);
+  std::memset(pl + (long long)Rb * Wp, 0, 64 * sizeof(float));
+  return pl;
+}
+
+// R output rows y.. at columns x0..x0+15 (m: the valid ones) of every channel, Q channels at a time.
+template <int KW, int Q, int R>
+[[gnu::target("avx512f,fma")]] static inline void c1_rows(float* out_n, const float* plane, long Wp, const float* w,
+                                                          const float* bias, const Conv2dShape& s, int y0, int y,
+                                                          int x0, __mmask16 m, bool relu) {
+  const long long P = (long long)s.OH * s.OW;
+  const float* pos[R];
+  for (int r = 0; r < R; r++) pos[r] = plane + (y + r - y0) * Wp + x0;
+  float* o = out_n + (long long)y * s.OW + x0;
+  int k = 0;
+  for (; k + Q <= s.K; k += Q) {
+    __m512 acc[Q][R];
+    c1_chains<KW, Q, R>(acc, pos, Wp, s.kh, w, bias, k);
+    for (int q = 0; q < Q; q++)
+      for (int r = 0; r < R; r++)
+        _mm512_mask_storeu_ps(o + (k + q) * P + r * s.OW, m, relu ? relu16(acc[q][r]) : acc[q][r]);
+  }
+  for (; k < s.K; k++) {
+    __m512 acc[1][R];
+    c1_chains<KW, 1, R>(acc, pos, Wp, s.kh, w, bias, k);
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(o + k * P + r * s.OW, m, relu ? relu16(acc[0][r]) : acc[0][r]);
+  }
+}
+
+// out_n (K, OH, OW) rows [y0, y1) = conv (relu: relu(conv)) of the padded rows `plane`: four rows
+// at a time (four channels for 3x3, two for 5x5: the registers hold them), then one.
+template <int KW>
+[[gnu::target("avx512f,fma")]] static void conv_c1_rows_avx512(float* out_n, const float* plane, const float* w,
+                                                               const float* bias, const Conv2dShape& s, int y0, int y1,
+                                                               bool relu) {
+  constexpr int Q = KW == 3 ? 4 : 2;
+  const long Wp = s.OW + KW - 1;
+  for (int x0 = 0; x0 < s.OW; x0 += 16) {
+    const __mmask16 m = tail_mask(s.OW - x0);
+    int y = y0;
+    for (; y + 4 <= y1; y += 4) c1_rows<KW, Q, 4>(out_n, plane, Wp, w, bias, s, y0, y, x0, m, relu);
+    for (; y < y1; y++) c1_rows<KW, Q, 1>(out_n, plane, Wp, w, bias, s, y0, y, x0, m, relu);
+  }
+}
+
+// pooled_n, mask_n (K, POH, POW) rows [oh0, oh1) = 2x2 stride-2 max pooling of relu(conv) of the
+// padded rows `plane` (rows y0..): sixteen windows of two channels at a time from four vectors
+// of sums each (two rows x 32 pixels), pooled in registers (relu_maxpool_16_avx512).
+template <int KW>
+[[gnu::target("avx512f,fma")]] static void conv_c1_relu_maxpool_avx512(float* pooled_n, int32_t* mask_n,
+                                                                       const float* plane, const float* w,
+                                                                       const float* bias, const Conv2dShape& s,
+                                                                       const Pool2dShape& ps, int y0, int oh0,
+                                                                       int oh1) {
+  const long Wp = s.OW + KW - 1;
+  const long long PP = (long long)ps.OH * ps.OW;
+  for (int oh = oh0; oh < oh1; oh++)
+    for (int ow = 0; ow < ps.OW; ow += 16) {
+      const __mmask16 m = tail_mask(ps.OW - ow);
+      const float* r0 = plane + (2 * oh - y0) * Wp + 2 * ow;
+      const float* const pos[4] = {r0, r0 + 16, r0 + Wp, r0 + Wp + 16};
+      const long long o = (long long)oh * ps.OW + ow;
+      const int corner = 2 * oh * s.OW + 2 * ow;
+      int k = 0;
+      for (; k + 2 <= s.K; k += 2) {
+        __m512 acc[2][4];
+        c1_chains<KW, 2, 4>(acc, pos, Wp, s.kh, w, bias, k);
+#pragma GCC unroll 2
+        for (int q = 0; q < 2; q++)
+          relu_maxpool_16_avx512(pooled_n + (k + q) * PP + o, mask_n + (k + q) * PP + o, m, acc[q][0], acc[q][1],
+                                 acc[q][2], acc[q][3], corner, s.OW);
+      }
+      for (; k < s.K; k++) {
+        __m512 acc[1][4];
+        c1_chains<KW, 1, 4>(acc, pos, Wp, s.kh, w, bias, k);
+        relu_maxpool_16_avx512(pooled_n + k * PP + o, mask_n + k * PP + o, m, acc[0][0], acc[0][1], acc[0][2],
+                               acc[0][3], corner, s.OW);
+      }
+    }
 }
 
 void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
@@ -388,10 +530,17 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
   const bool pointwise = is_pointwise(s);
   if (s.sh == 1 && s.sw == 1 && !pointwise) {
     const int rb = wide_row_block(s.OH, s.OW + s.kw - 1, s.C, s.K, s.kh, s.N), nb = ceil_div(s.OH, rb);
+    const bool c1 = direct_c1(s);
 #pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
     for (int item = 0; item < s.N * nb; item++) {
       static thread_local WideBuffers bufs;
       const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.OH, y0 + rb);
+      if (c1) {
+        const float* pl = c1_plane(bufs.plane, inp + (long long)n * s.H * s.W, s, y0, y1);
+        (s.kw == 3 ? conv_c1_rows_avx512<3> : conv_c1_rows_avx512<5>)(out + (long long)n * s.K * P, pl, weight, bias, s,
+                                                                      y0, y1, fuse_relu);
+        continue;
+      }
       wide_rows(out + (long long)n * s.K * P, P, 0, weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H,
                 s.W, s.ph, s.pw, s.kh, s.kw, false, s.OW, y0, y1, bias, fuse_relu, bufs);
     }
@@ -442,12 +591,20 @@ void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp,
   // 2x2 stride 2 (every preset) where the GEMMs run AVX-512: pooled straight from the GEMM's
   // buffer; otherwise through a tile and maxpool2d_forward's own rows.
   const bool direct = cpu_isa() == CpuIsa::Avx512 && ps.kh == 2 && ps.kw == 2 && ps.sh == 2 && ps.sw == 2;
+  const bool c1 = direct_c1(s);  // one input channel: the sums in registers, pooled there
 #pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
   for (int item = 0; item < s.N * nb; item++) {
     static thread_local WideBuffers bufs;
     static thread_local std::vector<float> tilebuf;
     const int n = item / nb, y0 = item % nb * rb, y1 = std::min(s.OH, y0 + rb);
     const int oh0 = y0 / ps.sh, oh1 = std::min(ps.OH, ceil_div(y1, ps.sh));  // the windows starting in the block
+    if (direct && c1) {
+      const float* pl = c1_plane(bufs.plane, inp + (long long)n * s.H * s.W, s, y0, y1);
+      const long long off = (long long)n * s.K * PP;
+      (s.kw == 3 ? conv_c1_relu_maxpool_avx512<3> : conv_c1_relu_maxpool_avx512<5>)(pooled + off, mask + off, pl,
+                                                                                    weight, bias, s, ps, y0, oh0, oh1);
+      continue;
+    }
     if (direct) {
       int ncols;
       const float* wide = wide_gemm(weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W, s.ph,
