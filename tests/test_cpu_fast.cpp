@@ -314,6 +314,28 @@ TEST(Conv2dCpu, EmptyBatchGivesZeroGradients) {
   EXPECT_TRUE(all_close(std::vector<double>(3, 0.0), ddb, 0, 0));
 }
 
+// The edge data of the fused conv tests: input, weights and bias of shape s (seeds seed..seed+2)
+// with filter 0 all zero and a zero bias (its outputs are exactly 0: the ReLU's kink, a tie in
+// every pooling window) and a NaN pixel in image 0; and n gradient values (seed) with -0 and
+// +-1e30 at every `every`-th place and `inf` in the middle.
+struct EdgeConv {
+  std::vector<float> x, w, b;
+};
+EdgeConv edge_conv(const Conv2dShape& s, uint64_t seed) {
+  const size_t n_in = size_t(s.in_numel()), n_w = size_t(s.weight_numel());
+  EdgeConv e{make_data(n_in, seed, 1.0).f, make_data(n_w, seed + 1, 0.5).f, make_data(s.K, seed + 2, 0.5).f};
+  std::fill(e.w.begin(), e.w.begin() + n_w / s.K, 0.f);
+  e.b[0] = 0.f;
+  e.x[n_in / size_t(s.N) / 2] = std::numeric_limits<float>::quiet_NaN();
+  return e;
+}
+std::vector<float> edge_grad(size_t n, uint64_t seed, size_t every, float inf) {
+  std::vector<float> g = make_data(n, seed, 1.0).f;
+  for (size_t i = 0; i < n; i += every) g[i] = i % 3 == 0 ? -0.f : i % 3 == 1 ? 1e30f : -1e30f;
+  g[n / 2] = inf;
+  return g;
+}
+
 // The fused ReLU (forward with fuse_relu, the backward ops with relu_out) gives the bits of the
 // chain it replaces: conv, activation_forward(Relu), activation_backward(Relu), the unfused
 // backward ops. Every path of the ops (gather, scatter, pointwise, images side by side in
@@ -329,13 +351,9 @@ TEST(Conv2dCpu, FusedReluIsTheUnfusedChainBitForBit) {
     for (const Conv2dShape& s : shapes) {
       if (s.N == 0) continue;
       const size_t n_in = size_t(s.in_numel()), n_out = size_t(s.out_numel()), n_w = size_t(s.weight_numel());
-      std::vector<float> x = make_data(n_in, 71, 1.0).f, w = make_data(n_w, 72, 0.5).f, b = make_data(s.K, 73, 0.5).f;
-      std::fill(w.begin(), w.begin() + n_w / s.K, 0.f);
-      b[0] = 0.f;
-      x[n_in / size_t(s.N) / 2] = std::numeric_limits<float>::quiet_NaN();
-      std::vector<float> dout = make_data(n_out, 74, 1.0).f;
-      for (size_t i = 0; i < n_out; i += 11) dout[i] = i % 3 == 0 ? -0.f : i % 3 == 1 ? 1e30f : -1e30f;
-      dout[n_out / 2] = std::numeric_limits<float>::infinity();
+      const EdgeConv e = edge_conv(s, 71);
+      const std::vector<float>&x = e.x, &w = e.w, &b = e.b;
+      const std::vector<float> dout = edge_grad(n_out, 74, 11, std::numeric_limits<float>::infinity());
       // fused
       std::vector<float> y(n_out), dx(n_in), dw(n_w), db(s.K);
       cpu::conv2d_forward(y.data(), x.data(), w.data(), b.data(), s, /*fuse_relu=*/true);
@@ -382,13 +400,9 @@ TEST(Conv2dCpu, FusedReluMaxPoolIsTheUnfusedChainBitForBit) {
         if (!cpu::conv2d_fuses_maxpool(s, ps)) continue;
         const size_t n_in = size_t(s.in_numel()), n_out = size_t(s.out_numel()), n_w = size_t(s.weight_numel());
         const size_t n_pool = size_t(ps.out_numel());
-        std::vector<float> x = make_data(n_in, 81, 1.0).f, w = make_data(n_w, 82, 0.5).f, b = make_data(s.K, 83, 0.5).f;
-        std::fill(w.begin(), w.begin() + n_w / s.K, 0.f);
-        b[0] = 0.f;
-        x[n_in / size_t(s.N) / 2] = std::numeric_limits<float>::quiet_NaN();
-        std::vector<float> dp = make_data(n_pool, 84, 1.0).f;
-        for (size_t i = 0; i < n_pool; i += 5) dp[i] = i % 3 == 0 ? -0.f : i % 3 == 1 ? 1e30f : -1e30f;
-        dp[n_pool / 2] = -std::numeric_limits<float>::infinity();
+        const EdgeConv e = edge_conv(s, 81);
+        const std::vector<float>&x = e.x, &w = e.w, &b = e.b;
+        const std::vector<float> dp = edge_grad(n_pool, 84, 5, -std::numeric_limits<float>::infinity());
         // fused
         std::vector<float> yp(n_pool, 7.f), dx(n_in, 7.f), dw(n_w, 7.f), db(s.K, 7.f);
         std::vector<int32_t> m(n_pool, -1);
