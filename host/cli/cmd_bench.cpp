@@ -4,8 +4,8 @@
 // epoch's estimate and peak device memory; `--json FILE` writes the same figures for scripts.
 #include <omp.h>
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>

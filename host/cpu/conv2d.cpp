@@ -18,7 +18,11 @@
 //
 // Stride 1 (every preset), forward and gather backward-input: col_n and dcol_n are never copied
 // out; the GEMM reads each row straight from zero-padded image rows (the "wide rows" below).
-// Other strides, and backward-weight: im2col copies.
+// Other strides, and backward-weight: im2col copies. One input channel (the first convs) under
+// AVX-512: the forward's short sums in registers, no GEMM (direct loops below). With the ReLU and
+// a max pooling after the conv fused (Net's plan), the forward pools each block of rows while it
+// is in cache (conv2d_forward_relu_maxpool) and the backward ops rebuild the conv's gradient from
+// the pooled one (OutGrad).
 //
 // Threads: forward and gather backward-input split the output into (image, row or pixel block) items;
 // scatter backward-input into (image, channel block) items. Backward-weight reduces over the
@@ -275,13 +279,8 @@ struct WideBuffers {
   std::vector<const float*> rows;
 };
 
-// out (M, Ho, Wo) rows [y0, y1) = row_init + A (M, Cs*kh*kw) x the windows of src (Cs, Hs, Ws)
-// padded by (top, left): tap (c, i, j) reads padded row y + i', column x + j', where (i', j') =
-// (i, j), or (kh-1-i, kw-1-j) when `flip`. A(m, r) = A[m*rsa + r*csa]. relu: out = relu(out).
-// `out` holds rows out_y0.. of each of its M planes, out_plane floats apart (the whole result:
-// out_y0 = 0, out_plane = Ho*Wo; a block's tile: out_y0 = y0).
-// wide_gemm: the GEMM alone; returns the wide result (M, ncols), result row r of plane m at
-// m*ncols + r*(Wo + kw - 1), each Wo values long (then kw - 1 dropped ones).
+// The GEMM of wide_rows (below) alone: returns the wide result (M, ncols), result row y0 + r of
+// plane m at m*ncols + r*(Wo + kw - 1), Wo values long (then kw - 1 dropped ones).
 static const float* wide_gemm(const float* A, long rsa, long csa, int M, const float* src, int Cs, int Hs, int Ws,
                               int top, int left, int kh, int kw, bool flip, int Wo, int y0, int y1,
                               const float* row_init, WideBuffers& b, int* ncols_out) {
@@ -326,6 +325,11 @@ static void copy_out_row(float* o, const float* w, int n, bool relu) {
   }
 }
 
+// out (M, Ho, Wo) rows [y0, y1) = row_init + A (M, Cs*kh*kw) x the windows of src (Cs, Hs, Ws)
+// padded by (top, left): tap (c, i, j) reads padded row y + i', column x + j', where (i', j') =
+// (i, j), or (kh-1-i, kw-1-j) when `flip`. A(m, r) = A[m*rsa + r*csa]. relu: out = relu(out).
+// `out` holds rows out_y0.. of each of its M planes, out_plane floats apart (the whole result:
+// out_y0 = 0, out_plane = Ho*Wo; a block's tile: out_y0 = y0).
 static void wide_rows(float* out, long long out_plane, int out_y0, const float* A, long rsa, long csa, int M,
                       const float* src, int Cs, int Hs, int Ws, int top, int left, int kh, int kw, bool flip, int Wo,
                       int y0, int y1, const float* row_init, bool relu, WideBuffers& b) {
@@ -393,9 +397,10 @@ static void wide_rows(float* out, long long out_plane, int out_y0, const float* 
 // written to a buffer and read back around each short sum, costs as much as the sums. These loops
 // keep each sum in a register: an output vector (16 pixels of a row) is one chain of FMAs started
 // from the bias, over the taps (i, j) in ascending order: the GEMM's chain for each element (the
-// same bits). Eight channels at a time (two channels x four vectors for the pool) so that the
-// chains overlap. The taps read the block's zero-padded rows as the wide rows do; lanes past a
-// row's end compute on what follows it and are never stored.
+// same bits). Several chains at a time so that they overlap: four rows of four (3x3) or two (5x5)
+// channels, or for the pool two channels x four vectors (two rows x 32 pixels). The taps read the
+// block's zero-padded rows as the wide rows do; lanes past a row's end compute on what follows it
+// and are never stored.
 static bool direct_c1(const Conv2dShape& s) {
   return cpu_isa() == CpuIsa::Avx512 && s.C == 1 && s.sh == 1 && s.sw == 1 && (s.kw == 3 || s.kw == 5);
 }
