@@ -209,46 +209,110 @@ struct OutGrad {
   const float* relu_out = nullptr;
   const int32_t* mask = nullptr;  // with a fused max pooling
   const Pool2dShape* pool = nullptr;
+  // Image n's gradient (K, P): dout's own image, or built in buf.
   const float* image(int n, const Conv2dShape& s, std::vector<float>& buf) const {
     const long long P = (long long)s.OH * s.OW, KP = s.K * P;
     if (!relu_out) return dout + n * KP;
     float* g = scratch(buf, size_t(KP));
-    if (!pool) {
-      const float *d_n = dout + n * KP, *y_n = relu_out + n * KP;
-#pragma omp simd
-      for (long long i = 0; i < KP; i++) {
-        const float d = d_n[i];
-        g[i] = y_n[i] > 0.f ? d : 0.f * d;  // activation_backward's, slope 0 (-0 and NaN as it gives them)
-      }
-      return g;
-    }
-    const long long PP = (long long)pool->OH * pool->OW;
-    std::memset(g, 0, sizeof(float) * size_t(KP));
-    for (int k = 0; k < s.K; k++) {
-      const long long off = ((long long)n * s.K + k) * PP;
-      const float *dp = dout + off, *y = relu_out + off;
-      const int32_t* m = mask + off;
-      float* gk = g + k * P;
-      // d = +0 + dp (maxpool2d_backward's value), then y > 0 ? d : 0 * d as d * (1 or 0) (d * 1 is d,
-      // d * 0 is 0 * d, exactly), four at a time with SSE: written as scalar code, the compiler
-      // branches on y (skipping the multiply by 0), a misprediction on random data.
-      long long o = 0;
-      const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.f);
-      for (; o + 4 <= PP; o += 4) {
-        const __m128 d = _mm_add_ps(zero, _mm_loadu_ps(dp + o));
-        const __m128 keep = _mm_and_ps(_mm_cmpgt_ps(_mm_loadu_ps(y + o), zero), one);  // NaN: not > 0
-        alignas(16) float v[4];
-        _mm_store_ps(v, _mm_mul_ps(d, keep));
-        for (int l = 0; l < 4; l++) gk[m[o + l]] = v[l];
-      }
-      for (; o < PP; o++) {
-        const float d = 0.f + dp[o];
-        gk[m[o]] = y[o] > 0.f ? d : 0.f * d;
-      }
-    }
+    image_into(n, s, g, P);
     return g;
   }
+  // The same written to dst, channel k's P values at dst + k*ld.
+  void image_into(int n, const Conv2dShape& s, float* dst, long ld) const;
 };
+
+// +0 + d (maxpool2d_backward's value), then y > 0 ? that : 0 * that, as a product with 1 or 0
+// (x * 1 is x, x * 0 is 0 * x, exactly): no branch on the data.
+[[gnu::target("avx512f")]] static inline __m512 pooled_grad16(__m512 d, __m512 y) {
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 keep = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), _mm512_set1_ps(1.f));  // NaN: 0
+  return _mm512_mul_ps(_mm512_add_ps(zero, d), keep);
+}
+
+// The pool's 2x2 stride-2 windows expanded back over one channel's (OH, OW) plane g: each
+// window's four pixels get the window's gradient at its argmax and +0 at the other three, sixteen
+// windows at a time; the row and the column no window covers (odd OH, OW) get +0. Every pixel is
+// written once: no zeroing pass, no scatter. The same values as the scatter below.
+[[gnu::target("avx512f")]] static void expand_2x2_avx512(float* g, const float* dp, const float* y, const int32_t* m,
+                                                         int OH, int OW, int POH, int POW) {
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i two_l = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int oh = 0; oh < POH; oh++) {
+    float* top = g + (long long)(2 * oh) * OW;
+    float* bot = top + OW;
+    for (int ow = 0; ow < POW; ow += 16) {
+      const int n = std::min(16, POW - ow), n2 = 2 * n;
+      const __mmask16 mw = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      const __mmask16 lo = n2 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n2) - 1);
+      const __mmask16 hi = n2 >= 32 ? __mmask16(0xFFFF) : n2 > 16 ? __mmask16((1u << (n2 - 16)) - 1) : __mmask16(0);
+      const long long o = (long long)oh * POW + ow;
+      const __m512 v = pooled_grad16(_mm512_maskz_loadu_ps(mw, dp + o), _mm512_maskz_loadu_ps(mw, y + o));
+      // where in its window the argmax lies: 0, 1 (top row), OW, OW + 1 (bottom row)
+      const __m512i at = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(mw, m + o),
+                                          _mm512_add_epi32(_mm512_set1_epi32(2 * oh * OW + 2 * ow), two_l));
+      const __m512 tl = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_setzero_si512()), v);
+      const __m512 tr = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(1)), v);
+      const __m512 bl = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(OW)), v);
+      const __m512 br = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(OW + 1)), v);
+      _mm512_mask_storeu_ps(top + 2 * ow, lo, _mm512_permutex2var_ps(tl, lo_idx, tr));
+      _mm512_mask_storeu_ps(top + 2 * ow + 16, hi, _mm512_permutex2var_ps(tl, hi_idx, tr));
+      _mm512_mask_storeu_ps(bot + 2 * ow, lo, _mm512_permutex2var_ps(bl, lo_idx, br));
+      _mm512_mask_storeu_ps(bot + 2 * ow + 16, hi, _mm512_permutex2var_ps(bl, hi_idx, br));
+    }
+    for (int x = 2 * POW; x < OW; x++) top[x] = bot[x] = 0.f;  // columns no window covers
+  }
+  for (int r = 2 * POH; r < OH; r++) std::memset(g + (long long)r * OW, 0, sizeof(float) * size_t(OW));
+}
+
+void OutGrad::image_into(int n, const Conv2dShape& s, float* dst, long ld) const {
+  const long long P = (long long)s.OH * s.OW, KP = s.K * P;
+  if (!relu_out) {
+    for (int k = 0; k < s.K; k++) std::memcpy(dst + k * ld, dout + n * KP + k * P, sizeof(float) * size_t(P));
+    return;
+  }
+  if (!pool) {
+    for (int k = 0; k < s.K; k++) {
+      const float *d_k = dout + n * KP + k * P, *y_k = relu_out + n * KP + k * P;
+      float* g = dst + k * ld;
+#pragma omp simd
+      for (long long i = 0; i < P; i++) {
+        const float d = d_k[i];
+        g[i] = y_k[i] > 0.f ? d : 0.f * d;  // activation_backward's, slope 0 (-0 and NaN as it gives them)
+      }
+    }
+    return;
+  }
+  const long long PP = (long long)pool->OH * pool->OW;
+  const bool k2s2 = pool->kh == 2 && pool->kw == 2 && pool->sh == 2 && pool->sw == 2;
+  for (int k = 0; k < s.K; k++) {
+    const long long off = ((long long)n * s.K + k) * PP;
+    const float *dp = dout + off, *y = relu_out + off;
+    const int32_t* m = mask + off;
+    float* gk = dst + k * ld;
+    if (k2s2 && cpu_isa() == CpuIsa::Avx512) {
+      expand_2x2_avx512(gk, dp, y, m, s.OH, s.OW, pool->OH, pool->OW);
+      continue;
+    }
+    // Any other pool (or ISA): a zeroed plane and the winners scattered into it. d = +0 + dp, then
+    // y > 0 ? d : 0 * d as d * (1 or 0), four at a time with SSE: written as scalar code, the
+    // compiler branches on y (skipping the multiply by 0), a misprediction on random data.
+    std::memset(gk, 0, sizeof(float) * size_t(P));
+    long long o = 0;
+    const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.f);
+    for (; o + 4 <= PP; o += 4) {
+      const __m128 d = _mm_add_ps(zero, _mm_loadu_ps(dp + o));
+      const __m128 keep = _mm_and_ps(_mm_cmpgt_ps(_mm_loadu_ps(y + o), zero), one);  // NaN: not > 0
+      alignas(16) float v[4];
+      _mm_store_ps(v, _mm_mul_ps(d, keep));
+      for (int l = 0; l < 4; l++) gk[m[o + l]] = v[l];
+    }
+    for (; o < PP; o++) {
+      const float d = 0.f + dp[o];
+      gk[m[o]] = y[o] > 0.f ? d : 0.f * d;
+    }
+  }
+}
 
 // ---- stride 1: windows read in place from padded rows ("wide" rows) ----
 // A stride-1 correlation needs no im2col copy. Over a map zero-padded to width Wp = Wo + kw - 1
@@ -781,12 +845,12 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
   static thread_local std::vector<float> partbuf, bsumbuf;
   float* partial = ngroups == 1 ? dweight : scratch(partbuf, (size_t)ngroups * WN);
   float* bsum = dbias ? scratch(bsumbuf, (size_t)s.N * s.K) : nullptr;
-  auto bias_sums = [&](int n, const float* g) {  // g (K, P): image n's gradient
+  auto bias_sums = [&](int n, const float* g, long ld) {  // g (K, P), rows ld apart: image n's gradient
     if (bsum) {
       float* bn = bsum + (long long)n * s.K;
       int k = 0;
-      for (; k + 4 <= s.K; k += 4) sum_lanes_4rows(g + (long long)k * P, P, P, bn + k);
-      for (; k < s.K; k++) bn[k] = sum_lanes(g + (long long)k * P, P);
+      for (; k + 4 <= s.K; k += 4) sum_lanes_4rows(g + k * ld, ld, P, bn + k);
+      for (; k < s.K; k++) bn[k] = sum_lanes(g + k * ld, P);
     }
   };
 #pragma omp parallel if (parallel)
@@ -805,11 +869,9 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
           // still in L2: the same values and the same GEMM as with the whole col built first.
           const int width = nc * P;
           float* dcat = scratch(doutbuf, (size_t)s.K * width);
-          for (int m = 0; m < nc; m++) {
-            const float* g = og.image(n0 + m, s, gradbuf);  // (K, P)
-            bias_sums(n0 + m, g);
-            for (int k = 0; k < s.K; k++)
-              std::memcpy(dcat + (long long)k * width + m * P, g + (long long)k * P, sizeof(float) * P);
+          for (int m = 0; m < nc; m++) {  // image m's gradient (K, P) written into its columns
+            og.image_into(n0 + m, s, dcat + m * P, width);
+            bias_sums(n0 + m, dcat + m * P, width);
           }
           ColBlocks cb{inp + (long long)n0 * s.C * s.H * s.W, &s, &colbuf, &planebuf};
           sgemm_nt(s.K, CKK, width, dcat, width, nullptr, 0, pg, CKK, !first, ColBlocks::fill, &cb);
@@ -818,7 +880,7 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
         }
         const float* inp_n = inp + (long long)n0 * s.C * s.H * s.W;  // (C, H, W)
         const float* dout_n = og.image(n0, s, gradbuf);              // (K, P)
-        bias_sums(n0, dout_n);
+        bias_sums(n0, dout_n, P);
         for (int p0 = 0; p0 < P; p0 += seg) {
           int p1 = std::min(P, p0 + seg), np = p1 - p0;
           long ldcol;
