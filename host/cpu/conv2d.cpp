@@ -101,6 +101,11 @@ static void copy_windows(float* dst, const float* plane, int Wp, int width, int 
   }
 }
 
+// The lanes [0, n) of a 16-lane mask (none for n <= 0, all for n >= 16): a vector's valid part.
+static inline __mmask16 tail_mask(int n) {
+  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+}
+
 // The same copies with 16-float AVX-512 vectors, the run's tail by a masked load and store (lanes
 // past the run are neither read nor written): a run of 28 floats is 2 vector copies, not 7. Used
 // where the GEMMs run AVX-512 (cpu_isa()); the same values either way.
@@ -114,7 +119,7 @@ static void copy_windows(float* dst, const float* plane, int Wp, int width, int 
     int i = 0;
     for (; i + 16 <= len; i += 16) _mm512_storeu_ps(d + i, _mm512_loadu_ps(src + i));
     if (i < len) {
-      const __mmask16 m = __mmask16((1u << (len - i)) - 1);
+      const __mmask16 m = tail_mask(len - i);
       _mm512_mask_storeu_ps(d + i, m, _mm512_maskz_loadu_ps(m, src + i));
     }
     p += len;
@@ -242,10 +247,8 @@ struct OutGrad {
     float* top = g + (long long)(2 * oh) * OW;
     float* bot = top + OW;
     for (int ow = 0; ow < POW; ow += 16) {
-      const int n = std::min(16, POW - ow), n2 = 2 * n;
-      const __mmask16 mw = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-      const __mmask16 lo = n2 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n2) - 1);
-      const __mmask16 hi = n2 >= 32 ? __mmask16(0xFFFF) : n2 > 16 ? __mmask16((1u << (n2 - 16)) - 1) : __mmask16(0);
+      const int n2 = 2 * (POW - ow);  // the values of a row the windows cover
+      const __mmask16 mw = tail_mask(POW - ow), lo = tail_mask(n2), hi = tail_mask(n2 - 16);
       const long long o = (long long)oh * POW + ow;
       const __m512 v = pooled_grad16(_mm512_maskz_loadu_ps(mw, dp + o), _mm512_maskz_loadu_ps(mw, y + o));
       // where in its window the argmax lies: 0, 1 (top row), OW, OW + 1 (bottom row)
@@ -383,7 +386,7 @@ static void copy_out_row(float* o, const float* w, int n, bool relu) {
 // The same with 16-float AVX-512 vectors, the tail masked (where the GEMMs run AVX-512).
 [[gnu::target("avx512f")]] static void copy_out_row_avx512(float* o, const float* w, int n, bool relu) {
   for (int x = 0; x < n; x += 16) {
-    const __mmask16 m = n - x >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - x)) - 1);
+    const __mmask16 m = tail_mask(n - x);
     const __m512 v = _mm512_maskz_loadu_ps(m, w + x);
     _mm512_mask_storeu_ps(o + x, m, relu ? relu16(v) : v);
   }
@@ -444,10 +447,8 @@ static void wide_rows(float* out, long long out_plane, int out_y0, const float* 
     const float* r0 = wide + (long long)(2 * oh - y0) * Wp;
     const float* r1 = r0 + Wp;
     for (int ow = 0; ow < POW; ow += 16) {
-      const int n = std::min(16, POW - ow), n2 = 2 * n;  // windows, and values of a row they read
-      const __mmask16 lo = n2 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n2) - 1);
-      const __mmask16 hi = n2 >= 32 ? __mmask16(0xFFFF) : n2 > 16 ? __mmask16((1u << (n2 - 16)) - 1) : __mmask16(0);
-      const __mmask16 m = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      const int n2 = 2 * (POW - ow);  // the values of a row the windows read
+      const __mmask16 m = tail_mask(POW - ow), lo = tail_mask(n2), hi = tail_mask(n2 - 16);
       const __m512 a0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * ow), a1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * ow + 16);
       const __m512 b0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * ow), b1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * ow + 16);
       relu_maxpool_16_avx512(out + (long long)oh * POW + ow, mask + (long long)oh * POW + ow, m, a0, a1, b0, b1,
@@ -502,8 +503,6 @@ template <int KW, int Q, int R>
     }
   }
 }
-
-static inline __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
 // The block's input rows, zero-padded: padded rows y0 .. y1 + kh - 2 of the one channel, Wp =
 // OW + kw - 1 apart, and 64 zeros after them for the reads past the last row's end.
@@ -639,20 +638,24 @@ bool conv2d_fuses_maxpool(const Conv2dShape& s, const Pool2dShape& ps) {
          ps.OH == window_out_size(ps.H, ps.kh, ps.sh, 0) && ps.OW == window_out_size(ps.W, ps.kw, ps.sw, 0);
 }
 
+// The fused ops' arguments: a conv shape, and a pool it can be fused with.
+static void check_fused_pool(const Conv2dShape& s, const Pool2dShape& ps, const char* op) {
+  check_conv2d_shape(s, op);
+  BARECNN_ASSERT(conv2d_fuses_maxpool(s, ps), op, ": conv ", s.str(), " with pool ", ps.str());
+}
+
 // The forward's items as conv2d_forward's, with blocks of whole pooling rows: rb a multiple of the
 // pool's stride, so every window lies inside one block (kh <= sh). Each block's relu(conv) is
 // pooled while it is in cache: for 2x2 stride 2 under AVX-512 straight from the GEMM's wide rows
 // (relu_maxpool_2x2_wide_avx512), else through a tile that the pool reads
 // (detail::maxpool_plane_rows: maxpool2d_forward's own rows); only the pooled values and the mask
-// are written. Rows past the last window are
-// computed and dropped, as the unfused pool never reads them. Each conv value is the same chain of
+// are written. Rows past the last window are computed and dropped, as the unfused pool never
+// reads them. Each conv value is the same chain of
 // FMAs as in conv2d_forward (the GEMM's sums do not depend on how the columns are blocked).
 void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp, const float* weight, const float* bias,
                                  const Conv2dShape& s, const Pool2dShape& ps) {
   // pooled, mask (N, K, POH, POW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
-  check_conv2d_shape(s, "cpu::conv2d_forward_relu_maxpool");
-  BARECNN_ASSERT(conv2d_fuses_maxpool(s, ps), "cpu::conv2d_forward_relu_maxpool: conv ", s.str(), " with pool ",
-                 ps.str());
+  check_fused_pool(s, ps, "cpu::conv2d_forward_relu_maxpool");
   const int PP = ps.OH * ps.OW, CKK = s.C * s.kh * s.kw;
   int rb = wide_row_block(s.OH, s.OW + s.kw - 1, s.C, s.K, s.kh, s.N);
   rb = std::min(ceil_div(rb, ps.sh) * ps.sh, ceil_div(s.OH, ps.sh) * ps.sh);
@@ -910,10 +913,6 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
   }
 }
 
-}  // namespace barecnn::cpu
-
-namespace barecnn::cpu {
-
 void conv2d_backward_input(float* dinp, const float* dout, const float* weight, const Conv2dShape& s,
                            const float* relu_out) {
   check_conv2d_shape(s, "cpu::conv2d_backward_input");
@@ -928,18 +927,14 @@ void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, con
 
 void conv2d_backward_input_relu_maxpool(float* dinp, const float* dpooled, const float* pooled, const int32_t* mask,
                                         const float* weight, const Conv2dShape& s, const Pool2dShape& ps) {
-  check_conv2d_shape(s, "cpu::conv2d_backward_input_relu_maxpool");
-  BARECNN_ASSERT(conv2d_fuses_maxpool(s, ps), "cpu::conv2d_backward_input_relu_maxpool: conv ", s.str(), " with pool ",
-                 ps.str());
+  check_fused_pool(s, ps, "cpu::conv2d_backward_input_relu_maxpool");
   backward_input(dinp, OutGrad{dpooled, pooled, mask, &ps}, weight, s);
 }
 
 void conv2d_backward_weight_relu_maxpool(float* dweight, float* dbias, const float* dpooled, const float* pooled,
                                          const int32_t* mask, const float* inp, const Conv2dShape& s,
                                          const Pool2dShape& ps) {
-  check_conv2d_shape(s, "cpu::conv2d_backward_weight_relu_maxpool");
-  BARECNN_ASSERT(conv2d_fuses_maxpool(s, ps), "cpu::conv2d_backward_weight_relu_maxpool: conv ", s.str(), " with pool ",
-                 ps.str());
+  check_fused_pool(s, ps, "cpu::conv2d_backward_weight_relu_maxpool");
   backward_weight(dweight, dbias, OutGrad{dpooled, pooled, mask, &ps}, inp, s);
 }
 
