@@ -5,7 +5,7 @@
 #                   GPU machine may lack (cairo and friends; never libc, the CUDA driver, cuBLAS or
 #                   cuDNN, which the GPU machine has: cuDNN through PyTorch, see find_cudnn.sh)
 #   data-local/fashion-mnist/   the four IDX files (~30 MB)
-# build-pack/ and data-local/ are git-ignored; pass both to the device tool as `carry`. The object
+# build-pack/ and data-local/ are git-ignored; build-pack/ travels packed (see the end). The object
 # files of build-device/ stay here: the whole carried tree must stay under 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,12 @@ for exe in build-pack/*; do
     cp -u "$path" build-pack/rt-libs/
   done
 done
-du -sh build-pack data-local | cat
-total=$(du -sk build-pack data-local | awk '{s+=$1} END {print s}')
-echo "carry: build-pack data-local (${total} KiB; must stay under 64 MiB with the tree)"
+# The executables embed every kernel's SASS and PTX (~35 MB together, too much beside the data):
+# they travel compressed, as build-device/build-pack.tgz (~13 MB), which the GPU machine unpacks
+# first: `tar xzf build-device/build-pack.tgz` (carry: build-device/build-pack.tgz data-local).
+tar czf build-device/build-pack.tgz build-pack
+du -sh build-pack build-device/build-pack.tgz data-local | cat
+total=$(du -sk build-device/build-pack.tgz data-local | awk '{s+=$1} END {print s}')
+echo "carry: build-device/build-pack.tgz data-local (${total} KiB; must stay under 64 MiB with the tree)"
+echo "on the GPU machine, first: tar xzf build-device/build-pack.tgz"
 [ "$total" -lt 60000 ] || { echo "pack_device: too large to carry" >&2; exit 1; }

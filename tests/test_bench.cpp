@@ -24,7 +24,7 @@ namespace {
 
 using Result = test::CommandResult;
 // The barecnn executable of this build with `args`.
-Result run(const std::string& args) { return test::run_command(std::string(BARECNN_EXE) + " " + args); }
+Result run(const std::string& args) { return test::run_command(test::barecnn_exe() + " " + args); }
 
 }  // namespace
 

@@ -31,7 +31,7 @@ namespace {
 
 using Result = test::CommandResult;
 // The barecnn executable of this build with `args`.
-Result run(const std::string& args) { return test::run_command(std::string(BARECNN_EXE) + " " + args); }
+Result run(const std::string& args) { return test::run_command(test::barecnn_exe() + " " + args); }
 
 const char* kArch = "\"conv(4,3,pad=1) relu maxpool(2) dense(16) relu dense(3)\"";
 
@@ -552,7 +552,7 @@ TEST_F(Cli, KilledAndResumedEqualsUninterrupted) {
   Rng rng(uint64_t(std::chrono::system_clock::now().time_since_epoch().count()));
   for (int trial = 0; trial < 2; ++trial) {
     std::string part = test::fresh_dir("cli_kill_part" + std::to_string(trial));
-    std::string cmd = std::string(BARECNN_EXE) + " " + args + part + " >/dev/null 2>&1";
+    std::string cmd = test::barecnn_exe() + " " + args + part + " >/dev/null 2>&1";
     pid_t pid = fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
@@ -590,8 +590,8 @@ TEST_F(Cli, CtrlCCheckpointsAndPrintsTheCommandThatContinues) {
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    execl("/bin/sh", "sh", "-c",
-          ("exec " + std::string(BARECNN_EXE) + " " + args + part + " >" + log + " 2>&1").c_str(), (char*)nullptr);
+    execl("/bin/sh", "sh", "-c", ("exec " + test::barecnn_exe() + " " + args + part + " >" + log + " 2>&1").c_str(),
+          (char*)nullptr);
     _exit(127);
   }
   for (int i = 0; i < 3000 && test::slurp(log).find("epoch 1/4  train loss") == std::string::npos; ++i)
@@ -619,7 +619,7 @@ TEST_F(Cli, CtrlCCheckpointsAndPrintsTheCommandThatContinues) {
 
 TEST_F(Cli, WithoutOutEachRunGetsItsOwnFolderAndLatestLinksToIt) {
   std::string cwd = test::fresh_dir("cli_runs");
-  const std::string cmd = "cd " + cwd + " && " + std::string(BARECNN_EXE) + " train --device cpu --quiet --epochs 1 " +
+  const std::string cmd = "cd " + cwd + " && " + test::barecnn_exe() + " train --device cpu --quiet --epochs 1 " +
                           "--data " + data_ + " --arch " + kArch;
   Result a = test::run_command(cmd), b = test::run_command(cmd);
   ASSERT_EQ(a.rc, 0) << a.out;

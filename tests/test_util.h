@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -156,6 +157,14 @@ inline std::string fresh_dir(const std::string& name) {
   std::filesystem::remove_all(d);
   std::filesystem::create_directories(d);
   return d;
+}
+
+// The barecnn executable the CLI tests run: $BARECNN_EXE when set (a build carried to another
+// machine, e.g. build-pack/ on the GPU machine, where the build folder's path does not exist),
+// else the one this build made.
+inline std::string barecnn_exe() {
+  const char* e = std::getenv("BARECNN_EXE");
+  return e != nullptr && *e != '\0' ? std::string(e) : std::string(BARECNN_EXE);
 }
 
 // A whole file as bytes, and bytes as a whole file.
