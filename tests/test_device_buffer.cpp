@@ -89,6 +89,27 @@ TEST(DeviceMemoryCounter, ThreadsAllocatingAtOnceLoseNoBytes) {
   EXPECT_GE(c.stats().peak, held * threads);
 }
 
+// ---- a tensor's first n elements (the evaluator's last, smaller batch) --------------------------
+
+namespace {
+// Fills a tensor with 1..numel, copies out its first 4 elements, then none, then one too many.
+void check_prefix_copy(Device d) {
+  Tensor t({2, 3}, d);
+  t.copy_from_host({1, 2, 3, 4, 5, 6});
+  EXPECT_EQ(t.to_host(4), std::vector<float>({1, 2, 3, 4}));
+  EXPECT_TRUE(t.to_host(0).empty());
+  EXPECT_EQ(t.to_host(6), t.to_host());
+  EXPECT_ANY_THROW(t.to_host(7));
+}
+}  // namespace
+
+TEST(Tensor, ToHostOfAPrefixCopiesThoseElementsOnly) { check_prefix_copy(Device::CPU); }
+
+TEST(TensorGpu, ToHostOfAPrefixCopiesThoseElementsOnly) {
+  BARECNN_REQUIRE_GPU();
+  check_prefix_copy(Device::CUDA);
+}
+
 // ---- on a GPU ----------------------------------------------------------------------------------
 
 TEST(DeviceMemoryGpu, CountsEveryBufferExactly) {

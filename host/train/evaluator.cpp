@@ -53,8 +53,9 @@ EvalResult Evaluator::run(const float* params, bool keep_logits) {
     op::loss_forward_backward(ex_, lossv_.data(), nullptr, correct_.data(), st_.act.back().data(), labels_.data(), B, K,
                               loss_, 1.f / B);
     const std::vector<float> logits = st_.act.back().to_host();  // waits for the batch
-    const std::vector<float> lossv = lossv_.to_host();
-    const std::vector<int32_t> correct = correct_.to_host(), lab = labels_.to_host();
+    // The last batch may be smaller than the buffers: copy its B entries only.
+    const std::vector<float> lossv = lossv_.to_host(B);
+    const std::vector<int32_t> correct = correct_.to_host(B), lab = labels_.to_host(B);
     for (int b = 0; b < B; ++b) {
       const float* row = logits.data() + size_t(b) * K;
       int pred = int(std::max_element(row, row + K) - row);  // first index on ties, as the loss kernel

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -51,6 +52,15 @@ class BasicTensor {
   std::vector<T> to_host() const {
     if (dev_ == Device::CPU) return host_;
     return dbuf_.to_host();
+  }
+  // The first n elements only (a batch smaller than the buffer: the rest may never have been
+  // written, and compute-sanitizer's initcheck reports a copy of unwritten device memory).
+  std::vector<T> to_host(size_t n) const {
+    BARECNN_ASSERT(n <= numel(), "copy of ", n, " elements out of tensor ", dims_str(dims_));
+    if (dev_ == Device::CPU) return std::vector<T>(host_.begin(), host_.begin() + std::ptrdiff_t(n));
+    std::vector<T> v(n);
+    dbuf_.copy_to_host(v.data(), n);
+    return v;
   }
   void copy_from_host(const std::vector<T>& v) {
     BARECNN_ASSERT(v.size() == numel(), "copy of ", v.size(), " into tensor ", dims_str(dims_));
