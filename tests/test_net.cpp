@@ -416,6 +416,9 @@ TEST(Net, TrainingAndEvaluationModes) {
   for (size_t i = 0; i < st.dact.back().numel(); ++i) st.dact.back().data()[i] = 0.1f * float(i % 7) - 0.3f;
   net.backward(st, p.data(), g.data(), Exec::cpu(), true);
   const std::vector<float> d3 = st.dact[3].to_host(), d4 = st.dact[4].to_host();
-  for (size_t i = 0; i < d3.size(); ++i)
-    if (relu[i] != 0) EXPECT_EQ(d3[i], drop[i] == 0 ? 0.f : d4[i] * 2.f);
+  for (size_t i = 0; i < d3.size(); ++i) {
+    if (relu[i] != 0) {
+      EXPECT_EQ(d3[i], drop[i] == 0 ? 0.f : d4[i] * 2.f);
+    }
+  }
 }
