@@ -380,11 +380,16 @@ TEST(BenchCliGpu, JsonHasPeaksFractionsAndPeakMemory) {
   EXPECT_GT(pf, 0);
   EXPECT_GT(pb, 0);
   ASSERT_EQ(j["layers"].size(), 7u);
+  EXPECT_EQ(j["layers"][0]["note"], "+ relu");  // the GPU fuses the ReLU, not the max pooling
+  EXPECT_EQ(j["layers"][1]["note"], "in the conv");
+  EXPECT_EQ(j["layers"][2]["note"], "");
   for (const json& l : j["layers"])
     for (const char* dir : {"forward", "backward"}) {
       const json& p = l[dir];
-      if (l["spec"] == "flatten") {  // a view, as in the CPU twin of this test: no work, no bytes
-        EXPECT_EQ(l["note"], "a view");
+      // flatten is a view, as in the CPU twin of this test; the ReLU after the conv runs in the conv
+      // (--fuse auto, the default): no work, no bytes.
+      if (l["spec"] == "flatten" || l["note"] == "in the conv") {
+        EXPECT_EQ(l["note"], l["spec"] == "flatten" ? "a view" : "in the conv");
         EXPECT_EQ(p["ms"].get<double>() + p["bytes"].get<double>(), 0.0) << dir;
         continue;
       }

@@ -290,19 +290,24 @@ TEST_F(TrainGpu, ScheduledCudaGraphRunGivesTheEagerWeightsBitwise) {
   EXPECT_EQ(sg["epochs"][1]["lr"], 0.025);
 }
 
-// A whole run with --fuse on (and the graph): the weights of the plain run, bitwise.
+// A whole run with --fuse on (and the graph): the weights of the plain run (--fuse off), bitwise.
+// --fuse auto (unset), the default, fuses on the GPU too.
 TEST_F(TrainGpu, FusedRunGivesThePlainWeightsBitwise) {
   BARECNN_REQUIRE_GPU();
-  std::string plain = test::fresh_dir("gpu_fuse_plain"), fused = test::fresh_dir("gpu_fuse_on");
-  TrainConfig cp = config(plain), cf = config(fused);
-  cp.opt.epochs = cf.opt.epochs = 1;
+  std::string plain = test::fresh_dir("gpu_fuse_plain"), fused = test::fresh_dir("gpu_fuse_on"),
+              dflt = test::fresh_dir("gpu_fuse_auto");
+  TrainConfig cp = config(plain), cf = config(fused), ca = config(dflt);
+  cp.opt.epochs = cf.opt.epochs = ca.opt.epochs = 1;
+  cp.opt.fuse = false;
   cf.opt.fuse = true;
   cf.opt.cuda_graph = true;
   train(cp);
   train(cf);
+  train(ca);
   EXPECT_EQ(read_file(plain + "/model.safetensors", "plain"), read_file(fused + "/model.safetensors", "fused"));
-  auto s = nlohmann::json::parse(read_file(fused + "/summary.json", "summary"));
-  EXPECT_EQ(s["fuse"], true);
+  EXPECT_EQ(nlohmann::json::parse(read_file(plain + "/summary.json", "summary"))["fuse"], false);
+  EXPECT_EQ(nlohmann::json::parse(read_file(fused + "/summary.json", "summary"))["fuse"], true);
+  EXPECT_EQ(nlohmann::json::parse(read_file(dflt + "/summary.json", "summary"))["fuse"], true);
 }
 
 TEST_F(TrainGpu, DivergenceIsFoundAndNamed) {

@@ -144,7 +144,7 @@ TEST_F(TrainCpu, TrainsWithSubnormalsFlushedOnEveryThreadAndRestoresTheModes) {
   EXPECT_EQ(after, 0);
 }
 
-// The same seed gives the same weights, with the conv+ReLU fused (the CPU's default, --fuse auto)
+// The same seed gives the same weights, with the conv+ReLU fused (the default, --fuse auto)
 // or not (--fuse off): the fused loops give the unfused chain's bits.
 TEST_F(TrainCpu, SameSeedGivesIdenticalWeights) {
   std::string a = test::fresh_dir("train_seed_a"), b = test::fresh_dir("train_seed_b"),

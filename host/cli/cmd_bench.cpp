@@ -405,7 +405,7 @@ Runner add_bench(CLI::App& app) {
   bench
       ->add_option("--fuse", o->fuse,
                    "on: each conv applies the ReLU after it (and on the CPU a max pooling after that), as train "
-                   "--fuse on; auto: on for the CPU, off for the GPU")
+                   "--fuse on; auto (the default): on")
       ->capture_default_str();
   bench->footer(
       "Examples:\n  barecnn bench --arch paper --batch 256\n"

@@ -102,7 +102,7 @@ Runner add_train(CLI::App& app) {
       ->add_option("--fuse", o->fuse,
                    "on: each conv applies the ReLU that follows it in its own kernels (GPU) or loops (CPU), "
                    "and on the CPU a max pooling after that ReLU too, forward and backward (the same results to "
-                   "the bit), off: every layer on its own, auto: on for the CPU, off for the GPU")
+                   "the bit), off: every layer on its own, auto (the default): on")
       ->capture_default_str();
   train->footer(
       "Examples:\n"

@@ -401,7 +401,7 @@ class TrainingRun {
       std::printf("  launches : %s%s\n",
                   opt_.cuda_graph ? "the step as one CUDA Graph (captured at the second step)"
                                   : "kernel by kernel (--cuda-graph on: one CUDA Graph)",
-                  net_->fusion() ? "; each conv does the ReLU after it (--fuse on)" : "");
+                  net_->fusion() ? "; each conv does the ReLU after it (--fuse off: layer by layer)" : "");
     else if (opt_.cuda_graph)
       std::printf("note: --cuda-graph applies only on the GPU; the CPU runs the step layer by layer\n");
     if (device == Device::CPU && net_->fusion())

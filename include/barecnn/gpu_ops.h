@@ -32,7 +32,7 @@ enum class ConvImpl : int { Simple, Fast };
 
 // Same ops, same argument order, on `stream`. All pointers are device pointers.
 //
-// Fused ReLU (opt-in, for a conv layer followed by relu). fuse_relu: out = relu(conv + bias),
+// Fused ReLU (for a conv layer followed by relu; Net plans it, --fuse). fuse_relu: out = relu(conv + bias),
 // bitwise conv2d_forward followed by activation_forward(Relu). relu_out (N, K, OH, OW), when not
 // null, is that fused output y: both backward ops then read g = dout * (y > 0 ? 1 : 0) in place
 // of dout, bitwise what activation_backward(Relu) would have passed them (y > 0 exactly where the
