@@ -168,6 +168,35 @@ TEST(Net, BackwardOverwritesGradients) {
   EXPECT_EQ(g1, g2);
 }
 
+// A state prepared for forward only (the evaluator's) has no gradient buffers, gives the logits of
+// a full state bit for bit (fused or not), and refuses backward; preparing it again for backward
+// gives it its buffers.
+TEST(Net, ForwardOnlyStateHasNoGradientBuffers) {
+  for (bool fuse : {false, true}) {
+    SCOPED_TRACE(fuse ? "fused" : "unfused");
+    Net net("conv(4,3,pad=1) relu maxpool(2) conv(3,3) relu dense(5) relu dense(3)", {1, 9, 9});
+    net.set_fusion(fuse);
+    std::vector<float> p = net.init_params(4);
+    NetState<float> full, fwd;
+    net.prepare(full, 3, Device::CPU);
+    net.prepare(fwd, 3, Device::CPU, /*for_backward=*/false);
+    size_t full_grads = 0;
+    for (const Tensor& t : full.dact) full_grads += t.numel();
+    EXPECT_GT(full_grads, 0u);
+    for (const Tensor& t : fwd.dact) EXPECT_EQ(t.numel(), 0u);
+    auto x = test::random_vec(full.act[0].numel(), 5);
+    std::copy(x.begin(), x.end(), full.act[0].data());
+    std::copy(x.begin(), x.end(), fwd.act[0].data());
+    net.forward(full, p.data(), Exec::cpu());
+    net.forward(fwd, p.data(), Exec::cpu());
+    EXPECT_EQ(full.act.back().to_host(), fwd.act.back().to_host());
+    std::vector<float> g(net.num_params());
+    EXPECT_THROW(net.backward(fwd, p.data(), g.data(), Exec::cpu(), false), Error);
+    net.prepare(fwd, 3, Device::CPU);  // for backward now: the buffers are there again
+    for (size_t i = 0; i < fwd.dact.size(); ++i) EXPECT_EQ(fwd.dact[i].numel(), full.dact[i].numel()) << i;
+  }
+}
+
 // The max-pool mask is kept per NetState, not in the layer: a forward on another state (the
 // trainer evaluates the test set at another batch size between two training steps) must not
 // disturb the backward of the first. Each state's gradients are those of a net that only saw it.

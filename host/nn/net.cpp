@@ -70,7 +70,7 @@ std::vector<float> Net::init_params(uint64_t seed) const {
 }
 
 template <typename T>
-void Net::prepare(NetState<T>& st, int N, Device device) const {
+void Net::prepare(NetState<T>& st, int N, Device device, bool for_backward) const {
   const int L = int(layers_.size());
   // Which convs apply their ReLU themselves (decided anew on every call: the flag may change).
   std::vector<bool> fused(L, false);
@@ -83,7 +83,7 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
       if (std::optional<Pool2dShape> ps = layers_[i + 2]->max_pool_shape(N))
         fused_pool[i] = layers_[i]->can_fuse_relu_maxpool(device, *ps);
   if (st.N == N && st.device == device && int(st.act.size()) == L + 1 && st.fused == fused &&
-      st.fused_pool == fused_pool)
+      st.fused_pool == fused_pool && st.grads == for_backward)
     return;
 
   // The plan. A view (flatten) that is not the last layer does not run: the layer after it reads
@@ -102,6 +102,7 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   st.fused_pool = fused_pool;
   st.N = N;
   st.device = device;
+  st.grads = for_backward;
   st.act.resize(L + 1);
   st.dact.resize(L + 1);
   st.saved.resize(L);
@@ -118,7 +119,7 @@ void Net::prepare(NetState<T>& st, int N, Device device) const {
   for (int i = 0; i <= L; ++i) {
     const Dims d = !used[i] ? Dims{0} : i == 0 ? batch_dims(input_) : batch_dims(layers_[i - 1]->out_dims());
     st.act[i].reset(d, device);
-    st.dact[i].reset(d, device);
+    st.dact[i].reset(for_backward ? d : Dims{0}, device);
   }
   size_t ws = 0;
   for (int i = 0; i < L; ++i) {
@@ -178,6 +179,7 @@ void Net::forward(NetState<T>& st, const T* params, const Exec& ex, const RunMod
 
 template <typename T>
 void Net::backward(NetState<T>& st, const T* params, T* grads, const Exec& ex, bool need_input_grad) const {
+  BARECNN_ASSERT(st.grads, "backward on a NetState prepared for forward only");
   for (auto p = st.plan.rbegin(); p != st.plan.rend(); ++p) {
     NvtxScope range(layers_[p->layer]->label() + fused_suffix(*p) + " backward");
     layers_[p->layer]->backward(layer_call<T>(st, *p, params, grads, ex, need_input_grad));
@@ -231,8 +233,8 @@ std::string Net::summary() const {
   return os.str();
 }
 
-template void Net::prepare<float>(NetState<float>&, int, Device) const;
-template void Net::prepare<double>(NetState<double>&, int, Device) const;
+template void Net::prepare<float>(NetState<float>&, int, Device, bool) const;
+template void Net::prepare<double>(NetState<double>&, int, Device, bool) const;
 template void Net::forward<float>(NetState<float>&, const float*, const Exec&, const RunMode<float>&) const;
 template void Net::forward<double>(NetState<double>&, const double*, const Exec&, const RunMode<double>&) const;
 template void Net::backward<float>(NetState<float>&, const float*, float*, const Exec&, bool) const;

@@ -44,7 +44,7 @@ EvalResult Evaluator::run(const float* params, bool keep_logits) {
   long long correct_sum = 0;
   for (int start = 0; start < n; start += batch_) {
     const int B = std::min(batch_, n - start);
-    net_.prepare(st_, B, ex_.device);
+    net_.prepare(st_, B, ex_.device, /*for_backward=*/false);
     for (int b = 0; b < B; ++b) idx[b] = start + b;
     idx_.copy_from_host(idx);
     op::gather_normalize(ex_, st_.act[0].data(), labels_.data(), d_images_.data(), d_labels_.data(), idx_.data(), B, P,

@@ -56,7 +56,8 @@ struct NetState {
   Device device = Device::CPU;
   int N = 0;
   std::vector<BasicTensor<T>> act;           // act[i]: input of layer i; act[L]: the logits (N, K)
-  std::vector<BasicTensor<T>> dact;          // dact[i]: d loss / d act[i]
+  std::vector<BasicTensor<T>> dact;          // dact[i]: d loss / d act[i] (all empty without grads)
+  bool grads = true;                         // prepared for backward (Net::prepare's for_backward)
   Tensor workspace;                          // scratch shared by the layers (Layer::workspace_floats), or empty
   std::vector<TensorI> saved;                // saved[i]: layer i's state from forward (argmax mask), or empty
   std::vector<BasicTensor<T>> saved_values;  // saved_values[i]: layer i's values from forward (batchnorm), or empty
@@ -112,15 +113,16 @@ class Net {
 
   // Float only, either device: fuse each conv with a plain ReLU right after it (the ReLU runs in
   // the conv's kernels or CPU loops, forward and backward; the results are bitwise those of the
-  // separate layers). Takes effect at the next prepare(). Off by default (the commands turn it on
-  // for the CPU: --fuse auto).
+  // separate layers). Takes effect at the next prepare(). Off by default (the commands turn it on:
+  // --fuse auto).
   void set_fusion(bool on) { fusion_ = on; }
   bool fusion() const { return fusion_; }
 
   // Plans the run (which layers run, on which buffers) and allocates (or reuses) the activations
-  // for a batch of N on `device`.
+  // for a batch of N on `device`, and their gradients unless !for_backward (forward only, as the
+  // evaluator runs: half the memory; backward then refuses the state).
   template <typename T>
-  void prepare(NetState<T>& st, int N, Device device) const;
+  void prepare(NetState<T>& st, int N, Device device, bool for_backward = true) const;
   // st.act[0] must hold the input; params holds state_size() values. Writes st.act[1..L].
   template <typename T>
   void forward(NetState<T>& st, const T* params, const Exec& ex, const RunMode<T>& mode = RunMode<T>::eval()) const;
