@@ -75,9 +75,9 @@ bench() {
   cat "$W/bench/bench-paper-64.txt"
 }
 
-# barecnn NAME ARCH BATCH SEED [GRAPH: on (default) | off] [FUSE: on | off (default)]
+# barecnn NAME ARCH BATCH SEED [GRAPH: on (default) | off] [FUSE: on (default, as train's --fuse auto) | off]
 barecnn() {
-  local name=$1 arch=$2 batch=$3 seed=$4 graph=${5:-on} fuse=${6:-off}
+  local name=$1 arch=$2 batch=$3 seed=$4 graph=${5:-on} fuse=${6:-on}
   rt_run 90 "$B/barecnn" train --device cuda --data "$DATA" --arch "$arch" --batch "$batch" --epochs "$EPOCHS" \
     --seed "$seed" --cuda-graph "$graph" --fuse "$fuse" --quiet --overwrite --out "$W/runs/$name" > "$W/runs/$name.log" 2>&1
   echo "barecnn $name: $(tail -2 "$W/runs/$name.log" | head -1)"
@@ -108,12 +108,12 @@ for b in 64 256 1024; do
 done
 step "the gains of the graph and of the fusion: paper, batch 64 and 1024; deep, batch 256"
 barecnn paper-b64-nograph paper 64 1 off
-barecnn paper-b64-fused paper 64 1 on on
-barecnn paper-b1024-fused paper 1024 1 on on
-barecnn deep-b256-fused deep 256 1 on on
+barecnn paper-b64-unfused paper 64 1 on off
+barecnn paper-b1024-unfused paper 1024 1 on off
+barecnn deep-b256-unfused deep 256 1 on off
 for spec in "paper 64" "deep 256"; do
   set -- $spec
-  rt_run 25 "$B/barecnn" bench --device cuda --arch "$1" --batch "$2" --reps 30 --fuse on \
-    --json "$W/bench/bench-$1-$2-fused.json" > "$W/bench/bench-$1-$2-fused.txt" 2>&1
-  echo "$1 b$2 fused: $(grep -E 'training step' "$W/bench/bench-$1-$2-fused.txt" | tr -s ' ' | paste -sd';')"
+  rt_run 25 "$B/barecnn" bench --device cuda --arch "$1" --batch "$2" --reps 30 --fuse off \
+    --json "$W/bench/bench-$1-$2-unfused.json" > "$W/bench/bench-$1-$2-unfused.txt" 2>&1
+  echo "$1 b$2 unfused: $(grep -E 'training step' "$W/bench/bench-$1-$2-unfused.txt" | tr -s ' ' | paste -sd';')"
 done
