@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <csignal>
 #include <filesystem>
 
@@ -13,6 +14,7 @@
 #include "barecnn/error.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/names.h"
+#include "barecnn/report.h"
 #include "barecnn/safetensors.h"
 #include "barecnn/trainer.h"
 #include "synthetic_data.h"
@@ -73,6 +75,36 @@ std::string TrainCpu::data_;
 bool TrainCpu::ready_ = false;
 
 }  // namespace
+
+// The note for a net whose output no longer depends on its input: cross-entropy at ln K and
+// chance accuracy on the test set (paper at a constant --lr 0.05 ended so: 2.3030, 10.00%).
+TEST(ChanceNote, NamesTheEpochLossAndAccuracyOnlyAtChance) {
+  EpochMetrics e;
+  e.epoch = 2;
+  e.test_loss = 2.3030;
+  e.test_accuracy = 0.1;
+  const std::string n = chance_note(e, 10, Loss::SoftmaxCrossEntropy);
+  EXPECT_NE(n.find("after epoch 2"), std::string::npos) << n;
+  EXPECT_NE(n.find("ln 10 = 2.3026"), std::string::npos) << n;
+  EXPECT_NE(n.find("10.00%"), std::string::npos) << n;
+  EXPECT_NE(n.find("--lr"), std::string::npos) << n;
+  EXPECT_NE(chance_note(e, 10, Loss::SoftmaxCrossEntropy).size(), 0u);
+  EXPECT_EQ(chance_note(e, 10, Loss::MSE), "");  // ln K means nothing for the other losses
+  EXPECT_EQ(chance_note(e, 1, Loss::SoftmaxCrossEntropy), "");
+  EpochMetrics learning = e;  // better than chance
+  learning.test_accuracy = 0.12;
+  EXPECT_EQ(chance_note(learning, 10, Loss::SoftmaxCrossEntropy), "");
+  EpochMetrics lower = e;  // a loss away from ln K
+  lower.test_loss = 2.28;
+  EXPECT_EQ(chance_note(lower, 10, Loss::SoftmaxCrossEntropy), "");
+  EpochMetrics three = e;  // ln 3 = 1.0986, one third
+  three.test_loss = 1.0990;
+  three.test_accuracy = 0.335;
+  EXPECT_NE(chance_note(three, 3, Loss::SoftmaxCrossEntropy), "");
+  EpochMetrics nan = e;
+  nan.test_loss = std::nan("");
+  EXPECT_EQ(chance_note(nan, 10, Loss::SoftmaxCrossEntropy), "");
+}
 
 TEST_F(TrainCpu, LossFallsAndTheTaskIsLearned) {
   std::string out = test::fresh_dir("train_learn");

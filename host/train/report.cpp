@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstdio>
 
 #include "barecnn/error.h"
@@ -84,6 +85,19 @@ std::string summary_json(const RunReport& r) {
   }
   j["epochs"] = epochs_array(r.epochs);
   return j.dump(2) + "\n";
+}
+
+std::string chance_note(const EpochMetrics& e, int classes, Loss loss) {
+  if (loss != Loss::SoftmaxCrossEntropy || classes < 2) return "";
+  const double ln_k = std::log(double(classes)), chance = 1.0 / classes;
+  if (!(std::fabs(e.test_loss - ln_k) <= 0.002 * ln_k && e.test_accuracy <= chance + 0.01)) return "";
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "note: after epoch %d the test loss is ln %d = %.4f and the test accuracy %.2f%%, chance: the "
+                "net's output no longer depends on its input (e.g. every ReLU dead after too large a step); a "
+                "lower --lr may help",
+                e.epoch, classes, ln_k, 100 * e.test_accuracy);
+  return buf;
 }
 
 std::string metrics_csv(const std::vector<EpochMetrics>& epochs, const std::string& loss) {

@@ -215,6 +215,11 @@ class TrainingRun {
             "epoch %d/%d  train loss %.4f  train acc %.2f%%  test loss %.4f  test acc %.2f%%  %.1fs  %.0f img/s\n",
             em.epoch, opt_.epochs, em.train_loss, 100 * em.train_accuracy, em.test_loss, 100 * em.test_accuracy,
             em.seconds, em.images_per_second);
+        if (!chance_noted_) {
+          const std::string note = chance_note(em, net_->num_outputs(), spec_.loss);
+          if (!note.empty()) std::printf("%s\n", note.c_str());
+          chance_noted_ = !note.empty();
+        }
         std::fflush(stdout);
         save_checkpoint(epoch + 1, 0, {}, 0);
         start_seconds_ = 0;
@@ -431,6 +436,7 @@ class TrainingRun {
   std::unique_ptr<ExecContext> ctx_;
   std::unique_ptr<TrainStep> step_;
   std::unique_ptr<Evaluator> test_eval_;  // the test set, evaluated after each epoch
+  bool chance_noted_ = false;             // chance_note printed (once a run)
   RestartPoint restart_;                  // where the run starts, then its last checkpoint
   double start_seconds_ = 0;              // seconds of the current epoch before a resume
   std::vector<EpochMetrics> history_;

@@ -43,6 +43,13 @@ struct RunReport {
 };
 
 std::string summary_json(const RunReport& r);
+// A one-line note when an epoch's test figures are those of a net whose output does not depend on
+// its input: softmax cross-entropy over K classes at ln K (within 0.2%) with the accuracy at
+// chance (at most 1/K + 1 point), as after a step too large left every ReLU dead (paper, constant
+// --lr 0.05: the loss settled at ln 10, finite, so the divergence check says nothing). Empty
+// otherwise, and for the other losses.
+std::string chance_note(const EpochMetrics& e, int classes, Loss loss);
+
 // One row per epoch; the loss column names the loss the run trains and tests with.
 std::string metrics_csv(const std::vector<EpochMetrics>& epochs, const std::string& loss);
 // Writes summary.json, metrics.csv, loss.png, accuracy.png, filters.png (if a conv layer),
