@@ -226,7 +226,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
   BenchReport rep;
   Device dev = choose_device(device_flag, &rep.why);
   Net net(arch, parse_input_dims(input, "--input"));
-  net.set_fusion(fuse_for(fuse, dev));
+  net.set_fusion(fuse_for(fuse));
   const int L = net.num_layers();
   rep.arch = net.spec();
   rep.input = input;

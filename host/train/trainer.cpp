@@ -121,7 +121,7 @@ class TrainingRun {
     check_augment_fits(spec_.augment, data_.train.rows, data_.train.cols);
     const Dims input{1, data_.train.rows, data_.train.cols};
     net_ = std::make_unique<Net>(spec_.arch, input);
-    net_->set_fusion(fuse_for(opt_.fuse, device));
+    net_->set_fusion(fuse_for(opt_.fuse));
     // A net that does not end with one output per class is an arch mistake; where a label is
     // beyond the net's outputs the message says where (a stray label is a data mistake).
     net_->check_classes(data_.classes, "the data in " + opt_.data_dir + first_label_beyond(data_, net_->num_outputs()));

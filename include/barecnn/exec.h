@@ -217,12 +217,12 @@ class ExecTimer {
 // Picks the device from --device "auto" | "cpu" | "cuda"; `why` says why (the commands print it).
 Device choose_device(const std::string& flag, std::string* why);
 
-// Whether a net on a device fuses each conv with the plain ReLU after it (Net::set_fusion), from
-// --fuse on|off, or unset (auto): on, on both devices. The fused loops and kernels give the unfused
+// Whether a net fuses each conv with the plain ReLU after it (Net::set_fusion), from --fuse on|off,
+// or unset (auto): on, on both devices. The fused loops and kernels give the unfused
 // chain's bits and save passes over the activations (and, on the GPU, the memory of the ReLU's
 // input and its gradient). The GPU's were opt-in until they had run on one: on an H200
 // (2026-12-04) their tests passed and a 3-epoch paper run gave the unfused run's weights bitwise.
-inline bool fuse_for(const std::optional<bool>& flag, Device /*device*/) { return flag.value_or(true); }
+inline bool fuse_for(const std::optional<bool>& flag) { return flag.value_or(true); }
 
 // A few values of a buffer on ex.device, read back without blocking the work. Each value read is
 // tagged with what the caller passed when it was asked for (the training step: how many steps it
