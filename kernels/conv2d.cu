@@ -1,17 +1,19 @@
 // CUDA kernels of 2-D convolution (docs/MATH.md, "Convolution"): the forward pass, the gradient
-// with respect to the input and the gradient with respect to the weights and bias. Direct
-// convolution: no im2col + GEMM, no cuDNN.
+// with respect to the input and the gradient with respect to the weights and bias. Our own
+// kernels: no materialized im2col, no cuBLAS, no cuDNN.
 //
-// Each op has two levels:
+// Each op has three levels:
 //   - a simple baseline kernel, one thread per output element, that runs the loops of the CPU
 //     reference (host/reference/conv2d.cpp) with the same index helpers of shape.h (nchw,
 //     window_in_pos, window_out_pos);
-//   - a fast kernel beside it: shared-memory tiles for the forward pass and the input gradient, a
-//     two-stage reduction for the weight gradient. Its launcher checks the fast kernel's
+//   - a tiled direct kernel beside it: shared-memory tiles for the forward pass and the input
+//     gradient, a two-stage reduction for the weight gradient. Its launcher checks the kernel's
 //     preconditions (grid limits, shared memory) and falls back to the simple kernel where they
-//     do not hold.
-// The launchers' ConvImpl argument (Simple or Fast; Exec::conv_impl, set from BARECNN_CONV_IMPL)
-// picks the level, so the tests check both.
+//     do not hold;
+//   - an implicit-GEMM kernel with register tiles (see its section) for the shapes with a long
+//     enough reduction, falling back to the tiled level elsewhere.
+// The launchers' ConvImpl argument (Simple, Tiled or Fast; Exec::conv_impl, set from
+// BARECNN_CONV_IMPL) picks the level, so the tests check all three.
 //
 // Fused ReLU: every kernel takes a template flag FUSE_RELU. When set, the forward
 // kernels store relu(conv + bias) and the backward kernels read dout * relu'(y) instead of dout,
@@ -23,6 +25,7 @@
 // Layouts, all NCHW float32: inp (N, C, H, W), weight (K, C, kh, kw) [OIHW], bias (K),
 // out (N, K, OH, OW). Every result is summed by one thread, or by one fixed reduction tree, in an
 // order that depends only on the shape: no atomics, so results are bitwise the same run to run.
+#include <algorithm>
 #include <climits>
 
 #include "barecnn/activation.h"
@@ -508,6 +511,283 @@ __global__ void conv2d_backward_weight_reduce_kernel(float* dweight, float* dbia
 }
 
 // ================================================================================================
+// Implicit GEMM with register tiles (forward, input gradient at stride 1, weight gradient)
+// ================================================================================================
+//
+// The direct kernels above do one or a few multiply-adds per shared-memory load plus index math,
+// which keeps the 3x3 convolutions over 32-64 channels instruction-bound (RESULTS.md, the H200
+// run: 5-7 TFLOP/s forward, 1.3-1.6 backward). These kernels treat the convolution as a matrix
+// product over its im2col matrix, never materialized:
+//   out[n, m, p] = sum over r of A[m, r] * B[r, (n, p)]
+// with p = (oh, ow) of the output map and r = one tap of one source channel, and give every thread
+// a TM x TN block of results in registers, so each value staged in shared memory feeds 4
+// multiply-adds. The (c, i, j) decode of r is done once per block into a table in shared memory,
+// not per element.
+//
+//   forward:           A = weight (K x C*kh*kw, contiguous), B = im2col(inp), m = k;
+//   input gradient:    at stride 1 the gradient is a forward convolution of dout with the weights
+//                      turned around: dinp[n, c, h, w] = sum over (k, i', j') of
+//                      weight[k, c, kh-1-i', kw-1-j'] * dout[n, k, h - (kh-1-ph) + i', w - (kw-1-pw) + j'],
+//                      so A[c, (k, i', j')] = that weight, B = im2col(dout) with padding kh-1-ph;
+//   weight gradient:   dweight[k, r] = sum over (n, p) of dout[n, k, p] * B[r, (n, p)], B = im2col(inp):
+//                      the product's long side is the reduction, split into P chunks summed by a
+//                      second kernel in a fixed order (as the two-stage kernel above).
+// Each result is summed by one thread in a fixed order (r ascending; (n, p) ascending within a
+// chunk, then the chunks in order): deterministic, but not the order of the direct kernels, so
+// the bits differ from theirs by float rounding.
+
+constexpr int kGemmThreads = 256;            // forward / input gradient: threads per block
+constexpr int kGemmBK = 16;                  // reduction entries staged per step
+constexpr int kGemmMaxR = 2048;              // the longest reduction (table in shared memory: 3 ints each)
+constexpr int kGemmMinR = 16;                // shorter reductions (C = 1, 3x3) stay on the direct kernels
+constexpr int kWgBM = 32;                    // weight gradient: output channels per block
+constexpr int kWgBN = 64;                    // weight gradient: taps (c, i, j) per block
+constexpr int kWgBK = 32;                    // weight gradient: positions (n, oh, ow) staged per step
+constexpr int kWgThreads = 128;              // weight gradient: threads per block, 4 x 4 results each
+constexpr long long kWgTargetBlocks = 1024;  // stage-1 blocks to aim for (a function of the shape only)
+constexpr long long kWgMinChunk = 256;       // positions per chunk, at least
+constexpr long long kWgMaxChunks = 4096;
+
+// The convolution seen as a GEMM: the source map (inp, or dout for the input gradient), the
+// output map, and the geometry that takes one to the other (pads may be negative).
+struct GemmConv {
+  int N;           // images
+  int M;           // output channels (GEMM rows)
+  int R;           // reduction length: source channels * kh * kw
+  int Cs, Hs, Ws;  // source channels and map
+  int OH, OW;      // output map
+  int kh, kw, sh, sw, ph, pw;
+  int Cw;  // the input-gradient case: the weight's input channels (A's row stride is kh*kw)
+};
+
+// Row r of B (one tap of one source channel) as the table holds it: the offset of tap (i, j) of
+// channel c from a window's origin, (i, j) packed for the bounds test, and A's column offset.
+// BWD_INPUT: the source is dout (channel k), the tap is turned around in A.
+template <bool BWD_INPUT>
+__device__ __forceinline__ void gemm_table_entry(const GemmConv& g, int r, int& b_off, int& tij, int& a_off) {
+  const int taps = g.kh * g.kw;
+  const int c = r / taps, t = r - c * taps;
+  const int i = t / g.kw, j = t - i * g.kw;
+  b_off = (c * g.Hs + i) * g.Ws + j;
+  tij = (i << 16) | j;
+  a_off = BWD_INPUT ? c * g.Cw * taps + (taps - 1 - t) : r;
+}
+
+// conv2d_gemm_kernel<BM, BN, BWD_INPUT, FUSE_RELU>: forward, or the input gradient at stride 1.
+// Block: 256 threads; computes out rows m0 .. m0+BM-1 for BN consecutive columns col0 .. of the
+//        N*OH*OW columns (n, oh, ow), looping over r in steps of kGemmBK: stage A (BK x BM) and
+//        B (BK x BN) in shared memory, then every thread adds its 4 x 4 products per r.
+// Thread: rows m0 + tm*4 + a (a < 4), columns col0 + tn + (BN/4)*b (b < 4): a warp stores
+//         consecutive columns. For the staging each thread loads one fixed column of B.
+// Grid:  (ceil(N*OH*OW / BN), ceil(M / BM)). Dynamic shared memory: the table, 3*R ints.
+// out: (N, M, OH, OW). FUSE_RELU: forward: stores relu(acc + bias); input gradient: B is staged as
+// dout * relu'(y), y = relu_out (N, K, OH, OW) of the layer (conv_grad_value).
+template <int BM, int BN, bool BWD_INPUT, bool FUSE_RELU>
+__global__ void __launch_bounds__(kGemmThreads) conv2d_gemm_kernel(float* out, const float* src, const float* relu_out,
+                                                                   const float* weight, const float* bias, GemmConv g) {
+  constexpr int TN = BN / 4;  // threads along the columns
+  constexpr int ROWS_PER_PASS = kGemmThreads / BN;
+  static_assert((BM / 4) * (BN / 4) == kGemmThreads, "4 x 4 results per thread");
+  static_assert(kGemmThreads % BN == 0 && kGemmBK % ROWS_PER_PASS == 0, "B staging");
+  BARECNN_STATIC_SHARED(float, s_a, kGemmBK*(BM + 1));  // (BK, BM + 1): A transposed, padded
+  BARECNN_STATIC_SHARED(float, s_b, kGemmBK* BN);       // (BK, BN)
+  BARECNN_DYNAMIC_SHARED(int, s_tab);                   // (3, R): b_off, tij, a_off
+  int* t_boff = s_tab;
+  int* t_ij = s_tab + g.R;
+  int* t_aoff = s_tab + 2 * g.R;
+
+  const int tid = threadIdx.x;
+  for (int r = tid; r < g.R; r += kGemmThreads) gemm_table_entry<BWD_INPUT>(g, r, t_boff[r], t_ij[r], t_aoff[r]);
+
+  const int P = g.OH * g.OW;
+  const long long cols = (long long)g.N * P;
+  const long long col0 = (long long)blockIdx.x * BN;
+  const int m0 = blockIdx.y * BM;
+  const int a_mstride = BWD_INPUT ? g.kh * g.kw : g.R;
+
+  // The column this thread stages: its image and window origin.
+  const long long lcol = col0 + tid % BN;
+  const bool lvalid = lcol < cols;
+  int l_ih0 = 0, l_iw0 = 0;
+  long long l_base = 0;
+  if (lvalid) {
+    const int n = int(lcol / P), p = int(lcol - (long long)n * P);
+    const int oh = p / g.OW, ow = p - (p / g.OW) * g.OW;
+    l_ih0 = oh * g.sh - g.ph;
+    l_iw0 = ow * g.sw - g.pw;
+    l_base = (long long)n * g.Cs * g.Hs * g.Ws + (long long)l_ih0 * g.Ws + l_iw0;
+  }
+  const int lrow = tid / BN;  // first of the B rows it stages, then every ROWS_PER_PASS
+
+  const int tm = tid / TN, tn = tid % TN;
+  float acc[4][4];
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0.f;
+  __syncthreads();  // the table
+
+  for (int r0 = 0; r0 < g.R; r0 += kGemmBK) {
+    for (int e = tid; e < BM * kGemmBK; e += kGemmThreads) {
+      const int k = e % kGemmBK, m = e / kGemmBK;
+      const int r = r0 + k, mm = m0 + m;
+      s_a[k * (BM + 1) + m] = (r < g.R && mm < g.M) ? weight[(long long)mm * a_mstride + t_aoff[r]] : 0.f;
+    }
+#pragma unroll
+    for (int q = 0; q < kGemmBK / ROWS_PER_PASS; ++q) {
+      const int k = lrow + q * ROWS_PER_PASS, r = r0 + k;
+      float v = 0.f;
+      if (lvalid && r < g.R) {
+        const int ij = t_ij[r];
+        const int ih = l_ih0 + (ij >> 16), iw = l_iw0 + (ij & 0xffff);
+        if (ih >= 0 && ih < g.Hs && iw >= 0 && iw < g.Ws) {
+          const long long idx = l_base + t_boff[r];
+          v = BWD_INPUT ? conv_grad_value<FUSE_RELU>(src, relu_out, idx) : src[idx];
+        }
+      }
+      s_b[k * BN + tid % BN] = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kGemmBK; ++k) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) av[a] = s_a[k * (BM + 1) + tm * 4 + a];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) bv[b] = s_b[k * BN + tn + TN * b];
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) acc[a][b] += av[a] * bv[b];
+    }
+    __syncthreads();  // the next step overwrites both tiles
+  }
+
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    const long long col = col0 + tn + TN * b;
+    if (col >= cols) continue;
+    const int n = int(col / P), p = int(col - (long long)n * P);
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int m = m0 + tm * 4 + a;
+      if (m >= g.M) continue;
+      const long long o = ((long long)n * g.M + m) * P + p;
+      if constexpr (BWD_INPUT)
+        out[o] = acc[a][b];
+      else
+        out[o] = conv_out_value<FUSE_RELU>(acc[a][b] + (bias ? bias[m] : 0.f));
+    }
+  }
+}
+
+// conv2d_gemm_wgrad_kernel<FUSE_RELU>: stage 1 of the weight gradient as a GEMM.
+// Block: 128 threads; partial sums over the positions q_begin .. q_end-1 of chunk p = blockIdx.z
+//        (q = (n, oh, ow) in NCHW order) for output channels k0 .. k0+31 and taps r0 .. r0+63
+//        (r = (c, i, j)): stages, kWgBK positions at a time, D = dout (BK x 32) and B = im2col(inp)
+//        (BK x 64) in shared memory, then every thread adds its 4 x 4 products per position.
+// Thread: channels k0 + tm*4 + a, taps r0 + tn + 16*b (a, b < 4); the blocks of the first tap
+//         tile also sum dout over the chunk for the bias (threads with tn == 0).
+// Grid:  (ceil(R / 64), ceil(K / 32), P). Static shared memory only (the table covers 64 taps).
+// Writes wpart (P, K, C, kh, kw) and, when bpart is not null, bpart (P, K); stage 2 is
+// conv2d_backward_weight_reduce_kernel. FUSE_RELU: D is staged as dout * relu'(y).
+template <bool FUSE_RELU>
+__global__ void __launch_bounds__(kWgThreads)
+    conv2d_gemm_wgrad_kernel(float* wpart, float* bpart, const float* dout, const float* relu_out, const float* inp,
+                             GemmConv g, long long chunk) {
+  BARECNN_STATIC_SHARED(float, s_d, kWgBK*(kWgBM + 1));  // (BK, 32 + 1)
+  BARECNN_STATIC_SHARED(float, s_b, kWgBK*(kWgBN + 1));  // (BK, 64 + 1)
+  BARECNN_STATIC_SHARED(int, s_tab, 3 * kWgBN);          // b_off, tij, unused a_off per tap of the tile
+  const int tid = threadIdx.x;
+  const int r0 = blockIdx.x * kWgBN, k0 = blockIdx.y * kWgBM, p = blockIdx.z;
+  if (tid < kWgBN && r0 + tid < g.R)
+    gemm_table_entry<false>(g, r0 + tid, s_tab[tid], s_tab[kWgBN + tid], s_tab[2 * kWgBN + tid]);
+
+  const int P = g.OH * g.OW;
+  const long long Q = (long long)g.N * P;
+  const long long q_begin = (long long)p * chunk;
+  const long long q_end = q_begin + chunk < Q ? q_begin + chunk : Q;
+  const int K = g.M;
+  const int lq = tid % kWgBK;    // the position this thread stages, within each step
+  const int lrow = tid / kWgBK;  // its first row of D and of B, then every kWgThreads / kWgBK
+  constexpr int RSTEP = kWgThreads / kWgBK;
+  const int tm = tid / 16, tn = tid % 16;
+  const bool do_bias = bpart != nullptr && blockIdx.x == 0 && tn == 0;
+
+  float acc[4][4], bacc[4];
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    bacc[a] = 0.f;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0.f;
+  }
+  __syncthreads();  // the table
+
+  for (long long q0 = q_begin; q0 < q_end; q0 += kWgBK) {
+    const long long q = q0 + lq;
+    const bool valid = q < q_end;
+    int n = 0, pp = 0, ih0 = 0, iw0 = 0;
+    if (valid) {
+      n = int(q / P);
+      pp = int(q - (long long)n * P);
+      const int oh = pp / g.OW, ow = pp - (pp / g.OW) * g.OW;
+      ih0 = oh * g.sh - g.ph;
+      iw0 = ow * g.sw - g.pw;
+    }
+    const long long d_base = (long long)n * K * P + pp;
+    const long long b_base = (long long)n * g.Cs * g.Hs * g.Ws + (long long)ih0 * g.Ws + iw0;
+#pragma unroll
+    for (int u = 0; u < kWgBM / RSTEP; ++u) {
+      const int kl = lrow + u * RSTEP, k = k0 + kl;
+      s_d[lq * (kWgBM + 1) + kl] =
+          (valid && k < K) ? conv_grad_value<FUSE_RELU>(dout, relu_out, d_base + (long long)k * P) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kWgBN / RSTEP; ++u) {
+      const int rl = lrow + u * RSTEP;
+      float v = 0.f;
+      if (valid && r0 + rl < g.R) {
+        const int ij = s_tab[kWgBN + rl];
+        const int ih = ih0 + (ij >> 16), iw = iw0 + (ij & 0xffff);
+        if (ih >= 0 && ih < g.Hs && iw >= 0 && iw < g.Ws) v = inp[b_base + s_tab[rl]];
+      }
+      s_b[lq * (kWgBN + 1) + rl] = v;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int t = 0; t < kWgBK; ++t) {
+      float dv[4], bv[4];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) dv[a] = s_d[t * (kWgBM + 1) + tm * 4 + a];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) bv[b] = s_b[t * (kWgBN + 1) + tn + 16 * b];
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) acc[a][b] += dv[a] * bv[b];
+      if (do_bias) {
+#pragma unroll
+        for (int a = 0; a < 4; ++a) bacc[a] += dv[a];
+      }
+    }
+    __syncthreads();  // the next step overwrites both tiles
+  }
+
+  const long long wn = (long long)K * g.R;
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const int k = k0 + tm * 4 + a;
+    if (k >= K) continue;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      const int r = r0 + tn + 16 * b;
+      if (r < g.R) wpart[(long long)p * wn + (long long)k * g.R + r] = acc[a][b];
+    }
+    if (do_bias) bpart[(long long)p * K + k] = bacc[a];
+  }
+}
+
+// ================================================================================================
 // Launchers
 // ================================================================================================
 
@@ -584,12 +864,88 @@ int wgrad_chunks(const Conv2dShape& s) {
   return int(p);
 }
 
+// The convolution as the implicit-GEMM kernels see it: the forward pass (and the weight
+// gradient, which reads the same im2col of inp), and the input gradient at stride 1.
+GemmConv gemm_forward_view(const Conv2dShape& s) {
+  return GemmConv{s.N, s.K, s.C * s.kh * s.kw, s.C, s.H, s.W, s.OH, s.OW, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.C};
+}
+GemmConv gemm_backward_input_view(const Conv2dShape& s) {
+  return GemmConv{
+      s.N, s.C, s.K * s.kh * s.kw, s.K, s.OH, s.OW, s.H, s.W, s.kh, s.kw, 1, 1, s.kh - 1 - s.ph, s.kw - 1 - s.pw, s.C};
+}
+
+// What every implicit-GEMM kernel needs: a reduction of kGemmMinR .. kGemmMaxR taps (its table),
+// a source image that int offsets reach, taps that pack into 16 bits each.
+bool gemm_shape_ok(const GemmConv& g) {
+  return g.R >= kGemmMinR && g.R <= kGemmMaxR && (long long)g.Cs * g.Hs * g.Ws <= INT_MAX && g.kh < 32768 &&
+         g.kw < 32768;
+}
+
+// BM x BN = 32 x 128 for up to 32 output channels, 64 x 64 above; the grid's size.
+int gemm_bm(const GemmConv& g) { return g.M <= 32 ? 32 : 64; }
+long long gemm_grid_x(const GemmConv& g) {
+  return ceil_div((long long)g.N * g.OH * g.OW, (long long)(kGemmThreads * 16 / gemm_bm(g)));
+}
+long long gemm_grid_y(const GemmConv& g) { return ceil_div((long long)g.M, (long long)gemm_bm(g)); }
+bool gemm_applies(const GemmConv& g) {
+  return gemm_shape_ok(g) && gemm_grid_x(g) <= INT_MAX && gemm_grid_y(g) <= kMaxGridYZ;
+}
+
+// The forward / input-gradient GEMM kernel, for a shape where gemm_applies.
+template <bool BWD_INPUT, bool FUSE_RELU>
+void launch_gemm(float* out, const float* src, const float* relu_out, const float* weight, const float* bias,
+                 const GemmConv& g, cudaStream_t stream) {
+  const int BM = gemm_bm(g);
+  const size_t smem = size_t(3) * g.R * sizeof(int);
+  const dim3 grid(unsigned(gemm_grid_x(g)), unsigned(gemm_grid_y(g)));
+  if (BM == 32) {
+    BARECNN_LAUNCH((conv2d_gemm_kernel<32, 128, BWD_INPUT, FUSE_RELU>), grid, kGemmThreads, smem, stream, out, src,
+                   relu_out, weight, bias, g);
+  } else {
+    BARECNN_LAUNCH((conv2d_gemm_kernel<64, 64, BWD_INPUT, FUSE_RELU>), grid, kGemmThreads, smem, stream, out, src,
+                   relu_out, weight, bias, g);
+  }
+}
+
+// The forward pass runs the GEMM kernel over two or more input channels (one channel: the C=1
+// kernel above, which stages the image once for all filters); the input gradient at stride 1.
+bool gemm_forward_applies(const Conv2dShape& s) { return s.C > 1 && gemm_applies(gemm_forward_view(s)); }
+bool gemm_backward_input_applies(const Conv2dShape& s) {
+  return s.sh == 1 && s.sw == 1 && gemm_applies(gemm_backward_input_view(s));
+}
+// The weight gradient as a GEMM: its table covers one tile of taps, so only the lower bound on R
+// and the int offsets matter.
+bool gemm_wgrad_applies(const Conv2dShape& s) {
+  const GemmConv g = gemm_forward_view(s);
+  return g.R >= kGemmMinR && (long long)g.Cs * g.Hs * g.Ws <= INT_MAX && g.kh < 32768 && g.kw < 32768 &&
+         ceil_div((long long)g.M, (long long)kWgBM) <= kMaxGridYZ &&
+         ceil_div((long long)g.R, (long long)kWgBN) <= INT_MAX;
+}
+// Its number of chunks: about kWgTargetBlocks blocks, chunks of at least kWgMinChunk positions.
+// A function of the shape only, so the summation order is the same on every GPU.
+int gemm_wgrad_chunks(const Conv2dShape& s) {
+  const long long Q = (long long)s.N * s.OH * s.OW;
+  const long long tiles =
+      ceil_div((long long)s.K, (long long)kWgBM) * ceil_div((long long)s.C * s.kh * s.kw, (long long)kWgBN);
+  long long p = ceil_div(kWgTargetBlocks, tiles);
+  const long long by_work = ceil_div(Q, kWgMinChunk);
+  if (by_work < p) p = by_work;
+  if (p > kWgMaxChunks) p = kWgMaxChunks;
+  if (p < 1) p = 1;
+  return int(p);
+}
+
 // The bodies of the three launchers, once per value of the fusion flag, so the runtime choice
 // (fuse_relu / relu_out) picks a whole instantiation; the unfused one has no ReLU code at all.
 template <bool FUSE_RELU>
 void conv2d_forward_impl(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
                          gpu::ConvImpl impl, cudaStream_t stream) {
-  if (impl == gpu::ConvImpl::Fast) {
+  if (impl == gpu::ConvImpl::Fast && gemm_forward_applies(s)) {
+    launch_gemm<false, FUSE_RELU>(out, inp, nullptr, weight, bias, gemm_forward_view(s), stream);
+    CUDA_CHECK_LAUNCH("conv2d_forward (implicit GEMM)", s.str());
+    return;
+  }
+  if (impl != gpu::ConvImpl::Simple) {
     // 16x16 tiles waste threads on small maps (7x7 uses 49 of 256): 8x8 tiles there.
     const bool launched = (s.OH >= 16 && s.OW >= 16)
                               ? launch_forward_fast<16, 8, FUSE_RELU>(out, inp, weight, bias, s, stream)
@@ -605,7 +961,12 @@ void conv2d_forward_impl(float* out, const float* inp, const float* weight, cons
 template <bool FUSE_RELU>
 void conv2d_backward_input_impl(float* dinp, const float* dout, const float* relu_out, const float* weight,
                                 const Conv2dShape& s, gpu::ConvImpl impl, cudaStream_t stream) {
-  if (impl == gpu::ConvImpl::Fast) {
+  if (impl == gpu::ConvImpl::Fast && gemm_backward_input_applies(s)) {
+    launch_gemm<true, FUSE_RELU>(dinp, dout, relu_out, weight, nullptr, gemm_backward_input_view(s), stream);
+    CUDA_CHECK_LAUNCH("conv2d_backward_input (implicit GEMM)", s.str());
+    return;
+  }
+  if (impl != gpu::ConvImpl::Simple) {
     const bool launched = (s.H >= 16 && s.W >= 16)
                               ? launch_backward_input_fast<16, 8, FUSE_RELU>(dinp, dout, relu_out, weight, s, stream)
                               : launch_backward_input_fast<8, 16, FUSE_RELU>(dinp, dout, relu_out, weight, s, stream);
@@ -623,7 +984,25 @@ void conv2d_backward_weight_impl(float* dweight, float* dbias, const float* dout
                                  cudaStream_t stream) {
   const long long wn = s.weight_numel();
   const long long total = wn + (dbias ? s.K : 0);
-  if (impl == gpu::ConvImpl::Fast && wgrad_fast_ok(s)) {
+  if (impl == gpu::ConvImpl::Fast && gemm_wgrad_applies(s)) {
+    BARECNN_ASSERT(workspace != nullptr, "conv2d_backward_weight: the workspace is null; it needs ",
+                   gpu::conv2d_backward_weight_workspace(s), " floats (conv2d_backward_weight_workspace) for ",
+                   s.str());
+    const GemmConv g = gemm_forward_view(s);
+    const int P = gemm_wgrad_chunks(s);
+    const long long chunk = ceil_div((long long)s.N * s.OH * s.OW, (long long)P);
+    float* wpart = workspace;                                        // (P, K, C, kh, kw)
+    float* bpart = dbias ? workspace + (long long)P * wn : nullptr;  // (P, K)
+    const dim3 grid(unsigned(ceil_div(g.R, kWgBN)), unsigned(ceil_div(g.M, kWgBM)), unsigned(P));
+    BARECNN_LAUNCH((conv2d_gemm_wgrad_kernel<FUSE_RELU>), grid, kWgThreads, 0, stream, wpart, bpart, dout, relu_out,
+                   inp, g, chunk);
+    CUDA_CHECK_LAUNCH("conv2d_backward_weight (implicit GEMM, stage 1)", s.str());
+    BARECNN_LAUNCH(conv2d_backward_weight_reduce_kernel, grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
+                   dweight, dbias, wpart, bpart, wn, s.K, P, total);
+    CUDA_CHECK_LAUNCH("conv2d_backward_weight (implicit GEMM, stage 2)", s.str());
+    return;
+  }
+  if (impl != gpu::ConvImpl::Simple && wgrad_fast_ok(s)) {
     BARECNN_ASSERT(workspace != nullptr, "conv2d_backward_weight: the workspace is null; it needs ",
                    gpu::conv2d_backward_weight_workspace(s), " floats (conv2d_backward_weight_workspace) for ",
                    s.str());
@@ -680,12 +1059,27 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
   }
 }
 
+bool conv2d_uses_gemm(const Conv2dShape& s, ConvOp op) {
+  check_conv2d_shape(s, "conv2d_uses_gemm");
+  switch (op) {
+    case ConvOp::Forward:
+      return gemm_forward_applies(s);
+    case ConvOp::BackwardInput:
+      return gemm_backward_input_applies(s);
+    case ConvOp::BackwardWeight:
+      return gemm_wgrad_applies(s);
+  }
+  return false;
+}
+
 size_t conv2d_backward_weight_workspace(const Conv2dShape& s) {
   check_conv2d_shape(s, "conv2d_backward_weight_workspace");
   // The fast kernel's size whatever the ConvImpl (and with or without the fused ReLU), so a buffer
   // sized once stays valid.
-  if (!wgrad_fast_ok(s)) return 0;
-  return size_t(wgrad_chunks(s)) * size_t(s.weight_numel() + s.K);
+  size_t n = 0;
+  if (wgrad_fast_ok(s)) n = size_t(wgrad_chunks(s)) * size_t(s.weight_numel() + s.K);
+  if (gemm_wgrad_applies(s)) n = std::max(n, size_t(gemm_wgrad_chunks(s)) * size_t(s.weight_numel() + s.K));
+  return n;
 }
 
 void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,

@@ -1,5 +1,5 @@
 // Convolution kernel lab: barecnn's three convolution kernels (forward, input gradient, weight
-// gradient), in both implementations (ConvImpl::Simple and ::Fast), against cuDNN's fastest
+// gradient), in the three implementations (ConvImpl::Simple, ::Tiled and ::Fast), against cuDNN's fastest
 // algorithm for the same shapes and the same data, on every conv layer shape of the preset nets.
 //
 //   build-x/profiling/barecnn_conv_lab [--batch 64,256,1024] [--shape paper,lenet5,deep.2]
@@ -637,11 +637,13 @@ struct Row {
   int batch = 0;
   Op op = Op::Forward;
   double flops = 0;
-  Timing simple, fast, cudnn[2];
+  Timing simple, tiled, fast, cudnn[2];
+  bool gemm = false;  // Fast ran the implicit-GEMM kernel (else the tiled one)
   Choice choice[2];
   bool cudnn_ok[2] = {true, true};  // false: that cuDNN run failed (cudnn_error says why)
   std::string cudnn_error[2];
-  double diff_simple = 0, diff_fast = 0, diff_tf32 = 0;  // vs cuDNN FP32, vs cuDNN FP32, fast vs cuDNN TF32
+  double diff_simple = 0, diff_tiled = 0, diff_fast = 0;  // vs cuDNN FP32
+  double diff_tf32 = 0;                                   // fast vs cuDNN TF32
   bool flagged_fp32 = false, flagged_tf32 = false;
 };
 
@@ -650,9 +652,9 @@ constexpr double kFp32Tolerance = 1e-3, kTf32Tolerance = 5e-2;
 double gflops(double flops, double ms) { return ms > 0 ? flops / (ms * 1e6) : 0; }
 
 void print_header() {
-  std::printf("%-9s %5s %-10s | %9s %9s | %9s %-26s | %9s %-26s | %6s | %6s %6s %6s %6s | %8s %8s\n", "shape", "N",
-              "op", "simple ms", "fast ms", "FP32 ms", "cuDNN FP32 algo", "TF32 ms", "cuDNN TF32 algo", "fst/32",
-              "GF/s:s", "fast", "FP32", "TF32", "diff32", "diff-tf");
+  std::printf("%-9s %5s %-10s | %9s %9s %9s %-5s | %9s %-26s | %9s %-26s | %6s | %6s %6s %6s %6s | %8s %8s\n", "shape",
+              "N", "op", "simple ms", "tiled ms", "fast ms", "fast=", "FP32 ms", "cuDNN FP32 algo", "TF32 ms",
+              "cuDNN TF32 algo", "fst/32", "GF/s:s", "fast", "FP32", "TF32", "diff32", "diff-tf");
 }
 
 std::string num(const char* f, double x, bool ok = true) {
@@ -670,16 +672,18 @@ void print_row(const Row& r) {
     return num("%.1e", x) + (flag ? "!" : "");
   };
   const bool ok32 = r.cudnn_ok[0], oktf = r.cudnn_ok[1];
-  const double worst_simple_fast =
-      std::isnan(r.diff_simple) || std::isnan(r.diff_fast) ? NAN : std::max(r.diff_simple, r.diff_fast);
-  std::printf("%-9s %5d %-10s | %9.3f %9.3f | %9s %-26s | %9s %-26s | %6s | %6.0f %6.0f %6s %6s | %8s %8s\n",
-              r.shape.c_str(), r.batch, op_name(r.op), r.simple.median_ms, r.fast.median_ms,
-              num("%.3f", r.cudnn[0].median_ms, ok32).c_str(), ok32 ? r.choice[0].label().c_str() : "(failed)",
-              num("%.3f", r.cudnn[1].median_ms, oktf).c_str(), oktf ? r.choice[1].label().c_str() : "(failed)",
+  const double worst = std::isnan(r.diff_simple) || std::isnan(r.diff_tiled) || std::isnan(r.diff_fast)
+                           ? NAN
+                           : std::max({r.diff_simple, r.diff_tiled, r.diff_fast});
+  std::printf("%-9s %5d %-10s | %9.3f %9.3f %9.3f %-5s | %9s %-26s | %9s %-26s | %6s | %6.0f %6.0f %6s %6s | %8s %8s\n",
+              r.shape.c_str(), r.batch, op_name(r.op), r.simple.median_ms, r.tiled.median_ms, r.fast.median_ms,
+              r.gemm ? "gemm" : "tiled", num("%.3f", r.cudnn[0].median_ms, ok32).c_str(),
+              ok32 ? r.choice[0].label().c_str() : "(failed)", num("%.3f", r.cudnn[1].median_ms, oktf).c_str(),
+              oktf ? r.choice[1].label().c_str() : "(failed)",
               num("%.2f", r.fast.median_ms / r.cudnn[0].median_ms, ok32).c_str(), gflops(r.flops, r.simple.median_ms),
               gflops(r.flops, r.fast.median_ms), num("%.0f", gflops(r.flops, r.cudnn[0].median_ms), ok32).c_str(),
-              num("%.0f", gflops(r.flops, r.cudnn[1].median_ms), oktf).c_str(),
-              d(worst_simple_fast, ok32, r.flagged_fp32).c_str(), d(r.diff_tf32, oktf, r.flagged_tf32).c_str());
+              num("%.0f", gflops(r.flops, r.cudnn[1].median_ms), oktf).c_str(), d(worst, ok32, r.flagged_fp32).c_str(),
+              d(r.diff_tf32, oktf, r.flagged_tf32).c_str());
   std::fflush(stdout);
 }
 
@@ -696,9 +700,12 @@ json row_json(const Row& r) {
             {"op", op_name(r.op)},
             {"flops", r.flops},
             {"barecnn_simple", timing_json(r.simple, r.flops)},
+            {"barecnn_tiled", timing_json(r.tiled, r.flops)},
             {"barecnn_fast", timing_json(r.fast, r.flops)},
+            {"fast_kernel", r.gemm ? "implicit GEMM" : "tiled"},
             {"fast_over_cudnn_fp32", value(r.fast.median_ms / r.cudnn[0].median_ms, r.cudnn_ok[0])},
             {"max_rel_diff_simple_vs_cudnn_fp32", value(r.diff_simple, r.cudnn_ok[0])},
+            {"max_rel_diff_tiled_vs_cudnn_fp32", value(r.diff_tiled, r.cudnn_ok[0])},
             {"max_rel_diff_fast_vs_cudnn_fp32", value(r.diff_fast, r.cudnn_ok[0])},
             {"max_rel_diff_fast_vs_cudnn_tf32", value(r.diff_tf32, r.cudnn_ok[1])}};
   for (int p = 0; p < 2; p++) {
@@ -772,11 +779,18 @@ std::vector<Row> run_problem(cudnnHandle_t h, cudaStream_t stream, const ConvLay
     Result simple = read_outputs(P, op, stream);
     r.diff_simple = max_rel_diff(simple, results[0]);
     poison_outputs(P, op, stream);
+    r.tiled = time_calls(stream, o, [&] { barecnn_run(P, op, gpu::ConvImpl::Tiled, stream); });
+    r.diff_tiled = max_rel_diff(read_outputs(P, op, stream), results[0]);
+    poison_outputs(P, op, stream);
+    r.gemm = gpu::conv2d_uses_gemm(P.s, op == Op::Forward    ? gpu::ConvOp::Forward
+                                        : op == Op::BwdInput ? gpu::ConvOp::BackwardInput
+                                                             : gpu::ConvOp::BackwardWeight);
     r.fast = time_calls(stream, o, [&] { barecnn_run(P, op, gpu::ConvImpl::Fast, stream); });
     Result fast = read_outputs(P, op, stream);
     r.diff_fast = max_rel_diff(fast, results[0]);
     r.diff_tf32 = max_rel_diff(fast, results[1]);
-    r.flagged_fp32 = r.cudnn_ok[0] && !(r.diff_simple <= kFp32Tolerance && r.diff_fast <= kFp32Tolerance);
+    r.flagged_fp32 = r.cudnn_ok[0] && !(r.diff_simple <= kFp32Tolerance && r.diff_tiled <= kFp32Tolerance &&
+                                        r.diff_fast <= kFp32Tolerance);
     r.flagged_tf32 = r.cudnn_ok[1] && !(r.diff_tf32 <= kTf32Tolerance);
     g_context.clear();
     print_row(r);
@@ -824,7 +838,8 @@ int main(int argc, char** argv) {
         tf32_env ? fmt("; NVIDIA_TF32_OVERRIDE=", tf32_env, " is set (0 makes the TF32 columns FP32)").c_str() : "");
     std::printf(
         "GF/s = 2*N*K*OH*OW*C*kh*kw / time; diff = max|x - cuDNN| / max|cuDNN| (diff32: worst of simple and "
-        "fast vs FP32; diff-tf: fast vs TF32); algo: name/math type, workspace MiB, nd = non-deterministic\n\n");
+        "tiled and fast vs FP32; diff-tf: fast vs TF32; fast=: the kernel Fast ran); algo: name/math type, workspace "
+        "MiB, nd = non-deterministic\n\n");
     print_header();
 
     json rows = json::array();

@@ -1,6 +1,8 @@
 // Parity of the CUDA convolution kernels (kernels/conv2d.cu) with the double-precision CPU
-// reference (host/reference/conv2d.cpp), for both implementation levels (ConvImpl::Simple and
-// ConvImpl::Fast), on shapes that do not divide the tiles (8x8 / 16x16 pixels, 8 / 16 channels),
+// reference (host/reference/conv2d.cpp), for the three implementation levels (ConvImpl::Simple,
+// ::Tiled and ::Fast, whose implicit-GEMM kernels take the shapes with a reduction of 16+ taps),
+// on shapes that do not divide the tiles (8x8 / 16x16 pixels, 8 / 16 channels; the GEMM's 32 /
+// 64 output channels, 64 / 128 columns and 16 taps a step),
 // batch 1 and 257, channel counts 1 / 3 / 16 / 33, stride 1 / 2 / 3, padding 0 / 1 / 2, kernels
 // 1 / 3 / 5 / 7 / 3x5, kernels as large as the input, and shapes that force the fast path to fall
 // back. The weight gradient is also checked for bitwise determinism, and the fused ReLU
@@ -42,7 +44,10 @@ using test::conv_shape;
 constexpr double kRtol = 1e-5;
 double sum_atol(long long terms) { return 5e-7 * double(terms); }
 
-const char* impl_name(gpu::ConvImpl impl) { return impl == gpu::ConvImpl::Simple ? "simple" : "fast"; }
+constexpr gpu::ConvImpl kImpls[] = {gpu::ConvImpl::Simple, gpu::ConvImpl::Tiled, gpu::ConvImpl::Fast};
+const char* impl_name(gpu::ConvImpl impl) {
+  return impl == gpu::ConvImpl::Simple ? "simple" : impl == gpu::ConvImpl::Tiled ? "tiled" : "fast";
+}
 
 // Random values in [-1, 1) as float, and the same values in double for the reference.
 struct Values {
@@ -96,7 +101,7 @@ ConvOutputs run_gpu(const Conv2dShape& s, const ConvInputs& x, gpu::ConvImpl imp
   return {out.to_host(), dinp.to_host(), dweight.to_host(), with_bias ? dbias.to_host() : std::vector<float>()};
 }
 
-// Both implementations against the reference, for one shape.
+// Every implementation against the reference, for one shape.
 void check_conv(const Conv2dShape& s, uint64_t seed, bool with_bias = true) {
   SCOPED_TRACE(s.str());
   const ConvInputs x = make_inputs(s, seed);
@@ -108,7 +113,7 @@ void check_conv(const Conv2dShape& s, uint64_t seed, bool with_bias = true) {
   const long long fwd_terms = 1LL * s.C * s.kh * s.kw + 1;  // + the bias
   const long long dinp_terms = 1LL * s.K * s.kh * s.kw;
   const long long dw_terms = 1LL * s.N * s.OH * s.OW;
-  for (gpu::ConvImpl impl : {gpu::ConvImpl::Simple, gpu::ConvImpl::Fast}) {
+  for (gpu::ConvImpl impl : kImpls) {
     SCOPED_TRACE(impl_name(impl));
     const ConvOutputs g = run_gpu(s, x, impl, with_bias);
     EXPECT_TRUE(all_close(out, g.out, sum_atol(fwd_terms), kRtol)) << "conv2d_forward";
@@ -221,10 +226,59 @@ TEST(Conv2dGpu, FallsBackWhenTilesExceedSharedMemory) {
 
 TEST(Conv2dGpu, FallsBackForVeryWideKernelRows) {
   BARECNN_REQUIRE_GPU();
-  // kw = 70 > 64 taps per pass: the weight gradient falls back to the simple kernel.
+  // kw = 70 > 64 taps per pass: the tiled level's weight gradient falls back to the simple kernel
+  // (ConvImpl::Fast runs the GEMM one, whose table holds one tile of 64 taps at a time).
   const Conv2dShape s = conv_shape(2, 2, 3, 72, 2, 1, 70, 1, 0);
-  EXPECT_EQ(gpu::conv2d_backward_weight_workspace(s), 0u);
+  EXPECT_TRUE(gpu::conv2d_uses_gemm(s, gpu::ConvOp::BackwardWeight));
   check_conv(s, 303);
+}
+
+// ---- the implicit-GEMM level (ConvImpl::Fast where the reduction has 16+ taps) --------------------
+
+TEST(Conv2dGpu, ImplicitGemmTakesTheDeepNetShapesAndNotTheOthers) {
+  BARECNN_REQUIRE_GPU();
+  using gpu::ConvOp;
+  const Conv2dShape deep2 = conv_shape(64, 32, 28, 28, 32, 3, 3, 1, 1),
+                    deep4 = conv_shape(64, 64, 14, 14, 64, 3, 3, 1, 1);
+  for (ConvOp op : {ConvOp::Forward, ConvOp::BackwardInput, ConvOp::BackwardWeight}) {
+    EXPECT_TRUE(gpu::conv2d_uses_gemm(deep2, op));
+    EXPECT_TRUE(gpu::conv2d_uses_gemm(deep4, op));
+  }
+  // One input channel: the forward pass stays on the C = 1 kernel; 3x3 over one channel is 9 taps.
+  const Conv2dShape paper1 = conv_shape(64, 1, 28, 28, 32, 5, 5, 1, 2),
+                    deep1 = conv_shape(64, 1, 28, 28, 32, 3, 3, 1, 1);
+  EXPECT_FALSE(gpu::conv2d_uses_gemm(paper1, ConvOp::Forward));
+  EXPECT_TRUE(gpu::conv2d_uses_gemm(paper1, ConvOp::BackwardWeight));  // 25 taps
+  EXPECT_FALSE(gpu::conv2d_uses_gemm(deep1, ConvOp::BackwardWeight));
+  // The input gradient as a GEMM needs stride 1; the table at most 2048 taps.
+  EXPECT_FALSE(gpu::conv2d_uses_gemm(conv_shape(2, 16, 13, 13, 16, 3, 3, 2, 1), ConvOp::BackwardInput));
+  EXPECT_FALSE(gpu::conv2d_uses_gemm(conv_shape(1, 300, 9, 9, 4, 3, 3, 1, 1), ConvOp::Forward));  // 2700 taps
+}
+
+TEST(Conv2dGpu, ImplicitGemmDeepNetShapes) {
+  BARECNN_REQUIRE_GPU();
+  const int n = test::kThreadSanitizer ? 1 : 3;
+  check_conv(conv_shape(n, 32, 28, 28, 32, 3, 3, 1, 1), 601);  // 32 x 128 tiles; 28*28*n columns
+  check_conv(conv_shape(n, 32, 14, 14, 64, 3, 3, 1, 1), 602);  // 64 x 64 tiles
+  check_conv(conv_shape(n, 64, 14, 14, 64, 3, 3, 1, 1), 603);
+}
+
+TEST(Conv2dGpu, ImplicitGemmPartialTilesEverywhere) {
+  BARECNN_REQUIRE_GPU();
+  // K = 33 and C = 65 (a second, nearly empty row tile on the forward pass and the input gradient),
+  // 45 / 297 taps (not a multiple of 16 or 64), odd maps (columns not a multiple of 64 or 128).
+  check_conv(conv_shape(2, 5, 11, 9, 33, 3, 3, 1, 1), 611);
+  check_conv(conv_shape(3, 33, 7, 9, 65, 3, 3, 1, 0), 612);
+  check_conv(conv_shape(2, 65, 5, 6, 7, 3, 3, 1, 2), 613, /*with_bias=*/false);
+}
+
+TEST(Conv2dGpu, ImplicitGemmStridesPaddingsAndKernels) {
+  BARECNN_REQUIRE_GPU();
+  check_conv(conv_shape(3, 4, 15, 16, 6, 3, 5, 1, 2), 621);        // 3x5 kernel: 60 taps
+  check_conv(conv_shape(2, 3, 11, 14, 5, 3, 4, 2, 1, 1, 2), 622);  // stride 2 x 1: the input gradient tiled
+  check_conv(conv_shape(2, 16, 6, 7, 20, 1, 1, 1, 2), 623);        // 1x1, padding 2 > kh - 1: padding -2
+  check_conv(conv_shape(2, 16, 12, 13, 20, 5, 5, 2, 2), 624);      // stride 2
+  check_conv(conv_shape(2, 2, 20, 20, 3, 20, 20, 1, 3), 625);      // 800 taps, 7x7 output
 }
 
 // ---- fused ReLU (conv2d_forward's fuse_relu, the backward ops' relu_out) -------------------------
@@ -332,7 +386,7 @@ void check_conv_relu(const Conv2dShape& s, uint64_t seed, bool with_bias = true)
   ASSERT_GT(neg_share, 0.25) << "test data: too few negative pre-activations";
   ASSERT_LT(neg_share, 0.75) << "test data: too few positive pre-activations";
 
-  for (gpu::ConvImpl impl : {gpu::ConvImpl::Simple, gpu::ConvImpl::Fast}) {
+  for (gpu::ConvImpl impl : kImpls) {
     SCOPED_TRACE(impl_name(impl));
     const ReluChains r = run_relu_chains(s, x, impl, with_bias);
 
@@ -392,12 +446,20 @@ TEST(Conv2dReluGpu, SixteenChannelsKernel5NoPadding) {
   check_conv_relu(conv_shape(2, 16, 14, 13, 8, 5, 5, 1, 0), 506, /*with_bias=*/false);
 }
 
+TEST(Conv2dReluGpu, ImplicitGemmShapes) {
+  BARECNN_REQUIRE_GPU();
+  check_conv_relu(conv_shape(2, 32, 14, 14, 40, 3, 3, 1, 1), 509);  // 64 x 64 tiles, K = 40
+  check_conv_relu(conv_shape(3, 16, 9, 11, 32, 3, 3, 1, 1), 510, /*with_bias=*/false);
+}
+
 TEST(Conv2dReluGpu, FastPathFallsBack) {
   BARECNN_REQUIRE_GPU();
   // 65x65 filters: the forward and input-gradient tiles exceed 48 KB of shared memory and
-  // kw = 65 > 64 taps per pass, so under ConvImpl::Fast all three ops run the simple kernels.
+  // kw = 65 > 64 taps per pass, so under ConvImpl::Tiled all three ops run the simple kernels
+  // (Fast: 8450 taps, too many for the GEMM's table on the forward pass and the input gradient;
+  // the GEMM weight gradient runs).
   const Conv2dShape s = conv_shape(2, 2, 71, 69, 3, 65, 65, 1, 1);
-  EXPECT_EQ(gpu::conv2d_backward_weight_workspace(s), 0u);
+  EXPECT_FALSE(gpu::conv2d_uses_gemm(s, gpu::ConvOp::Forward));
   check_conv_relu(s, 507);
   // C = 1 with 500 filters: the C = 1 kernel would stage all of them (52 KB of shared memory with
   // the input tile), so the forward pass falls back to the general tiled kernel.
@@ -408,10 +470,11 @@ TEST(Conv2dReluGpu, FastPathFallsBack) {
 
 TEST(Conv2dGpu, WeightGradientIsBitwiseDeterministic) {
   BARECNN_REQUIRE_GPU();
-  // Batch 257: the fast path cuts the (n, oh, ow) sum into many chunks.
+  // Batch 257: the tiled and GEMM weight gradients cut the (n, oh, ow) sum into many chunks.
   const Conv2dShape s = conv_shape(257, 3, 13, 11, 16, 3, 3, 1, 1);
+  ASSERT_TRUE(gpu::conv2d_uses_gemm(s, gpu::ConvOp::BackwardWeight));
   const ConvInputs x = make_inputs(s, 401);
-  for (gpu::ConvImpl impl : {gpu::ConvImpl::Simple, gpu::ConvImpl::Fast}) {
+  for (gpu::ConvImpl impl : kImpls) {
     SCOPED_TRACE(impl_name(impl));
     const ConvOutputs a = run_gpu(s, x, impl, true), b = run_gpu(s, x, impl, true);
     ASSERT_EQ(a.dweight.size(), b.dweight.size());
@@ -438,7 +501,7 @@ TEST(Conv2dGpu, RejectsAnOutputSizeThatDoesNotFollowTheGeometry) {
   Conv2dShape s = conv_shape(1, 1, 8, 8, 1, 3, 3, 1, 0);
   s.OW += 1;
   DeviceBuffer<float> inp(s.in_numel()), weight(s.weight_numel()), out(64);
-  for (gpu::ConvImpl impl : {gpu::ConvImpl::Simple, gpu::ConvImpl::Fast})
+  for (gpu::ConvImpl impl : kImpls)
     EXPECT_THROW(gpu::conv2d_forward(out.data(), inp.data(), weight.data(), nullptr, s, impl, 0), Error)
         << impl_name(impl);
 }

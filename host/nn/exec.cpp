@@ -13,8 +13,8 @@
 //   permutation
 //   batchnorm, dropout        gpu::          cpu::             ref::
 // cpu:: has fast versions of the ops that dominate a CPU step (host/cpu/); the others are cheap
-// and run the reference in float. The GPU conv runs the kernels ex.conv_impl names (Simple or
-// Fast: gpu_ops.h); its workspace is GPU-only (the CPU ops need none).
+// and run the reference in float. The GPU conv runs the kernels ex.conv_impl names (Simple,
+// Tiled or Fast: gpu_ops.h); its workspace is GPU-only (the CPU ops need none).
 #include "barecnn/exec.h"
 
 #include <algorithm>
@@ -429,8 +429,9 @@ namespace {
 gpu::ConvImpl conv_impl_from_env() {
   const char* v = std::getenv("BARECNN_CONV_IMPL");
   if (v == nullptr || *v == '\0' || std::strcmp(v, "fast") == 0) return gpu::ConvImpl::Fast;
+  if (std::strcmp(v, "tiled") == 0) return gpu::ConvImpl::Tiled;
   if (std::strcmp(v, "simple") == 0) return gpu::ConvImpl::Simple;
-  throw UsageError(fmt("BARECNN_CONV_IMPL=", v, ": expected 'simple' or 'fast' (or unset, which means fast)"));
+  throw UsageError(fmt("BARECNN_CONV_IMPL=", v, ": expected 'simple', 'tiled' or 'fast' (or unset, which means fast)"));
 }
 
 }  // namespace

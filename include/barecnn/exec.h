@@ -183,8 +183,8 @@ class FlushSubnormals;
 }
 
 // An Exec with a GpuContext of its own on Device::CUDA (for callers that do not share one). On
-// CUDA its conv_impl comes from the environment variable BARECNN_CONV_IMPL=simple|fast (unset:
-// fast); any other value is a UsageError. On the CPU it flushes subnormals to zero on the calling
+// CUDA its conv_impl comes from the environment variable BARECNN_CONV_IMPL=simple|tiled|fast
+// (unset: fast); any other value is a UsageError. On the CPU it flushes subnormals to zero on the calling
 // thread and the OpenMP threads while it lives (cpu::FlushSubnormals, cpu_ops.h): every command
 // that trains, evaluates, predicts or benchmarks on the CPU runs inside one.
 class ExecContext {

@@ -24,11 +24,14 @@ namespace barecnn {
 
 namespace gpu {
 
-// Which kernels the three conv2d launchers below run. Fast: the tiled kernels, each falling back
-// to Simple where its shape limits do not hold; Simple: one thread per output, the baseline. The
-// callers carry the choice (Exec::conv_impl; the tests and the conv lab check both against the
-// reference).
-enum class ConvImpl : int { Simple, Fast };
+// Which kernels the three conv2d launchers below run. Simple: one thread per output, the
+// baseline. Tiled: the direct kernels with shared-memory tiles (and the two-stage weight
+// gradient), each falling back to Simple where its shape limits do not hold. Fast (the default):
+// the implicit-GEMM kernels with register tiles where they apply (two or more input channels for
+// the forward pass, stride 1 for the input gradient, a reduction of 16 to 2048 taps; the weight
+// gradient from 16 taps), Tiled elsewhere. The callers carry the choice (Exec::conv_impl; the tests
+// and the conv lab check all three against the reference).
+enum class ConvImpl : int { Simple, Tiled, Fast };
 
 // Same ops, same argument order, on `stream`. All pointers are device pointers.
 //
@@ -43,10 +46,13 @@ void conv2d_backward_input(float* dinp, const float* dout, const float* weight, 
                            cudaStream_t stream, const float* relu_out = nullptr);
 // Deterministic: no floating-point atomics. `workspace` is scratch for the two-stage reduction,
 // of conv2d_backward_weight_workspace(s) floats (may be null when that is 0); the same size with
-// or without relu_out, and for either ConvImpl.
+// or without relu_out, and for every ConvImpl.
 void conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, const Conv2dShape& s,
                             float* workspace, ConvImpl impl, cudaStream_t stream, const float* relu_out = nullptr);
 size_t conv2d_backward_weight_workspace(const Conv2dShape& s);
+// Whether ConvImpl::Fast runs the implicit-GEMM kernel for this op and shape (else the tiled level).
+enum class ConvOp : int { Forward, BackwardInput, BackwardWeight };
+bool conv2d_uses_gemm(const Conv2dShape& s, ConvOp op);
 
 void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2dShape& s, cudaStream_t stream);
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s, cudaStream_t stream);
