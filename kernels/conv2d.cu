@@ -520,9 +520,9 @@ __global__ void conv2d_backward_weight_reduce_kernel(float* dweight, float* dbia
 // product over its im2col matrix, never materialized:
 //   out[n, m, p] = sum over r of A[m, r] * B[r, (n, p)]
 // with p = (oh, ow) of the output map and r = one tap of one source channel, and give every thread
-// a TM x TN block of results in registers, so each value staged in shared memory feeds 4
-// multiply-adds. The (c, i, j) decode of r is done once per block into a table in shared memory,
-// not per element.
+// a TM x TN block of results in registers (4 x 4), so each value staged in shared memory feeds 4
+// multiply-adds. The (c, i, j) decode of r is done once per block into a
+// table in shared memory, not per element.
 //
 //   forward:           A = weight (K x C*kh*kw, contiguous), B = im2col(inp), m = k;
 //   input gradient:    at stride 1 the gradient is a forward convolution of dout with the weights
@@ -536,7 +536,6 @@ __global__ void conv2d_backward_weight_reduce_kernel(float* dweight, float* dbia
 // chunk, then the chunks in order): deterministic, but not the order of the direct kernels, so
 // the bits differ from theirs by float rounding.
 
-constexpr int kGemmThreads = 256;            // forward / input gradient: threads per block
 constexpr int kGemmBK = 16;                  // reduction entries staged per step
 constexpr int kGemmMaxR = 2048;              // the longest reduction (table in shared memory: 3 ints each)
 constexpr int kGemmMinR = 16;                // shorter reductions (C = 1, 3x3) stay on the direct kernels
@@ -573,22 +572,26 @@ __device__ __forceinline__ void gemm_table_entry(const GemmConv& g, int r, int& 
   a_off = BWD_INPUT ? c * g.Cw * taps + (taps - 1 - t) : r;
 }
 
-// conv2d_gemm_kernel<BM, BN, BWD_INPUT, FUSE_RELU>: forward, or the input gradient at stride 1.
-// Block: 256 threads; computes out rows m0 .. m0+BM-1 for BN consecutive columns col0 .. of the
-//        N*OH*OW columns (n, oh, ow), looping over r in steps of kGemmBK: stage A (BK x BM) and
-//        B (BK x BN) in shared memory, then every thread adds its 4 x 4 products per r.
-// Thread: rows m0 + tm*4 + a (a < 4), columns col0 + tn + (BN/4)*b (b < 4): a warp stores
+// conv2d_gemm_kernel<BM, BN, TM, TN, BWD_INPUT, FUSE_RELU>: forward, or the input gradient at stride 1.
+// Block: (BM/TM) * (BN/TN) threads; computes out rows m0 .. m0+BM-1 for BN consecutive columns
+//        col0 .. of the N*OH*OW columns (n, oh, ow), looping over r in steps of kGemmBK: stage A
+//        (BK x BM) and B (BK x BN) in shared memory, then every thread adds its TM x TN products
+//        per r. The next step's operands are loaded into registers while this step computes.
+// Thread: rows m0 + tm*TM + a (a < TM), columns col0 + tn + (BN/TN)*b (b < TN): a warp stores
 //         consecutive columns. For the staging each thread loads one fixed column of B.
 // Grid:  (ceil(N*OH*OW / BN), ceil(M / BM)). Dynamic shared memory: the table, 3*R ints.
 // out: (N, M, OH, OW). FUSE_RELU: forward: stores relu(acc + bias); input gradient: B is staged as
 // dout * relu'(y), y = relu_out (N, K, OH, OW) of the layer (conv_grad_value).
-template <int BM, int BN, bool BWD_INPUT, bool FUSE_RELU>
-__global__ void __launch_bounds__(kGemmThreads) conv2d_gemm_kernel(float* out, const float* src, const float* relu_out,
-                                                                   const float* weight, const float* bias, GemmConv g) {
-  constexpr int TN = BN / 4;  // threads along the columns
-  constexpr int ROWS_PER_PASS = kGemmThreads / BN;
-  static_assert((BM / 4) * (BN / 4) == kGemmThreads, "4 x 4 results per thread");
-  static_assert(kGemmThreads % BN == 0 && kGemmBK % ROWS_PER_PASS == 0, "B staging");
+template <int BM, int BN, int TM, int TN, bool BWD_INPUT, bool FUSE_RELU>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+    conv2d_gemm_kernel(float* out, const float* src, const float* relu_out, const float* weight, const float* bias,
+                       GemmConv g) {
+  constexpr int THREADS = (BM / TM) * (BN / TN);
+  constexpr int TCOLS = BN / TN;  // threads along the columns
+  constexpr int ROWS_PER_PASS = THREADS / BN;
+  constexpr int B_LOADS = kGemmBK / ROWS_PER_PASS;  // B values a thread stages per step
+  constexpr int A_LOADS = BM * kGemmBK / THREADS;   // A values a thread stages per step
+  static_assert(THREADS % BN == 0 && kGemmBK % ROWS_PER_PASS == 0 && (BM * kGemmBK) % THREADS == 0, "staging");
   BARECNN_STATIC_SHARED(float, s_a, kGemmBK*(BM + 1));  // (BK, BM + 1): A transposed, padded
   BARECNN_STATIC_SHARED(float, s_b, kGemmBK* BN);       // (BK, BN)
   BARECNN_DYNAMIC_SHARED(int, s_tab);                   // (3, R): b_off, tij, a_off
@@ -597,7 +600,7 @@ __global__ void __launch_bounds__(kGemmThreads) conv2d_gemm_kernel(float* out, c
   int* t_aoff = s_tab + 2 * g.R;
 
   const int tid = threadIdx.x;
-  for (int r = tid; r < g.R; r += kGemmThreads) gemm_table_entry<BWD_INPUT>(g, r, t_boff[r], t_ij[r], t_aoff[r]);
+  for (int r = tid; r < g.R; r += THREADS) gemm_table_entry<BWD_INPUT>(g, r, t_boff[r], t_ij[r], t_aoff[r]);
 
   const int P = g.OH * g.OW;
   const long long cols = (long long)g.N * P;
@@ -619,23 +622,19 @@ __global__ void __launch_bounds__(kGemmThreads) conv2d_gemm_kernel(float* out, c
   }
   const int lrow = tid / BN;  // first of the B rows it stages, then every ROWS_PER_PASS
 
-  const int tm = tid / TN, tn = tid % TN;
-  float acc[4][4];
+  // One step's operands, from global memory into registers: A entry e = tid + THREADS*u is
+  // (k = e % BK, m = e / BK); B row k = lrow + ROWS_PER_PASS*q of this thread's column.
+  float a_reg[A_LOADS], b_reg[B_LOADS];
+  auto load_step = [&](int r0) {
 #pragma unroll
-  for (int a = 0; a < 4; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b) acc[a][b] = 0.f;
-  __syncthreads();  // the table
-
-  for (int r0 = 0; r0 < g.R; r0 += kGemmBK) {
-    for (int e = tid; e < BM * kGemmBK; e += kGemmThreads) {
-      const int k = e % kGemmBK, m = e / kGemmBK;
-      const int r = r0 + k, mm = m0 + m;
-      s_a[k * (BM + 1) + m] = (r < g.R && mm < g.M) ? weight[(long long)mm * a_mstride + t_aoff[r]] : 0.f;
+    for (int u = 0; u < A_LOADS; ++u) {
+      const int e = tid + THREADS * u;
+      const int r = r0 + e % kGemmBK, m = m0 + e / kGemmBK;
+      a_reg[u] = (r < g.R && m < g.M) ? weight[(long long)m * a_mstride + t_aoff[r]] : 0.f;
     }
 #pragma unroll
-    for (int q = 0; q < kGemmBK / ROWS_PER_PASS; ++q) {
-      const int k = lrow + q * ROWS_PER_PASS, r = r0 + k;
+    for (int q = 0; q < B_LOADS; ++q) {
+      const int r = r0 + lrow + q * ROWS_PER_PASS;
       float v = 0.f;
       if (lvalid && r < g.R) {
         const int ij = t_ij[r];
@@ -645,32 +644,52 @@ __global__ void __launch_bounds__(kGemmThreads) conv2d_gemm_kernel(float* out, c
           v = BWD_INPUT ? conv_grad_value<FUSE_RELU>(src, relu_out, idx) : src[idx];
         }
       }
-      s_b[k * BN + tid % BN] = v;
+      b_reg[q] = v;
     }
+  };
+
+  const int tm = tid / TCOLS, tn = tid % TCOLS;
+  float acc[TM][TN];
+#pragma unroll
+  for (int a = 0; a < TM; ++a)
+#pragma unroll
+    for (int b = 0; b < TN; ++b) acc[a][b] = 0.f;
+  __syncthreads();  // the table
+  load_step(0);
+
+  for (int r0 = 0; r0 < g.R; r0 += kGemmBK) {
+#pragma unroll
+    for (int u = 0; u < A_LOADS; ++u) {
+      const int e = tid + THREADS * u;
+      s_a[(e % kGemmBK) * (BM + 1) + e / kGemmBK] = a_reg[u];
+    }
+#pragma unroll
+    for (int q = 0; q < B_LOADS; ++q) s_b[(lrow + q * ROWS_PER_PASS) * BN + tid % BN] = b_reg[q];
     __syncthreads();
+    if (r0 + kGemmBK < g.R) load_step(r0 + kGemmBK);  // in flight while this step computes
 #pragma unroll
     for (int k = 0; k < kGemmBK; ++k) {
-      float av[4], bv[4];
+      float av[TM], bv[TN];
 #pragma unroll
-      for (int a = 0; a < 4; ++a) av[a] = s_a[k * (BM + 1) + tm * 4 + a];
+      for (int a = 0; a < TM; ++a) av[a] = s_a[k * (BM + 1) + tm * TM + a];
 #pragma unroll
-      for (int b = 0; b < 4; ++b) bv[b] = s_b[k * BN + tn + TN * b];
+      for (int b = 0; b < TN; ++b) bv[b] = s_b[k * BN + tn + TCOLS * b];
 #pragma unroll
-      for (int a = 0; a < 4; ++a)
+      for (int a = 0; a < TM; ++a)
 #pragma unroll
-        for (int b = 0; b < 4; ++b) acc[a][b] += av[a] * bv[b];
+        for (int b = 0; b < TN; ++b) acc[a][b] += av[a] * bv[b];
     }
     __syncthreads();  // the next step overwrites both tiles
   }
 
 #pragma unroll
-  for (int b = 0; b < 4; ++b) {
-    const long long col = col0 + tn + TN * b;
+  for (int b = 0; b < TN; ++b) {
+    const long long col = col0 + tn + TCOLS * b;
     if (col >= cols) continue;
     const int n = int(col / P), p = int(col - (long long)n * P);
 #pragma unroll
-    for (int a = 0; a < 4; ++a) {
-      const int m = m0 + tm * 4 + a;
+    for (int a = 0; a < TM; ++a) {
+      const int m = m0 + tm * TM + a;
       if (m >= g.M) continue;
       const long long o = ((long long)n * g.M + m) * P + p;
       if constexpr (BWD_INPUT)
@@ -881,11 +900,15 @@ bool gemm_shape_ok(const GemmConv& g) {
          g.kw < 32768;
 }
 
-// BM x BN = 32 x 128 for up to 32 output channels, 64 x 64 above; the grid's size.
+// The block shape: BM x BN = 32 x 128 for up to 32 output channels, 64 x 64 above, 4 x 4 results
+// a thread, 256 threads. Measured on an H200 against 8 x 4 (32 x 128 / 64 x 128) and 8 x 8 (64 x
+// 128) results a thread: as fast or faster on deep's shapes at batch 64 (up to 1.7x), within 10%
+// at batch 1024 (RESULTS.md). Every result is the same sum in the same order whatever the tile,
+// so the choice changes the speed only, never the bits. The grid's size.
+constexpr int kGemmThreads = 256;
 int gemm_bm(const GemmConv& g) { return g.M <= 32 ? 32 : 64; }
-long long gemm_grid_x(const GemmConv& g) {
-  return ceil_div((long long)g.N * g.OH * g.OW, (long long)(kGemmThreads * 16 / gemm_bm(g)));
-}
+int gemm_bn(const GemmConv& g) { return g.M <= 32 ? 128 : 64; }
+long long gemm_grid_x(const GemmConv& g) { return ceil_div((long long)g.N * g.OH * g.OW, (long long)gemm_bn(g)); }
 long long gemm_grid_y(const GemmConv& g) { return ceil_div((long long)g.M, (long long)gemm_bm(g)); }
 bool gemm_applies(const GemmConv& g) {
   return gemm_shape_ok(g) && gemm_grid_x(g) <= INT_MAX && gemm_grid_y(g) <= kMaxGridYZ;
@@ -895,14 +918,13 @@ bool gemm_applies(const GemmConv& g) {
 template <bool BWD_INPUT, bool FUSE_RELU>
 void launch_gemm(float* out, const float* src, const float* relu_out, const float* weight, const float* bias,
                  const GemmConv& g, cudaStream_t stream) {
-  const int BM = gemm_bm(g);
   const size_t smem = size_t(3) * g.R * sizeof(int);
   const dim3 grid(unsigned(gemm_grid_x(g)), unsigned(gemm_grid_y(g)));
-  if (BM == 32) {
-    BARECNN_LAUNCH((conv2d_gemm_kernel<32, 128, BWD_INPUT, FUSE_RELU>), grid, kGemmThreads, smem, stream, out, src,
-                   relu_out, weight, bias, g);
+  if (gemm_bm(g) == 32) {
+    BARECNN_LAUNCH((conv2d_gemm_kernel<32, 128, 4, 4, BWD_INPUT, FUSE_RELU>), grid, kGemmThreads, smem, stream, out,
+                   src, relu_out, weight, bias, g);
   } else {
-    BARECNN_LAUNCH((conv2d_gemm_kernel<64, 64, BWD_INPUT, FUSE_RELU>), grid, kGemmThreads, smem, stream, out, src,
+    BARECNN_LAUNCH((conv2d_gemm_kernel<64, 64, 4, 4, BWD_INPUT, FUSE_RELU>), grid, kGemmThreads, smem, stream, out, src,
                    relu_out, weight, bias, g);
   }
 }
