@@ -5,8 +5,10 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
+#include "barecnn/error.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/gpu_ops.h"
 #include "barecnn/net.h"
@@ -348,4 +350,30 @@ TEST_F(TrainGpu, ProgressPollsLeaveNoStaleError) {
   c.opt.epochs = 1;
   EXPECT_NO_THROW(train(c));
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+// BARECNN_CONV_IMPL picks the GPU's conv kernels (exec.h); unset means fast, and a value it does
+// not know stops with a message naming the variable, the value and the choices.
+TEST(ExecContextGpu, ConvImplComesFromTheEnvironment) {
+  BARECNN_REQUIRE_GPU();
+  struct Restore {
+    ~Restore() { unsetenv("BARECNN_CONV_IMPL"); }
+  } restore;
+  unsetenv("BARECNN_CONV_IMPL");
+  EXPECT_EQ(ExecContext(Device::CUDA).exec().conv_impl, gpu::ConvImpl::Fast);
+  const std::pair<const char*, gpu::ConvImpl> known[] = {
+      {"simple", gpu::ConvImpl::Simple}, {"tiled", gpu::ConvImpl::Tiled}, {"fast", gpu::ConvImpl::Fast}};
+  for (const auto& [name, impl] : known) {
+    setenv("BARECNN_CONV_IMPL", name, 1);
+    EXPECT_EQ(ExecContext(Device::CUDA).exec().conv_impl, impl) << name;
+  }
+  setenv("BARECNN_CONV_IMPL", "gemm", 1);
+  try {
+    ExecContext ctx(Device::CUDA);
+    FAIL() << "no error for BARECNN_CONV_IMPL=gemm";
+  } catch (const UsageError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("BARECNN_CONV_IMPL=gemm"), std::string::npos) << m;
+    EXPECT_NE(m.find("'tiled'"), std::string::npos) << m;
+  }
 }
