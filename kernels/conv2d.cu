@@ -716,11 +716,13 @@ __global__ void __launch_bounds__(kWgThreads)
                              GemmConv g, long long chunk) {
   BARECNN_STATIC_SHARED(float, s_d, kWgBK*(kWgBM + 1));  // (BK, 32 + 1)
   BARECNN_STATIC_SHARED(float, s_b, kWgBK*(kWgBN + 1));  // (BK, 64 + 1)
-  BARECNN_STATIC_SHARED(int, s_tab, 3 * kWgBN);          // b_off, tij, unused a_off per tap of the tile
+  BARECNN_STATIC_SHARED(int, s_tab, 2 * kWgBN);          // b_off, tij per tap of the tile
   const int tid = threadIdx.x;
   const int r0 = blockIdx.x * kWgBN, k0 = blockIdx.y * kWgBM, p = blockIdx.z;
-  if (tid < kWgBN && r0 + tid < g.R)
-    gemm_table_entry<false>(g, r0 + tid, s_tab[tid], s_tab[kWgBN + tid], s_tab[2 * kWgBN + tid]);
+  if (tid < kWgBN && r0 + tid < g.R) {
+    int a_off;  // A's column: not needed here (dout is read directly)
+    gemm_table_entry<false>(g, r0 + tid, s_tab[tid], s_tab[kWgBN + tid], a_off);
+  }
 
   const int P = g.OH * g.OW;
   const long long Q = (long long)g.N * P;
@@ -893,12 +895,13 @@ GemmConv gemm_backward_input_view(const Conv2dShape& s) {
       s.N, s.C, s.K * s.kh * s.kw, s.K, s.OH, s.OW, s.H, s.W, s.kh, s.kw, 1, 1, s.kh - 1 - s.ph, s.kw - 1 - s.pw, s.C};
 }
 
-// What every implicit-GEMM kernel needs: a reduction of kGemmMinR .. kGemmMaxR taps (its table),
-// a source image that int offsets reach, taps that pack into 16 bits each.
-bool gemm_shape_ok(const GemmConv& g) {
-  return g.R >= kGemmMinR && g.R <= kGemmMaxR && (long long)g.Cs * g.Hs * g.Ws <= INT_MAX && g.kh < 32768 &&
-         g.kw < 32768;
+// What every implicit-GEMM kernel needs: a source image that int offsets reach, taps that pack
+// into 16 bits each, and at least kGemmMinR taps; the forward / input-gradient kernel's table holds
+// at most kGemmMaxR.
+bool gemm_offsets_ok(const GemmConv& g) {
+  return g.R >= kGemmMinR && (long long)g.Cs * g.Hs * g.Ws <= INT_MAX && g.kh < 32768 && g.kw < 32768;
 }
+bool gemm_shape_ok(const GemmConv& g) { return gemm_offsets_ok(g) && g.R <= kGemmMaxR; }
 
 // The block shape: BM x BN = 32 x 128 for up to 32 output channels, 64 x 64 above, 4 x 4 results
 // a thread, 256 threads. Measured on an H200 against 8 x 4 (32 x 128 / 64 x 128) and 8 x 8 (64 x
@@ -935,13 +938,10 @@ bool gemm_forward_applies(const Conv2dShape& s) { return s.C > 1 && gemm_applies
 bool gemm_backward_input_applies(const Conv2dShape& s) {
   return s.sh == 1 && s.sw == 1 && gemm_applies(gemm_backward_input_view(s));
 }
-// The weight gradient as a GEMM: its table covers one tile of taps, so only the lower bound on R
-// and the int offsets matter.
+// The weight gradient as a GEMM: its table covers one tile of taps, so R has no upper bound.
 bool gemm_wgrad_applies(const Conv2dShape& s) {
   const GemmConv g = gemm_forward_view(s);
-  return g.R >= kGemmMinR && (long long)g.Cs * g.Hs * g.Ws <= INT_MAX && g.kh < 32768 && g.kw < 32768 &&
-         ceil_div((long long)g.M, (long long)kWgBM) <= kMaxGridYZ &&
-         ceil_div((long long)g.R, (long long)kWgBN) <= INT_MAX;
+  return gemm_offsets_ok(g) && ceil_div((long long)g.M, (long long)kWgBM) <= kMaxGridYZ;
 }
 // Its number of chunks: about kWgTargetBlocks blocks, chunks of at least kWgMinChunk positions.
 // A function of the shape only, so the summation order is the same on every GPU.
@@ -1006,37 +1006,30 @@ void conv2d_backward_weight_impl(float* dweight, float* dbias, const float* dout
                                  cudaStream_t stream) {
   const long long wn = s.weight_numel();
   const long long total = wn + (dbias ? s.K : 0);
-  if (impl == gpu::ConvImpl::Fast && gemm_wgrad_applies(s)) {
+  // Two stages through the workspace: the GEMM kernel (Fast, where it applies) or the tiled one
+  // write P partial sums, then one kernel adds them in order. Stage 2 sums partials that already
+  // carry the mask: the same kernel with or without it.
+  const bool gemm = impl == gpu::ConvImpl::Fast && gemm_wgrad_applies(s);
+  if (gemm || (impl != gpu::ConvImpl::Simple && wgrad_fast_ok(s))) {
     BARECNN_ASSERT(workspace != nullptr, "conv2d_backward_weight: the workspace is null; it needs ",
                    gpu::conv2d_backward_weight_workspace(s), " floats (conv2d_backward_weight_workspace) for ",
                    s.str());
-    const GemmConv g = gemm_forward_view(s);
-    const int P = gemm_wgrad_chunks(s);
+    const int P = gemm ? gemm_wgrad_chunks(s) : wgrad_chunks(s);
     const long long chunk = ceil_div((long long)s.N * s.OH * s.OW, (long long)P);
     float* wpart = workspace;                                        // (P, K, C, kh, kw)
     float* bpart = dbias ? workspace + (long long)P * wn : nullptr;  // (P, K)
-    const dim3 grid(unsigned(ceil_div(g.R, kWgBN)), unsigned(ceil_div(g.M, kWgBM)), unsigned(P));
-    BARECNN_LAUNCH((conv2d_gemm_wgrad_kernel<FUSE_RELU>), grid, kWgThreads, 0, stream, wpart, bpart, dout, relu_out,
-                   inp, g, chunk);
-    CUDA_CHECK_LAUNCH("conv2d_backward_weight (implicit GEMM, stage 1)", s.str());
-    BARECNN_LAUNCH(conv2d_backward_weight_reduce_kernel, grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
-                   dweight, dbias, wpart, bpart, wn, s.K, P, total);
-    CUDA_CHECK_LAUNCH("conv2d_backward_weight (implicit GEMM, stage 2)", s.str());
-    return;
-  }
-  if (impl != gpu::ConvImpl::Simple && wgrad_fast_ok(s)) {
-    BARECNN_ASSERT(workspace != nullptr, "conv2d_backward_weight: the workspace is null; it needs ",
-                   gpu::conv2d_backward_weight_workspace(s), " floats (conv2d_backward_weight_workspace) for ",
-                   s.str());
-    const int P = wgrad_chunks(s);
-    const long long chunk = ceil_div((long long)s.N * s.OH * s.OW, (long long)P);
-    float* wpart = workspace;                                        // (P, K, C, kh, kw)
-    float* bpart = dbias ? workspace + (long long)P * wn : nullptr;  // (P, K)
-    const dim3 grid(unsigned((long long)s.K * s.C), unsigned(P));
-    BARECNN_LAUNCH((conv2d_backward_weight_partial_kernel<FUSE_RELU>), grid, kWgradBlock, 0, stream, wpart, bpart, dout,
-                   relu_out, inp, s, chunk);
-    CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 1: partial sums)", s.str());
-    // Stage 2 sums partials that already carry the mask: the same kernel with or without it.
+    if (gemm) {
+      const GemmConv g = gemm_forward_view(s);
+      const dim3 grid(unsigned(ceil_div(g.R, kWgBN)), unsigned(ceil_div(g.M, kWgBM)), unsigned(P));
+      BARECNN_LAUNCH((conv2d_gemm_wgrad_kernel<FUSE_RELU>), grid, kWgThreads, 0, stream, wpart, bpart, dout, relu_out,
+                     inp, g, chunk);
+      CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 1: partial sums, implicit GEMM)", s.str());
+    } else {
+      const dim3 grid(unsigned((long long)s.K * s.C), unsigned(P));
+      BARECNN_LAUNCH((conv2d_backward_weight_partial_kernel<FUSE_RELU>), grid, kWgradBlock, 0, stream, wpart, bpart,
+                     dout, relu_out, inp, s, chunk);
+      CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 1: partial sums)", s.str());
+    }
     BARECNN_LAUNCH(conv2d_backward_weight_reduce_kernel, grid_for(total, kSimpleBlock), kSimpleBlock, 0, stream,
                    dweight, dbias, wpart, bpart, wn, s.K, P, total);
     CUDA_CHECK_LAUNCH("conv2d_backward_weight (stage 2: sum of partials)", s.str());
@@ -1096,8 +1089,8 @@ bool conv2d_uses_gemm(const Conv2dShape& s, ConvOp op) {
 
 size_t conv2d_backward_weight_workspace(const Conv2dShape& s) {
   check_conv2d_shape(s, "conv2d_backward_weight_workspace");
-  // The fast kernel's size whatever the ConvImpl (and with or without the fused ReLU), so a buffer
-  // sized once stays valid.
+  // The larger of the tiled and GEMM levels' sizes whatever the ConvImpl (and with or without the
+  // fused ReLU), so a buffer sized once stays valid.
   size_t n = 0;
   if (wgrad_fast_ok(s)) n = size_t(wgrad_chunks(s)) * size_t(s.weight_numel() + s.K);
   if (gemm_wgrad_applies(s)) n = std::max(n, size_t(gemm_wgrad_chunks(s)) * size_t(s.weight_numel() + s.K));
