@@ -531,6 +531,34 @@ TEST(CpuIsa, Avx512GivesTheBitsOfAvx2) {
   }
 }
 
+// sgemm_nt cuts a long reduction into K blocks but asks a fill (conv backward-weight's im2col) for
+// one block: each output's 8 lane partial sums carry across blocks, so the blocking changes no bit.
+// Reductions the plain GEMM cuts into 2-5 blocks (1100 past 512 columns at 70 rows, 2352 past 1024
+// at 32 rows: `paper` and `deep` backward-weight's calls), tails of 8 lanes, accumulating; every ISA.
+TEST(CpuGemm, OneFilledBlockGivesTheBitsOfTheBlockedReduction) {
+  Restore restore;
+  const std::tuple<int, int, int> shapes[] = {{70, 13, 1100}, {32, 25, 2352}, {32, 288, 2350},
+                                              {64, 9, 2049},  {5, 3, 600},    {1, 1, 7}};
+  uint64_t seed = 900;
+  for (cpu::CpuIsa isa : isas()) {
+    cpu::set_cpu_isa(isa);
+    for (auto [M, N, K] : shapes) {
+      const Data a = make_data(size_t(M) * K, seed++, 1.0), b = make_data(size_t(N) * K, seed++, 1.0),
+                 c0 = make_data(size_t(M) * N, seed++, 1.0);
+      const std::string label = std::string(cpu::cpu_isa_name(isa)) + " " + std::to_string(M) + "x" +
+                                std::to_string(N) + "x" + std::to_string(K);
+      for (bool acc : {false, true}) {
+        std::vector<float> plain = acc ? c0.f : nans(size_t(M) * N), filled = plain;
+        int fills = -1;
+        cpu::detail::gemm_nt(M, N, K, a.f.data(), K, b.f.data(), K, plain.data(), N, acc);
+        cpu::detail::gemm_nt_filled(M, N, K, a.f.data(), K, b.f.data(), K, filled.data(), N, acc, &fills);
+        EXPECT_EQ(fills, 1) << label;
+        EXPECT_TRUE(same_bits(plain, filled)) << label << (acc ? " +=" : "");
+      }
+    }
+  }
+}
+
 // The two GEMMs themselves, on every kind of edge of both builds' tiles: rows 1-17 (partial row
 // tiles and row pairs), columns 1-65 (partial 16- and 32-column tiles, partial 8-row B tiles),
 // reductions 1-600 (tails of 8 lanes, several K blocks), and shapes past the M, N and K blocks;

@@ -867,9 +867,9 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
       for (int n0 = g * G; n0 < n_end; n0 += cat) {
         const int nc = std::min(cat, n_end - n0);
         if (nc > 1) {
-          // nc images side by side: dcat (K, nc*P) and col (CKK, nc*P). col is built one K block
-          // of the GEMM at a time (ColBlocks), each just before the GEMM reads it, so that it is
-          // still in L2: the same values and the same GEMM as with the whole col built first.
+          // nc images side by side: dcat (K, nc*P) and col (CKK, nc*P). col is built by ColBlocks
+          // when the GEMM asks for it (all of it at once: sgemm_nt takes a filled B in one block);
+          // the same values and the same GEMM as with col built first.
           const int width = nc * P;
           float* dcat = scratch(doutbuf, (size_t)s.K * width);
           for (int m = 0; m < nc; m++) {  // image m's gradient (K, P) written into its columns

@@ -83,6 +83,22 @@ void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long
              bool accumulate) {
   sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
+void gemm_nt_filled(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+                    bool accumulate, int* fills) {
+  struct Ctx {
+    const float* B;
+    long ldb;
+    int* fills;
+  } ctx{B, ldb, fills};
+  auto fill = [](void* c, int pc, int, long* ld) -> const float* {
+    const Ctx& x = *static_cast<Ctx*>(c);
+    ++*x.fills;
+    *ld = x.ldb;
+    return x.B + pc;
+  };
+  *fills = 0;
+  sgemm_nt(M, N, K, A, lda, nullptr, 0, C, ldc, accumulate, fill, &ctx);
+}
 }  // namespace detail
 
 // ---- ISA switch (see sgemm.h) ----
