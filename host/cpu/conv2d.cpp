@@ -462,8 +462,8 @@ static void wide_rows(float* out, long long out_plane, int out_y0, const float* 
 // written to a buffer and read back around each short sum, costs as much as the sums. These loops
 // keep each sum in a register: an output vector (16 pixels of a row) is one chain of FMAs started
 // from the bias, over the taps (i, j) in ascending order: the GEMM's chain for each element (the
-// same bits). Several chains at a time so that they overlap: four rows of four (3x3) or two (5x5)
-// channels, or for the pool two channels x four vectors (two rows x 32 pixels). The taps read the
+// same bits). Several chains at a time so that they overlap: four rows of four channels, or for
+// the pool four channels x four vectors (two rows x 32 pixels). The taps read the
 // block's zero-padded rows as the wide rows do; lanes past a row's end compute on what follows it
 // and are never stored.
 static bool direct_c1(const Conv2dShape& s) {
@@ -471,8 +471,11 @@ static bool direct_c1(const Conv2dShape& s) {
 }
 
 // acc[q][r] = bias[k + q] + sum over taps (i, j) of w[k + q][i][j] * pos[r][i*Wp + j .. + 16).
-// Per kernel row i: the Q*KW weights broadcast into registers once, then for each of the R
-// positions its KW input vectors, each feeding Q chains: a load or a broadcast per ~2 FMAs.
+// Tap by tap: the Q weights of the tap broadcast and the R input vectors loaded once each, then
+// Q x R FMAs: Q + R loads per Q*R FMAs (4 + 4 per 16 with Q = R = 4). (Kernel row by kernel row,
+// with the Q*KW weights held, took Q*KW + R*KW loads per Q*R*KW FMAs: 10 + 20 per 40 for 5x5 with
+// Q = 2, and an unaligned input vector costs two loads where it crosses a cache line.) Each
+// chain's order is the taps' (i, then j): the same bits either way.
 template <int KW, int Q, int R>
 [[gnu::target("avx512f,fma")]] static inline void c1_chains(__m512 (&acc)[Q][R], const float* const (&pos)[R], long Wp,
                                                             int kh, const float* w, const float* bias, int k) {
@@ -483,23 +486,23 @@ template <int KW, int Q, int R>
     for (int r = 0; r < R; r++) acc[q][r] = b;
   }
   for (int i = 0; i < kh; i++) {
-    __m512 wv[Q][KW];
 #pragma GCC unroll 8
-    for (int q = 0; q < Q; q++)
+    for (int j = 0; j < KW; j++) {
+      __m512 wv[Q], in[R];
 #pragma GCC unroll 8
-      for (int j = 0; j < KW; j++) wv[q][j] = _mm512_set1_ps(w[((long long)(k + q) * kh + i) * KW + j]);
+      for (int q = 0; q < Q; q++) {
+        wv[q] = _mm512_set1_ps(w[((long long)(k + q) * kh + i) * KW + j]);
+        asm("" : "+v"(wv[q]));  // one broadcast into a register: not one per FMA ({1to16} operands)
+      }
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) {
-      __m512 in[KW];
-#pragma GCC unroll 8
-      for (int j = 0; j < KW; j++) {
-        in[j] = _mm512_loadu_ps(pos[r] + i * Wp + j);
-        asm("" : "+v"(in[j]));  // one load into a register: not folded into each of the Q FMAs that read it
+      for (int r = 0; r < R; r++) {
+        in[r] = _mm512_loadu_ps(pos[r] + i * Wp + j);
+        asm("" : "+v"(in[r]));  // one load into a register: not folded into each of the Q FMAs that read it
       }
 #pragma GCC unroll 8
       for (int q = 0; q < Q; q++)
 #pragma GCC unroll 8
-        for (int j = 0; j < KW; j++) acc[q][r] = _mm512_fmadd_ps(wv[q][j], in[j], acc[q][r]);
+        for (int r = 0; r < R; r++) acc[q][r] = _mm512_fmadd_ps(wv[q], in[r], acc[q][r]);
     }
   }
 }
@@ -531,6 +534,13 @@ template <int KW, int Q, int R>
       for (int r = 0; r < R; r++)
         _mm512_mask_storeu_ps(o + (k + q) * P + r * s.OW, m, relu ? relu16(acc[q][r]) : acc[q][r]);
   }
+  for (; k + 2 <= s.K; k += 2) {  // what is left of K (lenet5's 6 channels): two, then one at a time
+    __m512 acc[2][R];
+    c1_chains<KW, 2, R>(acc, pos, Wp, s.kh, w, bias, k);
+    for (int q = 0; q < 2; q++)
+      for (int r = 0; r < R; r++)
+        _mm512_mask_storeu_ps(o + (k + q) * P + r * s.OW, m, relu ? relu16(acc[q][r]) : acc[q][r]);
+  }
   for (; k < s.K; k++) {
     __m512 acc[1][R];
     c1_chains<KW, 1, R>(acc, pos, Wp, s.kh, w, bias, k);
@@ -539,12 +549,12 @@ template <int KW, int Q, int R>
 }
 
 // out_n (K, OH, OW) rows [y0, y1) = conv (relu: relu(conv)) of the padded rows `plane`: four rows
-// at a time (four channels for 3x3, two for 5x5: the registers hold them), then one.
+// at a time, then one; four channels at a time, then two, then one.
 template <int KW>
 [[gnu::target("avx512f,fma")]] static void conv_c1_rows_avx512(float* out_n, const float* plane, const float* w,
                                                                const float* bias, const Conv2dShape& s, int y0, int y1,
                                                                bool relu) {
-  constexpr int Q = KW == 3 ? 4 : 2;
+  constexpr int Q = 4;
   const long Wp = s.OW + KW - 1;
   for (int x0 = 0; x0 < s.OW; x0 += 16) {
     const __mmask16 m = tail_mask(s.OW - x0);
@@ -555,8 +565,8 @@ template <int KW>
 }
 
 // pooled_n, mask_n (K, POH, POW) rows [oh0, oh1) = 2x2 stride-2 max pooling of relu(conv) of the
-// padded rows `plane` (rows y0..): sixteen windows of two channels at a time from four vectors
-// of sums each (two rows x 32 pixels), pooled in registers (relu_maxpool_16_avx512).
+// padded rows `plane` (rows y0..): sixteen windows of four channels at a time (then two, one) from
+// four vectors of sums each (two rows x 32 pixels), pooled in registers (relu_maxpool_16_avx512).
 template <int KW>
 [[gnu::target("avx512f,fma")]] static void conv_c1_relu_maxpool_avx512(float* pooled_n, int32_t* mask_n,
                                                                        const float* plane, const float* w,
@@ -573,10 +583,17 @@ template <int KW>
       const long long o = (long long)oh * ps.OW + ow;
       const int corner = 2 * oh * s.OW + 2 * ow;
       int k = 0;
+      for (; k + 4 <= s.K; k += 4) {
+        __m512 acc[4][4];
+        c1_chains<KW, 4, 4>(acc, pos, Wp, s.kh, w, bias, k);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++)
+          relu_maxpool_16_avx512(pooled_n + (k + q) * PP + o, mask_n + (k + q) * PP + o, m, acc[q][0], acc[q][1],
+                                 acc[q][2], acc[q][3], corner, s.OW);
+      }
       for (; k + 2 <= s.K; k += 2) {
         __m512 acc[2][4];
         c1_chains<KW, 2, 4>(acc, pos, Wp, s.kh, w, bias, k);
-#pragma GCC unroll 2
         for (int q = 0; q < 2; q++)
           relu_maxpool_16_avx512(pooled_n + (k + q) * PP + o, mask_n + (k + q) * PP + o, m, acc[q][0], acc[q][1],
                                  acc[q][2], acc[q][3], corner, s.OW);
