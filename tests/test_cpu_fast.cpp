@@ -59,8 +59,8 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       conv_shape(1, 9, 13, 11, 4, 3, 2, 1, 1, 3, 0),    // pad 3 > kh - 1, batch 1: 8 row blocks
       conv_shape(3, 5, 6, 20, 5, 1, 4, 1, 1, 0, 3),     // 1x4 kernel, pad (0, 3): dout padded by (0, 0)
       conv_shape(2, 40, 40, 40, 40, 3, 3, 1, 1, 1, 1),  // planes over 256 KiB: several row blocks
-      // backward_weight: 3 images side by side (585 columns), cut into K blocks of 296 that
-      // straddle the images (col built block by block):
+      // backward_weight: 3 images side by side (585 columns, one K block: the col built across
+      // the images by ColBlocks; the blocked form's bits, CpuGemm below):
       conv_shape(40, 2, 13, 15, 64, 3, 3, 1, 1, 1, 1),
       // one input channel (the direct AVX-512 loops): a 2x3 kernel, 9 channels (not a multiple of
       // the loops' 4 or 2), 9 rows (not of 4), 19 columns (a 16-pixel vector and a tail of 3);
