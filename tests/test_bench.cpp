@@ -324,6 +324,24 @@ TEST(BenchCli, BadJsonPathFailsBeforeBenchmarking) {
   EXPECT_NE(reps.out.find("--reps must be >= 1, got 0"), std::string::npos) << reps.out;
 }
 
+// --threads sets the threads of the ops and of the measured peaks (as train's --threads); out of
+// range it is refused, naming the flag, before anything is measured.
+TEST(BenchCli, ThreadsFlagSetsTheThreads) {
+  std::string dir = test::fresh_dir("bench_threads");
+  std::string path = dir + "/bench.json";
+  Result r = run("bench --device cpu --arch \"conv(2,3) relu dense(3)\" --batch 2 --reps 1 --threads 1 --json " + path);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  json j = json::parse(read_file(path, "bench json"));
+  EXPECT_EQ(j["peaks"]["threads"], 1) << j.dump(2);
+  EXPECT_NE(r.out.find("(" + std::string(cpu::peak_isa()) + ", 1 thread)"), std::string::npos) << r.out;
+  for (const char* bad : {"-1", "1025"}) {
+    Result b = run(std::string("bench --device cpu --batch 2 --reps 1 --threads ") + bad);
+    EXPECT_EQ(b.rc, 2) << bad << "\n" << b.out;
+    EXPECT_NE(b.out.find("--threads must be"), std::string::npos) << b.out;
+    EXPECT_EQ(b.out.find("measured peaks"), std::string::npos) << "benchmarked anyway:\n" << b.out;
+  }
+}
+
 // ---- on a GPU ----------------------------------------------------------------------------------
 
 // Positive, and below what the chip could do at its top clock: SMs x 128 FP32 lanes x 2 FLOPs x

@@ -213,9 +213,10 @@ nlohmann::ordered_json report_json(const BenchReport& r) {
 }
 
 int bench_main(const std::string& arch, int batch, const std::string& device_flag, int reps, const std::string& input,
-               std::optional<bool> fuse, const std::string& json_path) {
+               std::optional<bool> fuse, const std::string& json_path, int threads) {
   check_at_least(batch, 1, "--batch");
   check_at_least(reps, 1, "--reps");
+  check_threads(threads);
   if (!json_path.empty()) {  // fail before the benchmark, not after it
     std::string dir = json_path.find('/') == std::string::npos ? "." : json_path.substr(0, json_path.rfind('/'));
     ensure_writable_dir(dir.empty() ? "/" : dir, "--json");
@@ -223,6 +224,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
       throw UsageError(
           fmt("--json ", json_path, ": is a folder; name a file, e.g. ", path_join(json_path, "bench.json")));
   }
+  if (threads > 0) omp_set_num_threads(threads);  // the ops' threads and the peaks' alike
   BenchReport rep;
   Device dev = choose_device(device_flag, &rep.why);
   Net net(arch, parse_input_dims(input, "--input"));
@@ -240,7 +242,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     rep.peak_flops = gpu::measure_peak_fp32_flops();
     rep.peak_bytes_per_s = gpu::measure_peak_bandwidth();
   } else {
-    // As many threads as the CPU ops get (OpenMP's default, --threads elsewhere, OMP_NUM_THREADS).
+    // As many threads as the CPU ops get (--threads, else OpenMP's default: OMP_NUM_THREADS or all cores).
     rep.peak_threads = omp_get_max_threads();
     rep.peak_isa = cpu::peak_isa();
     rep.gemm_isa = cpu::cpu_isa_name(cpu::cpu_isa());
@@ -392,7 +394,7 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
 Runner add_bench(CLI::App& app) {
   struct Opts {
     std::string arch = "paper", device = "auto", input = "1x28x28", json, fuse = "auto";
-    int batch = 64, reps = 20;
+    int batch = 64, reps = 20, threads = 0;
   };
   auto o = std::make_shared<Opts>();
   auto* bench = app.add_subcommand("bench", "per-layer forward/backward times, step time, images/s");
@@ -401,6 +403,8 @@ Runner add_bench(CLI::App& app) {
   bench->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();
   bench->add_option("--reps", o->reps, "timed repetitions")->capture_default_str();
   bench->add_option("--input", o->input, "input shape CxHxW")->capture_default_str();
+  bench->add_option("--threads", o->threads, "CPU threads (0: OpenMP's default, OMP_NUM_THREADS or all cores)")
+      ->capture_default_str();
   bench->add_option("--json", o->json, "also write the figures (per layer, totals, peaks) as JSON to this file");
   bench
       ->add_option("--fuse", o->fuse,
@@ -410,7 +414,9 @@ Runner add_bench(CLI::App& app) {
   bench->footer(
       "Examples:\n  barecnn bench --arch paper --batch 256\n"
       "  barecnn bench --arch deep --batch 1024 --json bench-deep.json");
-  return [o] { return bench_main(o->arch, o->batch, o->device, o->reps, o->input, parse_fuse(o->fuse), o->json); };
+  return [o] {
+    return bench_main(o->arch, o->batch, o->device, o->reps, o->input, parse_fuse(o->fuse), o->json, o->threads);
+  };
 }
 
 }  // namespace barecnn::cli

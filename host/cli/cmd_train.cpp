@@ -155,8 +155,7 @@ Runner add_train(CLI::App& app) {
     check_at_least(tc.opt.epochs, 1, "--epochs");
     check_at_least(tc.spec.batch, 1, "--batch");
     check_at_least(tc.spec.limit, 0, "--limit");
-    check_at_least(tc.opt.threads, 0, "--threads");
-    if (tc.opt.threads > 1024) throw UsageError(fmt("--threads must be from 0 to 1024, got ", tc.opt.threads));
+    check_threads(tc.opt.threads);
     check_at_least(tc.opt.checkpoint_every, 0, "--checkpoint-every");
     tc.spec.seed = parse_seed(o->seed);
     tc.opt.device = lower(tc.opt.device);

@@ -22,6 +22,8 @@ Runner add_info(CLI::App& app);
 
 // "--batch must be >= 1, got 0" unless `value` >= `min`.
 void check_at_least(long long value, long long min, const char* flag);
+// --threads: 0 (OpenMP's default: OMP_NUM_THREADS, else every core) to 1024.
+void check_threads(long long value);
 // --seed: an integer from 0 to 2^64 - 1 and nothing else (CLI11 would wrap -1 around).
 uint64_t parse_seed(const std::string& value);
 // --flag on|off.

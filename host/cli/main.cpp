@@ -23,6 +23,11 @@ void check_at_least(long long value, long long min, const char* flag) {
   if (value < min) throw UsageError(fmt(flag, " must be >= ", min, ", got ", value));
 }
 
+void check_threads(long long value) {
+  check_at_least(value, 0, "--threads");
+  if (value > 1024) throw UsageError(fmt("--threads must be from 0 to 1024, got ", value));
+}
+
 uint64_t parse_seed(const std::string& s) {
   char* end = nullptr;
   errno = 0;
