@@ -517,16 +517,13 @@ static const float* c1_plane(std::vector<float>& buf, const float* inp_n, const 
   return pl;
 }
 
-// R output rows y.. at columns x0..x0+15 (m: the valid ones) of every channel, Q channels at a time.
+// Channels k, k+1, ... Q at a time while Q are left, of R output rows (o: the first row's first
+// column of channel 0, rows s.OW apart, channels P apart; m: the valid columns). Returns the first
+// channel not done.
 template <int KW, int Q, int R>
-[[gnu::target("avx512f,fma")]] static inline void c1_rows(float* out_n, const float* plane, long Wp, const float* w,
-                                                          const float* bias, const Conv2dShape& s, int y0, int y,
-                                                          int x0, __mmask16 m, bool relu) {
-  const long long P = (long long)s.OH * s.OW;
-  const float* pos[R];
-  for (int r = 0; r < R; r++) pos[r] = plane + (y + r - y0) * Wp + x0;
-  float* o = out_n + (long long)y * s.OW + x0;
-  int k = 0;
+[[gnu::target("avx512f,fma"), gnu::always_inline]] static inline int c1_rows_channels(
+    float* o, const float* const (&pos)[R], long Wp, const float* w, const float* bias, const Conv2dShape& s,
+    long long P, __mmask16 m, bool relu, int k) {
   for (; k + Q <= s.K; k += Q) {
     __m512 acc[Q][R];
     c1_chains<KW, Q, R>(acc, pos, Wp, s.kh, w, bias, k);
@@ -534,18 +531,22 @@ template <int KW, int Q, int R>
       for (int r = 0; r < R; r++)
         _mm512_mask_storeu_ps(o + (k + q) * P + r * s.OW, m, relu ? relu16(acc[q][r]) : acc[q][r]);
   }
-  for (; k + 2 <= s.K; k += 2) {  // what is left of K (lenet5's 6 channels): two, then one at a time
-    __m512 acc[2][R];
-    c1_chains<KW, 2, R>(acc, pos, Wp, s.kh, w, bias, k);
-    for (int q = 0; q < 2; q++)
-      for (int r = 0; r < R; r++)
-        _mm512_mask_storeu_ps(o + (k + q) * P + r * s.OW, m, relu ? relu16(acc[q][r]) : acc[q][r]);
-  }
-  for (; k < s.K; k++) {
-    __m512 acc[1][R];
-    c1_chains<KW, 1, R>(acc, pos, Wp, s.kh, w, bias, k);
-    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(o + k * P + r * s.OW, m, relu ? relu16(acc[0][r]) : acc[0][r]);
-  }
+  return k;
+}
+
+// R output rows y.. at columns x0..x0+15 (m: the valid ones) of every channel: four channels at a
+// time, then two (lenet5's 6), then one.
+template <int KW, int R>
+[[gnu::target("avx512f,fma")]] static inline void c1_rows(float* out_n, const float* plane, long Wp, const float* w,
+                                                          const float* bias, const Conv2dShape& s, int y0, int y,
+                                                          int x0, __mmask16 m, bool relu) {
+  const long long P = (long long)s.OH * s.OW;
+  const float* pos[R];
+  for (int r = 0; r < R; r++) pos[r] = plane + (y + r - y0) * Wp + x0;
+  float* o = out_n + (long long)y * s.OW + x0;
+  int k = c1_rows_channels<KW, 4, R>(o, pos, Wp, w, bias, s, P, m, relu, 0);
+  k = c1_rows_channels<KW, 2, R>(o, pos, Wp, w, bias, s, P, m, relu, k);
+  c1_rows_channels<KW, 1, R>(o, pos, Wp, w, bias, s, P, m, relu, k);
 }
 
 // out_n (K, OH, OW) rows [y0, y1) = conv (relu: relu(conv)) of the padded rows `plane`: four rows
@@ -554,14 +555,30 @@ template <int KW>
 [[gnu::target("avx512f,fma")]] static void conv_c1_rows_avx512(float* out_n, const float* plane, const float* w,
                                                                const float* bias, const Conv2dShape& s, int y0, int y1,
                                                                bool relu) {
-  constexpr int Q = 4;
   const long Wp = s.OW + KW - 1;
   for (int x0 = 0; x0 < s.OW; x0 += 16) {
     const __mmask16 m = tail_mask(s.OW - x0);
     int y = y0;
-    for (; y + 4 <= y1; y += 4) c1_rows<KW, Q, 4>(out_n, plane, Wp, w, bias, s, y0, y, x0, m, relu);
-    for (; y < y1; y++) c1_rows<KW, Q, 1>(out_n, plane, Wp, w, bias, s, y0, y, x0, m, relu);
+    for (; y + 4 <= y1; y += 4) c1_rows<KW, 4>(out_n, plane, Wp, w, bias, s, y0, y, x0, m, relu);
+    for (; y < y1; y++) c1_rows<KW, 1>(out_n, plane, Wp, w, bias, s, y0, y, x0, m, relu);
   }
+}
+
+// Channels k, k+1, ... Q at a time while Q are left, of sixteen pooling windows (pos: their two rows
+// x 32 pixels; o: their first output; m: the valid ones). Returns the first channel not done.
+template <int KW, int Q>
+[[gnu::target("avx512f,fma"), gnu::always_inline]] static inline int c1_pool_channels(
+    float* pooled_n, int32_t* mask_n, const float* const (&pos)[4], long Wp, const float* w, const float* bias,
+    const Conv2dShape& s, long long PP, long long o, __mmask16 m, int corner, int k) {
+  for (; k + Q <= s.K; k += Q) {
+    __m512 acc[Q][4];
+    c1_chains<KW, Q, 4>(acc, pos, Wp, s.kh, w, bias, k);
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; q++)
+      relu_maxpool_16_avx512(pooled_n + (k + q) * PP + o, mask_n + (k + q) * PP + o, m, acc[q][0], acc[q][1], acc[q][2],
+                             acc[q][3], corner, s.OW);
+  }
+  return k;
 }
 
 // pooled_n, mask_n (K, POH, POW) rows [oh0, oh1) = 2x2 stride-2 max pooling of relu(conv) of the
@@ -582,28 +599,9 @@ template <int KW>
       const float* const pos[4] = {r0, r0 + 16, r0 + Wp, r0 + Wp + 16};
       const long long o = (long long)oh * ps.OW + ow;
       const int corner = 2 * oh * s.OW + 2 * ow;
-      int k = 0;
-      for (; k + 4 <= s.K; k += 4) {
-        __m512 acc[4][4];
-        c1_chains<KW, 4, 4>(acc, pos, Wp, s.kh, w, bias, k);
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; q++)
-          relu_maxpool_16_avx512(pooled_n + (k + q) * PP + o, mask_n + (k + q) * PP + o, m, acc[q][0], acc[q][1],
-                                 acc[q][2], acc[q][3], corner, s.OW);
-      }
-      for (; k + 2 <= s.K; k += 2) {
-        __m512 acc[2][4];
-        c1_chains<KW, 2, 4>(acc, pos, Wp, s.kh, w, bias, k);
-        for (int q = 0; q < 2; q++)
-          relu_maxpool_16_avx512(pooled_n + (k + q) * PP + o, mask_n + (k + q) * PP + o, m, acc[q][0], acc[q][1],
-                                 acc[q][2], acc[q][3], corner, s.OW);
-      }
-      for (; k < s.K; k++) {
-        __m512 acc[1][4];
-        c1_chains<KW, 1, 4>(acc, pos, Wp, s.kh, w, bias, k);
-        relu_maxpool_16_avx512(pooled_n + k * PP + o, mask_n + k * PP + o, m, acc[0][0], acc[0][1], acc[0][2],
-                               acc[0][3], corner, s.OW);
-      }
+      int k = c1_pool_channels<KW, 4>(pooled_n, mask_n, pos, Wp, w, bias, s, PP, o, m, corner, 0);
+      k = c1_pool_channels<KW, 2>(pooled_n, mask_n, pos, Wp, w, bias, s, PP, o, m, corner, k);
+      c1_pool_channels<KW, 1>(pooled_n, mask_n, pos, Wp, w, bias, s, PP, o, m, corner, k);
     }
 }
 
