@@ -67,6 +67,14 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       // 5x5 over 40 columns (three vectors, two of pooled windows):
       conv_shape(3, 1, 10, 19, 9, 2, 3, 1, 1, 0, 1),
       conv_shape(2, 1, 37, 40, 5, 5, 5, 1, 1, 2, 2),
+      // one input channel, K a multiple of 16, 3x3 or 5x5 (backward-weight with the channels in
+      // the lanes): odd output sizes (pixels in no 2x2 cell: a last row, a last column), K = 16
+      // and 48 (one vector; two then one), 19 images in 10 groups, the widest padded row (64), no
+      // padding:
+      conv_shape(3, 1, 11, 13, 16, 5, 5, 1, 1, 2, 2),
+      conv_shape(19, 1, 9, 10, 48, 3, 3, 1, 1, 1, 1),
+      conv_shape(2, 1, 7, 62, 16, 3, 3, 1, 1, 1, 1),
+      conv_shape(2, 1, 12, 9, 32, 5, 5, 1, 1, 0, 0),
   };
 }
 

@@ -19,7 +19,10 @@
 // Stride 1 (every preset), forward and gather backward-input: col_n and dcol_n are never copied
 // out; the GEMM reads each row straight from zero-padded image rows (the "wide rows" below).
 // Other strides, and backward-weight: im2col copies. One input channel (the first convs) under
-// AVX-512: the forward's short sums in registers, no GEMM (direct loops below). With the ReLU and
+// AVX-512: the forward's short sums in registers, no GEMM (direct loops below); and with 3x3 or
+// 5x5 kernels and K a multiple of 16, backward-weight with the channels in the vector lanes, no
+// im2col, no expanded gradient behind a fused pool (backward_weight_c1, its own order of the
+// sums). With the ReLU and
 // a max pooling after the conv fused (Net's plan), the forward pools each block of rows while it
 // is in cache (conv2d_forward_relu_maxpool) and the backward ops rebuild the conv's gradient from
 // the pooled one (OutGrad).
@@ -838,6 +841,396 @@ struct ColBlocks {
   }
 };
 
+// ---- one input channel, K a multiple of 16: backward-weight with the channels in the lanes ----
+// With C = 1 (the first convs) dW[k][i][j] and the bias gradient are sums over the output pixels p
+// of dout[k][p] times one value of p's patch (inp[oh + i - ph][ow + j - pw], and 1 for the bias:
+// "tap" KK = kh*kw), only kh*kw + 1 terms per pixel and channel. As a GEMM over im2col (above)
+// that takes the gradient expanded to every pixel, the im2col copy and a pass for the bias sums,
+// each as costly as a fair part of the GEMM. Here a vector holds 16 channels' sums of one tap: per
+// pixel, the gradient vectors of its channels (a row of the gradient transposed to (pixel,
+// channel)) times its patch values broadcast from the zero-padded image, one FMA per (tap,
+// vector); each weight is one chain of FMAs, nothing is added up across lanes. With the 2x2
+// stride-2 max pooling fused, the pixel gradients come from the pooled ones (the winner's class
+// in its window selects it, +0 elsewhere), so nothing is expanded.
+//
+// The order of each weight's sum (one chain): the images of a group in order; in each image the
+// 2x2 cells (oh / 2, ow / 2) row by row, each cell's four pixels top-left, top-right,
+// bottom-left, bottom-right; then the pixels of an odd last row or column (no cell) in pixel order.
+// Then the groups in order, as backward_weight adds its partials. The fused and the unfused
+// chain compute the same terms in the same order (every pixel's, the +0 ones too): the same bits,
+// and under AVX2 (8 channels a vector) the same chains as under AVX-512.
+static constexpr int kC1Stride = 64;  // the padded image's row stride in floats (patch offsets are constants)
+
+// Where this form is used: a function of the shape (and of the ISA only between AVX2 / AVX-512,
+// which give the same bits, and the baseline build's GEMM, which rounds differently anyway), so
+// that the fused and the unfused ops of a net always take the same form. 3x3 and 5x5 kernels (the
+// AVX-512 loops hold all 10 or 26 taps' accumulators for 32 channels, the patch offsets
+// constants), K a multiple of 16 (whole vectors: `lenet5`'s K = 6 keeps the GEMM, which wastes
+// no lanes), a padded row of at most kC1Stride floats.
+static bool c1_lanes(const Conv2dShape& s) {
+  const CpuIsa isa = cpu_isa();
+  return (isa == CpuIsa::Avx2 || isa == CpuIsa::Avx512) && s.C == 1 && s.sh == 1 && s.sw == 1 &&
+         ((s.kh == 5 && s.kw == 5) || (s.kh == 3 && s.kw == 3)) && s.K % 16 == 0 && s.W + 2 * s.pw <= kC1Stride;
+}
+
+// The pixels in the order of the sums: position i is pixel (oh, ow) with xo[i] = oh*kC1Stride + ow
+// (its patch's corner in the padded image) and pos[oh*OW + ow] = i; the first 4*cells positions
+// are the cells'.
+struct C1Order {
+  int cells = 0;
+  std::vector<int32_t> xo, pos, corner;  // corner[w]: cell w's top-left pixel, 2*cy*OW + 2*cx
+  explicit C1Order(const Conv2dShape& s) {
+    const int CH = s.OH / 2, CW = s.OW / 2;
+    cells = CH * CW;
+    corner.assign(size_t(cells) + 16, 0);
+    for (int w = 0; w < cells; w++) corner[size_t(w)] = 2 * (w / CW) * s.OW + 2 * (w % CW);
+    std::vector<int32_t> pix;
+    auto add = [&](int oh, int ow) { pix.push_back(oh * s.OW + ow), xo.push_back(oh * kC1Stride + ow); };
+    for (int cy = 0; cy < CH; cy++)
+      for (int cx = 0; cx < CW; cx++)
+        for (int c = 0; c < 4; c++) add(2 * cy + (c >> 1), 2 * cx + (c & 1));
+    for (int oh = 0; oh < s.OH; oh++)
+      for (int ow = 0; ow < s.OW; ow++)
+        if (oh >= 2 * CH || ow >= 2 * CW) add(oh, ow);
+    pos.resize(pix.size());
+    for (size_t i = 0; i < pix.size(); i++) pos[size_t(pix[i])] = int32_t(i);
+  }
+};
+
+// pl (Hp, kC1Stride): the image zero-padded by (ph, pw).
+static void c1_plane64(float* pl, const float* inp_n, const Conv2dShape& s) {
+  const int Hp = s.H + 2 * s.ph;
+  std::memset(pl, 0, sizeof(float) * size_t(Hp) * kC1Stride);
+  for (int h = 0; h < s.H; h++)
+    copy_run(pl + (long long)(h + s.ph) * kC1Stride + s.pw, inp_n + (long long)h * s.W, s.W);
+}
+
+// dst (n rows, ldd apart) = the transpose of the 16 x n block src (rows lds apart), n <= 16; row i
+// goes to dst + rows[i] * ldd where rows is given.
+[[gnu::target("avx512f")]] static void transpose16(float* dst, long ldd, const float* src, long lds, int n,
+                                                   const int32_t* rows) {
+  const __mmask16 m = tail_mask(n);
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_maskz_loadu_ps(m, src + i * lds);
+  // Two-source permutes throughout (GCC 12 warns about the undefined pass-through of
+  // unpack / shuffle): 4 x 4 blocks inside each 128-bit lane, then the 4 x 4 grid of the blocks.
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29);
+  const __m512i hi = _mm512_setr_epi32(2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31);
+  const __m512i pairs01 = _mm512_setr_epi32(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+  const __m512i pairs23 = _mm512_setr_epi32(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  const __m512i blocks01 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i blocks23 = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const __m512i even = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+  const __m512i odd = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int g = 0; g < 4; g++) {  // t[4g + j] lane L: column 4L + j of the rows 4g .. 4g + 3
+    const __m512 t0 = _mm512_permutex2var_ps(r[4 * g], lo, r[4 * g + 1]);
+    const __m512 t1 = _mm512_permutex2var_ps(r[4 * g], hi, r[4 * g + 1]);
+    const __m512 t2 = _mm512_permutex2var_ps(r[4 * g + 2], lo, r[4 * g + 3]);
+    const __m512 t3 = _mm512_permutex2var_ps(r[4 * g + 2], hi, r[4 * g + 3]);
+    t[4 * g] = _mm512_permutex2var_ps(t0, pairs01, t2), t[4 * g + 1] = _mm512_permutex2var_ps(t0, pairs23, t2);
+    t[4 * g + 2] = _mm512_permutex2var_ps(t1, pairs01, t3), t[4 * g + 3] = _mm512_permutex2var_ps(t1, pairs23, t3);
+  }
+  for (int j = 0; j < 4; j++) {  // row 4L + j = lane L of t[j], t[4 + j], t[8 + j], t[12 + j]
+    const __m512 p0 = _mm512_permutex2var_ps(t[j], blocks01, t[4 + j]);
+    const __m512 p1 = _mm512_permutex2var_ps(t[j], blocks23, t[4 + j]);
+    const __m512 p2 = _mm512_permutex2var_ps(t[8 + j], blocks01, t[12 + j]);
+    const __m512 p3 = _mm512_permutex2var_ps(t[8 + j], blocks23, t[12 + j]);
+    r[j] = _mm512_permutex2var_ps(p0, even, p2), r[4 + j] = _mm512_permutex2var_ps(p0, odd, p2);
+    r[8 + j] = _mm512_permutex2var_ps(p1, even, p3), r[12 + j] = _mm512_permutex2var_ps(p1, odd, p3);
+  }
+  for (int i = 0; i < n; i++) _mm512_storeu_ps(dst + (rows ? rows[i] : i) * ldd, r[i]);
+}
+// The same, 8 x 8 with AVX2 (n <= 8).
+[[gnu::target("avx2")]] static void transpose8(float* dst, long ldd, const float* src, long lds, int n,
+                                               const int32_t* rows) {
+  const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256 r[8];
+  for (int i = 0; i < 8; i++) r[i] = _mm256_maskload_ps(src + i * lds, m);
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+  for (int i = 0; i < n; i++) _mm256_storeu_ps(dst + (rows ? rows[i] : i) * ldd, r[i]);
+}
+// dst (cols, K) = src (K, cols) transposed (rows ld apart), K a multiple of 16; column j to row
+// rows[j] where rows is given.
+static void c1_transpose(float* dst, const float* src, long ld, int K, int cols, const int32_t* rows = nullptr) {
+  const bool avx512 = cpu_isa() == CpuIsa::Avx512;
+  const int B = avx512 ? 16 : 8;
+  for (int k = 0; k < K; k += B)
+    for (int p = 0; p < cols; p += B) {
+      const int n = std::min(B, cols - p);
+      const int32_t* rp = rows ? rows + p : nullptr;
+      float* d = dst + (rows ? 0 : (long long)p * K) + k;
+      if (avx512)
+        transpose16(d, K, src + (long long)k * ld + p, ld, n, rp);
+      else
+        transpose8(d, K, src + (long long)k * ld + p, ld, n, rp);
+    }
+}
+
+// vt, ct (cells, K) from a fused 2x2 stride-2 max pooling's gradient dp, values y and mask m (K,
+// cells): each window's gradient (expand_2x2_avx512's value: +0 + dp, the ReLU's mask applied)
+// and where in its cell the winner lies (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right),
+// as a float; a cell's values for all channels in a row. Blocks of 16 channels x 16 cells,
+// computed along the cells and transposed through a block in L1.
+[[gnu::target("avx512f")]] static void c1_cells_avx512(float* vt, float* ct, const float* dp, const float* y,
+                                                       const int32_t* m, int K, int OW, const C1Order& ord) {
+  const int cells = ord.cells;
+  const __m512i ow_v = _mm512_set1_epi32(OW), shift = _mm512_set1_epi32(2 - OW);
+  alignas(64) float bv[16 * 16], bc[16 * 16];
+  for (int k0 = 0; k0 < K; k0 += 16)
+    for (int w0 = 0; w0 < cells; w0 += 16) {
+      const __mmask16 mw = tail_mask(cells - w0);
+      const __m512i corner = _mm512_loadu_si512(ord.corner.data() + w0);
+      for (int i = 0; i < 16; i++) {
+        const long long e = (long long)(k0 + i) * cells + w0;
+        _mm512_store_ps(bv + 16 * i,
+                        pooled_grad16(_mm512_maskz_loadu_ps(mw, dp + e), _mm512_maskz_loadu_ps(mw, y + e)));
+        __m512i at = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(mw, m + e), corner);
+        at = _mm512_mask_add_epi32(at, _mm512_cmpge_epi32_mask(at, ow_v), at, shift);  // OW, OW + 1 -> 2, 3
+        _mm512_store_ps(bc + 16 * i, _mm512_maskz_cvtepi32_ps(mw, at));
+      }
+      const int n = std::min(16, cells - w0);
+      transpose16(vt + (long long)w0 * K + k0, K, bv, 16, n, nullptr);
+      transpose16(ct + (long long)w0 * K + k0, K, bc, 16, n, nullptr);
+    }
+}
+// v, c (K, cells) as above, not transposed, with AVX2, 8 cells a vector: the last of a row loads
+// its cells masked and stores all 8 lanes (the lanes past the row are written over by the next
+// row, or land in the 8 floats of slack after v and c).
+[[gnu::target("avx2")]] static void c1_cells_avx2(float* v, float* c, const float* dp, const float* y, const int32_t* m,
+                                                  int K, int CH, int CW, int OW) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), two_l = _mm256_add_epi32(iota, iota);
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f);
+  const long long cells = (long long)CH * CW;
+  for (int k = 0; k < K; k++)
+    for (int cy = 0; cy < CH; cy++)
+      for (int cx = 0; cx < CW; cx += 8) {
+        const __m256i mw = _mm256_cmpgt_epi32(_mm256_set1_epi32(CW - cx), iota);
+        const long long e = k * cells + (long long)cy * CW + cx;
+        const __m256 d = _mm256_add_ps(zero, _mm256_maskload_ps(dp + e, mw));
+        const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(_mm256_maskload_ps(y + e, mw), zero, _CMP_GT_OQ), one);
+        _mm256_storeu_ps(v + e, _mm256_mul_ps(d, keep));  // y > 0 ? d : 0 * d (NaN: 0 * d)
+        __m256i at = _mm256_sub_epi32(_mm256_maskload_epi32(m + e, mw),
+                                      _mm256_add_epi32(_mm256_set1_epi32(2 * cy * OW + 2 * cx), two_l));
+        const __m256i bottom = _mm256_cmpgt_epi32(at, _mm256_set1_epi32(OW - 1));
+        at = _mm256_add_epi32(at, _mm256_and_si256(bottom, _mm256_set1_epi32(2 - OW)));  // OW, OW + 1 -> 2, 3
+        _mm256_storeu_ps(c + e, _mm256_cvtepi32_ps(at));
+      }
+}
+// vt, ct (cells, K) as c1_cells_avx512 gives them, under either ISA; tmp (2, K, cells) + 16 scratch
+// (AVX2: built along the cells, then transposed).
+static void c1_pooled_cells(float* vt, float* ct, float* tmp, const float* dp, const float* y, const int32_t* m,
+                            const Conv2dShape& s, const C1Order& ord) {
+  const int cells = ord.cells;
+  if (cpu_isa() == CpuIsa::Avx512) return c1_cells_avx512(vt, ct, dp, y, m, s.K, s.OW, ord);
+  float *v = tmp, *c = tmp + (long long)s.K * cells + 8;
+  c1_cells_avx2(v, c, dp, y, m, s.K, s.OH / 2, s.OW / 2, s.OW);
+  c1_transpose(vt, v, cells, s.K, cells);
+  c1_transpose(ct, c, cells, s.K, cells);
+}
+
+// A (TAPS, K) += one image's chains for the taps T0 .. T0 + NT - 1 (NT <= 13), 32 channels at a
+// time (two vectors; 16 when K is 16). Pooled: the cells' gradients from vt / ct, +0 past them;
+// else gt (P, K), the gradient transposed, its rows in the order of the sums.
+template <int KW, int T0, int NT, bool Pooled, int NV>
+[[gnu::target("avx512f,fma")]] static void c1_lanes_avx512_nv(float* A, const float* pl, const float* vt,
+                                                              const float* ct, const float* gt, const C1Order& ord,
+                                                              int K, int P, int k0) {
+  constexpr int KK = KW * KW;
+  __m512 acc[NT][2];  // (the loops over t unrolled, so that acc lives in registers, not on the stack)
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < 2; v++)
+      acc[t][v] = v < NV ? _mm512_loadu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v) : _mm512_setzero_ps();
+  const int32_t* xo = ord.xo.data();
+  const int cellpix = Pooled ? 4 * ord.cells : 0;
+  __m512 v0 = _mm512_setzero_ps(), v1 = v0, c0 = v0, c1 = v0;
+  for (int pos = 0; pos < P; pos++) {
+    __m512 g0, g1;
+    if (Pooled) {
+      if (pos < cellpix) {
+        const int q = pos & 3;
+        if (q == 0) {  // the cell's windows: values and where the winners lie
+          const long long e = (long long)(pos >> 2) * K + k0;
+          v0 = _mm512_loadu_ps(vt + e), c0 = _mm512_loadu_ps(ct + e);
+          if (NV == 2) v1 = _mm512_loadu_ps(vt + e + 16), c1 = _mm512_loadu_ps(ct + e + 16);
+        }
+        const __m512 qv = _mm512_set1_ps(float(q));
+        g0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(c0, qv, _CMP_EQ_OQ), v0);
+        g1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(c1, qv, _CMP_EQ_OQ), v1);
+      } else {
+        g0 = g1 = _mm512_setzero_ps();
+      }
+    } else {
+      const float* gp = gt + (long long)pos * K + k0;
+      g0 = _mm512_loadu_ps(gp);
+      g1 = NV == 2 ? _mm512_loadu_ps(gp + 16) : _mm512_setzero_ps();
+    }
+    const float* xb = pl + xo[pos];
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; t++) {
+      const int tap = T0 + t;
+      const __m512 x = tap < KK ? _mm512_set1_ps(xb[(tap / KW) * kC1Stride + tap % KW]) : _mm512_set1_ps(1.f);
+      acc[t][0] = _mm512_fmadd_ps(x, g0, acc[t][0]);
+      if (NV == 2) acc[t][1] = _mm512_fmadd_ps(x, g1, acc[t][1]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < NV; v++) _mm512_storeu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v, acc[t][v]);
+}
+template <int KW, int T0, int NT, bool Pooled>
+static void c1_lanes_avx512(float* A, const float* pl, const float* vt, const float* ct, const float* gt,
+                            const C1Order& ord, int K, int P) {
+  for (int k0 = 0; k0 < K; k0 += 32)
+    (K - k0 >= 32 ? c1_lanes_avx512_nv<KW, T0, NT, Pooled, 2>
+                  : c1_lanes_avx512_nv<KW, T0, NT, Pooled, 1>)(A, pl, vt, ct, gt, ord, K, P, k0);
+}
+// The same chains with AVX2: 16 channels (two 8-float vectors) x NT <= 6 taps a pass, the taps
+// t0 .. t0 + NT - 1, the last of them the bias where Bias (the passes split the channels and the
+// taps, which changes no chain); gt (P, K) the gradient in the order of the sums.
+template <int NT, bool Bias>
+[[gnu::target("avx2,fma")]] static void c1_lanes_avx2(float* A, const float* pl, const float* gt, const C1Order& ord,
+                                                      int K, int P, int KW, int t0, int k0) {
+  long off[NT];
+  for (int t = 0; t < NT; t++) off[t] = ((t0 + t) / KW) * kC1Stride + (t0 + t) % KW;
+  __m256 acc[NT][2];  // (the loops over t unrolled, so that acc lives in registers, not on the stack)
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < 2; v++) acc[t][v] = _mm256_loadu_ps(A + (long long)(t0 + t) * K + k0 + 8 * v);
+  const int32_t* xo = ord.xo.data();
+  for (int pos = 0; pos < P; pos++) {
+    const float* gp = gt + (long long)pos * K + k0;
+    const __m256 g0 = _mm256_loadu_ps(gp), g1 = _mm256_loadu_ps(gp + 8);
+    const float* xb = pl + xo[pos];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+      const __m256 x = Bias && t == NT - 1 ? _mm256_set1_ps(1.f) : _mm256_broadcast_ss(xb + off[t]);
+      acc[t][0] = _mm256_fmadd_ps(x, g0, acc[t][0]);
+      acc[t][1] = _mm256_fmadd_ps(x, g1, acc[t][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < 2; v++) _mm256_storeu_ps(A + (long long)(t0 + t) * K + k0 + 8 * v, acc[t][v]);
+}
+template <bool Bias>
+static void c1_lanes_avx2_nt(int nt, float* A, const float* pl, const float* gt, const C1Order& ord, int K, int P,
+                             int KW, int t0, int k0) {
+  switch (nt) {
+    case 1:
+      return c1_lanes_avx2<1, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
+    case 2:
+      return c1_lanes_avx2<2, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
+    case 3:
+      return c1_lanes_avx2<3, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
+    case 4:
+      return c1_lanes_avx2<4, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
+    case 5:
+      return c1_lanes_avx2<5, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
+    default:
+      return c1_lanes_avx2<6, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
+  }
+}
+// gt (P, K) in the order of the sums from the cells' vt and ct: each cell's four pixels, the
+// window's gradient at its winner, +0 at the other three; +0 for the pixels past the cells.
+[[gnu::target("avx2")]] static void c1_cell_rows_avx2(float* gt, const float* vt, const float* ct, const C1Order& ord,
+                                                      int K, int P) {
+  for (int w = 0; w < ord.cells; w++)
+    for (int k = 0; k < K; k += 8) {
+      const __m256 v = _mm256_loadu_ps(vt + (long long)w * K + k), c = _mm256_loadu_ps(ct + (long long)w * K + k);
+      for (int q = 0; q < 4; q++)
+        _mm256_storeu_ps(gt + (long long)(4 * w + q) * K + k,
+                         _mm256_and_ps(_mm256_cmp_ps(c, _mm256_set1_ps(float(q)), _CMP_EQ_OQ), v));
+    }
+  std::fill(gt + (long long)4 * ord.cells * K, gt + (long long)P * K, 0.f);
+}
+static void c1_lanes_avx2_all(float* A, const float* pl, const float* gt, const C1Order& ord, const Conv2dShape& s) {
+  const int K = s.K, P = s.OH * s.OW, TAPS = s.kh * s.kw + 1, passes = ceil_div(TAPS, 6);
+  for (int k0 = 0; k0 < K; k0 += 16)
+    for (int p = 0, t0 = 0; p < passes; p++) {
+      const int nt = (TAPS - t0) / (passes - p);  // equal passes: 26 taps as 5 + 5 + 5 + 5 + 6
+      (p == passes - 1 ? c1_lanes_avx2_nt<true> : c1_lanes_avx2_nt<false>)(nt, A, pl, gt, ord, K, P, s.kw, t0, k0);
+      t0 += nt;
+    }
+}
+
+template <bool Pooled>
+static void c1_lanes_image(float* A, const float* pl, const float* vt, const float* ct, float* gt, const C1Order& ord,
+                           const Conv2dShape& s) {
+  const int K = s.K, P = s.OH * s.OW;
+  if (cpu_isa() != CpuIsa::Avx512) {  // the pooled gradient as rows first: 16 ymm registers hold no more
+    if (Pooled) c1_cell_rows_avx2(gt, vt, ct, ord, K, P);
+    return c1_lanes_avx2_all(A, pl, gt, ord, s);
+  }
+  if (s.kw == 5) {  // 26 taps: two passes of 13 (26 accumulators)
+    c1_lanes_avx512<5, 0, 13, Pooled>(A, pl, vt, ct, gt, ord, K, P);
+    c1_lanes_avx512<5, 13, 13, Pooled>(A, pl, vt, ct, gt, ord, K, P);
+  } else {  // 10 taps: one pass
+    c1_lanes_avx512<3, 0, 10, Pooled>(A, pl, vt, ct, gt, ord, K, P);
+  }
+}
+
+static void backward_weight_c1(float* dweight, float* dbias, const OutGrad& og, const float* inp,
+                               const Conv2dShape& s) {
+  const int P = s.OH * s.OW, KK = s.kh * s.kw, TAPS = KK + 1;
+  const long long AN = (long long)TAPS * s.K;  // one group's chains (TAPS, K)
+  const int G = ceil_div(s.N, kMaxGroups), ngroups = ceil_div(s.N, G);
+  const Pool2dShape* ps = og.pool;
+  const bool pooled = ps && ps->kh == 2 && ps->kw == 2 && ps->sh == 2 && ps->sw == 2;
+  const C1Order ord(s);
+  static thread_local std::vector<float> accbuf;
+  float* acc = scratch(accbuf, size_t(ngroups * AN));
+#pragma omp parallel if (conv2d_macs(s) >= kMinParallelWork)
+  {
+#pragma omp for schedule(dynamic)
+    for (int g = 0; g < ngroups; g++) {
+      static thread_local std::vector<float> planebuf, tbuf, gradbuf;
+      float* a = acc + g * AN;
+      std::fill(a, a + AN, 0.f);
+      float* pl = scratch(planebuf, size_t(s.H + 2 * s.ph) * kC1Stride);
+      float* t = scratch(tbuf, size_t(2) * P * s.K + 128);
+      for (int n = g * G; n < std::min(s.N, g * G + G); n++) {
+        c1_plane64(pl, inp + (long long)n * s.H * s.W, s);
+        if (pooled) {
+          const long long off = (long long)n * s.K * ps->OH * ps->OW;
+          const int cells = ord.cells;
+          // gt (P, K) for AVX2's rows, then vt, ct (cells, K), tmp (2, K, cells) + 16
+          float *gt = t, *vt = gt + (long long)P * s.K + 16, *ct = vt + (long long)cells * s.K + 16,
+                *tmp = ct + (long long)cells * s.K + 16;
+          c1_pooled_cells(vt, ct, tmp, og.dout + off, og.relu_out + off, og.mask + off, s, ord);
+          c1_lanes_image<true>(a, pl, vt, ct, gt, ord, s);
+        } else {
+          float* gt = t;
+          c1_transpose(gt, og.image(n, s, gradbuf), P, s.K, P, ord.pos.data());  // in the order of the sums
+          c1_lanes_image<false>(a, pl, nullptr, nullptr, gt, ord, s);
+        }
+      }
+    }
+    // implicit barrier: every group's chains are complete
+#pragma omp for schedule(static)
+    for (int k = 0; k < s.K; k++)
+      for (int t = 0; t < TAPS; t++) {  // t == KK: the bias
+        float sum = acc[(long long)t * s.K + k];
+        for (int g = 1; g < ngroups; g++) sum += acc[g * AN + (long long)t * s.K + k];
+        if (t < KK)
+          dweight[(long long)k * KK + t] = sum;
+        else if (dbias)
+          dbias[k] = sum;
+      }
+  }
+}
+
 static void backward_weight(float* dweight, float* dbias, const OutGrad& og, const float* inp, const Conv2dShape& s) {
   // dweight (K, C, kh, kw), overwritten; dbias (K) or null; the conv's gradient (N, K, OH, OW)
   // from og; inp (N, C, H, W)
@@ -849,6 +1242,7 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
     if (dbias) std::fill(dbias, dbias + s.K, 0.f);
     return;
   }
+  if (c1_lanes(s)) return backward_weight_c1(dweight, dbias, og, inp, s);
   const int G = ceil_div(s.N, kMaxGroups), ngroups = ceil_div(s.N, G);
   const bool pointwise = is_pointwise(s);
   // seg: pixels of one image per GEMM (all of them unless col would be too large);
