@@ -19,7 +19,24 @@
 
 namespace barecnn::cpu {
 
+// Below this many elements a loop runs on the calling thread.
 static constexpr long long kMinParallel = 1LL << 15;
+
+// f(i) for every i in [0, n), vectorized: split across the OpenMP team from kMinParallel elements
+// on, else on the calling thread without entering a parallel region. (`parallel for simd
+// if (n >= kMinParallel)` ran small loops unvectorized: an `if` without a modifier applies to the
+// simd construct too. With `if (parallel : ...)` the serialized region still cost ~1 us: a ReLU
+// over 8k floats took 5.7 us, then 2.1, now 1.1.) f takes its pointers by value.
+template <class F>
+[[gnu::always_inline]] inline void for_each_index(long long n, F f) {
+  if (n >= kMinParallel) {
+#pragma omp parallel for simd schedule(static)
+    for (long long i = 0; i < n; ++i) f(i);
+  } else {
+#pragma omp simd
+    for (long long i = 0; i < n; ++i) f(i);
+  }
+}
 
 // ---- tanh in float, branch-free (the loop over it vectorizes) ----
 // glibc's tanhf goes through expm1f, ~20 ns an element on the values a net's tanh sees; this
@@ -70,25 +87,22 @@ void activation_forward(float* out, const float* inp, long long n, Activation a)
   // The reference's formulas exactly: ReLU is +0 (not 0 * x: -0, or NaN at -inf) where x <= 0,
   // and a NaN stays NaN.
   if (a.kind == Act::Relu) {
-#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
-    for (long long i = 0; i < n; ++i) {
+    for_each_index(n, [=](long long i) {
       float x = inp[i];
       out[i] = x <= 0.f ? 0.f : x;
-    }
+    });
     return;
   }
   if (a.kind == Act::LeakyRelu) {
     const float slope = a.alpha;
-#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
-    for (long long i = 0; i < n; ++i) {
+    for_each_index(n, [=](long long i) {
       float x = inp[i];
       out[i] = x > 0.f ? x : slope * x;
-    }
+    });
     return;
   }
   if (a.kind == Act::Tanh) {
-#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
-    for (long long i = 0; i < n; ++i) out[i] = tanh_float(inp[i]);
+    for_each_index(n, [=](long long i) { out[i] = tanh_float(inp[i]); });
     return;
   }
   ref::activation_forward(out, inp, n, a);
@@ -100,11 +114,10 @@ void dropout_map(float* out, const float* in, long long n, float p, uint64_t see
   const float scale = dropout_scale(p);
   // Every element's product is taken and the mask selects it or +0: a branch on the mask would
   // mispredict on a random p of the elements. The elements are independent: any split is exact.
-#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
-  for (long long i = 0; i < n; ++i) {
+  for_each_index(n, [=](long long i) {
     const float kept = in[i] * scale;
     out[i] = dropout_keeps(seed, step, layer, i, threshold) ? kept : 0.f;
-  }
+  });
 }
 
 void activation_backward(float* dinp, const float* dout, const float* inp, const float* out, long long n,
@@ -112,20 +125,18 @@ void activation_backward(float* dinp, const float* dout, const float* inp, const
   if (!dinp) return;
   if (a.kind == Act::Relu || a.kind == Act::LeakyRelu) {
     const float slope = a.kind == Act::Relu ? 0.f : a.alpha;
-#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
-    for (long long i = 0; i < n; ++i) {
+    for_each_index(n, [=](long long i) {
       float g = dout[i];  // loaded unconditionally: a select, not a branch
       dinp[i] = inp[i] > 0.f ? g : slope * g;
-    }
+    });
     return;
   }
   if (a.kind == Act::Tanh || a.kind == Act::Sigmoid) {  // from y: the reference's expressions, threaded
     const bool tanh = a.kind == Act::Tanh;
-#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
-    for (long long i = 0; i < n; ++i) {
+    for_each_index(n, [=](long long i) {
       const float y = out[i];
       dinp[i] = dout[i] * (tanh ? 1.f - y * y : y * (1.f - y));
-    }
+    });
     return;
   }
   ref::activation_backward(dinp, dout, inp, out, n, a);
@@ -296,32 +307,29 @@ void optimizer_step(float* param, const float* grad, float* m, float* v, size_t 
     case Optim::SGD: {
       const float mu = cfg.momentum;
       if (mu == 0.f) {
-#pragma omp parallel for simd schedule(static) if (len >= kMinParallel)
-        for (long long i = 0; i < len; ++i) param[i] -= lr * (grad[i] + wd * param[i]);
+        for_each_index(len, [=](long long i) { param[i] -= lr * (grad[i] + wd * param[i]); });
         return;
       }
       BARECNN_ASSERT(m != nullptr, "optimizer_step: SGD with momentum ", mu, " needs a momentum buffer");
-#pragma omp parallel for simd schedule(static) if (len >= kMinParallel)
-      for (long long i = 0; i < len; ++i) {
+      for_each_index(len, [=](long long i) {
         const float g = grad[i] + wd * param[i];
         const float mi = mu * m[i] + g;
         m[i] = mi;
         param[i] -= lr * mi;
-      }
+      });
       return;
     }
     case Optim::Adam: {
       BARECNN_ASSERT(m != nullptr && v != nullptr, "optimizer_step: Adam needs both moment buffers");
       const float b1 = cfg.beta1, b2 = cfg.beta2, eps = cfg.eps;
-#pragma omp parallel for simd schedule(static) if (len >= kMinParallel)
-      for (long long i = 0; i < len; ++i) {
+      for_each_index(len, [=](long long i) {
         const float g = grad[i] + wd * param[i];
         const float mi = b1 * m[i] + (1.f - b1) * g;
         const float vi = b2 * v[i] + (1.f - b2) * g * g;
         m[i] = mi;
         v[i] = vi;
         param[i] -= lr * (mi / bc1) / (std::sqrt(vi / bc2) + eps);
-      }
+      });
       return;
     }
   }
