@@ -22,10 +22,9 @@
 // AVX-512: the forward's short sums in registers, no GEMM (direct loops below); and with 3x3 or
 // 5x5 kernels and K a multiple of 16, backward-weight with the channels in the vector lanes, no
 // im2col, no expanded gradient behind a fused pool (backward_weight_c1, its own order of the
-// sums). With the ReLU and
-// a max pooling after the conv fused (Net's plan), the forward pools each block of rows while it
-// is in cache (conv2d_forward_relu_maxpool) and the backward ops rebuild the conv's gradient from
-// the pooled one (OutGrad).
+// sums). With the ReLU and a max pooling after the conv fused (Net's plan), the forward pools
+// each block of rows while it is in cache (conv2d_forward_relu_maxpool) and the backward ops
+// rebuild the conv's gradient from the pooled one (OutGrad).
 //
 // Threads: forward and gather backward-input split the output into (image, row or pixel block) items;
 // scatter backward-input into (image, channel block) items. Backward-weight reduces over the
@@ -897,14 +896,6 @@ struct C1Order {
   }
 };
 
-// pl (Hp, kC1Stride): the image zero-padded by (ph, pw).
-static void c1_plane64(float* pl, const float* inp_n, const Conv2dShape& s) {
-  const int Hp = s.H + 2 * s.ph;
-  std::memset(pl, 0, sizeof(float) * size_t(Hp) * kC1Stride);
-  for (int h = 0; h < s.H; h++)
-    copy_run(pl + (long long)(h + s.ph) * kC1Stride + s.pw, inp_n + (long long)h * s.W, s.W);
-}
-
 // dst (n rows, ldd apart) = the transpose of the 16 x n block src (rows lds apart), n <= 16; row i
 // goes to dst + rows[i] * ldd where rows is given.
 [[gnu::target("avx512f")]] static void transpose16(float* dst, long ldd, const float* src, long lds, int n,
@@ -1201,7 +1192,8 @@ static void backward_weight_c1(float* dweight, float* dbias, const OutGrad& og, 
       float* pl = scratch(planebuf, size_t(s.H + 2 * s.ph) * kC1Stride);
       float* t = scratch(tbuf, size_t(2) * P * s.K + 128);
       for (int n = g * G; n < std::min(s.N, g * G + G); n++) {
-        c1_plane64(pl, inp + (long long)n * s.H * s.W, s);
+        // pl (Hp, kC1Stride): the image zero-padded by (ph, pw)
+        pad_plane(pl, inp + (long long)n * s.H * s.W, s.H, s.W, s.ph, s.pw, s.H + 2 * s.ph, kC1Stride);
         if (pooled) {
           const long long off = (long long)n * s.K * ps->OH * ps->OW;
           const int cells = ord.cells;
