@@ -18,7 +18,8 @@
 //
 // Stride 1 (every preset), forward and gather backward-input: col_n and dcol_n are never copied
 // out; the GEMM reads each row straight from zero-padded image rows (the "wide rows" below).
-// Other strides, and backward-weight: im2col copies. One input channel (the first convs) under
+// Other strides, and backward-weight: im2col copies (backward-weight's, with stride 1, a few rows
+// at a time as its GEMM reads them: ColRows). One input channel (the first convs) under
 // AVX-512: the forward's short sums in registers, no GEMM (direct loops below); and with 3x3 or
 // 5x5 kernels and K a multiple of 16, backward-weight with the channels in the vector lanes, no
 // im2col, no expanded gradient behind a fused pool (backward_weight_c1, its own order of the
@@ -33,6 +34,7 @@
 // No result depends on the number of threads.
 #include <immintrin.h>
 
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -108,9 +110,11 @@ static inline __mmask16 tail_mask(int n) {
   return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
 }
 
-// The same copies with 16-float AVX-512 vectors, the run's tail by a masked load and store (lanes
-// past the run are neither read nor written): a run of 28 floats is 2 vector copies, not 7. Used
-// where the GEMMs run AVX-512 (cpu_isa()); the same values either way.
+// The same copies with 16-float AVX-512 vectors: a run of 28 floats is 2 vector copies, not 7. A
+// run of 16 or more ends with its last 16 floats copied again (overlapping the vector before:
+// measured 0.85 against 1.14 us for the 24 runs of 28-float rows of a backward-weight row group, on
+// a Zen 5, in L1); a shorter one is a masked load and store (lanes past the run are neither read
+// nor written). Used where the GEMMs run AVX-512 (cpu_isa()); the same values either way.
 [[gnu::target("avx512f")]] static void copy_windows_avx512(float* dst, const float* plane, int Wp, int width, int p0,
                                                            int p1, int di, int dj) {
   int y = p0 / width, x = p0 % width;
@@ -120,11 +124,59 @@ static inline __mmask16 tail_mask(int n) {
     float* d = dst + (p - p0);
     int i = 0;
     for (; i + 16 <= len; i += 16) _mm512_storeu_ps(d + i, _mm512_loadu_ps(src + i));
-    if (i < len) {
+    if (i < len && len >= 16) {
+      _mm512_storeu_ps(d + len - 16, _mm512_loadu_ps(src + len - 16));
+    } else if (i < len) {
       const __mmask16 m = tail_mask(len - i);
       _mm512_mask_storeu_ps(d + i, m, _mm512_maskz_loadu_ps(m, src + i));
     }
     p += len;
+  }
+}
+
+// copy_windows_avx512 over a whole image (p from 0 to OH*OW), for a run of 15 floats or fewer with
+// one plain 16-float load and store (a masked one measured ~2x slower: 0.21 against 0.36-0.69 us
+// for the 24 runs of 14-float rows of a backward-weight row group, in L1). Such a run reads and
+// writes up to 15 floats past its end: the caller leaves 16 floats of slack after the plane and
+// after dst, and writes dst in ascending order of addresses (what a run writes past its end is
+// written over by the runs after it).
+[[gnu::target("avx512f")]] static void image_windows_avx512(float* dst, const float* plane, int Wp, int OH, int OW,
+                                                            int di, int dj) {
+  if (OW >= 16) return copy_windows_avx512(dst, plane, Wp, OW, 0, OH * OW, di, dj);
+  const float* src = plane + (long long)di * Wp + dj;
+  for (int y = 0; y < OH; y++) _mm512_storeu_ps(dst + (long long)y * OW, _mm512_loadu_ps(src + (long long)y * Wp));
+}
+
+// pad_plane over `count` consecutive planes of src (count, H, W) into dst (count, Hp, Wp), padded
+// by (ph, pw) on each side, pw <= 16, with 16-float AVX-512 vectors and no memset: each dst row is
+// a store of zeros at its start, the source row copied at pw by plain loads and stores, and zeros
+// stored at its end, the vectors running up to 15 floats past the row. The rows are written in
+// ascending order, so what a row writes past its end is written over by the rows after it (the
+// caller leaves 16 floats of slack after dst); a load past a source row reads the rows after it,
+// and where that would pass the end of src's count planes, a masked load reads the row alone
+// (masked loads stream slowly when they miss the cache: see prefetch_pooled). Dst rows above or
+// below the source (ph may be negative: rows dropped) are zeros. The same values as pad_plane.
+[[gnu::target("avx512f")]] static void pad_planes_avx512(float* dst, const float* src, long long count, int H, int W,
+                                                         int ph, int pw, int Hp, int Wp) {
+  const __m512 zero = _mm512_setzero_ps();
+  const float* end = src + count * H * W;
+  for (long long pi = 0; pi < count; pi++) {
+    const float* sp = src + pi * H * W;
+    float* dp = dst + pi * Hp * Wp;
+    for (int r = 0; r < Hp; r++) {
+      float* d = dp + (long long)r * Wp;
+      const int sr = r - ph;
+      if (sr < 0 || sr >= H) {
+        for (int q = 0; q < Wp; q += 16) _mm512_storeu_ps(d + q, zero);
+        continue;
+      }
+      const float* s = sp + (long long)sr * W;
+      _mm512_storeu_ps(d, zero);
+      for (int x = 0; x < W; x += 16)
+        _mm512_storeu_ps(d + pw + x,
+                         end - (s + x) >= 16 ? _mm512_loadu_ps(s + x) : _mm512_maskz_loadu_ps(tail_mask(W - x), s + x));
+      _mm512_storeu_ps(d + pw + W, zero);
+    }
   }
 }
 
@@ -228,6 +280,17 @@ struct OutGrad {
   void image_into(int n, const Conv2dShape& s, float* dst, long ld) const;
 };
 
+// The pooled tensors are read a row at a time with partly masked loads (a pooled row is 14 or 7
+// floats). On this Zen 5 such loads, when they miss the cache, stream at about half the speed of
+// plain ones (measured: a 6.4 MB copy in 14-float steps, 0.40 ms masked against 0.22 ms plain; the
+// hardware prefetcher seems not to follow them); a software prefetch 256 bytes ahead of each of
+// the three streams gives that back (0.25 ms).
+static inline void prefetch_pooled(const float* dp, const float* y, const int32_t* m) {
+  _mm_prefetch(reinterpret_cast<const char*>(dp + 64), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(y + 64), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(m + 64), _MM_HINT_T0);
+}
+
 // +0 + d (maxpool2d_backward's value), then y > 0 ? that : 0 * that, as a product with 1 or 0
 // (x * 1 is x, x * 0 is 0 * x, exactly): no branch on the data.
 [[gnu::target("avx512f")]] static inline __m512 pooled_grad16(__m512 d, __m512 y) {
@@ -252,6 +315,7 @@ struct OutGrad {
       const int n2 = 2 * (POW - ow);  // the values of a row the windows cover
       const __mmask16 mw = tail_mask(POW - ow), lo = tail_mask(n2), hi = tail_mask(n2 - 16);
       const long long o = (long long)oh * POW + ow;
+      prefetch_pooled(dp + o, y + o, m + o);
       const __m512 v = pooled_grad16(_mm512_maskz_loadu_ps(mw, dp + o), _mm512_maskz_loadu_ps(mw, y + o));
       // where in its window the argmax lies: 0, 1 (top row), OW, OW + 1 (bottom row)
       const __m512i at = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(mw, m + o),
@@ -355,9 +419,12 @@ static const float* wide_gemm(const float* A, long rsa, long csa, int M, const f
                               const float* row_init, WideBuffers& b, int* ncols_out) {
   const int Wp = Wo + kw - 1, rb = y1 - y0, Rb = rb + kh - 1, KK = kh * kw;
   const long long plane_n = (long long)Rb * Wp;
-  float* pl = scratch(b.plane, size_t(Cs * plane_n));  // (Cs, Rb, Wp): padded rows y0 .. y1 + kh - 2
-  for (int c = 0; c < Cs; c++)
-    pad_plane(pl + c * plane_n, src + (long long)c * Hs * Ws, Hs, Ws, top - y0, left, Rb, Wp);
+  float* pl = scratch(b.plane, size_t(Cs * plane_n) + 16);  // (Cs, Rb, Wp): padded rows y0 .. y1 + kh - 2
+  if (cpu_isa() == CpuIsa::Avx512 && left >= 0 && left <= 16 && Wp - Ws - left >= 0 && Wp - Ws - left <= 16)
+    pad_planes_avx512(pl, src, Cs, Hs, Ws, top - y0, left, Rb, Wp);
+  else
+    for (int c = 0; c < Cs; c++)
+      pad_plane(pl + c * plane_n, src + (long long)c * Hs * Ws, Hs, Ws, top - y0, left, Rb, Wp);
   b.rows.resize(size_t(Cs) * KK);
   for (int c = 0; c < Cs; c++)
     for (int i = 0; i < kh; i++)
@@ -814,30 +881,71 @@ static void backward_input(float* dinp, const OutGrad& og, const float* weight, 
 static constexpr int kMaxGroups = 16;
 // Each GEMM of backward_weight reduces over at least kCatPixels columns where it can: small
 // images are laid side by side (their dout rows copied next to each other), because the cost of
-// a call's start and end per output element is only amortized over a long reduction. The im2col
-// buffer stays under kMaxColFloats (4 MiB); a larger single image is cut into pixel blocks.
+// a call's start and end per output element is only amortized over a long reduction. The images
+// of a call are as many as keep their whole im2col matrix under kMaxColFloats (4 MiB; only the
+// strided form builds it whole: stride 1 builds it by rows, ColRows); a larger single image is
+// cut into pixel blocks.
 static constexpr int kCatPixels = 2048;
 static constexpr long long kMaxColFloats = 1LL << 20;
 
-// The columns [pc, pc + kc) of the im2col matrix of consecutive images laid side by side (column
-// m*P + p is image m's pixel p), as sgemm_nt's NtBlockFn: a (CKK, kc) block in colbuf, each
-// image's part by im2col over its pixel range.
-struct ColBlocks {
-  const float* inp;  // the first image (C, H, W); the next ones follow
-  const Conv2dShape* s;
-  std::vector<float>*colbuf, *planebuf;
-  static const float* fill(void* ctx, int pc, int kc, long* ldb) {
-    const ColBlocks& b = *static_cast<ColBlocks*>(ctx);
-    const Conv2dShape& s = *b.s;
+// The im2col matrix of nc consecutive images laid side by side (column m*P + p is image m's pixel
+// p), as sgemm_nt's NtRowsFn: its rows [j0, j0 + nr) built in rowbuf when the GEMM asks for them,
+// so that they are read from L1/L2. Stride 1: from the images' zero-padded planes, made once by
+// the constructor (nc x C planes in planebuf), each row (c, i, j) a run of window copies per
+// image, as im2col makes it. Other strides: the whole matrix, by im2col, handed out by rows.
+class ColRows {
+ public:
+  ColRows(const float* inp, const Conv2dShape& s, int nc, std::vector<float>& rowbuf, std::vector<float>& planebuf)
+      : s_(s), nc_(nc), width_(long(nc) * s.OH * s.OW), rowbuf_(rowbuf) {
     const int P = s.OH * s.OW;
-    float* col = scratch(*b.colbuf, (size_t)s.C * s.kh * s.kw * kc);
-    for (int m = pc / P; m * P < pc + kc; m++) {
-      const int p0 = std::max(pc, m * P) - m * P, p1 = std::min(pc + kc, (m + 1) * P) - m * P;
-      im2col(col + (m * P + p0 - pc), kc, b.inp + (long long)m * s.C * s.H * s.W, s, p0, p1, *b.planebuf);
+    if (stride1()) {
+      const int Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
+      planes_ = scratch(planebuf, (size_t)nc * s.C * Hp * Wp + 16);  // (nc, C, Hp, Wp) and the slack
+      if (cpu_isa() == CpuIsa::Avx512 && s.pw <= 16) {
+        pad_planes_avx512(planes_, inp, (long long)nc * s.C, s.H, s.W, s.ph, s.pw, Hp, Wp);
+        return;
+      }
+      for (long long mc = 0; mc < (long long)nc * s.C; mc++)
+        pad_plane(planes_ + mc * Hp * Wp, inp + mc * s.H * s.W, s.H, s.W, s.ph, s.pw, Hp, Wp);
+      return;
     }
-    *ldb = kc;
-    return col;
+    planes_ = scratch(planebuf, (size_t)s.C * s.kh * s.kw * width_);  // the whole matrix
+    for (int m = 0; m < nc; m++) im2col(planes_ + m * P, width_, inp + (long long)m * s.C * s.H * s.W, s, 0, P, rowbuf);
   }
+  static const float* fill(void* ctx, int j0, int nr, long* ldb) {
+    return static_cast<const ColRows*>(ctx)->rows(j0, nr, ldb);
+  }
+
+ private:
+  bool stride1() const { return s_.sh == 1 && s_.sw == 1; }
+  const float* rows(int j0, int nr, long* ldb) const {
+    const Conv2dShape& s = s_;
+    const int P = s.OH * s.OW, KK = s.kh * s.kw;
+    const long width = width_;
+    *ldb = width;
+    if (!stride1()) return planes_ + j0 * width;
+    const int Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
+    const float* pl = planes_;
+    float* out = scratch(rowbuf_, (size_t)nr * width + 16);  // + the slack of image_windows_avx512
+    const bool avx512 = cpu_isa() == CpuIsa::Avx512;
+    for (int r = j0; r < j0 + nr; r++) {  // out in ascending order of addresses, as image_windows_avx512 needs
+      const int c = r / KK, i = r % KK / s.kw, j = r % s.kw;
+      for (int m = 0; m < nc_; m++) {
+        float* dst = out + (r - j0) * width + m * P;
+        const float* plane = pl + ((long long)m * s.C + c) * Hp * Wp;
+        if (avx512)
+          image_windows_avx512(dst, plane, Wp, s.OH, s.OW, i, j);
+        else
+          copy_windows(dst, plane, Wp, s.OW, 0, P, i, j);
+      }
+    }
+    return out;
+  }
+  const Conv2dShape& s_;
+  int nc_;
+  long width_;
+  std::vector<float>& rowbuf_;
+  float* planes_;  // (nc, C, Hp, Wp) with stride 1, else the whole (C*kh*kw, nc*P) matrix
 };
 
 // ---- one input channel, K a multiple of 16: backward-weight with the channels in the lanes ----
@@ -1267,18 +1375,18 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
       const int n_end = std::min(s.N, g * G + G);
       for (int n0 = g * G; n0 < n_end; n0 += cat) {
         const int nc = std::min(cat, n_end - n0);
-        if (nc > 1) {
-          // nc images side by side: dcat (K, nc*P) and col (CKK, nc*P). col is built by ColBlocks
-          // when the GEMM asks for it (all of it at once: sgemm_nt takes a filled B in one block);
-          // the same values and the same GEMM as with col built first.
+        if (!pointwise && seg == P) {
+          // nc whole images side by side: dcat (K, nc*P) and col (CKK, nc*P), col's rows built by
+          // ColRows when the GEMM is about to read them; the same values and the same GEMM (the
+          // same bits) as with col built first.
           const int width = nc * P;
           float* dcat = scratch(doutbuf, (size_t)s.K * width);
           for (int m = 0; m < nc; m++) {  // image m's gradient (K, P) written into its columns
             og.image_into(n0 + m, s, dcat + m * P, width);
             bias_sums(n0 + m, dcat + m * P, width);
           }
-          ColBlocks cb{inp + (long long)n0 * s.C * s.H * s.W, &s, &colbuf, &planebuf};
-          sgemm_nt(s.K, CKK, width, dcat, width, nullptr, 0, pg, CKK, !first, ColBlocks::fill, &cb);
+          ColRows cr(inp + (long long)n0 * s.C * s.H * s.W, s, nc, colbuf, planebuf);
+          sgemm_nt(s.K, CKK, width, dcat, width, nullptr, 0, pg, CKK, !first, ColRows::fill, &cr);
           first = false;
           continue;
         }
@@ -1296,11 +1404,20 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
     }
     // implicit barrier: every partial is complete
     if (ngroups > 1) {
+      // dweight[e] = partial 0 + partial 1 + ... in group order, a chunk of elements at a time so
+      // that each add is a vector over the chunk (one element at a time, a chain of scalar adds
+      // 147 KiB apart, was 7% of `deep`'s conv(64) weight gradient)
+      constexpr long long kChunk = 256;
 #pragma omp for schedule(static)
-      for (long long e = 0; e < WN; e++) {
-        float acc = partial[e];
-        for (int g = 1; g < ngroups; g++) acc += partial[g * WN + e];
-        dweight[e] = acc;
+      for (long long e0 = 0; e0 < WN; e0 += kChunk) {
+        const long long n = std::min(kChunk, WN - e0);
+        float* out = dweight + e0;
+        std::copy(partial + e0, partial + e0 + n, out);
+        for (int g = 1; g < ngroups; g++) {
+          const float* pg = partial + g * WN + e0;
+#pragma omp simd
+          for (long long e = 0; e < n; e++) out[e] += pg[e];
+        }
       }
     }
     if (dbias) {

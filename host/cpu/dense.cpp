@@ -94,19 +94,20 @@ void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long
   sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 void gemm_nt_filled(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
-                    bool accumulate, int* fills) {
+                    bool accumulate, int* rows) {
   struct Ctx {
     const float* B;
     long ldb;
-    int* fills;
-  } ctx{B, ldb, fills};
-  auto fill = [](void* c, int pc, int, long* ld) -> const float* {
+    int N;
+    int* rows;  // the rows handed out so far (the next one asked for must be this one), or -1
+  } ctx{B, ldb, N, rows};
+  auto fill = [](void* c, int j0, int nr, long* ld) -> const float* {
     const Ctx& x = *static_cast<Ctx*>(c);
-    ++*x.fills;
+    if (*x.rows >= 0) *x.rows = j0 == *x.rows && nr > 0 && j0 + nr <= x.N ? j0 + nr : -1;
     *ld = x.ldb;
-    return x.B + pc;
+    return x.B + j0 * x.ldb;
   };
-  *fills = 0;
+  *rows = 0;
   sgemm_nt(M, N, K, A, lda, nullptr, 0, C, ldc, accumulate, fill, &ctx);
 }
 }  // namespace detail

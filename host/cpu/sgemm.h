@@ -423,9 +423,10 @@ template <int MP, int NR>
 constexpr int kMP512 = 3, kNR512 = 8;
 
 // Paired512: the tiles of micro_nt512 (V = v8f: the lanes, and so the bits, of the AVX2 build).
-// B built by the caller on request (sgemm_nt's fill): fill(ctx, pc, kc, &ldb) returns B's
-// columns [pc, pc + kc) of all N rows, row j at ret + j*ldb, valid until the next call.
-using NtBlockFn = const float* (*)(void* ctx, int pc, int kc, long* ldb);
+// B built by the caller on request (sgemm_nt's fill): fill(ctx, j0, nr, &ldb) returns B's rows
+// [j0, j0 + nr), all K columns, row j0 + r at ret + r*ldb, valid until the next call. Asked for
+// once each, in ascending j0, just before the tiles read them.
+using NtRowsFn = const float* (*)(void* ctx, int j0, int nr, long* ldb);
 
 // The K blocks: equal, multiples of 8, each at most max(512, what keeps A's block in L2). A
 // function of (M, K) only.
@@ -437,35 +438,40 @@ inline int nt_block_step(int M, int K) {
 
 template <typename V, bool Paired512 = false>
 [[gnu::always_inline]] inline void sgemm_nt_impl(int M, int N, int K, const float* A, long lda, const float* B,
-                                                 long ldb, float* C, long ldc, bool accumulate, NtBlockFn fill,
+                                                 long ldb, float* C, long ldc, bool accumulate, NtRowsFn fill,
                                                  void* ctx) {
   constexpr int L = kLanes<V>;
   static thread_local std::vector<float> buf;
   float* accv = scratch(buf, size_t(M) * N * L);  // (M, N, L) lane partial sums
   const long ldv = long(N) * L;
-  // With a fill (the caller builds B: conv backward-weight's im2col), one block: each block is a
-  // pass of the tile loops over A and accv, and one block of a whole call measured 7-17% faster
-  // than blocks of <= 1024 columns on a Zen 5 with AVX-512 (B built once and blocked over measured
-  // as the blocked form: the passes cost, not the fills; the caller bounds B at 4 MiB). The
-  // blocking never changes a bit: the lanes carry across.
+  // With a fill (the caller builds B: conv backward-weight's im2col), one block, each group of B's
+  // rows built just before its tiles read it: the group (8 rows of a whole call's columns) stays in
+  // L1/L2, where a B built first (up to 4 MiB) was read back from L3. Blocks of K would cost a pass
+  // of the tile loops over A and accv each (one block of a whole call measured 7-17% faster than
+  // blocks of <= 1024 columns on a Zen 5 with AVX-512). The blocking never changes a bit: the lanes
+  // carry across.
   const int kc_step = fill ? K : nt_block_step(M, K);
+  auto b_rows = [&](int pc, int j0, int nr, long* ldbk) {  // B's rows [j0, j0 + nr) from column pc
+    return fill ? fill(ctx, j0, nr, ldbk) : B + j0 * ldb + pc;
+  };
   for (int pc = 0; pc < K; pc += kc_step) {
     int kc = std::min(kc_step, K - pc);
     long ldbk = ldb;
-    const float* Bk = fill ? fill(ctx, pc, kc, &ldbk) : B + pc;  // B's columns [pc, pc + kc)
     // j outer, i inner: the NRT rows of B are reused from L1 across all of A's rows.
     if constexpr (Paired512) {
       for (int j0 = 0; j0 < N; j0 += kNR512) {
         int nr = std::min(kNR512, N - j0);
+        const float* Bj = b_rows(pc, j0, nr, &ldbk);
         for (int i0 = 0; i0 < M; i0 += 2 * kMP512)
-          micro_nt512_tile<kMP512, kNR512>(std::min(2 * kMP512, M - i0), nr, kc, A + i0 * lda + pc, lda, Bk + j0 * ldbk,
-                                           ldbk, accv + i0 * ldv + j0 * L, ldv, pc == 0);
+          micro_nt512_tile<kMP512, kNR512>(std::min(2 * kMP512, M - i0), nr, kc, A + i0 * lda + pc, lda, Bj, ldbk,
+                                           accv + i0 * ldv + j0 * L, ldv, pc == 0);
       }
     } else {
       for (int j0 = 0; j0 < N; j0 += kNRT) {
         int nr = std::min(kNRT, N - j0);
+        const float* Bj = b_rows(pc, j0, nr, &ldbk);
         for (int i0 = 0; i0 < M; i0 += kMRT) {
-          micro_nt_tile<kMRT, V>(std::min(kMRT, M - i0), nr, kc, A + i0 * lda + pc, lda, Bk + j0 * ldbk, ldbk,
+          micro_nt_tile<kMRT, V>(std::min(kMRT, M - i0), nr, kc, A + i0 * lda + pc, lda, Bj, ldbk,
                                  accv + i0 * ldv + j0 * L, ldv, pc == 0);
         }
       }
@@ -498,17 +504,17 @@ inline void sgemm_nn_generic(int M, int N, int K, const float* A, long rsa, long
   sgemm_nn_impl<2, 16, v4f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 [[gnu::target("avx2,fma")]] inline void sgemm_nt_avx2(int M, int N, int K, const float* A, long lda, const float* B,
-                                                      long ldb, float* C, long ldc, bool accumulate, NtBlockFn fill,
+                                                      long ldb, float* C, long ldc, bool accumulate, NtRowsFn fill,
                                                       void* ctx) {
   sgemm_nt_impl<v8f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
 }
 [[gnu::target("avx512f,avx2,fma")]] inline void sgemm_nt_avx512(int M, int N, int K, const float* A, long lda,
                                                                 const float* B, long ldb, float* C, long ldc,
-                                                                bool accumulate, NtBlockFn fill, void* ctx) {
+                                                                bool accumulate, NtRowsFn fill, void* ctx) {
   sgemm_nt_impl<v8f, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
 }
 inline void sgemm_nt_generic(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C,
-                             long ldc, bool accumulate, NtBlockFn fill, void* ctx) {
+                             long ldc, bool accumulate, NtRowsFn fill, void* ctx) {
   sgemm_nt_impl<v4f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
 }
 
@@ -553,11 +559,11 @@ inline void sgemm_nn(int M, int N, int K, const float* A, long rsa, long csa, co
 }
 
 // C (M, N) (+)= A (M, K) B (N, K)^T, all row-major (leading dimensions lda, ldb, ldc).
-// fill (optional): B comes from fill(ctx, ...) (NtBlockFn; B and ldb unused), all K columns in
-// one block (see sgemm_nt_impl), so the caller builds it only when the GEMM is about to read it;
-// the same operations either way.
+// fill (optional): B comes from fill(ctx, ...) (NtRowsFn; B and ldb unused), a few rows at a
+// time, all K columns in one block (see sgemm_nt_impl), so the caller builds them only when the
+// GEMM is about to read them; the same operations either way.
 inline void sgemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
-                     bool accumulate, NtBlockFn fill = nullptr, void* ctx = nullptr) {
+                     bool accumulate, NtRowsFn fill = nullptr, void* ctx = nullptr) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)

@@ -127,9 +127,10 @@ void gemm_nn(int M, int N, int K, const float* A, long rsa, long csa, const floa
 void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
              bool accumulate);
 // gemm_nt with B handed over through sgemm_nt's fill (as conv backward-weight hands it its
-// im2col); *fills: how many blocks the GEMM asked for.
+// im2col, a few rows at a time); *rows: how many rows of B the GEMM asked for, or -1 if it asked
+// for a row twice, out of order, or past B's last one.
 void gemm_nt_filled(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
-                    bool accumulate, int* fills);
+                    bool accumulate, int* rows);
 // Max pooling of one plane's output rows [oh0, oh1) (out and mask point at the plane's row 0),
 // from the plane's input rows starting at row `row0` (rows: row row0's first pixel; the windows of
 // those output rows lie inside it). The mask holds plane indices h*W + w. maxpool2d_forward runs
