@@ -24,12 +24,13 @@ static constexpr int kRowBlock = 64, kColBlockFwd = 64, kColBlockBwd = 256;
 
 static int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// f(item) for every item in [0, items): handed to the OpenMP team when the op has enough work,
-// else run on the calling thread without entering a parallel region (a serialized region with a
-// dynamic schedule cost ~2 us a call: half of `paper`'s dense(10) forward). The same items either way.
+// f(item) for every item in [0, items): handed to the OpenMP team when the op has enough work and
+// more than one item, else run on the calling thread without entering a parallel region (a
+// serialized region with a dynamic schedule cost ~2 us a call: half of `paper`'s dense(10)
+// forward; a team woken for a single item, `deep`'s dense(10), ~4 us). The same items either way.
 template <class F>
 static void for_items(int items, bool parallel, F f) {
-  if (parallel) {
+  if (parallel && items > 1) {
 #pragma omp parallel for schedule(dynamic)
     for (int item = 0; item < items; item++) f(item);
   } else {
