@@ -445,8 +445,9 @@ template <typename V, bool Paired512 = false>
   float* accv = scratch(buf, size_t(M) * N * L);  // (M, N, L) lane partial sums
   const long ldv = long(N) * L;
   // With a fill (the caller builds B: conv backward-weight's im2col), one block, each group of B's
-  // rows built just before its tiles read it: the group (8 rows of a whole call's columns) stays in
-  // L1/L2, where a B built first (up to 4 MiB) was read back from L3. Blocks of K would cost a pass
+  // rows asked for just before its tiles read it, so a caller may build it then (conv
+  // backward-weight under AVX-512): the group (8 rows of a whole call's columns) stays in L1/L2,
+  // where a B built first (up to 4 MiB) is read back from L3. Blocks of K would cost a pass
   // of the tile loops over A and accv each (one block of a whole call measured 7-17% faster than
   // blocks of <= 1024 columns on a Zen 5 with AVX-512). The blocking never changes a bit: the lanes
   // carry across.
