@@ -147,17 +147,18 @@ static inline __mmask16 tail_mask(int n) {
   for (int y = 0; y < OH; y++) _mm512_storeu_ps(dst + (long long)y * OW, _mm512_loadu_ps(src + (long long)y * Wp));
 }
 
-// pad_plane over `count` consecutive planes of src (count, H, W) into dst (count, Hp, Wp), padded
-// by (ph, pw) on each side, pw <= 16, with 16-float AVX-512 vectors and no memset: each dst row is
-// a store of zeros at its start, the source row copied at pw by plain loads and stores, and zeros
-// stored at its end, the vectors running up to 15 floats past the row. The rows are written in
+// pad_plane over `count` consecutive planes of src (count, H, W) into dst (count, Hp, Wp), shifted
+// by (top, left), 0 <= left and Wp - W - left <= 16 (left <= 16 too), with 16-float AVX-512
+// vectors and no memset: each dst row is a store of zeros at its start, the source row copied at
+// `left` by plain loads and stores, and zeros stored at its end, the vectors running up to 15
+// floats past the row. The rows are written in
 // ascending order, so what a row writes past its end is written over by the rows after it (the
 // caller leaves 16 floats of slack after dst); a load past a source row reads the rows after it,
 // and where that would pass the end of src's count planes, a masked load reads the row alone
 // (masked loads stream slowly when they miss the cache: see prefetch_pooled). Dst rows above or
-// below the source (ph may be negative: rows dropped) are zeros. The same values as pad_plane.
+// below the source (top may be negative: rows dropped) are zeros. The same values as pad_plane.
 [[gnu::target("avx512f")]] static void pad_planes_avx512(float* dst, const float* src, long long count, int H, int W,
-                                                         int ph, int pw, int Hp, int Wp) {
+                                                         int top, int left, int Hp, int Wp) {
   const __m512 zero = _mm512_setzero_ps();
   const float* end = src + count * H * W;
   for (long long pi = 0; pi < count; pi++) {
@@ -165,7 +166,7 @@ static inline __mmask16 tail_mask(int n) {
     float* dp = dst + pi * Hp * Wp;
     for (int r = 0; r < Hp; r++) {
       float* d = dp + (long long)r * Wp;
-      const int sr = r - ph;
+      const int sr = r - top;
       if (sr < 0 || sr >= H) {
         for (int q = 0; q < Wp; q += 16) _mm512_storeu_ps(d + q, zero);
         continue;
@@ -173,11 +174,21 @@ static inline __mmask16 tail_mask(int n) {
       const float* s = sp + (long long)sr * W;
       _mm512_storeu_ps(d, zero);
       for (int x = 0; x < W; x += 16)
-        _mm512_storeu_ps(d + pw + x,
+        _mm512_storeu_ps(d + left + x,
                          end - (s + x) >= 16 ? _mm512_loadu_ps(s + x) : _mm512_maskz_loadu_ps(tail_mask(W - x), s + x));
-      _mm512_storeu_ps(d + pw + W, zero);
+      _mm512_storeu_ps(d + left + W, zero);
     }
   }
+}
+
+// pad_plane over `count` consecutive planes: pad_planes_avx512 where the GEMMs run AVX-512 and the
+// side margins allow it (dst then needs 16 floats of slack after its last plane), else
+// pad_plane plane by plane. The same values either way.
+static void pad_planes(float* dst, const float* src, long long count, int H, int W, int top, int left, int Hp, int Wp) {
+  const int right = Wp - W - left;
+  if (cpu_isa() == CpuIsa::Avx512 && left >= 0 && left <= 16 && right >= 0 && right <= 16)
+    return pad_planes_avx512(dst, src, count, H, W, top, left, Hp, Wp);
+  for (long long pi = 0; pi < count; pi++) pad_plane(dst + pi * Hp * Wp, src + pi * H * W, H, W, top, left, Hp, Wp);
 }
 
 // col (C*kh*kw, p1 - p0) [rows ldcol apart] = the im2col columns p0..p1-1 of one image inp (C, H, W):
@@ -420,11 +431,7 @@ static const float* wide_gemm(const float* A, long rsa, long csa, int M, const f
   const int Wp = Wo + kw - 1, rb = y1 - y0, Rb = rb + kh - 1, KK = kh * kw;
   const long long plane_n = (long long)Rb * Wp;
   float* pl = scratch(b.plane, size_t(Cs * plane_n) + 16);  // (Cs, Rb, Wp): padded rows y0 .. y1 + kh - 2
-  if (cpu_isa() == CpuIsa::Avx512 && left >= 0 && left <= 16 && Wp - Ws - left >= 0 && Wp - Ws - left <= 16)
-    pad_planes_avx512(pl, src, Cs, Hs, Ws, top - y0, left, Rb, Wp);
-  else
-    for (int c = 0; c < Cs; c++)
-      pad_plane(pl + c * plane_n, src + (long long)c * Hs * Ws, Hs, Ws, top - y0, left, Rb, Wp);
+  pad_planes(pl, src, Cs, Hs, Ws, top - y0, left, Rb, Wp);
   b.rows.resize(size_t(Cs) * KK);
   for (int c = 0; c < Cs; c++)
     for (int i = 0; i < kh; i++)
@@ -935,12 +942,12 @@ class ColRows {
  public:
   ColRows(const float* inp, const Conv2dShape& s, int nc, std::vector<float>& rowbuf, std::vector<float>& planebuf)
       : s_(s), nc_(nc), width_(long(nc) * s.OH * s.OW), rowbuf_(rowbuf) {
-    by_rows_ = cpu_isa() == CpuIsa::Avx512 && s.sh == 1 && s.sw == 1 && s.pw <= 16;
+    by_rows_ = cpu_isa() == CpuIsa::Avx512 && s.sh == 1 && s.sw == 1;
     const int P = s.OH * s.OW;
     if (by_rows_) {
       const int Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
       planes_ = scratch(planebuf, (size_t)nc * s.C * Hp * Wp + 16);  // (nc, C, Hp, Wp) and the slack
-      pad_planes_avx512(planes_, inp, (long long)nc * s.C, s.H, s.W, s.ph, s.pw, Hp, Wp);
+      pad_planes(planes_, inp, (long long)nc * s.C, s.H, s.W, s.ph, s.pw, Hp, Wp);
       return;
     }
     planes_ = scratch(planebuf, (size_t)s.C * s.kh * s.kw * width_);  // the whole matrix
