@@ -913,30 +913,43 @@ TEST(Pool2dCpu, AvgPoolIsTheReferenceBitForBit) {
 // ---- the optimizer step ----
 
 // The threaded, vectorized step gives the reference's bits for every optimizer setting: the same
-// float operations per element in the same order. A long buffer (the threads split it, the vector
-// loop has a remainder) with subnormal, zero and large gradients among random ones, three steps.
+// float operations per element in the same order. Long buffers (the threads split them, the vector
+// loop has a remainder) with subnormal, zero and large gradients among random ones, three steps:
+// one below the size from which the parameters are written with streaming stores, one above it
+// starting 3 floats past a 64-byte boundary (elements before the first aligned block and after the
+// last take the scalar path), under every instruction set (the streamed blocks use AVX2 where the
+// CPU has it).
 TEST(OptimizerCpu, StepIsTheReferenceBitForBit) {
-  const size_t n = 200003;
-  std::vector<float> p0 = cast_vec<float>(random_vec(n, 61)), grad = cast_vec<float>(random_vec(n, 62));
-  const float sub = std::numeric_limits<float>::denorm_min();
-  for (size_t i = 0; i < n; i += 97) grad[i] = (i / 97) % 3 == 0 ? sub : (i / 97) % 3 == 1 ? -0.f : 1e30f;
-  OptimConfig sgd, momentum, adam;
-  sgd.lr = 0.1f;
-  momentum.lr = 0.05f, momentum.momentum = 0.9f, momentum.weight_decay = 5e-4f;
-  adam.kind = Optim::Adam, adam.lr = 1e-3f, adam.weight_decay = 1e-4f;
-  for (const OptimConfig& cfg : {sgd, momentum, adam}) {
-    std::vector<float> p_ref = p0, p = p0, m_ref(n), m(n), v_ref(n), v(n);
-    for (long long t = 1; t <= 3; ++t) {
-      ref::optimizer_step(p_ref.data(), grad.data(), m_ref.data(), v_ref.data(), n, cfg, t);
-      const float bc1 = float(1.0 - std::pow(double(cfg.beta1), double(t)));
-      const float bc2 = float(1.0 - std::pow(double(cfg.beta2), double(t)));
-      cpu::optimizer_step(p.data(), grad.data(), m.data(), v.data(), n, cfg, bc1, bc2);
+  Restore restore;
+  for (cpu::CpuIsa isa : isas())
+    for (auto [n, offset] : {std::pair<size_t, size_t>{200003, 0}, std::pair<size_t, size_t>{300007, 3}}) {
+      cpu::set_cpu_isa(isa);
+      std::vector<float> p0 = cast_vec<float>(random_vec(n, 61)), grad = cast_vec<float>(random_vec(n, 62));
+      const float sub = std::numeric_limits<float>::denorm_min();
+      for (size_t i = 0; i < n; i += 97) grad[i] = (i / 97) % 3 == 0 ? sub : (i / 97) % 3 == 1 ? -0.f : 1e30f;
+      OptimConfig sgd, momentum, adam;
+      sgd.lr = 0.1f;
+      momentum.lr = 0.05f, momentum.momentum = 0.9f, momentum.weight_decay = 5e-4f;
+      adam.kind = Optim::Adam, adam.lr = 1e-3f, adam.weight_decay = 1e-4f;
+      for (const OptimConfig& cfg : {sgd, momentum, adam}) {
+        std::vector<float> p_ref = p0, m_ref(n), m(n), v_ref(n), v(n);
+        // p at `offset` floats past a 64-byte boundary
+        std::vector<float> storage(n + 16 + offset);
+        float* p = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64 / 4 + offset;
+        std::copy(p0.begin(), p0.end(), p);
+        for (long long t = 1; t <= 3; ++t) {
+          ref::optimizer_step(p_ref.data(), grad.data(), m_ref.data(), v_ref.data(), n, cfg, t);
+          const float bc1 = float(1.0 - std::pow(double(cfg.beta1), double(t)));
+          const float bc2 = float(1.0 - std::pow(double(cfg.beta2), double(t)));
+          cpu::optimizer_step(p, grad.data(), m.data(), v.data(), n, cfg, bc1, bc2);
+        }
+        const char* kind = cfg.kind == Optim::Adam ? "adam" : cfg.momentum != 0.f ? "sgd+momentum" : "sgd";
+        const std::string what = std::string(kind) + " n " + std::to_string(n) + " " + cpu::cpu_isa_name(isa);
+        EXPECT_EQ(bits(std::vector<float>(p, p + n)), bits(p_ref)) << what;
+        EXPECT_EQ(bits(m), bits(m_ref)) << what;
+        EXPECT_EQ(bits(v), bits(v_ref)) << what;
+      }
     }
-    const std::string what = cfg.kind == Optim::Adam ? "adam" : cfg.momentum != 0.f ? "sgd+momentum" : "sgd";
-    EXPECT_EQ(bits(p), bits(p_ref)) << what;
-    EXPECT_EQ(bits(m), bits(m_ref)) << what;
-    EXPECT_EQ(bits(v), bits(v_ref)) << what;
-  }
 }
 
 // ---- subnormals ----
