@@ -29,8 +29,10 @@ set(BARECNN_CPU_SOURCES
   ${_r}/host/cpu/norm.cpp
   ${_r}/host/cpu/peak.cpp)
 
-# cuda: the CUDA and cuBLAS checks, device memory, the GPU probe and context.
+# cuda: cuBLAS (opened at its first call), the CUDA and cuBLAS checks, device memory, the GPU probe
+# and context.
 set(BARECNN_CUDA_SOURCES
+  ${_r}/host/core/cublas_lib.cpp
   ${_r}/host/core/cuda_check.cpp
   ${_r}/host/core/device_buffer.cpp
   ${_r}/host/core/gpu.cpp

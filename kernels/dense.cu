@@ -9,6 +9,7 @@
 // gradient is a fixed-order tree reduction, no atomics.
 #include <cublas_v2.h>
 
+#include "barecnn/cublas_lib.h"
 #include "barecnn/cuda_check.h"
 #include "barecnn/gpu_ops.h"
 #include "launch.cuh"
@@ -33,8 +34,8 @@ constexpr int kDbiasBlock = 256;  // a power of two: the tree reduction halves i
 void gemm_row_major(cublasHandle_t handle, bool transA, bool transB, int M, int Ncols, int Kd, const float* A, int lda,
                     const float* B, int ldb, float* C, int ldc) {
   const float alpha = 1.f, beta = 0.f;  // C is overwritten, never accumulated
-  CUBLAS_CHECK(cublasSgemm(handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, Ncols, M, Kd,
-                           &alpha, B, ldb, A, lda, &beta, C, ldc));
+  CUBLAS_CHECK(cublas::sgemm(handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, Ncols, M,
+                             Kd, &alpha, B, ldb, A, lda, &beta, C, ldc));
 }
 
 // Block 256, grid-stride loop over the N*OUT elements of out (N, OUT), row-major: each thread

@@ -8,7 +8,8 @@
 #     (ldconfig), so the machine's own, usually newer, libraries win;
 #   - the CUDA libraries (cudart, cuBLAS; cuDNN for the conv lab) are not carried (cuBLAS alone is
 #     hundreds of MB): they are looked for in the CUDA toolkit's folders and in the pip packages
-#     of the machine's PyTorch (nvidia-cublas, nvidia-cudnn-cu13, ...).
+#     of the machine's PyTorch (nvidia-cublas, nvidia-cudnn-cu13, ...). cuBLAS, which barecnn
+#     opens at its first call rather than links, by the soname written in the executable.
 # "${RT[@]}" is the same as a prefix for commands that exec their argument (timeout, profilers).
 # `device_env_report` prints what was chosen, and whether anything is still missing.
 
@@ -64,6 +65,22 @@ _resolve_missing() {
 for _exe in "$B"/barecnn "$B"/test_gpu_data "$B"/barecnn_conv_lab; do
   [ -x "$_exe" ] && _resolve_missing "$_exe"
 done
+# cuBLAS is opened at its first call (host/core/cublas_lib.cpp), so ldd does not list it: the
+# soname the executable asks for is found the same way, unless the loader's cache has it.
+BARECNN_CUBLAS=$(grep -aom1 'libcublas\.so\.[0-9]*' "$B"/barecnn 2>/dev/null || true)
+_resolve_dlopened() {
+  local lib=$1 d
+  [ -n "$lib" ] || return 0
+  ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*$lib " && return 0
+  for d in ${BARECNN_LD//:/ } $(_cuda_dirs); do
+    if [ -e "$d/$lib" ]; then
+      case ":$BARECNN_LD:" in *":$d:"*) ;; *) BARECNN_LD="$BARECNN_LD:$d" ;; esac
+      return 0
+    fi
+  done
+  return 1
+}
+_resolve_dlopened "$BARECNN_CUBLAS" || true
 export BARECNN_LD
 
 with_rt() { LD_LIBRARY_PATH="$BARECNN_LD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; }
@@ -75,6 +92,10 @@ device_env_report() {
   echo "carried libraries used (the machine lacks them): $(ls "$_rt_use" | tr '\n' ' ')"
   echo "library path for barecnn's executables: $BARECNN_LD"
   local exe missing=0
+  if [ -n "$BARECNN_CUBLAS" ] && ! _resolve_dlopened "$BARECNN_CUBLAS"; then
+    echo "MISSING $BARECNN_CUBLAS (opened by barecnn at its first cuBLAS call): not in ldconfig nor the CUDA folders"
+    missing=1
+  fi
   for exe in "$B"/*; do
     [ -f "$exe" ] && [ -x "$exe" ] || continue
     if with_rt ldd "$exe" | grep "not found"; then

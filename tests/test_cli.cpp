@@ -32,6 +32,10 @@ namespace {
 using Result = test::CommandResult;
 // The barecnn executable of this build with `args`.
 Result run(const std::string& args) { return test::run_command(test::barecnn_exe() + " " + args); }
+// The same with environment assignments ("NAME=value ...") before it.
+Result run_env(const std::string& env, const std::string& args) {
+  return test::run_command(env + " " + test::barecnn_exe() + " " + args);
+}
 
 const char* kArch = "\"conv(4,3,pad=1) relu maxpool(2) dense(16) relu dense(3)\"";
 
@@ -237,6 +241,19 @@ TEST_F(Cli, NoCommandListsTheCommandsAndVersionAnswers) {
   EXPECT_EQ(run("frobnicate").out.find("did you mean"), std::string::npos);
   EXPECT_FAILS_WITH(run("trian"), 2, "unknown command 'trian'; did you mean 'train'?");
   EXPECT_FAILS_WITH(run("evl --model x"), 2, "did you mean 'eval'?");
+}
+
+// cuBLAS is opened at its first call (host/core/cublas_lib.cpp), not at start-up: linked, it cost
+// every process ~0.4 s of static initializers. The loader's own record (LD_DEBUG=files) of a CPU
+// evaluation and of --version names no libcublas.
+TEST_F(Cli, CpuRunsNeverOpenCublas) {
+  for (const std::string& args :
+       {std::string("--version"), "eval --device cpu --model " + model_dir_ + "/model.safetensors --data " + data_}) {
+    Result r = run_env("LD_DEBUG=files", args);
+    EXPECT_EQ(r.rc, 0) << r.out;
+    EXPECT_NE(r.out.find("file="), std::string::npos) << "no loader record from LD_DEBUG=files:\n" << r.out;
+    EXPECT_EQ(r.out.find("libcublas"), std::string::npos) << args << " opened cuBLAS:\n" << r.out;
+  }
 }
 
 TEST_F(Cli, GradcheckCommand) {

@@ -1,5 +1,6 @@
 #include "barecnn/gpu.h"
 
+#include "barecnn/cublas_lib.h"
 #include "barecnn/cuda_check.h"
 #include "barecnn/error.h"
 
@@ -86,26 +87,26 @@ GpuContext::GpuContext() {
   // both would race with the kernels.
   CUDA_CHECK(cudaStreamCreate(&stream_));
   try {
-    CUBLAS_CHECK(cublasCreate(&cublas_));
-    CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    CUBLAS_CHECK(cublas::create(&cublas_));
+    CUBLAS_CHECK(cublas::set_stream(cublas_, stream_));
     // Full FP32: no TF32 tensor-core shortcuts, so results match the reference.
-    CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(cublas::set_math_mode(cublas_, CUBLAS_DEFAULT_MATH));
     // Our own cuBLAS workspace (set after the stream: cublasSetStream resets it), so the eager
     // and the CUDA-Graph-captured steps see the same workspace and pick the same GEMM algorithms,
     // and a capture allocates nothing. 4 MiB is cuBLAS's recommendation below Hopper; it asks 32
     // for Hopper's large GEMMs, but our dense layers are small and the bytes count against the
     // run's peak memory.
     cublas_workspace_.resize(kCublasWorkspaceBytes, "cuBLAS workspace");
-    CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.bytes()));
+    CUBLAS_CHECK(cublas::set_workspace(cublas_, cublas_workspace_.data(), cublas_workspace_.bytes()));
   } catch (...) {
-    if (cublas_) cublasDestroy(cublas_);
+    if (cublas_) cublas::destroy(cublas_);
     cudaStreamDestroy(stream_);
     throw;
   }
 }
 
 GpuContext::~GpuContext() {
-  if (cublas_) cublasDestroy(cublas_);
+  if (cublas_) cublas::destroy(cublas_);
   if (stream_) CUDA_CHECK_NOTHROW(cudaStreamDestroy(stream_));
 }
 
