@@ -80,7 +80,9 @@ Api open_api() {
     void* p = dlsym(h, name);
     if (!p) {
       const char* e = dlerror();
-      throw Error(fmt("cuBLAS at ", api.path, " has no ", name, ": ", e ? e : "null symbol"));
+      std::string msg = fmt("cuBLAS at ", api.path, " has no ", name, ": ", e ? e : "null symbol");
+      dlclose(h);
+      throw Error(msg);
     }
     fn = reinterpret_cast<std::remove_reference_t<decltype(fn)> >(p);
   };
