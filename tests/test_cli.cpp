@@ -215,6 +215,12 @@ TEST_F(Cli, InfoAndHelp) {
   if (gpu_status().emulated) {  // the CUDA emulator build says so, and that its timings mean nothing
     EXPECT_NE(r.out.find("GPU 0: barecnn CUDA emulator, compute capability 9.0"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("through the CUDA emulator in tests/emu"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("  cuBLAS: the emulator\n"), std::string::npos) << r.out;
+  } else if (gpu_available()) {  // a real GPU: info opens cuBLAS and says from where
+    EXPECT_NE(r.out.find("  cuBLAS: "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("libcublas.so."), std::string::npos) << r.out;
+  } else {
+    EXPECT_NE(r.out.find("  cuBLAS: not opened (only a GPU run opens it)\n"), std::string::npos) << r.out;
   }
   Result h = run("train --help");
   EXPECT_EQ(h.rc, 0);

@@ -4,6 +4,8 @@
 #include <cstdio>
 
 #include "barecnn/arch.h"
+#include "barecnn/cublas_lib.h"
+#include "barecnn/error.h"
 #include "barecnn/fileutil.h"
 #include "barecnn/gpu.h"
 #include "barecnn/idx.h"
@@ -28,9 +30,17 @@ int cmd_info() {
       std::printf(
           "  (this build runs the GPU code on the CPU through the CUDA emulator in tests/emu: for\n"
           "   testing kernels without a GPU; its timings say nothing about a GPU)\n");
+    // Opened here, as the first GPU run would (cublas_lib.h), so that a missing or broken cuBLAS
+    // shows up before a run needs it.
+    try {
+      std::printf("  cuBLAS: %s\n", cublas::library().c_str());
+    } catch (const Error& e) {
+      std::printf("  cuBLAS: cannot be opened: %s\n  (GPU runs need it for the dense layers)\n", e.what());
+    }
   } else {
     std::printf("  GPU: none usable: %s\n", g.reason.c_str());
     std::printf("  (training runs on the CPU; --device auto picks it)\n");
+    std::printf("  cuBLAS: not opened (only a GPU run opens it)\n");
   }
   std::printf("  CPU threads (OpenMP): %d\n", omp_get_max_threads());
   std::printf("  default data: %s (%s)\n", default_data_dir(),
