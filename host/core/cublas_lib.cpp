@@ -12,32 +12,9 @@
 
 namespace barecnn::cublas {
 
-#ifdef BARECNN_EMU
-
-cublasStatus_t create(cublasHandle_t* handle) { return cublasCreate(handle); }
-cublasStatus_t destroy(cublasHandle_t handle) { return cublasDestroy(handle); }
-cublasStatus_t set_stream(cublasHandle_t handle, cudaStream_t stream) { return cublasSetStream(handle, stream); }
-cublasStatus_t set_math_mode(cublasHandle_t handle, cublasMath_t mode) { return cublasSetMathMode(handle, mode); }
-cublasStatus_t set_workspace(cublasHandle_t handle, void* ptr, size_t bytes) {
-  return cublasSetWorkspace(handle, ptr, bytes);
-}
-cublasStatus_t sgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
-                     const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta, float* C,
-                     int ldc) {
-  return cublasSgemm(handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-std::string library() { return "the emulator"; }
-bool loaded() { return true; }
-
-#else
-
-// cublas_v2.h maps each name to its versioned symbol (cublasCreate -> cublasCreate_v2): the
-// symbol looked up is the macro's expansion, so it is the one the header declares.
-#define BARECNN_STR(x) BARECNN_STR2(x)
-#define BARECNN_STR2(x) #x
-
 namespace {
 
+// The functions barecnn calls, and where they came from.
 struct Api {
   decltype(&cublasCreate) create;
   decltype(&cublasDestroy) destroy;
@@ -48,8 +25,27 @@ struct Api {
   std::string path;
 };
 
-std::atomic<bool> g_loaded{false};
+}  // namespace
 
+#ifdef BARECNN_EMU
+
+namespace {
+Api open_api() {
+  return {&cublasCreate,       &cublasDestroy, &cublasSetStream, &cublasSetMathMode,
+          &cublasSetWorkspace, &cublasSgemm,   "the emulator"};
+}
+}  // namespace
+bool loaded() { return true; }
+
+#else
+
+// cublas_v2.h maps each name to its versioned symbol (cublasCreate -> cublasCreate_v2): the
+// symbol looked up is the macro's expansion, so it is the one the header declares.
+#define BARECNN_STR(x) BARECNN_STR2(x)
+#define BARECNN_STR2(x) #x
+
+namespace {
+std::atomic<bool> g_loaded{false};
 }  // namespace
 
 // The soname of the toolkit this was built with. External, so the string stays in the executable,
@@ -96,11 +92,17 @@ Api open_api() {
   return api;  // the handle stays open for the life of the process
 }
 
+}  // namespace
+
+bool loaded() { return g_loaded; }
+
+#endif
+
+namespace {
 const Api& api() {
   static const Api a = open_api();  // a failed open throws, and the next call tries again
   return a;
 }
-
 }  // namespace
 
 cublasStatus_t create(cublasHandle_t* handle) { return api().create(handle); }
@@ -116,8 +118,5 @@ cublasStatus_t sgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOper
   return api().sgemm(handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 std::string library() { return api().path; }
-bool loaded() { return g_loaded; }
-
-#endif
 
 }  // namespace barecnn::cublas
