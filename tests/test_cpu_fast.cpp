@@ -97,8 +97,12 @@ struct DenseShape {
   int N, IN, OUT;
 };
 std::vector<DenseShape> odd_dense_shapes() {
-  return {{1, 1, 1}, {3, 7, 5}, {65, 17, 33}, {5, 300, 97}, {65, 1000, 130}, {1, 6272, 128}, {300, 37, 19}};
+  return {{1, 1, 1},     {3, 7, 5},    {65, 17, 33}, {5, 300, 97}, {65, 1000, 130}, {1, 6272, 128}, {300, 37, 19},
+          {67, 129, 16}, {2, 300, 13}, {130, 33, 2}, {5, 84, 11},  {300, 40, 3},    {1030, 130, 9}};
 }
+// (From {67, 129, 16} on: the narrow layers' own kernels under AVX-512, OUT <= 16: every row count
+// mod 4 and 3, inputs past a multiple of 8 and 16, odd OUT, two weight tiles (13, 16), a batch
+// longer than sgemm_nn's K block (300), and one large enough to be split across threads.)
 // paper dense(128), dense(10); deep dense(256), dense(10); lenet5 dense(120), dense(84), dense(10)
 std::vector<DenseShape> preset_dense_shapes() {
   return {{64, 6272, 128}, {64, 128, 10}, {64, 3136, 256}, {64, 256, 10}, {64, 400, 120}, {64, 120, 84}, {64, 84, 10}};

@@ -6,9 +6,14 @@
 //   backward_weight  dW (OUT, IN)  = dout^T inp                sgemm_nn (A = dout read transposed)
 //                    db (OUT)      = sum over n of dout
 //
+// Layers with at most 16 outputs take their own AVX-512 kernels ("narrow layers" below), which
+// make the same chains of operations as these GEMMs.
+//
 // Determinism: the output blocks below depend on the shape only, and every element of a block is
 // one fixed chain of operations (sgemm.h), so any number of threads gives the same bits.
 // This file also holds the ISA switch shared with conv2d.cpp.
+#include <immintrin.h>
+
 #include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
 #include "sgemm.h"
@@ -38,9 +43,288 @@ static void for_items(int items, bool parallel, F f) {
   }
 }
 
+// ---- narrow layers under AVX-512: OUT <= 16 ---------------------------------------------------------
+//
+// A 10-way classifier head (every preset ends in one) is too small for the GEMMs above: 64 x 128
+// x 10 is 82k multiply-adds, ~0.4 us of one core's FMAs, and the general kernels spent 1.8 us
+// (forward), 1.1 us (backward-input) and 3.4 us (backward-weight) on it, in the tile edges (10 rows
+// of a 12-row tile), the packing, and sgemm_nt's scalar lane sums (640 of them). The kernels below
+// make each output's chain of operations the general ones make, bit for bit (the CpuIsa tests
+// compare them with the AVX2 build), in the shapes of these layers:
+//
+//   forward          lane l of output (n, o) is the FMA chain over k = 8q + l, q ascending from 0
+//                    (a zero-padded last step when IN % 8 != 0), as in sgemm_nt; a 16-float
+//                    vector holds outputs o and o+1 (W packed in such pairs once a call), row n's
+//                    8 inputs broadcast to both halves. The 8 lanes are summed in sgemm_nt's tree
+//                    ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)) for 16 outputs at once (3 rounds of
+//                    shuffles and adds), then bias + sum, as dense_forward's accumulate.
+//   backward_input   dinp (n, i): FMA chain over k = 0..OUT-1 from +0, as sgemm_nn's micro-kernel;
+//                    3 rows x 128 columns per tile (W copied to 64-byte aligned rows first).
+//   backward_weight  dW (o, i): FMA chain over n = 0..N-1 from +0, as sgemm_nn (its K blocks carry
+//                    the chain through C); all OUT rows x 32 columns per tile.
+//
+// Rows (forward, backward_input) and column blocks (backward_weight) are independent, so the
+// thread split never changes a bit; a team is woken only above kNarrowParallelWork (waking one
+// costs 2.4-3.4 us on a 2-vCPU VM, more than these layers' whole forward at batch 64).
+//
+// (GCC 12 reports `__Y` uninitialized inside immintrin.h wherever an intrinsic starts from
+// _mm512_undefined_ps, as broadcast, shuffle and permute do: its own idiom for "any value".)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+constexpr int kNarrowOut = 16;
+constexpr long long kNarrowParallelWork = 1LL << 20;
+constexpr int kNarrowRowsBwd = 3;  // backward-input rows per tile: 24 accumulators
+
+static bool narrow_applies(int OUT) {
+  return OUT <= kNarrowOut && isa_state().load(std::memory_order_relaxed) == int(CpuIsa::Avx512);
+}
+
+// Forward of rows [0, R) of a tile: acc[r][j] += the products of row xr[r] with W pair j, over all
+// KQ steps of 8 inputs; wp (KQ, JP) pairs. The last step reads the tail, zero-padded.
+template <int R, int JP>
+[[gnu::target("avx512f,avx2,fma")]] static void narrow_fwd_tile(const float* const* xr, const float* wp, int IN,
+                                                                float* accv) {
+  __m512 acc[R][JP];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+    for (int j = 0; j < JP; j++) acc[r][j] = _mm512_setzero_ps();
+  const int full = IN / 8, KQ = (IN + 7) / 8;
+  for (int q = 0; q < KQ; q++, wp += JP * 16) {
+    __m512 w[JP];
+#pragma GCC unroll 8
+    for (int j = 0; j < JP; j++) w[j] = _mm512_load_ps(wp + j * 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+      __m512 x;
+      if (q < full) {  // 8 inputs into both halves: one broadcast load
+        x = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(reinterpret_cast<const double*>(xr[r] + 8 * q))));
+      } else {  // the tail: IN % 8 inputs, zeros after, in both halves
+        const __m512 t = _mm512_maskz_loadu_ps(__mmask16((1u << (IN - 8 * q)) - 1), xr[r] + 8 * q);
+        x = _mm512_shuffle_f32x4(t, t, 0x44);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < JP; j++) acc[r][j] = _mm512_fmadd_ps(x, w[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+    for (int j = 0; j < JP; j++) _mm512_store_ps(accv + (r * JP + j) * 16, acc[r][j]);
+}
+
+// 8 accumulators (16 outputs, two per vector: low half 2a, high half 2a + 1) -> their 16 lane sums
+// in output order, each ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)) as hsumv.
+[[gnu::target("avx512f,avx2,fma"), gnu::always_inline]] inline __m512 narrow_lane_sums(const float* a8) {
+  __m512 c[4], e[2];
+  for (int m = 0; m < 4; m++) {  // a_i = l_i + l_{i+4}: c[m]'s 128-bit lane L holds output 4m + L's four
+    const __m512 A = _mm512_load_ps(a8 + 32 * m), B = _mm512_load_ps(a8 + 32 * m + 16);
+    c[m] = _mm512_add_ps(_mm512_shuffle_f32x4(A, B, 0x88), _mm512_shuffle_f32x4(A, B, 0xdd));
+  }
+  for (int h = 0; h < 2; h++)  // b0 = a0 + a2, b1 = a1 + a3: lane L of e[h] holds (b0, b1) of c[2h], c[2h+1]
+    e[h] =
+        _mm512_add_ps(_mm512_shuffle_ps(c[2 * h], c[2 * h + 1], 0x44), _mm512_shuffle_ps(c[2 * h], c[2 * h + 1], 0xee));
+  // b0 + b1: element 4L + m is output 4m + L; the permutation puts it at 4m + L.
+  const __m512 g = _mm512_add_ps(_mm512_shuffle_ps(e[0], e[1], 0x88), _mm512_shuffle_ps(e[0], e[1], 0xdd));
+  return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), g);
+}
+
+// Rows [n0, n0 + nn) of the forward. wp: W in pairs; bias_rep[i] = bias of output i % (2 JP), 0 for
+// a padded output or no bias, 2 JP + 16 of them.
+template <int JP>
+[[gnu::target("avx512f,avx2,fma")]] static void narrow_fwd_rows(float* out, const float* inp, const float* wp,
+                                                                const float* bias_rep, int n0, int nn, int IN,
+                                                                int OUT) {
+  constexpr int R = JP <= 6 ? 4 : 3, P = 2 * JP;
+  static thread_local std::vector<float> abuf, tbuf;
+  const int nacc = (nn * JP + 7) / 8 * 8;  // whole groups of 8; the extra accumulators are zero
+  float* accv = scratch(abuf, size_t(nacc) * 16);
+  for (int r0 = 0; r0 < nn; r0 += R) {
+    const float* xr[R];
+    for (int r = 0; r < R; r++) xr[r] = inp + (long long)(n0 + std::min(r0 + r, nn - 1)) * IN;  // repeats the last row
+    if (r0 + R <= nn) {
+      narrow_fwd_tile<R, JP>(xr, wp, IN, accv + size_t(r0) * JP * 16);
+    } else {  // the rows past nn land in t
+      alignas(64) float t[R * JP * 16];
+      narrow_fwd_tile<R, JP>(xr, wp, IN, t);
+      std::memcpy(accv + size_t(r0) * JP * 16, t, sizeof(float) * (nn - r0) * JP * 16);
+    }
+  }
+  std::memset(accv + size_t(nn) * JP * 16, 0, sizeof(float) * (nacc - nn * JP) * 16);
+  // Flat outputs of the rows, P per row: straight into out when P == OUT, else through a buffer.
+  float* dst = P == OUT ? out + (long long)n0 * OUT : scratch(tbuf, size_t(nacc) * 2);
+  const long total = long(nn) * P;
+  for (long f0 = 0; f0 < total; f0 += 16) {
+    const __m512 v = _mm512_add_ps(_mm512_loadu_ps(bias_rep + f0 % P), narrow_lane_sums(accv + f0 * 8));
+    _mm512_mask_storeu_ps(dst + f0, __mmask16(total - f0 >= 16 ? 0xffff : (1u << (total - f0)) - 1), v);
+  }
+  if (P != OUT)
+    for (int n = 0; n < nn; n++) std::memcpy(out + (long long)(n0 + n) * OUT, dst + size_t(n) * P, sizeof(float) * OUT);
+}
+
+[[gnu::target("avx512f,avx2,fma")]] static void narrow_forward(float* out, const float* inp, const float* weight,
+                                                               const float* bias, int N, int IN, int OUT) {
+  const int JP = (OUT + 1) / 2, P = 2 * JP, KQ = (IN + 7) / 8;
+  static thread_local std::vector<float> wbuf;
+  float* wp = scratch(wbuf, size_t(KQ) * JP * 16 + P + 16);
+  for (int q = 0; q < KQ; q++)  // pair j of step q: W[2j][8q..8q+8) | W[2j+1][8q..8q+8), zero-padded
+    for (int j = 0; j < JP; j++) {
+      float* dst = wp + (q * JP + j) * 16;
+      const float* w0 = weight + (long long)2 * j * IN + 8 * q;
+      if (8 * q + 8 <= IN && 2 * j + 1 < OUT) {
+        const __m256d lo = _mm256_loadu_pd(reinterpret_cast<const double*>(w0)),
+                      hi = _mm256_loadu_pd(reinterpret_cast<const double*>(w0 + IN));
+        _mm512_store_pd(reinterpret_cast<double*>(dst), _mm512_insertf64x4(_mm512_castpd256_pd512(lo), hi, 1));
+      } else {
+        for (int l = 0; l < 16; l++) {
+          const int o = 2 * j + l / 8, k = 8 * q + l % 8;
+          dst[l] = o < OUT && k < IN ? weight[(long long)o * IN + k] : 0.f;
+        }
+      }
+    }
+  float* bias_rep = wp + size_t(KQ) * JP * 16;
+  for (int i = 0; i < P + 16; i++) bias_rep[i] = bias && i % P < OUT ? bias[i % P] : 0.f;
+  auto rows = [&](int n0, int nn) {
+    switch (JP) {
+      case 1:
+        return narrow_fwd_rows<1>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
+      case 2:
+        return narrow_fwd_rows<2>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
+      case 3:
+        return narrow_fwd_rows<3>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
+      case 4:
+        return narrow_fwd_rows<4>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
+      case 5:
+        return narrow_fwd_rows<5>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
+      case 6:
+        return narrow_fwd_rows<6>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
+      case 7:
+        return narrow_fwd_rows<7>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
+      default:
+        return narrow_fwd_rows<8>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
+    }
+  };
+  const int items = (N + kRowBlock - 1) / kRowBlock;
+  for_items(items, 1LL * N * IN * OUT >= kNarrowParallelWork,
+            [&](int item) { rows(item * kRowBlock, std::min(kRowBlock, N - item * kRowBlock)); });
+}
+
+// Backward-input tile: kNarrowRowsBwd rows (d: their rows of dout; dst: where they go, null for a
+// repeated row) x the 8 vectors of 128 columns of W, masked by m in a row's last block only (the
+// masks take registers).
+template <bool Masked>
+[[gnu::target("avx512f,avx2,fma"), gnu::always_inline]] inline void narrow_bwd_input_tile(float* const* dst,
+                                                                                          const float* const* d,
+                                                                                          const float* weight, long ldw,
+                                                                                          int OUT, const __mmask16* m) {
+  constexpr int RB = kNarrowRowsBwd;
+  __m512 acc[RB][8];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; r++)
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; v++) acc[r][v] = _mm512_setzero_ps();
+  for (int k = 0; k < OUT; k++, weight += ldw) {
+    __m512 a[RB];
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; r++) a[r] = _mm512_set1_ps(d[r][k]);
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; v++) {
+      __m512 wv = Masked ? _mm512_maskz_loadu_ps(m[v], weight + 16 * v) : _mm512_load_ps(weight + 16 * v);
+      asm("" : "+v"(wv));  // one load into a register, not one folded into each row's FMA
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; r++) acc[r][v] = _mm512_fmadd_ps(a[r], wv, acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; r++)
+    if (dst[r])
+#pragma GCC unroll 8
+      for (int v = 0; v < 8; v++) _mm512_mask_storeu_ps(dst[r] + 16 * v, Masked ? m[v] : 0xffff, acc[r][v]);
+}
+
+// Backward-input rows [n0, n0 + nn): tiles of kNarrowRowsBwd rows x 128 columns. weight: W's rows
+// ldw apart, 64-byte aligned (a 64-byte load across two lines costs two).
+[[gnu::target("avx512f,avx2,fma")]] static void narrow_bwd_input_rows(float* dinp, const float* dout,
+                                                                      const float* weight, long ldw, int n0, int nn,
+                                                                      int IN, int OUT) {
+  constexpr int RB = kNarrowRowsBwd;
+  for (int r0 = n0; r0 < n0 + nn; r0 += RB) {
+    const float* d[RB];
+    for (int r = 0; r < RB; r++)  // rows past the end repeat the last one, computed and not stored
+      d[r] = dout + (long long)std::min(r0 + r, n0 + nn - 1) * OUT;
+    for (int c0 = 0; c0 < IN; c0 += 128) {
+      float* dst[RB];
+      for (int r = 0; r < RB; r++) dst[r] = r0 + r < n0 + nn ? dinp + (long long)(r0 + r) * IN + c0 : nullptr;
+      if (c0 + 128 <= IN) {
+        narrow_bwd_input_tile<false>(dst, d, weight + c0, ldw, OUT, nullptr);
+      } else {
+        __mmask16 m[8];
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++) {
+          const int left = IN - c0 - 16 * v;
+          m[v] = __mmask16(left >= 16 ? 0xffff : left > 0 ? (1u << left) - 1 : 0);
+        }
+        narrow_bwd_input_tile<true>(dst, d, weight + c0, ldw, OUT, m);
+      }
+    }
+  }
+}
+
+// Backward-weight columns [c0, c0 + 32) of outputs [o0, o0 + OB): OB x 2 accumulators, the chain
+// over all N rows.
+template <int OB>
+[[gnu::target("avx512f,avx2,fma")]] static void narrow_bwd_weight_tile(float* dweight, const float* dout,
+                                                                       const float* inp, int o0, int c0, int N, int IN,
+                                                                       int OUT) {
+  const int left = IN - c0;
+  const __mmask16 m0 = __mmask16(left >= 16 ? 0xffff : (1u << left) - 1),
+                  m1 = __mmask16(left >= 32  ? 0xffff
+                                 : left > 16 ? (1u << (left - 16)) - 1
+                                             : 0);
+  __m512 acc[OB][2];
+#pragma GCC unroll 16
+  for (int o = 0; o < OB; o++) acc[o][0] = acc[o][1] = _mm512_setzero_ps();
+  const float* x = inp + c0;
+  const float* d = dout + o0;
+  for (int n = 0; n < N; n++, x += IN, d += OUT) {
+    const __m512 x0 = _mm512_maskz_loadu_ps(m0, x), x1 = _mm512_maskz_loadu_ps(m1, x + 16);
+#pragma GCC unroll 16
+    for (int o = 0; o < OB; o++) {
+      const __m512 dv = _mm512_set1_ps(d[o]);
+      acc[o][0] = _mm512_fmadd_ps(dv, x0, acc[o][0]);
+      acc[o][1] = _mm512_fmadd_ps(dv, x1, acc[o][1]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int o = 0; o < OB; o++) {
+    _mm512_mask_storeu_ps(dweight + (long long)(o0 + o) * IN + c0, m0, acc[o][0]);
+    _mm512_mask_storeu_ps(dweight + (long long)(o0 + o) * IN + c0 + 16, m1, acc[o][1]);
+  }
+}
+// db (o) = sum over n of dout (n, o), n ascending from +0 (as dense_backward_weight's loop below):
+// one masked vector holds every o.
+[[gnu::target("avx512f,avx2,fma")]] static void narrow_bias_grad(float* dbias, const float* dout, int N, int OUT) {
+  const __mmask16 m = __mmask16((1u << OUT) - 1);
+  __m512 acc = _mm512_setzero_ps();
+  for (int n = 0; n < N; n++) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, dout + (long long)n * OUT));
+  _mm512_mask_storeu_ps(dbias, m, acc);
+}
+
+template <int OB>
+static void narrow_bwd_weight_pick(int ob, float* dweight, const float* dout, const float* inp, int o0, int c0, int N,
+                                   int IN, int OUT) {
+  if constexpr (OB > 0) {
+    if (ob == OB) return narrow_bwd_weight_tile<OB>(dweight, dout, inp, o0, c0, N, IN, OUT);
+    narrow_bwd_weight_pick<OB - 1>(ob, dweight, dout, inp, o0, c0, N, IN, OUT);
+  }
+}
+
 void dense_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IN, int OUT) {
   // out (N, OUT); inp (N, IN); weight (OUT, IN); bias (OUT) or null
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "cpu::dense_forward: N=", N, " IN=", IN, " OUT=", OUT);
+  if (narrow_applies(OUT)) return narrow_forward(out, inp, weight, bias, N, IN, OUT);
   const int rb = ceil_div(N, kRowBlock), cb = ceil_div(OUT, kColBlockFwd);
   for_items(rb * cb, 1LL * N * IN * OUT >= kMinParallelWork, [&](int item) {
     int n0 = item / cb * kRowBlock, o0 = item % cb * kColBlockFwd;
@@ -56,6 +340,16 @@ void dense_forward(float* out, const float* inp, const float* weight, const floa
 void dense_backward_input(float* dinp, const float* dout, const float* weight, int N, int IN, int OUT) {
   // dinp (N, IN), overwritten; dout (N, OUT); weight (OUT, IN)
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "cpu::dense_backward_input: N=", N, " IN=", IN, " OUT=", OUT);
+  if (narrow_applies(OUT)) {
+    const int items = ceil_div(N, kRowBlock);
+    static thread_local std::vector<float> wbuf;  // W with rows 64-byte aligned
+    const long ldw = (IN + 15) / 16 * 16;
+    float* w = scratch(wbuf, size_t(OUT) * ldw);
+    for (int k = 0; k < OUT; k++) std::memcpy(w + k * ldw, weight + (long long)k * IN, sizeof(float) * IN);
+    return for_items(items, 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
+      narrow_bwd_input_rows(dinp, dout, w, ldw, item * kRowBlock, std::min(kRowBlock, N - item * kRowBlock), IN, OUT);
+    });
+  }
   const int rb = ceil_div(N, kRowBlock), cb = ceil_div(IN, kColBlockBwd);
   for_items(rb * cb, 1LL * N * IN * OUT >= kMinParallelWork, [&](int item) {
     int n0 = item / cb * kRowBlock, i0 = item % cb * kColBlockBwd;
@@ -68,6 +362,16 @@ void dense_backward_input(float* dinp, const float* dout, const float* weight, i
 void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN, int OUT) {
   // dweight (OUT, IN), overwritten; dbias (OUT) or null; dout (N, OUT); inp (N, IN)
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "cpu::dense_backward_weight: N=", N, " IN=", IN, " OUT=", OUT);
+  if (narrow_applies(OUT)) {
+    // Blocks of 32 columns, all OUT rows (in two tiles above 12), each the whole batch's chain.
+    const int ob = OUT <= 12 ? OUT : (OUT + 1) / 2;
+    for_items(ceil_div(IN, 32), 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
+      for (int o0 = 0; o0 < OUT; o0 += ob)
+        narrow_bwd_weight_pick<12>(std::min(ob, OUT - o0), dweight, dout, inp, o0, item * 32, N, IN, OUT);
+    });
+    if (dbias) narrow_bias_grad(dbias, dout, N, OUT);
+    return;
+  }
   // Blocks of the output dW; each one reduces over the whole batch (K = N), so no reduction is
   // split across threads.
   const int rb = ceil_div(OUT, kRowBlock), cb = ceil_div(IN, kColBlockBwd);
