@@ -25,6 +25,7 @@ set(BARECNN_CPU_SOURCES
   ${_r}/host/cpu/conv2d.cpp
   ${_r}/host/cpu/dense.cpp
   ${_r}/host/cpu/elementwise.cpp
+  ${_r}/host/cpu/loss.cpp
   ${_r}/host/cpu/flush.cpp
   ${_r}/host/cpu/norm.cpp
   ${_r}/host/cpu/peak.cpp)

@@ -916,6 +916,139 @@ TEST(Pool2dCpu, AvgPoolIsTheReferenceBitForBit) {
 
 // ---- the optimizer step ----
 
+// cpu's e^x (host/cpu/loss.cpp) is the float nearest to e^x, computed in double: on every 389th
+// float in [-110, 95] (both signs) it is (float) exp(double) within 1 ulp, and equal to it but
+// for a few ties (none in 5.8M here; 1 in the 2.24e9 floats of that range, checked exhaustively
+// when written, against 170,648 for glibc's expf). The edges are expf's: NaN -> NaN, -inf -> 0,
+// +inf -> inf, +-0 and subnormals -> 1, overflow to inf from 88.7228394 on, subnormal results.
+TEST(LossCpu, ExpIsTheNearestFloat) {
+  std::vector<float> xs;
+  for (uint32_t b = 0; b < 0x42dc0000u; b += 389) {  // 0x42dc0000 = 110
+    float x;
+    std::memcpy(&x, &b, sizeof x);
+    if (x <= 95.f) xs.push_back(x);
+    xs.push_back(-x);
+  }
+  const long long n = (long long)xs.size();
+  std::vector<float> y(n);
+  cpu::detail::exp_nearest(y.data(), xs.data(), n);
+  long long differ = 0;
+  for (long long i = 0; i < n; ++i) {
+    const float want = float(std::exp(double(xs[i])));
+    if (bits({y[i]}) != bits({want})) {
+      ++differ;
+      ASSERT_EQ(std::nextafter(want, y[i]), y[i]) << "more than 1 ulp at x = " << xs[i];
+    }
+  }
+  EXPECT_LE(differ, n / 1000000) << "of " << n;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float sub = std::numeric_limits<float>::denorm_min(), fmax = std::numeric_limits<float>::max();
+  const std::vector<float> x = {nan,  -inf,        inf,         0.f,    -0.f,    sub,
+                                -sub, 88.7228317f, 88.7228394f, -100.f, -103.9f, -104.f};
+  const std::vector<float> want = {nan,
+                                   0.f,
+                                   inf,
+                                   1.f,
+                                   1.f,
+                                   1.f,
+                                   1.f,
+                                   float(std::exp(88.7228317)),
+                                   inf,
+                                   float(std::exp(-100.0)),
+                                   float(std::exp(-103.9)),
+                                   0.f};
+  std::vector<float> e(x.size());
+  cpu::detail::exp_nearest(e.data(), x.data(), (long long)x.size());
+  EXPECT_TRUE(std::isnan(e[0]));
+  for (size_t i = 1; i < x.size(); ++i) EXPECT_EQ(bits({e[i]}), bits({want[i]})) << "x = " << x[i];
+  EXPECT_LE(e[7], fmax);
+  EXPECT_GT(e[9], 0.f);  // subnormal
+  EXPECT_LT(e[9], std::numeric_limits<float>::min());
+}
+
+// The CPU softmax cross-entropy is the reference's arithmetic with exp_nearest for e^x: the
+// scan for the argmax (first index on ties; a NaN is never chosen over an earlier number), the
+// sum over k ascending, (m + log(sum)) - z_c, grad_scale (e_k / sum - y_k). This twin is the
+// reference's row loop so written; the CPU op must give its bits (NaN as NaN) under every ISA,
+// on odd shapes, on rows of +-0, subnormals, +-inf, NaN and ties, with and without the gradient,
+// and stay within float rounding of the double reference on ordinary rows.
+void softmax_twin(float* loss, float* dz, int32_t* correct, const float* logits, const int32_t* labels, int N, int K,
+                  float grad_scale) {
+  for (int i = 0; i < N; ++i) {
+    const float* z = logits + (long long)i * K;
+    int best = 0;
+    for (int k = 1; k < K; ++k)
+      if (z[k] > z[best]) best = k;
+    correct[i] = best == labels[i];
+    std::vector<float> e(K), d(K);
+    for (int k = 0; k < K; ++k) d[k] = z[k] - z[best];
+    cpu::detail::exp_nearest(e.data(), d.data(), K);
+    float sum = 0;
+    for (int k = 0; k < K; ++k) sum += e[k];
+    loss[i] = z[best] + std::log(sum) - z[labels[i]];
+    for (int k = 0; k < K; ++k) dz[(long long)i * K + k] = grad_scale * (e[k] / sum - (k == labels[i] ? 1.f : 0.f));
+  }
+}
+::testing::AssertionResult same_bits_or_nan(const std::vector<float>& a, const std::vector<float>& b) {
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!(std::isnan(a[i]) && std::isnan(b[i])) && bits({a[i]}) != bits({b[i]}))
+      return ::testing::AssertionFailure() << "element " << i << ": " << a[i] << " vs " << b[i];
+  return ::testing::AssertionSuccess();
+}
+TEST(LossCpu, SoftmaxIsTheReferenceArithmeticUnderEveryIsa) {
+  Restore restore;
+  struct Case {
+    int N, K;
+    std::vector<float> z;  // empty: random
+  };
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float sub = std::numeric_limits<float>::denorm_min();
+  std::vector<Case> cases = {{1, 1, {}}, {3, 2, {}}, {64, 10, {}}, {65, 17, {}}, {130, 33, {}}, {200, 10, {}}};
+  cases.push_back({11, 5, {0.f, -0.f, 0.f, 0.f,   0.f,    sub, -sub,  0.f,  1e-39f, -1e-39f, inf,  1.f,  2.f, 3.f,
+                           4.f, -inf, 1.f, 2.f,   -inf,   0.f, 1.f,   nan,  3.f,    2.f,     0.f,  nan,  1.f, 2.f,
+                           3.f, 4.f,  inf, inf,   0.f,    1.f, 2.f,   -inf, -inf,   -inf,    -inf, -inf, 3.f, 3.f,
+                           3.f, 1.f,  3.f, 1e30f, -1e30f, 0.f, 1e30f, 5.f,  -3.f,   -3.f,    -2.f, -2.f, -2.f}});
+  for (const Case& c : cases) {
+    const size_t NK = size_t(c.N) * c.K;
+    const std::vector<float> z = c.z.empty() ? make_data(NK, 11 + c.K, 8.0).f : c.z;
+    std::vector<int32_t> labels(c.N);
+    for (int i = 0; i < c.N; ++i) labels[i] = (i * 7 + 3) % c.K;
+    std::vector<float> want_l(c.N), want_dz(NK);
+    std::vector<int32_t> want_c(c.N);
+    softmax_twin(want_l.data(), want_dz.data(), want_c.data(), z.data(), labels.data(), c.N, c.K, 1.f / c.N);
+    const std::string label = "N=" + std::to_string(c.N) + " K=" + std::to_string(c.K);
+    for (cpu::CpuIsa isa : isas()) {
+      cpu::set_cpu_isa(isa);
+      std::vector<float> l = nans(c.N), dz = nans(NK), l2 = nans(c.N);
+      std::vector<int32_t> cor(c.N, -1);
+      cpu::loss_forward_backward(l.data(), dz.data(), cor.data(), z.data(), labels.data(), c.N, c.K,
+                                 Loss::SoftmaxCrossEntropy, 1.f / c.N);
+      cpu::loss_forward_backward(l2.data(), nullptr, nullptr, z.data(), labels.data(), c.N, c.K,
+                                 Loss::SoftmaxCrossEntropy, 1.f / c.N);
+      const std::string where = label + " [" + cpu::cpu_isa_name(isa) + "]";
+      EXPECT_TRUE(same_bits_or_nan(l, want_l)) << "loss " << where;
+      EXPECT_TRUE(same_bits_or_nan(l2, want_l)) << "loss without the gradient " << where;
+      EXPECT_TRUE(same_bits_or_nan(dz, want_dz)) << "gradient " << where;
+      EXPECT_EQ(cor, want_c) << "correct " << where;
+    }
+    if (!c.z.empty()) continue;
+    // Ordinary rows: within float rounding of the double reference.
+    std::vector<double> dl(c.N), ddz(NK), zd(z.begin(), z.end());
+    ref::loss_forward_backward<double>(dl.data(), ddz.data(), nullptr, zd.data(), labels.data(), c.N, c.K,
+                                       Loss::SoftmaxCrossEntropy, 1.0 / c.N);
+    for (int i = 0; i < c.N; ++i) EXPECT_NEAR(want_l[i], dl[i], 1e-5 + 1e-5 * std::fabs(dl[i])) << label;
+    for (size_t j = 0; j < NK; ++j) EXPECT_NEAR(want_dz[j], ddz[j], 1e-7 + 1e-5 * std::fabs(ddz[j])) << label;
+  }
+  // The other losses are the reference's.
+  const Data z = make_data(60, 3, 2.0);
+  const std::vector<int32_t> labels = {0, 1, 2, 3, 4, 5};
+  std::vector<float> l(6), dz(60), rl(6), rdz(60);
+  cpu::loss_forward_backward(l.data(), dz.data(), nullptr, z.f.data(), labels.data(), 6, 10, Loss::MSLE, 0.5f);
+  ref::loss_forward_backward<float>(rl.data(), rdz.data(), nullptr, z.f.data(), labels.data(), 6, 10, Loss::MSLE, 0.5f);
+  EXPECT_EQ(bits(l), bits(rl));
+  EXPECT_EQ(bits(dz), bits(rdz));
+}
+
 // The threaded, vectorized step gives the reference's bits for every optimizer setting: the same
 // float operations per element in the same order. Long buffers (the threads split them, the vector
 // loop has a remainder) with subnormal, zero and large gradients among random ones, three steps:

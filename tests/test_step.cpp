@@ -141,8 +141,8 @@ TEST(TrainStepCpu, IsTheOpsOfOneStepInOrder) {
           ref::gather_normalize(st.act[0].data(), labels.data(), d.images.pixels.data(), d.labels.data(),
                                 perm.data() + (t - 1) * B, B, P, s.mean, s.std);
         net.forward(st, want.params.data(), ex);
-        ref::loss_forward_backward<float>(loss.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
-                                          labels.data(), B, K, s.loss, 1.f / B);
+        op::loss_forward_backward(ex, loss.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
+                                  labels.data(), B, K, s.loss, 1.f / B);
         double l = 0, c = 0;
         for (int b = 0; b < B; ++b) l += loss[b], c += correct[b];
         loss_sum += l, correct_sum += c;
@@ -203,8 +203,8 @@ TEST(TrainStepCpu, BatchNormAndDropoutTrainInTrainingModeAndResumeBitwise) {
     gpu::StepCounters c;
     c.seed = 9, c.global_step = t;
     net.forward(st, want.params.data(), ex, RunMode<float>::train(want.params.data() + net.num_params(), &c));
-    ref::loss_forward_backward<float>(loss.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
-                                      labels.data(), B, K, s.loss, 1.f / B);
+    op::loss_forward_backward(ex, loss.data(), st.dact.back().data(), correct.data(), st.act.back().data(),
+                              labels.data(), B, K, s.loss, 1.f / B);
     net.backward(st, want.params.data(), grads.data(), ex, false);
     ref::optimizer_step(want.params.data(), grads.data(), want.m.data(), want.v.data(), grads.size(), s.optim, t);
   }

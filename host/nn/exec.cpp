@@ -9,7 +9,10 @@
 //   softmax                   gpu::          ref:: (float)     ref::
 //   copy                      cudaMemcpyAsync  std::copy       std::copy
 //   optimizer                 gpu::          cpu::             -
-//   loss, metrics, gather,    gpu::          ref:: (float)     -
+//   loss                      gpu::          cpu:: (softmax    -
+//                                            cross-entropy;
+//                                            the others ref::)
+//   metrics, gather,          gpu::          ref:: (float)     -
 //   permutation
 //   batchnorm, dropout        gpu::          cpu::             ref::
 // cpu:: has fast versions of the ops that dominate a CPU step (host/cpu/); the others are cheap
@@ -368,7 +371,7 @@ void loss_forward_backward(const Exec& ex, float* loss, float* dlogits, int32_t*
                            const int32_t* labels, int N, int K, Loss kind, float grad_scale) {
   if (on_gpu(ex))
     return gpu::loss_forward_backward(loss, dlogits, correct, logits, labels, N, K, kind, grad_scale, ex.gpu->stream());
-  ref::loss_forward_backward<float>(loss, dlogits, correct, logits, labels, N, K, kind, grad_scale);
+  cpu::loss_forward_backward(loss, dlogits, correct, logits, labels, N, K, kind, grad_scale);
 }
 
 void accumulate_metrics(const Exec& ex, double* acc, const float* loss, const int32_t* correct, int N) {

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "barecnn/activation.h"
+#include "barecnn/loss.h"
 #include "barecnn/optim.h"
 #include "barecnn/shape.h"
 
@@ -70,6 +71,12 @@ void maxpool2d_forward(float* out, int32_t* mask, const float* inp, const Pool2d
 void maxpool2d_backward(float* dinp, const float* dout, const int32_t* mask, const Pool2dShape& s);
 void avgpool2d_forward(float* out, const float* inp, const Pool2dShape& s);
 void avgpool2d_backward(float* dinp, const float* dout, const Pool2dShape& s);
+// ---- loss (host/cpu/loss.cpp): softmax cross-entropy vectorized across the samples, the
+// reference's arithmetic with e^x from detail::exp_nearest (not glibc's expf: the two round e^x
+// differently only near a tie); every other loss calls the reference. Arguments as
+// ref::loss_forward_backward's.
+void loss_forward_backward(float* loss, float* dlogits, int32_t* correct, const float* logits, const int32_t* labels,
+                           int N, int K, Loss kind, float grad_scale);
 // ---- batch normalization (host/cpu/norm.cpp): ref::batchnorm_forward_train and
 // ref::batchnorm_backward with each channel's double sums in 8 interleaved lanes (vectorized, no
 // add waiting on the one before); the floats are the reference's except where a double sum lies
@@ -136,6 +143,9 @@ void gemm_nt_filled(int M, int N, int K, const float* A, long lda, const float* 
 // those output rows lie inside it). The mask holds plane indices h*W + w. maxpool2d_forward runs
 // it on whole planes, the fused conv on the rows of a block.
 void maxpool_plane_rows(float* out, int32_t* mask, const float* rows, int row0, int oh0, int oh1, const Pool2dShape& s);
+// out[i] = e^in[i], the float nearest to it (computed in double; see host/cpu/loss.cpp), as the
+// CPU softmax uses it.
+void exp_nearest(float* out, const float* in, long long n);
 }  // namespace detail
 
 }  // namespace barecnn::cpu
