@@ -543,6 +543,49 @@ TEST(CpuIsa, Avx512GivesTheBitsOfAvx2) {
   }
 }
 
+// Layers of at most 16 outputs take their own kernels under AVX2 and AVX-512 (dense.cpp, "narrow
+// layers"); they must give the bits of the GEMMs every other layer takes, composed as
+// dense_forward composes them (bias, then sgemm_nt accumulating), on the narrow shapes of the
+// lists above, under both instruction sets. On a CPU without AVX2 this checks nothing.
+TEST(DenseCpu, NarrowLayersGiveTheGemmsBits) {
+  Restore restore;
+  std::vector<DenseShape> shapes;
+  for (const DenseShape& d : odd_dense_shapes())
+    if (d.OUT <= 16) shapes.push_back(d);
+  for (const DenseShape& d : preset_dense_shapes())
+    if (d.OUT <= 16) shapes.push_back(d);
+  ASSERT_GE(shapes.size(), 10u);
+  for (cpu::CpuIsa isa : isas()) {
+    if (isa == cpu::CpuIsa::Generic) continue;
+    cpu::set_cpu_isa(isa);
+    for (const DenseShape& d : shapes) {
+      const size_t nx = size_t(d.N) * d.IN, nw = size_t(d.OUT) * d.IN, no = size_t(d.N) * d.OUT;
+      const Data x = make_data(nx, 21, 1.0), w = make_data(nw, 22, 0.5), b = make_data(d.OUT, 23, 0.5),
+                 g = make_data(no, 24, 1.0);
+      std::vector<float> out = nans(no), dinp = nans(nx), dw = nans(nw), db = nans(d.OUT);
+      cpu::dense_forward(out.data(), x.f.data(), w.f.data(), b.f.data(), d.N, d.IN, d.OUT);
+      cpu::dense_backward_input(dinp.data(), g.f.data(), w.f.data(), d.N, d.IN, d.OUT);
+      cpu::dense_backward_weight(dw.data(), db.data(), g.f.data(), x.f.data(), d.N, d.IN, d.OUT);
+      std::vector<float> want_out(no), want_dinp = nans(nx), want_dw = nans(nw), want_db(d.OUT, 0.f);
+      for (int n = 0; n < d.N; n++)
+        for (int o = 0; o < d.OUT; o++) want_out[size_t(n) * d.OUT + o] = b.f[o];
+      cpu::detail::gemm_nt(d.N, d.OUT, d.IN, x.f.data(), d.IN, w.f.data(), d.IN, want_out.data(), d.OUT, true);
+      cpu::detail::gemm_nn(d.N, d.IN, d.OUT, g.f.data(), d.OUT, 1, w.f.data(), d.IN, want_dinp.data(), d.IN, nullptr,
+                           false);
+      cpu::detail::gemm_nn(d.OUT, d.IN, d.N, g.f.data(), 1, d.OUT, x.f.data(), d.IN, want_dw.data(), d.IN, nullptr,
+                           false);
+      for (int n = 0; n < d.N; n++)
+        for (int o = 0; o < d.OUT; o++) want_db[o] += g.f[size_t(n) * d.OUT + o];
+      const std::string label = "N=" + std::to_string(d.N) + " IN=" + std::to_string(d.IN) +
+                                " OUT=" + std::to_string(d.OUT) + " [" + cpu::cpu_isa_name(isa) + "]";
+      EXPECT_TRUE(same_bits(out, want_out)) << "forward " << label;
+      EXPECT_TRUE(same_bits(dinp, want_dinp)) << "backward_input " << label;
+      EXPECT_TRUE(same_bits(dw, want_dw)) << "backward_weight " << label;
+      EXPECT_TRUE(same_bits(db, want_db)) << "backward bias " << label;
+    }
+  }
+}
+
 // sgemm_nt cuts a long reduction into K blocks but asks a fill (conv backward-weight's im2col) for
 // one block, a few rows at a time, each row once and in order: each output's 8 lane partial sums
 // carry across blocks, so the blocking changes no bit.

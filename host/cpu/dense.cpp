@@ -6,8 +6,8 @@
 //   backward_weight  dW (OUT, IN)  = dout^T inp                sgemm_nn (A = dout read transposed)
 //                    db (OUT)      = sum over n of dout
 //
-// Layers with at most 16 outputs take their own AVX-512 kernels ("narrow layers" below), which
-// make the same chains of operations as these GEMMs.
+// Layers with at most 16 outputs take their own AVX-512 and AVX2 kernels ("narrow layers" below),
+// which make the same chains of operations as these GEMMs.
 //
 // Determinism: the output blocks below depend on the shape only, and every element of a block is
 // one fixed chain of operations (sgemm.h), so any number of threads gives the same bits.
@@ -43,14 +43,15 @@ static void for_items(int items, bool parallel, F f) {
   }
 }
 
-// ---- narrow layers under AVX-512: OUT <= 16 ---------------------------------------------------------
+// ---- narrow layers: OUT <= 16, AVX-512 and AVX2 -------------------------------------------------------
 //
 // A 10-way classifier head (every preset ends in one) is too small for the GEMMs above: 64 x 128
 // x 10 is 82k multiply-adds, ~0.4 us of one core's FMAs, and the general kernels spent 1.8 us
 // (forward), 1.1 us (backward-input) and 3.4 us (backward-weight) on it, in the tile edges (10 rows
 // of a 12-row tile), the packing, and sgemm_nt's scalar lane sums (640 of them). The kernels below
-// make each output's chain of operations the general ones make, bit for bit (the CpuIsa tests
-// compare them with the AVX2 build), in the shapes of these layers:
+// make each output's chain of operations the general ones make, bit for bit (DenseCpu.
+// NarrowLayersGiveTheGemmsBits), in the shapes of these layers (AVX-512 here; AVX2's further down,
+// the same chains in 8-float vectors):
 //
 //   forward          lane l of output (n, o) is the FMA chain over k = 8q + l, q ascending from 0
 //                    (a zero-padded last step when IN % 8 != 0), as in sgemm_nt; a 16-float
@@ -77,8 +78,14 @@ constexpr int kNarrowOut = 16;
 constexpr long long kNarrowParallelWork = 1LL << 20;
 constexpr int kNarrowRowsBwd = 3;  // backward-input rows per tile: 24 accumulators
 
-static bool narrow_applies(int OUT) {
-  return OUT <= kNarrowOut && isa_state().load(std::memory_order_relaxed) == int(CpuIsa::Avx512);
+// Which narrow kernels a layer of OUT outputs takes: AVX-512's, AVX2's, or none (the GEMMs).
+enum class Narrow { None, Avx2, Avx512 };
+static Narrow narrow_kernels(int OUT) {
+  const int isa = isa_state().load(std::memory_order_relaxed);
+  return OUT > kNarrowOut             ? Narrow::None
+         : isa == int(CpuIsa::Avx512) ? Narrow::Avx512
+         : isa == int(CpuIsa::Avx2)   ? Narrow::Avx2
+                                      : Narrow::None;
 }
 
 // Forward of rows [0, R) of a tile: acc[r][j] += the products of row xr[r] with W pair j, over all
@@ -321,10 +328,217 @@ static void narrow_bwd_weight_pick(int ob, float* dweight, const float* dout, co
   }
 }
 
+// ---- the same narrow kernels under AVX2 (8-float vectors, 16 registers) --------------------------
+//
+// The chains are the AVX-512 kernels' (and so the AVX2 GEMMs'), in smaller tiles: forward, one
+// vector of 8 lanes per output, 2 rows x up to 6 outputs per tile, the lane sums of 8 outputs at
+// a time; backward-input 2 rows x 48 columns; backward-weight up to 6 outputs x 16 columns.
+
+// W (OUT, IN) copied to rows ldw >= IN apart, each 64-byte aligned (a vector load across two cache
+// lines costs two) and zero after its IN floats; valid until the calling thread's next call.
+static const float* aligned_weight(const float* weight, int IN, int OUT, long ldw) {
+  static thread_local std::vector<float> wbuf;
+  float* w = scratch(wbuf, size_t(OUT) * ldw);
+  for (int k = 0; k < OUT; k++) {
+    std::memcpy(w + k * ldw, weight + (long long)k * IN, sizeof(float) * IN);
+    std::fill(w + k * ldw + IN, w + (k + 1) * ldw, 0.f);
+  }
+  return w;
+}
+
+// Outputs in groups of at most 6, as even as possible (10 -> 5 + 5): a function of OUT only.
+static int narrow_group(int OUT) { return (OUT + (OUT + 5) / 6 - 1) / ((OUT + 5) / 6); }
+
+// Forward tile: rows xr[0], xr[1] x outputs [0, JO) of w (rows ldw apart, 32-byte aligned,
+// zero-padded to whole steps of 8): acc (2, JO) lane vectors into accv[(r * ldv + j) * 8].
+template <int JO>
+[[gnu::target("avx2,fma")]] static void narrow_fwd_tile2(const float* const* xr, const float* w, long ldw, int IN,
+                                                         float* accv, long ldv) {
+  __m256 acc[2][JO];
+#pragma GCC unroll 8
+  for (int j = 0; j < JO; j++) acc[0][j] = acc[1][j] = _mm256_setzero_ps();
+  const int full = IN / 8;
+  for (int q = 0; q < (IN + 7) / 8; q++) {
+    __m256 x0, x1;
+    if (q < full) {
+      x0 = _mm256_loadu_ps(xr[0] + 8 * q), x1 = _mm256_loadu_ps(xr[1] + 8 * q);
+    } else {  // the tail, zero-padded
+      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(IN - 8 * q), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      x0 = _mm256_maskload_ps(xr[0] + 8 * q, m), x1 = _mm256_maskload_ps(xr[1] + 8 * q, m);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < JO; j++) {
+      __m256 wv = _mm256_load_ps(w + j * ldw + 8 * q);
+      asm("" : "+x"(wv));  // one load into a register, not one folded into each row's FMA
+      acc[0][j] = _mm256_fmadd_ps(x0, wv, acc[0][j]);
+      acc[1][j] = _mm256_fmadd_ps(x1, wv, acc[1][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < JO; j++) {
+    _mm256_store_ps(accv + j * 8, acc[0][j]);
+    _mm256_store_ps(accv + (ldv + j) * 8, acc[1][j]);
+  }
+}
+template <int JO>
+static void narrow_fwd_tile2_pick(int jo, const float* const* xr, const float* w, long ldw, int IN, float* accv,
+                                  long ldv) {
+  if constexpr (JO > 0) {
+    if (jo == JO) return narrow_fwd_tile2<JO>(xr, w, ldw, IN, accv, ldv);
+    narrow_fwd_tile2_pick<JO - 1>(jo, xr, w, ldw, IN, accv, ldv);
+  }
+}
+
+// 8 lane vectors (8 outputs) -> their 8 lane sums in order, each in hsumv's tree.
+[[gnu::target("avx2,fma"), gnu::always_inline]] inline __m256 narrow_lane_sums8(const float* a8) {
+  __m256 c[4], e[2];
+  for (int m = 0; m < 4; m++) {  // a_i = l_i + l_{i+4}: c[m] = (a of output 2m | a of output 2m+1)
+    const __m256 A = _mm256_load_ps(a8 + 16 * m), B = _mm256_load_ps(a8 + 16 * m + 8);
+    c[m] = _mm256_add_ps(_mm256_permute2f128_ps(A, B, 0x20), _mm256_permute2f128_ps(A, B, 0x31));
+  }
+  for (int h = 0; h < 2; h++)  // b0 = a0 + a2, b1 = a1 + a3
+    e[h] =
+        _mm256_add_ps(_mm256_shuffle_ps(c[2 * h], c[2 * h + 1], 0x44), _mm256_shuffle_ps(c[2 * h], c[2 * h + 1], 0xee));
+  // b0 + b1: element 4L + m is output 2m + L; the permutation puts it at 2m + L.
+  const __m256 g = _mm256_add_ps(_mm256_shuffle_ps(e[0], e[1], 0x88), _mm256_shuffle_ps(e[0], e[1], 0xdd));
+  return _mm256_permutevar8x32_ps(g, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// Rows [n0, n0 + nn) of the forward: one lane vector per output at accv[(n * OUT + o) * 8], so that
+// the flat outputs of the rows are consecutive; bias_rep[i] = bias of output i % OUT.
+[[gnu::target("avx2,fma")]] static void narrow_fwd_rows_avx2(float* out, const float* inp, const float* w, long ldw,
+                                                             const float* bias_rep, int n0, int nn, int IN, int OUT) {
+  const int G = narrow_group(OUT);
+  static thread_local std::vector<float> abuf;
+  const long total = long(nn) * OUT, groups = (total + 7) / 8;
+  float* accv = scratch(abuf, size_t(groups) * 64 + size_t(OUT) * 8);  // + a repeated last row's outputs
+  for (int r0 = 0; r0 < nn; r0 += 2) {
+    const float* xr[2] = {inp + (long long)(n0 + r0) * IN, inp + (long long)(n0 + std::min(r0 + 1, nn - 1)) * IN};
+    for (int o0 = 0; o0 < OUT; o0 += G)
+      narrow_fwd_tile2_pick<6>(std::min(G, OUT - o0), xr, w + o0 * ldw, ldw, IN, accv + (size_t(r0) * OUT + o0) * 8,
+                               OUT);
+  }
+  std::memset(accv + total * 8, 0, sizeof(float) * (groups * 8 - total) * 8);
+  float* dst = out + (long long)n0 * OUT;
+  for (long f0 = 0; f0 < total; f0 += 8) {
+    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(bias_rep + f0 % OUT), narrow_lane_sums8(accv + f0 * 8));
+    if (total - f0 >= 8) {
+      _mm256_storeu_ps(dst + f0, v);
+    } else {
+      alignas(32) float t[8];
+      _mm256_store_ps(t, v);
+      std::memcpy(dst + f0, t, sizeof(float) * (total - f0));
+    }
+  }
+}
+
+static void narrow_forward_avx2(float* out, const float* inp, const float* weight, const float* bias, int N, int IN,
+                                int OUT) {
+  static thread_local std::vector<float> brep;
+  float* bias_rep = scratch(brep, size_t(OUT) + 8);
+  for (int i = 0; i < OUT + 8; i++) bias_rep[i] = bias ? bias[i % OUT] : 0.f;
+  const long ldw = (IN + 15) / 16 * 16;
+  const float* w = aligned_weight(weight, IN, OUT, ldw);
+  for_items(ceil_div(N, kRowBlock), 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
+    narrow_fwd_rows_avx2(out, inp, w, ldw, bias_rep, item * kRowBlock, std::min(kRowBlock, N - item * kRowBlock), IN,
+                         OUT);
+  });
+}
+
+// Backward-input tile: 2 rows (d: their rows of dout; dst: where, null for a repeated row) x
+// columns [c0, c0 + 8 NV) of W (rows ldw apart, padded with zeros to a multiple of 8 columns).
+template <int NV>
+[[gnu::target("avx2,fma")]] static void narrow_bwd_input_tile2(float* const* dst, const float* const* d, const float* w,
+                                                               long ldw, int OUT, int ncols) {
+  __m256 acc[2][NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; v++) acc[0][v] = acc[1][v] = _mm256_setzero_ps();
+  for (int k = 0; k < OUT; k++, w += ldw) {
+    const __m256 a0 = _mm256_broadcast_ss(d[0] + k), a1 = _mm256_broadcast_ss(d[1] + k);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) {
+      __m256 wv = _mm256_load_ps(w + 8 * v);
+      asm("" : "+x"(wv));  // one load into a register, not one folded into each row's FMA
+      acc[0][v] = _mm256_fmadd_ps(a0, wv, acc[0][v]);
+      acc[1][v] = _mm256_fmadd_ps(a1, wv, acc[1][v]);
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < 2; r++) {
+    if (!dst[r]) continue;
+    if (ncols == 8 * NV) {
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; v++) _mm256_storeu_ps(dst[r] + 8 * v, acc[r][v]);
+    } else {
+      alignas(32) float t[8 * NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; v++) _mm256_store_ps(t + 8 * v, acc[r][v]);
+      std::memcpy(dst[r], t, sizeof(float) * ncols);
+    }
+  }
+}
+template <int NV>
+static void narrow_bwd_input_tile2_pick(int nv, float* const* dst, const float* const* d, const float* w, long ldw,
+                                        int OUT, int ncols) {
+  if constexpr (NV > 0) {
+    if (nv == NV) return narrow_bwd_input_tile2<NV>(dst, d, w, ldw, OUT, ncols);
+    narrow_bwd_input_tile2_pick<NV - 1>(nv, dst, d, w, ldw, OUT, ncols);
+  }
+}
+
+// Backward-weight tile: outputs [o0, o0 + OB) x columns [c0, c0 + 16) (ncols of them real; inp's
+// rows read through a zero-padded copy where fewer), the chain over all N rows.
+template <int OB>
+[[gnu::target("avx2,fma")]] static void narrow_bwd_weight_tile2(float* dweight, const float* dout, const float* inp,
+                                                                int o0, int c0, int ncols, int N, int IN, int OUT) {
+  __m256 acc[OB][2];
+#pragma GCC unroll 8
+  for (int o = 0; o < OB; o++) acc[o][0] = acc[o][1] = _mm256_setzero_ps();
+  const float* x = inp + c0;
+  const float* d = dout + o0;
+  for (int n = 0; n < N; n++, x += IN, d += OUT) {
+    __m256 x0, x1;
+    if (ncols == 16) {
+      x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+    } else {
+      alignas(32) float t[16] = {};
+      std::memcpy(t, x, sizeof(float) * ncols);
+      x0 = _mm256_load_ps(t), x1 = _mm256_load_ps(t + 8);
+    }
+#pragma GCC unroll 8
+    for (int o = 0; o < OB; o++) {
+      const __m256 dv = _mm256_broadcast_ss(d + o);
+      acc[o][0] = _mm256_fmadd_ps(dv, x0, acc[o][0]);
+      acc[o][1] = _mm256_fmadd_ps(dv, x1, acc[o][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int o = 0; o < OB; o++) {
+    float* row = dweight + (long long)(o0 + o) * IN + c0;
+    if (ncols == 16) {
+      _mm256_storeu_ps(row, acc[o][0]), _mm256_storeu_ps(row + 8, acc[o][1]);
+    } else {
+      alignas(32) float t[16];
+      _mm256_store_ps(t, acc[o][0]), _mm256_store_ps(t + 8, acc[o][1]);
+      std::memcpy(row, t, sizeof(float) * ncols);
+    }
+  }
+}
+template <int OB>
+static void narrow_bwd_weight_tile2_pick(int ob, float* dweight, const float* dout, const float* inp, int o0, int c0,
+                                         int ncols, int N, int IN, int OUT) {
+  if constexpr (OB > 0) {
+    if (ob == OB) return narrow_bwd_weight_tile2<OB>(dweight, dout, inp, o0, c0, ncols, N, IN, OUT);
+    narrow_bwd_weight_tile2_pick<OB - 1>(ob, dweight, dout, inp, o0, c0, ncols, N, IN, OUT);
+  }
+}
+
 void dense_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IN, int OUT) {
   // out (N, OUT); inp (N, IN); weight (OUT, IN); bias (OUT) or null
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "cpu::dense_forward: N=", N, " IN=", IN, " OUT=", OUT);
-  if (narrow_applies(OUT)) return narrow_forward(out, inp, weight, bias, N, IN, OUT);
+  const Narrow narrow = narrow_kernels(OUT);
+  if (narrow == Narrow::Avx512) return narrow_forward(out, inp, weight, bias, N, IN, OUT);
+  if (narrow == Narrow::Avx2) return narrow_forward_avx2(out, inp, weight, bias, N, IN, OUT);
   const int rb = ceil_div(N, kRowBlock), cb = ceil_div(OUT, kColBlockFwd);
   for_items(rb * cb, 1LL * N * IN * OUT >= kMinParallelWork, [&](int item) {
     int n0 = item / cb * kRowBlock, o0 = item % cb * kColBlockFwd;
@@ -340,14 +554,22 @@ void dense_forward(float* out, const float* inp, const float* weight, const floa
 void dense_backward_input(float* dinp, const float* dout, const float* weight, int N, int IN, int OUT) {
   // dinp (N, IN), overwritten; dout (N, OUT); weight (OUT, IN)
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "cpu::dense_backward_input: N=", N, " IN=", IN, " OUT=", OUT);
-  if (narrow_applies(OUT)) {
-    const int items = ceil_div(N, kRowBlock);
-    static thread_local std::vector<float> wbuf;  // W with rows 64-byte aligned
+  const Narrow narrow = narrow_kernels(OUT);
+  if (narrow != Narrow::None) {
     const long ldw = (IN + 15) / 16 * 16;
-    float* w = scratch(wbuf, size_t(OUT) * ldw);
-    for (int k = 0; k < OUT; k++) std::memcpy(w + k * ldw, weight + (long long)k * IN, sizeof(float) * IN);
-    return for_items(items, 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
-      narrow_bwd_input_rows(dinp, dout, w, ldw, item * kRowBlock, std::min(kRowBlock, N - item * kRowBlock), IN, OUT);
+    const float* w = aligned_weight(weight, IN, OUT, ldw);
+    return for_items(ceil_div(N, kRowBlock), 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
+      const int n0 = item * kRowBlock, nn = std::min(kRowBlock, N - n0);
+      if (narrow == Narrow::Avx512) return narrow_bwd_input_rows(dinp, dout, w, ldw, n0, nn, IN, OUT);
+      for (int r0 = n0; r0 < n0 + nn; r0 += 2) {  // AVX2: 2 rows x 48 columns
+        const bool two = r0 + 1 < n0 + nn;
+        const float* d[2] = {dout + (long long)r0 * OUT, dout + (long long)(two ? r0 + 1 : r0) * OUT};
+        for (int c0 = 0; c0 < IN; c0 += 48) {
+          float* dst[2] = {dinp + (long long)r0 * IN + c0, two ? dinp + (long long)(r0 + 1) * IN + c0 : nullptr};
+          const int ncols = std::min(48, IN - c0);
+          narrow_bwd_input_tile2_pick<6>((ncols + 7) / 8, dst, d, w + c0, ldw, OUT, ncols);
+        }
+      }
     });
   }
   const int rb = ceil_div(N, kRowBlock), cb = ceil_div(IN, kColBlockBwd);
@@ -362,7 +584,8 @@ void dense_backward_input(float* dinp, const float* dout, const float* weight, i
 void dense_backward_weight(float* dweight, float* dbias, const float* dout, const float* inp, int N, int IN, int OUT) {
   // dweight (OUT, IN), overwritten; dbias (OUT) or null; dout (N, OUT); inp (N, IN)
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "cpu::dense_backward_weight: N=", N, " IN=", IN, " OUT=", OUT);
-  if (narrow_applies(OUT)) {
+  const Narrow narrow = narrow_kernels(OUT);
+  if (narrow == Narrow::Avx512) {
     // Blocks of 32 columns, all OUT rows (in two tiles above 12), each the whole batch's chain.
     const int ob = OUT <= 12 ? OUT : (OUT + 1) / 2;
     for_items(ceil_div(IN, 32), 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
@@ -372,15 +595,24 @@ void dense_backward_weight(float* dweight, float* dbias, const float* dout, cons
     if (dbias) narrow_bias_grad(dbias, dout, N, OUT);
     return;
   }
-  // Blocks of the output dW; each one reduces over the whole batch (K = N), so no reduction is
-  // split across threads.
-  const int rb = ceil_div(OUT, kRowBlock), cb = ceil_div(IN, kColBlockBwd);
-  for_items(rb * cb, 1LL * N * IN * OUT >= kMinParallelWork, [&](int item) {
-    int o0 = item / cb * kRowBlock, i0 = item % cb * kColBlockBwd;
-    int no = std::min(kRowBlock, OUT - o0), ni = std::min(kColBlockBwd, IN - i0);
-    // A (o, n) = dout[n, o0 + o]: rows 1 apart, columns OUT apart.
-    sgemm_nn(no, ni, N, dout + o0, 1, OUT, inp + i0, IN, dweight + (long long)o0 * IN + i0, IN, nullptr, false);
-  });
+  if (narrow == Narrow::Avx2) {  // blocks of 16 columns, outputs in groups of at most 6
+    const int G = narrow_group(OUT);
+    for_items(ceil_div(IN, 16), 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
+      for (int o0 = 0; o0 < OUT; o0 += G)
+        narrow_bwd_weight_tile2_pick<6>(std::min(G, OUT - o0), dweight, dout, inp, o0, item * 16,
+                                        std::min(16, IN - item * 16), N, IN, OUT);
+    });
+  } else {
+    // Blocks of the output dW; each one reduces over the whole batch (K = N), so no reduction is
+    // split across threads.
+    const int rb = ceil_div(OUT, kRowBlock), cb = ceil_div(IN, kColBlockBwd);
+    for_items(rb * cb, 1LL * N * IN * OUT >= kMinParallelWork, [&](int item) {
+      int o0 = item / cb * kRowBlock, i0 = item % cb * kColBlockBwd;
+      int no = std::min(kRowBlock, OUT - o0), ni = std::min(kColBlockBwd, IN - i0);
+      // A (o, n) = dout[n, o0 + o]: rows 1 apart, columns OUT apart.
+      sgemm_nn(no, ni, N, dout + o0, 1, OUT, inp + i0, IN, dweight + (long long)o0 * IN + i0, IN, nullptr, false);
+    });
+  }
   if (dbias) {
     // Row by row, n ascending for every o: contiguous, vectorizes across o.
     for (int o = 0; o < OUT; o++) dbias[o] = 0.f;
