@@ -171,6 +171,15 @@ template <int JP>
     for (int n = 0; n < nn; n++) std::memcpy(out + (long long)(n0 + n) * OUT, dst + size_t(n) * P, sizeof(float) * OUT);
 }
 
+template <int JP>
+static void narrow_fwd_rows_pick(int jp, float* out, const float* inp, const float* wp, const float* bias_rep, int n0,
+                                 int nn, int IN, int OUT) {
+  if constexpr (JP > 0) {
+    if (jp == JP) return narrow_fwd_rows<JP>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
+    narrow_fwd_rows_pick<JP - 1>(jp, out, inp, wp, bias_rep, n0, nn, IN, OUT);
+  }
+}
+
 [[gnu::target("avx512f,avx2,fma")]] static void narrow_forward(float* out, const float* inp, const float* weight,
                                                                const float* bias, int N, int IN, int OUT) {
   const int JP = (OUT + 1) / 2, P = 2 * JP, KQ = (IN + 7) / 8;
@@ -193,29 +202,11 @@ template <int JP>
     }
   float* bias_rep = wp + size_t(KQ) * JP * 16;
   for (int i = 0; i < P + 16; i++) bias_rep[i] = bias && i % P < OUT ? bias[i % P] : 0.f;
-  auto rows = [&](int n0, int nn) {
-    switch (JP) {
-      case 1:
-        return narrow_fwd_rows<1>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
-      case 2:
-        return narrow_fwd_rows<2>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
-      case 3:
-        return narrow_fwd_rows<3>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
-      case 4:
-        return narrow_fwd_rows<4>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
-      case 5:
-        return narrow_fwd_rows<5>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
-      case 6:
-        return narrow_fwd_rows<6>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
-      case 7:
-        return narrow_fwd_rows<7>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
-      default:
-        return narrow_fwd_rows<8>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
-    }
-  };
   const int items = (N + kRowBlock - 1) / kRowBlock;
-  for_items(items, 1LL * N * IN * OUT >= kNarrowParallelWork,
-            [&](int item) { rows(item * kRowBlock, std::min(kRowBlock, N - item * kRowBlock)); });
+  for_items(items, 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
+    narrow_fwd_rows_pick<8>(JP, out, inp, wp, bias_rep, item * kRowBlock, std::min(kRowBlock, N - item * kRowBlock), IN,
+                            OUT);
+  });
 }
 
 // Backward-input tile: kNarrowRowsBwd rows (d: their rows of dout; dst: where they go, null for a

@@ -4,7 +4,8 @@
 // profiling/cpu_lab.cpp.
 //
 // How: convolutions are im2col + GEMM, dense layers are GEMMs, all on the register-tiled,
-// cache-blocked SGEMM of host/cpu/sgemm.h, with OpenMP across threads.
+// cache-blocked SGEMM of host/cpu/sgemm.h, with OpenMP across threads (dense layers of at most
+// 16 outputs: their own AVX2 / AVX-512 kernels, with the GEMMs' bits).
 //
 // Deterministic: each output element is computed by one thread in a fixed order that depends
 // only on the shape (reductions over the batch are cut into fixed groups of images and the
