@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,27 @@ namespace barecnn {
 
 enum class Device { CPU, CUDA };
 inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+// Host storage aligned to 64 bytes (a cache line; host/cpu/'s widest loads): malloc's 16 put half
+// of the 32-byte loads of a dense layer's GEMM across two cache lines, each then costing two (a
+// 6272 -> 128 forward on one thread of a Zen 5: 640 us aligned, 815 us 16 bytes off).
+template <typename T>
+struct HostAllocator {
+  using value_type = T;
+  HostAllocator() = default;
+  template <class U>
+  HostAllocator(const HostAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const HostAllocator<U>&) const {
+    return true;
+  }
+  template <class U>
+  bool operator!=(const HostAllocator<U>&) const {
+    return false;
+  }
+};
 
 template <typename T>
 class BasicTensor {
@@ -50,7 +72,7 @@ class BasicTensor {
 
   // Copies of the contents as a host vector, and back.
   std::vector<T> to_host() const {
-    if (dev_ == Device::CPU) return host_;
+    if (dev_ == Device::CPU) return std::vector<T>(host_.begin(), host_.end());
     return dbuf_.to_host();
   }
   // The first n elements only (a batch smaller than the buffer: the rest may never have been
@@ -65,7 +87,7 @@ class BasicTensor {
   void copy_from_host(const std::vector<T>& v) {
     BARECNN_ASSERT(v.size() == numel(), "copy of ", v.size(), " into tensor ", dims_str(dims_));
     if (dev_ == Device::CPU)
-      host_ = v;
+      host_.assign(v.begin(), v.end());
     else
       dbuf_.copy_from_host(v.data(), v.size());
   }
@@ -79,7 +101,7 @@ class BasicTensor {
  private:
   Dims dims_;
   Device dev_ = Device::CPU;
-  std::vector<T> host_;
+  std::vector<T, HostAllocator<T>> host_;
   DeviceBuffer<T> dbuf_;
 };
 
