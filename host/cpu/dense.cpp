@@ -14,6 +14,8 @@
 // This file also holds the ISA switch shared with conv2d.cpp.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
 #include "sgemm.h"
@@ -40,6 +42,16 @@ static void for_items(int items, bool parallel, F f) {
     for (int item = 0; item < items; item++) f(item);
   } else {
     for (int item = 0; item < items; item++) f(item);
+  }
+}
+
+// f(std::integral_constant<int, n>()) for a run-time n in [1, Max]: the narrow kernels' tile sizes
+// are template parameters, so that their accumulators are registers.
+template <int Max, class F>
+static void with_size(int n, F f) {
+  if constexpr (Max > 0) {
+    if (n == Max) return f(std::integral_constant<int, Max>());
+    with_size<Max - 1>(n, f);
   }
 }
 
@@ -171,15 +183,6 @@ template <int JP>
     for (int n = 0; n < nn; n++) std::memcpy(out + (long long)(n0 + n) * OUT, dst + size_t(n) * P, sizeof(float) * OUT);
 }
 
-template <int JP>
-static void narrow_fwd_rows_pick(int jp, float* out, const float* inp, const float* wp, const float* bias_rep, int n0,
-                                 int nn, int IN, int OUT) {
-  if constexpr (JP > 0) {
-    if (jp == JP) return narrow_fwd_rows<JP>(out, inp, wp, bias_rep, n0, nn, IN, OUT);
-    narrow_fwd_rows_pick<JP - 1>(jp, out, inp, wp, bias_rep, n0, nn, IN, OUT);
-  }
-}
-
 [[gnu::target("avx512f,avx2,fma")]] static void narrow_forward(float* out, const float* inp, const float* weight,
                                                                const float* bias, int N, int IN, int OUT) {
   const int JP = (OUT + 1) / 2, P = 2 * JP, KQ = (IN + 7) / 8;
@@ -204,8 +207,8 @@ static void narrow_fwd_rows_pick(int jp, float* out, const float* inp, const flo
   for (int i = 0; i < P + 16; i++) bias_rep[i] = bias && i % P < OUT ? bias[i % P] : 0.f;
   const int items = (N + kRowBlock - 1) / kRowBlock;
   for_items(items, 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
-    narrow_fwd_rows_pick<8>(JP, out, inp, wp, bias_rep, item * kRowBlock, std::min(kRowBlock, N - item * kRowBlock), IN,
-                            OUT);
+    const int n0 = item * kRowBlock, nn = std::min(kRowBlock, N - n0);
+    with_size<8>(JP, [&](auto jp) { narrow_fwd_rows<decltype(jp)::value>(out, inp, wp, bias_rep, n0, nn, IN, OUT); });
   });
 }
 
@@ -310,15 +313,6 @@ template <int OB>
   _mm512_mask_storeu_ps(dbias, m, acc);
 }
 
-template <int OB>
-static void narrow_bwd_weight_pick(int ob, float* dweight, const float* dout, const float* inp, int o0, int c0, int N,
-                                   int IN, int OUT) {
-  if constexpr (OB > 0) {
-    if (ob == OB) return narrow_bwd_weight_tile<OB>(dweight, dout, inp, o0, c0, N, IN, OUT);
-    narrow_bwd_weight_pick<OB - 1>(ob, dweight, dout, inp, o0, c0, N, IN, OUT);
-  }
-}
-
 // ---- the same narrow kernels under AVX2 (8-float vectors, 16 registers) --------------------------
 //
 // The chains are the AVX-512 kernels' (and so the AVX2 GEMMs'), in smaller tiles: forward, one
@@ -371,15 +365,6 @@ template <int JO>
     _mm256_store_ps(accv + (ldv + j) * 8, acc[1][j]);
   }
 }
-template <int JO>
-static void narrow_fwd_tile2_pick(int jo, const float* const* xr, const float* w, long ldw, int IN, float* accv,
-                                  long ldv) {
-  if constexpr (JO > 0) {
-    if (jo == JO) return narrow_fwd_tile2<JO>(xr, w, ldw, IN, accv, ldv);
-    narrow_fwd_tile2_pick<JO - 1>(jo, xr, w, ldw, IN, accv, ldv);
-  }
-}
-
 // 8 lane vectors (8 outputs) -> their 8 lane sums in order, each in hsumv's tree.
 [[gnu::target("avx2,fma"), gnu::always_inline]] inline __m256 narrow_lane_sums8(const float* a8) {
   __m256 c[4], e[2];
@@ -406,8 +391,9 @@ static void narrow_fwd_tile2_pick(int jo, const float* const* xr, const float* w
   for (int r0 = 0; r0 < nn; r0 += 2) {
     const float* xr[2] = {inp + (long long)(n0 + r0) * IN, inp + (long long)(n0 + std::min(r0 + 1, nn - 1)) * IN};
     for (int o0 = 0; o0 < OUT; o0 += G)
-      narrow_fwd_tile2_pick<6>(std::min(G, OUT - o0), xr, w + o0 * ldw, ldw, IN, accv + (size_t(r0) * OUT + o0) * 8,
-                               OUT);
+      with_size<6>(std::min(G, OUT - o0), [&](auto jo) {
+        narrow_fwd_tile2<decltype(jo)::value>(xr, w + o0 * ldw, ldw, IN, accv + (size_t(r0) * OUT + o0) * 8, OUT);
+      });
   }
   std::memset(accv + total * 8, 0, sizeof(float) * (groups * 8 - total) * 8);
   float* dst = out + (long long)n0 * OUT;
@@ -468,15 +454,6 @@ template <int NV>
     }
   }
 }
-template <int NV>
-static void narrow_bwd_input_tile2_pick(int nv, float* const* dst, const float* const* d, const float* w, long ldw,
-                                        int OUT, int ncols) {
-  if constexpr (NV > 0) {
-    if (nv == NV) return narrow_bwd_input_tile2<NV>(dst, d, w, ldw, OUT, ncols);
-    narrow_bwd_input_tile2_pick<NV - 1>(nv, dst, d, w, ldw, OUT, ncols);
-  }
-}
-
 // Backward-weight tile: outputs [o0, o0 + OB) x columns [c0, c0 + 16) (ncols of them real; inp's
 // rows read through a zero-padded copy where fewer), the chain over all N rows.
 template <int OB>
@@ -515,15 +492,6 @@ template <int OB>
     }
   }
 }
-template <int OB>
-static void narrow_bwd_weight_tile2_pick(int ob, float* dweight, const float* dout, const float* inp, int o0, int c0,
-                                         int ncols, int N, int IN, int OUT) {
-  if constexpr (OB > 0) {
-    if (ob == OB) return narrow_bwd_weight_tile2<OB>(dweight, dout, inp, o0, c0, ncols, N, IN, OUT);
-    narrow_bwd_weight_tile2_pick<OB - 1>(ob, dweight, dout, inp, o0, c0, ncols, N, IN, OUT);
-  }
-}
-
 void dense_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IN, int OUT) {
   // out (N, OUT); inp (N, IN); weight (OUT, IN); bias (OUT) or null
   BARECNN_ASSERT(N >= 0 && IN >= 1 && OUT >= 1, "cpu::dense_forward: N=", N, " IN=", IN, " OUT=", OUT);
@@ -558,7 +526,8 @@ void dense_backward_input(float* dinp, const float* dout, const float* weight, i
         for (int c0 = 0; c0 < IN; c0 += 48) {
           float* dst[2] = {dinp + (long long)r0 * IN + c0, two ? dinp + (long long)(r0 + 1) * IN + c0 : nullptr};
           const int ncols = std::min(48, IN - c0);
-          narrow_bwd_input_tile2_pick<6>((ncols + 7) / 8, dst, d, w + c0, ldw, OUT, ncols);
+          with_size<6>((ncols + 7) / 8,
+                       [&](auto nv) { narrow_bwd_input_tile2<decltype(nv)::value>(dst, d, w + c0, ldw, OUT, ncols); });
         }
       }
     });
@@ -581,7 +550,9 @@ void dense_backward_weight(float* dweight, float* dbias, const float* dout, cons
     const int ob = OUT <= 12 ? OUT : (OUT + 1) / 2;
     for_items(ceil_div(IN, 32), 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
       for (int o0 = 0; o0 < OUT; o0 += ob)
-        narrow_bwd_weight_pick<12>(std::min(ob, OUT - o0), dweight, dout, inp, o0, item * 32, N, IN, OUT);
+        with_size<12>(std::min(ob, OUT - o0), [&](auto n) {
+          narrow_bwd_weight_tile<decltype(n)::value>(dweight, dout, inp, o0, item * 32, N, IN, OUT);
+        });
     });
     if (dbias) narrow_bias_grad(dbias, dout, N, OUT);
     return;
@@ -590,8 +561,10 @@ void dense_backward_weight(float* dweight, float* dbias, const float* dout, cons
     const int G = narrow_group(OUT);
     for_items(ceil_div(IN, 16), 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
       for (int o0 = 0; o0 < OUT; o0 += G)
-        narrow_bwd_weight_tile2_pick<6>(std::min(G, OUT - o0), dweight, dout, inp, o0, item * 16,
-                                        std::min(16, IN - item * 16), N, IN, OUT);
+        with_size<6>(std::min(G, OUT - o0), [&](auto n) {
+          narrow_bwd_weight_tile2<decltype(n)::value>(dweight, dout, inp, o0, item * 16, std::min(16, IN - item * 16),
+                                                      N, IN, OUT);
+        });
     });
   } else {
     // Blocks of the output dW; each one reduces over the whole batch (K = N), so no reduction is
