@@ -59,8 +59,8 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       conv_shape(1, 9, 13, 11, 4, 3, 2, 1, 1, 3, 0),    // pad 3 > kh - 1, batch 1: 8 row blocks
       conv_shape(3, 5, 6, 20, 5, 1, 4, 1, 1, 0, 3),     // 1x4 kernel, pad (0, 3): dout padded by (0, 0)
       conv_shape(2, 40, 40, 40, 40, 3, 3, 1, 1, 1, 1),  // planes over 256 KiB: several row blocks
-      // backward_weight: 3 images side by side (585 columns, one K block: the col built across
-      // the images by ColBlocks; the blocked form's bits, CpuGemm below):
+      // backward_weight: 3 images side by side in the wide form (221 columns each, not a multiple
+      // of 8: each image's block ends in its own tail step; CpuGemm below):
       conv_shape(40, 2, 13, 15, 64, 3, 3, 1, 1, 1, 1),
       // one input channel (the direct AVX-512 loops): a 2x3 kernel, 9 channels (not a multiple of
       // the loops' 4 or 2), 9 rows (not of 4), 19 columns (a 16-pixel vector and a tail of 3);
@@ -586,30 +586,44 @@ TEST(DenseCpu, NarrowLayersGiveTheGemmsBits) {
   }
 }
 
-// sgemm_nt cuts a long reduction into K blocks but asks a fill (conv backward-weight's im2col) for
-// one block, a few rows at a time, each row once and in order: each output's 8 lane partial sums
-// carry across blocks, so the blocking changes no bit.
-// Reductions the plain GEMM cuts into 2-5 blocks (1100 past 512 columns at 70 rows, 2352 past 1024
-// at 32 rows: `paper` and `deep` backward-weight's calls), tails of 8 lanes, accumulating; every ISA.
-TEST(CpuGemm, OneFilledBlockGivesTheBitsOfTheBlockedReduction) {
+// sgemm_nt_rows (conv backward-weight: B's rows windows of padded planes, one image per block of
+// the reduction) carries each output's lane partial sums across blocks, so blocks of a multiple of
+// 8 columns (4 in the baseline build) give the bits of sgemm_nt over the same B laid out plainly,
+// whose own K blocks differ (1100 past 512 columns at 70 rows); a block of another length (70)
+// ends in its own zero-padded step: a different sum, within rounding of the plain one. The rows are asked for once
+// each, in order (ColRows builds them then). Tails of 8 lanes, row and column edges of the tiles,
+// accumulating; every ISA.
+TEST(CpuGemm, BlockedRowsGiveTheBitsOfThePlainReduction) {
   Restore restore;
-  const std::tuple<int, int, int> shapes[] = {{70, 13, 1100}, {32, 25, 2352}, {32, 288, 2350},
-                                              {64, 9, 2049},  {5, 3, 600},    {1, 1, 7}};
+  const std::tuple<int, int, int, int> shapes[] = {{70, 13, 1100, 1100}, {32, 25, 2352, 784}, {32, 288, 3360, 840},
+                                                   {64, 9, 2240, 224},   {5, 3, 600, 8},      {1, 1, 7, 7},
+                                                   {6, 150, 560, 70},    {13, 17, 280, 70}};
   uint64_t seed = 900;
   for (cpu::CpuIsa isa : isas()) {
     cpu::set_cpu_isa(isa);
-    for (auto [M, N, K] : shapes) {
+    for (auto [M, N, K, kblock] : shapes) {
       const Data a = make_data(size_t(M) * K, seed++, 1.0), b = make_data(size_t(N) * K, seed++, 1.0),
                  c0 = make_data(size_t(M) * N, seed++, 1.0);
+      std::vector<float> blocked(size_t(N) * K);  // b's blocks stored one after another
+      for (int j = 0; j < N; j++)
+        for (int k = 0; k < K; k++)
+          blocked[(size_t(k / kblock) * N + j) * kblock + k % kblock] = b.f[size_t(j) * K + k];
       const std::string label = std::string(cpu::cpu_isa_name(isa)) + " " + std::to_string(M) + "x" +
-                                std::to_string(N) + "x" + std::to_string(K);
+                                std::to_string(N) + "x" + std::to_string(K) + " blocks of " + std::to_string(kblock);
       for (bool acc : {false, true}) {
-        std::vector<float> plain = acc ? c0.f : nans(size_t(M) * N), filled = plain;
-        int rows = -1;
+        std::vector<float> plain = acc ? c0.f : nans(size_t(M) * N), rows = plain;
         cpu::detail::gemm_nt(M, N, K, a.f.data(), K, b.f.data(), K, plain.data(), N, acc);
-        cpu::detail::gemm_nt_filled(M, N, K, a.f.data(), K, b.f.data(), K, filled.data(), N, acc, &rows);
-        EXPECT_EQ(rows, N) << label;
-        EXPECT_TRUE(same_bits(plain, filled)) << label << (acc ? " +=" : "");
+        int asked = -1;
+        cpu::detail::gemm_nt_blocked(M, N, K, a.f.data(), K, blocked.data(), kblock, rows.data(), N, acc, &asked);
+        EXPECT_EQ(asked, N) << label << ": each row asked for once, in order";
+        const int lanes = isa == cpu::CpuIsa::Generic ? 4 : 8;  // the baseline build's vectors hold 4
+        if (kblock % lanes == 0 || kblock == K) {
+          EXPECT_TRUE(same_bits(plain, rows)) << label << (acc ? " +=" : "");
+          continue;
+        }
+        EXPECT_FALSE(same_bits(plain, rows)) << label << ": a short block's own tail step";
+        for (size_t e = 0; e < plain.size(); e++)
+          ASSERT_NEAR(rows[e], plain[e], 1e-5 * std::sqrt(double(K)) * (1 + std::fabs(plain[e]))) << label << " " << e;
       }
     }
   }

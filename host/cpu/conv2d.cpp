@@ -18,8 +18,9 @@
 //
 // Stride 1 (every preset), forward and gather backward-input: col_n and dcol_n are never copied
 // out; the GEMM reads each row straight from zero-padded image rows (the "wide rows" below).
-// Other strides, and backward-weight: im2col copies (backward-weight's, with stride 1, a few rows
-// at a time as its GEMM reads them: ColRows). One input channel (the first convs) under
+// Backward-weight with stride 1 over rows wide enough: the same, dout_n laid out wide (the wide
+// form below). Other strides and backward-weights: im2col copies (with stride 1, a few rows at a time
+// as the GEMM reads them: ColRows). One input channel (the first convs) under
 // AVX-512: the forward's short sums in registers, no GEMM (direct loops below); and with 3x3 or
 // 5x5 kernels and K a multiple of 16, backward-weight with the channels in the vector lanes, no
 // im2col, no expanded gradient behind a fused pool (backward_weight_c1, its own order of the
@@ -927,15 +928,17 @@ static constexpr int kMaxGroups = 16;
 // a call's start and end per output element is only amortized over a long reduction. The images
 // of a call are as many as keep their whole im2col matrix under kMaxColFloats (4 MiB; only the
 // strided form builds it whole: stride 1 builds it by rows, ColRows); a larger single image is
-// cut into pixel blocks.
+// cut into pixel blocks. The wide form (below) takes as many images as keep the call's wide
+// gradient and padded planes under kWideFloats (1 MiB: `deep`'s group of 4 images).
 static constexpr int kCatPixels = 2048;
 static constexpr long long kMaxColFloats = 1LL << 20;
+static constexpr long long kWideFloats = 1LL << 18;
 
 // The im2col matrix of nc consecutive images laid side by side (column m*P + p is image m's pixel
-// p), as sgemm_nt's NtRowsFn. With AVX-512 and stride 1, its rows [j0, j0 + nr) are built in
-// rowbuf when the GEMM asks for them, so that they are read from L1/L2: from the images' padded
-// planes (made once by the constructor: nc x C planes in planebuf), each row (c, i, j) a run of
-// window copies per image, as im2col makes it. Otherwise the whole matrix is built first, by
+// p), as sgemm_nt_rows' NtRowsFn (one block). With AVX-512 and stride 1, its rows [j0, j0 + nr)
+// are built in rowbuf when the GEMM asks for them, so that they are read from L1/L2: from the
+// images' padded planes (made once by the constructor: nc x C planes in planebuf), each row (c, i,
+// j) a run of window copies per image, as im2col makes it. Otherwise the whole matrix is built first, by
 // im2col, and handed out by rows (under AVX2, building the rows group by group measured 3-10%
 // slower with 2 threads on `deep`'s conv(64), though 4% faster with one).
 class ColRows {
@@ -953,15 +956,16 @@ class ColRows {
     planes_ = scratch(planebuf, (size_t)s.C * s.kh * s.kw * width_);  // the whole matrix
     for (int m = 0; m < nc; m++) im2col(planes_ + m * P, width_, inp + (long long)m * s.C * s.H * s.W, s, 0, P, rowbuf);
   }
-  static const float* fill(void* ctx, int j0, int nr, long* ldb) {
-    return static_cast<const ColRows*>(ctx)->rows(j0, nr, ldb);
+  static void fill(void* ctx, int j0, int nr, const float** rows) {
+    const float* first = static_cast<const ColRows*>(ctx)->rows(j0, nr);
+    for (int r = 0; r < nr; r++) rows[r] = first + r * static_cast<const ColRows*>(ctx)->width_;
   }
 
  private:
-  const float* rows(int j0, int nr, long* ldb) const {
+  // B's rows [j0, j0 + nr), width_ apart.
+  const float* rows(int j0, int nr) const {
     const Conv2dShape& s = s_;
     const int P = s.OH * s.OW, KK = s.kh * s.kw;
-    *ldb = width_;
     if (!by_rows_) return planes_ + j0 * width_;
     const int Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;
     float* out = scratch(rowbuf_, (size_t)nr * width_ + 16);  // + the slack of image_windows_avx512
@@ -980,6 +984,49 @@ class ColRows {
   bool by_rows_;
   float* planes_;  // by rows: (nc, C, Hp, Wp), else the whole (C*kh*kw, nc*P) matrix
 };
+
+// The wide form of backward-weight (stride 1): no im2col. As in the forward's wide rows, over an
+// image's planes zero-padded to Wp = OW + kw - 1 columns, tap (c, i, j)'s window for output row oh
+// is the run plane_c + (oh + i)*Wp + j, so with the gradient laid out wide as well (gw (K, OH*Wp):
+// row oh of channel k at k*ld + oh*Wp, then kw - 1 zeros), dW[k][(c, i, j)] is a plain product of
+// gw's row k with the OH*Wp floats from plane_c + i*Wp + j: B's row (c, i, j) is a pointer into the
+// planes, nothing is copied. The zero columns meet values the reduction does not include (the next
+// row's first pixels): each adds a +-0 product, which changes no sum of finite values (an inf or
+// NaN there turns its channel's taps NaN, where the reference may keep them finite). Each plane
+// gets one more zero row below it (Hp + 1 rows) for the last run's kw - 1 floats past the padded
+// plane. The images of a call lie side by side in gw (image m's columns at m*OH*Wp), their planes
+// one after another: the GEMM runs through them as the blocks of its reduction (sgemm_nt_rows), B's
+// row (c, i, j) of image m at the same offset in m's planes.
+// Each wide column the kw - 1 zeros add is a multiply-add more: the wide form is taken where they
+// are under 1/8 of the columns (`deep`'s 28 x 28 convs: 2 of 30; its 14 x 14 ones, 2 of 16, keep
+// ColRows: there the wide form measured 6-10% slower, the im2col rows 10% faster). A function of
+// the shape only.
+static bool wide_weight_grad(const Conv2dShape& s) {
+  return s.sh == 1 && s.sw == 1 && !is_pointwise(s) && (s.kw - 1) * 8 < s.OW + s.kw - 1;
+}
+
+// rows[(c, i, j)] = plane c's window of tap (i, j) (planes of Hp + 1 rows of Wp).
+static void wide_windows(const float** rows, const Conv2dShape& s, int Wp, long long plane, const float* planes) {
+  for (int c = 0; c < s.C; c++)
+    for (int i = 0; i < s.kh; i++)
+      for (int j = 0; j < s.kw; j++) *rows++ = planes + c * plane + (long long)i * Wp + j;
+}
+// sgemm_nt_rows' fill from an array of all of B's row pointers (ctx).
+static void rows_from_array(void* ctx, int j0, int nr, const float** rows) {
+  const float* const* all = static_cast<const float* const*>(ctx);
+  std::copy(all + j0, all + j0 + nr, rows);
+}
+
+// dst (K, OH*Wp), rows ld apart = g (K, OH*OW) laid out wide: each row of OW values followed by
+// Wp - OW zeros.
+static void widen(float* dst, long ld, const float* g, int K, int OH, int OW, int Wp) {
+  for (int k = 0; k < K; k++)
+    for (int y = 0; y < OH; y++) {
+      float* d = dst + k * ld + (long long)y * Wp;
+      std::memcpy(d, g + ((long long)k * OH + y) * OW, sizeof(float) * size_t(OW));
+      std::fill(d + OW, d + Wp, 0.f);
+    }
+}
 
 // ---- one input channel, K a multiple of 16: backward-weight with the channels in the lanes ----
 // With C = 1 (the first convs) dW[k][i][j] and the bias gradient are sums over the output pixels p
@@ -1377,12 +1424,17 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
   }
   if (c1_lanes(s)) return backward_weight_c1(dweight, dbias, og, inp, s);
   const int G = ceil_div(s.N, kMaxGroups), ngroups = ceil_div(s.N, G);
-  const bool pointwise = is_pointwise(s);
+  const bool pointwise = is_pointwise(s), wide = wide_weight_grad(s);
+  const int Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;  // wide: the padded planes (Hp + 1 rows each)
+  const long long plane = (long long)(Hp + 1) * Wp, cols = (long long)s.OH * Wp;
   // seg: pixels of one image per GEMM (all of them unless col would be too large);
-  // cat: whole images side by side per GEMM. Functions of the shape only.
-  const int seg = pointwise ? P : int(std::min<long long>(P, std::max(64LL, kMaxColFloats / CKK)));
+  // cat: whole images side by side per GEMM (wide: as many as keep the call's gw and planes within
+  // kWideFloats). Functions of the shape only.
+  const int seg = pointwise || wide ? P : int(std::min<long long>(P, std::max(64LL, kMaxColFloats / CKK)));
   int cat = 1;
-  if (!pointwise && seg == P)
+  if (wide)
+    cat = int(std::max(1LL, std::min<long long>(G, kWideFloats / (s.K * cols + s.C * plane))));
+  else if (!pointwise && seg == P)
     cat = int(std::max(1LL, std::min<long long>({ceil_div(kCatPixels, P), G, kMaxColFloats / ((long long)CKK * P)})));
   // partial (ngroups, K, CKK): group g's sum; with one group it is dweight itself.
   // bsum (N, K): each image's bias gradient, the sum of its dout row, taken while the row is in
@@ -1403,11 +1455,32 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
 #pragma omp for schedule(dynamic)
     for (int g = 0; g < ngroups; g++) {
       static thread_local std::vector<float> colbuf, planebuf, doutbuf, gradbuf;
+      static thread_local std::vector<const float*> rowbuf;
       float* pg = partial + g * WN;  // (K, CKK)
       bool first = true;
       const int n_end = std::min(s.N, g * G + G);
       for (int n0 = g * G; n0 < n_end; n0 += cat) {
         const int nc = std::min(cat, n_end - n0);
+        const float* inp0 = inp + (long long)n0 * s.C * s.H * s.W;  // (nc, C, H, W)
+        if (wide) {
+          // gw (K, nc*OH*Wp) and the planes (nc, C, Hp + 1, Wp), one image per K block
+          const long long width = nc * cols;
+          float* gw = scratch(doutbuf, size_t(s.K * width));
+          float* g1 = scratch(gradbuf, size_t(s.K) * P);
+          for (int m = 0; m < nc; m++) {
+            og.image_into(n0 + m, s, g1, P);
+            bias_sums(n0 + m, g1, P);
+            widen(gw + m * cols, width, g1, s.K, s.OH, s.OW, Wp);
+          }
+          float* planes = scratch(planebuf, size_t(nc * s.C * plane) + 16);  // + pad_planes' slack
+          pad_planes(planes, inp0, (long long)nc * s.C, s.H, s.W, s.ph, s.pw, Hp + 1, Wp);
+          rowbuf.resize(size_t(CKK));
+          wide_windows(rowbuf.data(), s, Wp, plane, planes);
+          sgemm_nt_rows(s.K, CKK, int(width), gw, width, rows_from_array, rowbuf.data(), int(cols), s.C * plane, pg,
+                        CKK, !first);
+          first = false;
+          continue;
+        }
         if (!pointwise && seg == P) {
           // nc whole images side by side: dcat (K, nc*P) and col (CKK, nc*P), col's rows built by
           // ColRows when the GEMM is about to read them; the same values and the same GEMM (the
@@ -1418,13 +1491,13 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
             og.image_into(n0 + m, s, dcat + m * P, width);
             bias_sums(n0 + m, dcat + m * P, width);
           }
-          ColRows cr(inp + (long long)n0 * s.C * s.H * s.W, s, nc, colbuf, planebuf);
-          sgemm_nt(s.K, CKK, width, dcat, width, nullptr, 0, pg, CKK, !first, ColRows::fill, &cr);
+          ColRows cr(inp0, s, nc, colbuf, planebuf);
+          sgemm_nt_rows(s.K, CKK, width, dcat, width, ColRows::fill, &cr, width, 0, pg, CKK, !first);
           first = false;
           continue;
         }
-        const float* inp_n = inp + (long long)n0 * s.C * s.H * s.W;  // (C, H, W)
-        const float* dout_n = og.image(n0, s, gradbuf);              // (K, P)
+        const float* inp_n = inp0;                       // (C, H, W)
+        const float* dout_n = og.image(n0, s, gradbuf);  // (K, P)
         bias_sums(n0, dout_n, P);
         for (int p0 = 0; p0 < P; p0 += seg) {
           int p1 = std::min(P, p0 + seg), np = p1 - p0;

@@ -594,22 +594,20 @@ void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long
              bool accumulate) {
   sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
-void gemm_nt_filled(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
-                    bool accumulate, int* rows) {
+void gemm_nt_blocked(int M, int N, int K, const float* A, long lda, const float* B, int kblock, float* C, long ldc,
+                     bool accumulate, int* rows) {
   struct Ctx {
     const float* B;
-    long ldb;
-    int N;
+    int N, kblock;
     int* rows;  // the rows handed out so far (the next one asked for must be this one), or -1
-  } ctx{B, ldb, N, rows};
-  auto fill = [](void* c, int j0, int nr, long* ld) -> const float* {
+  } ctx{B, N, kblock, rows};
+  auto fill = [](void* c, int j0, int nr, const float** out) {
     const Ctx& x = *static_cast<Ctx*>(c);
     if (*x.rows >= 0) *x.rows = j0 == *x.rows && nr > 0 && j0 + nr <= x.N ? j0 + nr : -1;
-    *ld = x.ldb;
-    return x.B + j0 * x.ldb;
+    for (int r = 0; r < nr; r++) out[r] = x.B + long(j0 + r) * x.kblock;
   };
   *rows = 0;
-  sgemm_nt(M, N, K, A, lda, nullptr, 0, C, ldc, accumulate, fill, &ctx);
+  sgemm_nt_rows(M, N, K, A, lda, fill, &ctx, kblock, long(N) * kblock, C, ldc, accumulate);
 }
 }  // namespace detail
 

@@ -285,40 +285,55 @@ constexpr int kMRT = 3, kNRT = 4;
 // blocks (multiples of 8), not 512 + a short tail.
 constexpr long kL2BlockFloats = 32 * 1024;
 
-// accv (MR, NR, L) [rows ldv apart] (+)= lane partial sums of A (MR, kc) B (NR, kc)^T, L = lanes
-// of V: lane l of element (i, j) accumulates the products with k = L*q + l, in ascending q; a tail
-// of kc % L is one more zero-padded step. `first`: start from 0, else continue the sums held in
-// accv. Keeping lanes (not one float) across K blocks means the costly lane sum happens once per
-// element per call, not once per K block.
+// The reduction of a tile: n blocks of kc columns; block b's columns start b*a floats after A's
+// rows and b*b floats after B's (one block: a plain reduction of kc columns).
+struct NtBlocks {
+  int n, kc;
+  long a, b;
+};
+
+// accv (MR, NR, L) [rows ldv apart] (+)= lane partial sums of A (MR, .) B (NR, .)^T over the blocks
+// of kb, L = lanes of V, B's row j at B[j]: in each block, lane l of element (i, j) accumulates the
+// products with column k = L*q + l, in ascending q, and a tail of kc % L is one more zero-padded
+// step; the blocks in order (with kc a multiple of L, the chains of one reduction over them all).
+// `first`: start from 0, else continue the sums held in accv. Keeping lanes (not one float) across
+// K blocks means the costly lane sum happens once per element per call, not once per K block.
 template <int MR, int NR, typename V>
-[[gnu::always_inline]] inline void micro_nt(int kc, const float* A, long lda, const float* B, long ldb, float* accv,
-                                            long ldv, bool first) {
+[[gnu::always_inline]] inline void micro_nt(const NtBlocks& kb, const float* A, long lda, const float* const* B,
+                                            float* accv, long ldv, bool first) {
   constexpr int L = kLanes<V>;
+  const int kc = kb.kc;
   V acc[MR][NR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; i++)
 #pragma GCC unroll 8
     for (int j = 0; j < NR; j++) acc[i][j] = first ? V{} : loadv<V>(accv + i * ldv + j * L);
-  int k = 0;
-  for (; k + L <= kc; k += L) {
-    V a[MR];
+  for (int blk = 0; blk < kb.n; blk++) {
+    const float* Ab = A + blk * kb.a;
+    const float* Bb[NR];
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; i++) a[i] = loadv<V>(A + i * lda + k);
+    for (int j = 0; j < NR; j++) Bb[j] = B[j] + blk * kb.b;
+    int k = 0;
+    for (; k + L <= kc; k += L) {
+      V a[MR];
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; j++) {
-      V b = loadv<V>(B + j * ldb + k);
+      for (int i = 0; i < MR; i++) a[i] = loadv<V>(Ab + i * lda + k);
 #pragma GCC unroll 8
-      for (int i = 0; i < MR; i++) acc[i][j] += a[i] * b;
+      for (int j = 0; j < NR; j++) {
+        V b = loadv<V>(Bb[j] + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) acc[i][j] += a[i] * b;
+      }
     }
-  }
-  if (k < kc) {
-    alignas(32) float at[MR][L] = {}, bt[NR][L] = {};
-    for (int i = 0; i < MR; i++)
-      for (int kk = k; kk < kc; kk++) at[i][kk - k] = A[i * lda + kk];
-    for (int j = 0; j < NR; j++)
-      for (int kk = k; kk < kc; kk++) bt[j][kk - k] = B[j * ldb + kk];
-    for (int i = 0; i < MR; i++)
-      for (int j = 0; j < NR; j++) acc[i][j] += loadv<V>(at[i]) * loadv<V>(bt[j]);
+    if (k < kc) {
+      alignas(32) float at[MR][L] = {}, bt[NR][L] = {};
+      for (int i = 0; i < MR; i++)
+        for (int kk = k; kk < kc; kk++) at[i][kk - k] = Ab[i * lda + kk];
+      for (int j = 0; j < NR; j++)
+        for (int kk = k; kk < kc; kk++) bt[j][kk - k] = Bb[j][kk];
+      for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] += loadv<V>(at[i]) * loadv<V>(bt[j]);
+    }
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; i++)
@@ -328,19 +343,19 @@ template <int MR, int NR, typename V>
 
 // Edge tiles: the kernel instantiated for every mr <= kMRT, nr <= kNRT.
 template <int MR, int NR, typename V>
-[[gnu::always_inline]] inline void micro_nt_cols(int nr, int kc, const float* A, long lda, const float* B, long ldb,
-                                                 float* accv, long ldv, bool first) {
+[[gnu::always_inline]] inline void micro_nt_cols(int nr, const NtBlocks& kc, const float* A, long lda,
+                                                 const float* const* B, float* accv, long ldv, bool first) {
   if constexpr (NR > 0) {
-    if (nr == NR) return micro_nt<MR, NR, V>(kc, A, lda, B, ldb, accv, ldv, first);
-    micro_nt_cols<MR, NR - 1, V>(nr, kc, A, lda, B, ldb, accv, ldv, first);
+    if (nr == NR) return micro_nt<MR, NR, V>(kc, A, lda, B, accv, ldv, first);
+    micro_nt_cols<MR, NR - 1, V>(nr, kc, A, lda, B, accv, ldv, first);
   }
 }
 template <int MR, typename V>
-[[gnu::always_inline]] inline void micro_nt_tile(int mr, int nr, int kc, const float* A, long lda, const float* B,
-                                                 long ldb, float* accv, long ldv, bool first) {
+[[gnu::always_inline]] inline void micro_nt_tile(int mr, int nr, const NtBlocks& kc, const float* A, long lda,
+                                                 const float* const* B, float* accv, long ldv, bool first) {
   if constexpr (MR > 0) {
-    if (mr == MR) return micro_nt_cols<MR, kNRT, V>(nr, kc, A, lda, B, ldb, accv, ldv, first);
-    micro_nt_tile<MR - 1, V>(mr, nr, kc, A, lda, B, ldb, accv, ldv, first);
+    if (mr == MR) return micro_nt_cols<MR, kNRT, V>(nr, kc, A, lda, B, accv, ldv, first);
+    micro_nt_tile<MR - 1, V>(mr, nr, kc, A, lda, B, accv, ldv, first);
   }
 }
 
@@ -353,9 +368,10 @@ template <int MR, typename V>
   return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 template <int MP, int NR>
-[[gnu::always_inline]] inline void micro_nt512(int mr, int kc, const float* A, long lda, const float* B, long ldb,
-                                               float* accv, long ldv, bool first) {
+[[gnu::always_inline]] inline void micro_nt512(int mr, const NtBlocks& kb, const float* A, long lda,
+                                               const float* const* B, float* accv, long ldv, bool first) {
   constexpr int L = 8;
+  const int kc = kb.kc;
   const float* ar[2 * MP];
 #pragma GCC unroll 16
   for (int r = 0; r < 2 * MP; r++) ar[r] = A + (r < mr ? r : r - 1) * lda;
@@ -367,30 +383,37 @@ template <int MP, int NR>
     for (int j = 0; j < NR; j++)
       acc[p][j] = first ? v16f{} : cat8(loadv<v8f>(accv + 2 * p * ldv + j * L), loadv<v8f>(accv + r1 * ldv + j * L));
   }
-  int k = 0;
-  for (; k + L <= kc; k += L) {
-    v16f a[MP];
-#pragma GCC unroll 8
-    for (int p = 0; p < MP; p++) a[p] = cat8(loadv<v8f>(ar[2 * p] + k), loadv<v8f>(ar[2 * p + 1] + k));
+  for (int blk = 0; blk < kb.n; blk++) {
+    const float *ab[2 * MP], *bb[NR];
 #pragma GCC unroll 16
-    for (int j = 0; j < NR; j++) {
-      const v8f b8 = loadv<v8f>(B + j * ldb + k);
-      const v16f b = cat8(b8, b8);
+    for (int r = 0; r < 2 * MP; r++) ab[r] = ar[r] + blk * kb.a;
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; j++) bb[j] = B[j] + blk * kb.b;
+    int k = 0;
+    for (; k + L <= kc; k += L) {
+      v16f a[MP];
 #pragma GCC unroll 8
-      for (int p = 0; p < MP; p++) acc[p][j] += a[p] * b;
-    }
-  }
-  if (k < kc) {  // the tail, zero-padded to 8 lanes as in micro_nt
-    alignas(64) float at[2 * MP][L] = {}, bt[NR][L] = {};
-    for (int r = 0; r < 2 * MP; r++)
-      for (int kk = k; kk < kc; kk++) at[r][kk - k] = ar[r][kk];
-    for (int j = 0; j < NR; j++)
-      for (int kk = k; kk < kc; kk++) bt[j][kk - k] = B[j * ldb + kk];
-    for (int p = 0; p < MP; p++)
+      for (int p = 0; p < MP; p++) a[p] = cat8(loadv<v8f>(ab[2 * p] + k), loadv<v8f>(ab[2 * p + 1] + k));
+#pragma GCC unroll 16
       for (int j = 0; j < NR; j++) {
-        const v8f b8 = loadv<v8f>(bt[j]);
-        acc[p][j] += cat8(loadv<v8f>(at[2 * p]), loadv<v8f>(at[2 * p + 1])) * cat8(b8, b8);
+        const v8f b8 = loadv<v8f>(bb[j] + k);
+        const v16f b = cat8(b8, b8);
+#pragma GCC unroll 8
+        for (int p = 0; p < MP; p++) acc[p][j] += a[p] * b;
       }
+    }
+    if (k < kc) {  // the tail, zero-padded to 8 lanes as in micro_nt
+      alignas(64) float at[2 * MP][L] = {}, bt[NR][L] = {};
+      for (int r = 0; r < 2 * MP; r++)
+        for (int kk = k; kk < kc; kk++) at[r][kk - k] = ab[r][kk];
+      for (int j = 0; j < NR; j++)
+        for (int kk = k; kk < kc; kk++) bt[j][kk - k] = bb[j][kk];
+      for (int p = 0; p < MP; p++)
+        for (int j = 0; j < NR; j++) {
+          const v8f b8 = loadv<v8f>(bt[j]);
+          acc[p][j] += cat8(loadv<v8f>(at[2 * p]), loadv<v8f>(at[2 * p + 1])) * cat8(b8, b8);
+        }
+    }
   }
 #pragma GCC unroll 8
   for (int p = 0; p < MP; p++)
@@ -403,19 +426,19 @@ template <int MP, int NR>
     }
 }
 template <int MP, int NR>
-[[gnu::always_inline]] inline void micro_nt512_cols(int mr, int nr, int kc, const float* A, long lda, const float* B,
-                                                    long ldb, float* accv, long ldv, bool first) {
+[[gnu::always_inline]] inline void micro_nt512_cols(int mr, int nr, const NtBlocks& kc, const float* A, long lda,
+                                                    const float* const* B, float* accv, long ldv, bool first) {
   if constexpr (NR > 0) {
-    if (nr == NR) return micro_nt512<MP, NR>(mr, kc, A, lda, B, ldb, accv, ldv, first);
-    micro_nt512_cols<MP, NR - 1>(mr, nr, kc, A, lda, B, ldb, accv, ldv, first);
+    if (nr == NR) return micro_nt512<MP, NR>(mr, kc, A, lda, B, accv, ldv, first);
+    micro_nt512_cols<MP, NR - 1>(mr, nr, kc, A, lda, B, accv, ldv, first);
   }
 }
 template <int MP, int NR>
-[[gnu::always_inline]] inline void micro_nt512_tile(int mr, int nr, int kc, const float* A, long lda, const float* B,
-                                                    long ldb, float* accv, long ldv, bool first) {
+[[gnu::always_inline]] inline void micro_nt512_tile(int mr, int nr, const NtBlocks& kc, const float* A, long lda,
+                                                    const float* const* B, float* accv, long ldv, bool first) {
   if constexpr (MP > 0) {
-    if ((mr + 1) / 2 == MP) return micro_nt512_cols<MP, NR>(mr, nr, kc, A, lda, B, ldb, accv, ldv, first);
-    micro_nt512_tile<MP - 1, NR>(mr, nr, kc, A, lda, B, ldb, accv, ldv, first);
+    if ((mr + 1) / 2 == MP) return micro_nt512_cols<MP, NR>(mr, nr, kc, A, lda, B, accv, ldv, first);
+    micro_nt512_tile<MP - 1, NR>(mr, nr, kc, A, lda, B, accv, ldv, first);
   }
 }
 // AVX-512 tile: kMP512 row pairs x kNR512 rows of B = 24 accumulators + 3 A vectors + 1 B vector
@@ -423,11 +446,12 @@ template <int MP, int NR>
 constexpr int kMP512 = 3, kNR512 = 8;
 
 // Paired512: the tiles of micro_nt512 (V = v8f: the lanes, and so the bits, of the AVX2 build).
-// B built by the caller on request (sgemm_nt's fill): fill(ctx, j0, nr, &ldb) returns B's rows
-// [j0, j0 + nr), all K columns, row j0 + r at ret + r*ldb, valid until the next call. Asked for
-// once each, in ascending j0, just before the tiles read them.
-using NtRowsFn = const float* (*)(void* ctx, int j0, int nr, long* ldb);
-
+// B's rows by pointer from the caller on request (sgemm_nt_rows' fill): fill(ctx, j0, nr, rows)
+// sets rows[r] to B's row j0 + r (where its first block starts), valid until the next call. Asked
+// for once per group of rows, in ascending j0, just before the tiles read them, so a caller may
+// build them then (conv backward-weight's im2col rows, read back from L1/L2), or point into data
+// it has (the windows of padded planes).
+using NtRowsFn = void (*)(void* ctx, int j0, int nr, const float** rows);
 // The K blocks: equal, multiples of 8, each at most max(512, what keeps A's block in L2). A
 // function of (M, K) only.
 inline int nt_block_step(int M, int K) {
@@ -438,43 +462,37 @@ inline int nt_block_step(int M, int K) {
 
 template <typename V, bool Paired512 = false>
 [[gnu::always_inline]] inline void sgemm_nt_impl(int M, int N, int K, const float* A, long lda, const float* B,
-                                                 long ldb, float* C, long ldc, bool accumulate, NtRowsFn fill,
-                                                 void* ctx) {
+                                                 long ldb, NtRowsFn fill, void* ctx, int kblock, long bblock, float* C,
+                                                 long ldc, bool accumulate) {
   constexpr int L = kLanes<V>;
+  constexpr int NRB = Paired512 ? kNR512 : kNRT;  // B rows per tile
   static thread_local std::vector<float> buf;
   float* accv = scratch(buf, size_t(M) * N * L);  // (M, N, L) lane partial sums
   const long ldv = long(N) * L;
-  // With a fill (the caller builds B: conv backward-weight's im2col), one block, each group of B's
-  // rows asked for just before its tiles read it, so a caller may build it then (conv
-  // backward-weight under AVX-512): the group (8 rows of a whole call's columns) stays in L1/L2,
-  // where a B built first (up to 4 MiB) is read back from L3. Blocks of K would cost a pass
-  // of the tile loops over A and accv each (one block of a whole call measured 7-17% faster than
-  // blocks of <= 1024 columns on a Zen 5 with AVX-512). The blocking never changes a bit: the lanes
-  // carry across.
+  // B by rows (conv backward-weight): one pass over the whole reduction, each tile running through
+  // the caller's blocks (one block of a whole call measured 7-17% faster than blocks of <= 1024
+  // columns, each a pass of the tile loops over A and accv, on a Zen 5 with AVX-512). Plain B:
+  // blocks that keep A's in L2. The blocking never changes a bit: the lanes carry across.
   const int kc_step = fill ? K : nt_block_step(M, K);
-  auto b_rows = [&](int pc, int j0, int nr, long* ldbk) {  // B's rows [j0, j0 + nr) from column pc
-    return fill ? fill(ctx, j0, nr, ldbk) : B + j0 * ldb + pc;
-  };
   for (int pc = 0; pc < K; pc += kc_step) {
-    int kc = std::min(kc_step, K - pc);
-    long ldbk = ldb;
-    // j outer, i inner: the NRT rows of B are reused from L1 across all of A's rows.
-    if constexpr (Paired512) {
-      for (int j0 = 0; j0 < N; j0 += kNR512) {
-        int nr = std::min(kNR512, N - j0);
-        const float* Bj = b_rows(pc, j0, nr, &ldbk);
+    const int kc = std::min(kc_step, K - pc);
+    const NtBlocks kb = fill ? NtBlocks{K / kblock, kblock, kblock, bblock} : NtBlocks{1, kc, 0, 0};
+    // j outer, i inner: the NRB rows of B are reused from L1 across all of A's rows.
+    for (int j0 = 0; j0 < N; j0 += NRB) {
+      const int nr = std::min(NRB, N - j0);
+      const float* Bj[NRB];
+      if (fill)
+        fill(ctx, j0, nr, Bj);
+      else
+        for (int r = 0; r < nr; r++) Bj[r] = B + (j0 + r) * ldb + pc;
+      if constexpr (Paired512) {
         for (int i0 = 0; i0 < M; i0 += 2 * kMP512)
-          micro_nt512_tile<kMP512, kNR512>(std::min(2 * kMP512, M - i0), nr, kc, A + i0 * lda + pc, lda, Bj, ldbk,
+          micro_nt512_tile<kMP512, kNR512>(std::min(2 * kMP512, M - i0), nr, kb, A + i0 * lda + pc, lda, Bj,
                                            accv + i0 * ldv + j0 * L, ldv, pc == 0);
-      }
-    } else {
-      for (int j0 = 0; j0 < N; j0 += kNRT) {
-        int nr = std::min(kNRT, N - j0);
-        const float* Bj = b_rows(pc, j0, nr, &ldbk);
-        for (int i0 = 0; i0 < M; i0 += kMRT) {
-          micro_nt_tile<kMRT, V>(std::min(kMRT, M - i0), nr, kc, A + i0 * lda + pc, lda, Bj, ldbk,
-                                 accv + i0 * ldv + j0 * L, ldv, pc == 0);
-        }
+      } else {
+        for (int i0 = 0; i0 < M; i0 += kMRT)
+          micro_nt_tile<kMRT, V>(std::min(kMRT, M - i0), nr, kb, A + i0 * lda + pc, lda, Bj, accv + i0 * ldv + j0 * L,
+                                 ldv, pc == 0);
       }
     }
   }
@@ -505,18 +523,19 @@ inline void sgemm_nn_generic(int M, int N, int K, const float* A, long rsa, long
   sgemm_nn_impl<2, 16, v4f>(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 [[gnu::target("avx2,fma")]] inline void sgemm_nt_avx2(int M, int N, int K, const float* A, long lda, const float* B,
-                                                      long ldb, float* C, long ldc, bool accumulate, NtRowsFn fill,
-                                                      void* ctx) {
-  sgemm_nt_impl<v8f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
+                                                      long ldb, NtRowsFn fill, void* ctx, int kblock, long bblock,
+                                                      float* C, long ldc, bool accumulate) {
+  sgemm_nt_impl<v8f>(M, N, K, A, lda, B, ldb, fill, ctx, kblock, bblock, C, ldc, accumulate);
 }
 [[gnu::target("avx512f,avx2,fma")]] inline void sgemm_nt_avx512(int M, int N, int K, const float* A, long lda,
-                                                                const float* B, long ldb, float* C, long ldc,
-                                                                bool accumulate, NtRowsFn fill, void* ctx) {
-  sgemm_nt_impl<v8f, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
+                                                                const float* B, long ldb, NtRowsFn fill, void* ctx,
+                                                                int kblock, long bblock, float* C, long ldc,
+                                                                bool accumulate) {
+  sgemm_nt_impl<v8f, true>(M, N, K, A, lda, B, ldb, fill, ctx, kblock, bblock, C, ldc, accumulate);
 }
-inline void sgemm_nt_generic(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C,
-                             long ldc, bool accumulate, NtRowsFn fill, void* ctx) {
-  sgemm_nt_impl<v4f>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
+inline void sgemm_nt_generic(int M, int N, int K, const float* A, long lda, const float* B, long ldb, NtRowsFn fill,
+                             void* ctx, int kblock, long bblock, float* C, long ldc, bool accumulate) {
+  sgemm_nt_impl<v4f>(M, N, K, A, lda, B, ldb, fill, ctx, kblock, bblock, C, ldc, accumulate);
 }
 
 inline bool cpu_has_avx2_fma() {
@@ -559,12 +578,9 @@ inline void sgemm_nn(int M, int N, int K, const float* A, long rsa, long csa, co
     sgemm_nn_generic(M, N, K, A, rsa, csa, B, ldb, C, ldc, row_init, accumulate, brows);
 }
 
-// C (M, N) (+)= A (M, K) B (N, K)^T, all row-major (leading dimensions lda, ldb, ldc).
-// fill (optional): B comes from fill(ctx, ...) (NtRowsFn; B and ldb unused), a few rows at a
-// time, all K columns in one block (see sgemm_nt_impl), so the caller builds them only when the
-// GEMM is about to read them; the same operations either way.
-inline void sgemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
-                     bool accumulate, NtRowsFn fill = nullptr, void* ctx = nullptr) {
+// The dispatch of sgemm_nt and sgemm_nt_rows.
+inline void sgemm_nt_any(int M, int N, int K, const float* A, long lda, const float* B, long ldb, NtRowsFn fill,
+                         void* ctx, int kblock, long bblock, float* C, long ldc, bool accumulate) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -573,11 +589,26 @@ inline void sgemm_nt(int M, int N, int K, const float* A, long lda, const float*
   }
   const int isa = isa_state().load(std::memory_order_relaxed);
   if (isa == int(CpuIsa::Avx512))
-    sgemm_nt_avx512(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
+    sgemm_nt_avx512(M, N, K, A, lda, B, ldb, fill, ctx, kblock, bblock, C, ldc, accumulate);
   else if (isa == int(CpuIsa::Avx2))
-    sgemm_nt_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
+    sgemm_nt_avx2(M, N, K, A, lda, B, ldb, fill, ctx, kblock, bblock, C, ldc, accumulate);
   else
-    sgemm_nt_generic(M, N, K, A, lda, B, ldb, C, ldc, accumulate, fill, ctx);
+    sgemm_nt_generic(M, N, K, A, lda, B, ldb, fill, ctx, kblock, bblock, C, ldc, accumulate);
+}
+
+// C (M, N) (+)= A (M, K) B (N, K)^T, all row-major (leading dimensions lda, ldb, ldc).
+inline void sgemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+                     bool accumulate) {
+  sgemm_nt_any(M, N, K, A, lda, B, ldb, nullptr, nullptr, 0, 0, C, ldc, accumulate);
+}
+
+// The same with B's rows by pointer from fill (NtRowsFn), its columns in blocks of kblock (K a
+// multiple of kblock): B(j, b*kblock + q) = row_j[b*bblock + q], row_j as fill gives it (A's
+// columns run on as usual). With kblock a multiple of 8, the same operations as sgemm_nt on B laid
+// out plainly.
+inline void sgemm_nt_rows(int M, int N, int K, const float* A, long lda, NtRowsFn fill, void* ctx, int kblock,
+                          long bblock, float* C, long ldc, bool accumulate) {
+  sgemm_nt_any(M, N, K, A, lda, nullptr, 0, fill, ctx, kblock, bblock, C, ldc, accumulate);
 }
 
 // Sum of x[0..n) as 4 interleaved partial sums (x[4q + lane]) in a fixed tree, then the tail:

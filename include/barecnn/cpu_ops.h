@@ -134,11 +134,13 @@ void gemm_nn(int M, int N, int K, const float* A, long rsa, long csa, const floa
              const float* row_init, bool accumulate);
 void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
              bool accumulate);
-// gemm_nt with B handed over through sgemm_nt's fill (as conv backward-weight hands it its
-// im2col, a few rows at a time); *rows: how many rows of B the GEMM asked for, or -1 if it asked
-// for a row twice, out of order, or past B's last one.
-void gemm_nt_filled(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
-                    bool accumulate, int* rows);
+// gemm_nt with B's rows by pointer and its columns in blocks of kblock (K a multiple of kblock), as
+// conv backward-weight hands it the windows of several images' planes: here B's blocks stored one
+// after another, block b of row j at B + (b*N + j)*kblock (sgemm_nt_rows' bblock = N*kblock).
+// *rows: how many rows of B the GEMM asked for, or -1 if it asked for a row twice, out of order,
+// or past B's last one.
+void gemm_nt_blocked(int M, int N, int K, const float* A, long lda, const float* B, int kblock, float* C, long ldc,
+                     bool accumulate, int* rows);
 // Max pooling of one plane's output rows [oh0, oh1) (out and mask point at the plane's row 0),
 // from the plane's input rows starting at row `row0` (rows: row row0's first pixel; the windows of
 // those output rows lie inside it). The mask holds plane indices h*W + w. maxpool2d_forward runs
