@@ -629,6 +629,35 @@ TEST(CpuGemm, BlockedRowsGiveTheBitsOfThePlainReduction) {
   }
 }
 
+// sgemm_nn with B's rows by pointer (the convs' wide rows) reads its full column panels in place
+// and packs only a last partial one: the same chain per element as from B packed whole. Column
+// counts around the 16- and 32-column panels and past the N block (1024), a row tile's edge, K past
+// the K block (256), a row start, accumulating; every ISA.
+TEST(CpuGemm, RowsReadInPlaceGiveThePackedBits) {
+  Restore restore;
+  const std::tuple<int, int, int> shapes[] = {{32, 840, 288}, {64, 224, 576}, {13, 31, 9},
+                                              {8, 65, 300},   {9, 1100, 20},  {1, 1, 1}};
+  uint64_t seed = 1200;
+  for (cpu::CpuIsa isa : isas()) {
+    cpu::set_cpu_isa(isa);
+    for (auto [M, N, K] : shapes) {
+      const Data a = make_data(size_t(M) * K, seed++, 1.0), b = make_data(size_t(K) * (N + 3), seed++, 1.0),
+                 c0 = make_data(size_t(M) * N, seed++, 1.0), init = make_data(M, seed++, 1.0);
+      std::vector<const float*> rows(static_cast<size_t>(K));  // B's rows N + 3 floats apart, from column 2
+      for (int k = 0; k < K; k++) rows[size_t(k)] = b.f.data() + size_t(k) * (N + 3) + 2;
+      const std::string label = std::string(cpu::cpu_isa_name(isa)) + " " + std::to_string(M) + "x" +
+                                std::to_string(N) + "x" + std::to_string(K);
+      for (int mode = 0; mode < 3; mode++) {  // from 0, from a row start, accumulating
+        std::vector<float> packed = mode == 2 ? c0.f : nans(size_t(M) * N), direct = packed;
+        const float* start = mode == 1 ? init.f.data() : nullptr;
+        cpu::detail::gemm_nn(M, N, K, a.f.data(), K, 1, b.f.data() + 2, N + 3, packed.data(), N, start, mode == 2);
+        cpu::detail::gemm_nn_rows(M, N, K, a.f.data(), K, 1, rows.data(), direct.data(), N, start, mode == 2);
+        EXPECT_TRUE(same_bits(packed, direct)) << label << " mode " << mode;
+      }
+    }
+  }
+}
+
 // The two GEMMs themselves, on every kind of edge of both builds' tiles: rows 1-17 (partial row
 // tiles and row pairs), columns 1-65 (partial 16- and 32-column tiles, partial 8-row B tiles),
 // reductions 1-600 (tails of 8 lanes, several K blocks), and shapes past the M, N and K blocks;

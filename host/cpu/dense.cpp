@@ -594,6 +594,10 @@ void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long
              bool accumulate) {
   sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
+void gemm_nn_rows(int M, int N, int K, const float* A, long rsa, long csa, const float* const* brows, float* C,
+                  long ldc, const float* row_init, bool accumulate) {
+  sgemm_nn(M, N, K, A, rsa, csa, nullptr, 0, C, ldc, row_init, accumulate, brows);
+}
 void gemm_nt_blocked(int M, int N, int K, const float* A, long lda, const float* B, int kblock, float* C, long ldc,
                      bool accumulate, int* rows) {
   struct Ctx {
