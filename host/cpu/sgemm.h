@@ -4,8 +4,8 @@
 //   sgemm_nn: C (M, N) = A (M, K) B (K, N)   B row-major; A with any row/column stride.
 //             Goto/BLIS style: A and B are copied ("packed") into MR-row and NR-column panels so
 //             the register-tiled micro-kernel reads both contiguously (B given by rows, the convs'
-//             windows of padded planes, is read in place), MR x NR outputs in registers, one FMA
-//             per (i, j, k). Used where the reduction runs down B's columns:
+//             windows of padded planes, is read in place for a short A), MR x NR outputs in
+//             registers, one FMA per (i, j, k). Used where the reduction runs down B's columns:
 //             conv forward (W x im2col), conv backward-input (W x the gather matrix of dout, or
 //             W^T x dout before col2im), dense backward-input (dout x W) and dense
 //             backward-weight (dout^T x inp).
@@ -194,6 +194,13 @@ template <int MR, int NR, typename V, bool Direct = false>
     for (int v = 0; v < NV; v++) storev<V>(C + i * ldc + v * L, acc[i][v]);
 }
 
+// B's rows given by pointer are read in place (not packed) where A has at most this many rows: a
+// panel read in place costs its unaligned loads again for each row tile, a packed one its copy
+// once. Measured on a Zen 5 (2 threads): `deep`'s 28 x 28 conv(32) forward and gather
+// backward-input 9-10% faster in place (AVX2: 7-15%), its 14 x 14 convs over 64 rows 1.5-2.5%
+// slower (AVX2: the same). The same bits either way.
+constexpr int kInPlaceRows = 32;
+
 template <int MR, int NR, typename V>
 [[gnu::always_inline]] inline void sgemm_nn_impl(int M, int N, int K, const float* A, long rsa, long csa,
                                                  const float* B, long ldb, float* C, long ldc, const float* row_init,
@@ -210,11 +217,15 @@ template <int MR, int NR, typename V>
     for (int pc = 0; pc < K; pc += kc_step) {
       int kc = std::min(kc_step, K - pc);
       bool load_c = accumulate || pc > 0;  // later K blocks continue the chain held in C
-      // B by rows (the windows of padded planes): full panels are read in place, only a last
-      // partial one is packed (at bpack; zeros past nc). Else every panel is packed.
-      const int nfull = brows ? nc / NR * NR : 0;
-      if (brows) {
+      // B by rows (the windows of padded planes) for at most kInPlaceRows rows of A: full panels
+      // are read in place, only a last partial one is packed (at bpack; zeros past nc). Else
+      // every panel is packed.
+      const bool in_place_ok = brows && M <= kInPlaceRows;
+      const int nfull = in_place_ok ? nc / NR * NR : 0;
+      if (in_place_ok) {
         if (nfull < nc) pack_b<NR>(bpack, nullptr, 0, brows + pc, jc + nfull, kc, nc - nfull);
+      } else if (brows) {
+        pack_b<NR>(bpack, nullptr, 0, brows + pc, jc, kc, nc);
       } else {
         pack_b<NR>(bpack, B + pc * ldb, ldb, nullptr, jc, kc, nc);
       }
@@ -224,7 +235,7 @@ template <int MR, int NR, typename V>
         for (int jr = 0; jr < nc; jr += NR) {
           int nr = std::min(NR, nc - jr);
           const bool in_place = jr < nfull;  // (then row k of this K block at brows[pc + k] + jc + jr)
-          const float* bp = brows ? bpack : bpack + jr * kc;
+          const float* bp = in_place_ok ? bpack : bpack + jr * kc;
           // The micro-tile into cc (rows ldcc apart), the same chain of operations either way.
           auto tile = [&](const float* ap, float* cc, long ldcc, bool ld, const float* in) {
             if (in_place)
@@ -575,9 +586,9 @@ inline std::atomic<int>& isa_state() {
 // `accumulate`, else from row_init[i] (M values, e.g. a bias per output channel) when non-null,
 // else from 0. A(i, k) = A[i*rsa + k*csa]; B, C row-major with leading dimensions ldb, ldc.
 // brows (optional): B's rows by pointer, B(k, j) = brows[k][j] (B and ldb unused), read in place
-// but for a last partial column panel (the rows are windows of padded image rows, already in L1/L2:
-// packing them cost ~11% of `deep`'s 28 x 28 conv forward); the same chain of operations per element
-// either way.
+// for M <= kInPlaceRows but for a last partial column panel (the rows are windows of padded image
+// rows, already in L1/L2: packing them cost ~11% of `deep`'s 28 x 28 conv forward); the same chain
+// of operations per element either way.
 inline void sgemm_nn(int M, int N, int K, const float* A, long rsa, long csa, const float* B, long ldb, float* C,
                      long ldc, const float* row_init, bool accumulate, const float* const* brows = nullptr) {
   if (M <= 0 || N <= 0) return;
