@@ -19,8 +19,8 @@
 // Stride 1 (every preset), forward and gather backward-input: col_n and dcol_n are never copied
 // out; the GEMM reads each row straight from zero-padded image rows (the "wide rows" below).
 // Backward-weight with stride 1 over rows wide enough: the same, dout_n laid out wide (the wide
-// form below). Other strides and backward-weights: im2col copies (with stride 1, a few rows at a time
-// as the GEMM reads them: ColRows). One input channel (the first convs) under
+// form below). Other strides, and the other backward-weights: im2col copies (with stride 1, a
+// few rows at a time as the GEMM reads them: ColRows). One input channel (the first convs) under
 // AVX-512: the forward's short sums in registers, no GEMM (direct loops below); and with 3x3 or
 // 5x5 kernels and K a multiple of 16, backward-weight with the channels in the vector lanes, no
 // im2col, no expanded gradient behind a fused pool (backward_weight_c1, its own order of the
@@ -938,9 +938,9 @@ static constexpr long long kWideFloats = 1LL << 18;
 // p), as sgemm_nt_rows' NtRowsFn (one block). With AVX-512 and stride 1, its rows [j0, j0 + nr)
 // are built in rowbuf when the GEMM asks for them, so that they are read from L1/L2: from the
 // images' padded planes (made once by the constructor: nc x C planes in planebuf), each row (c, i,
-// j) a run of window copies per image, as im2col makes it. Otherwise the whole matrix is built first, by
-// im2col, and handed out by rows (under AVX2, building the rows group by group measured 3-10%
-// slower with 2 threads on `deep`'s conv(64), though 4% faster with one).
+// j) a run of window copies per image, as im2col makes it. Otherwise the whole matrix is built
+// first, by im2col, and handed out by rows (under AVX2, building the rows group by group measured
+// 3-10% slower with 2 threads on `deep`'s conv(64), though 4% faster with one).
 class ColRows {
  public:
   ColRows(const float* inp, const Conv2dShape& s, int nc, std::vector<float>& rowbuf, std::vector<float>& planebuf)

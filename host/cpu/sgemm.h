@@ -369,19 +369,19 @@ template <int MR, int NR, typename V>
 
 // Edge tiles: the kernel instantiated for every mr <= kMRT, nr <= kNRT.
 template <int MR, int NR, typename V>
-[[gnu::always_inline]] inline void micro_nt_cols(int nr, const NtBlocks& kc, const float* A, long lda,
+[[gnu::always_inline]] inline void micro_nt_cols(int nr, const NtBlocks& kb, const float* A, long lda,
                                                  const float* const* B, float* accv, long ldv, bool first) {
   if constexpr (NR > 0) {
-    if (nr == NR) return micro_nt<MR, NR, V>(kc, A, lda, B, accv, ldv, first);
-    micro_nt_cols<MR, NR - 1, V>(nr, kc, A, lda, B, accv, ldv, first);
+    if (nr == NR) return micro_nt<MR, NR, V>(kb, A, lda, B, accv, ldv, first);
+    micro_nt_cols<MR, NR - 1, V>(nr, kb, A, lda, B, accv, ldv, first);
   }
 }
 template <int MR, typename V>
-[[gnu::always_inline]] inline void micro_nt_tile(int mr, int nr, const NtBlocks& kc, const float* A, long lda,
+[[gnu::always_inline]] inline void micro_nt_tile(int mr, int nr, const NtBlocks& kb, const float* A, long lda,
                                                  const float* const* B, float* accv, long ldv, bool first) {
   if constexpr (MR > 0) {
-    if (mr == MR) return micro_nt_cols<MR, kNRT, V>(nr, kc, A, lda, B, accv, ldv, first);
-    micro_nt_tile<MR - 1, V>(mr, nr, kc, A, lda, B, accv, ldv, first);
+    if (mr == MR) return micro_nt_cols<MR, kNRT, V>(nr, kb, A, lda, B, accv, ldv, first);
+    micro_nt_tile<MR - 1, V>(mr, nr, kb, A, lda, B, accv, ldv, first);
   }
 }
 
@@ -452,19 +452,19 @@ template <int MP, int NR>
     }
 }
 template <int MP, int NR>
-[[gnu::always_inline]] inline void micro_nt512_cols(int mr, int nr, const NtBlocks& kc, const float* A, long lda,
+[[gnu::always_inline]] inline void micro_nt512_cols(int mr, int nr, const NtBlocks& kb, const float* A, long lda,
                                                     const float* const* B, float* accv, long ldv, bool first) {
   if constexpr (NR > 0) {
-    if (nr == NR) return micro_nt512<MP, NR>(mr, kc, A, lda, B, accv, ldv, first);
-    micro_nt512_cols<MP, NR - 1>(mr, nr, kc, A, lda, B, accv, ldv, first);
+    if (nr == NR) return micro_nt512<MP, NR>(mr, kb, A, lda, B, accv, ldv, first);
+    micro_nt512_cols<MP, NR - 1>(mr, nr, kb, A, lda, B, accv, ldv, first);
   }
 }
 template <int MP, int NR>
-[[gnu::always_inline]] inline void micro_nt512_tile(int mr, int nr, const NtBlocks& kc, const float* A, long lda,
+[[gnu::always_inline]] inline void micro_nt512_tile(int mr, int nr, const NtBlocks& kb, const float* A, long lda,
                                                     const float* const* B, float* accv, long ldv, bool first) {
   if constexpr (MP > 0) {
-    if ((mr + 1) / 2 == MP) return micro_nt512_cols<MP, NR>(mr, nr, kc, A, lda, B, accv, ldv, first);
-    micro_nt512_tile<MP - 1, NR>(mr, nr, kc, A, lda, B, accv, ldv, first);
+    if ((mr + 1) / 2 == MP) return micro_nt512_cols<MP, NR>(mr, nr, kb, A, lda, B, accv, ldv, first);
+    micro_nt512_tile<MP - 1, NR>(mr, nr, kb, A, lda, B, accv, ldv, first);
   }
 }
 // AVX-512 tile: kMP512 row pairs x kNR512 rows of B = 24 accumulators + 3 A vectors + 1 B vector
@@ -498,7 +498,8 @@ template <typename V, bool Paired512 = false>
   // B by rows (conv backward-weight): one pass over the whole reduction, each tile running through
   // the caller's blocks (one block of a whole call measured 7-17% faster than blocks of <= 1024
   // columns, each a pass of the tile loops over A and accv, on a Zen 5 with AVX-512). Plain B:
-  // blocks that keep A's in L2. The blocking never changes a bit: the lanes carry across.
+  // blocks that keep A's in L2, multiples of 8 columns, so they change no bit (the lanes carry
+  // across).
   const int kc_step = fill ? K : nt_block_step(M, K);
   for (int pc = 0; pc < K; pc += kc_step) {
     const int kc = std::min(kc_step, K - pc);

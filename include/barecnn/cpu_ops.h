@@ -135,7 +135,7 @@ void gemm_nn(int M, int N, int K, const float* A, long rsa, long csa, const floa
 void gemm_nt(int M, int N, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
              bool accumulate);
 // gemm_nn with B's rows by pointer (B(k, j) = brows[k][j]), as the convs' wide rows hand them over:
-// full column panels are read in place, not packed.
+// for M <= 32 its full column panels are read in place, not packed.
 void gemm_nn_rows(int M, int N, int K, const float* A, long rsa, long csa, const float* const* brows, float* C,
                   long ldc, const float* row_init, bool accumulate);
 // gemm_nt with B's rows by pointer and its columns in blocks of kblock (K a multiple of kblock), as
