@@ -405,6 +405,10 @@ void OutGrad::image_into(int n, const Conv2dShape& s, float* dst, long ld) const
 // element is the same chain of FMAs over the same values as through im2col: the same bits.
 // Used by the forward (the input padded by (ph, pw)) and the gather form of backward-input (dout
 // padded by (kh-1-ph, kw-1-pw), the taps flipped).
+// The left and right padding can share their zeros: with g = max(left, right) zeros before each
+// source row and none after (rows S = Ws + g apart), a window running past a row's end reads the
+// next row's g zeros, as it would read its own right padding. So the rows are S wide, not Wp
+// (3x3, padding 1: 15 columns for 14 results, not 16; wide_stride).
 
 // Result rows per item: the block's padded planes (Cs channels, rows + kh - 1 rows of Wp) and its
 // wide result (M, rows x Wp) stay in L2, and at least 8 items in all when the batch is small.
@@ -424,24 +428,46 @@ struct WideBuffers {
   std::vector<const float*> rows;
 };
 
+// The padded rows' layout for a source Ws wide padded by `left` (the right padding is what makes
+// the result Wo wide): where both paddings are >= 0, g = max(left, right) zeros before each row,
+// rows Ws + g apart; else (a padding < 0: columns dropped) the plain layout, left zeros, rows
+// Wo + kw - 1 apart. Returns the row stride; *shift: how far right of the plain layout each
+// window starts (g - left).
+static int wide_stride(int Ws, int left, int kw, int Wo, int* shift) {
+  const int right = Wo + kw - 1 - Ws - left;
+  if (left < 0 || right < 0) {
+    *shift = 0;
+    return Wo + kw - 1;
+  }
+  const int g = std::max(left, right);
+  *shift = g - left;
+  return Ws + g;
+}
+
 // The GEMM of wide_rows (below) alone: returns the wide result (M, ncols), result row y0 + r of
-// plane m at m*ncols + r*(Wo + kw - 1), Wo values long (then kw - 1 dropped ones).
+// plane m at m*ncols + r*(*stride), Wo values long (then *stride - Wo dropped ones).
 static const float* wide_gemm(const float* A, long rsa, long csa, int M, const float* src, int Cs, int Hs, int Ws,
                               int top, int left, int kh, int kw, bool flip, int Wo, int y0, int y1,
-                              const float* row_init, WideBuffers& b, int* ncols_out) {
-  const int Wp = Wo + kw - 1, rb = y1 - y0, Rb = rb + kh - 1, KK = kh * kw;
-  const long long plane_n = (long long)Rb * Wp;
-  float* pl = scratch(b.plane, size_t(Cs * plane_n) + 16);  // (Cs, Rb, Wp): padded rows y0 .. y1 + kh - 2
-  pad_planes(pl, src, Cs, Hs, Ws, top - y0, left, Rb, Wp);
+                              const float* row_init, WideBuffers& b, int* ncols_out, int* stride) {
+  int shift;
+  const int S = wide_stride(Ws, left, kw, Wo, &shift), rb = y1 - y0, Rb = rb + kh - 1, KK = kh * kw;
+  const long long plane_n = (long long)Rb * S;
+  // (Cs, Rb, S): padded rows y0 .. y1 + kh - 2; then 16 zeros, for the last window of the last
+  // plane, which runs up to `right` floats past it (into the next plane's first row elsewhere)
+  float* pl = scratch(b.plane, size_t(Cs * plane_n) + 16);
+  pad_planes(pl, src, Cs, Hs, Ws, top - y0, left + shift, Rb, S);
+  std::fill(pl + Cs * plane_n, pl + Cs * plane_n + 16, 0.f);
   b.rows.resize(size_t(Cs) * KK);
   for (int c = 0; c < Cs; c++)
     for (int i = 0; i < kh; i++)
       for (int j = 0; j < kw; j++)
-        b.rows[(c * kh + i) * kw + j] = pl + c * plane_n + (flip ? kh - 1 - i : i) * Wp + (flip ? kw - 1 - j : j);
-  const int ncols = (rb - 1) * Wp + Wo;  // the last row needs only its Wo columns
+        b.rows[(c * kh + i) * kw + j] =
+            pl + c * plane_n + (flip ? kh - 1 - i : i) * S + (flip ? kw - 1 - j : j) + shift;
+  const int ncols = (rb - 1) * S + Wo;  // the last row needs only its Wo columns
   float* wide = scratch(b.wide, size_t(M) * ncols);
   sgemm_nn(M, ncols, Cs * KK, A, rsa, csa, nullptr, 0, wide, ncols, row_init, false, b.rows.data());
   *ncols_out = ncols;
+  *stride = S;
   return wide;
 }
 
@@ -477,10 +503,10 @@ static void copy_out_row(float* o, const float* w, int n, bool relu) {
 static void wide_rows(float* out, long long out_plane, int out_y0, const float* A, long rsa, long csa, int M,
                       const float* src, int Cs, int Hs, int Ws, int top, int left, int kh, int kw, bool flip, int Wo,
                       int y0, int y1, const float* row_init, bool relu, WideBuffers& b) {
-  int ncols;
+  int ncols, Wp;
   const float* wide =
-      wide_gemm(A, rsa, csa, M, src, Cs, Hs, Ws, top, left, kh, kw, flip, Wo, y0, y1, row_init, b, &ncols);
-  const int Wp = Wo + kw - 1, rb = y1 - y0;
+      wide_gemm(A, rsa, csa, M, src, Cs, Hs, Ws, top, left, kh, kw, flip, Wo, y0, y1, row_init, b, &ncols, &Wp);
+  const int rb = y1 - y0;
   const bool avx512 = cpu_isa() == CpuIsa::Avx512;
   for (int m = 0; m < M; m++)
     for (int r = 0; r < rb; r++) {
@@ -770,13 +796,13 @@ void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp,
       continue;
     }
     if (direct) {
-      int ncols;
+      int ncols, stride;
       const float* wide = wide_gemm(weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W, s.ph,
-                                    s.pw, s.kh, s.kw, false, s.OW, y0, y1, bias, bufs, &ncols);
+                                    s.pw, s.kh, s.kw, false, s.OW, y0, y1, bias, bufs, &ncols, &stride);
       for (int k = 0; k < s.K; k++) {
         const long long off = ((long long)n * s.K + k) * PP;
-        relu_maxpool_2x2_wide_avx512(pooled + off, mask + off, wide + (long long)k * ncols, s.OW + s.kw - 1, y0, s.OW,
-                                     ps.OW, oh0, oh1);
+        relu_maxpool_2x2_wide_avx512(pooled + off, mask + off, wide + (long long)k * ncols, stride, y0, s.OW, ps.OW,
+                                     oh0, oh1);
       }
       continue;
     }
@@ -986,30 +1012,38 @@ class ColRows {
 };
 
 // The wide form of backward-weight (stride 1): no im2col. As in the forward's wide rows, over an
-// image's planes zero-padded to Wp = OW + kw - 1 columns, tap (c, i, j)'s window for output row oh
-// is the run plane_c + (oh + i)*Wp + j, so with the gradient laid out wide as well (gw (K, OH*Wp):
-// row oh of channel k at k*ld + oh*Wp, then kw - 1 zeros), dW[k][(c, i, j)] is a plain product of
-// gw's row k with the OH*Wp floats from plane_c + i*Wp + j: B's row (c, i, j) is a pointer into the
-// planes, nothing is copied. The zero columns meet values the reduction does not include (the next
-// row's first pixels): each adds a +-0 product, which changes no sum of finite values (an inf or
-// NaN there turns its channel's taps NaN, where the reference may keep them finite). Each plane
-// gets one more zero row below it (Hp + 1 rows) for the last run's kw - 1 floats past the padded
-// plane. The images of a call lie side by side in gw (image m's columns at m*OH*Wp), their planes
-// one after another: the GEMM runs through them as the blocks of its reduction (sgemm_nt_rows), B's
-// row (c, i, j) of image m at the same offset in m's planes.
-// Each wide column the kw - 1 zeros add is a multiply-add more: the wide form is taken where they
-// are under 1/8 of the columns (`deep`'s 28 x 28 convs: 2 of 30; its 14 x 14 ones, 2 of 16, keep
-// ColRows: there the wide form measured 6-10% slower, the im2col rows 10% faster). A function of
-// the shape only.
-static bool wide_weight_grad(const Conv2dShape& s) {
-  return s.sh == 1 && s.sw == 1 && !is_pointwise(s) && (s.kw - 1) * 8 < s.OW + s.kw - 1;
+// image's planes zero-padded in rows S apart (wide_stride: S = W + pw for a "same" conv), tap (c,
+// i, j)'s window for output row oh is the run plane_c + (oh + i)*S + j + shift, so with the
+// gradient laid out wide as well (gw (K, OH*S): row oh of channel k at k*ld + oh*S, then S - OW
+// zeros), dW[k][(c, i, j)] is a plain product of gw's row k with the OH*S floats from plane_c +
+// i*S + j + shift: B's row (c, i, j) is a pointer into the planes, nothing is copied. The zero
+// columns meet values the reduction does not include (the next row's first pixels): each adds a
+// +-0 product, which changes no sum of finite values (an inf or NaN there turns its channel's
+// taps NaN, where the reference may keep them finite). The images of a call lie side by side in gw
+// (image m's columns at m*cols), their planes one after another: the GEMM runs through them as the
+// blocks of its reduction (sgemm_nt_rows), B's row (c, i, j) of image m at the same offset in m's
+// planes.
+// Each image's block of the reduction is its OH*S columns rounded up to a multiple of 8 (a block's
+// tail of fewer than 8 lanes is a slow zero-padded step in every tile: 28 x 29 = 812 columns took
+// 10% longer than 816), and each zero column is a multiply-add more: the wide form is taken where
+// they are under 1/16 of the block (`deep`'s 28 x 28 convs: 32 of 816; its 14 x 14 ones, 20 of
+// 216, keep ColRows: there the wide form measured 4-14% slower, with 2 zero columns a row 6-10%).
+// A function of the shape only. *S, *shift: the planes' layout (wide_stride); *cols: the block.
+static bool wide_weight_grad(const Conv2dShape& s, int* S = nullptr, int* shift = nullptr, long long* cols = nullptr) {
+  if (s.sh != 1 || s.sw != 1 || is_pointwise(s)) return false;
+  int sh;
+  const int stride = wide_stride(s.W, s.pw, s.kw, s.OW, &sh);
+  const long long block = ((long long)s.OH * stride + 7) / 8 * 8;
+  if (S) *S = stride, *shift = sh, *cols = block;
+  return (block - (long long)s.OH * s.OW) * 16 < block;
 }
 
-// rows[(c, i, j)] = plane c's window of tap (i, j) (planes of Hp + 1 rows of Wp).
-static void wide_windows(const float** rows, const Conv2dShape& s, int Wp, long long plane, const float* planes) {
+// rows[(c, i, j)] = plane c's window of tap (i, j) (planes `plane` floats apart, rows S apart).
+static void wide_windows(const float** rows, const Conv2dShape& s, int S, int shift, long long plane,
+                         const float* planes) {
   for (int c = 0; c < s.C; c++)
     for (int i = 0; i < s.kh; i++)
-      for (int j = 0; j < s.kw; j++) *rows++ = planes + c * plane + (long long)i * Wp + j;
+      for (int j = 0; j < s.kw; j++) *rows++ = planes + c * plane + (long long)i * S + j + shift;
 }
 // sgemm_nt_rows' fill from an array of all of B's row pointers (ctx).
 static void rows_from_array(void* ctx, int j0, int nr, const float** rows) {
@@ -1017,15 +1051,18 @@ static void rows_from_array(void* ctx, int j0, int nr, const float** rows) {
   std::copy(all + j0, all + j0 + nr, rows);
 }
 
-// dst (K, OH*Wp), rows ld apart = g (K, OH*OW) laid out wide: each row of OW values followed by
-// Wp - OW zeros.
-static void widen(float* dst, long ld, const float* g, int K, int OH, int OW, int Wp) {
-  for (int k = 0; k < K; k++)
+// dst (K, cols), rows ld apart = g (K, OH*OW) laid out wide: each row of OW values followed by
+// S - OW zeros, then zeros up to cols (>= OH*S).
+static void widen(float* dst, long ld, const float* g, int K, int OH, int OW, int S, long long cols) {
+  for (int k = 0; k < K; k++) {
+    float* dk = dst + k * ld;
     for (int y = 0; y < OH; y++) {
-      float* d = dst + k * ld + (long long)y * Wp;
+      float* d = dk + (long long)y * S;
       std::memcpy(d, g + ((long long)k * OH + y) * OW, sizeof(float) * size_t(OW));
-      std::fill(d + OW, d + Wp, 0.f);
+      std::fill(d + OW, d + S, 0.f);
     }
+    std::fill(dk + (long long)OH * S, dk + cols, 0.f);
+  }
 }
 
 // ---- one input channel, K a multiple of 16: backward-weight with the channels in the lanes ----
@@ -1424,9 +1461,13 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
   }
   if (c1_lanes(s)) return backward_weight_c1(dweight, dbias, og, inp, s);
   const int G = ceil_div(s.N, kMaxGroups), ngroups = ceil_div(s.N, G);
-  const bool pointwise = is_pointwise(s), wide = wide_weight_grad(s);
-  const int Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw;  // wide: the padded planes (Hp + 1 rows each)
-  const long long plane = (long long)(Hp + 1) * Wp, cols = (long long)s.OH * Wp;
+  // wide: the padded planes' layout (rows S apart), each image's block of the reduction (cols),
+  // and the zero rows below each plane that the runs read past it (up to kw - 2 + shift + 8 floats)
+  int S = 0, shift = 0;
+  long long cols = 0;
+  const bool pointwise = is_pointwise(s), wide = wide_weight_grad(s, &S, &shift, &cols);
+  const int Hp = s.H + 2 * s.ph, extra = wide ? ceil_div(s.kw - 1 + shift + 7, S) : 0;
+  const long long plane = (long long)(Hp + extra) * S;
   // seg: pixels of one image per GEMM (all of them unless col would be too large);
   // cat: whole images side by side per GEMM (wide: as many as keep the call's gw and planes within
   // kWideFloats). Functions of the shape only.
@@ -1463,19 +1504,19 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
         const int nc = std::min(cat, n_end - n0);
         const float* inp0 = inp + (long long)n0 * s.C * s.H * s.W;  // (nc, C, H, W)
         if (wide) {
-          // gw (K, nc*OH*Wp) and the planes (nc, C, Hp + 1, Wp), one image per K block
+          // gw (K, nc*cols) and the planes (nc, C, Hp + extra, S), one image per K block
           const long long width = nc * cols;
           float* gw = scratch(doutbuf, size_t(s.K * width));
           float* g1 = scratch(gradbuf, size_t(s.K) * P);
           for (int m = 0; m < nc; m++) {
             og.image_into(n0 + m, s, g1, P);
             bias_sums(n0 + m, g1, P);
-            widen(gw + m * cols, width, g1, s.K, s.OH, s.OW, Wp);
+            widen(gw + m * cols, width, g1, s.K, s.OH, s.OW, S, cols);
           }
           float* planes = scratch(planebuf, size_t(nc * s.C * plane) + 16);  // + pad_planes' slack
-          pad_planes(planes, inp0, (long long)nc * s.C, s.H, s.W, s.ph, s.pw, Hp + 1, Wp);
+          pad_planes(planes, inp0, (long long)nc * s.C, s.H, s.W, s.ph, s.pw + shift, Hp + extra, S);
           rowbuf.resize(size_t(CKK));
-          wide_windows(rowbuf.data(), s, Wp, plane, planes);
+          wide_windows(rowbuf.data(), s, S, shift, plane, planes);
           sgemm_nt_rows(s.K, CKK, int(width), gw, width, rows_from_array, rowbuf.data(), int(cols), s.C * plane, pg,
                         CKK, !first);
           first = false;
