@@ -1028,14 +1028,22 @@ class ColRows {
 // 10% longer than 816), and each zero column is a multiply-add more: the wide form is taken where
 // they are under 1/16 of the block (`deep`'s 28 x 28 convs: 32 of 816; its 14 x 14 ones, 20 of
 // 216, keep ColRows: there the wide form measured 4-14% slower, with 2 zero columns a row 6-10%).
-// A function of the shape only. *S, *shift: the planes' layout (wide_stride); *cols: the block.
-static bool wide_weight_grad(const Conv2dShape& s, int* S = nullptr, int* shift = nullptr, long long* cols = nullptr) {
-  if (s.sh != 1 || s.sw != 1 || is_pointwise(s)) return false;
-  int sh;
-  const int stride = wide_stride(s.W, s.pw, s.kw, s.OW, &sh);
-  const long long block = ((long long)s.OH * stride + 7) / 8 * 8;
-  if (S) *S = stride, *shift = sh, *cols = block;
-  return (block - (long long)s.OH * s.OW) * 16 < block;
+// A function of the shape only.
+struct WideGrad {
+  bool on = false;       // the wide form is taken
+  int S = 0, shift = 0;  // the planes' rows S apart, windows `shift` right of the plain layout (wide_stride)
+  long long cols = 0;    // each image's block of the reduction
+  long long plane = 0;   // floats per padded plane: its Hp rows, then the zero rows the runs read past
+                         // it (up to kw - 2 + shift + 8 floats)
+};
+static WideGrad wide_weight_grad(const Conv2dShape& s) {
+  WideGrad w;
+  if (s.sh != 1 || s.sw != 1 || is_pointwise(s)) return w;
+  w.S = wide_stride(s.W, s.pw, s.kw, s.OW, &w.shift);
+  w.cols = ((long long)s.OH * w.S + 7) / 8 * 8;
+  w.plane = (long long)(s.H + 2 * s.ph + ceil_div(s.kw - 1 + w.shift + 7, w.S)) * w.S;
+  w.on = (w.cols - (long long)s.OH * s.OW) * 16 < w.cols;
+  return w;
 }
 
 // rows[(c, i, j)] = plane c's window of tap (i, j) (planes `plane` floats apart, rows S apart).
@@ -1461,20 +1469,15 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
   }
   if (c1_lanes(s)) return backward_weight_c1(dweight, dbias, og, inp, s);
   const int G = ceil_div(s.N, kMaxGroups), ngroups = ceil_div(s.N, G);
-  // wide: the padded planes' layout (rows S apart), each image's block of the reduction (cols),
-  // and the zero rows below each plane that the runs read past it (up to kw - 2 + shift + 8 floats)
-  int S = 0, shift = 0;
-  long long cols = 0;
-  const bool pointwise = is_pointwise(s), wide = wide_weight_grad(s, &S, &shift, &cols);
-  const int Hp = s.H + 2 * s.ph, extra = wide ? ceil_div(s.kw - 1 + shift + 7, S) : 0;
-  const long long plane = (long long)(Hp + extra) * S;
+  const WideGrad wg = wide_weight_grad(s);
+  const bool pointwise = is_pointwise(s), wide = wg.on;
   // seg: pixels of one image per GEMM (all of them unless col would be too large);
   // cat: whole images side by side per GEMM (wide: as many as keep the call's gw and planes within
   // kWideFloats). Functions of the shape only.
   const int seg = pointwise || wide ? P : int(std::min<long long>(P, std::max(64LL, kMaxColFloats / CKK)));
   int cat = 1;
   if (wide)
-    cat = int(std::max(1LL, std::min<long long>(G, kWideFloats / (s.K * cols + s.C * plane))));
+    cat = int(std::max(1LL, std::min<long long>(G, kWideFloats / (s.K * wg.cols + s.C * wg.plane))));
   else if (!pointwise && seg == P)
     cat = int(std::max(1LL, std::min<long long>({ceil_div(kCatPixels, P), G, kMaxColFloats / ((long long)CKK * P)})));
   // partial (ngroups, K, CKK): group g's sum; with one group it is dweight itself.
@@ -1504,21 +1507,21 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
         const int nc = std::min(cat, n_end - n0);
         const float* inp0 = inp + (long long)n0 * s.C * s.H * s.W;  // (nc, C, H, W)
         if (wide) {
-          // gw (K, nc*cols) and the planes (nc, C, Hp + extra, S), one image per K block
-          const long long width = nc * cols;
+          // gw (K, nc*cols) and the planes (nc, C, plane / S rows of S), one image per K block
+          const long long width = nc * wg.cols;
           float* gw = scratch(doutbuf, size_t(s.K * width));
           float* g1 = scratch(gradbuf, size_t(s.K) * P);
           for (int m = 0; m < nc; m++) {
             og.image_into(n0 + m, s, g1, P);
             bias_sums(n0 + m, g1, P);
-            widen(gw + m * cols, width, g1, s.K, s.OH, s.OW, S, cols);
+            widen(gw + m * wg.cols, width, g1, s.K, s.OH, s.OW, wg.S, wg.cols);
           }
-          float* planes = scratch(planebuf, size_t(nc * s.C * plane) + 16);  // + pad_planes' slack
-          pad_planes(planes, inp0, (long long)nc * s.C, s.H, s.W, s.ph, s.pw + shift, Hp + extra, S);
+          float* planes = scratch(planebuf, size_t(nc * s.C * wg.plane) + 16);  // + pad_planes' slack
+          pad_planes(planes, inp0, (long long)nc * s.C, s.H, s.W, s.ph, s.pw + wg.shift, int(wg.plane / wg.S), wg.S);
           rowbuf.resize(size_t(CKK));
-          wide_windows(rowbuf.data(), s, S, shift, plane, planes);
-          sgemm_nt_rows(s.K, CKK, int(width), gw, width, rows_from_array, rowbuf.data(), int(cols), s.C * plane, pg,
-                        CKK, !first);
+          wide_windows(rowbuf.data(), s, wg.S, wg.shift, wg.plane, planes);
+          sgemm_nt_rows(s.K, CKK, int(width), gw, width, rows_from_array, rowbuf.data(), int(wg.cols), s.C * wg.plane,
+                        pg, CKK, !first);
           first = false;
           continue;
         }
@@ -1537,13 +1540,12 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
           first = false;
           continue;
         }
-        const float* inp_n = inp0;                       // (C, H, W)
         const float* dout_n = og.image(n0, s, gradbuf);  // (K, P)
         bias_sums(n0, dout_n, P);
         for (int p0 = 0; p0 < P; p0 += seg) {
           int p1 = std::min(P, p0 + seg), np = p1 - p0;
           long ldcol;
-          const float* col = image_columns(inp_n, s, pointwise, p0, p1, colbuf, planebuf, &ldcol);  // (CKK, np)
+          const float* col = image_columns(inp0, s, pointwise, p0, p1, colbuf, planebuf, &ldcol);  // (CKK, np)
           sgemm_nt(s.K, CKK, np, dout_n + p0, P, col, ldcol, pg, CKK, !first);
           first = false;
         }
