@@ -60,9 +60,15 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       conv_shape(1, 9, 13, 11, 4, 3, 2, 1, 1, 3, 0),    // pad 3 > kh - 1, batch 1: 8 row blocks
       conv_shape(3, 5, 6, 20, 5, 1, 4, 1, 1, 0, 3),     // 1x4 kernel, pad (0, 3): dout padded by (0, 0)
       conv_shape(2, 40, 40, 40, 40, 3, 3, 1, 1, 1, 1),  // planes over 256 KiB: several row blocks
-      // backward_weight: 3 images side by side in the wide form (221 columns each, not a multiple
-      // of 8: each image's block ends in its own tail step; CpuGemm below):
+      // backward_weight: 3 images side by side in the wide form (13 rows of 31: 403 columns each,
+      // not a multiple of 8: each image's block ends in its own tail step; CpuGemm below):
+      conv_shape(40, 2, 13, 30, 40, 3, 3, 1, 1, 1, 1),
+      // backward_weight with the channels in the lanes (stride 1, K a multiple of 32, 3x3 or 5x5):
+      // 40 images in 14 groups; 5x5 with 25 tap rows (tiles of 2 and 1 under AVX-512), padding
+      // (2, 1); 3 vector pairs of channels over 9 tap rows (4, 4, 1), no top padding:
       conv_shape(40, 2, 13, 15, 64, 3, 3, 1, 1, 1, 1),
+      conv_shape(3, 5, 9, 11, 32, 5, 5, 1, 1, 2, 1),
+      conv_shape(5, 3, 7, 10, 96, 3, 3, 1, 1, 0, 1),
       // one input channel (the direct AVX-512 loops): a 2x3 kernel, 9 channels (not a multiple of
       // the loops' 4 or 2), 9 rows (not of 4), 19 columns (a 16-pixel vector and a tail of 3);
       // 5x5 over 40 columns (three vectors, two of pooled windows):

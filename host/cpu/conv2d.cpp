@@ -19,9 +19,11 @@
 // Stride 1 (every preset), forward and gather backward-input: col_n and dcol_n are never copied
 // out; the GEMM reads each row straight from zero-padded image rows (the "wide rows" below), and
 // under AVX-512 runs turned round, the channels in the vector lanes (the "row tiles" below).
-// Backward-weight with stride 1 over rows wide enough: the same, dout_n laid out wide (the wide
-// form below). Other strides, and the other backward-weights: im2col copies (with stride 1, a
-// few rows at a time as the GEMM reads them: ColRows). One input channel (the first convs) under
+// Backward-weight with stride 1, K a multiple of 32 and a 3x3 or 5x5 kernel (`deep`'s convs):
+// the channels in the vector lanes, one FMA per pixel and tap, the input read in place (the lanes
+// form below, AVX2 and AVX-512); other stride-1 shapes over rows wide enough: dout_n laid out
+// wide (the wide form below). Other strides, and the other backward-weights: im2col copies (with
+// stride 1, a few rows at a time as the GEMM reads them: ColRows). One input channel (the first convs) under
 // AVX-512: the forward's short sums in registers, no GEMM (direct loops below); and with 3x3 or
 // 5x5 kernels and K a multiple of 16, backward-weight with the channels in the vector lanes, no
 // im2col, no expanded gradient behind a fused pool (backward_weight_c1, its own order of the
@@ -1599,6 +1601,107 @@ static void backward_weight_c1(float* dweight, float* dbias, const OutGrad& og, 
   }
 }
 
+// ---- stride 1, K a multiple of 32: backward-weight with the channels in the lanes ----
+// dW^T (CKK, K) in vectors of channels: tap t = (c, i, j) x L channels (16 under AVX-512, 8 under
+// AVX2) is one vector of sums, and each output pixel adds one FMA to it: the pixel's value of
+// the tap, broadcast from the image's padded planes (read in place, rows S apart as in the wide
+// form), times the pixel's gradient for the L channels (the gradient transposed to (pixel,
+// channel), gT). A tile is RT tap rows (c, i) x kw taps x NV = 2 vectors: 24 accumulators
+// under AVX-512 for 3x3 (20 for 5x5), 12 (10) under AVX2; each tap row is one pointer, the taps of
+// the row constant offsets from it. No im2col, no wide gradient, no lane sums to add up, no
+// column computed and dropped.
+// The order of each weight's sum (one chain of FMAs): the images of a group in order, each
+// image's output pixels in order (row by row), starting from +0; then the groups in order, as
+// backward_weight adds its partials. The same chain under AVX2 and AVX-512 (the tiles only change
+// which sums are computed together). A function of the shape only (not taken under the generic
+// ISA, which keeps the im2col GEMM).
+static bool lanes_weight_grad(const Conv2dShape& s) {
+  return s.sh == 1 && s.sw == 1 && !is_pointwise(s) && s.K % 32 == 0 && (s.kw == 3 || s.kw == 5) &&
+         cpu_isa() != CpuIsa::Generic;
+}
+
+// part (T = RT*KW taps, rows K apart; the tile's first channel at part) (+)= the taps' sums over one
+// image: rp[rt] the padded plane row of tap row rt (pixel (y, x) of tap j at rp[rt][y*S + x + j]),
+// gT the gradient's first channel of the tile (pixel p's at gT + p*K). first: start from +0.
+template <typename V, int RT, int KW, int NV>
+[[gnu::always_inline]] inline void lanes_tile(float* part, int K, const float* const* rp, const float* gT, int OH,
+                                              int OW, int S, bool first) {
+  constexpr int L = kLanes<V>, T = RT * KW;
+  V acc[T][NV];
+#pragma GCC unroll 16
+  for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) acc[t][v] = first ? V{} : loadv<V>(part + (long long)t * K + v * L);
+  const float* r[RT];
+#pragma GCC unroll 8
+  for (int rt = 0; rt < RT; rt++) r[rt] = rp[rt];
+  for (int y = 0; y < OH; y++) {
+    const float* g = gT + (long long)y * OW * K;
+    for (int x = y * S, xe = y * S + OW; x < xe; x++, g += K) {
+      V gv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; v++) gv[v] = loadv<V>(g + v * L);
+#pragma GCC unroll 8
+      for (int rt = 0; rt < RT; rt++)
+#pragma GCC unroll 8
+        for (int j = 0; j < KW; j++) {
+          const float b = r[rt][x + j];
+          V bv;
+          if constexpr (L == 16)
+            bv = V{b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b};
+          else
+            bv = V{b, b, b, b, b, b, b, b};
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; v++) acc[rt * KW + j][v] += bv * gv[v];
+        }
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) storev<V>(part + (long long)t * K + v * L, acc[t][v]);
+}
+// lanes_tile for the first n <= RT tap rows.
+template <typename V, int RT, int KW, int NV>
+[[gnu::always_inline]] inline void lanes_tile_n(int n, float* part, int K, const float* const* rp, const float* gT,
+                                                int OH, int OW, int S, bool first) {
+  if constexpr (RT > 1)
+    if (n < RT) return lanes_tile_n<V, RT - 1, KW, NV>(n, part, K, rp, gT, OH, OW, S, first);
+  lanes_tile<V, RT, KW, NV>(part, K, rp, gT, OH, OW, S, first);
+}
+// One image: part (CKK, K) (+)= its taps' sums. planes: its C padded planes, `plane` floats apart,
+// rows S apart, the windows `shift` right of the plain layout (WideGrad).
+template <typename V, int KW>
+[[gnu::always_inline]] inline void lanes_image(float* part, const float* planes, const WideGrad& wg, const float* gT,
+                                               const Conv2dShape& s, bool first) {
+  constexpr int L = kLanes<V>, NV = 2, RT = (L == 16 ? 12 : 6) / KW;
+  const int rows = s.C * s.kh;  // tap rows (c, i)
+  for (int k0 = 0; k0 < s.K; k0 += NV * L)
+    for (int tr = 0; tr < rows; tr += RT) {
+      const int n = std::min(RT, rows - tr);
+      const float* rp[RT];
+      for (int q = 0; q < n; q++) {
+        const int c = (tr + q) / s.kh, i = (tr + q) % s.kh;
+        rp[q] = planes + c * wg.plane + (long long)i * wg.S + wg.shift;
+      }
+      lanes_tile_n<V, RT, KW, NV>(n, part + (long long)tr * KW * s.K + k0, s.K, rp, gT + k0, s.OH, s.OW, wg.S, first);
+    }
+}
+[[gnu::target("avx512f,avx2,fma")]] static void lanes_image_avx512(float* part, const float* planes, const WideGrad& wg,
+                                                                   const float* gT, const Conv2dShape& s, bool first) {
+  if (s.kw == 3)  // (called, not through a pointer: inlined into this target's code)
+    lanes_image<v16f, 3>(part, planes, wg, gT, s, first);
+  else
+    lanes_image<v16f, 5>(part, planes, wg, gT, s, first);
+}
+[[gnu::target("avx2,fma")]] static void lanes_image_avx2(float* part, const float* planes, const WideGrad& wg,
+                                                         const float* gT, const Conv2dShape& s, bool first) {
+  if (s.kw == 3)  // (called, not through a pointer: inlined into this target's code)
+    lanes_image<v8f, 3>(part, planes, wg, gT, s, first);
+  else
+    lanes_image<v8f, 5>(part, planes, wg, gT, s, first);
+}
+
 static void backward_weight(float* dweight, float* dbias, const OutGrad& og, const float* inp, const Conv2dShape& s) {
   // dweight (K, C, kh, kw), overwritten; dbias (K) or null; the conv's gradient (N, K, OH, OW)
   // from og; inp (N, C, H, W)
@@ -1613,7 +1716,8 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
   if (c1_lanes(s)) return backward_weight_c1(dweight, dbias, og, inp, s);
   const int G = ceil_div(s.N, kMaxGroups), ngroups = ceil_div(s.N, G);
   const WideGrad wg = wide_weight_grad(s);
-  const bool pointwise = is_pointwise(s), wide = wg.on;
+  const bool lanes = lanes_weight_grad(s);  // then the partials are transposed: (CKK, K)
+  const bool pointwise = is_pointwise(s), wide = wg.on && !lanes;
   // seg: pixels of one image per GEMM (all of them unless col would be too large);
   // cat: whole images side by side per GEMM (wide: as many as keep the call's gw and planes within
   // kWideFloats). Functions of the shape only.
@@ -1627,7 +1731,7 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
   // bsum (N, K): each image's bias gradient, the sum of its dout row, taken while the row is in
   // cache from the GEMM; the bias adds them up in image order at the end.
   static thread_local std::vector<float> partbuf, bsumbuf;
-  float* partial = ngroups == 1 ? dweight : scratch(partbuf, (size_t)ngroups * WN);
+  float* partial = ngroups == 1 && !lanes ? dweight : scratch(partbuf, (size_t)ngroups * WN);
   float* bsum = dbias ? scratch(bsumbuf, (size_t)s.N * s.K) : nullptr;
   auto bias_sums = [&](int n, const float* g, long ld) {  // g (K, P), rows ld apart: image n's gradient
     if (bsum) {
@@ -1646,6 +1750,21 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
       float* pg = partial + g * WN;  // (K, CKK)
       bool first = true;
       const int n_end = std::min(s.N, g * G + G);
+      if (lanes) {
+        const bool avx512 = cpu_isa() == CpuIsa::Avx512;
+        for (int n = g * G; n < n_end; n++, first = false) {
+          float* g1 = scratch(gradbuf, size_t(s.K) * P);
+          og.image_into(n, s, g1, P);
+          bias_sums(n, g1, P);
+          float* gT = scratch(doutbuf, size_t(s.K) * P);
+          c1_transpose(gT, g1, P, s.K, P);
+          float* planes = scratch(planebuf, size_t(s.C * wg.plane) + 16);  // + pad_planes' slack
+          pad_planes(planes, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W, s.ph, s.pw + wg.shift,
+                     int(wg.plane / wg.S), wg.S);
+          (avx512 ? lanes_image_avx512 : lanes_image_avx2)(pg, planes, wg, gT, s, first);
+        }
+        continue;
+      }
       for (int n0 = g * G; n0 < n_end; n0 += cat) {
         const int nc = std::min(cat, n_end - n0);
         const float* inp0 = inp + (long long)n0 * s.C * s.H * s.W;  // (nc, C, H, W)
@@ -1695,7 +1814,25 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
       }
     }
     // implicit barrier: every partial is complete
-    if (ngroups > 1) {
+    if (lanes) {
+      // dweight[k][t] = partial 0 + partial 1 + ... in group order, the partials (CKK, K): a tap's
+      // row of channels at a time, added as vectors, then written to the channels' rows
+#pragma omp for schedule(static)
+      for (int t = 0; t < CKK; t++) {
+        float row[1024];
+        const float* p0 = partial + (long long)t * s.K;
+        for (int k0 = 0; k0 < s.K; k0 += 1024) {
+          const int n = std::min(1024, s.K - k0);
+          std::copy(p0 + k0, p0 + k0 + n, row);
+          for (int g = 1; g < ngroups; g++) {
+            const float* pg = p0 + g * WN + k0;
+#pragma omp simd
+            for (int k = 0; k < n; k++) row[k] += pg[k];
+          }
+          for (int k = 0; k < n; k++) dweight[(long long)(k0 + k) * CKK + t] = row[k];
+        }
+      }
+    } else if (ngroups > 1) {
       // dweight[e] = partial 0 + partial 1 + ... in group order, a chunk of elements at a time so
       // that each add is a vector over the chunk (one element at a time, a chain of scalar adds
       // 147 KiB apart, was 7% of `deep`'s conv(64) weight gradient)
