@@ -1125,7 +1125,7 @@ static constexpr int kMaxGroups = 16;
 // of a call are as many as keep their whole im2col matrix under kMaxColFloats (4 MiB; only the
 // strided form builds it whole: stride 1 builds it by rows, ColRows); a larger single image is
 // cut into pixel blocks. The wide form (below) takes as many images as keep the call's wide
-// gradient and padded planes under kWideFloats (1 MiB: `deep`'s group of 4 images).
+// gradient and padded planes under kWideFloats (1 MiB: 4 images of 32 channels at 28 x 28).
 static constexpr int kCatPixels = 2048;
 static constexpr long long kMaxColFloats = 1LL << 20;
 static constexpr long long kWideFloats = 1LL << 18;
@@ -1196,9 +1196,9 @@ class ColRows {
 // Each image's block of the reduction is its OH*S columns rounded up to a multiple of 8 (a block's
 // tail of fewer than 8 lanes is a slow zero-padded step in every tile: 28 x 29 = 812 columns took
 // 10% longer than 816), and each zero column is a multiply-add more: the wide form is taken where
-// they are under 1/16 of the block (`deep`'s 28 x 28 convs: 32 of 816; its 14 x 14 ones, 20 of
-// 216, keep ColRows: there the wide form measured 4-14% slower, with 2 zero columns a row 6-10%).
-// A function of the shape only.
+// they are under 1/16 of the block (measured on `deep`'s convs before they took the lanes form
+// below: 28 x 28, 32 of 816, wide; 14 x 14, 20 of 216, kept ColRows: there the wide form measured
+// 4-14% slower, with 2 zero columns a row 6-10%). A function of the shape only.
 struct WideGrad {
   bool on = false;       // the wide form is taken
   int S = 0, shift = 0;  // the planes' rows S apart, windows `shift` right of the plain layout (wide_stride)
