@@ -593,6 +593,81 @@ TEST(DenseCpu, NarrowLayersGiveTheGemmsBits) {
   }
 }
 
+// Under AVX2 and AVX-512 the stride-1 forward and gather backward-input run as row tiles (the
+// channels in the vector lanes, conv2d.cpp): each result the same chain of FMAs as the GEMM over
+// the im2col matrix (from the bias, the reduction in order), so the bits of detail::gemm_nn on the
+// matrices built here: the forward's col (C*kh*kw, P), the backward's dcol (K*kh*kw, H*W) of the
+// gradient through flipped taps with the weights' channel axes swapped. Row runs of 1-14 pixels
+// (AVX-512) and 1-6 (AVX2), channel counts past 16 and 32, a 2x3 kernel, padding wider than the
+// kernel, C = 32 < K (gather from 32 input channels).
+TEST(Conv2dCpu, RowTilesGiveTheGemmsBits) {
+  Restore restore;
+  const std::vector<Conv2dShape> shapes = {
+      conv_shape(2, 3, 9, 11, 40, 3, 3, 1, 1, 1, 1), conv_shape(1, 37, 6, 13, 5, 2, 3, 1, 1, 1, 0),
+      conv_shape(2, 32, 7, 14, 64, 3, 3, 1, 1, 1, 1), conv_shape(1, 20, 5, 29, 17, 3, 3, 1, 1, 3, 1),
+      conv_shape(1, 2, 4, 1, 3, 1, 1, 1, 1, 0, 0) /* 1x1 unpadded: pointwise, no tiles */};
+  int checked = 0;
+  for (cpu::CpuIsa isa : isas()) {
+    if (isa == cpu::CpuIsa::Generic) continue;  // no FMA there: the wide rows' GEMM, its own rounding
+    cpu::set_cpu_isa(isa);
+    for (const Conv2dShape& s : shapes) {
+      const int P = s.OH * s.OW, Q = s.H * s.W, KK = s.kh * s.kw;
+      const Data x = make_data(s.in_numel(), 11, 1.0), w = make_data(s.weight_numel(), 12, 0.5),
+                 b = make_data(s.K, 13, 0.5), g = make_data(s.out_numel(), 14, 1.0);
+      std::vector<float> out = nans(s.out_numel()), want = nans(s.out_numel());
+      cpu::conv2d_forward(out.data(), x.f.data(), w.f.data(), b.f.data(), s);
+      for (int n = 0; n < s.N; n++) {
+        std::vector<float> col(size_t(s.C) * KK * P, 0.f);
+        for (int c = 0; c < s.C; c++)
+          for (int i = 0; i < s.kh; i++)
+            for (int j = 0; j < s.kw; j++)
+              for (int oh = 0; oh < s.OH; oh++)
+                for (int ow = 0; ow < s.OW; ow++) {
+                  const int h = oh - s.ph + i, v = ow - s.pw + j;
+                  if (h >= 0 && h < s.H && v >= 0 && v < s.W) {
+                    col[size_t((c * s.kh + i) * s.kw + j) * P + oh * s.OW + ow] =
+                        x.f[((size_t(n) * s.C + c) * s.H + h) * s.W + v];
+                  }
+                }
+        cpu::detail::gemm_nn(s.K, P, s.C * KK, w.f.data(), s.C * KK, 1, col.data(), P,
+                             want.data() + size_t(n) * s.K * P, P, b.f.data(), false);
+      }
+      EXPECT_EQ(std::count_if(want.begin(), want.end(), [](float v) { return std::isnan(v); }), 0);
+      EXPECT_TRUE(same_bits(out, want)) << "forward " << label(s, isa);
+      ++checked;
+      if (s.C < std::min(s.K, 32)) continue;  // the scatter form
+      std::vector<float> dx = nans(s.in_numel()), want_dx = nans(s.in_numel());
+      cpu::conv2d_backward_input(dx.data(), g.f.data(), w.f.data(), s);
+      std::vector<float> wt(size_t(s.C) * s.K * KK);  // wt[c][(k, i, j)] = w[k][c][i][j]
+      for (int k = 0; k < s.K; k++)
+        for (int c = 0; c < s.C; c++)
+          for (int t = 0; t < KK; t++) wt[(size_t(c) * s.K + k) * KK + t] = w.f[(size_t(k) * s.C + c) * KK + t];
+      for (int n = 0; n < s.N; n++) {
+        std::vector<float> dcol(size_t(s.K) * KK * Q, 0.f);
+        for (int k = 0; k < s.K; k++)
+          for (int i = 0; i < s.kh; i++)
+            for (int j = 0; j < s.kw; j++)
+              for (int h = 0; h < s.H; h++)
+                for (int v = 0; v < s.W; v++) {
+                  const int oh = h + s.ph - i, ow = v + s.pw - j;
+                  if (oh >= 0 && oh < s.OH && ow >= 0 && ow < s.OW) {
+                    dcol[size_t((k * s.kh + i) * s.kw + j) * Q + h * s.W + v] =
+                        g.f[((size_t(n) * s.K + k) * s.OH + oh) * s.OW + ow];
+                  }
+                }
+        cpu::detail::gemm_nn(s.C, Q, s.K * KK, wt.data(), s.K * KK, 1, dcol.data(), Q,
+                             want_dx.data() + size_t(n) * s.C * Q, Q, nullptr, false);
+      }
+      EXPECT_EQ(std::count_if(want_dx.begin(), want_dx.end(), [](float v) { return std::isnan(v); }), 0);
+      EXPECT_TRUE(same_bits(dx, want_dx)) << "backward_input " << label(s, isa);
+      ++checked;
+    }
+  }
+  if (cpu::cpu_isa_supported(cpu::CpuIsa::Avx2)) {
+    EXPECT_GE(checked, 8);  // 5 forwards, 3 backwards per ISA
+  }
+}
+
 // sgemm_nt_rows (conv backward-weight: B's rows windows of padded planes, one image per block of
 // the reduction) carries each output's lane partial sums across blocks, so blocks of a multiple of
 // 8 columns (4 in the baseline build) give the bits of sgemm_nt over the same B laid out plainly,

@@ -18,7 +18,8 @@
 //
 // Stride 1 (every preset), forward and gather backward-input: col_n and dcol_n are never copied
 // out; the GEMM reads each row straight from zero-padded image rows (the "wide rows" below), and
-// under AVX-512 runs turned round, the channels in the vector lanes (the "row tiles" below).
+// under AVX2 and AVX-512 runs turned round, the channels in the vector lanes (the "row tiles"
+// below).
 // Backward-weight with stride 1, K a multiple of 32 and a 3x3 or 5x5 kernel (`deep`'s convs):
 // the channels in the vector lanes, one FMA per pixel and tap, the input read in place (the lanes
 // form below, AVX2 and AVX-512); other stride-1 shapes over rows wide enough: dout_n laid out
@@ -143,6 +144,22 @@ static inline __mmask16 tail_mask(int n) {
     r[j] = _mm512_permutex2var_ps(p0, even, p2), r[4 + j] = _mm512_permutex2var_ps(p0, odd, p2);
     r[8 + j] = _mm512_permutex2var_ps(p1, even, p3), r[12 + j] = _mm512_permutex2var_ps(p1, odd, p3);
   }
+}
+
+// The same, 8 x 8 with AVX2.
+[[gnu::target("avx2"), gnu::always_inline]] static inline void transpose8_regs(__m256 (&r)[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
 // The same copies with 16-float AVX-512 vectors: a run of 28 floats is 2 vector copies, not 7. A
@@ -559,16 +576,17 @@ static void wide_rows(float* out, long long out_plane, int out_y0, const float* 
     }
 }
 
-// ---- stride 1 under AVX-512: the channels in the vector lanes ("row tiles") ----
+// ---- stride 1 under AVX2 and AVX-512: the channels in the vector lanes ("row tiles") ----
 // The wide rows' product turned round: result^T = windows^T x A^T. A tile is MR <= 14 pixels of
-// one result row x 32 channels, in 2*MR accumulators of 16 lanes; for each reduction index r, the
-// 32 channels' coefficients are two aligned loads from A packed once per call (RowTileA), and each
-// pixel's window value one broadcast read in place from the padded planes (wide_planes). So
-// nothing is packed per image, and tiles follow the result's rows: no column is computed and
-// dropped (sgemm_nn over the wide rows computes S - Wo extra columns a row and rounds each block up
-// to 32-column panels: 224 columns for a 14 x 14 image's 196 results). The tile is transposed in
-// registers into the channels' planes. Each result is the same chain of FMAs as through wide_gemm
-// (from row_init, then r ascending; fma(a, b, c) = fma(b, a, c)): the same bits.
+// one result row x 32 channels, in 2*MR accumulators of 16 lanes (AVX2: 6 pixels x 16 channels,
+// 12 accumulators of 8 lanes); for each reduction index r, the channels' coefficients are two
+// vector loads from A packed once per call (RowTileA), and each pixel's window value one broadcast
+// read in place from the padded planes (wide_planes). So nothing is packed per image, and tiles
+// follow the result's rows: no column is computed and dropped (sgemm_nn over the wide rows
+// computes S - Wo extra columns a row and rounds each block up to 32-column panels: 224 columns
+// for a 14 x 14 image's 196 results). The tile is transposed in registers into the channels'
+// planes. Each result is the same chain of FMAs as through wide_gemm (from row_init, then r
+// ascending; fma(a, b, c) = fma(b, a, c)): the same bits (Conv2dCpu.RowTilesGiveTheGemmsBits).
 constexpr int kTileCh = 32;  // channels per tile (two 16-float vectors)
 constexpr int kTilePx = 14;  // pixels per tile at most: 28 accumulators + 2 vectors of A + a broadcast
 
@@ -639,15 +657,74 @@ static void row_tile_n(int n, float* dst, long ldm, int mv, const float* const* 
   row_tile<MR>(dst, ldm, mv, rows, off, R, a, init, relu);
 }
 
-// Whether the stride-1 products run as row tiles rather than sgemm_nn over the wide rows: where
-// the GEMMs run AVX-512.
-static bool use_row_tiles() { return cpu_isa() == CpuIsa::Avx512; }
+// The same under AVX2 (16 registers): MR <= 6 pixels x 16 channels (two 8-float vectors, 12
+// accumulators), one half of a 32-channel panel (a: its first channel, rows of A still 32 floats
+// apart; init the same); channels l < mv of the 16 stored.
+constexpr int kTilePxAvx2 = 6;
+template <int MR>
+[[gnu::target("avx2,fma")]] static void row_tile_avx2(float* dst, long ldm, int mv, const float* const* rows, long off,
+                                                      int R, const float* a, const float* init, bool relu) {
+  __m256 acc[MR][2];
+  const __m256 s0 = init ? _mm256_loadu_ps(init) : _mm256_setzero_ps();
+  const __m256 s1 = init ? _mm256_loadu_ps(init + 8) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+  for (int ii = 0; ii < MR; ii++) acc[ii][0] = s0, acc[ii][1] = s1;
+  for (int r = 0; r < R; r++, a += kTileCh) {
+    const float* p = rows[r] + off;
+    asm("" : "+r"(p));  // as row_tile
+    const __m256 w0 = _mm256_loadu_ps(a), w1 = _mm256_loadu_ps(a + 8);
+#pragma GCC unroll 8
+    for (int ii = 0; ii < MR; ii++) {
+      const __m256 b = _mm256_broadcast_ss(p + ii);
+      acc[ii][0] = _mm256_fmadd_ps(b, w0, acc[ii][0]);
+      acc[ii][1] = _mm256_fmadd_ps(b, w1, acc[ii][1]);
+    }
+  }
+  const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(MR), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#pragma GCC unroll 2
+  for (int v = 0; v < 2; v++) {
+    __m256 t[8];
+#pragma GCC unroll 8
+    for (int ii = 0; ii < 8; ii++) t[ii] = ii < MR ? acc[ii][v] : _mm256_setzero_ps();
+    transpose8_regs(t);
+    const int n = std::min(8, mv - 8 * v);
+    for (int l = 0; l < n; l++) {
+      // relu as copy_out_row: +0 where v <= 0 (NaN is not <= 0: kept)
+      const __m256 x = relu ? _mm256_andnot_ps(_mm256_cmp_ps(t[l], _mm256_setzero_ps(), _CMP_LE_OQ), t[l]) : t[l];
+      _mm256_maskstore_ps(dst + (8 * v + l) * ldm, m, x);
+    }
+  }
+}
+template <int MR = kTilePxAvx2>
+static void row_tile_avx2_n(int n, float* dst, long ldm, int mv, const float* const* rows, long off, int R,
+                            const float* a, const float* init, bool relu) {
+  if constexpr (MR > 1)
+    if (n < MR) return row_tile_avx2_n<MR - 1>(n, dst, ldm, mv, rows, off, R, a, init, relu);
+  row_tile_avx2<MR>(dst, ldm, mv, rows, off, R, a, init, relu);
+}
+
+// Whether a stride-1 product over Cs source channels runs as row tiles rather than sgemm_nn over
+// the wide rows: where the GEMMs run AVX2 or AVX-512, over more than one channel (one channel:
+// under AVX-512 the direct loops below; under AVX2 a reduction of kh*kw terms is too short for
+// a tile's transposes to pay).
+static bool use_row_tiles(int Cs) { return cpu_isa() != CpuIsa::Generic && Cs > 1; }
 
 // wide_rows' result by row tiles: rows [y0, y1) of the M result planes, plane m at dst + m*ldm,
 // row y at (y - y0)*Wo; A packed (RowTileA). Each row in equal runs of at most kTilePx pixels.
 static void row_tiles(float* dst, long ldm, const RowTileA& A, int M, const float* src, int Cs, int Hs, int Ws, int top,
                       int left, int kh, int kw, bool flip, int Wo, int y0, int y1, bool relu, WideBuffers& b) {
   const int S = wide_planes(src, Cs, Hs, Ws, top, left, kh, kw, flip, Wo, y0, y1, b), R = Cs * kh * kw;
+  if (cpu_isa() != CpuIsa::Avx512) {  // AVX2: each panel in two halves of 16 channels
+    const int mr = ceil_div(Wo, ceil_div(Wo, kTilePxAvx2));
+    for (int y = y0; y < y1; y++)
+      for (int q = 0; q < M; q += kTileCh / 2)
+        for (int x0 = 0; x0 < Wo; x0 += mr)
+          row_tile_avx2_n(std::min(mr, Wo - x0), dst + q * ldm + (long long)(y - y0) * Wo + x0, ldm,
+                          std::min(kTileCh / 2, M - q), b.rows.data(), (long long)(y - y0) * S + x0, R,
+                          A.a + (long long)(q / kTileCh) * kTileCh * R + q % kTileCh, A.init ? A.init + q : nullptr,
+                          relu);
+    return;
+  }
   const int mr = ceil_div(Wo, ceil_div(Wo, kTilePx));
   for (int y = y0; y < y1; y++)
     for (int q = 0; q < M; q += kTileCh)
@@ -857,7 +934,7 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
   const bool pointwise = is_pointwise(s);
   if (s.sh == 1 && s.sw == 1 && !pointwise) {
     const int rb = wide_row_block(s.OH, s.OW + s.kw - 1, s.C, s.K, s.kh, s.N), nb = ceil_div(s.OH, rb);
-    const bool c1 = direct_c1(s), tiles = !c1 && use_row_tiles();
+    const bool c1 = direct_c1(s), tiles = !c1 && use_row_tiles(s.C);
     const RowTileA ta = tiles ? pack_row_tile_a(weight, CKK, 1, s.K, CKK, bias) : RowTileA{};
 #pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
     for (int item = 0; item < s.N * nb; item++) {
@@ -929,7 +1006,7 @@ void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp,
   // buffer; otherwise through a tile and maxpool2d_forward's own rows.
   const bool direct = cpu_isa() == CpuIsa::Avx512 && ps.kh == 2 && ps.kw == 2 && ps.sh == 2 && ps.sw == 2;
   const bool c1 = direct_c1(s);  // one input channel: the sums in registers, pooled there
-  const bool tiles = direct && !c1 && use_row_tiles();
+  const bool tiles = !(direct && c1) && use_row_tiles(s.C);
   const RowTileA ta = tiles ? pack_row_tile_a(weight, CKK, 1, s.K, CKK, bias) : RowTileA{};
 #pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
   for (int item = 0; item < s.N * nb; item++) {
@@ -948,10 +1025,13 @@ void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp,
       const long long tp = (long long)(y1 - y0) * s.OW;
       float* tile = scratch(tilebuf, size_t(s.K * tp));
       row_tiles(tile, tp, ta, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W, s.ph, s.pw, s.kh, s.kw, false,
-                s.OW, y0, y1, false, bufs);
+                s.OW, y0, y1, !direct, bufs);
       for (int k = 0; k < s.K; k++) {
         const long long off = ((long long)n * s.K + k) * PP;
-        relu_maxpool_2x2_wide_avx512(pooled + off, mask + off, tile + k * tp, s.OW, y0, s.OW, ps.OW, oh0, oh1);
+        if (direct)
+          relu_maxpool_2x2_wide_avx512(pooled + off, mask + off, tile + k * tp, s.OW, y0, s.OW, ps.OW, oh0, oh1);
+        else
+          detail::maxpool_plane_rows(pooled + off, mask + off, tile + k * tp, y0, oh0, oh1, ps);
       }
       continue;
     }
@@ -1044,9 +1124,10 @@ static void col2im_add(float* dinp, const float* dcol, const Conv2dShape& s, int
 //           col2im; items are (image, block of input channels), whose rows of dcol and pixels of
 //           dinp are their own. Its GEMM has C*kh*kw rows instead of C, so it wins when C is small
 //           (the first layer: C = 1), and it does no wasted work for stride > 1. From 32 channels
-//           (one row tile's) gather: `deep`'s conv(64) over 32 channels, 2 threads on a Zen 5,
-//           1.92-2.05 -> 1.34-1.35 ms by row tiles, AVX2 3.12 against 3.13 ms (the rule is the
-//           same under every ISA: so are the bits).
+//           (one AVX-512 row tile's) gather: `deep`'s conv(64) over 32 channels, 2 threads on a
+//           Zen 5, 1.92-2.05 -> 1.34-1.35 ms by row tiles; AVX2 scatter 3.12, gather 3.08-3.13
+//           over the wide rows, 2.41 by row tiles (the rule is the same under every ISA: so are
+//           the bits).
 static void backward_input(float* dinp, const OutGrad& og, const float* weight, const Conv2dShape& s) {
   // dinp (N, C, H, W), overwritten; the conv's gradient (N, K, OH, OW) from og; weight (K, C, kh, kw)
   const int Q = s.H * s.W, P = s.OH * s.OW, KK = s.kh * s.kw, KKK = s.K * KK, CKK = s.C * KK;
@@ -1098,7 +1179,7 @@ static void backward_input(float* dinp, const OutGrad& og, const float* weight, 
   // dinp_n rows [y0, y1) = wt x the flipped windows of dout_n padded by (kh-1-ph, kw-1-pw): dcol_n's
   // column (h, w), row (k, i, j) is dout[k, h + ph - i, w + pw - j] (wide rows above).
   const int rb = wide_row_block(s.H, s.W + s.kw - 1, s.K, s.C, s.kh, s.N), nb = ceil_div(s.H, rb);
-  const bool tiles = use_row_tiles();
+  const bool tiles = use_row_tiles(s.K);
   const RowTileA ta = tiles ? pack_row_tile_a(wt, KKK, 1, s.C, KKK, nullptr) : RowTileA{};
 #pragma omp parallel for schedule(dynamic) if (parallel)
   for (int item = 0; item < s.N * nb; item++) {
@@ -1315,18 +1396,7 @@ struct C1Order {
   const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   __m256 r[8];
   for (int i = 0; i < 8; i++) r[i] = _mm256_maskload_ps(src + i * lds, m);
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+  transpose8_regs(r);
   for (int i = 0; i < n; i++) _mm256_storeu_ps(dst + (rows ? rows[i] : i) * ldd, r[i]);
 }
 // dst (cols, K) = src (K, cols) transposed (rows ld apart), K a multiple of 16; column j to row
