@@ -55,8 +55,8 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       conv_shape(8, 1, 36, 36, 4, 3, 3, 1, 1, 1, 1),   // 1296 pixels > NC=1024
       conv_shape(2, 64, 28, 28, 5, 3, 3, 1, 1, 1, 1),  // im2col over 256 KiB: pixel blocks
       conv_shape(19, 2, 6, 5, 3, 3, 3, 2, 1, 1, 2),    // 19 images: 9 groups of 2 + 1 in backward_weight
-      // stride 1 through padded "wide" rows and AVX-512's row tiles (forward; gather
-      // backward-input where C >= min(K, 32)):
+      // stride 1 through padded "wide" rows and the row tiles (forward; gather backward-input
+      // where C >= min(K, 32)):
       conv_shape(1, 9, 13, 11, 4, 3, 2, 1, 1, 3, 0),    // pad 3 > kh - 1, batch 1: 8 row blocks
       conv_shape(3, 5, 6, 20, 5, 1, 4, 1, 1, 0, 3),     // 1x4 kernel, pad (0, 3): dout padded by (0, 0)
       conv_shape(2, 40, 40, 40, 40, 3, 3, 1, 1, 1, 1),  // planes over 256 KiB: several row blocks

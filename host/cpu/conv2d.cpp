@@ -711,13 +711,16 @@ static bool use_row_tiles(int Cs) { return cpu_isa() != CpuIsa::Generic && Cs > 
 
 // wide_rows' result by row tiles: rows [y0, y1) of the M result planes, plane m at dst + m*ldm,
 // row y at (y - y0)*Wo; A packed (RowTileA). Each row in equal runs of at most kTilePx pixels.
+// Panel by panel, each over all the rows: a panel (R x 32 floats: 590 KiB for 512 channels of 3x3
+// taps) is read from L2 for each tile, the block's planes (at most 256 KiB, wide_row_block) stay
+// there across the panels.
 static void row_tiles(float* dst, long ldm, const RowTileA& A, int M, const float* src, int Cs, int Hs, int Ws, int top,
                       int left, int kh, int kw, bool flip, int Wo, int y0, int y1, bool relu, WideBuffers& b) {
   const int S = wide_planes(src, Cs, Hs, Ws, top, left, kh, kw, flip, Wo, y0, y1, b), R = Cs * kh * kw;
   if (cpu_isa() != CpuIsa::Avx512) {  // AVX2: each panel in two halves of 16 channels
     const int mr = ceil_div(Wo, ceil_div(Wo, kTilePxAvx2));
-    for (int y = y0; y < y1; y++)
-      for (int q = 0; q < M; q += kTileCh / 2)
+    for (int q = 0; q < M; q += kTileCh / 2)
+      for (int y = y0; y < y1; y++)
         for (int x0 = 0; x0 < Wo; x0 += mr)
           row_tile_avx2_n(std::min(mr, Wo - x0), dst + q * ldm + (long long)(y - y0) * Wo + x0, ldm,
                           std::min(kTileCh / 2, M - q), b.rows.data(), (long long)(y - y0) * S + x0, R,
@@ -726,8 +729,8 @@ static void row_tiles(float* dst, long ldm, const RowTileA& A, int M, const floa
     return;
   }
   const int mr = ceil_div(Wo, ceil_div(Wo, kTilePx));
-  for (int y = y0; y < y1; y++)
-    for (int q = 0; q < M; q += kTileCh)
+  for (int q = 0; q < M; q += kTileCh)
+    for (int y = y0; y < y1; y++)
       for (int x0 = 0; x0 < Wo; x0 += mr)
         row_tile_n(std::min(mr, Wo - x0), dst + q * ldm + (long long)(y - y0) * Wo + x0, ldm, std::min(kTileCh, M - q),
                    b.rows.data(), (long long)(y - y0) * S + x0, R, A.a + (long long)q * R,
