@@ -24,11 +24,11 @@
 // the channels in the vector lanes, one FMA per pixel and tap, the input read in place (the lanes
 // form below, AVX2 and AVX-512); other stride-1 shapes over rows wide enough: dout_n laid out
 // wide (the wide form below). Other strides, and the other backward-weights: im2col copies (with
-// stride 1, a few rows at a time as the GEMM reads them: ColRows). One input channel (the first convs) under
-// AVX-512: the forward's short sums in registers, no GEMM (direct loops below); and with 3x3 or
-// 5x5 kernels and K a multiple of 16, backward-weight with the channels in the vector lanes, no
-// im2col, no expanded gradient behind a fused pool (backward_weight_c1, its own order of the
-// sums). With the ReLU and a max pooling after the conv fused (Net's plan), the forward pools
+// stride 1, a few rows at a time as the GEMM reads them: ColRows). One input channel (the first
+// convs) under AVX-512: the forward's short sums in registers, no GEMM (direct loops below); and
+// with 3x3 or 5x5 kernels and K a multiple of 16, backward-weight with the channels in the vector
+// lanes, no im2col, no expanded gradient behind a fused pool (backward_weight_c1, its own order
+// of the sums). With the ReLU and a max pooling after the conv fused (Net's plan), the forward pools
 // each block of rows while it is in cache (conv2d_forward_relu_maxpool) and the backward ops
 // rebuild the conv's gradient from the pooled one (OutGrad).
 //
@@ -517,20 +517,6 @@ static int wide_planes(const float* src, int Cs, int Hs, int Ws, int top, int le
   return S;
 }
 
-// The GEMM of wide_rows (below) alone: returns the wide result (M, ncols), result row y0 + r of
-// plane m at m*ncols + r*(*stride), Wo values long (then *stride - Wo dropped ones).
-static const float* wide_gemm(const float* A, long rsa, long csa, int M, const float* src, int Cs, int Hs, int Ws,
-                              int top, int left, int kh, int kw, bool flip, int Wo, int y0, int y1,
-                              const float* row_init, WideBuffers& b, int* ncols_out, int* stride) {
-  const int S = wide_planes(src, Cs, Hs, Ws, top, left, kh, kw, flip, Wo, y0, y1, b);
-  const int ncols = (y1 - y0 - 1) * S + Wo;  // the last row needs only its Wo columns
-  float* wide = scratch(b.wide, size_t(M) * ncols);
-  sgemm_nn(M, ncols, Cs * kh * kw, A, rsa, csa, nullptr, 0, wide, ncols, row_init, false, b.rows.data());
-  *ncols_out = ncols;
-  *stride = S;
-  return wide;
-}
-
 // The copy out of a wide result row: o[0..n) = w[0..n), or relu(w) (relu_block's v <= 0 ? +0 : v).
 static void copy_out_row(float* o, const float* w, int n, bool relu) {
   if (relu) {
@@ -563,14 +549,16 @@ static void copy_out_row(float* o, const float* w, int n, bool relu) {
 static void wide_rows(float* out, long long out_plane, int out_y0, const float* A, long rsa, long csa, int M,
                       const float* src, int Cs, int Hs, int Ws, int top, int left, int kh, int kw, bool flip, int Wo,
                       int y0, int y1, const float* row_init, bool relu, WideBuffers& b) {
-  int ncols, Wp;
-  const float* wide =
-      wide_gemm(A, rsa, csa, M, src, Cs, Hs, Ws, top, left, kh, kw, flip, Wo, y0, y1, row_init, b, &ncols, &Wp);
-  const int rb = y1 - y0;
+  // The wide result (M, ncols): result row y0 + r of plane m at m*ncols + r*S, Wo values long (then
+  // S - Wo dropped ones); the last row needs only its Wo columns.
+  const int S = wide_planes(src, Cs, Hs, Ws, top, left, kh, kw, flip, Wo, y0, y1, b), rb = y1 - y0;
+  const int ncols = (rb - 1) * S + Wo;
+  float* wide = scratch(b.wide, size_t(M) * ncols);
+  sgemm_nn(M, ncols, Cs * kh * kw, A, rsa, csa, nullptr, 0, wide, ncols, row_init, false, b.rows.data());
   const bool avx512 = cpu_isa() == CpuIsa::Avx512;
   for (int m = 0; m < M; m++)
     for (int r = 0; r < rb; r++) {
-      const float* w = wide + (long long)m * ncols + (long long)r * Wp;
+      const float* w = wide + (long long)m * ncols + (long long)r * S;
       float* o = out + m * out_plane + (long long)(y0 - out_y0 + r) * Wo;
       (avx512 ? copy_out_row_avx512 : copy_out_row)(o, w, Wo, relu);
     }
@@ -585,7 +573,7 @@ static void wide_rows(float* out, long long out_plane, int out_y0, const float* 
 // follow the result's rows: no column is computed and dropped (sgemm_nn over the wide rows
 // computes S - Wo extra columns a row and rounds each block up to 32-column panels: 224 columns
 // for a 14 x 14 image's 196 results). The tile is transposed in registers into the channels'
-// planes. Each result is the same chain of FMAs as through wide_gemm (from row_init, then r
+// planes. Each result is the same chain of FMAs as through wide_rows' GEMM (from row_init, then r
 // ascending; fma(a, b, c) = fma(b, a, c)): the same bits (Conv2dCpu.RowTilesGiveTheGemmsBits).
 constexpr int kTileCh = 32;  // channels per tile (two 16-float vectors)
 constexpr int kTilePx = 14;  // pixels per tile at most: 28 accumulators + 2 vectors of A + a broadcast
@@ -762,9 +750,9 @@ static void row_tiles(float* dst, long ldm, const RowTileA& A, int M, const floa
   _mm512_mask_storeu_epi32(mask, m, idx);
 }
 
-// relu + 2x2 stride-2 max pooling of one plane's wide result rows, straight from the GEMM's buffer
-// (no copy out): pooled rows [oh0, oh1) of out / mask (pointing at the plane's row 0), from `wide`
-// holding result rows y0.. of the plane, Wp apart, W valid values each; sixteen windows at a time.
+// relu + 2x2 stride-2 max pooling of one plane's result rows (a block's tile): pooled rows
+// [oh0, oh1) of out / mask (pointing at the plane's row 0), from `wide` holding result rows y0.. of
+// the plane, Wp apart, W valid values each; sixteen windows at a time.
 [[gnu::target("avx512f")]] static void relu_maxpool_2x2_wide_avx512(float* out, int32_t* mask, const float* wide,
                                                                     int Wp, int y0, int W, int POW, int oh0, int oh1) {
   for (int oh = oh0; oh < oh1; oh++) {
@@ -990,13 +978,12 @@ static void check_fused_pool(const Conv2dShape& s, const Pool2dShape& ps, const 
 }
 
 // The forward's items as conv2d_forward's, with blocks of whole pooling rows: rb a multiple of the
-// pool's stride, so every window lies inside one block (kh <= sh). Each block's relu(conv) is
-// pooled while it is in cache: for 2x2 stride 2 under AVX-512 straight from the GEMM's wide rows
-// (relu_maxpool_2x2_wide_avx512), else through a tile that the pool reads
-// (detail::maxpool_plane_rows: maxpool2d_forward's own rows); only the pooled values and the mask
-// are written. Rows past the last window are computed and dropped, as the unfused pool never
-// reads them. Each conv value is the same chain of
-// FMAs as in conv2d_forward (the GEMM's sums do not depend on how the columns are blocked).
+// pool's stride, so every window lies inside one block (kh <= sh). Each block's conv rows go to a
+// tile while in cache, which the pool reads: for 2x2 stride 2 under AVX-512
+// relu_maxpool_2x2_wide_avx512, else detail::maxpool_plane_rows (maxpool2d_forward's own rows);
+// only the pooled values and the mask are written. Rows past the last window are computed and
+// dropped, as the unfused pool never reads them. Each conv value is the same chain of FMAs as in
+// conv2d_forward (row tiles or the wide rows' GEMM, as there).
 void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp, const float* weight, const float* bias,
                                  const Conv2dShape& s, const Pool2dShape& ps) {
   // pooled, mask (N, K, POH, POW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
@@ -1005,8 +992,8 @@ void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp,
   int rb = wide_row_block(s.OH, s.OW + s.kw - 1, s.C, s.K, s.kh, s.N);
   rb = std::min(ceil_div(rb, ps.sh) * ps.sh, ceil_div(s.OH, ps.sh) * ps.sh);
   const int nb = ceil_div(s.OH, rb);
-  // 2x2 stride 2 (every preset) where the GEMMs run AVX-512: pooled straight from the GEMM's
-  // buffer; otherwise through a tile and maxpool2d_forward's own rows.
+  // 2x2 stride 2 (every preset) where the GEMMs run AVX-512: relu and pool in 16-lane vectors;
+  // otherwise maxpool2d_forward's own rows over the relu'd tile.
   const bool direct = cpu_isa() == CpuIsa::Avx512 && ps.kh == 2 && ps.kw == 2 && ps.sh == 2 && ps.sw == 2;
   const bool c1 = direct_c1(s);  // one input channel: the sums in registers, pooled there
   const bool tiles = !(direct && c1) && use_row_tiles(s.C);
@@ -1024,37 +1011,22 @@ void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp,
                                                                                     weight, bias, s, ps, y0, oh0, oh1);
       continue;
     }
-    if (tiles) {  // the block's conv rows (K, rb, OW) into a tile in L1/L2, pooled from there
-      const long long tp = (long long)(y1 - y0) * s.OW;
-      float* tile = scratch(tilebuf, size_t(s.K * tp));
-      row_tiles(tile, tp, ta, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W, s.ph, s.pw, s.kh, s.kw, false,
-                s.OW, y0, y1, !direct, bufs);
-      for (int k = 0; k < s.K; k++) {
-        const long long off = ((long long)n * s.K + k) * PP;
-        if (direct)
-          relu_maxpool_2x2_wide_avx512(pooled + off, mask + off, tile + k * tp, s.OW, y0, s.OW, ps.OW, oh0, oh1);
-        else
-          detail::maxpool_plane_rows(pooled + off, mask + off, tile + k * tp, y0, oh0, oh1, ps);
-      }
-      continue;
-    }
-    if (direct) {
-      int ncols, stride;
-      const float* wide = wide_gemm(weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W, s.ph,
-                                    s.pw, s.kh, s.kw, false, s.OW, y0, y1, bias, bufs, &ncols, &stride);
-      for (int k = 0; k < s.K; k++) {
-        const long long off = ((long long)n * s.K + k) * PP;
-        relu_maxpool_2x2_wide_avx512(pooled + off, mask + off, wide + (long long)k * ncols, stride, y0, s.OW, ps.OW,
-                                     oh0, oh1);
-      }
-      continue;
-    }
-    float* tile = scratch(tilebuf, size_t(s.K) * rb * s.OW);  // (K, rb, OW): relu(conv) rows y0..y1-1
-    wide_rows(tile, (long long)rb * s.OW, y0, weight, CKK, 1, s.K, inp + (long long)n * s.C * s.H * s.W, s.C, s.H, s.W,
-              s.ph, s.pw, s.kh, s.kw, false, s.OW, y0, y1, bias, true, bufs);
+    // The block's conv rows (K, rb, OW) into a tile in L1/L2 (relu'd there unless the 2x2 pool
+    // does it), by row tiles or the wide rows' GEMM; pooled from there.
+    const long long tp = (long long)(y1 - y0) * s.OW;
+    float* tile = scratch(tilebuf, size_t(s.K * tp));
+    const float* inp_n = inp + (long long)n * s.C * s.H * s.W;
+    if (tiles)
+      row_tiles(tile, tp, ta, s.K, inp_n, s.C, s.H, s.W, s.ph, s.pw, s.kh, s.kw, false, s.OW, y0, y1, !direct, bufs);
+    else
+      wide_rows(tile, tp, y0, weight, CKK, 1, s.K, inp_n, s.C, s.H, s.W, s.ph, s.pw, s.kh, s.kw, false, s.OW, y0, y1,
+                bias, !direct, bufs);
     for (int k = 0; k < s.K; k++) {
       const long long off = ((long long)n * s.K + k) * PP;
-      detail::maxpool_plane_rows(pooled + off, mask + off, tile + (long long)k * rb * s.OW, y0, oh0, oh1, ps);
+      if (direct)
+        relu_maxpool_2x2_wide_avx512(pooled + off, mask + off, tile + k * tp, s.OW, y0, s.OW, ps.OW, oh0, oh1);
+      else
+        detail::maxpool_plane_rows(pooled + off, mask + off, tile + k * tp, y0, oh0, oh1, ps);
     }
   }
 }
@@ -1800,7 +1772,8 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
     cat = int(std::max(1LL, std::min<long long>(G, kWideFloats / (s.K * wg.cols + s.C * wg.plane))));
   else if (!pointwise && seg == P)
     cat = int(std::max(1LL, std::min<long long>({ceil_div(kCatPixels, P), G, kMaxColFloats / ((long long)CKK * P)})));
-  // partial (ngroups, K, CKK): group g's sum; with one group it is dweight itself.
+  // partial (ngroups, K, CKK): group g's sum; with one group it is dweight itself. The lanes form:
+  // (ngroups, CKK, K), always apart from dweight, transposed into it at the end.
   // bsum (N, K): each image's bias gradient, the sum of its dout row, taken while the row is in
   // cache from the GEMM; the bias adds them up in image order at the end.
   static thread_local std::vector<float> partbuf, bsumbuf;
@@ -1820,7 +1793,7 @@ static void backward_weight(float* dweight, float* dbias, const OutGrad& og, con
     for (int g = 0; g < ngroups; g++) {
       static thread_local std::vector<float> colbuf, planebuf, doutbuf, gradbuf;
       static thread_local std::vector<const float*> rowbuf;
-      float* pg = partial + g * WN;  // (K, CKK)
+      float* pg = partial + g * WN;  // (K, CKK); the lanes form (CKK, K)
       bool first = true;
       const int n_end = std::min(s.N, g * G + G);
       if (lanes) {
