@@ -90,9 +90,11 @@ static inline void copy_run(float* dst, const float* src, int n) {
 // dst (Hp, Wp) = src (H, W) shifted down by `top` rows and right by `left` columns, zero
 // elsewhere: dst[r][q] = src[r - top][q - left]. (top/left may be negative: rows are dropped.)
 // One memset for the whole plane, then inline copies of the rows: a memset and a memcpy call per
-// short row (3 library calls for each of the ~1000 rows of an image's planes) cost more.
-static void pad_plane(float* dst, const float* src, int H, int W, int top, int left, int Hp, int Wp) {
-  std::memset(dst, 0, sizeof(float) * Hp * Wp);
+// short row (3 library calls for each of the ~1000 rows of an image's planes) cost more. Without
+// the memset where `zeroed`: dst already holds a plane of this geometry (zeros outside the rows).
+static void pad_plane(float* dst, const float* src, int H, int W, int top, int left, int Hp, int Wp,
+                      bool zeroed = false) {
+  if (!zeroed) std::memset(dst, 0, sizeof(float) * Hp * Wp);
   const int q_lo = std::max(0, left), q_hi = std::min(Wp, W + left);  // dst columns that come from src
   if (q_lo >= q_hi) return;
   for (int r = std::max(0, top); r < std::min(Hp, H + top); r++)
@@ -1391,36 +1393,75 @@ static void c1_transpose(float* dst, const float* src, long ld, int K, int cols,
     }
 }
 
-// vt, ct (cells, K) from a fused 2x2 stride-2 max pooling's gradient dp, values y and mask m (K,
-// cells): each window's gradient (expand_2x2_avx512's value: +0 + dp, the ReLU's mask applied)
-// and where in its cell the winner lies (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right),
-// as a float; a cell's values for all channels in a row. Blocks of 16 channels x 16 cells,
-// computed along the cells and transposed through a block in L1.
-[[gnu::target("avx512f")]] static void c1_cells_avx512(float* vt, float* ct, const float* dp, const float* y,
+// One block of c1_cells_avx512: 16 channels (rows `cells` apart) x n cells (16 where Full).
+template <bool Full>
+[[gnu::target("avx512f"), gnu::always_inline]] static inline void c1_cells_block(float* vt, uint8_t* dst,
+                                                                                 const float* dp, const float* y,
+                                                                                 const int32_t* m, int K, int cells,
+                                                                                 int n, int OW, __m512i corner) {
+  const __mmask16 mw = tail_mask(n);  // (plain loads where Full: masked ones are slower on this Zen 5)
+  __m512 r[16];
+  for (int i = 0; i < 16; i++)
+    r[i] = pooled_grad16(Full ? _mm512_loadu_ps(dp + i * cells) : _mm512_maskz_loadu_ps(mw, dp + i * cells),
+                         Full ? _mm512_loadu_ps(y + i * cells) : _mm512_maskz_loadu_ps(mw, y + i * cells));
+  transpose16_regs(r);
+  for (int i = 0; i < (Full ? 16 : n); i++) _mm512_storeu_ps(vt + (long long)i * K, r[i]);
+  const __m512i ow_v = _mm512_set1_epi32(OW), shift = _mm512_set1_epi32(16 - OW);
+  __m512i word[4];  // word[a] lane w: channels 4a .. 4a + 3's positions at cell w, a byte each
+  for (int a = 0; a < 4; a++) {
+    word[a] = _mm512_setzero_si512();
+    for (int b = 0; b < 4; b++) {
+      const int32_t* mi = m + (4 * a + b) * cells;
+      __m512i at = _mm512_sub_epi32(Full ? _mm512_loadu_si512(mi) : _mm512_maskz_loadu_epi32(mw, mi), corner);
+      at = _mm512_mask_add_epi32(at, _mm512_cmpge_epi32_mask(at, ow_v), at, shift);  // OW, OW + 1 -> 16, 17
+      word[a] = _mm512_or_si512(word[a], _mm512_maskz_slli_epi32(0xFFFF, at, 8 * b));
+    }
+  }
+  // Lane L of the 128-bit lanes of the four stores: the 16 bytes of cell 4L, then + 1, + 2, + 3.
+  const __m512i u0 = _mm512_maskz_unpacklo_epi32(0xFFFF, word[0], word[1]),
+                u1 = _mm512_maskz_unpackhi_epi32(0xFFFF, word[0], word[1]);
+  const __m512i u2 = _mm512_maskz_unpacklo_epi32(0xFFFF, word[2], word[3]),
+                u3 = _mm512_maskz_unpackhi_epi32(0xFFFF, word[2], word[3]);
+  _mm512_storeu_si512(dst, _mm512_maskz_unpacklo_epi64(0xFF, u0, u2));
+  _mm512_storeu_si512(dst + 64, _mm512_maskz_unpackhi_epi64(0xFF, u0, u2));
+  _mm512_storeu_si512(dst + 128, _mm512_maskz_unpacklo_epi64(0xFF, u1, u3));
+  _mm512_storeu_si512(dst + 192, _mm512_maskz_unpackhi_epi64(0xFF, u1, u3));
+}
+// From a fused 2x2 stride-2 max pooling's gradient dp, values y and mask m (K, cells): vt (cells,
+// K), each window's gradient (expand_2x2_avx512's value: +0 + dp, the ReLU's mask applied), a
+// cell's values for all channels in a row; and cb, where in its cell each window's winner lies, as
+// c1_winners_avx512's permute index (0 top-left, 1 top-right, 16 bottom-left, 17 bottom-right),
+// one byte per channel: cb (K / 16, cells rounded up to 16, 16) bytes, the cells of each 16 in
+// the order c1_cell_slot gives. Blocks of 16 channels x 16 cells: the values computed along the
+// cells and transposed in registers (4 x 16 two-source permutes); the positions, four channels'
+// bytes packed in a 32-bit word, need only a 4 x 4 transpose of words (8 unpacks within the
+// 128-bit lanes), which is what leaves the cells permuted. (Positions as floats, transposed like
+// the values, took this function ~12% longer in `paper`'s conv backward on the Zen 5.)
+[[gnu::target("avx512f")]] static void c1_cells_avx512(float* vt, uint8_t* cb, const float* dp, const float* y,
                                                        const int32_t* m, int K, int OW, const C1Order& ord) {
-  const int cells = ord.cells;
-  const __m512i ow_v = _mm512_set1_epi32(OW), shift = _mm512_set1_epi32(2 - OW);
-  alignas(64) float bv[16 * 16], bc[16 * 16];
+  const int cells = ord.cells, cpad = ceil_div(cells, 16) * 16;
   for (int k0 = 0; k0 < K; k0 += 16)
     for (int w0 = 0; w0 < cells; w0 += 16) {
-      const __mmask16 mw = tail_mask(cells - w0);
+      const long long e = (long long)k0 * cells + w0;
       const __m512i corner = _mm512_loadu_si512(ord.corner.data() + w0);
-      for (int i = 0; i < 16; i++) {
-        const long long e = (long long)(k0 + i) * cells + w0;
-        _mm512_store_ps(bv + 16 * i,
-                        pooled_grad16(_mm512_maskz_loadu_ps(mw, dp + e), _mm512_maskz_loadu_ps(mw, y + e)));
-        __m512i at = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(mw, m + e), corner);
-        at = _mm512_mask_add_epi32(at, _mm512_cmpge_epi32_mask(at, ow_v), at, shift);  // OW, OW + 1 -> 2, 3
-        _mm512_store_ps(bc + 16 * i, _mm512_maskz_cvtepi32_ps(mw, at));
-      }
-      const int n = std::min(16, cells - w0);
-      transpose16(vt + (long long)w0 * K + k0, K, bv, 16, n, nullptr);
-      transpose16(ct + (long long)w0 * K + k0, K, bc, 16, n, nullptr);
+      float* v = vt + (long long)w0 * K + k0;
+      uint8_t* c = cb + ((long long)(k0 / 16) * cpad + w0) * 16;
+      if (cells - w0 >= 16)
+        c1_cells_block<true>(v, c, dp + e, y + e, m + e, K, cells, 16, OW, corner);
+      else
+        c1_cells_block<false>(v, c, dp + e, y + e, m + e, K, cells, cells - w0, OW, corner);
     }
 }
-// v, c (K, cells) as above, not transposed, with AVX2, 8 cells a vector: the last of a row loads
-// its cells masked and stores all 8 lanes (the lanes past the row are written over by the next
-// row, or land in the 8 floats of slack after v and c).
+// Where cell w's 16 bytes lie in its channels' part of cb: cell 16h + 4L + j at slot 16h + 4j + L.
+static inline int c1_cell_slot(int w) { return (w & ~15) | ((w & 3) << 2) | ((w >> 2) & 3); }
+// 16 channels' positions from cb as 32-bit integers.
+[[gnu::target("avx512f")]] static inline __m512i c1_codes(const uint8_t* p) {
+  return _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+// v, c (K, cells) with AVX2: the windows' gradients as above and where the winners lie, 0 top-left,
+// 1 top-right, 2 bottom-left, 3 bottom-right, as floats; along the cells (not transposed), 8 cells
+// a vector: the last of a row loads its cells masked and stores all 8 lanes (the lanes past the
+// row are written over by the next row, or land in the 8 floats of slack after v and c).
 [[gnu::target("avx2")]] static void c1_cells_avx2(float* v, float* c, const float* dp, const float* y, const int32_t* m,
                                                   int K, int CH, int CW, int OW) {
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), two_l = _mm256_add_epi32(iota, iota);
@@ -1441,24 +1482,38 @@ static void c1_transpose(float* dst, const float* src, long ld, int K, int cols,
         _mm256_storeu_ps(c + e, _mm256_cvtepi32_ps(at));
       }
 }
-// vt, ct (cells, K) as c1_cells_avx512 gives them, under either ISA; tmp (2, K, cells) + 16 scratch
-// (AVX2: built along the cells, then transposed).
-static void c1_pooled_cells(float* vt, float* ct, float* tmp, const float* dp, const float* y, const int32_t* m,
-                            const Conv2dShape& s, const C1Order& ord) {
+// gt (P, K) in the order of the sums from the cells' vt and ct: each cell's four pixels, the
+// window's gradient at its winner, +0 at the other three; +0 for the pixels past the cells.
+[[gnu::target("avx2")]] static void c1_cell_rows_avx2(float* gt, const float* vt, const float* ct, const C1Order& ord,
+                                                      int K, int P) {
+  for (int w = 0; w < ord.cells; w++)
+    for (int k = 0; k < K; k += 8) {
+      const __m256 v = _mm256_loadu_ps(vt + (long long)w * K + k), c = _mm256_loadu_ps(ct + (long long)w * K + k);
+      for (int q = 0; q < 4; q++)
+        _mm256_storeu_ps(gt + (long long)(4 * w + q) * K + k,
+                         _mm256_and_ps(_mm256_cmp_ps(c, _mm256_set1_ps(float(q)), _CMP_EQ_OQ), v));
+    }
+  std::fill(gt + (long long)4 * ord.cells * K, gt + (long long)P * K, 0.f);
+}
+// gt (P, K), the gradient in the order of the sums, from the pooled tensors with AVX2: v, c (K,
+// cells) along the cells, vt, ct their transposes (cells, K), then each cell's four pixels. tmp:
+// (2, K, cells) + 16 floats, vt and ct (cells, K) each.
+static void c1_pooled_rows_avx2(float* gt, float* vt, float* ct, float* tmp, const float* dp, const float* y,
+                                const int32_t* m, const Conv2dShape& s, const C1Order& ord) {
   const int cells = ord.cells;
-  if (cpu_isa() == CpuIsa::Avx512) return c1_cells_avx512(vt, ct, dp, y, m, s.K, s.OW, ord);
   float *v = tmp, *c = tmp + (long long)s.K * cells + 8;
   c1_cells_avx2(v, c, dp, y, m, s.K, s.OH / 2, s.OW / 2, s.OW);
   c1_transpose(vt, v, cells, s.K, cells);
   c1_transpose(ct, c, cells, s.K, cells);
+  c1_cell_rows_avx2(gt, vt, ct, ord, s.K, s.OH * s.OW);
 }
 
 // A (TAPS, K) += one image's chains for the taps T0 .. T0 + NT - 1 (NT <= 13), 32 channels at a
-// time (two vectors; 16 when K is 16). Pooled: the cells' gradients from vt / ct, +0 past them;
+// time (two vectors; 16 when K is 16). Pooled: the cells' gradients from vt / cb, +0 past them;
 // else gt (P, K), the gradient transposed, its rows in the order of the sums.
 template <int KW, int T0, int NT, bool Pooled, int NV>
 [[gnu::target("avx512f,fma")]] static void c1_lanes_avx512_nv(float* A, const float* pl, const float* vt,
-                                                              const float* ct, const float* gt, const C1Order& ord,
+                                                              const uint8_t* cb, const float* gt, const C1Order& ord,
                                                               int K, int P, int k0) {
   constexpr int KK = KW * KW;
   __m512 acc[NT][2];  // (the loops over t unrolled, so that acc lives in registers, not on the stack)
@@ -1468,20 +1523,24 @@ template <int KW, int T0, int NT, bool Pooled, int NV>
       acc[t][v] = v < NV ? _mm512_loadu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v) : _mm512_setzero_ps();
   const int32_t* xo = ord.xo.data();
   const int cellpix = Pooled ? 4 * ord.cells : 0;
-  __m512 v0 = _mm512_setzero_ps(), v1 = v0, c0 = v0, c1 = v0;
+  const long long cpart = (long long)ceil_div(ord.cells, 16) * 16 * 16;  // bytes of cb per 16 channels
+  __m512 v0 = _mm512_setzero_ps(), v1 = v0;
+  __m512i c0 = _mm512_setzero_si512(), c1 = c0;
   for (int pos = 0; pos < P; pos++) {
     __m512 g0, g1;
     if (Pooled) {
       if (pos < cellpix) {
         const int q = pos & 3;
         if (q == 0) {  // the cell's windows: values and where the winners lie
-          const long long e = (long long)(pos >> 2) * K + k0;
-          v0 = _mm512_loadu_ps(vt + e), c0 = _mm512_loadu_ps(ct + e);
-          if (NV == 2) v1 = _mm512_loadu_ps(vt + e + 16), c1 = _mm512_loadu_ps(ct + e + 16);
+          const int w = pos >> 2;
+          const long long e = (long long)w * K + k0;
+          const uint8_t* cp = cb + (k0 / 16) * cpart + c1_cell_slot(w) * 16;
+          v0 = _mm512_loadu_ps(vt + e), c0 = c1_codes(cp);
+          if (NV == 2) v1 = _mm512_loadu_ps(vt + e + 16), c1 = c1_codes(cp + cpart);
         }
-        const __m512 qv = _mm512_set1_ps(float(q));
-        g0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(c0, qv, _CMP_EQ_OQ), v0);
-        g1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(c1, qv, _CMP_EQ_OQ), v1);
+        const __m512i qv = _mm512_set1_epi32((q & 1) + 8 * (q & 2));  // cb's 0, 1, 16, 17
+        g0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(c0, qv), v0);
+        g1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(c1, qv), v1);
       } else {
         g0 = g1 = _mm512_setzero_ps();
       }
@@ -1504,11 +1563,11 @@ template <int KW, int T0, int NT, bool Pooled, int NV>
     for (int v = 0; v < NV; v++) _mm512_storeu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v, acc[t][v]);
 }
 template <int KW, int T0, int NT, bool Pooled>
-static void c1_lanes_avx512(float* A, const float* pl, const float* vt, const float* ct, const float* gt,
+static void c1_lanes_avx512(float* A, const float* pl, const float* vt, const uint8_t* cb, const float* gt,
                             const C1Order& ord, int K, int P) {
   for (int k0 = 0; k0 < K; k0 += 32)
     (K - k0 >= 32 ? c1_lanes_avx512_nv<KW, T0, NT, Pooled, 2>
-                  : c1_lanes_avx512_nv<KW, T0, NT, Pooled, 1>)(A, pl, vt, ct, gt, ord, K, P, k0);
+                  : c1_lanes_avx512_nv<KW, T0, NT, Pooled, 1>)(A, pl, vt, cb, gt, ord, K, P, k0);
 }
 // The same chains with AVX2: 16 channels (two 8-float vectors) x NT <= 6 taps a pass, the taps
 // t0 .. t0 + NT - 1, the last of them the bias where Bias (the passes split the channels and the
@@ -1556,19 +1615,6 @@ static void c1_lanes_avx2_nt(int nt, float* A, const float* pl, const float* gt,
       return c1_lanes_avx2<6, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
   }
 }
-// gt (P, K) in the order of the sums from the cells' vt and ct: each cell's four pixels, the
-// window's gradient at its winner, +0 at the other three; +0 for the pixels past the cells.
-[[gnu::target("avx2")]] static void c1_cell_rows_avx2(float* gt, const float* vt, const float* ct, const C1Order& ord,
-                                                      int K, int P) {
-  for (int w = 0; w < ord.cells; w++)
-    for (int k = 0; k < K; k += 8) {
-      const __m256 v = _mm256_loadu_ps(vt + (long long)w * K + k), c = _mm256_loadu_ps(ct + (long long)w * K + k);
-      for (int q = 0; q < 4; q++)
-        _mm256_storeu_ps(gt + (long long)(4 * w + q) * K + k,
-                         _mm256_and_ps(_mm256_cmp_ps(c, _mm256_set1_ps(float(q)), _CMP_EQ_OQ), v));
-    }
-  std::fill(gt + (long long)4 * ord.cells * K, gt + (long long)P * K, 0.f);
-}
 static void c1_lanes_avx2_all(float* A, const float* pl, const float* gt, const C1Order& ord, const Conv2dShape& s) {
   const int K = s.K, P = s.OH * s.OW, TAPS = s.kh * s.kw + 1, passes = ceil_div(TAPS, 6);
   for (int k0 = 0; k0 < K; k0 += 16)
@@ -1579,19 +1625,85 @@ static void c1_lanes_avx2_all(float* A, const float* pl, const float* gt, const 
     }
 }
 
-template <bool Pooled>
-static void c1_lanes_image(float* A, const float* pl, const float* vt, const float* ct, float* gt, const C1Order& ord,
-                           const Conv2dShape& s) {
-  const int K = s.K, P = s.OH * s.OW;
-  if (cpu_isa() != CpuIsa::Avx512) {  // the pooled gradient as rows first: 16 ymm registers hold no more
-    if (Pooled) c1_cell_rows_avx2(gt, vt, ct, ord, K, P);
-    return c1_lanes_avx2_all(A, pl, gt, ord, s);
+// The pooled chains with the winners only (AVX-512). Of a cell's four pixels only the window's
+// winner has a gradient other than +0, and which pixel that is varies from channel to channel.
+// So a cell adds one FMA per tap to each vector of 16 channels: the window's gradient (vt) times,
+// in each lane, the tap's value at that channel's winner, picked by one two-source permute from
+// the cell's two padded rows at the tap's row (16 floats each from the cell's left column; lane
+// index cb + the tap's column: 0, 1 the top row, 16, 17 the bottom one). A quarter of the FMAs of
+// c1_lanes_avx512, whose other three quarters add products with +0; otherwise the same chains
+// of the same terms in the same order, and so the same bits where those products are +-0 (a
+// finite image): a sum starts at +0 and never becomes -0, and adding +-0 to it changes nothing.
+// (Under FTZ a sum flushed to -0 could have been turned into +0 by such a term: a zero's sign.)
+// Pixels outside the cells (odd OH, OW) have gradient +0 and no term here either. The rows read
+// 16 floats from the cell's left column: up to 15 past the padded plane's end (the caller's
+// slack), never picked. Taps T0 .. T0 + NT - 1, NT <= 10 (passes of 9 for 5x5: 13 spilled).
+template <int KW, int T0, int NT, int NV>
+[[gnu::target("avx512f,fma")]] static void c1_winners_avx512_nv(float* A, const float* pl, const float* vt,
+                                                                const uint8_t* cb, const C1Order& ord, int K, int k0) {
+  constexpr int KK = KW * KW;
+  __m512 acc[NT][2];  // (the loops over t unrolled, so that acc lives in registers, not on the stack)
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < 2; v++)
+      acc[t][v] = v < NV ? _mm512_loadu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v) : _mm512_setzero_ps();
+  const long long cpart = (long long)ceil_div(ord.cells, 16) * 16 * 16;  // bytes of cb per 16 channels
+  for (int w = 0; w < ord.cells; w++) {
+    const long long e = (long long)w * K + k0;
+    const uint8_t* cp = cb + (k0 / 16) * cpart + c1_cell_slot(w) * 16;
+    const __m512 v0 = _mm512_loadu_ps(vt + e), v1 = NV == 2 ? _mm512_loadu_ps(vt + e + 16) : _mm512_setzero_ps();
+    const __m512i i0 = c1_codes(cp), i1 = NV == 2 ? c1_codes(cp + cpart) : _mm512_setzero_si512();
+    const float* xb = pl + ord.xo[size_t(4 * w)];  // the cell's top-left pixel's window
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; t++) {
+      const int tap = T0 + t;
+      if (tap < KK) {
+        const float* x = xb + (tap / KW) * kC1Stride;
+        const __m512 r0 = _mm512_loadu_ps(x), r1 = _mm512_loadu_ps(x + kC1Stride);
+        const __m512i j = _mm512_set1_epi32(tap % KW);
+        acc[t][0] = _mm512_fmadd_ps(_mm512_permutex2var_ps(r0, _mm512_add_epi32(i0, j), r1), v0, acc[t][0]);
+        if (NV == 2)
+          acc[t][1] = _mm512_fmadd_ps(_mm512_permutex2var_ps(r0, _mm512_add_epi32(i1, j), r1), v1, acc[t][1]);
+      } else {  // the bias: x = 1 at every pixel
+        acc[t][0] = _mm512_fmadd_ps(_mm512_set1_ps(1.f), v0, acc[t][0]);
+        if (NV == 2) acc[t][1] = _mm512_fmadd_ps(_mm512_set1_ps(1.f), v1, acc[t][1]);
+      }
+    }
   }
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < NV; v++) _mm512_storeu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v, acc[t][v]);
+}
+template <int KW, int T0, int NT>
+static void c1_winners_avx512(float* A, const float* pl, const float* vt, const uint8_t* cb, const C1Order& ord,
+                              int K) {
+  for (int k0 = 0; k0 < K; k0 += 32)
+    (K - k0 >= 32 ? c1_winners_avx512_nv<KW, T0, NT, 2> : c1_winners_avx512_nv<KW, T0, NT, 1>)(A, pl, vt, cb, ord, K,
+                                                                                               k0);
+}
+// Whether the n floats at x are all finite (no inf, no NaN).
+[[gnu::target("avx512f")]] static bool all_finite(const float* x, long long n) {
+  const __m512i exp = _mm512_set1_epi32(0x7F800000);
+  __mmask16 bad = 0;
+  long long i = 0;
+  for (; i + 16 <= n; i += 16) bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_loadu_si512(x + i), exp), exp);
+  const __mmask16 m = tail_mask(int(n - i));
+  bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_maskz_loadu_epi32(m, x + i), exp), exp);
+  return bad == 0;
+}
+
+// One image's chains added to A: from gt (P, K), or under AVX-512 where Pooled from vt and cb.
+template <bool Pooled>
+static void c1_lanes_image(float* A, const float* pl, const float* vt, const uint8_t* cb, const float* gt,
+                           const C1Order& ord, const Conv2dShape& s) {
+  const int K = s.K, P = s.OH * s.OW;
+  // (AVX2: the pooled gradient comes as gt too, rows first: 16 ymm registers hold no more)
+  if (cpu_isa() != CpuIsa::Avx512) return c1_lanes_avx2_all(A, pl, gt, ord, s);
   if (s.kw == 5) {  // 26 taps: two passes of 13 (26 accumulators)
-    c1_lanes_avx512<5, 0, 13, Pooled>(A, pl, vt, ct, gt, ord, K, P);
-    c1_lanes_avx512<5, 13, 13, Pooled>(A, pl, vt, ct, gt, ord, K, P);
+    c1_lanes_avx512<5, 0, 13, Pooled>(A, pl, vt, cb, gt, ord, K, P);
+    c1_lanes_avx512<5, 13, 13, Pooled>(A, pl, vt, cb, gt, ord, K, P);
   } else {  // 10 taps: one pass
-    c1_lanes_avx512<3, 0, 10, Pooled>(A, pl, vt, ct, gt, ord, K, P);
+    c1_lanes_avx512<3, 0, 10, Pooled>(A, pl, vt, cb, gt, ord, K, P);
   }
 }
 
@@ -1612,19 +1724,34 @@ static void backward_weight_c1(float* dweight, float* dbias, const OutGrad& og, 
       static thread_local std::vector<float> planebuf, tbuf, gradbuf;
       float* a = acc + g * AN;
       std::fill(a, a + AN, 0.f);
-      float* pl = scratch(planebuf, size_t(s.H + 2 * s.ph) * kC1Stride);
-      float* t = scratch(tbuf, size_t(2) * P * s.K + 128);
+      float* pl = scratch(planebuf, size_t(s.H + 2 * s.ph) * kC1Stride + 16);  // + c1_winners_avx512's slack
+      const long long cells = ord.cells, cpad = ceil_div(ord.cells, 16) * 16;
+      float* t = scratch(tbuf, size_t(P * s.K + 4 * cells * s.K + s.K * cpad / 4 + 128));
       for (int n = g * G; n < std::min(s.N, g * G + G); n++) {
-        // pl (Hp, kC1Stride): the image zero-padded by (ph, pw)
-        pad_plane(pl, inp + (long long)n * s.H * s.W, s.H, s.W, s.ph, s.pw, s.H + 2 * s.ph, kC1Stride);
+        // pl (Hp, kC1Stride): the image zero-padded by (ph, pw) (the zeros written for the group's first)
+        pad_plane(pl, inp + (long long)n * s.H * s.W, s.H, s.W, s.ph, s.pw, s.H + 2 * s.ph, kC1Stride, n > g * G);
         if (pooled) {
           const long long off = (long long)n * s.K * ps->OH * ps->OW;
-          const int cells = ord.cells;
-          // gt (P, K) for AVX2's rows, then vt, ct (cells, K), tmp (2, K, cells) + 16
-          float *gt = t, *vt = gt + (long long)P * s.K + 16, *ct = vt + (long long)cells * s.K + 16,
-                *tmp = ct + (long long)cells * s.K + 16;
-          c1_pooled_cells(vt, ct, tmp, og.dout + off, og.relu_out + off, og.mask + off, s, ord);
-          c1_lanes_image<true>(a, pl, vt, ct, gt, ord, s);
+          const float *dp = og.dout + off, *y = og.relu_out + off;
+          const int32_t* m = og.mask + off;
+          // vt, ct (cells, K), tmp (2, K, cells) + 16, gt (P, K), cb (K * cpad bytes)
+          float *vt = t, *ct = vt + cells * s.K + 16, *tmp = ct + cells * s.K + 16, *gt = tmp + 2 * cells * s.K + 16;
+          uint8_t* cb = reinterpret_cast<uint8_t*>(gt + P * s.K + 16);
+          if (cpu_isa() != CpuIsa::Avx512) {
+            c1_pooled_rows_avx2(gt, vt, ct, tmp, dp, y, m, s, ord);
+            c1_lanes_image<true>(a, pl, vt, cb, gt, ord, s);
+            continue;
+          }
+          c1_cells_avx512(vt, cb, dp, y, m, s.K, s.OW, ord);
+          if (!all_finite(inp + (long long)n * s.H * s.W, (long long)s.H * s.W)) {  // x * +0 is NaN there
+            c1_lanes_image<true>(a, pl, vt, cb, gt, ord, s);
+          } else if (s.kw == 5) {  // 26 taps: three passes (18 accumulators)
+            c1_winners_avx512<5, 0, 9>(a, pl, vt, cb, ord, s.K);
+            c1_winners_avx512<5, 9, 9>(a, pl, vt, cb, ord, s.K);
+            c1_winners_avx512<5, 18, 8>(a, pl, vt, cb, ord, s.K);
+          } else {  // 10 taps: one pass
+            c1_winners_avx512<3, 0, 10>(a, pl, vt, cb, ord, s.K);
+          }
         } else {
           float* gt = t;
           c1_transpose(gt, og.image(n, s, gradbuf), P, s.K, P, ord.pos.data());  // in the order of the sums
