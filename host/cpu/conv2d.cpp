@@ -1436,7 +1436,8 @@ template <bool Full>
 // cells and transposed in registers (4 x 16 two-source permutes); the positions, four channels'
 // bytes packed in a 32-bit word, need only a 4 x 4 transpose of words (8 unpacks within the
 // 128-bit lanes), which is what leaves the cells permuted. (Positions as floats, transposed like
-// the values, took this function ~12% longer in `paper`'s conv backward on the Zen 5.)
+// the values, took this function 25-35% longer in a lab of its own on the Zen 5; inside `paper`'s
+// conv backward, where it also waits on the pooled tensors, less.)
 [[gnu::target("avx512f")]] static void c1_cells_avx512(float* vt, uint8_t* cb, const float* dp, const float* y,
                                                        const int32_t* m, int K, int OW, const C1Order& ord) {
   const int cells = ord.cells, cpad = ceil_div(cells, 16) * 16;
