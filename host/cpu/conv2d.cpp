@@ -39,6 +39,7 @@
 // No result depends on the number of threads.
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -1496,17 +1497,15 @@ static inline int c1_cell_slot(int w) { return (w & ~15) | ((w & 3) << 2) | ((w 
     }
   std::fill(gt + (long long)4 * ord.cells * K, gt + (long long)P * K, 0.f);
 }
-// gt (P, K), the gradient in the order of the sums, from the pooled tensors with AVX2: v, c (K,
-// cells) along the cells, vt, ct their transposes (cells, K), then each cell's four pixels. tmp:
-// (2, K, cells) + 16 floats, vt and ct (cells, K) each.
-static void c1_pooled_rows_avx2(float* gt, float* vt, float* ct, float* tmp, const float* dp, const float* y,
-                                const int32_t* m, const Conv2dShape& s, const C1Order& ord) {
+// vt, ct (cells, K) from the pooled tensors with AVX2: v, c (K, cells) along the cells
+// (c1_cells_avx2), then transposed. tmp: (2, K, cells) + 16 floats.
+static void c1_cells_t_avx2(float* vt, float* ct, float* tmp, const float* dp, const float* y, const int32_t* m,
+                            const Conv2dShape& s, const C1Order& ord) {
   const int cells = ord.cells;
   float *v = tmp, *c = tmp + (long long)s.K * cells + 8;
   c1_cells_avx2(v, c, dp, y, m, s.K, s.OH / 2, s.OW / 2, s.OW);
   c1_transpose(vt, v, cells, s.K, cells);
   c1_transpose(ct, c, cells, s.K, cells);
-  c1_cell_rows_avx2(gt, vt, ct, ord, s.K, s.OH * s.OW);
 }
 
 // A (TAPS, K) += one image's chains for the taps T0 .. T0 + NT - 1 (NT <= 13), 32 channels at a
@@ -1626,6 +1625,73 @@ static void c1_lanes_avx2_all(float* A, const float* pl, const float* gt, const 
     }
 }
 
+// The winners-only chains (c1_winners_avx512 below, where the reasoning is) with AVX2: 16 channels
+// (two 8-float vectors) x NT <= 4 taps a pass (16 ymm registers: 2 NT accumulators, the two
+// vectors of gradients and of places, the four values), the taps t0 .. t0 + NT - 1, the last of
+// them the bias where Bias. A tap's four values for the cell (top row j, j + 1, bottom row j,
+// j + 1: two 8-byte loads) are picked lane by lane by the winner's place (ct, 0 to 3) with one
+// single-source permute per vector. The same chains as c1_lanes_avx2's over a finite image.
+template <int NT, bool Bias>
+[[gnu::target("avx2,fma")]] static void c1_winners_avx2(float* A, const float* pl, const float* vt, const float* ct,
+                                                        const C1Order& ord, int K, int KW, int t0, int k0) {
+  long off[NT];
+  for (int t = 0; t < NT; t++) off[t] = ((t0 + t) / KW) * kC1Stride + (t0 + t) % KW;
+  __m256 acc[NT][2];  // (the loops over t unrolled, so that acc lives in registers, not on the stack)
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < 2; v++) acc[t][v] = _mm256_loadu_ps(A + (long long)(t0 + t) * K + k0 + 8 * v);
+  for (int w = 0; w < ord.cells; w++) {
+    const long long e = (long long)w * K + k0;
+    const __m256 v0 = _mm256_loadu_ps(vt + e), v1 = _mm256_loadu_ps(vt + e + 8);
+    const __m256i q0 = _mm256_cvttps_epi32(_mm256_loadu_ps(ct + e)),
+                  q1 = _mm256_cvttps_epi32(_mm256_loadu_ps(ct + e + 8));
+    const float* xb = pl + ord.xo[size_t(4 * w)];  // the cell's top-left pixel's window
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+      if (Bias && t == NT - 1) {
+        acc[t][0] = _mm256_fmadd_ps(_mm256_set1_ps(1.f), v0, acc[t][0]);
+        acc[t][1] = _mm256_fmadd_ps(_mm256_set1_ps(1.f), v1, acc[t][1]);
+        continue;
+      }
+      const double* x = reinterpret_cast<const double*>(xb + off[t]);
+      const __m128d four = _mm_loadh_pd(_mm_load_sd(x), reinterpret_cast<const double*>(xb + off[t] + kC1Stride));
+      const __m256 src = _mm256_zextps128_ps256(_mm_castpd_ps(four));
+      acc[t][0] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(src, q0), v0, acc[t][0]);
+      acc[t][1] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(src, q1), v1, acc[t][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < 2; v++) _mm256_storeu_ps(A + (long long)(t0 + t) * K + k0 + 8 * v, acc[t][v]);
+}
+static void c1_winners_avx2_all(float* A, const float* pl, const float* vt, const float* ct, const C1Order& ord,
+                                const Conv2dShape& s) {
+  const int TAPS = s.kh * s.kw + 1, passes = ceil_div(TAPS, 4);
+  for (int k0 = 0; k0 < s.K; k0 += 16)
+    for (int p = 0, t0 = 0; p < passes; p++) {
+      const int nt = (TAPS - t0) / (passes - p);  // equal passes: 26 taps as 3 + 3 + 4 x 5
+      const bool bias = p == passes - 1;
+      switch (nt) {
+        case 1:
+          bias ? c1_winners_avx2<1, true>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0)
+               : c1_winners_avx2<1, false>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0);
+          break;
+        case 2:
+          bias ? c1_winners_avx2<2, true>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0)
+               : c1_winners_avx2<2, false>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0);
+          break;
+        case 3:
+          bias ? c1_winners_avx2<3, true>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0)
+               : c1_winners_avx2<3, false>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0);
+          break;
+        default:
+          bias ? c1_winners_avx2<4, true>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0)
+               : c1_winners_avx2<4, false>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0);
+      }
+      t0 += nt;
+    }
+}
+
 // The pooled chains with the winners only (AVX-512). Of a cell's four pixels only the window's
 // winner has a gradient other than +0, and which pixel that is varies from channel to channel.
 // So a cell adds one FMA per tap to each vector of 16 channels: the window's gradient (vt) times,
@@ -1682,15 +1748,18 @@ static void c1_winners_avx512(float* A, const float* pl, const float* vt, const 
     (K - k0 >= 32 ? c1_winners_avx512_nv<KW, T0, NT, 2> : c1_winners_avx512_nv<KW, T0, NT, 1>)(A, pl, vt, cb, ord, K,
                                                                                                k0);
 }
-// Whether the n floats at x are all finite (no inf, no NaN).
-[[gnu::target("avx512f")]] static bool all_finite(const float* x, long long n) {
-  const __m512i exp = _mm512_set1_epi32(0x7F800000);
-  __mmask16 bad = 0;
+// Whether the n floats at x are all finite (no inf, no NaN): their exponent bits not all ones.
+static bool all_finite(const float* x, long long n) {
+  const __m128i exp = _mm_set1_epi32(0x7F800000);
+  __m128i bad = _mm_setzero_si128();
   long long i = 0;
-  for (; i + 16 <= n; i += 16) bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_loadu_si512(x + i), exp), exp);
-  const __mmask16 m = tail_mask(int(n - i));
-  bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_maskz_loadu_epi32(m, x + i), exp), exp);
-  return bad == 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m128i e = _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)), exp);
+    bad = _mm_or_si128(bad, _mm_cmpeq_epi32(e, exp));
+  }
+  bool ok = _mm_movemask_epi8(bad) == 0;
+  for (; i < n; i++) ok = ok && std::isfinite(x[i]);
+  return ok;
 }
 
 // One image's chains added to A: from gt (P, K), or under AVX-512 where Pooled from vt and cb.
@@ -1738,13 +1807,19 @@ static void backward_weight_c1(float* dweight, float* dbias, const OutGrad& og, 
           // vt, ct (cells, K), tmp (2, K, cells) + 16, gt (P, K), cb (K * cpad bytes)
           float *vt = t, *ct = vt + cells * s.K + 16, *tmp = ct + cells * s.K + 16, *gt = tmp + 2 * cells * s.K + 16;
           uint8_t* cb = reinterpret_cast<uint8_t*>(gt + P * s.K + 16);
+          const bool finite = all_finite(inp + (long long)n * s.H * s.W, (long long)s.H * s.W);  // else x * +0 is NaN
           if (cpu_isa() != CpuIsa::Avx512) {
-            c1_pooled_rows_avx2(gt, vt, ct, tmp, dp, y, m, s, ord);
-            c1_lanes_image<true>(a, pl, vt, cb, gt, ord, s);
+            c1_cells_t_avx2(vt, ct, tmp, dp, y, m, s, ord);
+            if (finite) {
+              c1_winners_avx2_all(a, pl, vt, ct, ord, s);
+            } else {
+              c1_cell_rows_avx2(gt, vt, ct, ord, s.K, P);
+              c1_lanes_image<true>(a, pl, vt, cb, gt, ord, s);
+            }
             continue;
           }
           c1_cells_avx512(vt, cb, dp, y, m, s.K, s.OW, ord);
-          if (!all_finite(inp + (long long)n * s.H * s.W, (long long)s.H * s.W)) {  // x * +0 is NaN there
+          if (!finite) {
             c1_lanes_image<true>(a, pl, vt, cb, gt, ord, s);
           } else if (s.kw == 5) {  // 26 taps: three passes (18 accumulators)
             c1_winners_avx512<5, 0, 9>(a, pl, vt, cb, ord, s.K);
