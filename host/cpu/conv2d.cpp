@@ -1653,9 +1653,8 @@ template <int NT, bool Bias>
         acc[t][1] = _mm256_fmadd_ps(_mm256_set1_ps(1.f), v1, acc[t][1]);
         continue;
       }
-      const double* x = reinterpret_cast<const double*>(xb + off[t]);
-      const __m128d four = _mm_loadh_pd(_mm_load_sd(x), reinterpret_cast<const double*>(xb + off[t] + kC1Stride));
-      const __m256 src = _mm256_zextps128_ps256(_mm_castpd_ps(four));
+      const __m128i top = _mm_loadu_si64(xb + off[t]), bottom = _mm_loadu_si64(xb + off[t] + kC1Stride);
+      const __m256 src = _mm256_zextps128_ps256(_mm_castsi128_ps(_mm_unpacklo_epi64(top, bottom)));
       acc[t][0] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(src, q0), v0, acc[t][0]);
       acc[t][1] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(src, q1), v1, acc[t][1]);
     }
