@@ -1508,6 +1508,22 @@ static void c1_cells_t_avx2(float* vt, float* ct, float* tmp, const float* dp, c
   c1_transpose(ct, c, cells, s.K, cells);
 }
 
+// acc (NT taps x NV vectors of 16 channels; a second vector +0 where NV is 1) from, or where Store
+// to, A's rows t0 .. t0 + NT - 1 at channel k0.
+template <int NT, int NV, bool Store>
+[[gnu::target("avx512f"), gnu::always_inline]] static inline void c1_acc_avx512(__m512 (&acc)[NT][2], float* A, int K,
+                                                                                int t0, int k0) {
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < 2; v++) {
+      float* a = A + (long long)(t0 + t) * K + k0 + 16 * v;
+      if (Store && v < NV)
+        _mm512_storeu_ps(a, acc[t][v]);
+      else if (!Store)
+        acc[t][v] = v < NV ? _mm512_loadu_ps(a) : _mm512_setzero_ps();
+    }
+}
+
 // A (TAPS, K) += one image's chains for the taps T0 .. T0 + NT - 1 (NT <= 13), 32 channels at a
 // time (two vectors; 16 when K is 16). Pooled: the cells' gradients from vt / cb, +0 past them;
 // else gt (P, K), the gradient transposed, its rows in the order of the sums.
@@ -1517,10 +1533,7 @@ template <int KW, int T0, int NT, bool Pooled, int NV>
                                                               int K, int P, int k0) {
   constexpr int KK = KW * KW;
   __m512 acc[NT][2];  // (the loops over t unrolled, so that acc lives in registers, not on the stack)
-#pragma GCC unroll 16
-  for (int t = 0; t < NT; t++)
-    for (int v = 0; v < 2; v++)
-      acc[t][v] = v < NV ? _mm512_loadu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v) : _mm512_setzero_ps();
+  c1_acc_avx512<NT, NV, false>(acc, A, K, T0, k0);
   const int32_t* xo = ord.xo.data();
   const int cellpix = Pooled ? 4 * ord.cells : 0;
   const long long cpart = (long long)ceil_div(ord.cells, 16) * 16 * 16;  // bytes of cb per 16 channels
@@ -1558,9 +1571,7 @@ template <int KW, int T0, int NT, bool Pooled, int NV>
       if (NV == 2) acc[t][1] = _mm512_fmadd_ps(x, g1, acc[t][1]);
     }
   }
-#pragma GCC unroll 16
-  for (int t = 0; t < NT; t++)
-    for (int v = 0; v < NV; v++) _mm512_storeu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v, acc[t][v]);
+  c1_acc_avx512<NT, NV, true>(acc, A, K, T0, k0);
 }
 template <int KW, int T0, int NT, bool Pooled>
 static void c1_lanes_avx512(float* A, const float* pl, const float* vt, const uint8_t* cb, const float* gt,
@@ -1568,6 +1579,20 @@ static void c1_lanes_avx512(float* A, const float* pl, const float* vt, const ui
   for (int k0 = 0; k0 < K; k0 += 32)
     (K - k0 >= 32 ? c1_lanes_avx512_nv<KW, T0, NT, Pooled, 2>
                   : c1_lanes_avx512_nv<KW, T0, NT, Pooled, 1>)(A, pl, vt, cb, gt, ord, K, P, k0);
+}
+// acc (NT taps x 16 channels) from, or where Store to, A's rows t0 .. t0 + NT - 1 at channel k0.
+template <int NT, bool Store>
+[[gnu::target("avx2"), gnu::always_inline]] static inline void c1_acc_avx2(__m256 (&acc)[NT][2], float* A, int K,
+                                                                           int t0, int k0) {
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; t++)
+    for (int v = 0; v < 2; v++) {
+      float* a = A + (long long)(t0 + t) * K + k0 + 8 * v;
+      if (Store)
+        _mm256_storeu_ps(a, acc[t][v]);
+      else
+        acc[t][v] = _mm256_loadu_ps(a);
+    }
 }
 // The same chains with AVX2: 16 channels (two 8-float vectors) x NT <= 6 taps a pass, the taps
 // t0 .. t0 + NT - 1, the last of them the bias where Bias (the passes split the channels and the
@@ -1578,9 +1603,7 @@ template <int NT, bool Bias>
   long off[NT];
   for (int t = 0; t < NT; t++) off[t] = ((t0 + t) / KW) * kC1Stride + (t0 + t) % KW;
   __m256 acc[NT][2];  // (the loops over t unrolled, so that acc lives in registers, not on the stack)
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; t++)
-    for (int v = 0; v < 2; v++) acc[t][v] = _mm256_loadu_ps(A + (long long)(t0 + t) * K + k0 + 8 * v);
+  c1_acc_avx2<NT, false>(acc, A, K, t0, k0);
   const int32_t* xo = ord.xo.data();
   for (int pos = 0; pos < P; pos++) {
     const float* gp = gt + (long long)pos * K + k0;
@@ -1593,9 +1616,7 @@ template <int NT, bool Bias>
       acc[t][1] = _mm256_fmadd_ps(x, g1, acc[t][1]);
     }
   }
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; t++)
-    for (int v = 0; v < 2; v++) _mm256_storeu_ps(A + (long long)(t0 + t) * K + k0 + 8 * v, acc[t][v]);
+  c1_acc_avx2<NT, true>(acc, A, K, t0, k0);
 }
 template <bool Bias>
 static void c1_lanes_avx2_nt(int nt, float* A, const float* pl, const float* gt, const C1Order& ord, int K, int P,
@@ -1637,9 +1658,7 @@ template <int NT, bool Bias>
   long off[NT];
   for (int t = 0; t < NT; t++) off[t] = ((t0 + t) / KW) * kC1Stride + (t0 + t) % KW;
   __m256 acc[NT][2];  // (the loops over t unrolled, so that acc lives in registers, not on the stack)
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; t++)
-    for (int v = 0; v < 2; v++) acc[t][v] = _mm256_loadu_ps(A + (long long)(t0 + t) * K + k0 + 8 * v);
+  c1_acc_avx2<NT, false>(acc, A, K, t0, k0);
   for (int w = 0; w < ord.cells; w++) {
     const long long e = (long long)w * K + k0;
     const __m256 v0 = _mm256_loadu_ps(vt + e), v1 = _mm256_loadu_ps(vt + e + 8);
@@ -1659,9 +1678,7 @@ template <int NT, bool Bias>
       acc[t][1] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(src, q1), v1, acc[t][1]);
     }
   }
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; t++)
-    for (int v = 0; v < 2; v++) _mm256_storeu_ps(A + (long long)(t0 + t) * K + k0 + 8 * v, acc[t][v]);
+  c1_acc_avx2<NT, true>(acc, A, K, t0, k0);
 }
 static void c1_winners_avx2_all(float* A, const float* pl, const float* vt, const float* ct, const C1Order& ord,
                                 const Conv2dShape& s) {
@@ -1709,10 +1726,7 @@ template <int KW, int T0, int NT, int NV>
                                                                 const uint8_t* cb, const C1Order& ord, int K, int k0) {
   constexpr int KK = KW * KW;
   __m512 acc[NT][2];  // (the loops over t unrolled, so that acc lives in registers, not on the stack)
-#pragma GCC unroll 16
-  for (int t = 0; t < NT; t++)
-    for (int v = 0; v < 2; v++)
-      acc[t][v] = v < NV ? _mm512_loadu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v) : _mm512_setzero_ps();
+  c1_acc_avx512<NT, NV, false>(acc, A, K, T0, k0);
   const long long cpart = (long long)ceil_div(ord.cells, 16) * 16 * 16;  // bytes of cb per 16 channels
   for (int w = 0; w < ord.cells; w++) {
     const long long e = (long long)w * K + k0;
@@ -1736,9 +1750,7 @@ template <int KW, int T0, int NT, int NV>
       }
     }
   }
-#pragma GCC unroll 16
-  for (int t = 0; t < NT; t++)
-    for (int v = 0; v < NV; v++) _mm512_storeu_ps(A + (long long)(T0 + t) * K + k0 + 16 * v, acc[t][v]);
+  c1_acc_avx512<NT, NV, true>(acc, A, K, T0, k0);
 }
 template <int KW, int T0, int NT>
 static void c1_winners_avx512(float* A, const float* pl, const float* vt, const uint8_t* cb, const C1Order& ord,
