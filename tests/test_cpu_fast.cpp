@@ -401,9 +401,9 @@ TEST(Conv2dCpu, FusedReluIsTheUnfusedChainBitForBit) {
 // rows; batch 1 to 65) under every ISA, with three pools: 2x2 stride 2, 3x3 stride 3 and 2x2
 // stride 3 (pixels in no window); odd sizes leave rows and columns out. The edges as above: a
 // filter of zeros (ties at +0 in every window: the first wins; pooled 0: the ReLU's mask), a NaN
-// pixel (image 0, which the one-channel AVX-512 weight gradient sums over every pixel, the other
-// images over each window's winner alone), and -0 (the max-pool backward's +0 + -0), +-inf, huge
-// values among the pooled gradients.
+// pixel (image 0, which the one-channel weight gradient sums over every pixel under AVX2 and
+// AVX-512, the other images over each window's winner alone), and -0 (the max-pool backward's +0 +
+// -0), +-inf, huge values among the pooled gradients.
 TEST(Conv2dCpu, FusedReluMaxPoolIsTheUnfusedChainBitForBit) {
   Restore restore;
   std::vector<Conv2dShape> shapes = odd_conv_shapes();

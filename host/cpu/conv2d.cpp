@@ -25,11 +25,12 @@
 // form below, AVX2 and AVX-512); other stride-1 shapes over rows wide enough: dout_n laid out
 // wide (the wide form below). Other strides, and the other backward-weights: im2col copies (with
 // stride 1, a few rows at a time as the GEMM reads them: ColRows). One input channel (the first
-// convs) under AVX-512: the forward's short sums in registers, no GEMM (direct loops below); and
-// with 3x3 or 5x5 kernels and K a multiple of 16, backward-weight with the channels in the vector
-// lanes, no im2col, no expanded gradient behind a fused pool (backward_weight_c1, its own order
-// of the sums). With the ReLU and a max pooling after the conv fused (Net's plan), the forward pools
-// each block of rows while it is in cache (conv2d_forward_relu_maxpool) and the backward ops
+// convs): under AVX-512 the forward's short sums in registers, no GEMM (direct loops below); and
+// under AVX2 and AVX-512, with 3x3 or 5x5 kernels and K a multiple of 16, backward-weight with the
+// channels in the vector lanes, no im2col, no expanded gradient behind a fused pool, only each
+// pool window's winner's terms (backward_weight_c1, its own order of the sums). With the ReLU and
+// a max pooling after the conv fused (Net's plan), the forward pools each block of rows while it
+// is in cache (conv2d_forward_relu_maxpool) and the backward ops
 // rebuild the conv's gradient from the pooled one (OutGrad).
 //
 // Threads: forward and gather backward-input split the output into (image, row or pixel block) items;
