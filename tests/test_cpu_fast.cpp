@@ -758,7 +758,7 @@ TEST(CpuIsa, Avx512GemmsGiveTheBitsOfAvx2OnEveryEdge) {
     for (int N : {1, 5, 8, 12, 16, 17, 31, 33, 65})
       for (int K : {1, 7, 8, 9, 25, 600}) shapes.emplace_back(M, N, K);
   shapes.emplace_back(100, 40, 300);  // M past sgemm_nn's MC (96), K past KC (256)
-  shapes.emplace_back(70, 13, 1100);  // sgemm_nt: K cut into blocks (M >= 64)
+  shapes.emplace_back(70, 33, 4100);  // sgemm_nt: K cut into blocks (M >= 64), 16-column lane sums
   shapes.emplace_back(9, 1100, 20);   // N past sgemm_nn's NC (1024)
   uint64_t seed = 100;
   for (auto [M, N, K] : shapes) {

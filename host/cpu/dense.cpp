@@ -134,22 +134,6 @@ template <int R, int JP>
     for (int j = 0; j < JP; j++) _mm512_store_ps(accv + (r * JP + j) * 16, acc[r][j]);
 }
 
-// 8 accumulators (16 outputs, two per vector: low half 2a, high half 2a + 1) -> their 16 lane sums
-// in output order, each ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)) as hsumv.
-[[gnu::target("avx512f,avx2,fma"), gnu::always_inline]] inline __m512 narrow_lane_sums(const float* a8) {
-  __m512 c[4], e[2];
-  for (int m = 0; m < 4; m++) {  // a_i = l_i + l_{i+4}: c[m]'s 128-bit lane L holds output 4m + L's four
-    const __m512 A = _mm512_load_ps(a8 + 32 * m), B = _mm512_load_ps(a8 + 32 * m + 16);
-    c[m] = _mm512_add_ps(_mm512_shuffle_f32x4(A, B, 0x88), _mm512_shuffle_f32x4(A, B, 0xdd));
-  }
-  for (int h = 0; h < 2; h++)  // b0 = a0 + a2, b1 = a1 + a3: lane L of e[h] holds (b0, b1) of c[2h], c[2h+1]
-    e[h] =
-        _mm512_add_ps(_mm512_shuffle_ps(c[2 * h], c[2 * h + 1], 0x44), _mm512_shuffle_ps(c[2 * h], c[2 * h + 1], 0xee));
-  // b0 + b1: element 4L + m is output 4m + L; the permutation puts it at 4m + L.
-  const __m512 g = _mm512_add_ps(_mm512_shuffle_ps(e[0], e[1], 0x88), _mm512_shuffle_ps(e[0], e[1], 0xdd));
-  return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), g);
-}
-
 // Rows [n0, n0 + nn) of the forward. wp: W in pairs; bias_rep[i] = bias of output i % (2 JP), 0 for
 // a padded output or no bias, 2 JP + 16 of them.
 template <int JP>
@@ -176,7 +160,7 @@ template <int JP>
   float* dst = P == OUT ? out + (long long)n0 * OUT : scratch(tbuf, size_t(nacc) * 2);
   const long total = long(nn) * P;
   for (long f0 = 0; f0 < total; f0 += 16) {
-    const __m512 v = _mm512_add_ps(_mm512_loadu_ps(bias_rep + f0 % P), narrow_lane_sums(accv + f0 * 8));
+    const __m512 v = _mm512_add_ps(_mm512_loadu_ps(bias_rep + f0 % P), lane_sums16(accv + f0 * 8));
     _mm512_mask_storeu_ps(dst + f0, __mmask16(total - f0 >= 16 ? 0xffff : (1u << (total - f0)) - 1), v);
   }
   if (P != OUT)
