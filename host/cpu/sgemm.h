@@ -39,6 +39,8 @@
 #include <cstring>
 #include <vector>
 
+#include <unistd.h>
+
 #include "barecnn/cpu_ops.h"
 #include "barecnn/error.h"
 
@@ -328,12 +330,21 @@ template <int MR, int NR, typename V>
 // with less L2 traffic per FMA, measured slower here: dense 6272->128 forward 2.3-2.7 ms against
 // 1.5-1.9 ms on one core.)
 constexpr int kMRT = 3, kNRT = 4;
-// K block: the M x KC block of A stays in L2 (512 KiB, at least 512 columns); K is cut into equal
-// blocks (multiples of 8), not 512 + a short tail. Longer blocks mean fewer passes over the lane
-// sums and fewer refills of B's rows: 512 KiB against 128 KiB, `paper`'s dense(128) forward
-// (64 x 128 x 6272, 2 threads) ran ~10% faster on a Zen 5 (4 blocks of 1568 columns, not 13 of
-// 488), and the bits are the same (the lanes carry across blocks).
-constexpr long kL2BlockFloats = 128 * 1024;
+// K block: the M x KC block of A stays in L2 (half of it, 128-512 KiB, at least 512 columns); K
+// is cut into equal blocks (multiples of 8), not 512 + a short tail. Longer blocks mean fewer
+// passes over the lane sums and fewer refills of B's rows: with 512 KiB (a 1 MiB L2) against the
+// 128 KiB before, `paper`'s dense(128) forward (64 x 128 x 6272, 2 threads) ran 10-15% faster on
+// a Zen 5 (4 blocks of 1568 columns, not 13 of 488). The block never changes a bit (the lanes
+// carry across blocks), so it may follow the machine: half the L2 (sysconf), read once; 128 KiB,
+// the old block, where the size is unknown; so CPUs with a 512 KiB L2 keep a block that fits.
+inline long nt_l2_block_floats() {
+  static const long floats = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    const long bytes = l2 > 0 ? l2 / 2 : 128 * 1024;
+    return std::clamp(bytes, 128 * 1024L, 512 * 1024L) / long(sizeof(float));
+  }();
+  return floats;
+}
 
 // The reduction of a tile: n blocks of kc columns; block b's columns start b*a floats after A's
 // rows and b*b floats after B's (one block: a plain reduction of kc columns).
@@ -503,9 +514,9 @@ constexpr int kMP512 = 3, kNR512 = 8;
 // it has (the windows of padded planes).
 using NtRowsFn = void (*)(void* ctx, int j0, int nr, const float** rows);
 // The K blocks: equal, multiples of 8, each at most max(512, what keeps A's block in L2). A
-// function of (M, K) only.
+// function of (M, K) and the L2's size; the bits are a function of (M, K) only.
 inline int nt_block_step(int M, int K) {
-  const int kc_max = int(std::max(512L, kL2BlockFloats / M / 8 * 8));
+  const int kc_max = int(std::max(512L, nt_l2_block_floats() / M / 8 * 8));
   const int nblocks = (K + kc_max - 1) / kc_max;
   return ((K + nblocks - 1) / nblocks + 7) / 8 * 8;
 }
