@@ -349,21 +349,6 @@ template <int JO>
     _mm256_store_ps(accv + (ldv + j) * 8, acc[1][j]);
   }
 }
-// 8 lane vectors (8 outputs) -> their 8 lane sums in order, each in hsumv's tree.
-[[gnu::target("avx2,fma"), gnu::always_inline]] inline __m256 narrow_lane_sums8(const float* a8) {
-  __m256 c[4], e[2];
-  for (int m = 0; m < 4; m++) {  // a_i = l_i + l_{i+4}: c[m] = (a of output 2m | a of output 2m+1)
-    const __m256 A = _mm256_load_ps(a8 + 16 * m), B = _mm256_load_ps(a8 + 16 * m + 8);
-    c[m] = _mm256_add_ps(_mm256_permute2f128_ps(A, B, 0x20), _mm256_permute2f128_ps(A, B, 0x31));
-  }
-  for (int h = 0; h < 2; h++)  // b0 = a0 + a2, b1 = a1 + a3
-    e[h] =
-        _mm256_add_ps(_mm256_shuffle_ps(c[2 * h], c[2 * h + 1], 0x44), _mm256_shuffle_ps(c[2 * h], c[2 * h + 1], 0xee));
-  // b0 + b1: element 4L + m is output 2m + L; the permutation puts it at 2m + L.
-  const __m256 g = _mm256_add_ps(_mm256_shuffle_ps(e[0], e[1], 0x88), _mm256_shuffle_ps(e[0], e[1], 0xdd));
-  return _mm256_permutevar8x32_ps(g, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-}
-
 // Rows [n0, n0 + nn) of the forward: one lane vector per output at accv[(n * OUT + o) * 8], so that
 // the flat outputs of the rows are consecutive; bias_rep[i] = bias of output i % OUT.
 [[gnu::target("avx2,fma")]] static void narrow_fwd_rows_avx2(float* out, const float* inp, const float* w, long ldw,
@@ -382,7 +367,7 @@ template <int JO>
   std::memset(accv + total * 8, 0, sizeof(float) * (groups * 8 - total) * 8);
   float* dst = out + (long long)n0 * OUT;
   for (long f0 = 0; f0 < total; f0 += 8) {
-    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(bias_rep + f0 % OUT), narrow_lane_sums8(accv + f0 * 8));
+    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(bias_rep + f0 % OUT), lane_sums8(accv + f0 * 8));
     if (total - f0 >= 8) {
       _mm256_storeu_ps(dst + f0, v);
     } else {

@@ -81,10 +81,11 @@ template <typename V>
     return (v[0] + v[2]) + (v[1] + v[3]);
   }
 }
-// hsumv of 16 consecutive 8-lane groups at once (AVX-512): lane j of the result = the sum of the
-// 8 floats at a8 + 8j, in hsumv's tree ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)): each add pairs
-// the same two partial sums (in either order: an IEEE add is commutative), so the same bits, in 3
-// rounds of two-source shuffles and adds and one permutation for 16 sums.
+// hsumv of 16 consecutive 8-lane groups at once (AVX-512; also the narrow dense layers' forward,
+// dense.cpp): lane j of the result = the sum of the 8 floats at a8 + 8j, in hsumv's tree
+// ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)): each add pairs the same two partial sums (in either
+// order: an IEEE add is commutative), so the same bits, in 3 rounds of two-source shuffles and
+// adds and one permutation for 16 sums.
 [[gnu::always_inline]] inline v16f lane_sums16(const float* a8) {
   v16f c[4], e[2];
 #pragma GCC unroll 4
@@ -101,6 +102,25 @@ template <typename V>
   const v16f g = __builtin_shufflevector(e[0], e[1], 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30) +
                  __builtin_shufflevector(e[0], e[1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29, 31);
   return __builtin_shufflevector(g, g, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+}
+// The same for 8 groups at once (AVX2; also the narrow dense layers' forward): 3 rounds of
+// two-source shuffles (within 128-bit lanes after the first) and adds, one permutation.
+[[gnu::always_inline]] inline v8f lane_sums8(const float* a8) {
+  v8f c[4], e[2];
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; m++) {  // a_i = l_i + l_{i+4}: c[m] holds group 2m's four, then group 2m + 1's
+    const v8f A = loadv<v8f>(a8 + 16 * m), B = loadv<v8f>(a8 + 16 * m + 8);
+    c[m] = __builtin_shufflevector(A, B, 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(A, B, 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; h++)  // b0 = a0 + a2, b1 = a1 + a3: e[h] = (b0, b1) of groups 4h, 4h+2 | 4h+1, 4h+3
+    e[h] = __builtin_shufflevector(c[2 * h], c[2 * h + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(c[2 * h], c[2 * h + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  // b0 + b1: groups 0, 2, 4, 6 | 1, 3, 5, 7; the permutation puts them in order.
+  const v8f g = __builtin_shufflevector(e[0], e[1], 0, 2, 8, 10, 4, 6, 12, 14) +
+                __builtin_shufflevector(e[0], e[1], 1, 3, 9, 11, 5, 7, 13, 15);
+  return __builtin_shufflevector(g, g, 0, 4, 1, 5, 2, 6, 3, 7);
 }
 // Broadcasts are written in place in the kernels (`if constexpr` on the lane count), not in a
 // helper: GCC lowers the vector code of a helper function for the baseline ISA before inlining it
@@ -565,6 +585,12 @@ template <typename V, bool Paired512 = false>
         const v16f t = lane_sums16(accv + i * ldv + j * L);
         float* c = C + i * ldc + j;
         storev<v16f>(c, accumulate ? loadv<v16f>(c) + t : t);
+      }
+    else if constexpr (L == 8)
+      for (; j + 8 <= N; j += 8) {
+        const v8f t = lane_sums8(accv + i * ldv + j * L);
+        float* c = C + i * ldc + j;
+        storev<v8f>(c, accumulate ? loadv<v8f>(c) + t : t);
       }
     for (; j < N; j++) {
       float t = hsumv(loadv<V>(accv + i * ldv + j * L));
