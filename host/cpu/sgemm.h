@@ -83,9 +83,9 @@ template <typename V>
 }
 // hsumv of 16 consecutive 8-lane groups at once (AVX-512; also the narrow dense layers' forward,
 // dense.cpp): lane j of the result = the sum of the 8 floats at a8 + 8j, in hsumv's tree
-// ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)): each add pairs the same two partial sums (in either
-// order: an IEEE add is commutative), so the same bits, in 3 rounds of two-source shuffles and
-// adds and one permutation for 16 sums.
+// ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)): each add takes the same two partial sums in the
+// same order, so the same bits, in 3 rounds of two-source shuffles and adds and one permutation
+// for 16 sums.
 [[gnu::always_inline]] inline v16f lane_sums16(const float* a8) {
   v16f c[4], e[2];
 #pragma GCC unroll 4
