@@ -1619,32 +1619,26 @@ template <int NT, bool Bias>
   }
   c1_acc_avx2<NT, true>(acc, A, K, t0, k0);
 }
-template <bool Bias>
-static void c1_lanes_avx2_nt(int nt, float* A, const float* pl, const float* gt, const C1Order& ord, int K, int P,
-                             int KW, int t0, int k0) {
-  switch (nt) {
-    case 1:
-      return c1_lanes_avx2<1, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
-    case 2:
-      return c1_lanes_avx2<2, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
-    case 3:
-      return c1_lanes_avx2<3, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
-    case 4:
-      return c1_lanes_avx2<4, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
-    case 5:
-      return c1_lanes_avx2<5, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
-    default:
-      return c1_lanes_avx2<6, Bias>(A, pl, gt, ord, K, P, KW, t0, k0);
-  }
-}
-static void c1_lanes_avx2_all(float* A, const float* pl, const float* gt, const C1Order& ord, const Conv2dShape& s) {
-  const int K = s.K, P = s.OH * s.OW, TAPS = s.kh * s.kw + 1, passes = ceil_div(TAPS, 6);
-  for (int k0 = 0; k0 < K; k0 += 16)
+// f(nt, bias, t0, k0) for each 16 channels k0 and each pass over the taps t0 .. t0 + nt - 1 of
+// kh * kw + 1 (the last the bias, in the last pass): equal passes of at most max_nt taps.
+template <class F>
+static void c1_avx2_passes(const Conv2dShape& s, int max_nt, F f) {
+  const int TAPS = s.kh * s.kw + 1, passes = ceil_div(TAPS, max_nt);
+  for (int k0 = 0; k0 < s.K; k0 += 16)
     for (int p = 0, t0 = 0; p < passes; p++) {
-      const int nt = (TAPS - t0) / (passes - p);  // equal passes: 26 taps as 5 + 5 + 5 + 5 + 6
-      (p == passes - 1 ? c1_lanes_avx2_nt<true> : c1_lanes_avx2_nt<false>)(nt, A, pl, gt, ord, K, P, s.kw, t0, k0);
+      const int nt = (TAPS - t0) / (passes - p);  // 26 taps as 5 + 5 + 5 + 5 + 6 (max 6), 3 + 3 + 4 x 5 (max 4)
+      f(nt, p == passes - 1, t0, k0);
       t0 += nt;
     }
+}
+static void c1_lanes_avx2_all(float* A, const float* pl, const float* gt, const C1Order& ord, const Conv2dShape& s) {
+  const int P = s.OH * s.OW;
+  c1_avx2_passes(s, 6, [&](int nt, bool bias, int t0, int k0) {
+    with_size<6>(nt, [&](auto n) {
+      constexpr int NT = decltype(n)::value;
+      (bias ? c1_lanes_avx2<NT, true> : c1_lanes_avx2<NT, false>)(A, pl, gt, ord, s.K, P, s.kw, t0, k0);
+    });
+  });
 }
 
 // The winners-only chains (c1_winners_avx512 below, where the reasoning is) with AVX2: 16 channels
@@ -1683,30 +1677,12 @@ template <int NT, bool Bias>
 }
 static void c1_winners_avx2_all(float* A, const float* pl, const float* vt, const float* ct, const C1Order& ord,
                                 const Conv2dShape& s) {
-  const int TAPS = s.kh * s.kw + 1, passes = ceil_div(TAPS, 4);
-  for (int k0 = 0; k0 < s.K; k0 += 16)
-    for (int p = 0, t0 = 0; p < passes; p++) {
-      const int nt = (TAPS - t0) / (passes - p);  // equal passes: 26 taps as 3 + 3 + 4 x 5
-      const bool bias = p == passes - 1;
-      switch (nt) {
-        case 1:
-          bias ? c1_winners_avx2<1, true>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0)
-               : c1_winners_avx2<1, false>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0);
-          break;
-        case 2:
-          bias ? c1_winners_avx2<2, true>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0)
-               : c1_winners_avx2<2, false>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0);
-          break;
-        case 3:
-          bias ? c1_winners_avx2<3, true>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0)
-               : c1_winners_avx2<3, false>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0);
-          break;
-        default:
-          bias ? c1_winners_avx2<4, true>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0)
-               : c1_winners_avx2<4, false>(A, pl, vt, ct, ord, s.K, s.kw, t0, k0);
-      }
-      t0 += nt;
-    }
+  c1_avx2_passes(s, 4, [&](int nt, bool bias, int t0, int k0) {
+    with_size<4>(nt, [&](auto n) {
+      constexpr int NT = decltype(n)::value;
+      (bias ? c1_winners_avx2<NT, true> : c1_winners_avx2<NT, false>)(A, pl, vt, ct, ord, s.K, s.kw, t0, k0);
+    });
+  });
 }
 
 // The pooled chains with the winners only (AVX-512). Of a cell's four pixels only the window's

@@ -45,16 +45,6 @@ static void for_items(int items, bool parallel, F f) {
   }
 }
 
-// f(std::integral_constant<int, n>()) for a run-time n in [1, Max]: the narrow kernels' tile sizes
-// are template parameters, so that their accumulators are registers.
-template <int Max, class F>
-static void with_size(int n, F f) {
-  if constexpr (Max > 0) {
-    if (n == Max) return f(std::integral_constant<int, Max>());
-    with_size<Max - 1>(n, f);
-  }
-}
-
 // ---- narrow layers: OUT <= 16, AVX-512 and AVX2 -------------------------------------------------------
 //
 // A 10-way classifier head (every preset ends in one) is too small for the GEMMs above: 64 x 128

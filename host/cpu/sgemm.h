@@ -37,6 +37,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <unistd.h>
@@ -125,6 +126,17 @@ template <typename V>
 // Broadcasts are written in place in the kernels (`if constexpr` on the lane count), not in a
 // helper: GCC lowers the vector code of a helper function for the baseline ISA before inlining it
 // into an AVX2 function (a broadcast helper became 16 inserts per use there).
+
+// f(std::integral_constant<int, n>()) for a run-time n in [1, Max]: kernels whose tile sizes are
+// template parameters, so that their accumulators are registers, called with a size known at run
+// time (the narrow dense layers' tiles, the one-channel weight gradient's passes).
+template <int Max, class F>
+inline void with_size(int n, F f) {
+  if constexpr (Max > 0) {
+    if (n == Max) return f(std::integral_constant<int, Max>());
+    with_size<Max - 1>(n, f);
+  }
+}
 
 // Scratch that lives as long as its thread (OpenMP keeps its pool), grown on demand, so steady
 // state training allocates nothing. Returns a 64-byte aligned pointer to n floats (the 16 extra
