@@ -19,6 +19,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <new>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -82,6 +84,13 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       conv_shape(19, 1, 9, 10, 48, 3, 3, 1, 1, 1, 1),
       conv_shape(2, 1, 7, 62, 16, 3, 3, 1, 1, 1, 1),
       conv_shape(2, 1, 12, 9, 32, 5, 5, 1, 1, 0, 0),
+      // one input channel, 3x3, padded 1 across (the flattened-pixel loops under AVX-512): rows of
+      // 7 (a vector spans three rows), no padding down (OH = H - 2), 49 pixels (three vectors, a
+      // tail of one), 10 channels (groups of 4, 4, 2 and 8, 2), 3 images of two items; padding 2
+      // down (two zero rows above and below), 33 columns, a tail of 7, 7 channels, one image of 8
+      // items:
+      conv_shape(3, 1, 9, 7, 10, 3, 3, 1, 1, 0, 1),
+      conv_shape(1, 1, 5, 33, 7, 3, 3, 1, 1, 2, 1),
   };
 }
 
@@ -463,10 +472,11 @@ TEST(Conv2dCpu, BitwiseSameForAnyThreadCountAndRun) {
   Restore restore;
   for (cpu::CpuIsa isa : isas()) {
     cpu::set_cpu_isa(isa);
-    // the paper conv at its training batch of 64, a deep conv, and odd shapes (65 images, batch 1
-    // split into pixel blocks, 19 images in groups)
-    for (const Conv2dShape& s : {conv_shape(64, 1, 28, 28, 32, 5, 5, 1, 1, 2, 2), preset_conv_shapes()[4],
-                                 odd_conv_shapes()[2], odd_conv_shapes()[7], odd_conv_shapes()[11]})
+    // the paper conv at its training batch of 64, deep's first two convs, and odd shapes (65
+    // images, batch 1 split into pixel blocks, 19 images in groups)
+    for (const Conv2dShape& s :
+         {conv_shape(64, 1, 28, 28, 32, 5, 5, 1, 1, 2, 2), preset_conv_shapes()[3], preset_conv_shapes()[4],
+          odd_conv_shapes()[2], odd_conv_shapes()[7], odd_conv_shapes()[11]})
       check_deterministic(s, run_conv_ops);
   }
 }
@@ -550,6 +560,39 @@ TEST(CpuIsa, Avx512GivesTheBitsOfAvx2) {
     EXPECT_TRUE(same_bits(dw[0], dw[1])) << "backward_weight " << label;
     EXPECT_TRUE(same_bits(db[0], db[1])) << "backward bias " << label;
   }
+}
+
+// `deep`'s first conv under AVX-512 streams its output past the caches (movntps) where every
+// 16-pixel vector is 64-byte aligned (conv2d.cpp, flat_c1). The values are the plain stores' and
+// AVX2's, bit for bit: a one-channel 3x3 conv of 3 images x 24 channels x 16 x 16, with and without
+// bias and ReLU, written to a 64-byte aligned buffer (streamed) and to one 16 bytes off (plain
+// stores), both filled with NaN first. On a CPU without AVX-512 this checks nothing (CpuIsa above
+// checks that Avx512 is refused).
+TEST(Conv2dCpu, OneChannelStreamedOutputGivesThePlainStoresBits) {
+  if (!cpu::cpu_isa_supported(cpu::CpuIsa::Avx512)) return;
+  Restore restore;
+  const Conv2dShape s = conv_shape(3, 1, 16, 16, 24, 3, 3, 1, 1, 1, 1);
+  const size_t n = size_t(s.out_numel());
+  const Data x = make_data(s.in_numel(), 11, 1.0), w = make_data(s.weight_numel(), 12, 0.5),
+             b = make_data(s.K, 13, 0.5);
+  struct Free {
+    void operator()(float* p) const { ::operator delete(p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<float, Free> buf(static_cast<float*>(::operator new((n + 16) * sizeof(float), std::align_val_t(64))));
+  for (const float* bias : {b.f.data(), static_cast<const float*>(nullptr)})
+    for (bool relu : {false, true}) {
+      const std::string what = std::string(bias ? "bias" : "no bias") + (relu ? ", relu" : "");
+      std::vector<float> want = nans(n);
+      cpu::set_cpu_isa(cpu::CpuIsa::Avx2);
+      cpu::conv2d_forward(want.data(), x.f.data(), w.f.data(), bias, s, relu);
+      cpu::set_cpu_isa(cpu::CpuIsa::Avx512);
+      for (int off : {0, 4}) {  // 64-byte aligned: streamed; 16 bytes off: plain stores
+        float* out = buf.get() + off;
+        std::fill(out, out + n, std::numeric_limits<float>::quiet_NaN());
+        cpu::conv2d_forward(out, x.f.data(), w.f.data(), bias, s, relu);
+        EXPECT_TRUE(same_bits(std::vector<float>(out, out + n), want)) << what << ", offset " << off * 4 << " bytes";
+      }
+    }
 }
 
 // Layers of at most 16 outputs take their own kernels under AVX2 and AVX-512 (dense.cpp, "narrow
