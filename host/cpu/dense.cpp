@@ -149,9 +149,12 @@ template <int JP>
   // Flat outputs of the rows, P per row: straight into out when P == OUT, else through a buffer.
   float* dst = P == OUT ? out + (long long)n0 * OUT : scratch(tbuf, size_t(nacc) * 2);
   const long total = long(nn) * P;
+  long fo = 0;  // f0 % P, kept without a division per vector
   for (long f0 = 0; f0 < total; f0 += 16) {
-    const __m512 v = _mm512_add_ps(_mm512_loadu_ps(bias_rep + f0 % P), lane_sums16(accv + f0 * 8));
+    const __m512 v = _mm512_add_ps(_mm512_loadu_ps(bias_rep + fo), lane_sums16(accv + f0 * 8));
     _mm512_mask_storeu_ps(dst + f0, __mmask16(total - f0 >= 16 ? 0xffff : (1u << (total - f0)) - 1), v);
+    fo += 16 % P;
+    if (fo >= P) fo -= P;
   }
   if (P != OUT)
     for (int n = 0; n < nn; n++) std::memcpy(out + (long long)(n0 + n) * OUT, dst + size_t(n) * P, sizeof(float) * OUT);
@@ -178,7 +181,7 @@ template <int JP>
       }
     }
   float* bias_rep = wp + size_t(KQ) * JP * 16;
-  for (int i = 0; i < P + 16; i++) bias_rep[i] = bias && i % P < OUT ? bias[i % P] : 0.f;
+  for (int i = 0, o = 0; i < P + 16; i++, o = o + 1 < P ? o + 1 : 0) bias_rep[i] = bias && o < OUT ? bias[o] : 0.f;
   const int items = (N + kRowBlock - 1) / kRowBlock;
   for_items(items, 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
     const int n0 = item * kRowBlock, nn = std::min(kRowBlock, N - n0);
@@ -356,8 +359,10 @@ template <int JO>
   }
   std::memset(accv + total * 8, 0, sizeof(float) * (groups * 8 - total) * 8);
   float* dst = out + (long long)n0 * OUT;
+  const long step = 8 % OUT;
+  long fo = 0;  // f0 % OUT, kept without a division per vector
   for (long f0 = 0; f0 < total; f0 += 8) {
-    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(bias_rep + f0 % OUT), lane_sums8(accv + f0 * 8));
+    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(bias_rep + fo), lane_sums8(accv + f0 * 8));
     if (total - f0 >= 8) {
       _mm256_storeu_ps(dst + f0, v);
     } else {
@@ -365,6 +370,8 @@ template <int JO>
       _mm256_store_ps(t, v);
       std::memcpy(dst + f0, t, sizeof(float) * (total - f0));
     }
+    fo += step;
+    if (fo >= OUT) fo -= OUT;
   }
 }
 
@@ -372,7 +379,7 @@ static void narrow_forward_avx2(float* out, const float* inp, const float* weigh
                                 int OUT) {
   static thread_local std::vector<float> brep;
   float* bias_rep = scratch(brep, size_t(OUT) + 8);
-  for (int i = 0; i < OUT + 8; i++) bias_rep[i] = bias ? bias[i % OUT] : 0.f;
+  for (int i = 0, o = 0; i < OUT + 8; i++, o = o + 1 < OUT ? o + 1 : 0) bias_rep[i] = bias ? bias[o] : 0.f;
   const long ldw = (IN + 15) / 16 * 16;
   const float* w = aligned_weight(weight, IN, OUT, ldw);
   for_items(ceil_div(N, kRowBlock), 1LL * N * IN * OUT >= kNarrowParallelWork, [&](int item) {
