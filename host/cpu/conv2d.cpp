@@ -26,8 +26,8 @@
 // wide (the wide form below). Other strides, and the other backward-weights: im2col copies (with
 // stride 1, a few rows at a time as the GEMM reads them: ColRows). One input channel (the first
 // convs): under AVX-512 the forward's short sums in registers, no GEMM (direct loops below; for a
-// 3x3 kernel padded 1 across, `deep`'s, the taps held in registers over every channel and a large
-// output streamed past the caches); and
+// 3x3 kernel padded 1 across, `deep`'s, the taps held in registers over every channel and an
+// aligned output streamed past the caches); and
 // under AVX2 and AVX-512, with 3x3 or 5x5 kernels and K a multiple of 16, backward-weight with the
 // channels in the vector lanes, no im2col, no expanded gradient behind a fused pool, only each
 // pool window's winner's terms (backward_weight_c1, its own order of the sums). With the ReLU and
