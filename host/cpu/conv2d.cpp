@@ -27,7 +27,9 @@
 // stride 1, a few rows at a time as the GEMM reads them: ColRows). One input channel (the first
 // convs): under AVX-512 the forward's short sums in registers, no GEMM (direct loops below; for a
 // 3x3 kernel padded 1 across, `deep`'s, the taps held in registers over every channel and an
-// aligned output streamed past the caches); and
+// aligned output streamed past the caches; for a 5x5 kernel padded 2 across with the ReLU and a
+// 2x2 max pooling fused, `paper`'s, the four pixels of each pooling window as four phases of
+// polyphase planes); and
 // under AVX2 and AVX-512, with 3x3 or 5x5 kernels and K a multiple of 16, backward-weight with the
 // channels in the vector lanes, no im2col, no expanded gradient behind a fused pool, only each
 // pool window's winner's terms (backward_weight_c1, its own order of the sums). With the ReLU and
@@ -1039,6 +1041,155 @@ template <int KW>
     }
 }
 
+// ---- one input channel, 5x5 padded 2 across, then the ReLU and a 2x2 max pooling: by phases ----
+// `paper`'s conv. The four pixels of a pooling window are the four phases (a0, b0) of the conv's
+// output, (2 oh + a0, 2 ow + b0), and the pooled plane, flattened (p = oh*POW + ow), is 16-window
+// vectors. Phase (a0, b0)'s tap (i, j) over a vector reads the zero-padded image at (2 (oh + u) +
+// a, 2 (ow + v) + b) with a0 + i = 2u + a, b0 + j = 2v + b: so from the polyphase plane (a, b) (the
+// input's rows of parity a and columns of parity b, POW wide, a zero row above and below), at p +
+// u*POW + v - 1, the lanes whose column falls off the row masked to +0 (the padding's value). Tap
+// by tap, the four phases' vectors are loaded once, and each channel's weight broadcast once for
+// its four FMAs: 4 + Q loads per 4 Q FMAs, Q = 4 channels (16 accumulators; with 5 or 6 channels
+// the registers ran out and it measured slower). The rows form above fills 28 of 32 lanes (rows of
+// 28 pixels); here a 14 x 14 pooled plane's 196 windows fill 13 vectors (94%), and a window's four
+// values come as four vectors: no permutation before the pooling. Each chain is c1_chains's (the
+// bias, then the taps (i, j) in order), relu'd and pooled in relu_maxpool_16_avx512's order: the
+// same bits. `paper`'s 64 images on the Zen 5: one thread 0.46 ms against the rows form's 0.51, two
+// threads 0.235 against 0.265.
+static bool phase_c1(const Conv2dShape& s) {
+  return direct_c1(s) && s.kh == 5 && s.kw == 5 && s.ph == 2 && s.pw == 2 && s.W % 2 == 0;
+}
+
+// The polyphase planes of one image (H, W): plane (a, b) at pl + (2a + b)*PS, row r (0 .. POH + 1)
+// at r*POW: pl[(2a + b)*PS + r*POW + c] = img[2(r - 1) + a][2c + b], zero outside the image (row 0,
+// the rows past H, and the PS - (POH + 2)*POW floats after each plane).
+[[gnu::target("avx512f")]] static void polyphase_planes(float* pl, long PS, const float* img, int H, int W, int POH,
+                                                        int POW) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int a = 0; a < 2; a++)
+    for (int r = 0; r < POH + 2; r++) {
+      const int y = 2 * (r - 1) + a;
+      float* d0 = pl + 2 * a * PS + (long)r * POW;
+      float* d1 = d0 + PS;
+      if (y < 0 || y >= H) {
+        std::memset(d0, 0, sizeof(float) * POW);
+        std::memset(d1, 0, sizeof(float) * POW);
+        continue;
+      }
+      const float* src = img + (long long)y * W;
+      for (int c = 0; c < POW; c += 16) {
+        const int n = std::min(16, POW - c);
+        const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(2 * n), src + 2 * c);
+        const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(2 * n - 16), src + 2 * c + 16);
+        _mm512_mask_storeu_ps(d0 + c, tail_mask(n), _mm512_permutex2var_ps(lo, even, hi));
+        _mm512_mask_storeu_ps(d1 + c, tail_mask(n), _mm512_permutex2var_ps(lo, odd, hi));
+      }
+    }
+  for (int t = 0; t < 4; t++)
+    std::memset(pl + t * PS + (long)(POH + 2) * POW, 0, sizeof(float) * (PS - (POH + 2) * POW));
+}
+
+// Channels k, k+1, ... Q at a time while Q are left, of the windows of the vector at p (m: the
+// valid ones; base: each window's top-left pixel in the conv's plane); pooled and mask: the
+// image's (K, PP). Tap by tap: the tap's four phase vectors loaded once each and each channel's
+// weight broadcast once, then 4 Q FMAs (4 Q accumulators). Returns the first channel not done.
+template <int Q>
+[[gnu::target("avx512f,fma"), gnu::always_inline]] static inline int phase_channels(
+    float* pooled_n, int32_t* mask_n, const float* pl, long PS, int POW, long PP, long p, __mmask16 left,
+    __mmask16 right, __mmask16 m, __m512i base, int OW, const float* w, const float* bias, int K, int k) {
+  for (; k + Q <= K; k += Q) {
+    __m512 acc[4][Q];
+#pragma GCC unroll 16
+    for (int q = 0; q < Q; q++) {
+      const __m512 b = _mm512_set1_ps(bias ? bias[k + q] : 0.f);
+#pragma GCC unroll 4
+      for (int ph = 0; ph < 4; ph++) acc[ph][q] = b;
+    }
+#pragma GCC unroll 25
+    for (int t = 0; t < 25; t++) {
+      const int i = t / 5, j = t % 5;
+      __m512 tap[4];
+#pragma GCC unroll 4
+      for (int ph = 0; ph < 4; ph++) {
+        const int a0 = ph >> 1, b0 = ph & 1, u = (a0 + i) >> 1, a = (a0 + i) & 1, dv = ((b0 + j) >> 1) - 1,
+                  b = (b0 + j) & 1;
+        const float* src = pl + (2 * a + b) * PS + p + u * POW + dv;
+        tap[ph] = dv == 0 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(dv < 0 ? left : right, src);
+        asm("" : "+v"(tap[ph]));  // one load into a register: not folded into each of the Q FMAs that read it
+      }
+#pragma GCC unroll 16
+      for (int q = 0; q < Q; q++) {
+        __m512 wv = _mm512_set1_ps(w[(long long)(k + q) * 25 + t]);
+        asm("" : "+v"(wv));  // one broadcast into a register: not one per FMA
+#pragma GCC unroll 4
+        for (int ph = 0; ph < 4; ph++) acc[ph][q] = _mm512_fmadd_ps(wv, tap[ph], acc[ph][q]);
+      }
+    }
+    // relu_maxpool_16_avx512's scan: top-left, top-right, bottom-left, bottom-right; strict '>'.
+    const int step[4] = {0, 1, OW, OW + 1};
+#pragma GCC unroll 16
+    for (int q = 0; q < Q; q++) {
+      __m512 best = relu16(acc[0][q]);
+      __m512i idx = base;
+#pragma GCC unroll 3
+      for (int t = 1; t < 4; t++) {
+        const __m512 v = relu16(acc[t][q]);
+        const __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+        best = _mm512_mask_mov_ps(best, gt, v);
+        idx = _mm512_mask_mov_epi32(idx, gt, _mm512_add_epi32(base, _mm512_set1_epi32(step[t])));
+      }
+      _mm512_mask_storeu_ps(pooled_n + (k + q) * PP + p, m, best);
+      _mm512_mask_storeu_epi32(mask_n + (k + q) * PP + p, m, idx);
+    }
+  }
+  return k;
+}
+
+// Every channel of the windows of the vector at p: four at a time, then two, one.
+[[gnu::target("avx512f,fma")]] static void phase_vector(float* pooled_n, int32_t* mask_n, const float* pl, long PS,
+                                                        int POW, long PP, long p, __mmask16 left, __mmask16 right,
+                                                        const int32_t* corner, int OW, const float* w,
+                                                        const float* bias, int K) {
+  const __mmask16 m = tail_mask(int(PP - p));
+  const __m512i base = _mm512_loadu_si512(corner + p);
+  int k = phase_channels<4>(pooled_n, mask_n, pl, PS, POW, PP, p, left, right, m, base, OW, w, bias, K, 0);
+  k = phase_channels<2>(pooled_n, mask_n, pl, PS, POW, PP, p, left, right, m, base, OW, w, bias, K, k);
+  phase_channels<1>(pooled_n, mask_n, pl, PS, POW, PP, p, left, right, m, base, OW, w, bias, K, k);
+}
+
+// pooled, mask (N, K, POH, POW) = 2x2 stride-2 max pooling of relu(conv) for phase_c1 shapes:
+// (image, run of vectors) items, a whole image each from 8 images on.
+static void conv_c1_phase_pool_avx512(float* pooled, int32_t* mask, const float* inp, const float* weight,
+                                      const float* bias, const Conv2dShape& s, const Pool2dShape& ps) {
+  const int POH = ps.OH, POW = ps.OW, PP = POH * POW, nv = ceil_div(PP, 16);
+  const int runs = std::min(nv, ceil_div(8, std::max(s.N, 1)));
+  // Per vector: the lanes whose left and right neighbours are in the row; each window's top-left
+  // pixel in the conv's (OH, OW) plane.
+  std::vector<__mmask16> edge(2 * size_t(nv));
+  std::vector<int32_t> corner(16 * size_t(nv));
+  for (int p = 0, x = 0; p < 16 * nv; p++, x = x + 1 == POW ? 0 : x + 1) {  // x = p % POW
+    edge[2 * (p / 16)] |= __mmask16(x > 0 ? 1u << p % 16 : 0u);
+    edge[2 * (p / 16) + 1] |= __mmask16(x < POW - 1 ? 1u << p % 16 : 0u);
+    corner[p] = 2 * (p / POW) * s.OW + 2 * x;
+  }
+  // Each plane with 16 floats of slack after it (the reads past its last row: lanes past PP) and
+  // 16 before the first (the masked-off read left of p = 0).
+  const long PS = long(POH + 2) * POW + 16;
+#pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
+  for (int item = 0; item < s.N * runs; item++) {
+    static thread_local std::vector<float> buf;
+    const int n = item / runs, r = item % runs, v0 = nv * r / runs, v1 = nv * (r + 1) / runs;
+    float* pl = scratch(buf, 4 * size_t(PS) + 16) + 16;
+    std::memset(pl - 16, 0, 16 * sizeof(float));
+    polyphase_planes(pl, PS, inp + (long long)n * s.H * s.W, s.H, s.W, POH, POW);
+    const long long off = (long long)n * s.K * PP;
+    for (int v = v0; v < v1; v++)
+      phase_vector(pooled + off, mask + off, pl, PS, POW, PP, 16L * v, edge[2 * v], edge[2 * v + 1], corner.data(),
+                   s.OW, weight, bias, s.K);
+  }
+}
+
 void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, const Conv2dShape& s,
                     bool fuse_relu) {
   // out (N, K, OH, OW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
@@ -1109,7 +1260,8 @@ static void check_fused_pool(const Conv2dShape& s, const Pool2dShape& ps, const 
 // relu_maxpool_2x2_wide_avx512, else detail::maxpool_plane_rows (maxpool2d_forward's own rows);
 // only the pooled values and the mask are written. Rows past the last window are computed and
 // dropped, as the unfused pool never reads them. Each conv value is the same chain of FMAs as in
-// conv2d_forward (row tiles or the wide rows' GEMM, as there).
+// conv2d_forward (row tiles or the wide rows' GEMM, as there). (One input channel, 5x5 padded 2
+// across, 2x2 stride 2, under AVX-512: by phases, conv_c1_phase_pool_avx512, its own items.)
 void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp, const float* weight, const float* bias,
                                  const Conv2dShape& s, const Pool2dShape& ps) {
   // pooled, mask (N, K, POH, POW); inp (N, C, H, W); weight (K, C, kh, kw); bias (K) or null
@@ -1123,6 +1275,10 @@ void conv2d_forward_relu_maxpool(float* pooled, int32_t* mask, const float* inp,
   const bool direct = cpu_isa() == CpuIsa::Avx512 && ps.kh == 2 && ps.kw == 2 && ps.sh == 2 && ps.sw == 2;
   const bool c1 = direct_c1(s);  // one input channel: the sums in registers, pooled there
   const bool tiles = !(direct && c1) && use_row_tiles(s.C);
+  if (direct && phase_c1(s)) {
+    conv_c1_phase_pool_avx512(pooled, mask, inp, weight, bias, s, ps);
+    return;
+  }
   const RowTileA ta = tiles ? pack_row_tile_a(weight, CKK, 1, s.K, CKK, bias) : RowTileA{};
 #pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
   for (int item = 0; item < s.N * nb; item++) {
