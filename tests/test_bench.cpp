@@ -181,13 +181,20 @@ TEST(BenchCli, JsonHasEveryLayerAndTheExpectedFigures) {
     EXPECT_EQ(l["spec"], specs[i]);
     if (specs[i] == "flatten") {  // a view: the dense layer reads the pooled maps; no work, no bytes
       EXPECT_EQ(l["note"], "a view");
-      for (const char* dir : {"forward", "backward"})
+      for (const char* dir : {"forward", "backward"}) {
         EXPECT_EQ(l[dir]["ms"].get<double>() + l[dir]["bytes"].get<double>(), 0.0) << dir;
+        EXPECT_EQ(l[dir]["calls"], 0) << dir;  // not timed
+      }
       continue;
     }
     EXPECT_EQ(l["note"], "");
     for (const char* dir : {"forward", "backward"}) {
       EXPECT_GT(l[dir]["ms"].get<double>(), 0) << specs[i] << " " << dir;
+      // The mean is of at least --reps calls, timed over at least 10 ms: at batch 2 every layer
+      // needs more than the one call asked for.
+      const long long calls = l[dir]["calls"].get<long long>();
+      EXPECT_GT(calls, 1) << specs[i] << " " << dir;
+      EXPECT_GE(double(calls) * l[dir]["ms"].get<double>(), 10.0 * (1 - 1e-9)) << specs[i] << " " << dir;
       EXPECT_GT(l[dir]["bytes"].get<double>(), 0) << specs[i] << " " << dir;
       EXPECT_NEAR(l[dir]["bytes_per_s"].get<double>(),
                   l[dir]["bytes"].get<double>() / (l[dir]["ms"].get<double>() * 1e-3),

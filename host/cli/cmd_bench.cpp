@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -37,7 +38,16 @@ bool starts_with(const std::string& s, const char* prefix) { return s.rfind(pref
 
 struct PhaseFigures {  // one direction (forward or backward) of one layer
   double ms = 0, flops = 0, bytes = 0;
+  long long calls = 0;  // how many back-to-back calls the mean `ms` is taken over
 };
+
+// A layer's calls are timed over at least this long: --reps calls, or as many more as fill it.
+// Over a short stretch the shared CPU's interruptions are not averaged out: 30 calls of a 1-2 us
+// layer (`deep`'s dense(10) forward) are 30-60 us, and one descheduling or interrupt in them
+// doubled the mean now and then (bench rows of 44-49% against 57-62% typical); over 10 ms each
+// such event moves the mean by a percent or so, its steady-state share.
+constexpr double kMinTimedMs = 10;
+constexpr long long kMaxCalls = 10'000'000;
 
 struct LayerFigures {
   int index = 0;
@@ -98,8 +108,9 @@ std::string rate_cell(double per_s, double unit, std::optional<double> peak) {
 }
 
 void print_report(const BenchReport& r) {
-  std::printf("bench: %s, batch %d, input %s, device %s: %s (%s), %d reps\n", r.arch.c_str(), r.batch, r.input.c_str(),
-              r.device.c_str(), r.device_name.c_str(), r.why.c_str(), r.reps);
+  std::printf("bench: %s, batch %d, input %s, device %s: %s (%s), %d reps (each layer: at least %g ms of calls)\n",
+              r.arch.c_str(), r.batch, r.input.c_str(), r.device.c_str(), r.device_name.c_str(), r.why.c_str(), r.reps,
+              kMinTimedMs);
   if (r.peak_flops && r.peak_bytes_per_s) {
     if (r.device == "cpu") {
       std::printf("  measured peaks: %.1f GFLOP/s FP32 FMA (%s, %s), %.1f GB/s memory copy (read + write, %s)\n",
@@ -150,6 +161,7 @@ void print_report(const BenchReport& r) {
 
 nlohmann::ordered_json phase_json(const PhaseFigures& p, const BenchReport& r) {
   nlohmann::ordered_json j{{"ms", p.ms},
+                           {"calls", p.calls},
                            {"flops", p.flops},
                            {"bytes", p.bytes},
                            {"flops_per_s", rate(p.flops, p.ms)},
@@ -280,6 +292,23 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
 
   // ---- each layer alone ----
   ExecTimer timer(ex);
+  // p.ms = the mean of a stretch of back-to-back calls of call(): reps of them, or, where those
+  // take under kMinTimedMs, a longer stretch timed afresh (at least twice the calls each time)
+  // until one does.
+  auto time_calls = [&](PhaseFigures& p, auto call) {
+    long long n = reps;
+    double ms = 0;
+    for (;;) {
+      timer.start();
+      for (long long r = 0; r < n; ++r) call();
+      ms = timer.stop_ms();
+      if (ms >= kMinTimedMs || n >= kMaxCalls) break;
+      const double want = double(n) * kMinTimedMs * 1.25 / std::max(ms, 1e-4);
+      n = std::min(kMaxCalls, std::max(2 * n, (long long)std::ceil(want)));
+    }
+    p.ms = ms / double(n);
+    p.calls = n;
+  };
   for (int i = 0; i < L; ++i) {
     LayerFigures f;
     f.index = i;
@@ -315,12 +344,8 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
     f.bwd.flops = cost.backward.flops;
     f.fwd.bytes = cost.forward.bytes;
     f.bwd.bytes = cost.backward.bytes;
-    timer.start();
-    for (int r = 0; r < reps; ++r) net.layer(i).forward(c);
-    f.fwd.ms = timer.stop_ms() / reps;
-    timer.start();
-    for (int r = 0; r < reps; ++r) net.layer(i).backward(c);
-    f.bwd.ms = timer.stop_ms() / reps;
+    time_calls(f.fwd, [&] { net.layer(i).forward(c); });
+    time_calls(f.bwd, [&] { net.layer(i).backward(c); });
     rep.layers.push_back(f);
   }
 
@@ -401,7 +426,10 @@ Runner add_bench(CLI::App& app) {
   bench->add_option("--arch", o->arch, "arch spec or preset")->capture_default_str();
   bench->add_option("--batch", o->batch, "batch size")->capture_default_str();
   bench->add_option("--device", o->device, "auto, cpu or cuda")->capture_default_str();
-  bench->add_option("--reps", o->reps, "timed repetitions")->capture_default_str();
+  bench
+      ->add_option("--reps", o->reps,
+                   "timed repetitions (of each layer: at least this many calls, more where they take under 10 ms)")
+      ->capture_default_str();
   bench->add_option("--input", o->input, "input shape CxHxW")->capture_default_str();
   bench->add_option("--threads", o->threads, "CPU threads (0: OpenMP's default, OMP_NUM_THREADS or all cores)")
       ->capture_default_str();
