@@ -369,6 +369,11 @@ static inline void prefetch_pooled(const float* dp, const float* y, const int32_
   const __m512 keep = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), _mm512_set1_ps(1.f));  // NaN: 0
   return _mm512_mul_ps(_mm512_add_ps(zero, d), keep);
 }
+// The ReLU's backward alone: y > 0 ? d : 0 * d (activation_backward's, slope 0), as d * 1 or d * 0.
+[[gnu::target("avx512f")]] static inline __m512 relu_grad16(__m512 d, __m512 y) {
+  const __mmask16 pos = _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ);  // NaN: not > 0
+  return _mm512_mul_ps(d, _mm512_maskz_mov_ps(pos, _mm512_set1_ps(1.f)));
+}
 
 // The pool's 2x2 stride-2 windows expanded back over one channel's (OH, OW) plane g: each
 // window's four pixels get the window's gradient at its argmax and +0 at the other three, sixteen
@@ -1673,6 +1678,25 @@ static void c1_transpose(float* dst, const float* src, long ld, int K, int cols,
     }
 }
 
+// c1_transpose of the ReLU's gradient (AVX-512): dst (cols, K) = relu_grad16(d, y) (K, cols)
+// transposed (rows ld apart), column j to row rows[j]; the gradient made in registers, not first
+// written out whole (OutGrad::image) and read back.
+[[gnu::target("avx512f")]] static void c1_transpose_relu_avx512(float* dst, const float* d, const float* y, long ld,
+                                                                int K, int cols, const int32_t* rows) {
+  for (int k = 0; k < K; k += 16)
+    for (int p = 0; p < cols; p += 16) {
+      const int n = std::min(16, cols - p);
+      const __mmask16 m = tail_mask(n);
+      __m512 r[16];
+      for (int i = 0; i < 16; i++) {
+        const long long o = (long long)(k + i) * ld + p;
+        r[i] = relu_grad16(_mm512_maskz_loadu_ps(m, d + o), _mm512_maskz_loadu_ps(m, y + o));
+      }
+      transpose16_regs(r);
+      for (int i = 0; i < n; i++) _mm512_storeu_ps(dst + (long long)rows[p + i] * K + k, r[i]);
+    }
+}
+
 // One block of c1_cells_avx512: 16 channels (rows `cells` apart) x n cells (16 where Full).
 template <bool Full>
 [[gnu::target("avx512f"), gnu::always_inline]] static inline void c1_cells_block(float* vt, uint8_t* dst,
@@ -2095,8 +2119,12 @@ static void backward_weight_c1(float* dweight, float* dbias, const OutGrad& og, 
             c1_winners_avx512<3, 0, 10>(a, pl, vt, cb, ord, s.K);
           }
         } else {
-          float* gt = t;
-          c1_transpose(gt, og.image(n, s, gradbuf), P, s.K, P, ord.pos.data());  // in the order of the sums
+          float* gt = t;  // in the order of the sums
+          const long long off = (long long)n * s.K * P;
+          if (og.relu_out && !og.pool && cpu_isa() == CpuIsa::Avx512)  // the ReLU alone
+            c1_transpose_relu_avx512(gt, og.dout + off, og.relu_out + off, P, s.K, P, ord.pos.data());
+          else
+            c1_transpose(gt, og.image(n, s, gradbuf), P, s.K, P, ord.pos.data());
           c1_lanes_image<false>(a, pl, nullptr, nullptr, gt, ord, s);
         }
       }
