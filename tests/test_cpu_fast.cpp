@@ -95,7 +95,8 @@ std::vector<Conv2dShape> odd_conv_shapes() {
       // by phases under AVX-512): 9 rows (the last in no window, but read by the row above it), 11
       // windows a row (a vector spans rows; 44 windows: a tail of 12), 7 channels (4, 2, 1), 3
       // images of three items; 2 columns (one window a row: no neighbours), 5 channels; 36
-      // columns (18 windows a row: rows of two vectors' planes), one image of five items:
+      // columns (18 windows a row: each plane row made from two vectors of the input), one image
+      // of five items:
       conv_shape(3, 1, 9, 22, 7, 5, 5, 1, 1, 2, 2),
       conv_shape(2, 1, 6, 2, 5, 5, 5, 1, 1, 2, 2),
       conv_shape(1, 1, 8, 36, 3, 5, 5, 1, 1, 2, 2),

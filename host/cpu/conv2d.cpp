@@ -1054,8 +1054,8 @@ template <int KW>
 // input's rows of parity a and columns of parity b, POW wide, a zero row above and below), at p +
 // u*POW + v - 1, the lanes whose column falls off the row masked to +0 (the padding's value). Tap
 // by tap, the four phases' vectors are loaded once, and each channel's weight broadcast once for
-// its four FMAs: 4 + Q loads per 4 Q FMAs, Q = 4 channels (16 accumulators; with 5 or 6 channels
-// the registers ran out and it measured slower). The rows form above fills 28 of 32 lanes (rows of
+// its four FMAs: 4 + Q loads per 4 Q FMAs, Q = 4 channels (16 accumulators; 3, 5 and 6 channels
+// measured slower, 6 spilling registers). The rows form above fills 28 of 32 lanes (rows of
 // 28 pixels); here a 14 x 14 pooled plane's 196 windows fill 13 vectors (94%), and a window's four
 // values come as four vectors: no permutation before the pooling. Each chain is c1_chains's (the
 // bias, then the taps (i, j) in order), relu'd and pooled in relu_maxpool_16_avx512's order: the
