@@ -362,17 +362,15 @@ static inline void prefetch_pooled(const float* dp, const float* y, const int32_
   _mm_prefetch(reinterpret_cast<const char*>(m + 64), _MM_HINT_T0);
 }
 
-// +0 + d (maxpool2d_backward's value), then y > 0 ? that : 0 * that, as a product with 1 or 0
-// (x * 1 is x, x * 0 is 0 * x, exactly): no branch on the data.
-[[gnu::target("avx512f")]] static inline __m512 pooled_grad16(__m512 d, __m512 y) {
-  const __m512 zero = _mm512_setzero_ps();
-  const __m512 keep = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), _mm512_set1_ps(1.f));  // NaN: 0
-  return _mm512_mul_ps(_mm512_add_ps(zero, d), keep);
-}
-// The ReLU's backward alone: y > 0 ? d : 0 * d (activation_backward's, slope 0), as d * 1 or d * 0.
+// The ReLU's backward, y > 0 ? d : 0 * d (activation_backward's, slope 0), as a product with 1 or
+// 0 (x * 1 is x, x * 0 is 0 * x, exactly): no branch on the data.
 [[gnu::target("avx512f")]] static inline __m512 relu_grad16(__m512 d, __m512 y) {
   const __mmask16 pos = _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ);  // NaN: not > 0
   return _mm512_mul_ps(d, _mm512_maskz_mov_ps(pos, _mm512_set1_ps(1.f)));
+}
+// The same of +0 + d (maxpool2d_backward's value).
+[[gnu::target("avx512f")]] static inline __m512 pooled_grad16(__m512 d, __m512 y) {
+  return relu_grad16(_mm512_add_ps(_mm512_setzero_ps(), d), y);
 }
 
 // The pool's 2x2 stride-2 windows expanded back over one channel's (OH, OW) plane g: each
@@ -738,22 +736,17 @@ static void row_tiles(float* dst, long ldm, const RowTileA& A, int M, const floa
                    A.init ? A.init + q : nullptr, relu);
 }
 
-// Sixteen 2x2 windows: relu and max pooling of the 32 values t0, t1 of a row and the 32 below
-// them, b0, b1 (window l covers values 2l and 2l + 1 of each): each value relu'd as copy_out_row
-// does it, then maxpool_row's scan (top-left, top-right, bottom-left, bottom-right; strict '>',
-// false for NaN on either side: the same choices). The windows' top-left plane index is
-// corner + 2l (W: the plane's width); lanes outside m are not written.
-[[gnu::target("avx512f")]] static inline void relu_maxpool_16_avx512(float* out, int32_t* mask, __mmask16 m, __m512 t0,
-                                                                     __m512 t1, __m512 b0, __m512 b1, int corner,
-                                                                     int W) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const __m512 v[4] = {relu16(_mm512_permutex2var_ps(t0, even, t1)), relu16(_mm512_permutex2var_ps(t0, odd, t1)),
-                       relu16(_mm512_permutex2var_ps(b0, even, b1)), relu16(_mm512_permutex2var_ps(b0, odd, b1))};
-  const __m512i base = _mm512_add_epi32(_mm512_set1_epi32(corner), even);
+// Sixteen 2x2 windows' max pooling, their four values v (top-left, top-right, bottom-left,
+// bottom-right) already relu'd: maxpool_row's scan in that order (strict '>', false for NaN on
+// either side: the same choices). base: each window's top-left plane index (W: the plane's
+// width); lanes outside m are not written.
+[[gnu::target("avx512f"), gnu::always_inline]] static inline void maxpool4_avx512(float* out, int32_t* mask,
+                                                                                  __mmask16 m, const __m512 (&v)[4],
+                                                                                  __m512i base, int W) {
   const int step[4] = {0, 1, W, W + 1};
   __m512 best = v[0];
   __m512i idx = base;
+#pragma GCC unroll 3
   for (int t = 1; t < 4; t++) {
     const __mmask16 gt = _mm512_cmp_ps_mask(v[t], best, _CMP_GT_OQ);
     best = _mm512_mask_mov_ps(best, gt, v[t]);
@@ -761,6 +754,19 @@ static void row_tiles(float* dst, long ldm, const RowTileA& A, int M, const floa
   }
   _mm512_mask_storeu_ps(out, m, best);
   _mm512_mask_storeu_epi32(mask, m, idx);
+}
+
+// Sixteen 2x2 windows: relu and max pooling of the 32 values t0, t1 of a row and the 32 below
+// them, b0, b1 (window l covers values 2l and 2l + 1 of each): each value relu'd as copy_out_row
+// does it, then maxpool4_avx512. The windows' top-left plane index is corner + 2l.
+[[gnu::target("avx512f")]] static inline void relu_maxpool_16_avx512(float* out, int32_t* mask, __mmask16 m, __m512 t0,
+                                                                     __m512 t1, __m512 b0, __m512 b1, int corner,
+                                                                     int W) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512 v[4] = {relu16(_mm512_permutex2var_ps(t0, even, t1)), relu16(_mm512_permutex2var_ps(t0, odd, t1)),
+                       relu16(_mm512_permutex2var_ps(b0, even, b1)), relu16(_mm512_permutex2var_ps(b0, odd, b1))};
+  maxpool4_avx512(out, mask, m, v, _mm512_add_epi32(_mm512_set1_epi32(corner), even), W);
 }
 
 // relu + 2x2 stride-2 max pooling of one plane's result rows (a block's tile): pooled rows
@@ -910,6 +916,17 @@ template <int KW>
 
 static bool flat_c1(const Conv2dShape& s) { return direct_c1(s) && s.kh == 3 && s.kw == 3 && s.pw == 1; }
 
+// For nv 16-lane vectors of a plane `width` wide, flattened: per vector, the lanes whose left
+// neighbour is in the row (2v) and those whose right one is (2v + 1).
+static std::vector<__mmask16> row_edge_masks(int width, int nv) {
+  std::vector<__mmask16> edge(2 * size_t(nv));
+  for (int p = 0, x = 0; p < 16 * nv; p++, x = x + 1 == width ? 0 : x + 1) {  // x = p % width
+    edge[2 * (p / 16)] |= __mmask16(x > 0 ? 1u << p % 16 : 0u);
+    edge[2 * (p / 16) + 1] |= __mmask16(x < width - 1 ? 1u << p % 16 : 0u);
+  }
+  return edge;
+}
+
 // Channels k, k+1, ... Q at a time while Q are left, of V vectors from o (channels P apart; tail:
 // the last vector's valid lanes). Returns the first channel not done.
 template <int Q, int V>
@@ -978,11 +995,7 @@ static void conv_c1_flat_avx512(float* out, const float* inp, const float* weigh
                                 const Conv2dShape& s, bool relu) {
   const int W = s.W, P = s.OH * s.OW, nv = ceil_div(P, 16), pairs = ceil_div(nv, 2);
   const int runs = std::min(pairs, ceil_div(8, std::max(s.N, 1)));
-  std::vector<__mmask16> edge(2 * size_t(nv));
-  for (int p = 0, x = 0; p < 16 * nv; p++, x = x + 1 == W ? 0 : x + 1) {  // x = p % W
-    edge[2 * (p / 16)] |= __mmask16(x > 0 ? 1u << p % 16 : 0u);
-    edge[2 * (p / 16) + 1] |= __mmask16(x < W - 1 ? 1u << p % 16 : 0u);
-  }
+  const std::vector<__mmask16> edge = row_edge_masks(W, nv);
   const bool stream = P % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
 #pragma omp parallel for schedule(dynamic) if (conv2d_macs(s) >= kMinParallelWork)
   for (int item = 0; item < s.N * runs; item++) {
@@ -1058,7 +1071,7 @@ template <int KW>
 // measured slower, 6 spilling registers). The rows form above fills 28 of 32 lanes (rows of
 // 28 pixels); here a 14 x 14 pooled plane's 196 windows fill 13 vectors (94%), and a window's four
 // values come as four vectors: no permutation before the pooling. Each chain is c1_chains's (the
-// bias, then the taps (i, j) in order), relu'd and pooled in relu_maxpool_16_avx512's order: the
+// bias, then the taps (i, j) in order), relu'd and pooled by maxpool4_avx512, as the rows form's: the
 // same bits. `paper`'s 64 images on the Zen 5: one thread 0.46 ms against the rows form's 0.51, two
 // threads 0.235 against 0.265.
 static bool phase_c1(const Conv2dShape& s) {
@@ -1131,21 +1144,10 @@ template <int Q>
         for (int ph = 0; ph < 4; ph++) acc[ph][q] = _mm512_fmadd_ps(wv, tap[ph], acc[ph][q]);
       }
     }
-    // relu_maxpool_16_avx512's scan: top-left, top-right, bottom-left, bottom-right; strict '>'.
-    const int step[4] = {0, 1, OW, OW + 1};
 #pragma GCC unroll 16
     for (int q = 0; q < Q; q++) {
-      __m512 best = relu16(acc[0][q]);
-      __m512i idx = base;
-#pragma GCC unroll 3
-      for (int t = 1; t < 4; t++) {
-        const __m512 v = relu16(acc[t][q]);
-        const __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
-        best = _mm512_mask_mov_ps(best, gt, v);
-        idx = _mm512_mask_mov_epi32(idx, gt, _mm512_add_epi32(base, _mm512_set1_epi32(step[t])));
-      }
-      _mm512_mask_storeu_ps(pooled_n + (k + q) * PP + p, m, best);
-      _mm512_mask_storeu_epi32(mask_n + (k + q) * PP + p, m, idx);
+      const __m512 v[4] = {relu16(acc[0][q]), relu16(acc[1][q]), relu16(acc[2][q]), relu16(acc[3][q])};
+      maxpool4_avx512(pooled_n + (k + q) * PP + p, mask_n + (k + q) * PP + p, m, v, base, OW);
     }
   }
   return k;
@@ -1171,13 +1173,9 @@ static void conv_c1_phase_pool_avx512(float* pooled, int32_t* mask, const float*
   const int runs = std::min(nv, ceil_div(8, std::max(s.N, 1)));
   // Per vector: the lanes whose left and right neighbours are in the row; each window's top-left
   // pixel in the conv's (OH, OW) plane.
-  std::vector<__mmask16> edge(2 * size_t(nv));
+  const std::vector<__mmask16> edge = row_edge_masks(POW, nv);
   std::vector<int32_t> corner(16 * size_t(nv));
-  for (int p = 0, x = 0; p < 16 * nv; p++, x = x + 1 == POW ? 0 : x + 1) {  // x = p % POW
-    edge[2 * (p / 16)] |= __mmask16(x > 0 ? 1u << p % 16 : 0u);
-    edge[2 * (p / 16) + 1] |= __mmask16(x < POW - 1 ? 1u << p % 16 : 0u);
-    corner[p] = 2 * (p / POW) * s.OW + 2 * x;
-  }
+  for (int p = 0; p < 16 * nv; p++) corner[p] = 2 * (p / POW) * s.OW + 2 * (p % POW);
   // Each plane with 16 floats of slack after it (the reads past its last row: lanes past PP) and
   // 16 before the first (the masked-off read left of p = 0).
   const long PS = long(POH + 2) * POW + 16;
