@@ -23,6 +23,7 @@
 #include "barecnn/net.h"
 #include "barecnn/peak.h"
 #include "barecnn/step.h"
+#include "barecnn/stretch.h"
 #include "commands.h"
 #include "barecnn/trainer.h"
 
@@ -292,22 +293,15 @@ int bench_main(const std::string& arch, int batch, const std::string& device_fla
 
   // ---- each layer alone ----
   ExecTimer timer(ex);
-  // p.ms = the mean of a stretch of back-to-back calls of call(): reps of them, or, where those
-  // take under kMinTimedMs, a longer stretch timed afresh (at least twice the calls each time)
-  // until one does.
+  // p.ms = the mean of a stretch of back-to-back calls of call() (barecnn/stretch.h).
   auto time_calls = [&](PhaseFigures& p, auto call) {
-    long long n = reps;
-    double ms = 0;
-    for (;;) {
+    const Stretch s = time_stretch(reps, kMinTimedMs, kMaxCalls, [&](long long n) {
       timer.start();
       for (long long r = 0; r < n; ++r) call();
-      ms = timer.stop_ms();
-      if (ms >= kMinTimedMs || n >= kMaxCalls) break;
-      const double want = double(n) * kMinTimedMs * 1.25 / std::max(ms, 1e-4);
-      n = std::min(kMaxCalls, std::max(2 * n, (long long)std::ceil(want)));
-    }
-    p.ms = ms / double(n);
-    p.calls = n;
+      return timer.stop_ms();
+    });
+    p.ms = s.ms_per_call;
+    p.calls = s.calls;
   };
   for (int i = 0; i < L; ++i) {
     LayerFigures f;
