@@ -1,7 +1,8 @@
 // `barecnn bench` and what it stands on: the cost (FLOPs and fewest bytes) of each kind of layer on
-// hand-computed cases, the JSON that `bench --json` writes, the CPU's peak probe (its ISA, finite
-// cached values) and on a GPU the plausibility of the measured peaks. (The device-memory bookkeeping it reports is
-// tested in test_device_buffer.cpp.)
+// hand-computed cases, the JSON that `bench --json` writes, how a layer's calls are stretched over
+// 10 ms (on a made-up clock), the CPU's peak probe (its ISA, finite cached values) and on a GPU the
+// plausibility of the measured peaks. (The device-memory bookkeeping it reports is tested in
+// test_device_buffer.cpp.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
