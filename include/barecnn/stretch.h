@@ -16,8 +16,8 @@ struct Stretch {
 // time_calls(n) runs n calls back to back and returns the milliseconds they took. Times `reps`
 // calls; where those take under min_ms, a longer stretch timed afresh (at least twice the calls,
 // and as many as should fill 1.25 x min_ms at the rate just seen), until a stretch lasts min_ms or
-// makes max_calls calls. Only the last stretch counts. A single call slower than min_ms (a
-// descheduled thread on a busy host) ends it at once: calls == reps then.
+// makes max_calls calls. Only the last stretch counts. A first stretch of min_ms or more (slow
+// calls, or a thread descheduled on a busy host) ends it at once: calls == reps then.
 template <class TimeCalls>
 Stretch time_stretch(long long reps, double min_ms, long long max_calls, TimeCalls&& time_calls) {
   long long n = std::max(reps, 1LL);
